@@ -1,0 +1,1 @@
+"""Pieces of the keyservice benchmark harness (bench/run.py)."""

@@ -1,0 +1,195 @@
+"""Child processes in their own session, free ports, and resident memory read from /proc."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A server process started in a new session, so that its whole group can be stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(self.pid):
+            self.proc.poll()
+            time.sleep(0.1)
+        if _group_alive(self.pid):
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces; fields follow the last ")".
+    return raw.rsplit(")", 1)[1].split()
+
+
+def descendants(root: int) -> list[int]:
+    """Return the pids of all live descendants of `root`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(pid)
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return sorted(found)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process in kB; empty if it is gone."""
+    result: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    result[key] = int(value.split()[0])
+    except OSError:
+        return {}
+    return result
+
+
+def worker_pids(root: int) -> list[int]:
+    """The processes that serve requests under `root`: its descendants, or itself if none.
+
+    Helpers that serve nothing (multiprocessing's resource tracker) are left out.
+    """
+    pids = [pid for pid in descendants(root) if "resource_tracker" not in cmdline(pid)]
+    return pids or [root]
+
+
+class RssSampler:
+    """Poll VmRSS of the workers under a root pid in a thread; keep the maximum per pid."""
+
+    def __init__(self, root: int, interval: float = 0.2) -> None:
+        self.root = root
+        self.interval = interval
+        self.peak_kb: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        pids = worker_pids(self.root)
+        last_scan = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() - last_scan > 1.0:
+                pids = worker_pids(self.root)
+                last_scan = time.monotonic()
+            for pid in pids:
+                rss = memory_kb(pid).get("VmRSS")
+                if rss is not None and rss > self.peak_kb.get(pid, 0):
+                    self.peak_kb[pid] = rss
+            self._stop.wait(self.interval)
+
+
+def high_water_marks(root: int) -> dict[int, dict[str, object]]:
+    """VmHWM (the kernel's peak RSS since start) and VmRSS of each worker under `root`."""
+    marks: dict[int, dict[str, object]] = {}
+    for pid in worker_pids(root):
+        mem = memory_kb(pid)
+        if mem:
+            marks[pid] = {
+                "vm_hwm_mb": round(mem.get("VmHWM", 0) / 1024, 1),
+                "vm_rss_mb": round(mem.get("VmRSS", 0) / 1024, 1),
+                "cmdline": cmdline(pid)[:120],
+            }
+    return marks

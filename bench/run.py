@@ -1,0 +1,567 @@
+"""Benchmark keyservice at its token endpoint and a Bearer read, against its own ceiling.
+
+Creates a throwaway PostgreSQL database, starts `keyservice serve` with production-like
+settings, seeds users and API keys through the public interface, then drives wrk (with the
+Lua scripts in bench/lua) through four scenarios at each connection count:
+
+  healthz   GET /healthz: no auth, no database, the framework's ceiling      (d)
+  exchange  POST /token client_credentials, rotating over the API keys      (a)
+  refresh   POST /token refresh_token, one single-use chain per connection  (b)
+  read      GET /me (--read-path) with a Bearer JWT                         (c)
+
+With --peer it also runs node-oidc-provider 9 (bench/peer) with the same exchange load.
+It prints a table and ratios and writes everything as JSON to bench/results/. See
+bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from ksbench import peer, pg, procs, seed, wrk
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+ADMIN_USERNAME = "admin"
+
+# (key, label in the table, letter used in the ratios)
+SCENARIOS = [
+    ("healthz", "GET /healthz (ceiling)", "d"),
+    ("exchange", "POST /token client_credentials", "a"),
+    ("refresh", "POST /token refresh_token chains", "b"),
+    ("read", "GET {read_path} Bearer", "c"),
+]
+PEER_SCENARIO = ("peer_exchange", "peer: oidc-provider client_credentials", "p")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument(
+        "--connections",
+        default="8,32",
+        help="comma-separated connection counts (default 8,32)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each measurement, interleaved; the table shows medians (default 3)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=cpus, help=f"keyservice serve --workers (default {cpus})"
+    )
+    p.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=1,
+        help="wrk threads for the exchange, read and healthz runs (default 1); the refresh "
+        "runs always use one thread per connection",
+    )
+    p.add_argument("--read-path", default="/me", help="path of the Bearer read (default /me)")
+    p.add_argument(
+        "--users", type=int, default=20, help="users to seed, 5 API keys each (default 20)"
+    )
+    p.add_argument(
+        "--scenarios",
+        default="healthz,exchange,refresh,read",
+        help="comma-separated subset of healthz,exchange,refresh,read",
+    )
+    p.add_argument("--peer", action="store_true", help="also run node-oidc-provider (bench/peer)")
+    p.add_argument(
+        "--peer-workers",
+        type=int,
+        default=None,
+        help="peer processes (node cluster); default: the same as --workers",
+    )
+    p.add_argument(
+        "--pg-admin-dsn",
+        default=os.environ.get("BENCH_PG_ADMIN_DSN", pg.DEFAULT_ADMIN_DSN),
+        help=f"where to CREATE/DROP the throwaway database (default {pg.DEFAULT_ADMIN_DSN})",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI check: 1 s per scenario, 8 connections, 2 users, no peer, one run; exits "
+        "non-zero on any error or zero throughput",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.duration, args.connections, args.repeat = 1, "8", 1
+        args.users, args.peer = 2, False
+    args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
+    args.scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
+    known = {key for key, _, _ in SCENARIOS}
+    if unknown := set(args.scenarios) - known:
+        p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.peer_workers is None:
+        args.peer_workers = args.workers
+    for name in ("duration", "repeat", "workers", "wrk_threads", "users", "peer_workers"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.connections or min(args.connections) < 1 or max(args.connections) > 1024:
+        p.error("--connections must be between 1 and 1024")
+    if args.duration > 600 or args.repeat > 20 or args.users > 200:
+        p.error("--duration <= 600, --repeat <= 20 and --users <= 200, please")
+    return args
+
+
+def _terminate_on_sigterm() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _keyservice_cli() -> list[str]:
+    # BENCH_KEYSERVICE_CMD runs another build of the command (e.g. an installed wheel).
+    if override := os.environ.get("BENCH_KEYSERVICE_CMD"):
+        return shlex.split(override)
+    local = Path(sys.executable).parent / "keyservice"
+    found = str(local) if local.exists() else shutil.which("keyservice")
+    if not found:
+        raise SystemExit("the keyservice command is not installed (make bench installs it)")
+    return [found]
+
+
+def _git_commit() -> str | None:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=BENCH_DIR,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return out.stdout.strip() or None
+
+
+@contextmanager
+def throwaway_database(admin_dsn: str) -> Iterator[str]:
+    name = pg.new_name()
+    pg.create(admin_dsn, name)
+    print(f"created database {name}")
+    try:
+        yield name
+    finally:
+        pg.drop(admin_dsn, name)
+        print(f"dropped database {name}")
+
+
+@contextmanager
+def running(service: procs.Service) -> Iterator[procs.Service]:
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def wait_ready(service: procs.Service, base_url: str, timeout: float = 120.0) -> float:
+    """Poll GET /readyz until 200; return the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last = "no answer"
+    with httpx.Client(base_url=base_url, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if not service.running():
+                raise SystemExit(f"keyservice serve exited early:\n{service.log_tail()}")
+            try:
+                r = client.get("/readyz")
+                if r.status_code == 200:
+                    return time.monotonic() - started
+                last = f"{r.status_code} {r.text[:100]}"
+            except httpx.TransportError as exc:
+                last = type(exc).__name__
+            time.sleep(0.25)
+    raise SystemExit(
+        f"/readyz not 200 within {timeout:.0f} s (last: {last}):\n{service.log_tail()}"
+    )
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class Measure:
+    key: str
+    label: str
+    letter: str
+    target: str  # "keyservice" or "peer"
+    run: Callable[[int], wrk.WrkResult]
+    rss_root: int
+
+
+def _mb(kb: int) -> float:
+    return round(kb / 1024, 1)
+
+
+def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every measure at every connection count, `repeat` times, interleaved."""
+    rows: list[dict[str, Any]] = []
+    total = args.repeat * len(args.connections) * len(measures)
+    done = 0
+    for rep in range(1, args.repeat + 1):
+        for conns in args.connections:
+            for m in measures:
+                done += 1
+                with procs.RssSampler(m.rss_root) as sampler:
+                    result = m.run(conns)
+                peaks = sorted(sampler.peak_kb.values(), reverse=True)
+                row = {
+                    "target": m.target,
+                    "scenario": m.key,
+                    "label": m.label,
+                    "letter": m.letter,
+                    "connections": conns,
+                    "run": rep,
+                    **result.as_dict(),
+                    "peak_rss_mb_per_worker": [_mb(kb) for kb in peaks],
+                }
+                rows.append(row)
+                extra = f" statuses {result.statuses}" if result.errors else ""
+                if result.chain_breaks:
+                    extra += f" chain breaks {result.chain_breaks}"
+                print(
+                    f"[{done}/{total}] {m.key:<13} c{conns:<3} {result.rps:9.1f} req/s  "
+                    f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+                    f"errors {result.errors}{extra}",
+                    flush=True,
+                )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians over repeated runs of each (target, scenario, connections)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["target"], row["scenario"], row["connections"]), []).append(row)
+    summary = []
+    for (target, scenario, conns), runs in groups.items():
+        width = max(len(r["peak_rss_mb_per_worker"]) for r in runs)
+        rss = [
+            max(
+                r["peak_rss_mb_per_worker"][i] for r in runs if i < len(r["peak_rss_mb_per_worker"])
+            )
+            for i in range(width)
+        ]
+        summary.append(
+            {
+                "target": target,
+                "scenario": scenario,
+                "label": runs[0]["label"],
+                "letter": runs[0]["letter"],
+                "connections": conns,
+                "runs": len(runs),
+                "rps": round(statistics.median(r["rps"] for r in runs), 1),
+                "rps_all": [r["rps"] for r in runs],
+                "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 2),
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
+                "errors": sum(r["errors"] for r in runs),
+                "requests": sum(r["requests"] for r in runs),
+                "chain_breaks": sum(r["chain_breaks"] for r in runs),
+                "peak_rss_mb_per_worker": rss,
+            }
+        )
+    return summary
+
+
+def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {(s["letter"], s["connections"]): s["rps"] for s in summary}
+    out = []
+    for conns in sorted({s["connections"] for s in summary}):
+        for num, den, meaning in [
+            ("a", "d", "exchange / ceiling"),
+            ("b", "a", "refresh / exchange"),
+            ("c", "d", "Bearer read / ceiling"),
+            ("a", "p", "our exchange / peer exchange"),
+        ]:
+            n, d = by.get((num, conns)), by.get((den, conns))
+            if n is not None and d:
+                out.append(
+                    {
+                        "ratio": f"({num})/({den})",
+                        "meaning": meaning,
+                        "connections": conns,
+                        "value": round(n / d, 3),
+                    }
+                )
+    return out
+
+
+def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> None:
+    runs = max((s["runs"] for s in summary), default=1)
+    head = f"median of {runs} runs" if runs > 1 else "one run each"
+    print(f"\nResults ({head}; RSS = peak resident memory of each worker, MB)\n")
+    cols = f"{'scenario':<44} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    cols += f"{'errors':>7}  {'peak RSS MB/worker'}"
+    print(cols)
+    print("-" * len(cols))
+    for s in summary:
+        rss = "/".join(f"{mb:.0f}" for mb in s["peak_rss_mb_per_worker"]) or "-"
+        label = f"({s['letter']}) {s['label']}"
+        print(
+            f"{label:<44} {s['connections']:>5} {s['rps']:>9.1f} {s['p50_ms']:>8.2f} "
+            f"{s['p99_ms']:>8.2f} {s['errors']:>7}  {rss}"
+        )
+    if ratio_rows:
+        print("\nRatios of throughput (req/s)\n")
+        for r in ratio_rows:
+            print(f"  {r['ratio']:<8} {r['meaning']:<30} c{r['connections']:<4} {r['value']:.3f}")
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _terminate_on_sigterm()
+    wrk_bin = wrk.ensure_wrk()
+    cli = _keyservice_cli()
+    meta: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
+        "python": platform.python_version(),
+        "wrk": wrk.version(wrk_bin),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    if args.peer:
+        meta["node"] = peer.node_version()
+        meta["oidc_provider"] = peer.ensure_installed()
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    port = procs.free_port()
+    base = f"http://{procs.LOOPBACK}:{port}"
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ks-bench-")))
+        db = stack.enter_context(throwaway_database(args.pg_admin_dsn))
+        admin_password = secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            "KEYSERVICE_DATABASE_URL": pg.sqlalchemy_url(args.pg_admin_dsn, db),
+            "KEYSERVICE_SECRET_KEY": secrets.token_urlsafe(36),
+            "KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
+            "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
+            "KEYSERVICE_ISSUER": base,
+            "KEYSERVICE_THROTTLE_CLIENT_FAILURES": "1000000",
+            "KEYSERVICE_THROTTLE_IP_FAILURES": "1000000",
+        }
+        serve = [*cli, "serve", "--host", procs.LOOPBACK, "--port", str(port)]
+        serve += ["--workers", str(args.workers)]
+        server_log = RESULTS_DIR / f"{stamp}-server.log"
+        print(f"starting: {' '.join(serve[1:])} (log {server_log.relative_to(BENCH_DIR)})")
+        server = stack.enter_context(
+            running(procs.Service("keyservice", serve, env=env, log_path=server_log))
+        )
+        meta["ready_after_s"] = round(wait_ready(server, base), 2)
+        workers = procs.worker_pids(server.pid)
+        print(f"ready after {meta['ready_after_s']} s; {len(workers)} worker process(es)")
+
+        seeded = seed.seed(
+            base,
+            admin_username=ADMIN_USERNAME,
+            admin_password=admin_password,
+            users=args.users,
+            cli=cli,
+            env=env,
+        )
+        print(
+            f"seeded {len(seeded.keys)} API keys for {args.users} users in "
+            f"{seeded.seconds:.1f} s (users via {seeded.user_creation}; "
+            f"scope {seed.BENCH_SCOPE}: {seeded.scope_creation})"
+        )
+        for note in seeded.notes:
+            print(f"  note: {note}")
+        meta["seed"] = {
+            "keys": len(seeded.keys),
+            "users": args.users,
+            "user_creation": seeded.user_creation,
+            "scope_creation": seeded.scope_creation,
+            "permissions": list(seeded.permissions),
+            "notes": seeded.notes,
+            "seconds": round(seeded.seconds, 2),
+        }
+        keys_file = _write_lines(
+            tmp / "keys.txt", [f"{k.client_id} {k.client_secret}" for k in seeded.keys]
+        )
+        first = seed.exchanges(base, seeded.keys, len(seeded.keys))
+        header = seed.jwt_header(first[0]["access_token"])
+        meta["access_token_header"] = header
+        print(f"our access tokens: alg {header.get('alg')}, typ {header.get('typ')}")
+        jwt_file = _write_lines(tmp / "jwts.txt", [t["access_token"] for t in first])
+
+        def run_healthz(conns: int) -> wrk.WrkResult:
+            return wrk.run(
+                wrk_bin,
+                script="healthz.lua",
+                url=f"{base}/healthz",
+                threads=min(args.wrk_threads, conns),
+                connections=conns,
+                duration=args.duration,
+            )
+
+        def run_exchange(conns: int) -> wrk.WrkResult:
+            return wrk.run(
+                wrk_bin,
+                script="exchange.lua",
+                url=f"{base}/token",
+                threads=min(args.wrk_threads, conns),
+                connections=conns,
+                duration=args.duration,
+                args=(str(keys_file),),
+            )
+
+        def run_refresh(conns: int) -> wrk.WrkResult:
+            # Fresh chains for every run: one per connection plus two spares each.
+            tokens = seed.exchanges(base, seeded.keys, 3 * conns)
+            chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
+            return wrk.run(
+                wrk_bin,
+                script="refresh.lua",
+                url=f"{base}/token",
+                threads=conns,
+                connections=conns,
+                duration=args.duration,
+                args=(str(chains), str(conns)),
+            )
+
+        def run_read(conns: int) -> wrk.WrkResult:
+            return wrk.run(
+                wrk_bin,
+                script="read.lua",
+                url=f"{base}{args.read_path}",
+                threads=min(args.wrk_threads, conns),
+                connections=conns,
+                duration=args.duration,
+                args=(str(jwt_file),),
+            )
+
+        runners = {
+            "healthz": run_healthz,
+            "exchange": run_exchange,
+            "refresh": run_refresh,
+            "read": run_read,
+        }
+        measures = [
+            Measure(
+                key,
+                label.format(read_path=args.read_path),
+                letter,
+                "keyservice",
+                runners[key],
+                server.pid,
+            )
+            for key, label, letter in SCENARIOS
+            if key in args.scenarios
+        ]
+
+        if args.peer:
+            peer_port = procs.free_port()
+            peer_base = peer.url(peer_port)
+            clients = peer.make_clients(100)
+            clients_file = tmp / "peer-clients.json"
+            clients_file.write_text(json.dumps(clients))
+            peer_keys = _write_lines(
+                tmp / "peer-keys.txt", [f"{c['client_id']} {c['client_secret']}" for c in clients]
+            )
+            peer_log = RESULTS_DIR / f"{stamp}-peer.log"
+            node = stack.enter_context(
+                running(
+                    peer.start(
+                        port=peer_port,
+                        workers=args.peer_workers,
+                        clients_file=clients_file,
+                        log_path=peer_log,
+                    )
+                )
+            )
+            peer.wait_ready(node, peer_base)
+            body = peer.token(peer_base, clients[0])
+            peer_header = seed.jwt_header(body["access_token"])
+            meta["peer"] = {
+                "processes": args.peer_workers,
+                "access_token_header": peer_header,
+                "token_type": body.get("token_type"),
+            }
+            print(
+                f"peer: oidc-provider {meta['oidc_provider']} on node {meta['node']}, "
+                f"{args.peer_workers} process(es); access tokens: alg {peer_header.get('alg')}, "
+                f"typ {peer_header.get('typ')}"
+            )
+            if peer_header.get("alg") != "ES256":
+                raise SystemExit(f"the peer does not issue ES256 JWTs: {peer_header}")
+
+            def run_peer(conns: int) -> wrk.WrkResult:
+                return wrk.run(
+                    wrk_bin,
+                    script="exchange.lua",
+                    url=f"{peer_base}/token",
+                    threads=min(args.wrk_threads, conns),
+                    connections=conns,
+                    duration=args.duration,
+                    args=(str(peer_keys),),
+                )
+
+            key, label, letter = PEER_SCENARIO
+            measures.append(Measure(key, label, letter, "peer", run_peer, node.pid))
+
+        print(
+            f"measuring: {len(measures)} scenario(s) x connections {args.connections} x "
+            f"{args.repeat} run(s) x {args.duration} s"
+        )
+        rows = measure_all(measures, args)
+        meta["worker_memory"] = {
+            "keyservice": {str(k): v for k, v in procs.high_water_marks(server.pid).items()},
+        }
+        if args.peer:
+            meta["worker_memory"]["peer"] = {
+                str(k): v for k, v in procs.high_water_marks(node.pid).items()
+            }
+
+    summary = summarize(rows)
+    ratio_rows = ratios(summary)
+    print_table(summary, ratio_rows)
+    result = {"meta": meta, "summary": summary, "ratios": ratio_rows, "runs": rows}
+    out = RESULTS_DIR / f"{stamp}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(BENCH_DIR.parent)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+    bad = [s for s in summary if s["errors"] or s["rps"] <= 0]
+    for s in bad:
+        print(
+            f"PROBLEM: {s['scenario']} c{s['connections']}: {s['errors']} errors, {s['rps']} req/s"
+        )
+    if args.smoke and bad:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
