@@ -1,0 +1,49 @@
+"""Legacy keys imported from an older key store (see `keyservice keys import-legacy`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.auth.service import load_key, run_blocking_check
+from keyservice.context import AppContext
+from keyservice.principals.models import Principal
+from keyservice.security.hashing import LEGACY_KEYS
+
+# Old key strings arrive in the `api_key` form field; bound their size before hashing.
+MAX_LEGACY_KEY_LENGTH = 512
+
+
+async def authenticate(ctx: AppContext, key_string: str) -> tuple[ApiKey, Principal] | None:
+    """Find the legacy key for a whole old key string, or None.
+
+    A key imported with its plaintext has an HMAC lookup and is found in one query. One
+    imported only as a bcrypt/argon2 hash is found by verifying the candidates that have
+    no lookup yet; the first success records the lookup so later exchanges are O(1).
+    """
+    if not key_string or len(key_string) > MAX_LEGACY_KEY_LENGTH:
+        return None
+    lookup = ctx.hasher.hash("legacy:" + key_string)
+    async with ctx.database.sessionmaker() as session:
+        client_id = await session.scalar(
+            select(ApiKey.client_id).where(ApiKey.legacy_lookup == lookup, ApiKey.is_legacy)
+        )
+        if client_id is not None:
+            return await load_key(session, client_id=client_id)
+        candidates = (
+            await session.execute(
+                select(ApiKey.id, ApiKey.client_id, ApiKey.legacy_hash).where(
+                    ApiKey.is_legacy, ApiKey.legacy_lookup.is_(None), ApiKey.revoked_at.is_(None)
+                )
+            )
+        ).all()
+        for candidate in candidates:
+            if candidate.legacy_hash and await run_blocking_check(
+                LEGACY_KEYS.verify, key_string, candidate.legacy_hash
+            ):
+                key = await session.get(ApiKey, candidate.id)
+                assert key is not None
+                key.legacy_lookup = lookup
+                await session.commit()
+                return await load_key(session, client_id=candidate.client_id)
+    return None

@@ -1,0 +1,49 @@
+"""API keys: a public client id plus a secret stored only as a peppered HMAC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keyservice.database import Base, UTCDateTime, new_id, utcnow
+
+
+class ApiKey(Base):
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    # HMAC-SHA256(pepper, secret), hex. NULL for legacy keys, which use legacy_hash.
+    secret_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principal.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # None means the key inherits its owner's permissions at each exchange.
+    scopes: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    allowed_ips: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_used_ip: Mapped[str | None] = mapped_column(String(45), default=None)
+    rotated_from_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # Keys imported from an older store: a passlib hash of the whole old key string, and an
+    # HMAC of that string (set at import when known, or after the first successful use) so
+    # later exchanges find the row without trying every slow hash.
+    is_legacy: Mapped[bool] = mapped_column(Boolean, default=False)
+    legacy_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    legacy_lookup: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+
+    __table_args__ = (Index("ix_api_key_principal_id", "principal_id"),)
+
+    def status(self, *, owner_usable: bool, now: datetime) -> str:
+        """Derive the status in the order API.md gives: revoked, expired, suspended, valid."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        if not owner_usable:
+            return "suspended"
+        return "valid"

@@ -1,0 +1,114 @@
+"""Self-service: the caller's own API keys. The caller must be a user with api_keys:manage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from keyservice.api_keys import service
+from keyservice.api_keys.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyRead,
+    ApiKeyRotate,
+)
+from keyservice.dependencies import (
+    ContextDep,
+    SessionDep,
+    TokenPrincipal,
+    client_ip,
+    require_scope,
+)
+from keyservice.exceptions import InsufficientScope, InvalidToken
+from keyservice.principals.models import Principal
+from keyservice.responses import NO_STORE
+from keyservice.scopes.models import API_KEYS_MANAGE
+
+router = APIRouter(prefix="/api-keys", tags=["api-keys"])
+
+
+async def current_user(
+    principal: Annotated[TokenPrincipal, Depends(require_scope(API_KEYS_MANAGE))],
+    session: SessionDep,
+) -> Principal:
+    """The calling user; devices cannot manage keys (403)."""
+    if principal.type != "user":
+        raise InsufficientScope(API_KEYS_MANAGE)
+    user = await session.get(Principal, principal.id)
+    if user is None or not user.usable:
+        raise InvalidToken("The account behind this token no longer exists or is disabled.")
+    return user
+
+
+UserDep = Annotated[Principal, Depends(current_user)]
+
+
+def _ip(request: Request, context: ContextDep) -> str | None:
+    address = client_ip(request, context)
+    return str(address) if address is not None else None
+
+
+@router.post("", status_code=201, response_model=ApiKeyCreated)
+async def create_key(
+    data: ApiKeyCreate,
+    user: UserDep,
+    session: SessionDep,
+    context: ContextDep,
+    request: Request,
+    response: Response,
+) -> ApiKeyCreated:
+    response.headers.update(NO_STORE)
+    return await service.create(
+        context, session, owner=user, data=data, actor=f"user:{user.name}", ip=_ip(request, context)
+    )
+
+
+@router.get("", response_model=ApiKeyList)
+async def list_keys(user: UserDep, session: SessionDep, context: ContextDep) -> ApiKeyList:
+    return ApiKeyList(items=await service.list_for_owner(context, session, owner=user))
+
+
+@router.get("/{key_id}", response_model=ApiKeyRead)
+async def get_key(
+    key_id: str, user: UserDep, session: SessionDep, context: ContextDep
+) -> ApiKeyRead:
+    from keyservice.database import utcnow
+
+    key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
+    return service.to_read(key, user, context.settings, utcnow())
+
+
+@router.delete("/{key_id}", status_code=204)
+async def delete_key(
+    key_id: str, user: UserDep, session: SessionDep, context: ContextDep, request: Request
+) -> Response:
+    key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
+    await service.revoke(
+        context, session, key=key, actor=f"user:{user.name}", ip=_ip(request, context)
+    )
+    return Response(status_code=204)
+
+
+@router.post("/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
+async def rotate_key(
+    key_id: str,
+    user: UserDep,
+    session: SessionDep,
+    context: ContextDep,
+    request: Request,
+    response: Response,
+    data: ApiKeyRotate | None = None,
+) -> ApiKeyCreated:
+    response.headers.update(NO_STORE)
+    key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
+    return await service.rotate(
+        context,
+        session,
+        key=key,
+        owner=user,
+        grace_seconds=(data or ApiKeyRotate()).grace_seconds,
+        actor=f"user:{user.name}",
+        ip=_ip(request, context),
+    )

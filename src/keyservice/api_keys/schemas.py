@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from keyservice.security.ip import parse_cidrs
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=1000)
+    scopes: list[str] | None = Field(default=None, max_length=100)
+    expires_at: datetime | None = None
+    allowed_ips: list[str] = Field(default_factory=list, max_length=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the name must not be blank")
+        return value.strip()
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("give at least one scope, or omit scopes to inherit permissions")
+        return value
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expires_at needs a time-zone offset, e.g. 2027-01-01T00:00:00Z")
+        return value
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [str(net) for net in parse_cidrs(value)]
+
+
+class ApiKeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(default=86400, ge=0, le=86400 * 30)
+
+
+class ApiKeyRead(BaseModel):
+    id: str
+    client_id: str
+    name: str
+    description: str
+    scopes: list[str] | None
+    inherits_permissions: bool
+    allowed_ips: list[str]
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    last_used_ip: str | None
+    status: str
+    expires_soon: bool
+    owner_id: str
+    owner_type: str
+    legacy: bool = False
+
+
+class ApiKeyCreated(ApiKeyRead):
+    client_secret: str | None
+    api_key: str
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyRead]

@@ -1,0 +1,231 @@
+"""API keys: create, list, get, revoke, rotate — for one's own keys and devices' keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from keyservice.audit import service as audit
+from keyservice.auth.revocation import notify
+from keyservice.config import Settings
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.exceptions import Conflict, NotFound, ValidationFailed
+from keyservice.principals.models import Principal
+from keyservice.scopes.models import effective_permissions
+from keyservice.security.tokens import compose_api_key, new_client_id, new_client_secret
+
+
+def to_read(key: ApiKey, owner: Principal, settings: Settings, now: datetime) -> ApiKeyRead:
+    status = key.status(owner_usable=owner.usable, now=now)
+    return ApiKeyRead(
+        id=key.id,
+        client_id=key.client_id,
+        name=key.name,
+        description=key.description,
+        scopes=key.scopes,
+        inherits_permissions=key.scopes is None,
+        allowed_ips=key.allowed_ips,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        last_used_ip=key.last_used_ip,
+        status=status,
+        expires_soon=status in ("valid", "suspended")
+        and key.expires_at - now <= timedelta(days=settings.expiry_warning_days),
+        owner_id=owner.id,
+        owner_type=owner.kind,
+        legacy=key.is_legacy,
+    )
+
+
+def _check_expiry(expires_at: datetime | None, settings: Settings, now: datetime) -> datetime:
+    latest = now + timedelta(days=settings.key_max_ttl_days)
+    if expires_at is None:
+        return now + timedelta(days=settings.key_default_ttl_days)
+    if expires_at <= now or expires_at > latest:
+        raise ValidationFailed(
+            f"expires_at must be in the future and at most {settings.key_max_ttl_days} days "
+            f"ahead (between now and {latest.strftime('%Y-%m-%dT%H:%M:%SZ')}).",
+            field="expires_at",
+        )
+    return expires_at
+
+
+def _check_scopes(scopes: list[str] | None, owner: Principal) -> list[str] | None:
+    if scopes is None:
+        return None
+    held = effective_permissions(owner.permissions)
+    missing = sorted(set(scopes) - held)
+    if missing:
+        raise ValidationFailed(
+            "A key's scopes must be permissions its owner holds; not held: "
+            + ", ".join(missing)
+            + ".",
+            field="scopes",
+        )
+    return sorted(set(scopes))
+
+
+async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
+    # Serialises concurrent creates for one owner so the limit holds (SQLite: BEGIN IMMEDIATE
+    # already serialises writers).
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(
+            select(Principal.id).where(Principal.id == owner_id).with_for_update()
+        )
+
+
+async def count_live(
+    session: AsyncSession, *, owner_id: str, now: datetime, rotating: str | None = None
+) -> int:
+    """Count keys that are neither revoked nor expired.
+
+    A key that a rotation replaced (or is replacing now) does not count during its grace
+    period: rotating must work at the limit, and the pair is one credential in transition.
+    """
+    successor = aliased(ApiKey)
+    superseded = select(successor.id).where(successor.rotated_from_id == ApiKey.id).exists()
+    query = (
+        select(func.count())
+        .select_from(ApiKey)
+        .where(
+            ApiKey.principal_id == owner_id,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.expires_at > now,
+            ~superseded,
+        )
+    )
+    if rotating is not None:
+        query = query.where(ApiKey.id != rotating)
+    return int(await session.scalar(query) or 0)
+
+
+async def create(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    owner: Principal,
+    data: ApiKeyCreate,
+    actor: str,
+    ip: str | None,
+    rotated_from: ApiKey | None = None,
+) -> ApiKeyCreated:
+    """Create a key for `owner`; the secret is returned here and never again."""
+    settings = ctx.settings
+    now = utcnow()
+    scopes = _check_scopes(data.scopes, owner)
+    expires_at = _check_expiry(data.expires_at, settings, now)
+    await _lock_owner(session, owner.id)
+    live = await count_live(
+        session,
+        owner_id=owner.id,
+        now=now,
+        rotating=rotated_from.id if rotated_from is not None else None,
+    )
+    if live >= settings.max_keys_per_principal:
+        raise Conflict(
+            f"At most {settings.max_keys_per_principal} API keys that are neither revoked nor "
+            "expired are allowed per owner; delete one first."
+        )
+    client_id, secret = new_client_id(), new_client_secret()
+    key = ApiKey(
+        client_id=client_id,
+        secret_hash=ctx.hasher.hash(secret),
+        principal_id=owner.id,
+        name=data.name,
+        description=data.description,
+        scopes=scopes,
+        allowed_ips=data.allowed_ips,
+        created_at=now,
+        expires_at=expires_at,
+        rotated_from_id=rotated_from.id if rotated_from is not None else None,
+    )
+    session.add(key)
+    await session.flush()
+    audit.record(
+        session,
+        type="api_key.rotated" if rotated_from is not None else "api_key.created",
+        actor=actor,
+        principal_id=owner.id,
+        key_id=key.id,
+        ip=ip,
+        reason=f"rotated from {rotated_from.id}" if rotated_from is not None else None,
+    )
+    await session.commit()
+    read = to_read(key, owner, settings, now)
+    return ApiKeyCreated(
+        **read.model_dump(), client_secret=secret, api_key=compose_api_key(client_id, secret)
+    )
+
+
+async def list_for_owner(
+    ctx: AppContext, session: AsyncSession, *, owner: Principal
+) -> list[ApiKeyRead]:
+    keys: Sequence[ApiKey] = (
+        await session.scalars(
+            select(ApiKey)
+            .where(ApiKey.principal_id == owner.id, ApiKey.revoked_at.is_(None))
+            .order_by(ApiKey.created_at.desc())
+        )
+    ).all()
+    now = utcnow()
+    return [to_read(key, owner, ctx.settings, now) for key in keys]
+
+
+async def get_owned(session: AsyncSession, *, key_id: str, owner_id: str) -> ApiKey:
+    """Return the owner's live key; another principal's or a revoked key is 404."""
+    key = await session.get(ApiKey, key_id)
+    if key is None or key.principal_id != owner_id or key.revoked_at is not None:
+        raise NotFound("No API key with this id.")
+    return key
+
+
+async def revoke(
+    ctx: AppContext, session: AsyncSession, *, key: ApiKey, actor: str, ip: str | None
+) -> None:
+    """Revoke a key for good: its refresh tokens die now, its JWTs within seconds everywhere."""
+    if key.revoked_at is not None:
+        return
+    key.revoked_at = utcnow()
+    audit.record(
+        session,
+        type="api_key.deleted",
+        actor=actor,
+        principal_id=key.principal_id,
+        key_id=key.id,
+        ip=ip,
+    )
+    await notify(session, f"client:{key.client_id}")
+    await session.commit()
+    ctx.revocation.apply(f"client:{key.client_id}")
+
+
+async def rotate(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    key: ApiKey,
+    owner: Principal,
+    grace_seconds: int,
+    actor: str,
+    ip: str | None,
+) -> ApiKeyCreated:
+    """Issue a new key with the same settings; the old one expires after the grace period."""
+    now = utcnow()
+    if now >= key.expires_at:
+        raise Conflict("This key has expired; create a new one instead of rotating it.")
+    data = ApiKeyCreate(
+        name=key.name,
+        description=key.description,
+        scopes=key.scopes,
+        allowed_ips=key.allowed_ips,
+    )
+    key.expires_at = min(key.expires_at, now + timedelta(seconds=grace_seconds))
+    return await create(ctx, session, owner=owner, data=data, actor=actor, ip=ip, rotated_from=key)

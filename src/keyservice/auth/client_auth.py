@@ -1,0 +1,71 @@
+"""Client authentication at /token and /revoke: exactly one of three methods.
+
+- HTTP Basic `client_id:client_secret`, each form-urlencoded first (RFC 6749 §2.3.1, App. B)
+- form fields `client_id` + `client_secret`
+- form field `api_key` holding the single key string
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote_plus
+
+from keyservice.exceptions import InvalidClient, InvalidRequest
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    method: str  # "basic", "post" or "api_key"
+    client_id: str | None
+    secret: str | None
+    api_key: str | None = None
+
+    @property
+    def basic(self) -> bool:
+        return self.method == "basic"
+
+
+def parse_basic(header: str) -> tuple[str, str]:
+    """Decode a Basic header value into (client_id, secret)."""
+    scheme, _, encoded = header.partition(" ")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClient(
+            "The Basic credentials are not valid base64 of client_id:client_secret.",
+            headers={"WWW-Authenticate": 'Basic realm="keyservice"'},
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep or not client_id:
+        raise InvalidClient(
+            "The Basic credentials must have the form client_id:client_secret.",
+            headers={"WWW-Authenticate": 'Basic realm="keyservice"'},
+        )
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def client_credentials(
+    form: Mapping[str, str], authorization: str | None
+) -> ClientCredentials | None:
+    """Return the one set of client credentials sent, None if none; refuse two at once."""
+    methods: list[ClientCredentials] = []
+    if authorization and authorization.split(" ", 1)[0].lower() == "basic":
+        client_id, secret = parse_basic(authorization)
+        methods.append(ClientCredentials("basic", client_id, secret))
+    if "client_id" in form or "client_secret" in form:
+        if "client_secret" not in form:
+            raise InvalidRequest("client_id was sent without client_secret.")
+        if "client_id" not in form:
+            raise InvalidRequest("client_secret was sent without client_id.")
+        methods.append(ClientCredentials("post", form["client_id"], form["client_secret"]))
+    if "api_key" in form:
+        methods.append(ClientCredentials("api_key", None, None, api_key=form["api_key"]))
+    if len(methods) > 1:
+        raise InvalidRequest(
+            "Use exactly one client authentication method: HTTP Basic, "
+            "client_id + client_secret, or api_key."
+        )
+    return methods[0] if methods else None

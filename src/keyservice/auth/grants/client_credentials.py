@@ -1,0 +1,118 @@
+"""grant_type=client_credentials: an API key becomes an access token + refresh token."""
+
+from __future__ import annotations
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.auth import service
+from keyservice.auth.client_auth import ClientCredentials
+from keyservice.auth.service import Caller, Issued
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.exceptions import InvalidRequest, InvalidScope
+from keyservice.principals.models import Principal
+from keyservice.security.tokens import parse_api_key
+
+EVENT = "token.exchange"
+PARAMETERS = ("scope",)
+
+
+async def authenticate(
+    ctx: AppContext, creds: ClientCredentials, caller: Caller, *, event: str
+) -> tuple[ApiKey, Principal]:
+    """Authenticate a key by any method; audit and raise invalid_client on failure."""
+    if creds.method == "api_key":
+        assert creds.api_key is not None
+        parsed = parse_api_key(creds.api_key)
+        if parsed is None:
+            return await _authenticate_legacy(ctx, creds.api_key, caller, event=event)
+        client_id, secret = parsed
+    else:
+        assert creds.client_id is not None and creds.secret is not None
+        client_id, secret = creds.client_id, creds.secret
+    ctx.throttle.check(client=client_id, ip=caller.ip_text)
+    async with ctx.database.sessionmaker() as session:
+        found = await service.load_key(session, client_id=client_id)
+    if not service.authenticate_secret(ctx, found, secret):
+        await service.refuse(
+            ctx,
+            service.invalid_client(creds.basic),
+            event=event,
+            reason="wrong secret" if found is not None else "unknown client",
+            caller=caller,
+            key=found[0] if found is not None else None,
+            actor=f"key:{client_id}" if found is not None else None,
+            throttle_subject=client_id,
+        )
+    assert found is not None
+    return found
+
+
+async def _authenticate_legacy(
+    ctx: AppContext, key_string: str, caller: Caller, *, event: str
+) -> tuple[ApiKey, Principal]:
+    from keyservice.api_keys import legacy
+
+    ctx.throttle.check(client=None, ip=caller.ip_text)
+    found = await legacy.authenticate(ctx, key_string)
+    if found is None:
+        await service.refuse(
+            ctx,
+            service.invalid_client(False, "The API key is malformed or unknown."),
+            event=event,
+            reason="malformed key",
+            caller=caller,
+            throttle_subject="legacy",
+        )
+    return found
+
+
+async def handle(
+    ctx: AppContext, form: dict[str, str], creds: ClientCredentials | None, caller: Caller
+) -> Issued:
+    """Validate the key, then generate and persist the tokens."""
+    if creds is None:
+        raise InvalidRequest(
+            "client_credentials needs the key: HTTP Basic, client_id + client_secret, or api_key."
+        )
+    requested = service.parse_scope(form.get("scope"))
+    key, owner = await authenticate(ctx, creds, caller, event=EVENT)
+    now = utcnow()
+    refusal = service.key_refusal(
+        key=key,
+        owner=owner,
+        caller=caller,
+        now=now,
+        legacy_until=ctx.settings.legacy_keys_until,
+    )
+    if refusal is not None:
+        description = None
+        if refusal == "legacy keys no longer accepted":
+            description = (
+                "Legacy keys are no longer accepted: create a new API key and use it instead."
+            )
+        await service.refuse(
+            ctx,
+            service.invalid_client(creds.basic, description),
+            event=EVENT,
+            reason=refusal,
+            caller=caller,
+            key=key,
+            actor=service.actor_for(key=key, owner=None),
+            throttle_subject=key.client_id,
+        )
+    try:
+        scopes = service.grant_scopes(requested, service.available_scopes(owner=owner, key=key))
+    except InvalidScope as exc:
+        await service.refuse(
+            ctx,
+            exc,
+            event=EVENT,
+            reason="scope not held",
+            caller=caller,
+            key=key,
+            actor=service.actor_for(key=key, owner=None),
+        )
+    async with ctx.database.sessionmaker() as session:
+        return await service.issue(
+            ctx, session, owner=owner, key=key, scopes=scopes, caller=caller, event=EVENT
+        )

@@ -1,0 +1,131 @@
+"""The per-process revocation view: what makes a still-unexpired access token dead.
+
+Three sets, small because they only hold what was revoked within one access-token lifetime
+(older tokens have expired anyway): revoked keys (by client id), revoked refresh-token
+families (the JWT's `sid`), and disabled or deleted principals. Checking them costs no
+database round trip. The view is re-read every `revocation_poll_seconds` as the safety net,
+and on PostgreSQL a LISTEN connection applies changes from any replica within milliseconds.
+A process that makes a change applies it to its own view at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.auth.models import RevokedFamily
+from keyservice.database import Database, utcnow
+from keyservice.principals.models import Principal
+
+log = logging.getLogger(__name__)
+CHANNEL = "keyservice_revocation"
+
+
+class RevocationView:
+    def __init__(self, *, access_token_ttl: int, poll_seconds: float) -> None:
+        self.access_token_ttl = access_token_ttl
+        self.poll_seconds = poll_seconds
+        self.revoked_clients: set[str] = set()
+        self.revoked_families: set[str] = set()
+        self.disabled_principals: set[str] = set()
+        self.loaded = False
+        self.on_signing_keys_changed: list[Any] = []
+
+    def reason(self, claims: Mapping[str, Any]) -> str | None:
+        """Return why a verified token is no longer honoured, or None if it still is."""
+        if claims.get("sub") in self.disabled_principals:
+            return "the account behind this token is disabled"
+        if claims.get("sid") in self.revoked_families:
+            return "this token's session was revoked"
+        if claims.get("client_id") in self.revoked_clients:
+            return "the API key behind this token was revoked"
+        return None
+
+    async def reload(self, session: AsyncSession) -> None:
+        horizon = utcnow() - timedelta(seconds=self.access_token_ttl + 60)
+        clients = await session.scalars(
+            select(ApiKey.client_id).where(
+                ApiKey.revoked_at.is_not(None), ApiKey.revoked_at > horizon
+            )
+        )
+        families = await session.scalars(
+            select(RevokedFamily.family_id).where(RevokedFamily.revoked_at > horizon)
+        )
+        principals = await session.scalars(
+            select(Principal.id).where(Principal.disabled | Principal.deleted_at.is_not(None))
+        )
+        self.revoked_clients = set(clients)
+        self.revoked_families = set(families)
+        self.disabled_principals = set(principals)
+        self.loaded = True
+
+    def apply(self, message: str) -> None:
+        """Apply one change, as sent by `notify` (`kind:value`)."""
+        kind, _, value = message.partition(":")
+        if kind == "client":
+            self.revoked_clients.add(value)
+        elif kind == "family":
+            self.revoked_families.add(value)
+        elif kind == "principal-disabled":
+            self.disabled_principals.add(value)
+        elif kind == "principal-enabled":
+            self.disabled_principals.discard(value)
+
+    async def run(self, database: Database, on_signing_keys: Any = None) -> None:
+        """Keep the view fresh until cancelled: LISTEN on PostgreSQL, polling everywhere."""
+        listener = None
+        if not database.is_sqlite:
+            listener = await self._listen(database, on_signing_keys)
+        try:
+            while True:
+                await asyncio.sleep(self.poll_seconds)
+                try:
+                    async with database.sessionmaker() as session:
+                        await self.reload(session)
+                except Exception as exc:  # the database may be restarting; keep the last view
+                    log.warning("revocation view reload failed: %s", type(exc).__name__)
+                if listener is None and not database.is_sqlite:
+                    listener = await self._listen(database, on_signing_keys)
+                elif listener is not None and listener.is_closed():
+                    listener = await self._listen(database, on_signing_keys)
+        finally:
+            if listener is not None and not listener.is_closed():
+                with contextlib.suppress(Exception):
+                    await listener.close(timeout=2)
+
+    async def _listen(self, database: Database, on_signing_keys: Any) -> Any:
+        import asyncpg
+
+        url = make_url(database.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+
+        def _callback(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload == "signing-keys" and on_signing_keys is not None:
+                asyncio.get_running_loop().create_task(on_signing_keys())
+            else:
+                self.apply(payload)
+
+        try:
+            connection = await asyncpg.connect(dsn, timeout=5)
+            await connection.add_listener(CHANNEL, _callback)
+        except Exception as exc:
+            log.warning("revocation LISTEN unavailable, polling only: %s", type(exc).__name__)
+            return None
+        return connection
+
+
+async def notify(session: AsyncSession, message: str) -> None:
+    """Tell every replica (on commit) about a revocation; a no-op on SQLite."""
+    if session.bind.dialect.name == "postgresql":
+        from sqlalchemy import func
+
+        await session.execute(select(func.pg_notify(CHANNEL, message)))

@@ -1,0 +1,161 @@
+"""POST /token, /revoke, /introspect and the two /.well-known documents."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from keyservice.auth import service as auth_service
+from keyservice.auth import tokens as token_ops
+from keyservice.auth.client_auth import ClientCredentials, client_credentials
+from keyservice.auth.grants import client_credentials as cc_grant
+from keyservice.auth.grants import password as password_grant
+from keyservice.auth.grants import refresh_token as refresh_grant
+from keyservice.auth.service import Caller, Issued
+from keyservice.context import AppContext
+from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
+from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
+from keyservice.responses import NO_STORE, JSONResponse
+from keyservice.scopes.models import INTROSPECT
+
+router = APIRouter(tags=["oauth"])
+
+MAX_FORM_BYTES = 16 * 1024
+_CREDENTIAL_PARAMS = {"client_secret", "api_key", "refresh_token", "password", "client_id"}
+
+Grant = Callable[[AppContext, dict[str, str], ClientCredentials | None, Caller], Awaitable[Issued]]
+GRANTS: dict[str, Grant] = {
+    "client_credentials": cc_grant.handle,
+    "refresh_token": refresh_grant.handle,
+    "password": password_grant.handle,
+}
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """Parse an urlencoded body directly (cheaper than Form()); refuse what RFC 6749 forbids.
+
+    Parameters without a value count as omitted (RFC 6749 §3.2); a repeated parameter is
+    invalid_request; credentials are never accepted in the query string.
+    """
+    if any(name in _CREDENTIAL_PARAMS for name in request.query_params):
+        raise InvalidRequest("Credentials must be sent in the request body, never in the URL.")
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidRequest("The body must be application/x-www-form-urlencoded.")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise InvalidRequest("The request body is too large.")
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=50)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("The body is not valid UTF-8 form encoding.") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
+        form[name] = value
+    if not form:
+        raise InvalidRequest("The request body is empty.")
+    return {name: value for name, value in form.items() if value != ""}
+
+
+def token_response(issued: Issued) -> Response:
+    headers = dict(NO_STORE)
+    if issued.sunset is not None:
+        headers["Sunset"] = format_datetime(issued.sunset, usegmt=True)
+    return JSONResponse(issued.body(), headers=headers)
+
+
+@router.post("/token")
+async def token(request: Request, context: ContextDep) -> Response:
+    """RFC 6749 token endpoint: client_credentials, refresh_token, password."""
+    form = await read_form(request)
+    grant_type = form.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is missing.")
+    grant = GRANTS.get(grant_type)
+    if grant is None:
+        raise UnsupportedGrantType(f"The grant type '{grant_type[:50]}' is not supported.")
+    creds = client_credentials(form, request.headers.get("authorization"))
+    caller = Caller(ip=client_ip(request, context))
+    issued = await grant(context, form, creds, caller)
+    return token_response(issued)
+
+
+@router.post("/revoke")
+async def revoke(request: Request, context: ContextDep) -> Response:
+    """RFC 7009: revoke a refresh token (or an access token's family); always 200."""
+    form = await read_form(request)
+    value = form.get("token")
+    if value is None:
+        raise InvalidRequest("token is missing.")
+    creds = client_credentials(form, request.headers.get("authorization"))
+    caller = Caller(ip=client_ip(request, context))
+    await token_ops.revoke(context, token=value, creds=creds, caller=caller)
+    return Response(status_code=200, headers=NO_STORE)
+
+
+@router.post("/introspect")
+async def introspect(
+    request: Request, context: ContextDep, principal: CurrentPrincipal
+) -> Response:
+    """RFC 7662 introspection; the caller needs the `introspect` permission."""
+    if not principal.holds(INTROSPECT):
+        raise InsufficientScope(INTROSPECT)
+    form = await read_form(request)
+    value = form.get("token")
+    if value is None:
+        raise InvalidRequest("token is missing.")
+    result = await token_ops.introspect(context, token=value)
+    return JSONResponse(result, headers=NO_STORE)
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(context: ContextDep) -> Response:
+    return JSONResponse(context.keyring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+
+@router.get("/.well-known/oauth-authorization-server")
+async def metadata(context: ContextDep) -> Response:
+    """RFC 8414 authorization server metadata."""
+    issuer = context.settings.effective_issuer
+    grants = ["client_credentials", "refresh_token"]
+    if context.settings.password_grant_enabled:
+        grants.append("password")
+    body: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "grant_types_supported": grants,
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": [
+            "none",
+            "client_secret_basic",
+            "client_secret_post",
+        ],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "scopes_supported": await auth_service_scopes(context),
+        "access_token_signing_alg_values_supported": [context.settings.signing_algorithm],
+    }
+    return JSONResponse(body)
+
+
+async def auth_service_scopes(context: AppContext) -> list[str]:
+    from keyservice.scopes import service as scopes_service
+
+    async with context.database.sessionmaker() as session:
+        return [scope.name for scope in await scopes_service.list_scopes(session)]
+
+
+__all__ = ["router", "auth_service"]

@@ -1,0 +1,129 @@
+"""Revocation (RFC 7009) and introspection (RFC 7662) of the tokens this service issued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.audit import service as audit
+from keyservice.auth import service
+from keyservice.auth.client_auth import ClientCredentials
+from keyservice.auth.grants.client_credentials import authenticate
+from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.service import Caller
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.principals.models import Principal
+from keyservice.security.jwt import TokenError
+from keyservice.security.tokens import is_refresh_token
+
+
+async def _family_of(ctx: AppContext, token: str) -> tuple[str, str | None, str] | None:
+    """Return (family_id, key_id, principal_id) for a refresh token or one of our JWTs."""
+    if is_refresh_token(token):
+        async with ctx.database.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(
+                        RefreshToken.family_id, RefreshToken.key_id, RefreshToken.principal_id
+                    ).where(RefreshToken.token_hash == ctx.hasher.hash(token))
+                )
+            ).first()
+        return (row.family_id, row.key_id, row.principal_id) if row is not None else None
+    try:
+        claims = ctx.keyring.verify(token)
+    except TokenError:
+        return None
+    sid = claims.get("sid")
+    if not isinstance(sid, str):
+        return None
+    async with ctx.database.sessionmaker() as session:
+        key_id = await session.scalar(
+            select(ApiKey.id).where(ApiKey.client_id == claims.get("client_id"))
+        )
+    return sid, key_id, claims["sub"]
+
+
+async def revoke(
+    ctx: AppContext, *, token: str, creds: ClientCredentials | None, caller: Caller
+) -> None:
+    """Revoke the token's whole family; unknown tokens are silently accepted (RFC 7009 §2.2)."""
+    key: ApiKey | None = None
+    if creds is not None:
+        key, _owner = await authenticate(ctx, creds, caller, event="token.revoke")
+    found = await _family_of(ctx, token)
+    if found is None:
+        return
+    family_id, key_id, principal_id = found
+    if key is not None and key.id != key_id:
+        # Not this client's token: refuse silently, revealing nothing about it.
+        return
+    async with ctx.database.sessionmaker() as session:
+        await service.revoke_family(ctx, session, family_id=family_id, reason="revoked")
+        audit.record(
+            session,
+            type="token.revoke",
+            actor=service.actor_for(key=key, owner=None),
+            principal_id=principal_id,
+            key_id=key_id,
+            ip=caller.ip_text,
+        )
+        await session.commit()
+
+
+async def introspect(ctx: AppContext, *, token: str) -> dict[str, Any]:
+    """Describe a token; inactive if expired, revoked, or its key/owner is no longer usable."""
+    inactive: dict[str, Any] = {"active": False}
+    if is_refresh_token(token):
+        return await _introspect_refresh(ctx, token) or inactive
+    try:
+        claims = ctx.keyring.verify(token)
+    except TokenError:
+        return inactive
+    if ctx.revocation.reason(claims) is not None:
+        return inactive
+    result = {"active": True, "token_type": "Bearer"}
+    for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid"):
+        if name in claims:
+            result[name] = claims[name]
+    result["principal_type"] = claims.get("principal_type")
+    return result
+
+
+async def _introspect_refresh(ctx: AppContext, token: str) -> dict[str, Any] | None:
+    now = utcnow()
+    async with ctx.database.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
+                .join(Principal, Principal.id == RefreshToken.principal_id)
+                .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
+                .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+                .where(RefreshToken.token_hash == ctx.hasher.hash(token))
+            )
+        ).first()
+    if row is None:
+        return None
+    refresh, owner, key, revoked = row
+    if refresh.used_at is not None or revoked is not None or now >= refresh.expires_at:
+        return None
+    if not owner.usable:
+        return None
+    if key is not None and (key.revoked_at is not None or now >= key.expires_at):
+        return None
+    if refresh.key_id is not None and key is None:
+        return None
+    result: dict[str, Any] = {
+        "active": True,
+        "token_type": "refresh_token",
+        "scope": refresh.scope,
+        "sub": owner.id,
+        "exp": int(refresh.expires_at.timestamp()),
+        "iat": int(refresh.created_at.timestamp()),
+        "sid": refresh.family_id,
+    }
+    if key is not None:
+        result["client_id"] = key.client_id
+    return result

@@ -1,0 +1,235 @@
+"""The `keyservice` command: serve, migrate, users, signing keys (and admin tools)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+try:
+    import click
+    from pydantic import ValidationError
+except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
+    print(
+        f"keyservice: the server is not installed ({exc.name} is missing); "
+        "install it with: pip install 'keyservice[server]'",
+        file=sys.stderr,
+    )
+    raise SystemExit(2) from None
+
+from keyservice.config import Settings
+
+T = TypeVar("T")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; on a bad value, exit with a message naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            name = f"KEYSERVICE_{field.upper()}" if field else "configuration"
+            lines.append(f"  {name}: {error['msg']}")
+        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from keyservice.context import AppContext
+
+    context = AppContext(settings)
+    try:
+        return await work(context)
+    finally:
+        await context.database.dispose()
+
+
+def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work(context)` against the configured database."""
+    return asyncio.run(_with_context(settings, work))
+
+
+@click.group()
+@click.version_option(package_name="keyservice")
+def main() -> None:
+    """keyservice: API keys exchanged for short-lived JWTs."""
+
+
+@main.command()
+def migrate() -> None:
+    """Apply pending database migrations."""
+    settings = load_settings()
+    from keyservice import migrations
+
+    migrations.upgrade(settings.effective_database_url)
+    click.echo("database is up to date")
+
+
+async def _prepare(context: Any) -> tuple[str, str | None] | None:
+    from keyservice.users.service import ensure_bootstrap_admin
+
+    async with context.database.sessionmaker() as session:
+        await context.keyring.ensure_key(session)
+    async with context.database.sessionmaker() as session:
+        return await ensure_bootstrap_admin(session, context.settings)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
+def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) -> None:
+    """Serve the HTTP API (embedded SQLite database when nothing is configured)."""
+    # Workers read their settings from the environment: pass host and port on, so that the
+    # default issuer is the same in every process.
+    if host is not None:
+        os.environ["KEYSERVICE_HOST"] = host
+    if port is not None:
+        os.environ["KEYSERVICE_PORT"] = str(port)
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.server_secret()  # generated once, before workers race for it
+    if not no_migrate:
+        from keyservice import migrations
+
+        migrations.upgrade(settings.effective_database_url)
+    created = with_context(settings, _prepare)
+    if created is not None:
+        username, generated = created
+        if generated is not None:
+            # Shown once on the operator's terminal, never logged.
+            click.echo(
+                "\n  Created the first admin.\n"
+                f"    username: {username}\n"
+                f"    password: {generated}\n"
+                "  It is shown only this once: sign in and change it.\n",
+                err=True,
+            )
+        else:
+            click.echo(f"created the bootstrap admin '{username}'", err=True)
+
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": workers,
+        "factory": True,
+        "access_log": False,  # ours omits query strings, which may carry credentials
+        "proxy_headers": False,  # client IPs follow KEYSERVICE_TRUSTED_PROXIES only
+        "server_header": False,
+        "log_level": settings.log_level.lower(),
+        "timeout_graceful_shutdown": 20,
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        options["loop"] = "uvloop"
+    except ModuleNotFoundError:  # pragma: no cover
+        pass
+    try:
+        import httptools  # noqa: F401
+
+        options["http"] = "httptools"
+    except ModuleNotFoundError:  # pragma: no cover
+        pass
+    uvicorn.run("keyservice.main:create_app", **options)
+
+
+@main.group()
+def users() -> None:
+    """Manage users."""
+
+
+@users.command("create")
+@click.argument("username")
+@click.option("--admin", is_flag=True, help="Grant the admin permission.")
+@click.option("--permission", "permissions", multiple=True, help="Grant a permission (repeat).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_create(
+    username: str, admin: bool, permissions: tuple[str, ...], password_stdin: bool
+) -> None:
+    """Create a user; the password is prompted for (or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    perms = list(permissions) + (["admin"] if admin else [])
+    settings = load_settings()
+
+    async def work(context: Any) -> str:
+        from keyservice.users import service
+
+        async with context.database.sessionmaker() as session:
+            user = await service.create(
+                session,
+                username=username,
+                password=password,
+                permissions=perms,
+                actor="cli",
+                ip=None,
+            )
+            return str(user.id)
+
+    from keyservice.exceptions import KeyServiceError
+
+    try:
+        user_id = with_context(settings, work)
+    except KeyServiceError as exc:
+        raise click.ClickException(exc.description) from None
+    click.echo(f"created user {username} ({user_id})")
+
+
+@main.group("signing-keys")
+def signing_keys() -> None:
+    """Manage JWT signing keys."""
+
+
+@signing_keys.command("rotate")
+def signing_keys_rotate() -> None:
+    """Make a new signing key current; the old one stays published until its tokens expire."""
+    settings = load_settings()
+
+    async def work(context: Any) -> str:
+        from keyservice.auth.revocation import notify
+
+        async with context.database.sessionmaker() as session:
+            kid = await context.keyring.create_key(session, retire_current=True)
+            await notify(session, "signing-keys")
+            await session.commit()
+            return str(kid)
+
+    kid = with_context(settings, work)
+    click.echo(f"new signing key {kid} is current; every replica picks it up within 30 seconds")
+
+
+def _register_optional_commands() -> None:
+    """Command groups of domains developed on their own (keys, devices, audit, prune)."""
+    import importlib
+
+    for module_name in ("keyservice.admin_cli",):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        module.register(main)
+
+
+_register_optional_commands()

@@ -1,0 +1,164 @@
+"""Settings, read from `KEYSERVICE_*` environment variables (see the README's table)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Values people paste from examples; refused so that a deployment cannot run with them.
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "change_me", "secret", "please-change", "xxx"}
+_MIN_SECRET_LENGTH = 32
+SECRET_KEY_FILE = "secret_key"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; one instance per app."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYSERVICE_", extra="ignore")
+
+    data_dir: Path = Path(".keyservice")
+    database_url: str | None = None
+    secret_key: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    issuer: str | None = None
+    audience: str | None = None
+    signing_algorithm: Literal["ES256", "EdDSA", "RS256"] = "ES256"
+
+    access_token_ttl: int = Field(default=7200, ge=1, le=86400 * 7)
+    refresh_token_extra_ttl: int = Field(default=3600, ge=1, le=86400 * 30)
+    password_grant_enabled: bool = True
+
+    trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
+    throttle_client_failures: int = Field(default=10, ge=1)
+    throttle_ip_failures: int = Field(default=100, ge=1)
+    throttle_window_seconds: int = Field(default=60, ge=1)
+    redis_url: str | None = None
+
+    max_keys_per_principal: int = Field(default=5, ge=1)
+    key_default_ttl_days: int = Field(default=90, ge=1)
+    key_max_ttl_days: int = Field(default=365, ge=1)
+    expiry_warning_days: int = Field(default=7, ge=0)
+    legacy_keys_until: datetime | None = None
+
+    bootstrap_admin_username: str | None = None
+    bootstrap_admin_password: SecretStr | None = None
+
+    revocation_poll_seconds: float = Field(default=2.0, gt=0, le=5)
+    last_used_interval_seconds: int = Field(default=60, ge=0, le=60)
+    audit_retention_days: int = Field(default=90, ge=1)
+    prune_interval_seconds: int = Field(default=3600, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    environment: Literal["production", "development"] = "production"
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _no_catch_all(cls, value: list[IPNetwork]) -> list[IPNetwork]:
+        for net in value:
+            if net.prefixlen == 0:
+                raise ValueError(f"{net} would trust every address; list the proxies' own CIDRs")
+        return value
+
+    @field_validator("legacy_keys_until", mode="after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(
+                "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z"
+            )
+        return value
+
+    @field_validator("secret_key", mode="after")
+    @classmethod
+    def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if raw.strip().lower() in _PLACEHOLDER_SECRETS or len(raw) < _MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"must be a random value of at least {_MIN_SECRET_LENGTH} characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.key_default_ttl_days > self.key_max_ttl_days:
+            raise ValueError(
+                "KEYSERVICE_KEY_DEFAULT_TTL_DAYS must not exceed KEYSERVICE_KEY_MAX_TTL_DAYS"
+            )
+        if self.database_url is not None and self.secret_key is None:
+            raise ValueError(
+                "KEYSERVICE_SECRET_KEY must be set when KEYSERVICE_DATABASE_URL is set: every "
+                "replica of a deployment needs the same value"
+            )
+        if (self.bootstrap_admin_username is None) != (self.bootstrap_admin_password is None):
+            raise ValueError(
+                "set both KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME and "
+                "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD, or neither"
+            )
+        return self
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'keyservice.db').resolve()}"
+
+    @property
+    def effective_issuer(self) -> str:
+        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def effective_audience(self) -> str:
+        return self.audience or self.effective_issuer
+
+    @property
+    def refresh_token_ttl(self) -> int:
+        return self.access_token_ttl + self.refresh_token_extra_ttl
+
+    def server_secret(self) -> bytes:
+        """Return the server secret, generating it into the data directory when embedded."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / SECRET_KEY_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process of this deployment won the race
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings read from the environment."""
+    return Settings()

@@ -1,0 +1,56 @@
+"""What one running app holds: settings, database, keys, caches. Built by create_app()."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from keyservice.auth.revocation import RevocationView
+from keyservice.auth.throttle import Throttle
+from keyservice.config import Settings
+from keyservice.database import Database
+from keyservice.security.hashing import SecretHasher, derive_key
+from keyservice.security.jwt import SigningKeyring
+
+
+@dataclass
+class LastUsedTracker:
+    """Coalesce `last_used_*` writes: at most one per key per interval per process."""
+
+    interval: float
+    _written: dict[str, float] = field(default_factory=dict)
+
+    def due(self, key_id: str) -> bool:
+        now = time.monotonic()
+        last = self._written.get(key_id)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._written) > 100_000:
+            self._written.clear()
+        self._written[key_id] = now
+        return True
+
+
+class AppContext:
+    def __init__(self, settings: Settings, database: Database | None = None) -> None:
+        self.settings = settings
+        self.database = database or Database(settings.effective_database_url)
+        secret = settings.server_secret()
+        self.hasher = SecretHasher(derive_key(secret, "keyservice/api-key-pepper/v1"))
+        self.keyring = SigningKeyring(
+            encryption_key=derive_key(secret, "keyservice/signing-key-encryption/v1"),
+            algorithm=settings.signing_algorithm,
+            issuer=settings.effective_issuer,
+            audience=settings.effective_audience,
+            access_token_ttl=settings.access_token_ttl,
+        )
+        self.revocation = RevocationView(
+            access_token_ttl=settings.access_token_ttl,
+            poll_seconds=settings.revocation_poll_seconds,
+        )
+        self.throttle = Throttle(
+            client_limit=settings.throttle_client_failures,
+            ip_limit=settings.throttle_ip_failures,
+            window_seconds=settings.throttle_window_seconds,
+        )
+        self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)

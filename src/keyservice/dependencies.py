@@ -1,0 +1,113 @@
+"""Request dependencies as Annotated aliases: context, session, the caller, authorization."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.config import Settings
+from keyservice.context import AppContext
+from keyservice.exceptions import InsufficientScope, InvalidToken, MissingToken
+from keyservice.scopes.models import ADMIN, BUILTIN_SCOPES
+from keyservice.security import ip as ipmod
+from keyservice.security.jwt import TokenError
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings_dep(context: ContextDep) -> Settings:
+    return context.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def get_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
+    async for session in context.database.session():
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def client_ip(request: Request, context: AppContext) -> ipmod.IPAddress | None:
+    peer = request.client.host if request.client else None
+    return ipmod.client_ip(
+        peer, request.headers.getlist("x-forwarded-for"), context.settings.trusted_proxies
+    )
+
+
+@dataclass(frozen=True)
+class TokenPrincipal:
+    """The caller, as its verified access token describes it."""
+
+    id: str
+    type: str
+    scopes: frozenset[str]
+    client_id: str | None
+    sid: str | None
+    claims: dict[str, Any]
+
+    def holds(self, scope: str) -> bool:
+        return scope in self.scopes or (scope in BUILTIN_SCOPES and ADMIN in self.scopes)
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.client_id}" if self.client_id else f"{self.type}:{self.id}"
+
+
+def authenticate_bearer(context: AppContext, authorization: str | None) -> TokenPrincipal:
+    """Verify `Authorization: Bearer <JWT>` (RFC 6750) and the revocation view."""
+    if not authorization:
+        raise MissingToken()
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidToken("Send the access token as: Authorization: Bearer <JWT>.")
+    try:
+        claims = context.keyring.verify(token)
+    except TokenError as exc:
+        raise InvalidToken(str(exc)) from None
+    reason = context.revocation.reason(claims)
+    if reason is not None:
+        raise InvalidToken(f"The access token is no longer valid: {reason}.")
+    scope = claims.get("scope")
+    return TokenPrincipal(
+        id=claims["sub"],
+        type=str(claims.get("principal_type", "user")),
+        scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+        client_id=claims.get("client_id"),
+        sid=claims.get("sid"),
+        claims=claims,
+    )
+
+
+def get_current_principal(request: Request, context: ContextDep) -> TokenPrincipal:
+    return authenticate_bearer(context, request.headers.get("authorization"))
+
+
+CurrentPrincipal = Annotated[TokenPrincipal, Depends(get_current_principal)]
+
+
+def require_scope(scope: str) -> Callable[[TokenPrincipal], Awaitable[TokenPrincipal]]:
+    """Declare on a route that the caller's token must carry `scope` (403 otherwise)."""
+
+    async def dependency(principal: CurrentPrincipal) -> TokenPrincipal:
+        if not principal.holds(scope):
+            raise InsufficientScope(scope)
+        return principal
+
+    return dependency
+
+
+AdminPrincipal = Annotated[TokenPrincipal, Depends(require_scope(ADMIN))]

@@ -1,0 +1,164 @@
+"""The error tree. Services raise these; one handler renders them as JSON.
+
+    KeyServiceError                      error, status_code, description, headers
+    ├── OAuthError                       RFC 6749 §5.2 body, `Cache-Control: no-store`
+    │   ├── InvalidRequest               400 invalid_request
+    │   ├── InvalidClient                401 invalid_client (+ WWW-Authenticate: Basic)
+    │   ├── InvalidGrant                 400 invalid_grant
+    │   ├── InvalidScope                 400 invalid_scope
+    │   ├── UnsupportedGrantType         400 unsupported_grant_type
+    │   ├── SlowDown                     429 slow_down (+ Retry-After)
+    │   └── TemporarilyUnavailable       503 temporarily_unavailable
+    ├── BearerError                      RFC 6750 §3
+    │   ├── MissingToken                 401, WWW-Authenticate: Bearer
+    │   ├── InvalidToken                 401, Bearer error="invalid_token"
+    │   └── InsufficientScope            403, Bearer error="insufficient_scope"
+    ├── NotFound                         404 not_found
+    ├── Conflict                         409 conflict
+    ├── ValidationFailed                 422 validation_error (+ per-field details)
+    └── ServiceUnavailable               503 service_unavailable
+
+Descriptions are written for people and never contain a secret or say whether a given
+client id exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KeyServiceError(Exception):
+    error = "server_error"
+    status_code = 500
+    default_description = "Something went wrong."
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.description = description or self.default_description
+        self.headers = dict(headers or {})
+        self.details = details
+        super().__init__(self.description)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.error, "error_description": self.description}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+class OAuthError(KeyServiceError):
+    status_code = 400
+
+
+class InvalidRequest(OAuthError):
+    error = "invalid_request"
+    default_description = "The request is missing a parameter or is malformed."
+
+
+class InvalidClient(OAuthError):
+    error = "invalid_client"
+    status_code = 401
+    default_description = "Client authentication failed."
+
+
+class InvalidGrant(OAuthError):
+    error = "invalid_grant"
+    default_description = "The grant is invalid, expired or revoked."
+
+
+class InvalidScope(OAuthError):
+    error = "invalid_scope"
+    default_description = "The requested scope is not held by this client."
+
+
+class UnsupportedGrantType(OAuthError):
+    error = "unsupported_grant_type"
+    default_description = "This grant type is not supported."
+
+
+class SlowDown(OAuthError):
+    error = "slow_down"
+    status_code = 429
+    default_description = "Too many failed attempts; wait before trying again."
+
+    def __init__(self, retry_after: int, description: str | None = None) -> None:
+        super().__init__(description, headers={"Retry-After": str(max(1, retry_after))})
+
+
+class TemporarilyUnavailable(OAuthError):
+    error = "temporarily_unavailable"
+    status_code = 503
+    default_description = "The service is temporarily unavailable; try again shortly."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description, headers={"Retry-After": "1"})
+
+
+class BearerError(KeyServiceError):
+    status_code = 401
+
+
+class MissingToken(BearerError):
+    error = "unauthorized"
+    default_description = "This endpoint needs an access token: Authorization: Bearer <JWT>."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InvalidToken(BearerError):
+    error = "invalid_token"
+    default_description = "The access token is invalid, expired or revoked."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(
+            description,
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+class InsufficientScope(BearerError):
+    error = "insufficient_scope"
+    status_code = 403
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This needs the permission '{scope}', which the access token does not carry.",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+
+
+class NotFound(KeyServiceError):
+    error = "not_found"
+    status_code = 404
+    default_description = "Not found."
+
+
+class Conflict(KeyServiceError):
+    error = "conflict"
+    status_code = 409
+    default_description = "That conflicts with the current state."
+
+
+class ValidationFailed(KeyServiceError):
+    error = "validation_error"
+    status_code = 422
+    default_description = "The request is not valid."
+
+    def __init__(self, description: str, *, field: str | None = None) -> None:
+        details = [{"loc": ["body", field], "msg": description}] if field else None
+        super().__init__(description, details=details)
+
+
+class ServiceUnavailable(KeyServiceError):
+    error = "service_unavailable"
+    status_code = 503
+    default_description = "The database is not answering; try again shortly."
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(description, headers={"Retry-After": "1"})

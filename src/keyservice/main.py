@@ -1,0 +1,252 @@
+"""create_app(): routers, exception handlers, middleware, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keyservice import __version__
+from keyservice.config import Settings, get_settings
+from keyservice.context import AppContext
+from keyservice.exceptions import KeyServiceError, ServiceUnavailable, TemporarilyUnavailable
+from keyservice.responses import NO_STORE, JSONResponse
+
+log = logging.getLogger("keyservice")
+access_log = logging.getLogger("keyservice.access")
+
+OAUTH_PATHS = ("/token", "/revoke", "/introspect")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _is_db_outage(exc: BaseException) -> bool:
+    if isinstance(exc, (OperationalError, PoolTimeout, ConnectionError, OSError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    name = type(exc).__name__
+    return name in {"CannotConnectNowError", "ConnectionDoesNotExistError", "InterfaceError"}
+
+
+def _error_response(request: Request, exc: KeyServiceError) -> Response:
+    headers = dict(exc.headers)
+    if request.url.path in OAUTH_PATHS:
+        headers.update(NO_STORE)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KeyServiceError)
+    async def _service_error(request: Request, exc: KeyServiceError) -> Response:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        # Never echo `input`: it may hold a password or a secret.
+        details = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
+            for err in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        body = {
+            "error": "validation_error",
+            "error_description": f"{where}: {first['msg']}",
+            "details": details,
+        }
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        description = exc.detail if isinstance(exc.detail, str) else "Request refused."
+        if exc.status_code == 404:
+            description = "There is nothing at this path."
+        body = {"error": codes.get(exc.status_code, "http_error"), "error_description": description}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        if _is_db_outage(exc):
+            log.warning("database unavailable during %s: %s", request.url.path, type(exc).__name__)
+            outage: KeyServiceError = (
+                TemporarilyUnavailable()
+                if request.url.path in OAUTH_PATHS
+                else ServiceUnavailable()
+            )
+            return _error_response(request, outage)
+        # The trace goes to the log without locals; the client learns nothing internal.
+        log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        return _error_response(request, KeyServiceError())
+
+
+class EdgeMiddleware:
+    """Pure-ASGI edge: body size limit, security headers, an access log without query strings."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > MAX_BODY_BYTES
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    response = JSONResponse(
+                        {"error": "request_too_large", "error_description": "Body too large."},
+                        status_code=413,
+                    )
+                    await response(scope, receive, send)
+                    return
+        started = time.perf_counter()
+        status = 500
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise StarletteHTTPException(413, "Body too large.")
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not scope["path"].startswith("/console"):
+                    headers.append((b"x-frame-options", b"DENY"))
+                    headers.append((b"referrer-policy", b"no-referrer"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s %.1fms",
+                    scope["method"],
+                    scope["path"],  # never the query string: it may carry credentials
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    context: AppContext = app.state.context
+    async with context.database.sessionmaker() as session:
+        await context.keyring.ensure_key(session)
+        await context.revocation.reload(session)
+    if context.settings.bootstrap_admin_username:
+        from keyservice.users.service import ensure_bootstrap_admin
+
+        async with context.database.sessionmaker() as session:
+            await ensure_bootstrap_admin(session, context.settings)
+
+    async def reload_signing_keys() -> None:
+        async with context.database.sessionmaker() as session:
+            await context.keyring.load(session)
+
+    async def keep_signing_keys_fresh() -> None:
+        while True:
+            await asyncio.sleep(30)
+            with contextlib.suppress(Exception):
+                await reload_signing_keys()
+
+    tasks = [
+        asyncio.create_task(context.revocation.run(context.database, reload_signing_keys)),
+        asyncio.create_task(keep_signing_keys_fresh()),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await context.database.dispose()
+
+
+def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
+    """Build the application; `keyservice serve` runs it under uvicorn."""
+    if context is None:
+        context = AppContext(settings or get_settings())
+    app = FastAPI(
+        title="keyservice",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware)
+
+    from keyservice.api_keys.router import router as api_keys_router
+    from keyservice.auth.router import router as auth_router
+    from keyservice.principals.router import router as me_router
+
+    app.include_router(auth_router)
+    app.include_router(me_router)
+    app.include_router(api_keys_router)
+    _include_optional_routers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            async with asyncio.timeout(2):
+                async with context.database.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "up"})
+
+    return app
+
+
+def _include_optional_routers(app: FastAPI) -> None:
+    """Routers of domains that may be added independently (admin, console)."""
+    import importlib
+
+    for module_name in (
+        "keyservice.users.router",
+        "keyservice.devices.router",
+        "keyservice.scopes.router",
+        "keyservice.audit.router",
+        "keyservice.admin_keys.router",
+        "keyservice.console.router",
+    ):
+        try:
+            module: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        app.include_router(module.router)

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class KeyWarning(BaseModel):
+    key_id: str
+    client_id: str
+    name: str
+    expires_at: datetime
+    status: str
+
+
+class MeRead(BaseModel):
+    id: str
+    type: str
+    username: str | None = None
+    name: str | None = None
+    permissions: list[str]
+    warnings: list[KeyWarning]

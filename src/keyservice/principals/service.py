@@ -1,0 +1,52 @@
+"""Principals as callers see themselves."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.config import Settings
+from keyservice.database import utcnow
+from keyservice.exceptions import InvalidToken
+from keyservice.principals.models import Principal
+from keyservice.principals.schemas import KeyWarning, MeRead
+from keyservice.scopes.models import effective_permissions
+
+
+async def describe(session: AsyncSession, *, principal_id: str, settings: Settings) -> MeRead:
+    """Return the principal with a warning for each own key expired or expiring soon."""
+    principal = await session.get(Principal, principal_id)
+    if principal is None or not principal.usable:
+        raise InvalidToken("The account behind this token no longer exists or is disabled.")
+    now = utcnow()
+    soon = now + timedelta(days=settings.expiry_warning_days)
+    keys = await session.scalars(
+        select(ApiKey)
+        .where(
+            ApiKey.principal_id == principal.id,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.expires_at <= soon,
+        )
+        .order_by(ApiKey.expires_at)
+    )
+    warnings = [
+        KeyWarning(
+            key_id=key.id,
+            client_id=key.client_id,
+            name=key.name,
+            expires_at=key.expires_at,
+            status="expired" if now >= key.expires_at else "expires_soon",
+        )
+        for key in keys
+    ]
+    return MeRead(
+        id=principal.id,
+        type=principal.kind,
+        username=principal.name if principal.kind == "user" else None,
+        name=principal.name if principal.kind == "device" else None,
+        permissions=sorted(effective_permissions(principal.permissions)),
+        warnings=warnings,
+    )

@@ -1,0 +1,71 @@
+"""Client addresses and allow-lists (RFC 7239's concerns, applied to X-Forwarded-For)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_ip(value: str) -> IPAddress | None:
+    """Parse an address; IPv4-mapped IPv6 (::ffff:a.b.c.d) becomes the IPv4 address."""
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_cidrs(values: Iterable[str]) -> list[IPNetwork]:
+    """Parse CIDRs (a bare address is a /32 or /128); raise ValueError naming a bad one."""
+    networks: list[IPNetwork] = []
+    for value in values:
+        try:
+            network = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"'{value}' is not an IPv4 or IPv6 address or CIDR") from None
+        if isinstance(network, ipaddress.IPv6Network):
+            mapped = network.network_address.ipv4_mapped
+            if mapped is not None and network.prefixlen >= 96:
+                network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        networks.append(network)
+    return networks
+
+
+def in_networks(address: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
+    if address is None:
+        return False
+    return any(address.version == net.version and address in net for net in networks)
+
+
+def client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> IPAddress | None:
+    """Return the caller's address: the TCP peer unless it is a trusted proxy.
+
+    Behind trusted proxies, walk X-Forwarded-For from the right and take the first address
+    that is not itself a trusted proxy; everything left of it could have been written by the
+    client and is ignored.
+    """
+    address = parse_ip(peer) if peer else None
+    if address is None or not trusted or not in_networks(address, trusted):
+        return address
+    hops = [hop for header in forwarded_for for hop in header.split(",")]
+    for hop in reversed(hops):
+        candidate = parse_ip(hop)
+        if candidate is None:
+            # A garbled hop cannot be attributed; stop at the last address we trust.
+            return address
+        if not in_networks(candidate, trusted):
+            return candidate
+        address = candidate
+    return address
+
+
+def ip_allowed(address: IPAddress | None, allowed: Sequence[IPNetwork]) -> bool:
+    """Empty allow-list means any address."""
+    return not allowed or in_networks(address, allowed)

@@ -1,0 +1,265 @@
+"""Access tokens: RFC 9068 JWTs signed with keys kept in the database.
+
+Private keys are stored encrypted (AES-256-GCM, key derived from the server secret), so
+every replica signs and verifies with the same keys. Loaded key objects are kept in memory:
+parsing a PEM per request would cost more than signing (PERF-NOTES).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.auth.models import SigningKey
+from keyservice.database import utcnow
+from keyservice.security.tokens import looks_like_api_key
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat", "jti"]
+_VERIFIED_CACHE_SIZE = 10_000
+
+PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+class TokenError(Exception):
+    """A presented access token cannot be accepted; the message is safe to show."""
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    kid: str
+    algorithm: str
+    private_key: PrivateKey
+    public_key: PublicKey
+    jwk: dict[str, Any]
+    created_at: datetime
+    retired_at: datetime | None
+
+
+def _generate(algorithm: str) -> PrivateKey:
+    if algorithm == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _public_jwk(public_key: PublicKey, algorithm: str, kid: str) -> dict[str, Any]:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public_key, as_dict=True)
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        jwk = OKPAlgorithm.to_jwk(public_key, as_dict=True)
+    else:
+        jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+    return {**jwk, "kid": kid, "alg": algorithm, "use": "sig"}
+
+
+class SigningKeyring:
+    """The signing keys of a deployment, cached per process, and the verified-token cache."""
+
+    def __init__(
+        self,
+        *,
+        encryption_key: bytes,
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        access_token_ttl: int,
+    ) -> None:
+        self._aead = AESGCM(encryption_key)
+        self.algorithm = algorithm
+        self.issuer = issuer
+        self.audience = audience
+        self.access_token_ttl = access_token_ttl
+        self._keys: dict[str, LoadedKey] = {}
+        self._current: LoadedKey | None = None
+        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._last_reload = 0.0
+
+    # Storage -------------------------------------------------------------------------
+
+    def _encrypt(self, kid: str, der: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, der, kid.encode())
+
+    def _decrypt(self, kid: str, blob: bytes) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+
+    async def create_key(self, session: AsyncSession, *, retire_current: bool) -> str:
+        """Store a new key and make it current; the old one stays published (not committed)."""
+        private_key = _generate(self.algorithm)
+        kid = uuid.uuid4().hex
+        der = private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        now = utcnow()
+        if retire_current:
+            await session.execute(
+                update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=now)
+            )
+        session.add(
+            SigningKey(
+                kid=kid,
+                algorithm=self.algorithm,
+                private_key_encrypted=self._encrypt(kid, der),
+                public_jwk=_public_jwk(private_key.public_key(), self.algorithm, kid),
+                created_at=now,
+            )
+        )
+        await session.flush()
+        return kid
+
+    async def ensure_key(self, session: AsyncSession) -> None:
+        """Create the first key of a new deployment, then load the keyring."""
+        current = await session.scalar(
+            select(SigningKey.kid).where(SigningKey.retired_at.is_(None)).limit(1)
+        )
+        if current is None:
+            await self.create_key(session, retire_current=False)
+            await session.commit()
+        await self.load(session)
+
+    async def load(self, session: AsyncSession) -> None:
+        """Read every published key; decrypt each private key once."""
+        horizon = utcnow() - timedelta(seconds=self.access_token_ttl + 60)
+        rows = (
+            await session.scalars(
+                select(SigningKey).where(
+                    (SigningKey.retired_at.is_(None)) | (SigningKey.retired_at > horizon)
+                )
+            )
+        ).all()
+        keys: dict[str, LoadedKey] = {}
+        for row in rows:
+            known = self._keys.get(row.kid)
+            if known is not None and known.retired_at == row.retired_at:
+                keys[row.kid] = known
+                continue
+            private_key = serialization.load_der_private_key(
+                self._decrypt(row.kid, row.private_key_encrypted), password=None
+            )
+            assert isinstance(private_key, PrivateKey)
+            keys[row.kid] = LoadedKey(
+                kid=row.kid,
+                algorithm=row.algorithm,
+                private_key=private_key,
+                public_key=private_key.public_key(),
+                jwk=row.public_jwk,
+                created_at=row.created_at,
+                retired_at=row.retired_at,
+            )
+        live = [k for k in keys.values() if k.retired_at is None]
+        self._keys = keys
+        self._current = max(live, key=lambda k: (k.created_at, k.kid)) if live else None
+        self._last_reload = time.monotonic()
+
+    # Tokens --------------------------------------------------------------------------
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.jwk for k in sorted(self._keys.values(), key=lambda k: k.kid)]}
+
+    @property
+    def current_kid(self) -> str | None:
+        return self._current.kid if self._current else None
+
+    def knows(self, kid: str) -> bool:
+        return kid in self._keys
+
+    def issue(self, claims: dict[str, Any], *, now: int | None = None) -> tuple[str, int]:
+        """Sign an access token; return it with its `exp`."""
+        key = self._current
+        if key is None:
+            raise RuntimeError("no signing key loaded")
+        iat = int(time.time()) if now is None else now
+        exp = iat + self.access_token_ttl
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": iat,
+            "exp": exp,
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
+        token = jwt.encode(
+            payload,
+            key.private_key,
+            algorithm=key.algorithm,
+            headers={"typ": ACCESS_TOKEN_TYPE, "kid": key.kid},
+        )
+        return token, exp
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Verify one of our access tokens (RFC 9068 §4); raise TokenError with a safe reason.
+
+        No leeway: the service applies none to its own tokens (API.md).
+        """
+        digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
+        cached = self._verified.get(digest)
+        now = time.time()
+        if cached is not None:
+            if cached["exp"] > now:
+                return cached
+            del self._verified[digest]
+        claims = self._verify_uncached(token)
+        self._verified[digest] = claims
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    def _verify_uncached(self, token: str) -> dict[str, Any]:
+        if looks_like_api_key(token):
+            raise TokenError(
+                "An API key is not an access token: exchange it at /token and send the "
+                "access_token it returns."
+            )
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("The access token is malformed.") from None
+        typ = str(header.get("typ", "")).lower()
+        if typ not in (ACCESS_TOKEN_TYPE, "application/" + ACCESS_TOKEN_TYPE):
+            raise TokenError("The token is not an access token (typ must be at+jwt).")
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenError("The access token was not signed by a key of this service.")
+        if header.get("alg") != key.algorithm:
+            raise TokenError("The access token uses an algorithm this service does not accept.")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[key.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=0,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("The access token has expired.") from None
+        except jwt.PyJWTError:
+            raise TokenError("The access token is invalid.") from None
+        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("exp"), int):
+            raise TokenError("The access token is invalid.")
+        return claims
+
+    def forget_verified(self) -> None:
+        """Drop the verified-token cache (revocation is checked after it anyway)."""
+        self._verified.clear()

@@ -1,0 +1,102 @@
+"""Formats of the strings handed to clients: API keys, client ids, refresh tokens.
+
+    API key:        ksk_<16 base62: client id body>_<43 base62: secret><6 base62: CRC32>
+    client id:      kc_<16 base62>
+    client secret:  <43 base62>                      (256 random bits)
+    refresh token:  ksr_<43 base62><6 base62: CRC32>
+
+Only `[A-Za-z0-9_]` appear, so form and URL encoding never change them. The fixed prefix
+and the checksum let secret scanners find leaked keys and let typos be refused before any
+database work (the scheme GitHub describes for its tokens).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import zlib
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_PREFIX = "ksk_"
+CLIENT_ID_PREFIX = "kc_"
+REFRESH_PREFIX = "ksr_"
+_CLIENT_BODY_LEN = 16
+_SECRET_LEN = 43  # 62**43 > 2**256
+_CRC_LEN = 6  # 62**6 > 2**32
+
+_API_KEY_RE = re.compile(
+    rf"^{KEY_PREFIX}([0-9A-Za-z]{{{_CLIENT_BODY_LEN}}})_([0-9A-Za-z]{{{_SECRET_LEN}}})"
+    rf"([0-9A-Za-z]{{{_CRC_LEN}}})$"
+)
+_CLIENT_ID_RE = re.compile(rf"^{CLIENT_ID_PREFIX}[0-9A-Za-z]{{{_CLIENT_BODY_LEN}}}$")
+_SECRET_RE = re.compile(rf"^[0-9A-Za-z]{{{_SECRET_LEN}}}$")
+_REFRESH_RE = re.compile(
+    rf"^{REFRESH_PREFIX}([0-9A-Za-z]{{{_SECRET_LEN}}})([0-9A-Za-z]{{{_CRC_LEN}}})$"
+)
+
+
+def _base62(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        chars.append(_ALPHABET[rem])
+    if number:
+        raise ValueError("number does not fit the width")
+    return "".join(reversed(chars))
+
+
+def _random_base62(width: int, bits: int) -> str:
+    return _base62(secrets.randbits(bits), width)
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode()), _CRC_LEN)
+
+
+def new_client_id() -> str:
+    return CLIENT_ID_PREFIX + _random_base62(_CLIENT_BODY_LEN, 95)
+
+
+def new_client_secret() -> str:
+    return _random_base62(_SECRET_LEN, 256)
+
+
+def compose_api_key(client_id: str, secret: str) -> str:
+    """Return the single key string that carries both client id and secret."""
+    body = f"{KEY_PREFIX}{client_id.removeprefix(CLIENT_ID_PREFIX)}_{secret}"
+    return body + _checksum(body)
+
+
+def parse_api_key(value: str) -> tuple[str, str] | None:
+    """Split a key string into (client_id, secret), or None if malformed or mistyped."""
+    match = _API_KEY_RE.match(value)
+    if match is None:
+        return None
+    body = value[:-_CRC_LEN]
+    if not secrets.compare_digest(_checksum(body), match.group(3)):
+        return None
+    return CLIENT_ID_PREFIX + match.group(1), match.group(2)
+
+
+def looks_like_api_key(value: str) -> bool:
+    return value.startswith(KEY_PREFIX)
+
+
+def is_client_id(value: str) -> bool:
+    return _CLIENT_ID_RE.match(value) is not None
+
+
+def is_client_secret(value: str) -> bool:
+    return _SECRET_RE.match(value) is not None
+
+
+def new_refresh_token() -> str:
+    body = REFRESH_PREFIX + _random_base62(_SECRET_LEN, 256)
+    return body + _checksum(body)
+
+
+def is_refresh_token(value: str) -> bool:
+    match = _REFRESH_RE.match(value)
+    return match is not None and secrets.compare_digest(
+        _checksum(value[:-_CRC_LEN]), match.group(2)
+    )
