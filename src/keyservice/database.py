@@ -57,7 +57,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         # SQLite has no time zones: store naive UTC so that text comparisons stay ordered.
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, _dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

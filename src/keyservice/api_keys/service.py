@@ -76,7 +76,7 @@ def _check_scopes(scopes: list[str] | None, owner: Principal) -> list[str] | Non
 async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
     # Serialises concurrent creates for one owner so the limit holds (SQLite: BEGIN IMMEDIATE
     # already serialises writers).
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(
             select(Principal.id).where(Principal.id == owner_id).with_for_update()
         )

@@ -103,7 +103,7 @@ class RevocationView:
                     await listener.close(timeout=2)
 
     async def _listen(self, database: Database, on_signing_keys: Any) -> Any:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         url = make_url(database.url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
@@ -125,7 +125,7 @@ class RevocationView:
 
 async def notify(session: AsyncSession, message: str) -> None:
     """Tell every replica (on commit) about a revocation; a no-op on SQLite."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy import func
 
         await session.execute(select(func.pg_notify(CHANNEL, message)))

@@ -55,6 +55,6 @@ class Throttle:
         if len(self._failures) > _MAX_SUBJECTS:
             for subject in list(self._failures)[: _MAX_SUBJECTS // 10]:
                 self._recent(subject, now)
-        for subject in (f"c:{client}" if client else None, f"i:{ip}" if ip else None):
-            if subject is not None:
-                self._failures.setdefault(subject, deque()).append(now)
+        subjects = ([f"c:{client}"] if client else []) + ([f"i:{ip}"] if ip else [])
+        for subject in subjects:
+            self._failures.setdefault(subject, deque()).append(now)

@@ -8,7 +8,11 @@ scope, binding), the transaction rolls back and the token stays usable.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import NoReturn
+
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
@@ -77,7 +81,8 @@ async def handle(
             owner=owner,
             key=key,
             revoked=revoked_family is not None,
-            claimed=claimed,
+            expires_at=claimed.expires_at,
+            key_id=claimed.key_id,
             bound_key=bound_key,
             caller=caller,
             now=now,
@@ -130,16 +135,13 @@ def _refusal(
     owner: Principal,
     key: ApiKey | None,
     revoked: bool,
-    claimed: object,
+    expires_at: datetime,
+    key_id: str | None,
     bound_key: ApiKey | None,
     caller: Caller,
-    now: object,
+    now: datetime,
 ) -> str | None:
-    from datetime import datetime
-
-    assert isinstance(now, datetime)
-    expires_at = claimed.expires_at
-    key_id = claimed.key_id
+    """Return why the claimed token must not be honoured, or None."""
     if revoked:
         return "refresh token family revoked"
     if now >= expires_at:
@@ -164,11 +166,9 @@ def _refusal(
 
 
 async def _unknown_or_reused(
-    ctx: AppContext, session: object, *, token_hash: str, caller: Caller
-) -> None:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
-    assert isinstance(session, AsyncSession)
+    ctx: AppContext, session: AsyncSession, *, token_hash: str, caller: Caller
+) -> NoReturn:
+    """No unused token matched: either it never existed, or this is a reuse."""
     used = (
         await session.execute(
             select(RefreshToken.family_id, RefreshToken.key_id, RefreshToken.principal_id).where(

@@ -1,0 +1,149 @@
+"""Shared fixtures: every storage test runs on SQLite and on PostgreSQL, for real.
+
+PostgreSQL: `KEYSERVICE_TEST_POSTGRES_URL` (default postgresql://postgres@127.0.0.1:5432/test)
+names a server where the suite may create and drop its own database. If it cannot be
+reached the run fails; set KEYSERVICE_TEST_SKIP_POSTGRES=1 to run SQLite only, knowingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from keyservice import migrations
+from keyservice.config import Settings
+from keyservice.context import AppContext
+from keyservice.database import Database
+from keyservice.main import create_app
+
+POSTGRES_URL = os.environ.get(
+    "KEYSERVICE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+SKIP_POSTGRES = os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1"
+BACKENDS = ["sqlite"] if SKIP_POSTGRES else ["sqlite", "postgresql"]
+TABLES = ["audit_event", "refresh_token", "revoked_family", "api_key", "principal", "signing_key"]
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _pg_admin(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_URL), timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def create_postgres_database(prefix: str = "ks_test") -> str:
+    """Create a throwaway database; return its SQLAlchemy URL."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.exit(
+            f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(exc).__name__}: {exc}). "
+            "The suite runs every storage test on PostgreSQL too; start it "
+            "(make services) or set KEYSERVICE_TEST_SKIP_POSTGRES=1 to run SQLite only.",
+            returncode=3,
+        )
+    base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+def drop_postgres_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database per backend, shared by the session (tables emptied per test)."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "keyservice.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        migrations.upgrade(url)
+        yield url
+        return
+    url = create_postgres_database()
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+
+def make_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "secret_key": TEST_SECRET,
+        "data_dir": tmp_path,
+        "issuer": "http://keyservice.test",
+        "revocation_poll_seconds": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def truncate(database: Database) -> None:
+    async with database.engine.begin() as connection:
+        if database.is_sqlite:
+            for table in TABLES:
+                await connection.execute(text(f"DELETE FROM {table}"))
+        else:
+            await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        await connection.execute(text("DELETE FROM scope WHERE NOT builtin"))
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module (or with indirect parametrization) to change settings."""
+    return {}
+
+
+@pytest.fixture
+async def context(
+    database_url: str, tmp_path: Path, settings_overrides: dict[str, Any]
+) -> AsyncIterator[AppContext]:
+    settings = make_settings(database_url, tmp_path, **settings_overrides)
+    ctx = AppContext(settings)
+    await truncate(ctx.database)
+    yield ctx
+    await ctx.database.dispose()
+
+
+@pytest.fixture
+async def app(context: AppContext) -> AsyncIterator[Any]:
+    application = create_app(context=context)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+def client_for(app: Any, ip: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://keyservice.test")
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(app) as http:
+        yield http

@@ -1,0 +1,94 @@
+"""Test data built through the real services and HTTP API."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import httpx
+
+from keyservice.context import AppContext
+from keyservice.principals.models import Principal
+from keyservice.scopes.models import Scope
+from keyservice.security.hashing import hash_password
+
+PASSWORD = "correct horse battery staple"
+
+
+@lru_cache
+def _password_hash(password: str) -> str:
+    # argon2 is slow on purpose; hash the test password once per run.
+    return hash_password(password)
+
+
+async def create_principal(
+    ctx: AppContext,
+    name: str,
+    *,
+    kind: str = "user",
+    permissions: list[str] | None = None,
+    password: str = PASSWORD,
+    disabled: bool = False,
+) -> Principal:
+    """Insert a user or device directly (scopes it names are added to the catalog)."""
+    perms = permissions if permissions is not None else ["api_keys:manage"]
+    async with ctx.database.sessionmaker() as session:
+        for perm in perms:
+            if await session.get(Scope, perm) is None:
+                session.add(Scope(name=perm, description=f"test scope {perm}"))
+        principal = Principal(
+            kind=kind,
+            name=name,
+            permissions=perms,
+            password_hash=_password_hash(password) if kind == "user" else None,
+            disabled=disabled,
+        )
+        session.add(principal)
+        await session.commit()
+        return principal
+
+
+async def add_scope(ctx: AppContext, name: str, description: str = "") -> None:
+    async with ctx.database.sessionmaker() as session:
+        session.add(Scope(name=name, description=description or name))
+        await session.commit()
+
+
+async def login(
+    client: httpx.AsyncClient, username: str, password: str = PASSWORD, **extra: str
+) -> dict[str, Any]:
+    response = await client.post(
+        "/token",
+        data={"grant_type": "password", "username": username, "password": password, **extra},
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def user_token(
+    ctx: AppContext, client: httpx.AsyncClient, name: str, permissions: list[str] | None = None
+) -> str:
+    """Create a user and return an access token from a password login."""
+    await create_principal(ctx, name, permissions=permissions)
+    return str((await login(client, name))["access_token"])
+
+
+async def create_key(
+    client: httpx.AsyncClient, token: str, expect: int = 201, **body: Any
+) -> dict[str, Any]:
+    body.setdefault("name", "test key")
+    response = await client.post("/api-keys", json=body, headers=bearer(token))
+    assert response.status_code == expect, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def exchange(client: httpx.AsyncClient, api_key: str, **extra: str) -> httpx.Response:
+    return await client.post(
+        "/token", data={"grant_type": "client_credentials", "api_key": api_key, **extra}
+    )

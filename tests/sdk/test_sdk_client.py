@@ -1,0 +1,288 @@
+"""KeyServiceAuth against a real server: exchange, refresh, fallbacks, concurrency, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from keyservice.client import KeyServiceAuth, TokenExchangeError
+
+from .support import ACCESS_TOKEN_TTL, Server, TokenLog, no_secret_hook
+
+pytestmark = pytest.mark.e2e
+
+# Past the adaptive refresh point (half the 3 s lifetime) and past expiry itself.
+PAST_EXPIRY = ACCESS_TOKEN_TTL + 0.5
+
+
+def secret_part(api_key: str) -> str:
+    return api_key.split("_", 2)[2]
+
+
+def test_sync_requests_exchange_once_then_refresh(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        hook = no_secret_hook(api_key, secret_part(api_key))
+        with httpx.Client(base_url=server.url, auth=auth, event_hooks={"request": [hook]}) as c:
+            for _ in range(10):
+                assert c.get("/me").status_code == 200
+            assert (token_log.exchanges, token_log.refreshes) == (1, 0)
+            time.sleep(PAST_EXPIRY)
+            for _ in range(3):
+                assert c.get("/me").status_code == 200
+    assert token_log.exchanges == 1
+    assert token_log.refreshes >= 1
+    assert all(status == 200 for _, status, _, _ in token_log.responses)
+
+
+async def test_async_requests_exchange_once_then_refresh(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        hook = no_secret_hook(api_key, secret_part(api_key))
+
+        async def ahook(request: httpx.Request) -> None:
+            hook(request)
+
+        async with httpx.AsyncClient(
+            base_url=server.url, auth=auth, event_hooks={"request": [ahook]}
+        ) as c:
+            for _ in range(10):
+                assert (await c.get("/me")).status_code == 200
+            await asyncio.sleep(PAST_EXPIRY)
+            assert (await c.get("/me")).status_code == 200
+    assert token_log.exchanges == 1
+    assert token_log.refreshes >= 1
+
+
+async def test_twenty_concurrent_tasks_on_a_cold_client_exchange_once(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+            responses = await asyncio.gather(*(c.get("/me") for _ in range(20)))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert token_log.exchanges == 1
+
+
+def test_twenty_threads_on_a_cold_client_exchange_once(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    barrier = threading.Barrier(20)
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+
+            def call(_: int) -> int:
+                barrier.wait()  # all threads hit the cold auth object at once
+                return c.get("/me").status_code
+
+            with ThreadPoolExecutor(max_workers=20) as pool:
+                statuses = list(pool.map(call, range(20)))
+    assert statuses == [200] * 20
+    assert token_log.exchanges == 1
+
+
+def test_default_internal_client_works(server: Server, api_key: str) -> None:
+    auth = KeyServiceAuth(api_key, server.token_url)
+    with httpx.Client(base_url=server.url, auth=auth) as c:
+        me = c.get("/me")
+    assert me.status_code == 200
+    assert "api_keys:manage" in me.json()["permissions"]
+
+
+async def test_default_internal_async_client_works(server: Server, api_key: str) -> None:
+    auth = KeyServiceAuth(api_key, server.token_url)
+    async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+        assert (await c.get("/me")).status_code == 200
+
+
+def test_refused_key_raises_token_exchange_error(server: Server, api_key: str) -> None:
+    client_id_part = api_key[:21]  # ksk_ + 16 + _
+    wrong = client_id_part + "x" * (len(api_key) - len(client_id_part))
+    auth = KeyServiceAuth(wrong, server.token_url)
+    with httpx.Client(base_url=server.url, auth=auth) as c, pytest.raises(TokenExchangeError) as e:
+        c.get("/me")
+    assert e.value.error == "invalid_client"
+    assert e.value.status_code == 401
+    assert e.value.description
+    assert "invalid_client" in str(e.value)
+    assert wrong not in str(e.value) and "x" * 20 not in str(e.value)
+
+
+async def test_refused_key_raises_in_async_too(server: Server) -> None:
+    auth = KeyServiceAuth("ksk_" + "A" * 16 + "_" + "B" * 49, server.token_url)
+    async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+        with pytest.raises(TokenExchangeError, match="invalid_client"):
+            await c.get("/me")
+
+
+def test_revoked_key_is_refused_at_the_next_exchange(server: Server) -> None:
+    key = server.create_key()
+    server.delete_key(key)
+    auth = KeyServiceAuth(key["api_key"], server.token_url)
+    with httpx.Client(base_url=server.url, auth=auth) as c, pytest.raises(TokenExchangeError) as e:
+        c.get("/me")
+    assert e.value.error == "invalid_client"
+
+
+def test_spent_refresh_token_falls_back_to_an_exchange(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            assert c.get("/me").status_code == 200
+            # Someone else uses the refresh token first (as a leaked copy would).
+            stolen = token_log.last_refresh_token()
+            with httpx.Client(base_url=server.url) as other:
+                spent = other.post(
+                    "/token", data={"grant_type": "refresh_token", "refresh_token": stolen}
+                )
+            assert spent.status_code == 200
+            time.sleep(PAST_EXPIRY)
+            assert c.get("/me").status_code == 200
+    assert token_log.count("refresh_token", 400) == 1
+    assert token_log.exchanges == 2
+    assert token_log.requests[-2:] == ["refresh_token", "client_credentials"]
+
+
+def test_401_refreshes_once_and_retries(server: Server, api_key: str, token_log: TokenLog) -> None:
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> None:
+        seen.append(request.headers["Authorization"])
+
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth, event_hooks={"request": [record]}) as c:
+            assert c.get("/me").status_code == 200
+            # Make the held access token one the server refuses, while it is not yet due.
+            held = auth._token
+            assert held is not None
+            auth._token = dataclasses.replace(held, access_token=held.access_token[:-4] + "AAAA")
+            response = c.get("/me")
+            me = c.get("/me")
+    assert response.status_code == 200
+    assert me.status_code == 200
+    assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+    assert len(seen) == 4  # first GET, rejected GET, its retry, last GET
+    assert seen[1] != seen[2]
+
+
+async def test_401_twice_returns_the_401_after_one_retry(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    bodies: list[bytes] = []
+
+    async def always_401(scope: Any, receive: Any, send: Any) -> None:
+        """A downstream API that refuses every token (e.g. its clock is wrong)."""
+        bodies.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        transport = httpx.ASGITransport(app=always_401)
+        async with httpx.AsyncClient(
+            base_url="http://downstream", transport=transport, auth=auth
+        ) as c:
+            response = await c.post("/anything", json={"n": 1})
+    assert response.status_code == 401
+    assert bodies == [b'{"n":1}', b'{"n":1}']  # the body was replayed on the retry
+    assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+
+
+def test_repr_masks_the_key(server: Server, api_key: str) -> None:
+    auth = KeyServiceAuth(api_key, server.token_url)
+    text = repr(auth)
+    assert api_key[:21] + "…" in text
+    assert secret_part(api_key) not in text
+    assert secret_part(api_key)[:8] not in text
+    assert str(auth) == text
+
+
+def test_legacy_key_is_masked_entirely() -> None:
+    auth = KeyServiceAuth("legacy-secret-value-123", "http://127.0.0.1:9/token")
+    assert "legacy" not in repr(auth)
+    assert "api_key='…'" in repr(auth)
+
+
+def test_key_and_token_url_from_the_environment(
+    server: Server, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYSERVICE_API_KEY", api_key)
+    monkeypatch.setenv("KEYSERVICE_TOKEN_URL", server.token_url)
+    with httpx.Client(base_url=server.url, auth=KeyServiceAuth()) as c:
+        assert c.get("/me").status_code == 200
+    monkeypatch.delenv("KEYSERVICE_API_KEY")
+    with pytest.raises(ValueError, match="KEYSERVICE_API_KEY"):
+        KeyServiceAuth()
+
+
+def test_scope_narrows_the_token(server: Server, api_key: str, token_log: TokenLog) -> None:
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(
+            api_key, server.token_url, scope=["projects:read"], token_client=token_client
+        )
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            assert c.get("/me").status_code == 200
+    assert token_log.responses[0][2]["scope"] == "projects:read"
+
+
+def test_sunset_is_logged_once_per_auth_object(
+    server: Server, token_log: TokenLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    expires_at = (datetime.now(UTC) + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+    key = server.create_key(expires_at=expires_at)
+    api_key = key["api_key"]
+    caplog.set_level(logging.INFO, logger="keyservice.client")
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            assert c.get("/me").status_code == 200
+            # Force a second exchange: spend the refresh token elsewhere, then let it age.
+            stolen = token_log.last_refresh_token()
+            with httpx.Client(base_url=server.url) as other:
+                other.post("/token", data={"grant_type": "refresh_token", "refresh_token": stolen})
+            time.sleep(PAST_EXPIRY)
+            assert c.get("/me").status_code == 200
+    sunsets = [h for g, s, _, h in token_log.responses if g == "client_credentials" and s == 200]
+    assert len(sunsets) == 2 and all("Sunset" in h for h in sunsets)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    assert key["client_id"][3:] in message  # names the key by its public part
+    secrets_seen = [api_key, secret_part(api_key), stolen]
+    secrets_seen += [b["access_token"] for _, _, b, _ in token_log.responses if "access_token" in b]
+    for record in caplog.records:
+        for secret in secrets_seen:
+            assert secret not in record.getMessage()
+
+    # A second auth object warns again: the warning is per object, not per process.
+    caplog.clear()
+    with httpx.Client(base_url=server.url, auth=KeyServiceAuth(api_key, server.token_url)) as c:
+        assert c.get("/me").status_code == 200
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+def test_key_far_from_expiry_logs_no_warning(
+    server: Server, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keyservice.client")
+    with httpx.Client(base_url=server.url, auth=KeyServiceAuth(api_key, server.token_url)) as c:
+        assert c.get("/me").status_code == 200
+    assert caplog.records == []

@@ -1,0 +1,253 @@
+"""TokenVerifier rules that need tokens the server would never sign: a JWKS served in-process.
+
+The real-server tests live in test_sdk_verify.py; here a small WSGI/ASGI app plays the
+issuer's JWKS and introspection endpoints so that odd headers and claims can be signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keyservice.verify import InvalidTokenError, TokenVerifier, VerifierUnavailableError
+
+ISSUER = "https://issuer.test"
+JWKS_URL = f"{ISSUER}/.well-known/jwks.json"
+INTROSPECT_URL = f"{ISSUER}/introspect"
+
+
+@dataclass
+class Issuer:
+    """An in-process stand-in for the issuer's public endpoints."""
+
+    keys: dict[str, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
+    jwks_requests: int = 0
+    jwks_status: int = 200
+    active: bool = True
+    introspections: list[dict[str, str]] = field(default_factory=list)
+
+    def add_key(self, kid: str) -> None:
+        self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
+
+    def jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid, private in self.keys.items():
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+            keys.append({**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
+        return {"keys": keys}
+
+    def sign(
+        self,
+        kid: str = "k1",
+        *,
+        drop: Iterable[str] = (),
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": ISSUER,
+            "sub": "principal-1",
+            "aud": ISSUER,
+            "exp": now + 60,
+            "iat": now,
+            "jti": "jti-1",
+            "scope": "projects:read",
+            **claims,
+        }
+        for name in drop:
+            payload.pop(name)
+        header = {"kid": kid, "typ": "at+jwt", **(headers or {})}
+        if "kid" in (headers or {}) and header["kid"] is None:
+            del header["kid"]  # a token without any kid
+        return jwt.encode(payload, self.keys[kid], algorithm="ES256", headers=header)
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and path == "/.well-known/jwks.json":
+            self.jwks_requests += 1
+            return self.jwks_status, self.jwks() if self.jwks_status == 200 else {}
+        if method == "POST" and path == "/introspect":
+            form = dict(httpx.QueryParams(body.decode()))
+            self.introspections.append(form)
+            return 200, {"active": self.active}
+        return 404, {}
+
+    def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length)
+        status, document = self.handle(environ["REQUEST_METHOD"], environ["PATH_INFO"], body)
+        start_response(f"{status} X", [("Content-Type", "application/json")])
+        return [json.dumps(document).encode()]
+
+    async def asgi(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status, document = self.handle(scope["method"], scope["path"], body)
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json.dumps(document).encode()})
+
+
+@pytest.fixture
+def issuer() -> Issuer:
+    issuer = Issuer()
+    issuer.add_key("k1")
+    return issuer
+
+
+@pytest.fixture
+def http(issuer: Issuer) -> Iterable[httpx.Client]:
+    with httpx.Client(transport=httpx.WSGITransport(app=issuer.wsgi)) as client:
+        yield client
+
+
+def make_verifier(http: httpx.Client, **options: Any) -> TokenVerifier:
+    return TokenVerifier(JWKS_URL, ISSUER, ISSUER, http_client=http, **options)
+
+
+def test_accepts_both_access_token_types(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http)
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt"):
+        assert verifier.verify(issuer.sign(headers={"typ": typ}))["sub"] == "principal-1"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "", None, "id+jwt", 5])
+def test_rejects_other_token_types(issuer: Issuer, http: httpx.Client, typ: Any) -> None:
+    token = issuer.sign(headers={"typ": typ})
+    with pytest.raises(InvalidTokenError, match="access token"):
+        make_verifier(http).verify(token)
+
+
+@pytest.mark.parametrize("claim", ["iss", "sub", "aud", "exp", "iat", "jti"])
+def test_rejects_a_missing_required_claim(issuer: Issuer, http: httpx.Client, claim: str) -> None:
+    with pytest.raises(InvalidTokenError, match=claim):
+        make_verifier(http).verify(issuer.sign(drop=[claim]))
+
+
+def test_rejects_odd_headers_and_claims(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http)
+    with pytest.raises(InvalidTokenError, match="critical"):
+        verifier.verify(issuer.sign(headers={"crit": ["exp"], "exp": 1}))
+    with pytest.raises(InvalidTokenError, match="kid"):
+        verifier.verify(issuer.sign(headers={"kid": None}))
+    with pytest.raises(InvalidTokenError, match="scope"):
+        verifier.verify(issuer.sign(scope=["projects:read"]))
+    with pytest.raises(InvalidTokenError, match="expired"):
+        verifier.verify(issuer.sign(exp=int(time.time()) - 31))
+    verifier.verify(issuer.sign(exp=int(time.time()) - 5))  # within the 30 s leeway
+    with pytest.raises(InvalidTokenError, match="not yet valid|nbf|immature"):
+        verifier.verify(issuer.sign(nbf=int(time.time()) + 600))
+    for junk in ("", "   ", "a.b", "a.b.c", "Bearer " + issuer.sign()):
+        with pytest.raises(InvalidTokenError):
+            verifier.verify(junk)
+
+
+def test_rejects_a_key_whose_algorithm_differs(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http, algorithms=("ES256", "ES384"))
+    token = jwt.encode(
+        {"sub": "x"},
+        ec.generate_private_key(ec.SECP384R1()),
+        algorithm="ES384",
+        headers={"kid": "k1", "typ": "at+jwt"},
+    )
+    with pytest.raises(InvalidTokenError):
+        verifier.verify(token)
+
+
+def test_constructor_refuses_unsafe_algorithms() -> None:
+    for algorithms in (("none",), ("HS256",), ("ES256", "hs512"), ()):
+        with pytest.raises(ValueError):
+            TokenVerifier(JWKS_URL, ISSUER, ISSUER, algorithms=algorithms)
+
+
+def test_rotated_key_is_fetched_once(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http, jwks_refetch_interval=0)
+    verifier.verify(issuer.sign())
+    issuer.add_key("k2")
+    verifier.verify(issuer.sign("k2"))
+    verifier.verify(issuer.sign("k2"))
+    verifier.verify(issuer.sign("k1"))
+    assert issuer.jwks_requests == 2
+
+
+def test_jwks_ttl_expiry_refetches(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http, jwks_ttl=0.2, jwks_refetch_interval=0)
+    verifier.verify(issuer.sign())
+    verifier.verify(issuer.sign())
+    assert issuer.jwks_requests == 1
+    time.sleep(0.25)
+    verifier.verify(issuer.sign())
+    assert issuer.jwks_requests == 2
+
+
+def test_jwks_outage(issuer: Issuer, http: httpx.Client) -> None:
+    issuer.jwks_status = 503
+    verifier = make_verifier(http, jwks_ttl=0.1, jwks_refetch_interval=0)
+    with pytest.raises(VerifierUnavailableError):
+        verifier.verify(issuer.sign())
+    issuer.jwks_status = 200
+    verifier.verify(issuer.sign())
+    # Once the cache is stale, a failing endpoint does not lock out a known key...
+    issuer.jwks_status = 503
+    time.sleep(0.15)
+    verifier.verify(issuer.sign())
+    # ...but a kid never seen cannot be judged: unavailable, not invalid.
+    issuer.add_key("k2")
+    with pytest.raises(VerifierUnavailableError):
+        verifier.verify(issuer.sign("k2"))
+
+
+def test_introspection_inactive_token_is_invalid(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http, introspect_url=INTROSPECT_URL, introspect_token="intro")
+    token = issuer.sign()
+    assert verifier.verify(token)["jti"] == "jti-1"
+    issuer.active = False
+    with pytest.raises(InvalidTokenError, match="no longer active"):
+        verifier.verify(token)
+    assert [form["token"] for form in issuer.introspections] == [token, token]
+
+
+async def test_averify_with_an_async_client(issuer: Issuer) -> None:
+    transport = httpx.ASGITransport(app=issuer.asgi)
+    async with httpx.AsyncClient(transport=transport) as client:
+        verifier = TokenVerifier(
+            JWKS_URL,
+            ISSUER,
+            ISSUER,
+            async_http_client=client,
+            introspect_url=INTROSPECT_URL,
+            introspect_token="intro",
+        )
+        assert (await verifier.averify(issuer.sign()))["sub"] == "principal-1"
+        issuer.active = False
+        with pytest.raises(InvalidTokenError, match="no longer active"):
+            await verifier.averify(issuer.sign())
+    assert issuer.jwks_requests == 1
+
+
+async def test_concurrent_averify_on_a_cold_cache_fetches_once(issuer: Issuer) -> None:
+    transport = httpx.ASGITransport(app=issuer.asgi)
+    async with httpx.AsyncClient(transport=transport) as client:
+        verifier = TokenVerifier(JWKS_URL, ISSUER, ISSUER, async_http_client=client)
+        token = issuer.sign()
+        results = await asyncio.gather(*(verifier.averify(token) for _ in range(20)))
+    assert len(results) == 20
+    assert issuer.jwks_requests == 1
+
+
+def test_introspect_url_needs_a_credential() -> None:
+    with pytest.raises(ValueError, match="introspect"):
+        TokenVerifier(JWKS_URL, ISSUER, ISSUER, introspect_url=INTROSPECT_URL)
