@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="wrk threads for the exchange, read and healthz runs (default 1); the refresh "
         "runs always use one thread per connection",
     )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="seconds of discarded load per scenario before measuring (default 3; 0 = none)",
+    )
     p.add_argument("--read-path", default="/me", help="path of the Bearer read (default /me)")
     p.add_argument(
         "--users", type=int, default=20, help="users to seed, 5 API keys each (default 20)"
@@ -103,12 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="CI check: 1 s per scenario, 8 connections, 2 users, no peer, one run; exits "
+        help="CI check: 1 s per scenario, 8 connections, 2 users, no peer, no warm-up, one "
+        "run; exits "
         "non-zero on any error or zero throughput",
     )
     args = p.parse_args(argv)
     if args.smoke:
-        args.duration, args.connections, args.repeat = 1, "8", 1
+        args.duration, args.connections, args.repeat, args.warmup = 1, "8", 1, 0
         args.users, args.peer = 2, False
     args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
     args.scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
@@ -122,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.connections or min(args.connections) < 1 or max(args.connections) > 1024:
         p.error("--connections must be between 1 and 1024")
+    if args.warmup < 0 or args.warmup > 60:
+        p.error("--warmup must be between 0 and 60")
     if args.duration > 600 or args.repeat > 20 or args.users > 200:
         p.error("--duration <= 600, --repeat <= 20 and --users <= 200, please")
     return args
@@ -145,15 +154,18 @@ def _keyservice_cli() -> list[str]:
     return [found]
 
 
+def _git(*argv: str) -> str:
+    out = subprocess.run(["git", *argv], cwd=BENCH_DIR, capture_output=True, text=True, timeout=10)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def _git_commit() -> str | None:
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=BENCH_DIR,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    return out.stdout.strip() or None
+    """The commit measured, with "+dirty" when src/ or migrations/ have local changes."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    dirty = _git("status", "--porcelain", "--", "../src", "../migrations")
+    return f"{commit}+dirty" if dirty else commit
 
 
 @contextmanager
@@ -210,7 +222,7 @@ class Measure:
     label: str
     letter: str
     target: str  # "keyservice" or "peer"
-    run: Callable[[int], wrk.WrkResult]
+    run: Callable[[int, int], wrk.WrkResult]  # (connections, seconds)
     rss_root: int
 
 
@@ -223,12 +235,17 @@ def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[
     rows: list[dict[str, Any]] = []
     total = args.repeat * len(args.connections) * len(measures)
     done = 0
+    if args.warmup:
+        # Discarded: lets the JITs (V8's, the database's plans), caches and pools settle.
+        print(f"warming up: {args.warmup} s per scenario at c{args.connections[0]}", flush=True)
+        for m in measures:
+            m.run(args.connections[0], args.warmup)
     for rep in range(1, args.repeat + 1):
         for conns in args.connections:
             for m in measures:
                 done += 1
                 with procs.RssSampler(m.rss_root) as sampler:
-                    result = m.run(conns)
+                    result = m.run(conns, args.duration)
                 peaks = sorted(sampler.peak_kb.values(), reverse=True)
                 row = {
                     "target": m.target,
@@ -413,28 +430,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"our access tokens: alg {header.get('alg')}, typ {header.get('typ')}")
         jwt_file = _write_lines(tmp / "jwts.txt", [t["access_token"] for t in first])
 
-        def run_healthz(conns: int) -> wrk.WrkResult:
+        def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
             return wrk.run(
                 wrk_bin,
                 script="healthz.lua",
                 url=f"{base}/healthz",
                 threads=min(args.wrk_threads, conns),
                 connections=conns,
-                duration=args.duration,
+                duration=duration,
             )
 
-        def run_exchange(conns: int) -> wrk.WrkResult:
+        def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
             return wrk.run(
                 wrk_bin,
                 script="exchange.lua",
                 url=f"{base}/token",
                 threads=min(args.wrk_threads, conns),
                 connections=conns,
-                duration=args.duration,
+                duration=duration,
                 args=(str(keys_file),),
             )
 
-        def run_refresh(conns: int) -> wrk.WrkResult:
+        def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
             # Fresh chains for every run: one per connection plus two spares each.
             tokens = seed.exchanges(base, seeded.keys, 3 * conns)
             chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
@@ -444,18 +461,18 @@ def main(argv: list[str] | None = None) -> int:
                 url=f"{base}/token",
                 threads=conns,
                 connections=conns,
-                duration=args.duration,
+                duration=duration,
                 args=(str(chains), str(conns)),
             )
 
-        def run_read(conns: int) -> wrk.WrkResult:
+        def run_read(conns: int, duration: int) -> wrk.WrkResult:
             return wrk.run(
                 wrk_bin,
                 script="read.lua",
                 url=f"{base}{args.read_path}",
                 threads=min(args.wrk_threads, conns),
                 connections=conns,
-                duration=args.duration,
+                duration=duration,
                 args=(str(jwt_file),),
             )
 
@@ -514,14 +531,14 @@ def main(argv: list[str] | None = None) -> int:
             if peer_header.get("alg") != "ES256":
                 raise SystemExit(f"the peer does not issue ES256 JWTs: {peer_header}")
 
-            def run_peer(conns: int) -> wrk.WrkResult:
+            def run_peer(conns: int, duration: int) -> wrk.WrkResult:
                 return wrk.run(
                     wrk_bin,
                     script="exchange.lua",
                     url=f"{peer_base}/token",
                     threads=min(args.wrk_threads, conns),
                     connections=conns,
-                    duration=args.duration,
+                    duration=duration,
                     args=(str(peer_keys),),
                 )
 
