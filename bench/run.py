@@ -136,10 +136,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _terminate_on_sigterm() -> None:
-    def handler(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+class Interrupted(Exception):
+    pass
 
+
+def _stop_on_signals() -> None:
+    """Turn the first SIGINT or SIGTERM into an exception, so that the cleanup runs.
+
+    Later ones are ignored: the cleanup (stopping process groups, dropping the database)
+    is bounded in time and must not itself be cut short. SIGINT is handled explicitly
+    because a shell starts background jobs with it ignored.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -352,7 +366,7 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _terminate_on_sigterm()
+    _stop_on_signals()
     wrk_bin = wrk.ensure_wrk()
     cli = _keyservice_cli()
     meta: dict[str, Any] = {
@@ -581,4 +595,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Interrupted as exc:
+        print(f"stopped by {exc}; the server, the peer and the database were cleaned up")
+        sys.exit(130)
