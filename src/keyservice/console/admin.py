@@ -1,0 +1,587 @@
+"""Admin pages of the console: users, devices and their keys, the audit log.
+
+Every route needs a signed-in user holding `admin`, re-checked on each request. Actions
+post a CSRF-checked form, call one service function and redirect back (post/redirect/get),
+except key creation and rotation, whose answer is the page showing the secret once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+
+from keyservice.api_keys import service as api_keys
+from keyservice.audit import service as audit_service
+from keyservice.console.dependencies import AdminDep, CheckedForm, IpDep
+from keyservice.console.forms import (
+    GRACE_CHOICES,
+    FormErrors,
+    read_grace,
+    read_key_form,
+    text,
+    texts,
+)
+from keyservice.console.keys import catalog_choices, key_form_page
+from keyservice.console.pages import ConsoleRoute, render
+from keyservice.database import utcnow
+from keyservice.dependencies import ContextDep, SessionDep
+from keyservice.devices import service as devices
+from keyservice.devices.schemas import DeviceCreate
+from keyservice.exceptions import KeyServiceError
+from keyservice.users import service as users
+from keyservice.users.schemas import UserCreate
+
+router = APIRouter(prefix="/admin", route_class=ConsoleRoute)
+
+AUDIT_TYPES = [
+    "token.exchange",
+    "token.refresh",
+    "token.refresh_reuse",
+    "token.revoke",
+    "login",
+    "api_key.created",
+    "api_key.deleted",
+    "api_key.rotated",
+    "user.created",
+    "user.updated",
+    "device.created",
+    "device.updated",
+    "device.deleted",
+    "scope.created",
+]
+AUDIT_PAGE = 50
+NOTICES = {
+    "user-created": "User {name} created.",
+    "user-updated": "User {name} updated.",
+    "password-reset": "The password of {name} was reset.",
+    "device-registered": "Device {name} registered.",
+    "device-updated": "Device {name} updated.",
+    "device-deleted": "Device {name} deleted; its keys are revoked.",
+    "key-deleted": "The key was deleted.",
+}
+
+
+def _notice(request: Request) -> str | None:
+    template = NOTICES.get(request.query_params.get("done", ""))
+    if template is None:
+        return None
+    return template.format(name=request.query_params.get("name", "")[:100])
+
+
+def _back(path: str, done: str, name: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}?{urlencode({'done': done, 'name': name})}", status_code=303)
+
+
+def _flag(form_value: str) -> bool | None:
+    return {"true": True, "false": False}.get(form_value)
+
+
+# Users -----------------------------------------------------------------------------------
+
+
+async def _users_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    values: Mapping[str, object] | None = None,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "admin/users.html",
+        {
+            "section": "users",
+            "users": await users.list_users(session),
+            "choices": await catalog_choices(session),
+            "values": values or {"username": "", "permissions": ["api_keys:manage"]},
+            "errors": errors or FormErrors(),
+            "notice": _notice(request),
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/users")
+async def users_page(request: Request, _admin: AdminDep, session: SessionDep) -> Response:
+    return await _users_page(request, session)
+
+
+@router.post("/users")
+async def create_user(
+    form: CheckedForm, request: Request, admin: AdminDep, session: SessionDep, ip: IpDep
+) -> Response:
+    errors = FormErrors()
+    username, permissions = text(form, "username").strip(), texts(form, "permissions")
+    try:
+        data = UserCreate(
+            username=username, password=text(form, "password"), permissions=permissions
+        )
+        user = await users.create(
+            session,
+            username=data.username,
+            password=data.password,
+            permissions=data.permissions,
+            actor=admin.actor,
+            ip=ip,
+        )
+    except ValidationError as exc:
+        errors.add_validation(exc)
+    except KeyServiceError as exc:
+        if exc.status_code >= 500:
+            raise
+        if exc.status_code == 409:
+            errors.add("username", exc.description)
+        else:
+            errors.add_service(exc)
+    else:
+        return _back("/console/admin/users", "user-created", user.name)
+    values = {"username": username, "permissions": permissions}
+    return await _users_page(request, session, values=values, errors=errors, status_code=422)
+
+
+@router.get("/users/{user_id}")
+async def user_page(
+    user_id: str, request: Request, _admin: AdminDep, session: SessionDep
+) -> Response:
+    return await _user_page(request, session, user_id=user_id)
+
+
+async def _user_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    user_id: str,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> Response:
+    user = await users.get(session, user_id=user_id)
+    return render(
+        request,
+        "admin/user.html",
+        {
+            "section": "users",
+            "user": user,
+            "choices": await catalog_choices(session),
+            "errors": errors or FormErrors(),
+            "notice": _notice(request),
+        },
+        status_code=status_code,
+    )
+
+
+@router.post("/users/{user_id}")
+async def update_user(
+    user_id: str,
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    """One endpoint for the user page's forms; `action` says which one was sent."""
+    action = text(form, "action")
+    disabled = _flag(text(form, "disabled")) if action == "state" else None
+    permissions = texts(form, "permissions") if action == "permissions" else None
+    password = text(form, "password") if action == "password" else None
+    try:
+        user = await users.update(
+            session,
+            context,
+            user_id=user_id,
+            disabled=disabled,
+            permissions=permissions,
+            password=password,
+            actor=admin.actor,
+            ip=ip,
+            actor_id=admin.principal.id,
+        )
+    except KeyServiceError as exc:
+        if exc.status_code >= 500 or exc.status_code == 404:
+            raise
+        errors = FormErrors()
+        errors.add_service(exc)
+        return await _user_page(
+            request, session, user_id=user_id, errors=errors, status_code=exc.status_code
+        )
+    done = "password-reset" if action == "password" else "user-updated"
+    target = "/console/admin/users" if action == "state" else f"/console/admin/users/{user.id}"
+    return _back(target, done, user.name)
+
+
+# Devices ---------------------------------------------------------------------------------
+
+
+async def _devices_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    values: Mapping[str, object] | None = None,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "admin/devices.html",
+        {
+            "section": "devices",
+            "devices": await devices.list_devices(session),
+            "choices": await catalog_choices(session),
+            "values": values or {"name": "", "description": "", "permissions": []},
+            "errors": errors or FormErrors(),
+            "notice": _notice(request),
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/devices")
+async def devices_page(request: Request, _admin: AdminDep, session: SessionDep) -> Response:
+    return await _devices_page(request, session)
+
+
+@router.post("/devices")
+async def register_device(
+    form: CheckedForm, request: Request, admin: AdminDep, session: SessionDep, ip: IpDep
+) -> Response:
+    errors = FormErrors()
+    name, description = text(form, "name").strip(), text(form, "description")
+    permissions = texts(form, "permissions")
+    try:
+        data = DeviceCreate(name=name, description=description, permissions=permissions)
+        device = await devices.create(
+            session,
+            name=data.name,
+            description=data.description,
+            permissions=data.permissions,
+            actor=admin.actor,
+            ip=ip,
+        )
+    except ValidationError as exc:
+        errors.add_validation(exc)
+    except KeyServiceError as exc:
+        if exc.status_code >= 500:
+            raise
+        if exc.status_code == 409:
+            errors.add("name", exc.description)
+        else:
+            errors.add_service(exc)
+    else:
+        return _back(f"/console/admin/devices/{device.id}", "device-registered", device.name)
+    values = {"name": name, "description": description, "permissions": permissions}
+    return await _devices_page(request, session, values=values, errors=errors, status_code=422)
+
+
+async def _device_page(
+    request: Request,
+    session: SessionDep,
+    context: ContextDep,
+    *,
+    device_id: str,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    keys = await api_keys.list_for_owner(context, session, owner=device)
+    return render(
+        request,
+        "admin/device.html",
+        {
+            "section": "devices",
+            "device": device,
+            "keys": keys,
+            "base": f"/console/admin/devices/{device.id}/keys",
+            "choices": await catalog_choices(session),
+            "errors": errors or FormErrors(),
+            "notice": _notice(request),
+            "limit": context.settings.max_keys_per_principal,
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/devices/{device_id}")
+async def device_page(
+    device_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+) -> Response:
+    return await _device_page(request, session, context, device_id=device_id)
+
+
+@router.post("/devices/{device_id}")
+async def update_device(
+    device_id: str,
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    action = text(form, "action")
+    try:
+        device = await devices.update(
+            session,
+            context,
+            device_id=device_id,
+            disabled=_flag(text(form, "disabled")) if action == "state" else None,
+            permissions=texts(form, "permissions") if action == "permissions" else None,
+            actor=admin.actor,
+            ip=ip,
+        )
+    except KeyServiceError as exc:
+        if exc.status_code >= 500 or exc.status_code == 404:
+            raise
+        errors = FormErrors()
+        errors.add_service(exc)
+        return await _device_page(
+            request,
+            session,
+            context,
+            device_id=device_id,
+            errors=errors,
+            status_code=exc.status_code,
+        )
+    return _back(f"/console/admin/devices/{device.id}", "device-updated", device.name)
+
+
+@router.get("/devices/{device_id}/delete")
+async def confirm_delete_device(
+    device_id: str, request: Request, _admin: AdminDep, session: SessionDep
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    return render(
+        request,
+        "confirm_delete.html",
+        {
+            "section": "devices",
+            "what": "device",
+            "key": device,
+            "action": f"/console/admin/devices/{device.id}/delete",
+            "cancel": f"/console/admin/devices/{device.id}",
+        },
+    )
+
+
+@router.post("/devices/{device_id}/delete")
+async def delete_device(
+    device_id: str,
+    _form: CheckedForm,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    name = device.name
+    await devices.delete(session, context, device_id=device_id, actor=admin.actor, ip=ip)
+    return _back("/console/admin/devices", "device-deleted", name)
+
+
+@router.get("/devices/{device_id}/keys/new")
+async def new_device_key(
+    device_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    return await key_form_page(
+        request,
+        context,
+        session,
+        permissions=device.permissions,
+        action=f"/console/admin/devices/{device.id}/keys",
+        cancel=f"/console/admin/devices/{device.id}",
+        owner_label=f"device {device.name}",
+        section="devices",
+    )
+
+
+@router.post("/devices/{device_id}/keys")
+async def create_device_key(
+    device_id: str,
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    permissions, name = list(device.permissions), device.name
+    errors = FormErrors()
+    values, data = read_key_form(form, errors)
+    if data is not None:
+        try:
+            created = await devices.create_key(
+                context, session, device_id=device_id, data=data, actor=admin.actor, ip=ip
+            )
+        except KeyServiceError as exc:
+            if exc.status_code >= 500 or exc.status_code == 404:
+                raise
+            errors.add_service(exc, {"expires_at": "expires_on"})
+        else:
+            back = f"/console/admin/devices/{device_id}"
+            return render(
+                request, "show_once.html", {"created": created, "back": back, "section": "devices"}
+            )
+    return await key_form_page(
+        request,
+        context,
+        session,
+        permissions=permissions,
+        action=f"/console/admin/devices/{device_id}/keys",
+        cancel=f"/console/admin/devices/{device_id}",
+        owner_label=f"device {name}",
+        section="devices",
+        values=values,
+        errors=errors,
+        status_code=409 if errors.general else 422,
+    )
+
+
+@router.get("/devices/{device_id}/keys/{key_id}/delete")
+async def confirm_delete_device_key(
+    device_id: str,
+    key_id: str,
+    request: Request,
+    _admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
+    return render(
+        request,
+        "confirm_delete.html",
+        {
+            "section": "devices",
+            "key": api_keys.to_read(key, device, context.settings, utcnow()),
+            "action": f"/console/admin/devices/{device.id}/keys/{key.id}/delete",
+            "cancel": f"/console/admin/devices/{device.id}",
+        },
+    )
+
+
+@router.post("/devices/{device_id}/keys/{key_id}/delete")
+async def delete_device_key(
+    device_id: str,
+    key_id: str,
+    _form: CheckedForm,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    name = device.name
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
+    await api_keys.revoke(context, session, key=key, actor=admin.actor, ip=ip)
+    return _back(f"/console/admin/devices/{device_id}", "key-deleted", name)
+
+
+@router.get("/devices/{device_id}/keys/{key_id}/rotate")
+async def rotate_device_key_page(
+    device_id: str,
+    key_id: str,
+    request: Request,
+    _admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
+    return render(
+        request,
+        "rotate.html",
+        {
+            "section": "devices",
+            "key": api_keys.to_read(key, device, context.settings, utcnow()),
+            "choices": GRACE_CHOICES,
+            "action": f"/console/admin/devices/{device.id}/keys/{key.id}/rotate",
+            "cancel": f"/console/admin/devices/{device.id}",
+        },
+    )
+
+
+@router.post("/devices/{device_id}/keys/{key_id}/rotate")
+async def rotate_device_key(
+    device_id: str,
+    key_id: str,
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    created = await devices.rotate_key(
+        context,
+        session,
+        device_id=device_id,
+        key_id=key_id,
+        grace_seconds=read_grace(form),
+        actor=admin.actor,
+        ip=ip,
+    )
+    return render(
+        request,
+        "show_once.html",
+        {
+            "created": created,
+            "back": f"/console/admin/devices/{device_id}",
+            "rotated": True,
+            "section": "devices",
+        },
+    )
+
+
+# Audit log -------------------------------------------------------------------------------
+
+
+@router.get("/audit")
+async def audit_page(request: Request, _admin: AdminDep, session: SessionDep) -> Response:
+    query = request.query_params
+    filters = {
+        "type": query.get("type", "").strip(),
+        "principal_id": query.get("principal_id", "").strip(),
+        "key_id": query.get("key_id", "").strip(),
+        "since": query.get("since", "").strip(),
+    }
+    errors = FormErrors()
+    since: datetime | None = None
+    if filters["since"]:
+        try:
+            day = date.fromisoformat(filters["since"])
+            since = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        except ValueError:
+            errors.add("since", "Enter a date such as 2026-11-01.")
+    cursor = query.get("cursor") or None
+    events, next_cursor = await audit_service.list_events(
+        session,
+        type=filters["type"] or None,
+        principal_id=filters["principal_id"] or None,
+        key_id=filters["key_id"] or None,
+        since=since,
+        limit=AUDIT_PAGE,
+        cursor=cursor,
+    )
+    active = {name: value for name, value in filters.items() if value}
+    older = urlencode({**active, "cursor": next_cursor}) if next_cursor else None
+    return render(
+        request,
+        "admin/audit.html",
+        {
+            "section": "audit",
+            "events": events,
+            "filters": filters,
+            "types": AUDIT_TYPES,
+            "errors": errors,
+            "older": older,
+            "newest": urlencode(active) if cursor else None,
+        },
+        status_code=422 if errors else 200,
+    )

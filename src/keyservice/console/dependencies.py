@@ -1,0 +1,163 @@
+"""Console dependencies: the session cookie, the signed-in viewer, CSRF-checked forms."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from starlette.datastructures import FormData
+
+from keyservice.console.pages import PageError, SignInRequired
+from keyservice.console.session import (
+    COOKIE_NAME,
+    COOKIE_PATH,
+    ConsoleSession,
+    SessionCodec,
+    new_session,
+)
+from keyservice.dependencies import ContextDep, SessionDep, client_ip
+from keyservice.exceptions import InvalidToken
+from keyservice.principals.models import Principal
+from keyservice.principals.schemas import MeRead
+from keyservice.principals.service import describe
+from keyservice.scopes.models import ADMIN, API_KEYS_MANAGE
+
+
+def codec(request: Request) -> SessionCodec:
+    """The app's cookie codec, built once (deriving the key reads the server secret)."""
+    state = request.app.state
+    found: SessionCodec | None = getattr(state, "console_codec", None)
+    if found is None:
+        found = SessionCodec(state.context.settings.server_secret())
+        state.console_codec = found
+    return found
+
+
+def read_session(request: Request) -> ConsoleSession | None:
+    """Open the session cookie (None if absent, forged or expired) and remember it."""
+    if hasattr(request.state, "console_session"):
+        cached: ConsoleSession | None = request.state.console_session
+        return cached
+    session = codec(request).open(request.cookies.get(COOKIE_NAME))
+    request.state.console_session = session
+    return session
+
+
+def start_anonymous(request: Request) -> ConsoleSession:
+    """Start a signed-out session (its cookie is written with the response)."""
+    session = new_session(None)
+    request.state.console_session = session
+    return session
+
+
+def write_session(request: Request, response: Response, session: ConsoleSession) -> None:
+    request.state.console_session = session
+    response.set_cookie(
+        COOKIE_NAME,
+        codec(request).seal(session),
+        max_age=max(1, session.expires_at - int(time.time())),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def clear_session(response: Response) -> None:
+    response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, httponly=True, samesite="strict")
+
+
+def request_ip(request: Request, context: ContextDep) -> str | None:
+    address = client_ip(request, context)
+    return str(address) if address is not None else None
+
+
+IpDep = Annotated[str | None, Depends(request_ip)]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """The signed-in user, re-read from the database on every request."""
+
+    principal: Principal
+    me: MeRead
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return frozenset(self.me.permissions)
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN in self.permissions
+
+    @property
+    def can_manage_keys(self) -> bool:
+        return API_KEYS_MANAGE in self.permissions
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.principal.name}"
+
+
+async def checked_form(request: Request) -> FormData:
+    """Parse a posted form and refuse it (403) unless it carries this session's CSRF token."""
+    session = read_session(request)
+    form = await request.form()
+    token = form.get("csrf_token")
+    if session is None or not session.csrf_matches(token if isinstance(token, str) else None):
+        raise PageError(
+            403,
+            "Form refused",
+            "This form did not come from a page of this console, or your session has "
+            "changed since it was shown. Go back, reload the page and try again.",
+        )
+    return form
+
+
+CheckedForm = Annotated[FormData, Depends(checked_form)]
+
+
+async def current_viewer(request: Request, session: SessionDep, context: ContextDep) -> Viewer:
+    """The signed-in user; anyone else is sent to the sign-in page."""
+    console_session = read_session(request)
+    if console_session is None or console_session.principal_id is None:
+        raise SignInRequired()
+    try:
+        me = await describe(
+            session, principal_id=console_session.principal_id, settings=context.settings
+        )
+    except InvalidToken:
+        raise SignInRequired() from None
+    principal = await session.get(Principal, console_session.principal_id)
+    if me.type != "user" or principal is None:
+        raise SignInRequired()
+    viewer = Viewer(principal=principal, me=me)
+    request.state.console_viewer = viewer
+    return viewer
+
+
+ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+
+
+async def key_manager(viewer: ViewerDep) -> Viewer:
+    """A viewer who may manage their own keys (`api_keys:manage`)."""
+    if not viewer.can_manage_keys:
+        raise PageError(
+            403,
+            "Not allowed",
+            "Managing API keys needs the permission 'api_keys:manage'; ask an administrator.",
+        )
+    return viewer
+
+
+async def admin_viewer(viewer: ViewerDep) -> Viewer:
+    """A viewer holding `admin`; anyone else gets a 403 page."""
+    if not viewer.is_admin:
+        raise PageError(403, "Not allowed", "This page is for administrators.")
+    return viewer
+
+
+KeyManagerDep = Annotated[Viewer, Depends(key_manager)]
+AdminDep = Annotated[Viewer, Depends(admin_viewer)]

@@ -1,0 +1,59 @@
+"""Pages shared by own keys and device keys: the Generate form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.console.forms import FormErrors, KeyForm, expiry_limits
+from keyservice.console.pages import render
+from keyservice.context import AppContext
+from keyservice.scopes import service as scopes_service
+
+
+async def catalog_choices(
+    session: AsyncSession, *, only: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """(name, description) of catalog scopes, limited to `only` when given."""
+    described = {
+        scope.name: scope.description for scope in await scopes_service.list_scopes(session)
+    }
+    names = sorted(set(only)) if only is not None else sorted(described)
+    return [(name, described.get(name, "")) for name in names]
+
+
+async def key_form_page(
+    request: Request,
+    context: AppContext,
+    session: AsyncSession,
+    *,
+    permissions: Iterable[str],
+    action: str,
+    cancel: str,
+    owner_label: str | None = None,
+    section: str = "keys",
+    values: KeyForm | None = None,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """Render the Generate form: one checkbox per scope the owner holds."""
+    limits = expiry_limits(context.settings)
+    return render(
+        request,
+        "key_form.html",
+        {
+            "title": "Generate API key",
+            "section": section,
+            "action": action,
+            "cancel": cancel,
+            "owner_label": owner_label,
+            "scopes": await catalog_choices(session, only=permissions),
+            "limits": limits,
+            "values": values or KeyForm(expires_on=limits.default.isoformat()),
+            "errors": errors or FormErrors(),
+        },
+        status_code=status_code,
+    )

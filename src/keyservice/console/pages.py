@@ -1,0 +1,177 @@
+"""Rendering console pages: templates, security headers, and errors as HTML pages.
+
+Console routes use `ConsoleRoute`, which turns every error raised below a handler (service
+errors, a refused CSRF token, a missing sign-in) into an HTML page or a redirect, and puts
+the console's security headers on every answer. The JSON error handlers of the API never
+see a console request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keyservice.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
+from keyservice.exceptions import KeyServiceError
+
+log = logging.getLogger("keyservice.console")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Console pages are personal and some show a secret once: never cache them anywhere.
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "never"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _day(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    return value.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+environment = Environment(
+    loader=FileSystemLoader(TEMPLATES),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+environment.filters["when"] = _when
+environment.filters["day"] = _day
+
+
+class SignInRequired(Exception):
+    """No valid session: send the browser to the sign-in page."""
+
+
+class PageError(Exception):
+    """Refuse with an HTML page (403 for CSRF and missing permissions, 404, ...)."""
+
+    def __init__(self, status_code: int, title: str, message: str) -> None:
+        self.status_code = status_code
+        self.title = title
+        self.message = message
+        super().__init__(message)
+
+
+def render(
+    request: Request,
+    template: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """Render a template with what every page needs (the viewer, the CSRF token)."""
+    values: dict[str, Any] = {
+        "request": request,
+        "viewer": getattr(request.state, "console_viewer", None),
+        "csrf_token": _csrf_token(request),
+    }
+    values.update(context or {})
+    html = environment.get_template(template).render(values)
+    return HTMLResponse(html, status_code=status_code)
+
+
+def _csrf_token(request: Request) -> str:
+    session: ConsoleSession | None = getattr(request.state, "console_session", None)
+    return session.csrf if session is not None else ""
+
+
+def error_page(request: Request, status_code: int, title: str, message: str) -> HTMLResponse:
+    return render(
+        request,
+        "error.html",
+        {"title": title, "message": message, "status_code": status_code},
+        status_code=status_code,
+    )
+
+
+def _answer_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, SignInRequired):
+        response: Response = RedirectResponse("/console/login", status_code=303)
+        response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
+        return response
+    if isinstance(exc, PageError):
+        return error_page(request, exc.status_code, exc.title, exc.message)
+    if isinstance(exc, KeyServiceError):
+        if exc.status_code >= 500:
+            return error_page(request, exc.status_code, "Try again shortly", exc.description)
+        titles = {404: "Not found", 409: "Not possible right now", 403: "Not allowed"}
+        title = titles.get(exc.status_code, "Request refused")
+        return error_page(request, exc.status_code, title, exc.description)
+    if isinstance(exc, RequestValidationError):
+        return error_page(request, 400, "Request refused", "The request is malformed.")
+    if isinstance(exc, StarletteHTTPException):
+        message = "There is nothing at this address." if exc.status_code == 404 else "Refused."
+        return error_page(request, exc.status_code, "Not found", message)
+    raise exc
+
+
+class ConsoleRoute(APIRoute):
+    """An APIRoute whose errors are HTML pages and whose answers carry strict headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def console_handler(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except (
+                SignInRequired,
+                PageError,
+                KeyServiceError,
+                RequestValidationError,
+                StarletteHTTPException,
+            ) as exc:
+                response = _answer_error(request, exc)
+            except Exception as exc:
+                from keyservice.main import _is_db_outage
+
+                if not _is_db_outage(exc):
+                    log.error(
+                        "unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc
+                    )
+                    response = error_page(
+                        request, 500, "Something went wrong", "The error has been logged."
+                    )
+                else:
+                    response = error_page(
+                        request,
+                        503,
+                        "Try again shortly",
+                        "The database is not answering; try again shortly.",
+                    )
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
+            if response.media_type == "text/html" or response.status_code in (302, 303):
+                response.headers.update(NO_STORE)
+            return response
+
+        return console_handler

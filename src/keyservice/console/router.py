@@ -1,0 +1,275 @@
+"""The web console: server-rendered pages under /console (sign-in, own keys, admin pages)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+
+from keyservice.api_keys import service as api_keys
+from keyservice.console import service
+from keyservice.console.admin import router as admin_router
+from keyservice.console.dependencies import (
+    CheckedForm,
+    IpDep,
+    KeyManagerDep,
+    clear_session,
+    read_session,
+    start_anonymous,
+    write_session,
+)
+from keyservice.console.forms import (
+    GRACE_CHOICES,
+    FormErrors,
+    read_grace,
+    read_key_form,
+    text,
+)
+from keyservice.console.keys import key_form_page
+from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
+from keyservice.console.session import new_session
+from keyservice.database import utcnow
+from keyservice.dependencies import ContextDep, SessionDep, client_ip
+from keyservice.exceptions import KeyServiceError, OAuthError, SlowDown
+
+router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
+
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    """Serve the console's own CSS and JS (no CDN): a flat directory, nothing else."""
+    path = STATIC / name
+    suffix = path.suffix
+    if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES or not path.is_file():
+        raise PageError(404, "Not found", "There is nothing at this address.")
+    return FileResponse(
+        path,
+        media_type=STATIC_TYPES[suffix],
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
+
+
+@router.get("")
+async def home(request: Request) -> Response:
+    session = read_session(request)
+    target = "/console/keys" if session is not None and session.signed_in else "/console/login"
+    return RedirectResponse(target, status_code=303)
+
+
+# Sign-in ---------------------------------------------------------------------------------
+
+
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    session = read_session(request)
+    if session is not None and session.signed_in:
+        return RedirectResponse("/console/keys", status_code=303)
+    fresh = session is None
+    if session is None:
+        # A signed-out visitor gets an anonymous session: the form needs a CSRF token.
+        session = start_anonymous(request)
+    response = render(request, "login.html", {"username": ""})
+    if fresh:
+        write_session(request, response, session)
+    return response
+
+
+@router.post("/login")
+async def login(form: CheckedForm, request: Request, context: ContextDep) -> Response:
+    username = text(form, "username").strip()
+    password = text(form, "password")
+    if not username or not password:
+        return render(
+            request,
+            "login.html",
+            {"username": username, "error": "Enter your username and password."},
+            status_code=400,
+        )
+    try:
+        user = await service.sign_in(
+            context, username=username, password=password, ip=client_ip(request, context)
+        )
+    except SlowDown as exc:
+        wait = exc.headers.get("Retry-After", "60")
+        message = f"Too many failed sign-ins. Wait {wait} seconds, then try again."
+        response = render(
+            request, "login.html", {"username": username, "error": message}, status_code=429
+        )
+        response.headers["Retry-After"] = wait
+        return response
+    except OAuthError as exc:
+        return render(
+            request,
+            "login.html",
+            {"username": username, "error": exc.description},
+            status_code=400,
+        )
+    redirect = RedirectResponse("/console/keys", status_code=303)
+    write_session(request, redirect, new_session(user.id))
+    return redirect
+
+
+@router.post("/logout")
+async def logout(_form: CheckedForm) -> Response:
+    response = RedirectResponse("/console/login", status_code=303)
+    clear_session(response)
+    return response
+
+
+# Own API keys ----------------------------------------------------------------------------
+
+
+@router.get("/keys")
+async def keys_page(
+    request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+) -> Response:
+    keys = await api_keys.list_for_owner(context, session, owner=viewer.principal)
+    notice = {"deleted": "The key was deleted."}.get(request.query_params.get("done", ""))
+    return render(
+        request,
+        "keys.html",
+        {
+            "keys": keys,
+            "notice": notice,
+            "limit": context.settings.max_keys_per_principal,
+            "base": "/console/keys",
+        },
+    )
+
+
+@router.get("/keys/new")
+async def new_key_page(
+    request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+) -> Response:
+    return await key_form_page(
+        request,
+        context,
+        session,
+        permissions=viewer.permissions,
+        action="/console/keys",
+        cancel="/console/keys",
+    )
+
+
+@router.post("/keys")
+async def create_key(
+    form: CheckedForm,
+    request: Request,
+    viewer: KeyManagerDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    errors = FormErrors()
+    values, data = read_key_form(form, errors)
+    if data is not None:
+        try:
+            created = await api_keys.create(
+                context, session, owner=viewer.principal, data=data, actor=viewer.actor, ip=ip
+            )
+        except KeyServiceError as exc:
+            if exc.status_code >= 500:
+                raise
+            errors.add_service(exc, {"expires_at": "expires_on"})
+        else:
+            return render(request, "show_once.html", {"created": created, "back": "/console/keys"})
+    status = 409 if errors.general else 422
+    return await key_form_page(
+        request,
+        context,
+        session,
+        permissions=viewer.permissions,
+        action="/console/keys",
+        cancel="/console/keys",
+        values=values,
+        errors=errors,
+        status_code=status,
+    )
+
+
+@router.get("/keys/{key_id}/delete")
+async def confirm_delete_page(
+    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+) -> Response:
+    """The confirmation page for browsers without JavaScript (others use a dialog)."""
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+    read = api_keys.to_read(key, viewer.principal, context.settings, utcnow())
+    return render(
+        request,
+        "confirm_delete.html",
+        {"key": read, "action": f"/console/keys/{read.id}/delete", "cancel": "/console/keys"},
+    )
+
+
+@router.post("/keys/{key_id}/delete")
+async def delete_key(
+    key_id: str,
+    _form: CheckedForm,
+    viewer: KeyManagerDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+    await api_keys.revoke(context, session, key=key, actor=viewer.actor, ip=ip)
+    return RedirectResponse("/console/keys?done=deleted", status_code=303)
+
+
+@router.get("/keys/{key_id}/rotate")
+async def rotate_page(
+    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+) -> Response:
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+    read = api_keys.to_read(key, viewer.principal, context.settings, utcnow())
+    return render(
+        request,
+        "rotate.html",
+        {
+            "key": read,
+            "choices": GRACE_CHOICES,
+            "action": f"/console/keys/{read.id}/rotate",
+            "cancel": "/console/keys",
+        },
+    )
+
+
+@router.post("/keys/{key_id}/rotate")
+async def rotate_key(
+    key_id: str,
+    form: CheckedForm,
+    request: Request,
+    viewer: KeyManagerDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+    created = await api_keys.rotate(
+        context,
+        session,
+        key=key,
+        owner=viewer.principal,
+        grace_seconds=read_grace(form),
+        actor=viewer.actor,
+        ip=ip,
+    )
+    return render(
+        request,
+        "show_once.html",
+        {
+            "created": created,
+            "back": "/console/keys",
+            "rotated": True,
+            "old_expires": key.expires_at,
+        },
+    )
+
+
+router.include_router(admin_router)

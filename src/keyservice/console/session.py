@@ -1,0 +1,95 @@
+"""The console session: an encrypted, authenticated cookie, so any worker can read it.
+
+The cookie holds the principal id (None before sign-in), an expiry and a CSRF secret,
+sealed with AES-GCM under a key derived from the server secret. Nothing is stored on the
+server, so sessions survive restarts and work across workers and replicas; in exchange a
+session cannot be revoked early, which is why it is short and why every request re-reads
+the principal (disabled users and lost permissions take effect at once).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keyservice.security.hashing import derive_key
+
+COOKIE_NAME = "keyservice_console"
+COOKIE_PATH = "/console"
+PURPOSE = "keyservice/console-session/v1"
+SESSION_SECONDS = 3600
+# A signed-out visitor gets a session too, so that the sign-in form carries a CSRF token.
+ANONYMOUS_SECONDS = 3600
+_NONCE_BYTES = 12
+_AAD = b"keyservice-console-session"
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    principal_id: str | None
+    expires_at: int
+    csrf: str
+
+    @property
+    def signed_in(self) -> bool:
+        return self.principal_id is not None
+
+    def csrf_matches(self, token: str | None) -> bool:
+        """Compare a submitted CSRF token with this session's, in constant time."""
+        if not token:
+            return False
+        return hmac.compare_digest(token.encode(), self.csrf.encode())
+
+
+def new_session(principal_id: str | None) -> ConsoleSession:
+    """Start a session with a fresh CSRF secret (a new one at every sign-in)."""
+    lifetime = SESSION_SECONDS if principal_id is not None else ANONYMOUS_SECONDS
+    return ConsoleSession(
+        principal_id=principal_id,
+        expires_at=int(time.time()) + lifetime,
+        csrf=secrets.token_urlsafe(32),
+    )
+
+
+class SessionCodec:
+    """Seal and open session cookies (AES-256-GCM, random 96-bit nonce)."""
+
+    def __init__(self, server_secret: bytes) -> None:
+        self._aead = AESGCM(derive_key(server_secret, PURPOSE))
+
+    def seal(self, session: ConsoleSession) -> str:
+        payload = json.dumps(
+            {"p": session.principal_id, "e": session.expires_at, "c": session.csrf},
+            separators=(",", ":"),
+        ).encode()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._aead.encrypt(nonce, payload, _AAD)
+        return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+
+    def open(self, value: str | None) -> ConsoleSession | None:
+        """Return the session, or None when the cookie is missing, forged or expired."""
+        if not value or len(value) > 4096:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+            payload = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
+            data = json.loads(payload)
+            session = ConsoleSession(
+                principal_id=data["p"], expires_at=int(data["e"]), csrf=str(data["c"])
+            )
+        except (InvalidTag, ValueError, binascii.Error, KeyError, TypeError):
+            return None
+        if session.principal_id is not None and not isinstance(session.principal_id, str):
+            return None
+        if session.expires_at <= time.time():
+            return None
+        return session

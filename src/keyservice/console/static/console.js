@@ -1,0 +1,100 @@
+// keyservice console: small enhancements over working HTML forms. No inline script (CSP).
+(function () {
+  "use strict";
+
+  function status(text) {
+    var node = document.querySelector("[data-copy-status]");
+    if (node) { node.textContent = text; }
+  }
+
+  function legacyCopy(input) {
+    input.focus();
+    input.select();
+    try { return document.execCommand("copy"); } catch (e) { return false; }
+  }
+
+  document.addEventListener("click", function (event) {
+    var target = event.target.closest("[data-copy],[data-download],[data-done],[data-close]");
+    if (!target) { return; }
+
+    if (target.hasAttribute("data-copy")) {
+      var input = document.getElementById(target.getAttribute("data-copy"));
+      if (!input) { return; }
+      var done = function () { status("Copied to the clipboard."); };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(input.value).then(done, function () {
+          if (legacyCopy(input)) { done(); } else { status("Select the key and copy it."); }
+        });
+      } else if (legacyCopy(input)) {
+        done();
+      } else {
+        status("Select the key and copy it.");
+      }
+    } else if (target.hasAttribute("data-download")) {
+      var source = document.getElementById(target.getAttribute("data-download"));
+      if (!source) { return; }
+      // Built in the page: the secret never travels in a URL or a second request.
+      var blob = new Blob([source.value], { type: "application/octet-stream" });
+      var url = URL.createObjectURL(blob);
+      var link = document.createElement("a");
+      link.href = url;
+      link.download = target.getAttribute("data-filename") || "key.APIKEY";
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+      status("Downloaded " + link.download + ".");
+    } else if (target.hasAttribute("data-done")) {
+      // Forget the secret, and take the page out of the history so Back cannot show it.
+      event.preventDefault();
+      document.querySelectorAll("[data-secret]").forEach(function (node) { node.value = ""; });
+      window.location.replace(target.getAttribute("href"));
+    } else if (target.hasAttribute("data-close")) {
+      var dialog = target.closest("dialog");
+      if (dialog) { dialog.close(); }
+    }
+  });
+
+  // Delete buttons open a confirmation dialog; without JavaScript they open a page instead.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.hasAttribute("data-confirm-delete")) { return; }
+    var dialog = document.getElementById("delete-dialog");
+    if (!dialog || typeof dialog.showModal !== "function") { return; }
+    event.preventDefault();
+    var confirmForm = dialog.querySelector("form");
+    confirmForm.setAttribute("action", form.getAttribute("data-action"));
+    dialog.querySelectorAll("[data-name]").forEach(function (node) {
+      node.textContent = form.getAttribute("data-name");
+    });
+    dialog.returnFocusTo = form.querySelector("button");
+    dialog.showModal();
+    var cancel = dialog.querySelector("[data-close]");
+    if (cancel) { cancel.focus(); }
+  });
+
+  document.addEventListener("close", function (event) {
+    var dialog = event.target;
+    if (dialog.returnFocusTo) { dialog.returnFocusTo.focus(); }
+  }, true);
+
+  // Links that look like buttons act like buttons for the keyboard too (Space).
+  document.addEventListener("keydown", function (event) {
+    var target = event.target;
+    if (event.key === " " && target.matches && target.matches("a[role=button]")) {
+      event.preventDefault();
+      target.click();
+    }
+  });
+
+  // Bring the first field with an error into view and focus.
+  document.addEventListener("DOMContentLoaded", function () {
+    var invalid = document.querySelector("[aria-invalid=true]");
+    var summary = document.getElementById("form-errors");
+    if (invalid && typeof invalid.focus === "function" && invalid.tagName !== "FIELDSET") {
+      invalid.focus();
+    } else if (summary) {
+      summary.focus();
+    }
+  });
+})();

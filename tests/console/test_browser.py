@@ -1,0 +1,131 @@
+"""The console in real headless Chromium, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Page, expect
+
+from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.database import utcnow
+from keyservice.principals.models import Principal
+from tests.console.conftest import LiveServer, sign_in
+from tests.factories import add_scope, create_principal
+
+pytestmark = pytest.mark.browser
+
+
+async def exchange(http: httpx.AsyncClient, api_key: str) -> httpx.Response:
+    return await http.post("/token", data={"grant_type": "client_credentials", "api_key": api_key})
+
+
+async def test_sign_in_wrong_then_right_password(page: Page, live: LiveServer) -> None:
+    await create_principal(live.context, "alice")
+    await sign_in(page, "alice", "not the password")
+    await expect(page.get_by_text("Wrong username or password")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    await sign_in(page, "alice")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    await expect(page).to_have_url(f"{live.url}/console/keys")
+    cookies = await page.context.cookies()
+    session = next(c for c in cookies if c["name"] == "keyservice_console")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    # A user without admin sees no admin links, and admin pages refuse them.
+    nav = page.get_by_role("navigation", name="Main")
+    await expect(nav.get_by_role("link", name="API keys")).to_be_visible()
+    for name in ("Users", "Devices", "Audit log"):
+        await expect(nav.get_by_role("link", name=name)).to_have_count(0)
+    for path in ("/console/admin/users", "/console/admin/devices", "/console/admin/audit"):
+        response = await page.goto(path)
+        assert response is not None and response.status == 403
+        await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+
+    await page.goto("/console/keys")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    response = await page.goto("/console/keys")
+    assert response is not None
+    await expect(page).to_have_url(f"{live.url}/console/login")
+
+
+async def test_generate_copy_download_exchange_then_delete(
+    page: Page, live: LiveServer, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    await add_scope(live.context, "projects:read", "Read projects")
+    await add_scope(live.context, "billing:write", "Change billing")
+    await create_principal(live.context, "alice", permissions=["api_keys:manage", "projects:read"])
+    await sign_in(page, "alice")
+    await expect(page.get_by_text("You have no API keys yet.")).to_be_visible()
+
+    await page.get_by_role("button", name="Generate API key").click()
+    await expect(page.get_by_role("heading", name="Generate API key")).to_be_visible()
+    # One checkbox per scope the user holds, labelled by its name; nothing else offered.
+    await expect(page.get_by_label("projects:read", exact=True)).to_be_visible()
+    await expect(page.get_by_label("billing:write", exact=True)).to_have_count(0)
+    await expect(page.get_by_text("Read projects")).to_be_visible()
+    expires = page.get_by_label("Expires on")
+    default_day = (utcnow() + timedelta(days=90)).date().isoformat()
+    await expect(expires).to_have_value(default_day)
+    assert await expires.get_attribute("min") and await expires.get_attribute("max")
+
+    await page.get_by_label("Name", exact=True).fill("ci-bot")
+    await page.get_by_label("Description").fill("Builds")
+    await page.get_by_label("projects:read", exact=True).check()
+    await page.get_by_label("Allowed IPs").fill("127.0.0.1/32\nnot-an-address")
+    await page.get_by_role("button", name="Create key").click()
+    # The service's refusal is shown next to the field, and the input is kept.
+    await expect(page.get_by_text("'not-an-address' is not an IPv4 or IPv6")).to_be_visible()
+    await expect(page.get_by_label("Allowed IPs")).to_have_attribute("aria-invalid", "true")
+    await expect(page.get_by_label("Name", exact=True)).to_have_value("ci-bot")
+    await page.get_by_label("Allowed IPs").fill("127.0.0.1/32\n::1")
+
+    async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        await page.get_by_role("button", name="Create key").click()
+    response = await posted.value
+    assert response.status == 200
+    assert "no-store" in (await response.all_headers())["cache-control"]
+    field = page.get_by_label("API key", exact=True)
+    await expect(field).to_have_attribute("readonly", "")
+    api_key = await field.input_value()
+    assert api_key and api_key in await page.content()
+    assert api_key not in page.url
+    await expect(page.get_by_text("it will not be shown again")).to_be_visible()
+
+    await page.get_by_role("button", name="Copy").click()
+    await expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+    assert await page.evaluate("navigator.clipboard.readText()") == api_key
+
+    async with page.expect_download() as downloading:
+        await page.get_by_role("button", name="Download").click()
+    download = await downloading.value
+    assert download.suggested_filename == "ci-bot.APIKEY"
+    saved = tmp_path / download.suggested_filename
+    await download.save_as(saved)
+    from_file = saved.read_text()
+    assert from_file == api_key
+
+    exchanged = await exchange(http, from_file)
+    assert exchanged.status_code == 200, exchanged.text
+    assert exchanged.json()["scope"] == "projects:read"
+
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    await expect(page.get_by_label("API key", exact=True)).to_have_count(0)
+    assert api_key not in await page.content()
+    row = page.get_by_role("row", name="ci-bot")
+    await expect(row).to_contain_text("projects:read")
+    await expect(row).to_contain_text("valid")
+
+    await row.get_by_role("button", name="Delete").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog).to_contain_text("cannot be undone")
+    await dialog.get_by_role("button", name="Delete", exact=True).click()
+    await expect(page.get_by_text("The key was deleted.")).to_be_visible()
+    await expect(page.get_by_role("row", name="ci-bot")).to_have_count(0)
+    assert (await exchange(http, api_key)).status_code == 401
