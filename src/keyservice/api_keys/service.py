@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, false, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
@@ -229,3 +230,77 @@ async def rotate(
     )
     key.expires_at = min(key.expires_at, now + timedelta(seconds=grace_seconds))
     return await create(ctx, session, owner=owner, data=data, actor=actor, ip=ip, rotated_from=key)
+
+
+KEY_STATUSES = ("revoked", "expired", "suspended", "valid")
+
+
+def _status_clause(status: str, now: datetime) -> ColumnElement[bool]:
+    """SQL for `ApiKey.status()`: revoked, expired, suspended (owner unusable), valid."""
+    owner_usable = and_(Principal.disabled == false(), Principal.deleted_at.is_(None))
+    live = and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+    if status == "revoked":
+        return ApiKey.revoked_at.is_not(None)
+    if status == "expired":
+        return and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at <= now)
+    if status == "suspended":
+        return and_(live, not_(owner_usable))
+    if status == "valid":
+        return and_(live, owner_usable)
+    raise ValidationFailed(f"status must be one of: {', '.join(KEY_STATUSES)}.", field="status")
+
+
+async def search(
+    session: AsyncSession,
+    *,
+    owner_type: str | None = None,
+    owner_id: str | None = None,
+    owner_name: str | None = None,
+    status: str | Sequence[str] | None = None,
+    expires_before: datetime | None = None,
+    now: datetime | None = None,
+) -> list[tuple[ApiKey, Principal]]:
+    """Return every principal's keys matching the filters, with their owners, newest first."""
+    now = now or utcnow()
+    query = select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
+    if owner_type is not None:
+        query = query.where(Principal.kind == owner_type)
+    if owner_id is not None:
+        query = query.where(ApiKey.principal_id == owner_id)
+    if owner_name is not None:
+        query = query.where(Principal.name == owner_name)
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        query = query.where(or_(*(_status_clause(one, now) for one in statuses)))
+    if expires_before is not None:
+        query = query.where(ApiKey.expires_at <= expires_before)
+    rows = await session.execute(query.order_by(ApiKey.created_at.desc(), ApiKey.id))
+    return [(row[0], row[1]) for row in rows]
+
+
+async def list_all(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    owner_type: str | None = None,
+    owner_id: str | None = None,
+    status: str | None = None,
+) -> list[ApiKeyRead]:
+    """Return all keys (revoked ones included, listed as such) for the admin API."""
+    now = utcnow()
+    rows = await search(session, owner_type=owner_type, owner_id=owner_id, status=status, now=now)
+    return [to_read(key, owner, ctx.settings, now) for key, owner in rows]
+
+
+async def get_any(session: AsyncSession, *, key_id: str) -> tuple[ApiKey, Principal]:
+    """Return any principal's key (revoked ones too) with its owner; 404 if unknown."""
+    row = (
+        await session.execute(
+            select(ApiKey, Principal)
+            .join(Principal, Principal.id == ApiKey.principal_id)
+            .where(ApiKey.id == key_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("No API key with this id.")
+    return row[0], row[1]

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from datetime import datetime
+
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit.models import AuditEvent
+from keyservice.exceptions import ValidationFailed
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+_CURSOR_PREFIX = "seq:"
 
 
 def record(
@@ -30,3 +40,65 @@ def record(
     )
     session.add(event)
     return event
+
+
+def encode_cursor(seq: int) -> str:
+    """Return the opaque cursor that continues a listing after the event `seq`."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the seq a cursor continues after; 422 for anything not made by encode_cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        if not raw.startswith(_CURSOR_PREFIX):
+            raise ValueError(raw)
+        digits = raw.removeprefix(_CURSOR_PREFIX)
+        if not digits.isdigit() or len(digits) > 19:
+            raise ValueError(raw)
+        return int(digits)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        error = ValidationFailed("The cursor is not one this service returned; start over.")
+        error.details = [{"loc": ["query", "cursor"], "msg": error.description}]
+        raise error from None
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    type: str | None = None,
+    principal_id: str | None = None,
+    key_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[AuditEvent], str | None]:
+    """Return one page of events, newest first, and the cursor of the next page (or None).
+
+    Keyset paging on `seq` (insertion order): events written while a client pages have
+    higher seqs and never shift, duplicate or hide the older events of later pages.
+    """
+    limit = max(1, min(limit, MAX_LIMIT))
+    query = select(AuditEvent)
+    if cursor is not None:
+        query = query.where(AuditEvent.seq < decode_cursor(cursor))
+    if type is not None:
+        query = query.where(AuditEvent.type == type)
+    if principal_id is not None:
+        query = query.where(AuditEvent.principal_id == principal_id)
+    if key_id is not None:
+        query = query.where(AuditEvent.key_id == key_id)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    # One row more than asked tells whether a next page exists without an empty last page.
+    rows = list(await session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
+    items = rows[:limit]
+    next_cursor = encode_cursor(items[-1].seq) if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def prune(session: AsyncSession, *, before: datetime) -> int:
+    """Delete the events recorded before `before`; return how many, and commit."""
+    result = await session.execute(delete(AuditEvent).where(AuditEvent.at < before))
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)

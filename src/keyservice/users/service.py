@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
+from keyservice.auth.revocation import notify
 from keyservice.config import Settings
-from keyservice.exceptions import Conflict, ValidationFailed
+from keyservice.exceptions import Conflict, NotFound, ValidationFailed
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
 from keyservice.security.hashing import hash_password
+
+if TYPE_CHECKING:
+    from keyservice.context import AppContext
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -34,6 +40,19 @@ async def list_users(session: AsyncSession) -> Sequence[Principal]:
             select(Principal).where(Principal.kind == "user").order_by(Principal.name)
         )
     ).all()
+
+
+async def get(session: AsyncSession, *, user_id: str, for_update: bool = False) -> Principal:
+    """Return the user with this id; 404 for an unknown id or a device's."""
+    query = select(Principal).where(
+        Principal.id == user_id, Principal.kind == "user", Principal.deleted_at.is_(None)
+    )
+    if for_update:
+        query = query.with_for_update()
+    user = await session.scalar(query)
+    if user is None:
+        raise NotFound("No user with this id.")
+    return user
 
 
 async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -> list[str]:
@@ -120,3 +139,70 @@ async def ensure_bootstrap_admin(
     except Conflict:  # another process of this deployment created it first
         return None
     return username, generated
+
+
+def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
+    """Apply `disabled`; return the revocation message to send if it changed, else None.
+
+    Disabling does not touch the principal's keys: they list as `suspended` and their
+    tokens are refused (the revocation view), and re-enabling makes them valid again.
+    """
+    if disabled is None or disabled == principal.disabled:
+        return None
+    principal.disabled = disabled
+    return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
+
+
+async def update(
+    session: AsyncSession,
+    ctx: AppContext,
+    *,
+    user_id: str,
+    disabled: bool | None = None,
+    permissions: Sequence[str] | None = None,
+    password: str | None = None,
+    actor: str | None,
+    ip: str | None,
+    actor_id: str | None = None,
+) -> Principal:
+    """Change a user's state, permissions or password, audit it and commit.
+
+    Disabling refuses the user's access and refresh tokens on every replica within
+    seconds; `actor_id` (the caller's principal id) keeps an admin from locking themself
+    out by disabling their own account or dropping their own `admin`.
+    """
+    if password is not None:
+        check_password(password)
+    perms = await check_permissions(session, permissions) if permissions is not None else None
+    user = await get(session, user_id=user_id, for_update=True)
+    if actor_id is not None and actor_id == user.id:
+        if disabled or (perms is not None and ADMIN in user.permissions and ADMIN not in perms):
+            raise Conflict(
+                "You cannot disable your own account or remove your own admin permission; "
+                "ask another admin."
+            )
+    changes: list[str] = []
+    if perms is not None and perms != sorted(user.permissions):
+        user.permissions = perms
+        changes.append(f"permissions: {' '.join(perms) or '(none)'}")
+    if password is not None:
+        # argon2 takes ~100 ms of CPU: keep it off the event loop.
+        user.password_hash = await asyncio.to_thread(hash_password, password)
+        changes.append("password changed")  # never the password itself
+    message = set_disabled(user, disabled)
+    if message is not None:
+        changes.append("disabled" if user.disabled else "enabled")
+        await notify(session, message)
+    if changes:
+        audit.record(
+            session,
+            type="user.updated",
+            actor=actor,
+            principal_id=user.id,
+            ip=ip,
+            reason="; ".join(changes),
+        )
+    await session.commit()
+    if message is not None:
+        ctx.revocation.apply(message)
+    return user

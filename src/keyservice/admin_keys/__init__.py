@@ -1,0 +1,1 @@
+"""Admin API over every principal's API keys: list with filters, revoke."""

@@ -1,0 +1,50 @@
+"""Admin API over all API keys: list any principal's keys, revoke any key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from keyservice.admin_keys.dependencies import AdminUser, RequestIp
+from keyservice.api_keys import service
+from keyservice.api_keys.schemas import ApiKeyList, ApiKeyRead
+from keyservice.database import utcnow
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+
+router = APIRouter(prefix="/admin/api-keys", tags=["admin"])
+
+Status = Literal["revoked", "expired", "suspended", "valid"]
+
+
+@router.get("", response_model=ApiKeyList)
+async def list_keys(
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    context: ContextDep,
+    owner_type: Literal["user", "device"] | None = None,
+    owner_id: Annotated[str | None, Query(max_length=36)] = None,
+    status: Status | None = None,
+) -> ApiKeyList:
+    items = await service.list_all(
+        context, session, owner_type=owner_type, owner_id=owner_id, status=status
+    )
+    return ApiKeyList(items=items)
+
+
+@router.get("/{key_id}", response_model=ApiKeyRead)
+async def get_key(
+    key_id: str, _admin: AdminPrincipal, session: SessionDep, context: ContextDep
+) -> ApiKeyRead:
+    key, owner = await service.get_any(session, key_id=key_id)
+    return service.to_read(key, owner, context.settings, utcnow())
+
+
+@router.delete("/{key_id}", status_code=204)
+async def revoke_key(
+    key_id: str, admin: AdminUser, session: SessionDep, context: ContextDep, ip: RequestIp
+) -> Response:
+    """Revoke any key (a leaked one, say); revoking a revoked key changes nothing."""
+    key, _owner = await service.get_any(session, key_id=key_id)
+    await service.revoke(context, session, key=key, actor=admin.actor, ip=ip)
+    return Response(status_code=204)

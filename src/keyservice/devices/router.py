@@ -1,0 +1,112 @@
+"""Admin API for devices and their keys."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from keyservice.admin_keys.dependencies import AdminUser, RequestIp
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRotate
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.devices import service
+from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
+from keyservice.responses import NO_STORE
+
+router = APIRouter(prefix="/admin/devices", tags=["admin"])
+
+
+@router.post("", status_code=201, response_model=DeviceRead)
+async def create_device(
+    data: DeviceCreate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
+) -> DeviceRead:
+    device = await service.create(
+        session,
+        name=data.name,
+        description=data.description,
+        permissions=data.permissions,
+        actor=admin.actor,
+        ip=ip,
+    )
+    return DeviceRead.of(device)
+
+
+@router.get("", response_model=DeviceList)
+async def list_devices(_admin: AdminPrincipal, session: SessionDep) -> DeviceList:
+    return DeviceList(items=[DeviceRead.of(d) for d in await service.list_devices(session)])
+
+
+@router.get("/{device_id}", response_model=DeviceRead)
+async def get_device(device_id: str, _admin: AdminPrincipal, session: SessionDep) -> DeviceRead:
+    return DeviceRead.of(await service.get(session, device_id=device_id))
+
+
+@router.patch("/{device_id}", response_model=DeviceRead)
+async def update_device(
+    device_id: str,
+    data: DeviceUpdate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+) -> DeviceRead:
+    device = await service.update(
+        session,
+        context,
+        device_id=device_id,
+        disabled=data.disabled,
+        permissions=data.permissions,
+        description=data.description,
+        actor=admin.actor,
+        ip=ip,
+    )
+    return DeviceRead.of(device)
+
+
+@router.delete("/{device_id}", status_code=204)
+async def delete_device(
+    device_id: str,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+) -> Response:
+    await service.delete(session, context, device_id=device_id, actor=admin.actor, ip=ip)
+    return Response(status_code=204)
+
+
+@router.post("/{device_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
+async def create_device_key(
+    device_id: str,
+    data: ApiKeyCreate,
+    admin: AdminUser,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+    response: Response,
+) -> ApiKeyCreated:
+    response.headers.update(NO_STORE)
+    return await service.create_key(
+        context, session, device_id=device_id, data=data, actor=admin.actor, ip=ip
+    )
+
+
+@router.post("/{device_id}/api-keys/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
+async def rotate_device_key(
+    device_id: str,
+    key_id: str,
+    admin: AdminUser,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+    response: Response,
+    data: ApiKeyRotate | None = None,
+) -> ApiKeyCreated:
+    response.headers.update(NO_STORE)
+    return await service.rotate_key(
+        context,
+        session,
+        device_id=device_id,
+        key_id=key_id,
+        grace_seconds=(data or ApiKeyRotate()).grace_seconds,
+        actor=admin.actor,
+        ip=ip,
+    )

@@ -1,0 +1,55 @@
+"""Devices as the admin API shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyservice.principals.models import Principal
+from keyservice.users.schemas import NAME_PATTERN
+
+
+class DeviceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    description: str = Field(default="", max_length=1000)
+    permissions: list[str] = Field(default_factory=list, max_length=100)
+
+
+class DeviceUpdate(BaseModel):
+    """Only the fields sent are changed; `null` counts as not sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool | None = None
+    permissions: list[str] | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=1000)
+
+
+class DeviceRead(BaseModel):
+    id: str
+    type: str = "device"
+    name: str
+    description: str
+    permissions: list[str]
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, device: Principal) -> DeviceRead:
+        return cls(
+            id=device.id,
+            name=device.name,
+            description=device.description,
+            permissions=sorted(device.permissions),
+            disabled=device.disabled,
+            created_at=device.created_at,
+            updated_at=device.updated_at,
+        )
+
+
+class DeviceList(BaseModel):
+    items: list[DeviceRead]

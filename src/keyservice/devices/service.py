@@ -1,0 +1,205 @@
+"""Devices: machines and connectors registered by admins, with keys that admins manage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.api_keys import service as keys_service
+from keyservice.api_keys.models import ApiKey
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
+from keyservice.audit import service as audit
+from keyservice.auth.revocation import notify
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.exceptions import Conflict, NotFound
+from keyservice.principals.models import Principal
+from keyservice.users.service import check_permissions, set_disabled
+
+
+async def get_by_name(session: AsyncSession, *, name: str) -> Principal | None:
+    return await session.scalar(
+        select(Principal).where(
+            Principal.kind == "device", Principal.name == name, Principal.deleted_at.is_(None)
+        )
+    )
+
+
+async def get(session: AsyncSession, *, device_id: str, for_update: bool = False) -> Principal:
+    """Return the live device with this id; 404 for an unknown, deleted or user id."""
+    query = select(Principal).where(
+        Principal.id == device_id, Principal.kind == "device", Principal.deleted_at.is_(None)
+    )
+    if for_update:
+        query = query.with_for_update()
+    device = await session.scalar(query)
+    if device is None:
+        raise NotFound("No device with this id.")
+    return device
+
+
+async def list_devices(session: AsyncSession) -> Sequence[Principal]:
+    """Return the devices that are not deleted, by name."""
+    return (
+        await session.scalars(
+            select(Principal)
+            .where(Principal.kind == "device", Principal.deleted_at.is_(None))
+            .order_by(Principal.name)
+        )
+    ).all()
+
+
+async def create(
+    session: AsyncSession,
+    *,
+    name: str,
+    description: str = "",
+    permissions: Sequence[str],
+    actor: str | None,
+    ip: str | None,
+) -> Principal:
+    """Register a device (409 if a live device has the name) and commit."""
+    perms = await check_permissions(session, permissions)
+    if await get_by_name(session, name=name) is not None:
+        raise Conflict(f"A device named '{name}' already exists.")
+    device = Principal(kind="device", name=name, description=description, permissions=perms)
+    session.add(device)
+    await session.flush()
+    audit.record(
+        session,
+        type="device.created",
+        actor=actor,
+        principal_id=device.id,
+        ip=ip,
+        reason=f"permissions: {' '.join(perms) or '(none)'}",
+    )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"A device named '{name}' already exists.") from None
+    return device
+
+
+async def update(
+    session: AsyncSession,
+    ctx: AppContext,
+    *,
+    device_id: str,
+    disabled: bool | None = None,
+    permissions: Sequence[str] | None = None,
+    description: str | None = None,
+    actor: str | None,
+    ip: str | None,
+) -> Principal:
+    """Change a device's state, permissions or description, audit it and commit.
+
+    Disabling suspends its keys without revoking them; re-enabling restores them.
+    """
+    perms = await check_permissions(session, permissions) if permissions is not None else None
+    device = await get(session, device_id=device_id, for_update=True)
+    changes: list[str] = []
+    if perms is not None and perms != sorted(device.permissions):
+        device.permissions = perms
+        changes.append(f"permissions: {' '.join(perms) or '(none)'}")
+    if description is not None and description != device.description:
+        device.description = description
+        changes.append("description changed")
+    message = set_disabled(device, disabled)
+    if message is not None:
+        changes.append("disabled" if device.disabled else "enabled")
+        await notify(session, message)
+    if changes:
+        audit.record(
+            session,
+            type="device.updated",
+            actor=actor,
+            principal_id=device.id,
+            ip=ip,
+            reason="; ".join(changes),
+        )
+    await session.commit()
+    if message is not None:
+        ctx.revocation.apply(message)
+    return device
+
+
+async def delete(
+    session: AsyncSession, ctx: AppContext, *, device_id: str, actor: str | None, ip: str | None
+) -> None:
+    """Delete a device softly and revoke all its keys; its tokens die within seconds."""
+    device = await get(session, device_id=device_id, for_update=True)
+    now = utcnow()
+    device.deleted_at = now
+    messages = [f"principal-disabled:{device.id}"]
+    keys = (
+        await session.scalars(
+            select(ApiKey).where(ApiKey.principal_id == device.id, ApiKey.revoked_at.is_(None))
+        )
+    ).all()
+    for key in keys:
+        key.revoked_at = now
+        messages.append(f"client:{key.client_id}")
+        audit.record(
+            session,
+            type="api_key.deleted",
+            actor=actor,
+            principal_id=device.id,
+            key_id=key.id,
+            ip=ip,
+            reason="device deleted",
+        )
+    audit.record(
+        session,
+        type="device.deleted",
+        actor=actor,
+        principal_id=device.id,
+        ip=ip,
+        reason=f"device {device.name}; {len(keys)} key(s) revoked",
+    )
+    for message in messages:
+        await notify(session, message)
+    await session.commit()
+    for message in messages:
+        ctx.revocation.apply(message)
+
+
+async def create_key(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    device_id: str,
+    data: ApiKeyCreate,
+    actor: str,
+    ip: str | None,
+) -> ApiKeyCreated:
+    """Create a key for a device (404 if the id is not a live device's)."""
+    device = await get(session, device_id=device_id, for_update=True)
+    return await keys_service.create(ctx, session, owner=device, data=data, actor=actor, ip=ip)
+
+
+async def rotate_key(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    device_id: str,
+    key_id: str,
+    grace_seconds: int,
+    actor: str,
+    ip: str | None,
+) -> ApiKeyCreated:
+    """Rotate one of a device's keys; the old one expires after the grace period."""
+    device = await get(session, device_id=device_id, for_update=True)
+    key = await keys_service.get_owned(session, key_id=key_id, owner_id=device.id)
+    return await keys_service.rotate(
+        ctx,
+        session,
+        key=key,
+        owner=device,
+        grace_seconds=grace_seconds,
+        actor=actor,
+        ip=ip,
+    )

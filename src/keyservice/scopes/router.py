@@ -1,0 +1,28 @@
+"""Admin API for the scope catalog."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from keyservice.admin_keys.dependencies import RequestIp
+from keyservice.dependencies import AdminPrincipal, SessionDep
+from keyservice.scopes import service
+from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead
+
+router = APIRouter(prefix="/admin/scopes", tags=["admin"])
+
+
+@router.get("", response_model=ScopeList)
+async def list_scopes(_admin: AdminPrincipal, session: SessionDep) -> ScopeList:
+    scopes = await service.list_scopes(session)
+    return ScopeList(items=[ScopeRead.model_validate(scope) for scope in scopes])
+
+
+@router.post("", status_code=201, response_model=ScopeRead)
+async def create_scope(
+    data: ScopeCreate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
+) -> ScopeRead:
+    scope = await service.create(
+        session, name=data.name, description=data.description, actor=admin.actor, ip=ip
+    )
+    return ScopeRead.model_validate(scope)

@@ -1,0 +1,30 @@
+"""The scope catalog as the admin API shows it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
+SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+
+
+class ScopeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=SCOPE_NAME_PATTERN)
+    description: str = Field(default="", max_length=1000)
+
+
+class ScopeRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    description: str
+    builtin: bool
+    created_at: datetime
+
+
+class ScopeList(BaseModel):
+    items: list[ScopeRead]

@@ -1,0 +1,63 @@
+"""Admin API for users: create, list, get, update (disable, permissions, password)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from keyservice.admin_keys.dependencies import RequestIp
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.users import service
+from keyservice.users.schemas import UserCreate, UserList, UserRead, UserUpdate
+
+router = APIRouter(prefix="/admin/users", tags=["admin"])
+
+
+@router.post("", status_code=201, response_model=UserRead)
+async def create_user(
+    data: UserCreate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    ip: RequestIp,
+) -> UserRead:
+    user = await service.create(
+        session,
+        username=data.username,
+        password=data.password,
+        permissions=data.permissions,
+        actor=admin.actor,
+        ip=ip,
+    )
+    return UserRead.of(user)
+
+
+@router.get("", response_model=UserList)
+async def list_users(_admin: AdminPrincipal, session: SessionDep) -> UserList:
+    return UserList(items=[UserRead.of(user) for user in await service.list_users(session)])
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserRead:
+    return UserRead.of(await service.get(session, user_id=user_id))
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: str,
+    data: UserUpdate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+) -> UserRead:
+    user = await service.update(
+        session,
+        context,
+        user_id=user_id,
+        disabled=data.disabled,
+        permissions=data.permissions,
+        password=data.password,
+        actor=admin.actor,
+        ip=ip,
+        actor_id=admin.id,
+    )
+    return UserRead.of(user)

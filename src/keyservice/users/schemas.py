@@ -1,0 +1,55 @@
+"""Users as the admin API shows them: never a password or its hash."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyservice.principals.models import Principal
+
+# Letters, digits and a few separators: names end up in audit actors and CLI tables.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    password: str = Field(min_length=1, max_length=1024)
+    permissions: list[str] = Field(default_factory=list, max_length=100)
+
+
+class UserUpdate(BaseModel):
+    """Only the fields sent are changed; `null` counts as not sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool | None = None
+    permissions: list[str] | None = Field(default=None, max_length=100)
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+
+
+class UserRead(BaseModel):
+    id: str
+    type: str = "user"
+    username: str
+    permissions: list[str]
+    disabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, user: Principal) -> UserRead:
+        return cls(
+            id=user.id,
+            username=user.name,
+            permissions=sorted(user.permissions),
+            disabled=user.disabled,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+        )
+
+
+class UserList(BaseModel):
+    items: list[UserRead]
