@@ -1,0 +1,84 @@
+"""Helpers for the admin, lifecycle and CLI tests (built on tests.factories)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import select, update
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.audit.models import AuditEvent
+from keyservice.context import AppContext
+from tests.factories import bearer, create_principal, login
+
+
+async def admin_token(ctx: AppContext, client: httpx.AsyncClient, name: str = "root") -> str:
+    """Create an admin user and return an access token from a password login."""
+    await create_principal(ctx, name, permissions=["admin"])
+    return str((await login(client, name))["access_token"])
+
+
+async def admin_request(
+    client: httpx.AsyncClient,
+    token: str,
+    method: str,
+    path: str,
+    expect: int | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    response = await client.request(method, path, headers=bearer(token), **kwargs)
+    if expect is not None:
+        assert response.status_code == expect, response.text
+    return response
+
+
+async def create_device(
+    client: httpx.AsyncClient, admin: str, name: str, permissions: list[str] | None = None
+) -> dict[str, Any]:
+    body = {"name": name, "permissions": permissions or []}
+    response = await admin_request(client, admin, "POST", "/admin/devices", 201, json=body)
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def create_device_key(
+    client: httpx.AsyncClient, admin: str, device_id: str, expect: int = 201, **body: Any
+) -> dict[str, Any]:
+    body.setdefault("name", "device key")
+    response = await admin_request(
+        client, admin, "POST", f"/admin/devices/{device_id}/api-keys", expect, json=body
+    )
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def token_for(client: httpx.AsyncClient, api_key: str) -> dict[str, Any]:
+    response = await client.post(
+        "/token", data={"grant_type": "client_credentials", "api_key": api_key}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def refresh(client: httpx.AsyncClient, refresh_token: str) -> httpx.Response:
+    return await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token}
+    )
+
+
+async def set_key_fields(ctx: AppContext, key_id: str, **values: Any) -> None:
+    """Change a key row directly (e.g. move its expiry into the past)."""
+    async with ctx.database.sessionmaker() as session:
+        await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(**values))
+        await session.commit()
+
+
+async def events(ctx: AppContext, type: str | None = None) -> list[AuditEvent]:
+    """Audit rows straight from the database, oldest first."""
+    async with ctx.database.sessionmaker() as session:
+        query = select(AuditEvent).order_by(AuditEvent.seq)
+        if type is not None:
+            query = query.where(AuditEvent.type == type)
+        return list((await session.scalars(query)).all())

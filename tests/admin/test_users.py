@@ -1,0 +1,201 @@
+"""Admin API: users (create, list, get, patch) and what disabling one does."""
+
+from __future__ import annotations
+
+from tests.admin.support import admin_request, admin_token, events, refresh, token_for
+from tests.factories import (
+    PASSWORD,
+    bearer,
+    create_key,
+    create_principal,
+    exchange,
+    login,
+    user_token,
+)
+
+
+async def test_create_list_get_user(client, context):
+    admin = await admin_token(context, client)
+    await create_principal(context, "scope-holder", permissions=["projects:read"])
+    created = await admin_request(
+        client,
+        admin,
+        "POST",
+        "/admin/users",
+        201,
+        json={
+            "username": "carol",
+            "password": "long enough password",
+            "permissions": ["projects:read", "api_keys:manage"],
+        },
+    )
+    user = created.json()
+    assert user["username"] == "carol"
+    assert user["type"] == "user"
+    assert user["permissions"] == ["api_keys:manage", "projects:read"]
+    assert user["disabled"] is False
+    assert not any("password" in name or "hash" in name for name in user)
+    assert "argon2" not in created.text
+
+    listed = (await admin_request(client, admin, "GET", "/admin/users", 200)).json()["items"]
+    assert {item["username"] for item in listed} == {"root", "scope-holder", "carol"}
+    assert "argon2" not in str(listed)
+
+    got = await admin_request(client, admin, "GET", f"/admin/users/{user['id']}", 200)
+    assert got.json() == user
+
+    # The new user can sign in with the password the admin set.
+    assert (await login(client, "carol", "long enough password"))["access_token"]
+    [event] = await events(context, "user.created")
+    assert event.principal_id == user["id"]
+    assert event.actor is not None and event.actor.startswith("user:")
+
+
+async def test_user_create_refusals(client, context):
+    admin = await admin_token(context, client)
+    body = {"username": "dave", "password": "long enough password", "permissions": []}
+    await admin_request(client, admin, "POST", "/admin/users", 201, json=body)
+    duplicate = await admin_request(client, admin, "POST", "/admin/users", 409, json=body)
+    assert "taken" in duplicate.json()["error_description"]
+
+    unknown = {**body, "username": "erin", "permissions": ["nope:read"]}
+    response = await admin_request(client, admin, "POST", "/admin/users", 422, json=unknown)
+    assert "nope:read" in response.json()["error_description"]
+
+    short = {**body, "username": "erin", "password": "short"}
+    await admin_request(client, admin, "POST", "/admin/users", 422, json=short)
+    await admin_request(
+        client, admin, "POST", "/admin/users", 422, json={**body, "username": "bad name!"}
+    )
+
+
+async def test_admin_endpoints_need_admin(client, context):
+    token = await user_token(context, client, "mallory", ["api_keys:manage"])
+    for method, path in [
+        ("GET", "/admin/users"),
+        ("POST", "/admin/users"),
+        ("GET", "/admin/devices"),
+        ("GET", "/admin/api-keys"),
+        ("GET", "/admin/scopes"),
+        ("GET", "/admin/audit-events"),
+    ]:
+        response = await client.request(method, path, headers=bearer(token), json={})
+        assert response.status_code == 403, (method, path)
+        assert "insufficient_scope" in response.headers["www-authenticate"]
+        anonymous = await client.request(method, path, json={})
+        assert anonymous.status_code == 401, (method, path)
+
+
+async def test_unknown_ids_are_404(client, context):
+    admin = await admin_token(context, client)
+    device = await admin_request(
+        client, admin, "POST", "/admin/devices", 201, json={"name": "box", "permissions": []}
+    )
+    for user_id in ("no-such-id", device.json()["id"]):
+        await admin_request(client, admin, "GET", f"/admin/users/{user_id}", 404)
+        await admin_request(
+            client, admin, "PATCH", f"/admin/users/{user_id}", 404, json={"disabled": True}
+        )
+
+
+async def test_patch_permissions_and_password(client, context):
+    admin = await admin_token(context, client)
+    user = await create_principal(context, "frank", permissions=["api_keys:manage"])
+    await create_principal(context, "other", permissions=["projects:read"])
+
+    updated = await admin_request(
+        client,
+        admin,
+        "PATCH",
+        f"/admin/users/{user.id}",
+        200,
+        json={"permissions": ["projects:read", "api_keys:manage"]},
+    )
+    assert updated.json()["permissions"] == ["api_keys:manage", "projects:read"]
+    assert (await login(client, "frank"))["scope"] == "api_keys:manage projects:read"
+
+    new_password = "a completely new passphrase"
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{user.id}", 200, json={"password": new_password}
+    )
+    old = await client.post(
+        "/token", data={"grant_type": "password", "username": "frank", "password": PASSWORD}
+    )
+    assert old.status_code == 400
+    assert (await login(client, "frank", new_password))["access_token"]
+
+    unchanged = await admin_request(client, admin, "PATCH", f"/admin/users/{user.id}", 200, json={})
+    assert unchanged.json()["permissions"] == ["api_keys:manage", "projects:read"]
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{user.id}", 422, json={"password": "short"}
+    )
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{user.id}", 422, json={"username": "renamed"}
+    )
+
+    reasons = [event.reason or "" for event in await events(context, "user.updated")]
+    assert reasons == ["permissions: api_keys:manage projects:read", "password changed"]
+    everything = " ".join(str(vars(event)) for event in await events(context))
+    assert new_password not in everything and PASSWORD not in everything
+
+
+async def test_admin_cannot_lock_themself_out(client, context):
+    admin = await admin_token(context, client)
+    me = (await client.get("/me", headers=bearer(admin))).json()
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", 409, json={"disabled": True}
+    )
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", 409, json={"permissions": []}
+    )
+    assert (await client.get("/admin/users", headers=bearer(admin))).status_code == 200
+
+
+async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context):
+    admin = await admin_token(context, client)
+    token = await user_token(context, client, "gina", ["api_keys:manage", "projects:read"])
+    me = (await client.get("/me", headers=bearer(token))).json()
+    session = await login(client, "gina")
+    key = await create_key(client, token, name="ci")
+    exchanged = await token_for(client, key["api_key"])
+
+    disabled = await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", 200, json={"disabled": True}
+    )
+    assert disabled.json()["disabled"] is True
+
+    # Its access tokens (password login and key exchange) are refused at once.
+    for access in (token, exchanged["access_token"]):
+        response = await client.get("/me", headers=bearer(access))
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    # Its refresh tokens are refused.
+    for refresh_token in (session["refresh_token"], exchanged["refresh_token"]):
+        response = await refresh(client, refresh_token)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_grant"
+    # Its keys are suspended, not revoked, and cannot be exchanged.
+    listed = await admin_request(
+        client, admin, "GET", "/admin/api-keys", 200, params={"owner_id": me["id"]}
+    )
+    assert [item["status"] for item in listed.json()["items"]] == ["suspended"]
+    refused = await exchange(client, key["api_key"])
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "invalid_client"
+    denied = await client.post(
+        "/token", data={"grant_type": "password", "username": "gina", "password": PASSWORD}
+    )
+    assert denied.status_code == 400
+
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", 200, json={"disabled": False}
+    )
+    listed = await admin_request(
+        client, admin, "GET", "/admin/api-keys", 200, params={"owner_id": me["id"]}
+    )
+    assert [item["status"] for item in listed.json()["items"]] == ["valid"]
+    again = await token_for(client, key["api_key"])
+    assert (await client.get("/me", headers=bearer(again["access_token"]))).status_code == 200
+
+    reasons = [event.reason for event in await events(context, "user.updated")]
+    assert reasons == ["disabled", "enabled"]
