@@ -29,7 +29,15 @@ POSTGRES_URL = os.environ.get(
 )
 SKIP_POSTGRES = os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1"
 BACKENDS = ["sqlite"] if SKIP_POSTGRES else ["sqlite", "postgresql"]
-TABLES = ["audit_event", "refresh_token", "revoked_family", "api_key", "principal", "signing_key"]
+TABLES = [
+    "audit_event",
+    "refresh_token",
+    "revoked_family",
+    "api_key",
+    "principal",
+    "signing_key",
+    "throttle_failure",
+]
 TEST_SECRET = "test-secret-" + "x" * 40
 
 

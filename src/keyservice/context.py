@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from keyservice.auth.revocation import RevocationView
-from keyservice.auth.throttle import Throttle
+from keyservice.auth.throttle import make_throttle
 from keyservice.config import Settings
 from keyservice.database import Database
 from keyservice.security.hashing import SecretHasher, derive_key
@@ -48,9 +48,7 @@ class AppContext:
             access_token_ttl=settings.access_token_ttl,
             poll_seconds=settings.revocation_poll_seconds,
         )
-        self.throttle = Throttle(
-            client_limit=settings.throttle_client_failures,
-            ip_limit=settings.throttle_ip_failures,
-            window_seconds=settings.throttle_window_seconds,
+        self.throttle = make_throttle(
+            settings, self.database, key=derive_key(secret, "keyservice/throttle-subject/v1")
         )
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)

@@ -3,6 +3,7 @@
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
+from keyservice.auth.throttle_models import ThrottleFailure
 from keyservice.database import Base
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
@@ -16,4 +17,5 @@ __all__ = [
     "RevokedFamily",
     "Scope",
     "SigningKey",
+    "ThrottleFailure",
 ]

@@ -152,7 +152,7 @@ async def refuse(
 ) -> NoReturn:
     """Audit a refusal with its precise reason (in its own transaction), then raise."""
     if throttle_subject is not None:
-        ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
+        await ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
     async with ctx.database.sessionmaker() as session:
         audit.record(
             session,

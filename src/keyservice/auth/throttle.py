@@ -1,27 +1,88 @@
 """Brute-force protection at /token: failures counted per client id / username and per IP.
 
-A sliding window of failure timestamps per subject. Client ids lock out after a handful of
+A sliding window of failure times per subject. Client ids lock out after a handful of
 failures a minute; an IP only after many more, so clients behind one NAT address are not
-locked out by one bad neighbour. This in-process counter serves the embedded default and
-single-process deployments.
+locked out by one bad neighbour. Three stores share one interface:
+
+- `MemoryThrottle`: in-process; the embedded SQLite default and single-process deployments.
+- `DatabaseThrottle`: the `throttle_failure` table; PostgreSQL deployments, so that every
+  worker and replica sees the same counts.
+- `RedisThrottle`: one sorted set per subject; used when `KEYSERVICE_REDIS_URL` is set.
+
+Subjects are keyed by an HMAC, never stored as typed: a username field sometimes holds a
+password pasted into the wrong box. Only the `limit` most recent failures of a subject
+matter (the window is full once there are `limit` of them), so each store keeps at most
+that many per subject and an attacker cannot grow it without bound.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import secrets
 import time
+from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete, select
+
+from keyservice.database import Database, utcnow
 from keyservice.exceptions import SlowDown
 
+if TYPE_CHECKING:
+    from keyservice.auth.service import Caller
+    from keyservice.config import Settings
+    from keyservice.context import AppContext
+
 _MAX_SUBJECTS = 100_000
+_PRUNE_EVERY_SECONDS = 30.0
 
 
-class Throttle:
-    def __init__(self, *, client_limit: int, ip_limit: int, window_seconds: int) -> None:
+class Throttle(ABC):
+    """Count failures per subject; refuse a subject that is over its limit."""
+
+    def __init__(
+        self, *, client_limit: int, ip_limit: int, window_seconds: int, key: bytes = b""
+    ) -> None:
         self.client_limit = client_limit
         self.ip_limit = ip_limit
         self.window = window_seconds
+        self._key = key or secrets.token_bytes(32)
+
+    def _subjects(self, client: str | None, ip: str | None) -> Iterator[tuple[str, int]]:
+        if client:
+            yield self._digest("c", client), self.client_limit
+        if ip:
+            yield self._digest("i", ip), self.ip_limit
+
+    def _digest(self, kind: str, value: str) -> str:
+        mac = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return f"{kind}:{mac.hexdigest()[:40]}"
+
+    def _retry_after(self, limit_th_most_recent: float, now: float) -> int:
+        # The window frees up once the limit-th most recent failure has aged out.
+        return max(1, math.ceil(limit_th_most_recent + self.window - now))
+
+    @abstractmethod
+    async def check(self, *, client: str | None, ip: str | None) -> None:
+        """Raise SlowDown if the client or the IP is over its failure limit."""
+
+    @abstractmethod
+    async def failure(self, *, client: str | None, ip: str | None) -> None:
+        """Count one failed attempt for the client and the IP."""
+
+    async def close(self) -> None:
+        """Release connections (Redis); nothing to do for the others."""
+        return None
+
+
+class MemoryThrottle(Throttle):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, subject: str, now: float) -> deque[float] | None:
@@ -35,26 +96,127 @@ class Throttle:
             return None
         return entries
 
-    def _retry_after(self, entries: deque[float], limit: int, now: float) -> int:
-        # The window frees up once enough of the oldest failures have aged out.
-        oldest_that_must_go = entries[len(entries) - limit]
-        return max(1, math.ceil(oldest_that_must_go + self.window - now))
-
-    def check(self, *, client: str | None, ip: str | None) -> None:
-        """Raise SlowDown if the client or the IP is over its failure limit."""
+    async def check(self, *, client: str | None, ip: str | None) -> None:
         now = time.monotonic()
-        for subject, limit in ((f"c:{client}", self.client_limit), (f"i:{ip}", self.ip_limit)):
-            if subject.endswith(":None"):
-                continue
+        for subject, limit in self._subjects(client, ip):
             entries = self._recent(subject, now)
             if entries is not None and len(entries) >= limit:
-                raise SlowDown(self._retry_after(entries, limit, now))
+                raise SlowDown(self._retry_after(entries[len(entries) - limit], now))
 
-    def failure(self, *, client: str | None, ip: str | None) -> None:
+    async def failure(self, *, client: str | None, ip: str | None) -> None:
         now = time.monotonic()
         if len(self._failures) > _MAX_SUBJECTS:
             for subject in list(self._failures)[: _MAX_SUBJECTS // 10]:
                 self._recent(subject, now)
-        subjects = ([f"c:{client}"] if client else []) + ([f"i:{ip}"] if ip else [])
-        for subject in subjects:
-            self._failures.setdefault(subject, deque()).append(now)
+        for subject, limit in self._subjects(client, ip):
+            self._failures.setdefault(subject, deque(maxlen=limit)).append(now)
+
+
+class DatabaseThrottle(Throttle):
+    """Failure events in the `throttle_failure` table, shared by every worker and replica."""
+
+    def __init__(self, database: Database, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.database = database
+        self._pruned_at = 0.0
+
+    async def check(self, *, client: str | None, ip: str | None) -> None:
+        from keyservice.auth.throttle_models import ThrottleFailure
+
+        now = utcnow()
+        since = now - timedelta(seconds=self.window)
+        async with self.database.sessionmaker() as session:
+            for subject, limit in self._subjects(client, ip):
+                times = (
+                    await session.scalars(
+                        select(ThrottleFailure.at)
+                        .where(ThrottleFailure.subject == subject, ThrottleFailure.at > since)
+                        .order_by(ThrottleFailure.at.desc())
+                        .limit(limit)
+                    )
+                ).all()
+                if len(times) >= limit:
+                    raise SlowDown(self._retry_after(_epoch(times[-1]), _epoch(now)))
+
+    async def failure(self, *, client: str | None, ip: str | None) -> None:
+        from keyservice.auth.throttle_models import ThrottleFailure
+
+        now = utcnow()
+        async with self.database.sessionmaker() as session:
+            for subject, _limit in self._subjects(client, ip):
+                session.add(ThrottleFailure(subject=subject, at=now))
+            if time.monotonic() - self._pruned_at > _PRUNE_EVERY_SECONDS:
+                self._pruned_at = time.monotonic()
+                cutoff = now - timedelta(seconds=self.window)
+                await session.execute(delete(ThrottleFailure).where(ThrottleFailure.at <= cutoff))
+            await session.commit()
+
+
+class RedisThrottle(Throttle):
+    """One sorted set per subject (score = time), trimmed to the window and to `limit`."""
+
+    def __init__(self, url: str, *, prefix: str = "keyservice:throttle:", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        import redis.asyncio as redis
+
+        self.redis = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
+        )
+        self.prefix = prefix
+
+    async def check(self, *, client: str | None, ip: str | None) -> None:
+        now = time.time()
+        subjects = list(self._subjects(client, ip))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for subject, limit in subjects:
+                pipe.zrevrangebyscore(
+                    self.prefix + subject, "+inf", f"({now - self.window}", 0, limit, True
+                )
+            results = await pipe.execute()
+        for (_subject, limit), entries in zip(subjects, results, strict=True):
+            if len(entries) >= limit:
+                raise SlowDown(self._retry_after(float(entries[-1][1]), now))
+
+    async def failure(self, *, client: str | None, ip: str | None) -> None:
+        now = time.time()
+        member = f"{now:.6f}:{secrets.token_hex(4)}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for subject, limit in self._subjects(client, ip):
+                key = self.prefix + subject
+                pipe.zadd(key, {member: now})
+                pipe.zremrangebyscore(key, "-inf", now - self.window)
+                pipe.zremrangebyrank(key, 0, -(limit + 1))
+                pipe.expire(key, self.window + 1)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _epoch(value: datetime) -> float:
+    return value.timestamp()
+
+
+def make_throttle(settings: Settings, database: Database, *, key: bytes) -> Throttle:
+    """Pick the store: Redis if configured, the database if shared, else in-process."""
+    limits: dict[str, Any] = {
+        "client_limit": settings.throttle_client_failures,
+        "ip_limit": settings.throttle_ip_failures,
+        "window_seconds": settings.throttle_window_seconds,
+        "key": key,
+    }
+    if settings.redis_url:
+        return RedisThrottle(settings.redis_url, **limits)
+    if not database.is_sqlite:
+        return DatabaseThrottle(database, **limits)
+    return MemoryThrottle(**limits)
+
+
+async def enforce(ctx: AppContext, *, client: str | None, caller: Caller, event: str) -> None:
+    """Check the throttle; a throttled request is audited (reason "throttled") and refused."""
+    try:
+        await ctx.throttle.check(client=client, ip=caller.ip_text)
+    except SlowDown as exc:
+        from keyservice.auth import service
+
+        await service.refuse(ctx, exc, event=event, reason="throttled", caller=caller)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keyservice.api_keys.models import ApiKey
-from keyservice.auth import service
+from keyservice.auth import service, throttle
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
@@ -29,7 +29,7 @@ async def authenticate(
     else:
         assert creds.client_id is not None and creds.secret is not None
         client_id, secret = creds.client_id, creds.secret
-    ctx.throttle.check(client=client_id, ip=caller.ip_text)
+    await throttle.enforce(ctx, client=client_id, caller=caller, event=event)
     async with ctx.database.sessionmaker() as session:
         found = await service.load_key(session, client_id=client_id)
     if not service.authenticate_secret(ctx, found, secret):
@@ -52,7 +52,7 @@ async def _authenticate_legacy(
 ) -> tuple[ApiKey, Principal]:
     from keyservice.api_keys import legacy
 
-    ctx.throttle.check(client=None, ip=caller.ip_text)
+    await throttle.enforce(ctx, client=None, caller=caller, event=event)
     found = await legacy.authenticate(ctx, key_string)
     if found is None:
         await service.refuse(

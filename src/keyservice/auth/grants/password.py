@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from keyservice.auth import service
+from keyservice.auth import service, throttle
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
@@ -40,7 +40,7 @@ async def handle(
     if not username or not password:
         raise InvalidRequest("The password grant needs username and password.")
     requested = service.parse_scope(form.get("scope"))
-    ctx.throttle.check(client=f"user:{username}", ip=caller.ip_text)
+    await throttle.enforce(ctx, client=f"user:{username}", caller=caller, event=EVENT)
     user = await authenticate_user(ctx, username=username, password=password)
     if user is None or not user.usable:
         await service.refuse(

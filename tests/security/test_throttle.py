@@ -1,0 +1,213 @@
+"""Brute-force protection at /token on every store: in-process, database, Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from keyservice.audit.models import AuditEvent
+from keyservice.auth.throttle import (
+    DatabaseThrottle,
+    MemoryThrottle,
+    RedisThrottle,
+    Throttle,
+)
+from keyservice.auth.throttle_models import ThrottleFailure
+from keyservice.context import AppContext
+from keyservice.exceptions import SlowDown
+from tests.conftest import client_for
+from tests.factories import create_key, user_token
+
+REDIS_URL = os.environ.get("KEYSERVICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+LIMITS: dict[str, Any] = {"client_limit": 3, "ip_limit": 5, "window_seconds": 60, "key": b"k" * 32}
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A unique key prefix per test, deleted afterwards."""
+    import redis.asyncio as redis
+
+    prefix = f"keyservice-test:{secrets.token_hex(6)}:"
+    yield prefix
+    connection = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in connection.scan_iter(match=prefix + "*")]
+        if keys:
+            await connection.delete(*keys)
+    finally:
+        await connection.aclose()
+
+
+def make_store(kind: str, context: AppContext, prefix: str, **overrides: Any) -> Throttle:
+    limits = {**LIMITS, **overrides}
+    if kind == "memory":
+        return MemoryThrottle(**limits)
+    if kind == "database":
+        return DatabaseThrottle(context.database, **limits)
+    return RedisThrottle(REDIS_URL, prefix=prefix, **limits)
+
+
+STORES = ["memory", "database", "redis"]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_client_locks_after_limit_and_others_are_unaffected(kind, context, redis_prefix):
+    throttle = make_store(kind, context, redis_prefix)
+    try:
+        for _ in range(LIMITS["client_limit"]):
+            await throttle.check(client="victim", ip="10.0.0.1")
+            await throttle.failure(client="victim", ip="10.0.0.1")
+        with pytest.raises(SlowDown) as raised:
+            await throttle.check(client="victim", ip="10.0.0.9")
+        retry_after = int(raised.value.headers["Retry-After"])
+        assert 1 <= retry_after <= LIMITS["window_seconds"]
+        await throttle.check(client="bystander", ip="10.0.0.2")  # another client: fine
+    finally:
+        await throttle.close()
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_ip_locks_after_its_own_higher_limit(kind, context, redis_prefix):
+    throttle = make_store(kind, context, redis_prefix)
+    try:
+        for n in range(LIMITS["ip_limit"]):
+            await throttle.check(client=f"client-{n}", ip="2001:db8::1")
+            await throttle.failure(client=f"client-{n}", ip="2001:db8::1")
+        with pytest.raises(SlowDown):
+            await throttle.check(client="fresh", ip="2001:db8::1")
+        await throttle.check(client="fresh", ip="2001:db8::2")
+    finally:
+        await throttle.close()
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_window_slides(kind, context, redis_prefix):
+    throttle = make_store(kind, context, redis_prefix, window_seconds=1)
+    try:
+        for _ in range(LIMITS["client_limit"]):
+            await throttle.failure(client="c", ip=None)
+        with pytest.raises(SlowDown):
+            await throttle.check(client="c", ip=None)
+        await asyncio.sleep(1.2)
+        await throttle.check(client="c", ip=None)
+    finally:
+        await throttle.close()
+
+
+@pytest.mark.parametrize("kind", ["database", "redis"])
+async def test_counts_are_shared_between_processes(kind, context, redis_prefix):
+    """Two stores on one database (or one Redis) stand for two workers or replicas."""
+    first = make_store(kind, context, redis_prefix)
+    second = make_store(kind, context, redis_prefix)
+    try:
+        for n in range(LIMITS["client_limit"]):
+            await (first if n % 2 else second).failure(client="shared", ip=None)
+        for store in (first, second):
+            with pytest.raises(SlowDown):
+                await store.check(client="shared", ip=None)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_database_store_keeps_no_raw_subject_and_prunes(context):
+    throttle = DatabaseThrottle(context.database, **{**LIMITS, "window_seconds": 1})
+    await throttle.failure(client="user:hunter2-typed-as-a-username", ip="192.0.2.7")
+    async with context.database.sessionmaker() as session:
+        subjects = (await session.scalars(select(ThrottleFailure.subject))).all()
+    assert len(subjects) == 2
+    assert not any("hunter2" in s or "192.0.2.7" in s for s in subjects)
+    await asyncio.sleep(1.1)
+    throttle._pruned_at = 0.0  # prune on the next failure, not in 30 s
+    await throttle.failure(client="other", ip=None)
+    async with context.database.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(ThrottleFailure)) == 1
+
+
+async def test_redis_store_keeps_at_most_limit_entries(context, redis_prefix):
+    throttle = make_store("redis", context, redis_prefix)
+    assert isinstance(throttle, RedisThrottle)
+    try:
+        for _ in range(50):
+            await throttle.failure(client="flood", ip=None)
+        keys = [key async for key in throttle.redis.scan_iter(match=redis_prefix + "*")]
+        assert len(keys) == 1
+        assert await throttle.redis.zcard(keys[0]) == LIMITS["client_limit"]
+        assert 0 < await throttle.redis.ttl(keys[0]) <= LIMITS["window_seconds"] + 1
+    finally:
+        await throttle.close()
+
+
+async def test_app_picks_the_shared_store(context, backend):
+    expected = MemoryThrottle if backend == "sqlite" else DatabaseThrottle
+    assert type(context.throttle) is expected
+
+
+async def _lock_out_over_http(context: AppContext, client) -> None:
+    token = await user_token(context, client, "owner", ["api_keys:manage", "projects:read"])
+    victim = await create_key(client, token, name="victim")
+    bystander = await create_key(client, token, name="bystander")
+    bad = {
+        "grant_type": "client_credentials",
+        "client_id": victim["client_id"],
+        "client_secret": "C" * 43,
+    }
+    for _ in range(context.settings.throttle_client_failures):
+        refused = await client.post("/token", data=bad)
+        assert refused.status_code == 401
+    # Even the right secret is refused now, from another address too.
+    async with client_for(client._transport.app, ip="198.51.100.4") as elsewhere:
+        locked = await elsewhere.post(
+            "/token", data={"grant_type": "client_credentials", "api_key": victim["api_key"]}
+        )
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "slow_down"
+    assert int(locked.headers["retry-after"]) >= 1
+    assert locked.headers["cache-control"] == "no-store"
+    ok = await client.post(
+        "/token", data={"grant_type": "client_credentials", "api_key": bystander["api_key"]}
+    )
+    assert ok.status_code == 200
+    async with context.database.sessionmaker() as session:
+        throttled = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.reason == "throttled"))
+        ).all()
+    assert len(throttled) == 1
+    assert throttled[0].type == "token.exchange"
+    assert throttled[0].outcome == "failure"
+    assert throttled[0].ip == "198.51.100.4"
+
+
+async def test_http_lockout_on_the_default_store(client, context):
+    await _lock_out_over_http(context, client)
+
+
+async def test_http_lockout_with_redis(client, database_url, tmp_path, redis_prefix):
+    from keyservice.main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(database_url, tmp_path, redis_url=REDIS_URL)
+    ctx = AppContext(settings)
+    assert isinstance(ctx.throttle, RedisThrottle)
+    ctx.throttle.prefix = redis_prefix
+    app = create_app(context=ctx)
+    async with app.router.lifespan_context(app), client_for(app) as http:
+        await _lock_out_over_http(ctx, http)
+    await ctx.database.dispose()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
+async def test_password_logins_lock_per_username(client, context):
+    await user_token(context, client, "dora", ["api_keys:manage"])
+    wrong = {"grant_type": "password", "username": "dora", "password": "nope"}
+    for _ in range(context.settings.throttle_client_failures):
+        assert (await client.post("/token", data=wrong)).status_code == 400
+    locked = await client.post("/token", data=wrong)
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "slow_down"
