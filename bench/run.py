@@ -244,8 +244,11 @@ def _mb(kb: int) -> float:
     return round(kb / 1024, 1)
 
 
-def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure_all(
+    measures: list[Measure], args: argparse.Namespace, *, database: str
+) -> list[dict[str, Any]]:
     """Run every measure at every connection count, `repeat` times, interleaved."""
+    roots = sorted({m.rss_root for m in measures})
     rows: list[dict[str, Any]] = []
     total = args.repeat * len(args.connections) * len(measures)
     done = 0
@@ -258,7 +261,10 @@ def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[
         for conns in args.connections:
             for m in measures:
                 done += 1
-                with procs.RssSampler(m.rss_root) as sampler:
+                with (
+                    procs.CpuAccount(roots, database) as cpu,
+                    procs.RssSampler(m.rss_root) as sampler,
+                ):
                     result = m.run(conns, args.duration)
                 peaks = sorted(sampler.peak_kb.values(), reverse=True)
                 row = {
@@ -270,6 +276,8 @@ def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[
                     "run": rep,
                     **result.as_dict(),
                     "peak_rss_mb_per_worker": [_mb(kb) for kb in peaks],
+                    "machine_busy_pct": cpu.machine_busy_pct,
+                    "foreign_cpu_pct": cpu.foreign_pct,
                 }
                 rows.append(row)
                 extra = f" statuses {result.statuses}" if result.errors else ""
@@ -278,7 +286,7 @@ def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[
                 print(
                     f"[{done}/{total}] {m.key:<13} c{conns:<3} {result.rps:9.1f} req/s  "
                     f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-                    f"errors {result.errors}{extra}",
+                    f"errors {result.errors}  foreign CPU {cpu.foreign_pct:4.1f}%{extra}",
                     flush=True,
                 )
     return rows
@@ -314,6 +322,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "requests": sum(r["requests"] for r in runs),
                 "chain_breaks": sum(r["chain_breaks"] for r in runs),
                 "peak_rss_mb_per_worker": rss,
+                "foreign_cpu_pct_max": max(r["foreign_cpu_pct"] for r in runs),
             }
         )
     return summary
@@ -345,9 +354,10 @@ def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> None:
     runs = max((s["runs"] for s in summary), default=1)
     head = f"median of {runs} runs" if runs > 1 else "one run each"
-    print(f"\nResults ({head}; RSS = peak resident memory of each worker, MB)\n")
+    print(f"\nResults ({head}; RSS = peak resident memory of each worker, MB;")
+    print("foreign = the largest share of the machine's CPU used by other processes in a run)\n")
     cols = f"{'scenario':<44} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-    cols += f"{'errors':>7}  {'peak RSS MB/worker'}"
+    cols += f"{'errors':>7} {'foreign':>8}  {'peak RSS MB/worker'}"
     print(cols)
     print("-" * len(cols))
     for s in summary:
@@ -355,7 +365,7 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
         label = f"({s['letter']}) {s['label']}"
         print(
             f"{label:<44} {s['connections']:>5} {s['rps']:>9.1f} {s['p50_ms']:>8.2f} "
-            f"{s['p99_ms']:>8.2f} {s['errors']:>7}  {rss}"
+            f"{s['p99_ms']:>8.2f} {s['errors']:>7} {s['foreign_cpu_pct_max']:>7.0f}%  {rss}"
         )
     if ratio_rows:
         print("\nRatios of throughput (req/s)\n")
@@ -563,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             f"measuring: {len(measures)} scenario(s) x connections {args.connections} x "
             f"{args.repeat} run(s) x {args.duration} s"
         )
-        rows = measure_all(measures, args)
+        rows = measure_all(measures, args, database=db)
         meta["worker_memory"] = {
             "keyservice": {str(k): v for k, v in procs.high_water_marks(server.pid).items()},
         }

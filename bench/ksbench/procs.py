@@ -193,3 +193,64 @@ def high_water_marks(root: int) -> dict[int, dict[str, object]]:
                 "cmdline": cmdline(pid)[:120],
             }
     return marks
+
+
+def _cpu_jiffies(pid: int) -> int:
+    fields = _stat_fields(pid)
+    # After the command name: state is fields[0], utime fields[11], stime fields[12].
+    return int(fields[11]) + int(fields[12]) if fields else 0
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from the first line of /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+class CpuAccount:
+    """How much of the machine's CPU went to processes that are not part of the benchmark.
+
+    The machine is shared: a test suite running next to the benchmark takes CPU from the
+    server and wrk and lowers the figures. Over one run this compares the CPU time of all
+    processes (/proc/stat) with that of ours: the process trees under `roots` (server,
+    peer), this process and its reaped children (wrk), and the PostgreSQL backends whose
+    command line names `database`. The difference, as a share of the machine, is
+    "foreign CPU"; a run with much of it is suspect.
+    """
+
+    def __init__(self, roots: list[int], database: str) -> None:
+        self.roots = roots
+        self.database = database
+
+    def _ours(self) -> dict[int, int]:
+        pids = set(self.roots)
+        for root in self.roots:
+            pids.update(descendants(root))
+        for pid in _all_pids():
+            if self.database in cmdline(pid) and cmdline(pid).startswith("postgres"):
+                pids.add(pid)
+        return {pid: _cpu_jiffies(pid) for pid in pids}
+
+    def __enter__(self) -> CpuAccount:
+        self._t0 = time.monotonic()
+        self._busy0, self._total0 = _machine_jiffies()
+        self._ours0 = self._ours()
+        t = os.times()
+        self._self0 = t.user + t.system + t.children_user + t.children_system
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        busy1, total1 = _machine_jiffies()
+        ours1 = self._ours()
+        t = os.times()
+        self_s = t.user + t.system + t.children_user + t.children_system - self._self0
+        hz = os.sysconf("SC_CLK_TCK")
+        ours_j = sum(j - self._ours0.get(pid, 0) for pid, j in ours1.items())
+        ours_j += round(self_s * hz)
+        span = max(total1 - self._total0, 1)
+        self.machine_busy_pct = round(100 * (busy1 - self._busy0) / span, 1)
+        self.ours_pct = round(100 * ours_j / span, 1)
+        self.foreign_pct = round(max(0.0, self.machine_busy_pct - self.ours_pct), 1)
