@@ -129,3 +129,111 @@ async def test_generate_copy_download_exchange_then_delete(
     await expect(page.get_by_text("The key was deleted.")).to_be_visible()
     await expect(page.get_by_role("row", name="ci-bot")).to_have_count(0)
     assert (await exchange(http, api_key)).status_code == 401
+
+
+async def _own_key(live: LiveServer, owner: Principal, name: str, **fields: object) -> str:
+    async with live.context.database.sessionmaker() as session:
+        created = await api_keys.create(
+            live.context,
+            session,
+            owner=owner,
+            data=ApiKeyCreate(name=name, **fields),  # type: ignore[arg-type]
+            actor="test",
+            ip=None,
+        )
+    return created.api_key
+
+
+async def test_rotate_and_expiry_warning(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    alice = await create_principal(live.context, "alice")
+    old_key = await _own_key(live, alice, "deploy")
+    await _own_key(live, alice, "nightly", expires_at=utcnow() + timedelta(days=3))
+    await _own_key(live, alice, "yearly")
+    await sign_in(page, "alice")
+
+    # Every page after sign-in warns about the key that expires within 7 days, only that one.
+    for path in ("/console/keys", "/console/keys/new"):
+        await page.goto(path)
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text("nightly")
+        await expect(alert).not_to_contain_text("deploy")
+        await expect(alert).not_to_contain_text("yearly")
+
+    await page.goto("/console/keys")
+    await page.get_by_role("row", name="deploy").get_by_role("link", name="Rotate").click()
+    await expect(page.get_by_role("heading", name="Rotate API key")).to_be_visible()
+    await page.get_by_label("Keep the old key working for").select_option(label="1 hour")
+    await page.get_by_role("button", name="Rotate key").click()
+    new_key = await page.get_by_label("API key", exact=True).input_value()
+    assert new_key and new_key != old_key
+    await expect(page.get_by_text("it will not be shown again")).to_be_visible()
+    await expect(page.get_by_role("button", name="Download")).to_be_visible()
+    assert (await exchange(http, new_key)).status_code == 200
+    assert (await exchange(http, old_key)).status_code == 200  # within its hour of grace
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.get_by_role("row", name="deploy")).to_have_count(2)
+
+    # Rotating with no grace retires the old key at once.
+    await page.get_by_role("row", name="nightly").get_by_role("link", name="Rotate").click()
+    await page.get_by_label("Keep the old key working for").select_option(value="0")
+    await page.get_by_role("button", name="Rotate key").click()
+    await expect(page.get_by_label("API key", exact=True)).to_be_visible()
+    await page.get_by_role("button", name="Done").click()
+    rows = page.get_by_role("row", name="nightly")
+    await expect(rows.filter(has_text="expired")).to_have_count(1)
+    await expect(rows.filter(has_text="valid")).to_have_count(1)
+
+
+async def test_admin_creates_and_disables_a_user_and_keys_a_device(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    await add_scope(live.context, "sensors:write", "Send readings")
+    await create_principal(live.context, "root", permissions=["admin", "sensors:write"])
+    await sign_in(page, "root")
+    nav = page.get_by_role("navigation", name="Main")
+
+    await nav.get_by_role("link", name="Users").click()
+    await expect(page.get_by_role("heading", name="Users", exact=True)).to_be_visible()
+    await page.get_by_label("Username").fill("bob")
+    await page.get_by_label("Password").fill("short")
+    await page.get_by_role("button", name="Create user").click()
+    await expect(page.get_by_text("at least 8 characters").first).to_be_visible()
+    await page.get_by_label("Password").fill("bob's long password")
+    await page.get_by_role("button", name="Create user").click()
+    await expect(page.get_by_text("User bob created.")).to_be_visible()
+    row = page.get_by_role("row", name="bob")
+    await expect(row).to_contain_text("enabled")
+    await expect(row).to_contain_text("api_keys:manage")
+    await row.get_by_role("button", name="Disable").click()
+    await expect(page.get_by_role("row", name="bob")).to_contain_text("disabled")
+    signed_in = await http.post(
+        "/token",
+        data={"grant_type": "password", "username": "bob", "password": "bob's long password"},
+    )
+    assert signed_in.status_code == 400
+
+    await nav.get_by_role("link", name="Devices").click()
+    await expect(page.get_by_role("heading", name="Devices", exact=True)).to_be_visible()
+    await page.get_by_label("Name").fill("sensor-1")
+    await page.get_by_label("Description").fill("Roof weather station")
+    await page.get_by_label("sensors:write", exact=True).check()
+    await page.get_by_role("button", name="Register device").click()
+    await expect(page.get_by_role("heading", name="Device sensor-1")).to_be_visible()
+    await page.get_by_role("button", name="Generate API key").click()
+    await page.get_by_label("Name", exact=True).fill("station")
+    await page.get_by_role("button", name="Create key").click()
+    device_key = await page.get_by_label("API key", exact=True).input_value()
+    exchanged = await exchange(http, device_key)
+    assert exchanged.status_code == 200, exchanged.text
+    assert exchanged.json()["scope"] == "sensors:write"
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.get_by_role("row", name="station")).to_contain_text("valid")
+
+    await nav.get_by_role("link", name="Audit log").click()
+    await expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    await page.get_by_label("Type").select_option("device.created")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.get_by_role("row").filter(has_text="device.created")).to_have_count(1)
+    await expect(page.get_by_role("row").filter(has_text="user.created")).to_have_count(0)

@@ -34,11 +34,11 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
+# X-Content-Type-Options: nosniff comes from main.py's EdgeMiddleware, on every answer.
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 # Console pages are personal and some show a secret once: never cache them anywhere.

@@ -1,0 +1,194 @@
+"""The console over plain HTTP (no browser): CSRF, cookies, headers, throttling, audit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from keyservice.audit import service as audit_service
+from keyservice.console.pages import CSP
+from keyservice.context import AppContext
+from tests.conftest import client_for
+from tests.console.conftest import csrf_of
+from tests.factories import PASSWORD, create_principal
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"throttle_client_failures": 3}
+
+
+async def signed_in(client: httpx.AsyncClient, username: str) -> str:
+    """Sign in through the form; return the CSRF token of the signed-in session."""
+    page = await client.get("/console/login")
+    response = await client.post(
+        "/console/login",
+        data={"username": username, "password": PASSWORD, "csrf_token": csrf_of(page.text)},
+    )
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == "/console/keys"
+    keys = await client.get("/console/keys")
+    assert keys.status_code == 200
+    return csrf_of(keys.text)
+
+
+async def test_headers_and_cookie(client: httpx.AsyncClient) -> None:
+    response = await client.get("/console/login")
+    assert response.status_code == 200
+    assert response.headers["content-security-policy"] == CSP
+    assert "'unsafe-inline'" not in CSP and "script-src 'self'" in CSP
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["cache-control"] == "no-store"
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    assert "secure" not in cookie  # plain HTTP: a Secure cookie would never come back
+    assert "<script>" not in response.text and " on" + "click=" not in response.text
+
+    css = await client.get("/console/static/console.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    js = await client.get("/console/static/console.js")
+    assert js.headers["content-type"].startswith("text/javascript")
+    for bad in ("/console/static/..%2Fsession.py", "/console/static/router.py"):
+        assert (await client.get(bad)).status_code == 404
+
+
+async def test_cookie_is_secure_over_https(app: Any) -> None:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://keyservice.test") as c:
+        response = await c.get("/console/login")
+    assert "secure" in response.headers["set-cookie"].lower()
+
+
+async def test_csrf_refusals(client: httpx.AsyncClient, context: AppContext, app: Any) -> None:
+    await create_principal(context, "alice")
+    form = {"username": "alice", "password": PASSWORD}
+    # Sign-in itself needs the token of the visitor's session.
+    login_page = await client.get("/console/login")
+    for token in (None, "forged"):
+        data = form if token is None else {**form, "csrf_token": token}
+        refused = await client.post("/console/login", data=data)
+        assert refused.status_code == 403
+        assert "Form refused" in refused.text
+        assert refused.headers["content-type"].startswith("text/html")
+    anonymous_token = csrf_of(login_page.text)
+
+    token = await signed_in(client, "alice")
+    assert token != anonymous_token  # a new session (and token) at sign-in
+    key_form = {"name": "k", "expires_on": "", "allowed_ips": ""}
+    for sent in (
+        key_form,
+        {**key_form, "csrf_token": "wrong"},
+        {**key_form, "csrf_token": anonymous_token},
+    ):
+        refused = await client.post("/console/keys", data=sent)
+        assert refused.status_code == 403, refused.text
+    assert "No API keys" not in (await client.get("/console/keys")).text
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text
+
+    # A token from another person's session is refused as well.
+    await create_principal(context, "mallory")
+    async with client_for(app) as other:
+        mallory_token = await signed_in(other, "mallory")
+    refused = await client.post("/console/keys", data={**key_form, "csrf_token": mallory_token})
+    assert refused.status_code == 403
+
+    created = await client.post("/console/keys", data={**key_form, "csrf_token": token})
+    assert created.status_code == 200
+    assert created.headers["cache-control"] == "no-store"
+    assert 'id="api-key"' in created.text
+
+    # Sign-out is a CSRF-checked POST too.
+    assert (await client.post("/console/logout", data={})).status_code == 403
+    out = await client.post("/console/logout", data={"csrf_token": token})
+    assert out.status_code == 303
+    assert (await client.get("/console/keys")).headers.get("location") == "/console/login"
+
+
+async def test_forged_or_foreign_cookie_is_not_a_session(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    await signed_in(client, "alice")
+    value = client.cookies["keyservice_console"]
+    tampered = value[:-4] + ("AAAA" if not value.endswith("AAAA") else "BBBB")
+    client.cookies.set("keyservice_console", tampered, domain="keyservice.test", path="/console")
+    response = await client.get("/console/keys")
+    assert response.status_code == 303 and response.headers["location"] == "/console/login"
+
+
+async def test_disabled_user_is_signed_out_at_next_request(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    alice = await create_principal(context, "alice")
+    await signed_in(client, "alice")
+    async with context.database.sessionmaker() as session:
+        from keyservice.principals.models import Principal
+
+        principal = await session.get(Principal, alice.id)
+        assert principal is not None
+        principal.disabled = True
+        await session.commit()
+    response = await client.get("/console/keys")
+    assert response.status_code == 303 and response.headers["location"] == "/console/login"
+
+
+async def test_sign_in_is_throttled_and_audited(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    token = csrf_of((await client.get("/console/login")).text)
+    for _ in range(3):
+        wrong = await client.post(
+            "/console/login",
+            data={"username": "alice", "password": "nope", "csrf_token": token},
+        )
+        assert wrong.status_code == 400
+        assert "Wrong username or password" in wrong.text
+        assert "nope" not in wrong.text
+    throttled = await client.post(
+        "/console/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token}
+    )
+    assert throttled.status_code == 429
+    assert "Too many failed sign-ins" in throttled.text
+    assert int(throttled.headers["retry-after"]) >= 1
+
+    async with context.database.sessionmaker() as session:
+        events, _ = await audit_service.list_events(session, type="login")
+    failures = [e for e in events if e.outcome == "failure"]
+    assert len(failures) >= 3
+    assert all(e.reason for e in failures)
+
+
+async def test_success_is_audited_and_no_secret_is_logged(
+    client: httpx.AsyncClient, context: AppContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    created = await client.post(
+        "/console/keys", data={"name": "k", "expires_on": "", "csrf_token": token}
+    )
+    assert created.status_code == 200
+    api_key = created.text.split('id="api-key"', 1)[1].split('value="', 1)[1].split('"', 1)[0]
+    assert api_key not in caplog.text and PASSWORD not in caplog.text
+    async with context.database.sessionmaker() as session:
+        events, _ = await audit_service.list_events(session, type="login")
+    assert any(e.outcome == "success" and e.actor == "user:alice" for e in events)
+
+
+async def test_non_admin_gets_403_on_admin_pages(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    await signed_in(client, "alice")
+    for path in ("/console/admin/users", "/console/admin/devices", "/console/admin/audit"):
+        response = await client.get(path)
+        assert response.status_code == 403
+        assert "administrators" in response.text
+    keys = await client.get("/console/keys")
+    assert "/console/admin/" not in keys.text
