@@ -84,6 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="seconds of discarded load per scenario before measuring (default 3; 0 = none)",
     )
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0,
+        metavar="PCT",
+        help="before each run, wait until other processes use less than PCT%% of the "
+        "machine's CPU (measured over 1 s), for at most --quiet-wait seconds (default: off)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=int,
+        default=60,
+        help="the most seconds to wait for quiet before each run (default 60)",
+    )
     p.add_argument("--read-path", default="/me", help="path of the Bearer read (default /me)")
     p.add_argument(
         "--users", type=int, default=20, help="users to seed, 5 API keys each (default 20)"
@@ -129,6 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.connections or min(args.connections) < 1 or max(args.connections) > 1024:
         p.error("--connections must be between 1 and 1024")
+    if not 0 <= args.quiet_wait <= 600 or not 0 <= args.quiet_below <= 100:
+        p.error("--quiet-wait must be 0..600 and --quiet-below 0..100")
     if args.warmup < 0 or args.warmup > 60:
         p.error("--warmup must be between 0 and 60")
     if args.duration > 600 or args.repeat > 20 or args.users > 200:
@@ -244,6 +260,16 @@ def _mb(kb: int) -> float:
     return round(kb / 1024, 1)
 
 
+def wait_for_quiet(roots: list[int], database: str, below: float, limit: float) -> float:
+    """Wait until foreign CPU over one second is below `below` %; return the last reading."""
+    deadline = time.monotonic() + limit
+    while True:
+        with procs.CpuAccount(roots, database) as cpu:
+            time.sleep(1.0)
+        if cpu.foreign_pct < below or time.monotonic() >= deadline:
+            return cpu.foreign_pct
+
+
 def measure_all(
     measures: list[Measure], args: argparse.Namespace, *, database: str
 ) -> list[dict[str, Any]]:
@@ -261,6 +287,10 @@ def measure_all(
         for conns in args.connections:
             for m in measures:
                 done += 1
+                if args.quiet_below:
+                    quiet = wait_for_quiet(roots, database, args.quiet_below, args.quiet_wait)
+                    if quiet >= args.quiet_below:
+                        print(f"  (not quiet after {args.quiet_wait} s: foreign CPU {quiet}%)")
                 with (
                     procs.CpuAccount(roots, database) as cpu,
                     procs.RssSampler(m.rss_root) as sampler,
