@@ -67,6 +67,11 @@ def uuid_column_type() -> String:
     return String(36)
 
 
+CONNECT_TIMEOUT_SECONDS = 3
+COMMAND_TIMEOUT_SECONDS = 10
+POOL_TIMEOUT_SECONDS = 5
+
+
 class Database:
     """One engine and session factory per app (tests run several side by side)."""
 
@@ -76,7 +81,20 @@ class Database:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_recycle=1800)
+            # Fail fast when PostgreSQL is down or restarting: a bounded connect, a bounded
+            # statement and a bounded wait for a pooled connection, so that requests answer
+            # 503 within seconds instead of hanging (pool_pre_ping then replaces dead
+            # connections once the server is back).
+            kwargs.update(
+                pool_size=10,
+                max_overflow=10,
+                pool_recycle=1800,
+                pool_timeout=POOL_TIMEOUT_SECONDS,
+                connect_args={
+                    "timeout": CONNECT_TIMEOUT_SECONDS,
+                    "command_timeout": COMMAND_TIMEOUT_SECONDS,
+                },
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -31,13 +32,68 @@ OAUTH_PATHS = ("/token", "/revoke", "/introspect")
 MAX_BODY_BYTES = 1024 * 1024
 
 
+def _outage_types() -> tuple[type[BaseException], ...]:
+    # Network errors only: a FileNotFoundError or PermissionError is a bug, not an outage.
+    # A plain OSError is what asyncio raises when every address of a host refused.
+    types: list[type[BaseException]] = [
+        PoolTimeout,
+        DisconnectionError,
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+    ]
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ModuleNotFoundError:  # pragma: no cover - SQLite-only installs
+        return tuple(types)
+    types += [
+        asyncpg.exceptions.PostgresConnectionError,  # class 08: connection lost or refused
+        asyncpg.exceptions.OperatorInterventionError,  # 57P01-03: shutting down, starting up
+        asyncpg.exceptions.InsufficientResourcesError,  # 53300: too many connections
+    ]
+    return tuple(types)
+
+
+_OUTAGE_TYPES = _outage_types()
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what SQLAlchemy wrapped (`orig`) and its causes, each once."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack and len(seen) < 20:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        stack += [
+            orig if isinstance(orig, BaseException) else None,
+            current.__cause__,
+            current.__context__,
+        ]
+
+
 def _is_db_outage(exc: BaseException) -> bool:
-    if isinstance(exc, (OperationalError, PoolTimeout, ConnectionError, OSError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    name = type(exc).__name__
-    return name in {"CannotConnectNowError", "ConnectionDoesNotExistError", "InterfaceError"}
+    """Whether an error means the database is unreachable (not a bug or a constraint).
+
+    asyncpg raises OSError subclasses (refused, reset, TimeoutError) while connecting,
+    PostgresConnectionError / ConnectionDoesNotExistError when a connection dies,
+    CannotConnectNowError or AdminShutdownError while the server restarts, and its
+    InterfaceError on a closed connection; SQLAlchemy wraps those in DBAPIError
+    (`connection_invalidated` when it noticed a disconnect) or raises its pool TimeoutError.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, _OUTAGE_TYPES) or type(cause) is OSError:
+            return True
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, OperationalError) and "locked" in str(cause.orig):
+            return True  # SQLite busy beyond busy_timeout
+        if type(cause).__name__ == "InterfaceError" and "closed" in str(cause):
+            return True  # asyncpg: "connection is closed"
+    return False
 
 
 def _error_response(request: Request, exc: KeyServiceError) -> Response:
@@ -70,14 +126,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        codes = {
+            400: "invalid_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+        }
         description = exc.detail if isinstance(exc.detail, str) else "Request refused."
         if exc.status_code == 404:
             description = "There is nothing at this path."
         body = {"error": codes.get(exc.status_code, "http_error"), "error_description": description}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         if _is_db_outage(exc):
             log.warning("database unavailable during %s: %s", request.url.path, type(exc).__name__)
@@ -90,6 +150,13 @@ def install_error_handlers(app: FastAPI) -> None:
         # The trace goes to the log without locals; the client learns nothing internal.
         log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
         return _error_response(request, KeyServiceError())
+
+    # Database errors are answered here, inside the app, so that an outage is a plain 503
+    # and not an exception re-raised to the server with a traceback per request.
+    for error_type in (SQLAlchemyError, OSError, *_OUTAGE_TYPES):
+        app.add_exception_handler(error_type, _unexpected)
+    # Anything else: the last-resort handler (Starlette re-raises after answering).
+    app.add_exception_handler(Exception, _unexpected)
 
 
 class EdgeMiddleware:
@@ -187,6 +254,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        with contextlib.suppress(Exception):
+            await context.throttle.close()
         await context.database.dispose()
 
 

@@ -1,0 +1,148 @@
+"""Database faults answer 503 quickly: never a 500, never invalid_client or invalid_grant."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from keyservice.context import AppContext
+from keyservice.main import _is_db_outage, create_app
+from tests.conftest import BACKENDS, POSTGRES_URL, client_for, make_settings
+from tests.factories import create_key, login, user_token
+
+# Every way asyncpg and SQLAlchemy have shown a dead or restarting server to us.
+OUTAGES: list[BaseException] = [
+    ConnectionRefusedError(111, "Connect call failed"),
+    OSError("Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 5432)"),
+    TimeoutError(),
+    socket.gaierror(-2, "Name or service not known"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+    PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
+    OperationalError("SELECT 1", {}, Exception("database is locked")),
+    DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True),
+]
+
+
+def _wrapped(exc: BaseException) -> BaseException:
+    """Wrap as SQLAlchemy does: InterfaceError(orig=adapter error) from the driver error."""
+    adapter_error = Exception(str(exc))
+    adapter_error.__cause__ = exc
+    wrapper = InterfaceError("SELECT 1", {}, adapter_error)
+    wrapper.__cause__ = adapter_error
+    return wrapper
+
+
+@pytest.mark.parametrize("exc", OUTAGES, ids=lambda e: type(e).__name__)
+def test_outage_errors_are_recognised_bare_and_wrapped(exc):
+    assert _is_db_outage(exc)
+    assert _is_db_outage(_wrapped(exc))
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        IntegrityError("INSERT", {}, Exception("duplicate key")),
+        FileNotFoundError(2, "No such file"),
+        ValueError("bug"),
+        asyncpg.exceptions.UndefinedTableError('relation "x" does not exist'),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_bugs_are_not_outages(exc):
+    assert not _is_db_outage(exc)
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def _refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again: connecting is refused
+
+
+TOKEN_REQUESTS = [
+    {"grant_type": "client_credentials", "client_id": "kc_" + "A" * 16, "client_secret": "x"},
+    {"grant_type": "client_credentials", "api_key": "ksk_" + "A" * 16 + "_" + "B" * 49},
+    {"grant_type": "refresh_token", "refresh_token": "ksr_" + "A" * 49},
+    {"grant_type": "password", "username": "u", "password": "p"},
+]
+
+
+@pytest.mark.parametrize("kind", ["refused", "hung"])
+async def test_unreachable_database_answers_503_fast(kind, tmp_path, silent_listener):
+    port = _refused_port() if kind == "refused" else silent_listener
+    base = POSTGRES_URL.rsplit("@", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}@127.0.0.1:{port}/nowhere"
+    ctx = AppContext(make_settings(url, tmp_path))
+    app = create_app(context=ctx)  # no lifespan: it would need the database
+    try:
+        async with client_for(app) as http:
+            # A hung server costs the connect timeout per request: one request shows it.
+            for form in TOKEN_REQUESTS if kind == "refused" else TOKEN_REQUESTS[:1]:
+                started = time.monotonic()
+                response = await http.post("/token", data=form)
+                assert time.monotonic() - started < 8, "must fail fast, not hang"
+                assert response.status_code == 503, (form["grant_type"], response.text)
+                assert response.json()["error"] == "temporarily_unavailable"
+                assert response.headers["retry-after"] == "1"
+                assert response.headers["cache-control"] == "no-store"
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        await ctx.database.dispose()
+
+
+@pytest.mark.parametrize("database_url", [b for b in BACKENDS if b == "postgresql"], indirect=True)
+async def test_connections_killed_under_the_app_recover_without_errors(client, context):
+    """Like a PostgreSQL restart seen from the pool: every server connection dies at once."""
+    token = await user_token(context, client, "ruth", ["api_keys:manage"])
+    key = await create_key(client, token, name="k")
+    first = await client.post(
+        "/token", data={"grant_type": "client_credentials", "api_key": key["api_key"]}
+    )
+    assert first.status_code == 200
+    refresh = first.json()["refresh_token"]
+    async with context.database.engine.connect() as connection:
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    await asyncio.sleep(0.2)
+    statuses = []
+    for _ in range(5):
+        response = await client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": refresh}
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            refresh = response.json()["refresh_token"]
+        else:
+            assert response.status_code == 503, response.text
+    assert statuses.count(200) >= 4, statuses  # pre-ping replaced the dead connections
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await login(client, "ruth"))["access_token"]
