@@ -1,0 +1,185 @@
+"""Admin API: audit events, filtered, newest first, paged by cursor while events arrive."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+from keyservice.audit.models import AuditEvent
+from keyservice.database import utcnow
+from tests.admin.support import admin_request, admin_token, create_device, create_device_key
+from tests.factories import bearer, create_key, exchange, login
+
+FIELDS = {"id", "at", "type", "actor", "principal_id", "key_id", "ip", "outcome", "reason"}
+
+
+async def _write(context, count, *, type="test.event", **values):
+    async with context.database.sessionmaker() as session:
+        for n in range(count):
+            session.add(AuditEvent(type=type, reason=f"{type} {n}", **values))
+            await session.flush()  # one seq after the other, as requests would write them
+        await session.commit()
+
+
+async def _page(client, admin, **params):
+    response = await admin_request(client, admin, "GET", "/admin/audit-events", 200, params=params)
+    return response.json()
+
+
+async def test_events_newest_first_with_fields(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "sensor")
+    body = await _page(client, admin)
+    assert body["next_cursor"] is None
+    first = body["items"][0]
+    assert set(first) == FIELDS
+    assert first["type"] == "device.created"
+    assert first["principal_id"] == device["id"]
+    assert first["outcome"] == "success"
+    assert first["ip"] == "127.0.0.1"
+    assert first["at"].endswith("Z") or first["at"].endswith("+00:00")
+    # The admin's own login came before.
+    assert [item["type"] for item in body["items"]][1:] == ["login"]
+
+
+async def test_filters(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "meter")
+    key = await create_device_key(client, admin, device["id"])
+    assert (await exchange(client, key["api_key"])).status_code == 200
+    bad = await client.post(
+        "/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": key["client_id"],
+            "client_secret": "x" * 43,
+        },
+    )
+    assert bad.status_code == 401
+
+    by_key = await _page(client, admin, key_id=key["id"])
+    assert [item["type"] for item in by_key["items"]] == [
+        "token.exchange",
+        "token.exchange",
+        "api_key.created",
+    ]
+    assert [item["outcome"] for item in by_key["items"]][:2] == ["failure", "success"]
+    assert by_key["items"][0]["reason"] == "wrong secret"
+
+    by_principal = await _page(client, admin, principal_id=device["id"])
+    assert {item["principal_id"] for item in by_principal["items"]} == {device["id"]}
+    assert len(by_principal["items"]) == 4  # device.created, api_key.created, 2 exchanges
+
+    by_type = await _page(client, admin, type="device.created")
+    assert [item["principal_id"] for item in by_type["items"]] == [device["id"]]
+    both = await _page(client, admin, type="token.exchange", key_id=key["id"])
+    assert len(both["items"]) == 2
+
+    await _write(context, 3, type="old.event", at=utcnow() - timedelta(days=3))
+    recent = await _page(client, admin, since=(utcnow() - timedelta(days=1)).isoformat())
+    assert "old.event" not in {item["type"] for item in recent["items"]}
+    older = await _page(client, admin, since=(utcnow() - timedelta(days=4)).isoformat())
+    assert sum(item["type"] == "old.event" for item in older["items"]) == 3
+    assert (await _page(client, admin, type="no.such.type"))["items"] == []
+
+
+async def test_cursor_paging_stays_correct_while_events_are_written(client, context):
+    admin = await admin_token(context, client)
+    await _write(context, 25)
+    expected = [f"test.event {n}" for n in reversed(range(25))] + [None]  # + the login
+
+    seen = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 10} if cursor is None else {"limit": 10, "cursor": cursor}
+        body = await _page(client, admin, **params)
+        seen += [item["reason"] for item in body["items"]]
+        pages += 1
+        # Newer events arrive between pages: they do not shift what the next page shows.
+        await _write(context, 4, type="newer.event")
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == expected
+
+    # A fresh listing starts with the newest events.
+    top = await _page(client, admin, limit=3)
+    assert [item["type"] for item in top["items"]] == ["newer.event"] * 3
+
+
+async def test_limit_is_clamped_and_cursor_checked(client, context):
+    admin = await admin_token(context, client)
+    await _write(context, 505)
+    body = await _page(client, admin, limit=1000)
+    assert len(body["items"]) == 500
+    assert body["next_cursor"] is not None
+    rest = await _page(client, admin, limit=1000, cursor=body["next_cursor"])
+    assert len(rest["items"]) == 6 and rest["next_cursor"] is None
+    default = await _page(client, admin)
+    assert len(default["items"]) == 100
+
+    for params in (
+        {"cursor": "garbled!!"},
+        {"cursor": base64.urlsafe_b64encode(b"seq:abc").decode()},
+        {"cursor": base64.urlsafe_b64encode(b"offset:10").decode()},
+        {"cursor": "\u00e9t\u00e9"},
+        {"limit": 0},
+        {"limit": "many"},
+        {"since": "yesterday"},
+    ):
+        response = await admin_request(
+            client, admin, "GET", "/admin/audit-events", 422, params=params
+        )
+        assert response.json()["error"] == "validation_error", params
+
+
+async def test_no_secret_in_any_event(client, context):
+    admin = await admin_token(context, client)
+    password = "the user's own passphrase"
+    created = await admin_request(
+        client,
+        admin,
+        "POST",
+        "/admin/users",
+        201,
+        json={"username": "nina", "password": password, "permissions": ["api_keys:manage"]},
+    )
+    new_password = "another secret passphrase"
+    await admin_request(
+        client,
+        admin,
+        "PATCH",
+        f"/admin/users/{created.json()['id']}",
+        200,
+        json={"password": new_password},
+    )
+    session = await login(client, "nina", new_password)
+    key = await create_key(client, session["access_token"], name="ci")
+    issued = (await exchange(client, key["api_key"])).json()
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": issued["refresh_token"]}
+    )
+    assert refreshed.status_code == 200
+    rotated = await client.post(
+        f"/api-keys/{key['id']}/rotate",
+        json={"grace_seconds": 0},
+        headers=bearer(session["access_token"]),
+    )
+    assert rotated.status_code == 201
+    secrets = [
+        password,
+        new_password,
+        key["api_key"],
+        key["client_secret"],
+        rotated.json()["client_secret"],
+        issued["access_token"],
+        issued["refresh_token"],
+        refreshed.json()["refresh_token"],
+        session["refresh_token"],
+    ]
+    everything = str(await _page(client, admin, limit=500))
+    assert "user.updated" in everything and "api_key.rotated" in everything
+    for secret in secrets:
+        assert secret not in everything
