@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import httpx
@@ -174,7 +175,12 @@ async def test_success_is_audited_and_no_secret_is_logged(
         "/console/keys", data={"name": "k", "expires_on": "", "csrf_token": token}
     )
     assert created.status_code == 200
-    api_key = created.text.split('id="api-key"', 1)[1].split('value="', 1)[1].split('"', 1)[0]
+    match = re.search(r'id="api-key"[^>]*>([^<]+)</textarea>', created.text)
+    assert match
+    api_key = match.group(1)
+    assert (
+        await client.post("/token", data={"grant_type": "client_credentials", "api_key": api_key})
+    ).status_code == 200
     assert api_key not in caplog.text and PASSWORD not in caplog.text
     async with context.database.sessionmaker() as session:
         events, _ = await audit_service.list_events(session, type="login")

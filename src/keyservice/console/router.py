@@ -273,3 +273,9 @@ async def rotate_key(
 
 
 router.include_router(admin_router)
+
+
+@router.get("/{_path:path}")
+async def not_found(_path: str) -> Response:
+    """Anything else under /console is a 404 page, not the API's JSON error."""
+    raise PageError(404, "Not found", "There is nothing at this address.")
