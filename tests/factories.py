@@ -92,3 +92,41 @@ async def exchange(client: httpx.AsyncClient, api_key: str, **extra: str) -> htt
     return await client.post(
         "/token", data={"grant_type": "client_credentials", "api_key": api_key, **extra}
     )
+
+
+async def audit_events(ctx: AppContext, type: str | None = None) -> list[Any]:
+    """Read audit rows straight from the database, oldest first."""
+    from sqlalchemy import select
+
+    from keyservice.audit.models import AuditEvent
+
+    async with ctx.database.sessionmaker() as session:
+        query = select(AuditEvent).order_by(AuditEvent.seq)
+        if type is not None:
+            query = query.where(AuditEvent.type == type)
+        return list((await session.scalars(query)).all())
+
+
+async def set_principal(ctx: AppContext, principal_id: str, **values: Any) -> None:
+    """Change a principal directly (e.g. disable it) as the admin API would."""
+    async with ctx.database.sessionmaker() as session:
+        principal = await session.get(Principal, principal_id)
+        assert principal is not None
+        for name, value in values.items():
+            setattr(principal, name, value)
+        await session.commit()
+    if "disabled" in values:
+        ctx.revocation.apply(
+            f"principal-{'disabled' if values['disabled'] else 'enabled'}:{principal_id}"
+        )
+
+
+async def set_key(ctx: AppContext, key_id: str, **values: Any) -> None:
+    from keyservice.api_keys.models import ApiKey
+
+    async with ctx.database.sessionmaker() as session:
+        key = await session.get(ApiKey, key_id)
+        assert key is not None
+        for name, value in values.items():
+            setattr(key, name, value)
+        await session.commit()

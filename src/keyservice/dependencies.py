@@ -14,7 +14,7 @@ from keyservice.context import AppContext
 from keyservice.exceptions import InsufficientScope, InvalidToken, MissingToken
 from keyservice.scopes.models import ADMIN, BUILTIN_SCOPES
 from keyservice.security import ip as ipmod
-from keyservice.security.jwt import TokenError
+from keyservice.security.jwt import TokenError, UnknownKeyError
 
 
 def get_context(request: Request) -> AppContext:
@@ -76,6 +76,8 @@ def authenticate_bearer(context: AppContext, authorization: str | None) -> Token
         raise InvalidToken("Send the access token as: Authorization: Bearer <JWT>.")
     try:
         claims = context.keyring.verify(token)
+    except UnknownKeyError as exc:
+        raise UnknownSigningKey(str(exc)) from None
     except TokenError as exc:
         raise InvalidToken(str(exc)) from None
     reason = context.revocation.reason(claims)
@@ -92,8 +94,22 @@ def authenticate_bearer(context: AppContext, authorization: str | None) -> Token
     )
 
 
-def get_current_principal(request: Request, context: ContextDep) -> TokenPrincipal:
-    return authenticate_bearer(context, request.headers.get("authorization"))
+async def get_current_principal(request: Request, context: ContextDep) -> TokenPrincipal:
+    authorization = request.headers.get("authorization")
+    try:
+        return authenticate_bearer(context, authorization)
+    except UnknownSigningKey:
+        if not context.keyring.reload_allowed():
+            raise InvalidToken(
+                "The access token was not signed by a key of this service."
+            ) from None
+    async with context.database.sessionmaker() as session:
+        await context.keyring.load(session)
+    return authenticate_bearer(context, authorization)
+
+
+class UnknownSigningKey(InvalidToken):
+    """The token names a signing key this process has not loaded yet."""
 
 
 CurrentPrincipal = Annotated[TokenPrincipal, Depends(get_current_principal)]

@@ -40,6 +40,13 @@ class TokenError(Exception):
     """A presented access token cannot be accepted; the message is safe to show."""
 
 
+class UnknownKeyError(TokenError):
+    """Signed with a `kid` this process has not loaded (maybe another replica's new key)."""
+
+
+_RELOAD_INTERVAL = 5.0
+
+
 @dataclass(frozen=True)
 class LoadedKey:
     kid: str
@@ -179,8 +186,9 @@ class SigningKeyring:
     def current_kid(self) -> str | None:
         return self._current.kid if self._current else None
 
-    def knows(self, kid: str) -> bool:
-        return kid in self._keys
+    def reload_allowed(self) -> bool:
+        """Rate-limit reloads caused by unknown `kid`s, so junk tokens cannot hammer the DB."""
+        return time.monotonic() - self._last_reload >= _RELOAD_INTERVAL
 
     def issue(self, claims: dict[str, Any], *, now: int | None = None) -> tuple[str, int]:
         """Sign an access token; return it with its `exp`."""
@@ -239,7 +247,7 @@ class SigningKeyring:
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise TokenError("The access token was not signed by a key of this service.")
+            raise UnknownKeyError("The access token was not signed by a key of this service.")
         if header.get("alg") != key.algorithm:
             raise TokenError("The access token uses an algorithm this service does not accept.")
         try:

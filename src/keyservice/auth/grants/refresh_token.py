@@ -88,6 +88,8 @@ async def handle(
             now=now,
         )
         if reason is not None:
+            # Keep owner and key readable: a rollback would expire their attributes.
+            session.expunge_all()
             await session.rollback()
             await service.refuse(
                 ctx,
@@ -105,6 +107,8 @@ async def handle(
                 requested, service.available_scopes(owner=owner, key=key, ceiling=ceiling)
             )
         except InvalidScope as exc:
+            # Keep owner and key readable: a rollback would expire their attributes.
+            session.expunge_all()
             await session.rollback()
             await service.refuse(
                 ctx,

@@ -1,0 +1,88 @@
+"""Client addresses: allow-lists (IPv4, IPv6, mapped) and trusted proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from keyservice.security.ip import client_ip, ip_allowed, parse_cidrs, parse_ip
+from tests.conftest import client_for
+from tests.factories import create_key, exchange, user_token
+
+PROXY = [ipaddress.ip_network("10.0.0.0/8")]
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "expected"),
+    [
+        ("203.0.113.7", [], "203.0.113.7"),
+        ("203.0.113.7", ["198.51.100.1"], "203.0.113.7"),  # untrusted peer: XFF ignored
+        ("10.0.0.2", ["198.51.100.1"], "198.51.100.1"),
+        ("10.0.0.2", ["6.6.6.6, 198.51.100.1"], "198.51.100.1"),  # spoofed left part ignored
+        ("10.0.0.2", ["198.51.100.1, 10.0.0.9"], "198.51.100.1"),  # chain of proxies
+        ("10.0.0.2", ["garbage"], "10.0.0.2"),
+        ("10.0.0.2", [], "10.0.0.2"),
+        ("::ffff:203.0.113.7", [], "203.0.113.7"),
+    ],
+)
+def test_client_ip(peer, xff, expected):
+    assert str(client_ip(peer, xff, PROXY)) == expected
+
+
+def test_allow_lists():
+    nets = parse_cidrs(["192.0.2.0/24", "2001:db8::/32", "::ffff:198.51.100.0/120"])
+    assert ip_allowed(parse_ip("192.0.2.55"), nets)
+    assert ip_allowed(parse_ip("2001:db8::1"), nets)
+    assert ip_allowed(parse_ip("198.51.100.20"), nets)
+    assert ip_allowed(parse_ip("::ffff:192.0.2.1"), nets)
+    assert not ip_allowed(parse_ip("203.0.113.1"), nets)
+    assert not ip_allowed(None, nets)
+    assert ip_allowed(parse_ip("203.0.113.1"), [])
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6"):
+        parse_cidrs(["300.1.1.1/8"])
+
+
+@pytest.mark.parametrize("settings_overrides", [{"trusted_proxies": ["10.0.0.0/8"]}])
+async def test_allow_list_at_the_token_endpoint(app, client, context, settings_overrides):
+    token = await user_token(context, client, "alice", ["api_keys:manage"])
+    key = await create_key(
+        client, token, name="office", allowed_ips=["198.51.100.0/24", "2001:db8::/32"]
+    )
+    async with (
+        client_for(app, ip="198.51.100.9") as office,
+        client_for(app, ip="203.0.113.1") as away,
+    ):
+        assert (await exchange(office, key["api_key"])).status_code == 200
+        assert (await exchange(away, key["api_key"])).status_code == 401
+        # A client cannot spoof X-Forwarded-For: its peer is not a trusted proxy.
+        spoofed = await away.post(
+            "/token",
+            data={"grant_type": "client_credentials", "api_key": key["api_key"]},
+            headers={"X-Forwarded-For": "198.51.100.9"},
+        )
+        assert spoofed.status_code == 401
+    async with client_for(app, ip="10.1.2.3") as proxy:
+        via_proxy = await proxy.post(
+            "/token",
+            data={"grant_type": "client_credentials", "api_key": key["api_key"]},
+            headers={"X-Forwarded-For": "6.6.6.6, 2001:db8::5"},
+        )
+        assert via_proxy.status_code == 200
+        blocked = await proxy.post(
+            "/token",
+            data={"grant_type": "client_credentials", "api_key": key["api_key"]},
+            headers={"X-Forwarded-For": "198.51.100.9, 6.6.6.6"},
+        )
+        assert blocked.status_code == 401
+
+
+async def test_invalid_cidr_is_422(client, context):
+    token = await user_token(context, client, "bob", ["api_keys:manage"])
+    response = await client.post(
+        "/api-keys",
+        json={"name": "x", "allowed_ips": ["10.0.0.0/33"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 422
+    assert "10.0.0.0/33" in response.json()["error_description"]

@@ -1,0 +1,125 @@
+"""grant_type=refresh_token: rotation, reuse detection, races, binding, narrowing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from urllib.parse import quote_plus
+
+import pytest
+
+from tests.factories import audit_events, bearer, create_key, exchange, login, set_key, user_token
+
+PERMS = ["api_keys:manage", "projects:read", "projects:write"]
+
+
+async def refresh(client, token: str, **extra: str):
+    return await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": token, **extra}
+    )
+
+
+@pytest.fixture
+async def key(client, context):
+    token = await user_token(context, client, "alice", PERMS)
+    return await create_key(client, token, name="ci", scopes=["projects:read", "projects:write"])
+
+
+async def test_refresh_rotates_and_is_single_use(client, context, key):
+    first = (await exchange(client, key["api_key"])).json()
+    second = await refresh(client, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    body = second.json()
+    assert body["refresh_token"] != first["refresh_token"]
+    assert body["scope"] == first["scope"]
+    third = await refresh(client, body["refresh_token"])
+    assert third.status_code == 200
+    events = await audit_events(context, "token.refresh")
+    assert [e.outcome for e in events] == ["success", "success"]
+    assert all(e.key_id == key["id"] for e in events)
+
+
+async def test_reuse_revokes_the_whole_family(client, context, key):
+    first = (await exchange(client, key["api_key"])).json()
+    second = (await refresh(client, first["refresh_token"])).json()
+    # The old token comes back (stolen and replayed, say): refused, and the family dies.
+    reused = await refresh(client, first["refresh_token"])
+    assert reused.status_code == 400
+    assert reused.json()["error"] == "invalid_grant"
+    assert (await refresh(client, second["refresh_token"])).json()["error"] == "invalid_grant"
+    me = await client.get("/me", headers=bearer(second["access_token"]))
+    assert me.status_code == 401
+    assert me.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    reuse = await audit_events(context, "token.refresh_reuse")
+    assert len(reuse) == 1 and reuse[0].key_id == key["id"]
+    # Another family of the same key is untouched.
+    other = (await exchange(client, key["api_key"])).json()
+    assert (await client.get("/me", headers=bearer(other["access_token"]))).status_code == 200
+
+
+async def test_concurrent_refreshes_have_exactly_one_winner(client, key):
+    first = (await exchange(client, key["api_key"])).json()
+    responses = await asyncio.gather(*(refresh(client, first["refresh_token"]) for _ in range(16)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 1, statuses
+    assert statuses.count(400) == 15, statuses
+    assert all(r.json()["error"] == "invalid_grant" for r in responses if r.status_code == 400)
+
+
+async def test_scope_may_narrow_never_widen(client, key):
+    first = (await exchange(client, key["api_key"], scope="projects:read")).json()
+    wider = await refresh(client, first["refresh_token"], scope="projects:read projects:write")
+    assert wider.status_code == 400
+    assert wider.json()["error"] == "invalid_scope"
+    # A refused request does not consume the token.
+    narrowed = await refresh(client, first["refresh_token"], scope="projects:read")
+    assert narrowed.status_code == 200
+    assert narrowed.json()["scope"] == "projects:read"
+
+
+async def test_refresh_is_bound_to_its_key(client, context, key):
+    token = (await login(client, "alice"))["access_token"]
+    other = await create_key(client, token, name="other")
+    first = (await exchange(client, key["api_key"])).json()
+    foreign = await refresh(client, first["refresh_token"], api_key=other["api_key"])
+    assert foreign.status_code == 400 and foreign.json()["error"] == "invalid_grant"
+    raw = f"{quote_plus(key['client_id'])}:{quote_plus(key['client_secret'])}".encode()
+    own = await client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        headers={"Authorization": "Basic " + base64.b64encode(raw).decode()},
+    )
+    assert own.status_code == 200, own.text
+    reasons = [e.reason for e in await audit_events(context, "token.refresh")]
+    assert "refresh token bound to another key" in reasons
+
+
+async def test_refresh_rechecks_key_and_ip(client, context, key):
+    first = (await exchange(client, key["api_key"])).json()
+    await set_key(context, key["id"], allowed_ips=["192.0.2.0/24"])
+    refused = await refresh(client, first["refresh_token"])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    await set_key(context, key["id"], allowed_ips=["127.0.0.1/32"])
+    assert (await refresh(client, first["refresh_token"])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"access_token_ttl": 1, "refresh_token_extra_ttl": 1}]
+)
+async def test_expired_refresh_token(client, context, key, settings_overrides):
+    first = (await exchange(client, key["api_key"])).json()
+    assert first["expires_in"] == 1 and first["refresh_token_expires_in"] == 2
+    await asyncio.sleep(2.1)
+    response = await refresh(client, first["refresh_token"])
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+    assert (await audit_events(context, "token.refresh"))[-1].reason == "refresh token expired"
+    expired_jwt = await client.get("/me", headers=bearer(first["access_token"]))
+    assert expired_jwt.status_code == 401
+
+
+async def test_password_login_refresh(client, context):
+    await user_token(context, client, "bob", PERMS)
+    first = await login(client, "bob")
+    second = await refresh(client, first["refresh_token"])
+    assert second.status_code == 200
+    assert second.json()["scope"] == first["scope"]

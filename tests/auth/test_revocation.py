@@ -1,0 +1,112 @@
+"""Revocation reaching every endpoint and every replica; /revoke and /introspect."""
+
+from __future__ import annotations
+
+import asyncio
+
+from keyservice.context import AppContext
+from keyservice.main import create_app
+from tests.conftest import client_for
+from tests.factories import bearer, create_key, exchange, login, user_token
+
+PERMS = ["api_keys:manage", "projects:read"]
+
+
+async def test_deleted_key_tokens_die_here_and_on_another_replica(client, context, backend):
+    token = await user_token(context, client, "alice", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+
+    replica_context = AppContext(context.settings)
+    replica = create_app(context=replica_context)
+    async with replica.router.lifespan_context(replica), client_for(replica) as other:
+        assert (await other.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+        deleted = await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))
+        assert deleted.status_code == 204
+        # Same process: at once.
+        assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+        # Another replica: within 5 seconds (NOTIFY on PostgreSQL, polling everywhere).
+        for _ in range(50):
+            response = await other.get("/me", headers=bearer(tokens["access_token"]))
+            if response.status_code == 401:
+                break
+            await asyncio.sleep(0.1)
+        assert response.status_code == 401
+        refreshed = await other.post(
+            "/token",
+            data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        )
+        assert refreshed.json()["error"] == "invalid_grant"
+
+
+async def test_revoke_endpoint_kills_the_family(client, context):
+    token = await user_token(context, client, "bob", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+    response = await client.post("/revoke", data={"token": tokens["refresh_token"]})
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+    again = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert again.json()["error"] == "invalid_grant"
+    unknown = await client.post("/revoke", data={"token": "ksr_whatever"})
+    assert unknown.status_code == 200
+
+
+async def test_revoke_with_another_keys_credentials_changes_nothing(client, context):
+    token = await user_token(context, client, "carl", PERMS)
+    mine = await create_key(client, token, name="mine")
+    theirs = await create_key(client, token, name="theirs")
+    tokens = (await exchange(client, mine["api_key"])).json()
+    response = await client.post(
+        "/revoke", data={"token": tokens["refresh_token"], "api_key": theirs["api_key"]}
+    )
+    assert response.status_code == 200
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+
+
+async def test_introspect(client, context):
+    admin_token = await user_token(context, client, "root", ["admin"])
+    token = await user_token(context, client, "dora", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+
+    forbidden = await client.post(
+        "/introspect", data={"token": tokens["access_token"]}, headers=bearer(token)
+    )
+    assert forbidden.status_code == 403
+    active = (
+        await client.post(
+            "/introspect", data={"token": tokens["access_token"]}, headers=bearer(admin_token)
+        )
+    ).json()
+    assert active["active"] is True and active["client_id"] == key["client_id"]
+    refresh_info = (
+        await client.post(
+            "/introspect", data={"token": tokens["refresh_token"]}, headers=bearer(admin_token)
+        )
+    ).json()
+    assert refresh_info["active"] is True
+
+    await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))
+    for value in (tokens["access_token"], tokens["refresh_token"], "garbage"):
+        body = (
+            await client.post("/introspect", data={"token": value}, headers=bearer(admin_token))
+        ).json()
+        assert body == {"active": False}
+
+
+async def test_disabled_owner_tokens_are_refused(client, context):
+    from tests.factories import set_principal
+
+    token = await user_token(context, client, "eve", PERMS)
+    me = (await client.get("/me", headers=bearer(token))).json()
+    fresh = await login(client, "eve")
+    await set_principal(context, me["id"], disabled=True)
+    assert (await client.get("/me", headers=bearer(token))).status_code == 401
+    refused = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"]}
+    )
+    assert refused.json()["error"] == "invalid_grant"
