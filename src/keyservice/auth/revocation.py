@@ -114,9 +114,15 @@ class RevocationView:
             else:
                 self.apply(payload)
 
+        connecting = asyncio.ensure_future(asyncpg.connect(dsn, timeout=5))
         try:
-            connection = await asyncpg.connect(dsn, timeout=5)
+            connection = await asyncio.shield(connecting)
             await connection.add_listener(CHANNEL, _callback)
+        except asyncio.CancelledError:
+            # Shutting down mid-connect: finish the connect and close it, leaking nothing.
+            with contextlib.suppress(Exception):
+                await (await connecting).close(timeout=2)
+            raise
         except Exception as exc:
             log.warning("revocation LISTEN unavailable, polling only: %s", type(exc).__name__)
             return None
