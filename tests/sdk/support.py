@@ -6,6 +6,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Server:
     admin_username: str
     admin_password: str
     log_path: Path
+    _admin_token: tuple[str, float] = ("", float("-inf"))
 
     @property
     def token_url(self) -> str:
@@ -67,7 +69,11 @@ class Server:
 
     def admin_client(self) -> httpx.Client:
         """Return a client authenticated as the bootstrap admin (caller closes it)."""
-        token = self.password_token(self.admin_username, self.admin_password)["access_token"]
+        # Password logins are slow on purpose (argon2): reuse a token while it is young.
+        token, at = self._admin_token
+        if time.monotonic() - at > ACCESS_TOKEN_TTL / 2:
+            token = self.password_token(self.admin_username, self.admin_password)["access_token"]
+            self._admin_token = (token, time.monotonic())
         return httpx.Client(
             base_url=self.url, timeout=10, headers={"Authorization": f"Bearer {token}"}
         )

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,7 @@ from keyservice.verify import (
     require_scopes,
 )
 
-from .support import ACCESS_TOKEN_TTL, Server
+from .support import ACCESS_TOKEN_TTL, BIN, Server
 
 pytestmark = pytest.mark.e2e
 
@@ -173,6 +174,39 @@ def test_unknown_kid_refetch_is_rate_limited(server: Server, tokens: dict[str, A
         verifier.verify(tokens["access_token"])
         assert len(fetches) == 3
     assert set(fetches) == {server.jwks_url}
+
+
+def test_rotated_signing_key_is_fetched_once(server: Server, tokens: dict[str, Any]) -> None:
+    fetches: list[str] = []
+    with httpx.Client(event_hooks={"request": [lambda r: fetches.append(str(r.url))]}) as http:
+        verifier = TokenVerifier(
+            server.jwks_url,
+            issuer=server.url,
+            audience=server.url,
+            jwks_refetch_interval=0.5,
+            http_client=http,
+        )
+        old_kid = parts(tokens["access_token"])[0]["kid"]
+        verifier.verify(tokens["access_token"])
+        subprocess.run(
+            [str(BIN / "keyservice"), "signing-keys", "rotate"],
+            env=server.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        # Replicas pick the new key up by polling (every 30 s on SQLite, at once on PostgreSQL).
+        deadline = time.monotonic() + 40
+        while True:
+            token = server.exchange(tokens["api_key"])["access_token"]
+            if parts(token)[0]["kid"] != old_kid:
+                break
+            assert time.monotonic() < deadline, "the server kept signing with the old key"
+            time.sleep(0.5)
+        time.sleep(0.6)  # past the refetch interval since the first fetch
+        assert verifier.verify(token)["client_id"] == tokens["client_id"]
+        assert verifier.verify(token)["client_id"] == tokens["client_id"]
+        assert len(fetches) == 2  # the cached JWKS, then one refetch for the new kid
 
 
 def test_jku_and_jwk_headers_are_ignored(server: Server, tokens: dict[str, Any]) -> None:
