@@ -14,7 +14,7 @@ from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from tests.console.conftest import LiveServer, sign_in
-from tests.factories import add_scope, create_principal
+from tests.factories import PASSWORD, add_scope, create_principal
 
 pytestmark = pytest.mark.browser
 
@@ -29,7 +29,13 @@ async def test_sign_in_wrong_then_right_password(page: Page, live: LiveServer) -
     await expect(page.get_by_text("Wrong username or password")).to_be_visible()
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
-    await sign_in(page, "alice")
+    # Keyboard only: the username field has focus, Tab moves on, Enter submits.
+    await page.get_by_label("Username").fill("")
+    await page.keyboard.type("alice")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Password")).to_be_focused()
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     await expect(page).to_have_url(f"{live.url}/console/keys")
     cookies = await page.context.cookies()
@@ -162,6 +168,17 @@ async def test_rotate_and_expiry_warning(
         await expect(alert).not_to_contain_text("yearly")
 
     await page.goto("/console/keys")
+    # The delete dialog works from the keyboard and gives focus back when dismissed.
+    delete_button = page.get_by_role("row", name="yearly").get_by_role("button", name="Delete")
+    await delete_button.focus()
+    await page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(delete_button).to_be_focused()
+
     await page.get_by_role("row", name="deploy").get_by_role("link", name="Rotate").click()
     await expect(page.get_by_role("heading", name="Rotate API key")).to_be_visible()
     await page.get_by_label("Keep the old key working for").select_option(label="1 hour")
@@ -230,6 +247,13 @@ async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     assert exchanged.json()["scope"] == "sensors:write"
     await page.get_by_role("button", name="Done").click()
     await expect(page.get_by_role("row", name="station")).to_contain_text("valid")
+
+    await page.get_by_role("button", name="Delete device").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog).to_contain_text("Delete device sensor-1?")
+    await dialog.get_by_role("button", name="Delete", exact=True).click()
+    await expect(page.get_by_text("Device sensor-1 deleted")).to_be_visible()
+    assert (await exchange(http, device_key)).status_code == 401
 
     await nav.get_by_role("link", name="Audit log").click()
     await expect(page.get_by_role("heading", name="Audit log")).to_be_visible()

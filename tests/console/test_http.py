@@ -198,3 +198,79 @@ async def test_non_admin_gets_403_on_admin_pages(
         assert "administrators" in response.text
     keys = await client.get("/console/keys")
     assert "/console/admin/" not in keys.text
+
+
+async def test_delete_without_javascript_has_a_confirmation_page(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    await client.post("/console/keys", data={"name": "old", "csrf_token": token})
+    keys = await client.get("/console/keys")
+    key_id = re.search(r'action="/console/keys/([^/"]+)/delete"', keys.text)
+    assert key_id
+    confirm = await client.get(f"/console/keys/{key_id.group(1)}/delete")
+    assert confirm.status_code == 200
+    assert "cannot be undone" in confirm.text and ">Delete</button>" in confirm.text
+    done = await client.post(f"/console/keys/{key_id.group(1)}/delete", data={"csrf_token": token})
+    assert done.status_code == 303
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text
+    # Someone else's or an unknown key id is a 404 page.
+    missing = await client.get(f"/console/keys/{key_id.group(1)}/delete")
+    assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+    assert (await client.get("/console/no-such-page")).status_code == 404
+
+
+async def test_admin_edits_a_user_and_pages_the_audit_log(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    from keyservice.audit.service import record
+
+    root = await create_principal(context, "root", permissions=["admin"])
+    bob = await create_principal(context, "bob")
+    token = await signed_in(client, "root")
+    page = await client.get(f"/console/admin/users/{bob.id}")
+    assert page.status_code == 200 and "User bob" in page.text
+
+    changed = await client.post(
+        f"/console/admin/users/{bob.id}",
+        data={"csrf_token": token, "action": "permissions", "permissions": ["introspect"]},
+    )
+    assert changed.status_code == 303
+    reset = await client.post(
+        f"/console/admin/users/{bob.id}",
+        data={"csrf_token": token, "action": "password", "password": "a new long password"},
+    )
+    assert reset.status_code == 303
+    assert "The password of bob was reset." in (await client.get(reset.headers["location"])).text
+    login = await client.post(
+        "/token",
+        data={"grant_type": "password", "username": "bob", "password": "a new long password"},
+    )
+    assert login.status_code == 200 and login.json()["scope"] == "introspect"
+    too_short = await client.post(
+        f"/console/admin/users/{bob.id}",
+        data={"csrf_token": token, "action": "password", "password": "short"},
+    )
+    assert too_short.status_code == 422 and "at least 8 characters" in too_short.text
+    # An admin cannot lock themself out.
+    itself = await client.post(
+        f"/console/admin/users/{root.id}",
+        data={"csrf_token": token, "action": "state", "disabled": "true"},
+    )
+    assert itself.status_code == 409 and "cannot disable your own account" in itself.text
+
+    async with context.database.sessionmaker() as session:
+        for n in range(60):
+            record(session, type="token.exchange", actor=f"key:k{n:02d}", reason="seeded")
+        await session.commit()
+    first = await client.get("/console/admin/audit", params={"type": "token.exchange"})
+    assert first.status_code == 200
+    assert "key:k59" in first.text and "key:k10" in first.text and "key:k09" not in first.text
+    older = re.search(r'href="/console/admin/audit\?([^"]+)">Older events', first.text)
+    assert older
+    second = await client.get("/console/admin/audit?" + older.group(1).replace("&amp;", "&"))
+    assert "key:k09" in second.text and "key:k10" not in second.text
+    assert "Older events" not in second.text
+    bad = await client.get("/console/admin/audit", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422
