@@ -30,6 +30,10 @@ access_log = logging.getLogger("keyservice.access")
 
 OAUTH_PATHS = ("/token", "/revoke", "/introspect")
 MAX_BODY_BYTES = 1024 * 1024
+# How often each process re-reads the signing keys (NOTIFY makes it immediate on PostgreSQL).
+SIGNING_KEY_RELOAD_SECONDS = 5
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADER_COUNT = 100
 
 
 def _outage_types() -> tuple[type[BaseException], ...]:
@@ -159,6 +163,20 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+# PostgreSQL text cannot hold NUL and no identifier, name or secret of ours contains one:
+# refuse it at the edge (raw, form-encoded or as a JSON escape) instead of deep inside.
+_NUL_IN_URL = (b"\x00", b"%00")
+_NUL_IN_JSON = (b"\x00", b"\\u0000")
+_NUL_REFUSAL = {
+    "error": "invalid_request",
+    "error_description": "The request contains a NUL character.",
+}
+
+
+def _has_nul(data: bytes, markers: tuple[bytes, ...] = _NUL_IN_URL) -> bool:
+    return any(marker in data for marker in markers)
+
+
 class EdgeMiddleware:
     """Pure-ASGI edge: body size limit, security headers, an access log without query strings."""
 
@@ -168,6 +186,18 @@ class EdgeMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers_size = sum(len(name) + len(value) for name, value in scope["headers"])
+        if headers_size > MAX_HEADER_BYTES or len(scope["headers"]) > MAX_HEADER_COUNT:
+            # httptools, unlike h11, sets no limit of its own; a proxy in front should too.
+            response = JSONResponse(
+                {
+                    "error": "request_header_fields_too_large",
+                    "error_description": "The request headers are too large.",
+                },
+                status_code=431,
+            )
+            await response(scope, receive, send)
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -182,17 +212,28 @@ class EdgeMiddleware:
                     )
                     await response(scope, receive, send)
                     return
+        if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
+            response = JSONResponse(_NUL_REFUSAL, status_code=400)
+            await response(scope, receive, send)
+            return
+        content_type = next((v for n, v in scope["headers"] if n == b"content-type"), b"")
+        markers = _NUL_IN_URL if b"urlencoded" in content_type.lower() else _NUL_IN_JSON
         started = time.perf_counter()
         status = 500
         received = 0
+        tail = b""
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > MAX_BODY_BYTES:
                     raise StarletteHTTPException(413, "Body too large.")
+                if _has_nul(tail + chunk, markers):
+                    raise StarletteHTTPException(400, _NUL_REFUSAL["error_description"])
+                tail = (tail + chunk)[-5:]  # a marker may straddle two chunks
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -238,7 +279,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     async def keep_signing_keys_fresh() -> None:
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(SIGNING_KEY_RELOAD_SECONDS)
             with contextlib.suppress(Exception):
                 await reload_signing_keys()
 

@@ -33,7 +33,7 @@ def parse_basic(header: str) -> tuple[str, str]:
     scheme, _, encoded = header.partition(" ")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # bad base64, non-ASCII header, non-UTF-8 inside
         raise InvalidClient(
             "The Basic credentials are not valid base64 of client_id:client_secret.",
             headers={"WWW-Authenticate": 'Basic realm="keyservice"'},

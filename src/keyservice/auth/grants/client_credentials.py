@@ -10,7 +10,7 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import InvalidRequest, InvalidScope
 from keyservice.principals.models import Principal
-from keyservice.security.tokens import parse_api_key
+from keyservice.security.tokens import is_client_id, parse_api_key
 
 EVENT = "token.exchange"
 PARAMETERS = ("scope",)
@@ -30,8 +30,10 @@ async def authenticate(
         assert creds.client_id is not None and creds.secret is not None
         client_id, secret = creds.client_id, creds.secret
     await throttle.enforce(ctx, client=client_id, caller=caller, event=event)
-    async with ctx.database.sessionmaker() as session:
-        found = await service.load_key(session, client_id=client_id)
+    found = None
+    if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
+        async with ctx.database.sessionmaker() as session:
+            found = await service.load_key(session, client_id=client_id)
     if not service.authenticate_secret(ctx, found, secret):
         await service.refuse(
             ctx,
