@@ -58,7 +58,15 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
 def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(context)` against the configured database."""
-    return asyncio.run(_with_context(settings, work))
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    try:
+        return asyncio.run(_with_context(settings, work))
+    except (OperationalError, ProgrammingError) as exc:
+        raise click.ClickException(
+            f"cannot use the database ({type(exc.orig).__name__}); is it reachable, and "
+            "migrated? Run `keyservice migrate` first."
+        ) from None
 
 
 @click.group()
@@ -215,7 +223,7 @@ def signing_keys_rotate() -> None:
             return str(kid)
 
     kid = with_context(settings, work)
-    click.echo(f"new signing key {kid} is current; every replica picks it up within 30 seconds")
+    click.echo(f"new signing key {kid} is current; every replica signs with it within 5 seconds")
 
 
 def _register_optional_commands() -> None:

@@ -1,0 +1,132 @@
+"""Self-service keys: validation, listing without secrets, ownership, deletion."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from keyservice.database import utcnow
+from tests.factories import bearer, create_key, create_principal, exchange, login, user_token
+
+PERMS = ["api_keys:manage", "projects:read"]
+
+
+async def test_created_key_shows_its_secret_once(client, context):
+    token = await user_token(context, client, "alice", PERMS)
+    created = await create_key(
+        client,
+        token,
+        name="deploy",
+        description="CI deploys",
+        scopes=["projects:read"],
+        allowed_ips=["192.0.2.0/24", "2001:db8::/48"],
+    )
+    assert created["api_key"].startswith("ksk_") and created["client_secret"]
+    assert created["scopes"] == ["projects:read"] and created["inherits_permissions"] is False
+    assert created["status"] == "valid" and created["expires_soon"] is False
+    expires = created["expires_at"]
+    assert expires.endswith("Z") or "+00:00" in expires
+
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    one = (await client.get(f"/api-keys/{created['id']}", headers=bearer(token))).json()
+    for shown in (listed[0], one):
+        assert "client_secret" not in shown and "api_key" not in shown
+        assert created["client_secret"] not in str(shown)
+        assert shown["client_id"] == created["client_id"]
+        assert shown["allowed_ips"] == ["192.0.2.0/24", "2001:db8::/48"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"name": "   "}, "blank"),
+        ({"name": "k", "scopes": []}, "at least one scope"),
+        ({"name": "k", "scopes": ["billing:write"]}, "billing:write"),
+        ({"name": "k", "allowed_ips": ["not-an-ip"]}, "not-an-ip"),
+        ({"name": "k", "expires_at": "2020-01-01T00:00:00Z"}, "future"),
+        ({"name": "k", "expires_at": "2099-01-01T00:00:00Z"}, "365 days"),
+        ({"name": "k", "expires_at": "2027-01-01T00:00:00"}, "offset"),
+        ({"name": "k", "owner_id": "someone-else"}, "owner_id"),
+    ],
+)
+async def test_bad_input_is_422_with_a_clear_message(client, context, body, fragment):
+    token = await user_token(context, client, "bob", PERMS)
+    response = await client.post("/api-keys", json=body, headers=bearer(token))
+    assert response.status_code == 422, response.text
+    assert fragment in response.text
+    assert (await client.get("/api-keys", headers=bearer(token))).json()["items"] == []
+
+
+async def test_expiry_default_and_bounds(client, context):
+    token = await user_token(context, client, "carol", PERMS)
+    default = await create_key(client, token, name="default")
+    from datetime import datetime
+
+    expires = datetime.fromisoformat(default["expires_at"].replace("Z", "+00:00"))
+    assert abs((expires - utcnow()) - timedelta(days=90)) < timedelta(minutes=1)
+    soon = await create_key(
+        client, token, name="soon", expires_at=(utcnow() + timedelta(days=2)).isoformat()
+    )
+    assert soon["expires_soon"] is True
+
+
+async def test_other_principals_keys_are_404(client, context):
+    alice = await user_token(context, client, "alice", PERMS)
+    bob = await user_token(context, client, "bob", PERMS)
+    key = await create_key(client, alice, name="mine")
+    for method, path in (
+        ("GET", f"/api-keys/{key['id']}"),
+        ("DELETE", f"/api-keys/{key['id']}"),
+        ("POST", f"/api-keys/{key['id']}/rotate"),
+    ):
+        response = await client.request(method, path, headers=bearer(bob))
+        assert response.status_code == 404, (method, response.text)
+    assert (await exchange(client, key["api_key"])).status_code == 200
+
+
+async def test_delete_is_irreversible(client, context):
+    token = await user_token(context, client, "dan", PERMS)
+    key = await create_key(client, token, name="gone")
+    assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 204
+    assert (await client.get(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 404
+    assert (await client.get("/api-keys", headers=bearer(token))).json()["items"] == []
+    assert (await exchange(client, key["api_key"])).status_code == 401
+    again = await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))
+    assert again.status_code == 404
+
+
+async def test_devices_and_unprivileged_users_cannot_manage_keys(client, context):
+    await create_principal(context, "viewer", permissions=["projects:read"])
+    viewer = (await login(client, "viewer"))["access_token"]
+    response = await client.get("/api-keys", headers=bearer(viewer))
+    assert response.status_code == 403
+
+    device = await create_principal(
+        context, "sensor-1", kind="device", permissions=["api_keys:manage"]
+    )
+    claims = {"sub": device.id, "scope": "api_keys:manage", "principal_type": "device", "sid": "x"}
+    device_token, _ = context.keyring.issue(claims)
+    refused = await client.post("/api-keys", json={"name": "k"}, headers=bearer(device_token))
+    assert refused.status_code == 403
+
+
+async def test_me_lists_warnings_for_expiring_and_expired_keys(client, context):
+    from tests.factories import set_key
+
+    token = await user_token(context, client, "erin", PERMS)
+    soon = await create_key(
+        client, token, name="soon", expires_at=(utcnow() + timedelta(days=3)).isoformat()
+    )
+    old = await create_key(client, token, name="old")
+    await create_key(client, token, name="fine")
+    await set_key(context, old["id"], expires_at=utcnow() - timedelta(days=1))
+    me = (await client.get("/me", headers=bearer(token))).json()
+    assert me["type"] == "user" and me["username"] == "erin"
+    warned = {w["name"]: w for w in me["warnings"]}
+    assert set(warned) == {"soon", "old"}
+    assert warned["soon"]["client_id"] == soon["client_id"]
+    assert {"key_id", "client_id", "name", "expires_at"} <= set(warned["old"])

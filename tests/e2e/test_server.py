@@ -1,0 +1,245 @@
+"""The real `keyservice serve` process, as a newcomer and an operator use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.conftest import (
+    SKIP_POSTGRES,
+    create_postgres_database,
+    drop_postgres_database,
+)
+
+pytestmark = pytest.mark.e2e
+KEYSERVICE = str(Path(sys.executable).with_name("keyservice"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    env.update(extra)
+    return env
+
+
+class Server:
+    def __init__(self, cwd: Path, env: dict[str, str], port: int) -> None:
+        self.cwd, self.env, self.port = cwd, env, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = cwd / f"server-{port}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [KEYSERVICE, "serve", "--port", str(port)],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError("server exited:\n" + self.log.read_text())
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KEYSERVICE, *args],
+            cwd=self.cwd,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(params=["embedded"] + ([] if SKIP_POSTGRES else ["postgresql"]))
+def server_env(request, tmp_path) -> Iterator[dict[str, str]]:
+    if request.param == "embedded":
+        yield base_env()  # nothing configured at all
+        return
+    url = create_postgres_database("ks_e2e")
+    try:
+        yield base_env(
+            KEYSERVICE_DATABASE_URL=url,
+            KEYSERVICE_SECRET_KEY="e2e-" + "s" * 44,
+            KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME="root",
+            KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD="bootstrap-password-123",
+        )
+    finally:
+        drop_postgres_database(url)
+
+
+def admin_credentials(server: Server) -> tuple[str, str]:
+    if "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD" in server.env:
+        return server.env["KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME"], server.env[
+            "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD"
+        ]
+    match = re.search(r"username: (\S+)\s+password: (\S+)", server.output())
+    assert match, server.output()
+    return match.group(1), match.group(2)
+
+
+def verify_with_jwks(server: Server, token: str) -> dict:
+    """Verify as a stranger would: a stock JWT library and the published JWKS."""
+    client = jwt.PyJWKClient(server.url + "/.well-known/jwks.json", cache_keys=False)
+    signing_key = client.get_signing_key_from_jwt(token)
+    return jwt.decode(
+        token, signing_key.key, algorithms=["ES256"], audience=server.url, issuer=server.url
+    )
+
+
+def test_serve_login_verify_rotate(tmp_path, server_env):
+    server = Server(tmp_path, server_env, free_port())
+    try:
+        username, password = admin_credentials(server)
+        if "KEYSERVICE_DATABASE_URL" not in server_env:
+            assert (tmp_path / ".keyservice" / "keyservice.db").exists()
+            assert oct((tmp_path / ".keyservice" / "secret_key").stat().st_mode)[-3:] == "600"
+        login = httpx.post(
+            server.url + "/token",
+            data={"grant_type": "password", "username": username, "password": password},
+        )
+        assert login.status_code == 200, login.text
+        old = login.json()["access_token"]
+        claims = verify_with_jwks(server, old)
+        me = httpx.get(server.url + "/me", headers={"Authorization": f"Bearer {old}"}).json()
+        assert me["id"] == claims["sub"] and me["username"] == username
+        assert "admin" in me["permissions"]
+
+        meta = httpx.get(server.url + "/.well-known/oauth-authorization-server").json()
+        assert meta["issuer"] == server.url
+
+        rotated = server.cli("signing-keys", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        old_kid = jwt.get_unverified_header(old)["kid"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            new = httpx.post(
+                server.url + "/token",
+                data={
+                    "grant_type": "password",
+                    "username": username,
+                    "password": password,
+                },
+            ).json()["access_token"]
+            if jwt.get_unverified_header(new)["kid"] != old_kid:
+                break
+            time.sleep(0.5)
+        assert jwt.get_unverified_header(new)["kid"] != old_kid
+        kids = {k["kid"] for k in httpx.get(server.url + "/.well-known/jwks.json").json()["keys"]}
+        assert old_kid in kids
+        for token in (old, new):
+            verify_with_jwks(server, token)
+            assert (
+                httpx.get(
+                    server.url + "/me", headers={"Authorization": f"Bearer {token}"}
+                ).status_code
+                == 200
+            )
+        # The bootstrap password never reaches a log line; only the one-time banner shows it.
+        assert server.output().count(password) <= 1
+        assert old not in server.output()
+    finally:
+        server.stop()
+
+
+def test_users_create_cli_and_bad_configuration(tmp_path):
+    env = base_env()
+    create = [
+        KEYSERVICE,
+        "users",
+        "create",
+        "ops",
+        "--permission",
+        "api_keys:manage",
+        "--password-stdin",
+    ]
+    unmigrated = subprocess.run(
+        create,
+        cwd=tmp_path,
+        env=env,
+        input="a-long-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unmigrated.returncode != 0
+    assert "keyservice migrate" in unmigrated.stderr
+    migrated = subprocess.run(
+        [KEYSERVICE, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    created = subprocess.run(
+        create,
+        cwd=tmp_path,
+        env=env,
+        input="a-long-password\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "created user ops" in created.stdout
+    assert "a-long-password" not in created.stdout + created.stderr
+
+    bad = subprocess.run(
+        [KEYSERVICE, "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env(
+            KEYSERVICE_DATABASE_URL="postgresql+asyncpg://x@127.0.0.1/y",
+            KEYSERVICE_ACCESS_TOKEN_TTL="soon",
+        ),
+    )
+    assert bad.returncode != 0
+    assert "KEYSERVICE_ACCESS_TOKEN_TTL" in bad.stderr
+    placeholder = subprocess.run(
+        [KEYSERVICE, "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=base_env(KEYSERVICE_SECRET_KEY="changeme"),
+    )
+    assert placeholder.returncode != 0 and "KEYSERVICE_SECRET_KEY" in placeholder.stderr
+    assert json.dumps("changeme") not in placeholder.stderr
