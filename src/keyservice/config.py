@@ -60,7 +60,6 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=90, ge=1)
     prune_interval_seconds: int = Field(default=3600, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    environment: Literal["production", "development"] = "production"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
