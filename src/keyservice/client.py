@@ -43,6 +43,7 @@ _PUBLIC_PART = re.compile(r"^(ksk_[A-Za-z0-9]{16}_)")
 # short guess costs a few extra refreshes, a long one costs failed requests.
 _DEFAULT_EXPIRES_IN = 60.0
 _MAX_DESCRIPTION = 300
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class TokenExchangeError(Exception):
@@ -130,6 +131,8 @@ class KeyServiceAuth(httpx.Auth):
         async_token_client: httpx.AsyncClient | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        # Keys pasted into env files often carry a trailing newline.
+        key = key.strip() if key else key
         if not key:
             raise ValueError(f"no API key: pass api_key or set {API_KEY_ENV}")
         url = token_url if token_url is not None else os.environ.get(TOKEN_URL_ENV)
@@ -137,6 +140,12 @@ class KeyServiceAuth(httpx.Auth):
             raise ValueError(f"no token URL: pass token_url or set {TOKEN_URL_ENV}")
         if leeway < 0:
             raise ValueError("leeway must not be negative")
+        parsed = httpx.URL(url)
+        if parsed.scheme == "http" and parsed.host not in _LOOPBACK:
+            logger.warning(
+                "token URL %s is plain HTTP: the API key would cross the network unencrypted",
+                url,
+            )
         self._api_key = key
         self._masked_key = mask_api_key(key)
         self.token_url = url

@@ -78,6 +78,33 @@ async def test_twenty_concurrent_tasks_on_a_cold_client_exchange_once(
     assert token_log.exchanges == 1
 
 
+async def test_the_server_audit_log_agrees_one_exchange(server: Server) -> None:
+    """Count on the service's side too, with the default internal token client."""
+    key = server.create_key()
+    auth = KeyServiceAuth(key["api_key"], server.token_url)
+    async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+        responses = await asyncio.gather(*(c.get("/me") for _ in range(20)))
+    assert [r.status_code for r in responses] == [200] * 20
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 6  # events are readable within 5 s
+    while time.monotonic() < deadline:
+        with server.admin_client() as admin:
+            page = admin.get(
+                "/admin/audit-events", params={"type": "token.exchange", "key_id": key["id"]}
+            )
+        assert page.status_code == 200, page.text
+        events = page.json()["items"]
+        if events:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # a second exchange, had there been one, is in by now too
+    with server.admin_client() as admin:
+        page = admin.get("/admin/audit-events", params={"key_id": key["id"]})
+    types = [event["type"] for event in page.json()["items"]]
+    assert types.count("token.exchange") == 1
+    assert "token.refresh" not in types
+
+
 def test_twenty_threads_on_a_cold_client_exchange_once(
     server: Server, api_key: str, token_log: TokenLog
 ) -> None:
@@ -219,6 +246,15 @@ def test_legacy_key_is_masked_entirely() -> None:
     auth = KeyServiceAuth("legacy-secret-value-123", "http://127.0.0.1:9/token")
     assert "legacy" not in repr(auth)
     assert "api_key='…'" in repr(auth)
+
+
+def test_plain_http_token_url_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="keyservice.client")
+    KeyServiceAuth("ksk_" + "A" * 16 + "_secret", "http://127.0.0.1:9/token")
+    assert caplog.records == []
+    KeyServiceAuth("ksk_" + "A" * 16 + "_secret", "http://keys.example.com/token")
+    [record] = caplog.records
+    assert "plain HTTP" in record.getMessage() and "secret" not in record.getMessage()
 
 
 def test_key_and_token_url_from_the_environment(
