@@ -85,22 +85,7 @@ async def test_the_server_audit_log_agrees_one_exchange(server: Server) -> None:
     async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
         responses = await asyncio.gather(*(c.get("/me") for _ in range(20)))
     assert [r.status_code for r in responses] == [200] * 20
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 6  # events are readable within 5 s
-    while time.monotonic() < deadline:
-        with server.admin_client() as admin:
-            page = admin.get(
-                "/admin/audit-events", params={"type": "token.exchange", "key_id": key["id"]}
-            )
-        assert page.status_code == 200, page.text
-        events = page.json()["items"]
-        if events:
-            break
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(0.5)  # a second exchange, had there been one, is in by now too
-    with server.admin_client() as admin:
-        page = admin.get("/admin/audit-events", params={"key_id": key["id"]})
-    types = [event["type"] for event in page.json()["items"]]
+    types = audit_types(server, key["id"])
     assert types.count("token.exchange") == 1
     assert "token.refresh" not in types
 
@@ -121,6 +106,66 @@ def test_twenty_threads_on_a_cold_client_exchange_once(
                 statuses = list(pool.map(call, range(20)))
     assert statuses == [200] * 20
     assert token_log.exchanges == 1
+
+
+async def test_twenty_concurrent_tasks_on_a_due_token_refresh_once(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    # A refresh token presented twice revokes its family: the race must not happen.
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+            assert (await c.get("/me")).status_code == 200
+            await asyncio.sleep(PAST_EXPIRY)
+            responses = await asyncio.gather(*(c.get("/me") for _ in range(20)))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+    assert token_log.count("refresh_token", 200) == 1
+
+
+def test_threads_and_event_loops_share_one_exchange(server: Server) -> None:
+    """Sync threads and tasks on several event loops (one per thread) share one token."""
+    key = server.create_key()
+    auth = KeyServiceAuth(key["api_key"], server.token_url)
+    barrier = threading.Barrier(8)
+
+    async def async_calls(wait: bool = True) -> list[int]:
+        if wait:
+            barrier.wait()
+        async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+            return [r.status_code for r in await asyncio.gather(*(c.get("/me") for _ in range(5)))]
+
+    def sync_calls() -> list[int]:
+        barrier.wait()
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            return [c.get("/me").status_code for _ in range(5)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(asyncio.run, async_calls()) for _ in range(4)]
+        futures += [pool.submit(sync_calls) for _ in range(4)]
+        statuses = [status for future in futures for status in future.result()]
+    assert statuses == [200] * 40
+    # The same auth object keeps working on yet another loop (its asyncio lock is per loop).
+    assert asyncio.run(async_calls(wait=False)) == [200] * 5
+    types = audit_types(server, key["id"])
+    assert types.count("token.exchange") == 1
+
+
+def audit_types(server: Server, key_id: str) -> list[str]:
+    """Return the audit event types recorded for a key, once its first events are in."""
+    deadline = time.monotonic() + 6  # events are readable within 5 s
+    while True:
+        with server.admin_client() as admin:
+            page = admin.get("/admin/audit-events", params={"key_id": key_id, "limit": 500})
+        assert page.status_code == 200, page.text
+        types = [event["type"] for event in page.json()["items"]]
+        if types or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    time.sleep(0.5)  # a second exchange, had there been one, is in by now too
+    with server.admin_client() as admin:
+        page = admin.get("/admin/audit-events", params={"key_id": key_id, "limit": 500})
+    return [event["type"] for event in page.json()["items"]]
 
 
 def test_default_internal_client_works(server: Server, api_key: str) -> None:
