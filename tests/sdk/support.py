@@ -125,6 +125,7 @@ class TokenLog:
     """Records the token endpoint traffic of a KeyServiceAuth's token client."""
 
     requests: list[str] = field(default_factory=list)  # grant types, in order
+    presented_refresh_tokens: list[str] = field(default_factory=list)
     responses: list[tuple[str, int, dict[str, Any], httpx.Headers]] = field(default_factory=list)
 
     def count(self, grant_type: str, status: int | None = None) -> int:
@@ -152,6 +153,9 @@ class TokenLog:
 
     def on_request(self, request: httpx.Request) -> None:
         self.requests.append(self._grant(request))
+        form = parse_qs(request.content.decode())
+        if "refresh_token" in form:
+            self.presented_refresh_tokens.append(form["refresh_token"][0])
 
     def on_response(self, response: httpx.Response) -> None:
         response.read()

