@@ -77,14 +77,18 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        # No pre-ping: it would cost a round trip per checkout on the token path. A
+        # connection that died with its server fails once; SQLAlchemy then invalidates the
+        # whole pool (every older connection is replaced at checkout) and the request
+        # answers 503, so the pool recovers by itself when the database is back.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         else:
             # Fail fast when PostgreSQL is down or restarting: a bounded connect, a bounded
             # statement and a bounded wait for a pooled connection, so that requests answer
-            # 503 within seconds instead of hanging (pool_pre_ping then replaces dead
-            # connections once the server is back).
+            # 503 within seconds instead of hanging (dead connections are replaced once the
+            # server is back: see above).
             kwargs.update(
                 pool_size=10,
                 max_overflow=10,
@@ -100,6 +104,17 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # The token path writes with single statements: on PostgreSQL they run in
+        # autocommit, which saves the BEGIN and COMMIT round trips; SQLite keeps its
+        # serialising write transactions.
+        self.token_sessionmaker = (
+            self.sessionmaker
+            if self.is_sqlite
+            else async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+        )
 
     async def session(self) -> AsyncIterator[AsyncSession]:
         """Yield a session that is rolled back and closed at the end (services commit)."""

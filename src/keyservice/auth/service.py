@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import TextClause, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
@@ -149,23 +150,48 @@ async def refuse(
     principal_id: str | None = None,
     actor: str | None = None,
     throttle_subject: str | None = None,
+    session: AsyncSession | None = None,
 ) -> NoReturn:
-    """Audit a refusal with its precise reason (in its own transaction), then raise."""
+    """Audit a refusal with its precise reason, then raise.
+
+    The event is written in `session` when given (after rolling back whatever it held,
+    which on SQLite releases the write lock a second session would wait for), else in a
+    session of its own.
+    """
     if throttle_subject is not None:
         await ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
-    async with ctx.database.sessionmaker() as session:
-        audit.record(
-            session,
-            type=event,
-            outcome="failure",
-            actor=actor,
-            principal_id=principal_id or (key.principal_id if key is not None else None),
-            key_id=key.id if key is not None else None,
-            ip=caller.ip_text,
-            reason=reason,
-        )
-        await session.commit()
+    key_id = key.id if key is not None else None
+    principal_id = principal_id or (key.principal_id if key is not None else None)
+    if session is not None:
+        session.expunge_all()  # keep loaded objects readable after the rollback
+        await session.rollback()
+        await _record_refusal(session, event, reason, caller, key_id, principal_id, actor)
+    else:
+        async with ctx.database.token_sessionmaker() as own:
+            await _record_refusal(own, event, reason, caller, key_id, principal_id, actor)
     raise error
+
+
+async def _record_refusal(
+    session: AsyncSession,
+    event: str,
+    reason: str,
+    caller: Caller,
+    key_id: str | None,
+    principal_id: str | None,
+    actor: str | None,
+) -> None:
+    audit.record(
+        session,
+        type=event,
+        outcome="failure",
+        actor=actor,
+        principal_id=principal_id,
+        key_id=key_id,
+        ip=caller.ip_text,
+        reason=reason,
+    )
+    await session.commit()
 
 
 async def load_key(session: AsyncSession, *, client_id: str) -> tuple[ApiKey, Principal] | None:
@@ -188,6 +214,103 @@ def authenticate_secret(
     return ctx.hasher.verify(secret, stored)
 
 
+# One statement on PostgreSQL: the claim of the parent refresh token (for a refresh), the
+# new refresh token, the audit event and the coalesced last-used write succeed or fail
+# together, in one round trip. Every insert selects FROM claimed, so a lost race writes
+# nothing. Explicit casts: the parameters of INSERT ... SELECT have no inferable types.
+_PG_CLAIM = (
+    "claimed AS (UPDATE refresh_token SET used_at = CAST(:now AS timestamptz) "
+    "WHERE id = CAST(:claim_id AS varchar) AND used_at IS NULL RETURNING id)"
+)
+_PG_NO_CLAIM = "claimed AS (SELECT 1 AS id)"
+_PG_WRITE = """
+rt AS (
+    INSERT INTO refresh_token
+        (id, token_hash, family_id, parent_id, principal_id, key_id, scope, created_at,
+         expires_at)
+    SELECT CAST(:rt_id AS varchar), CAST(:rt_hash AS varchar), CAST(:family_id AS varchar),
+           CAST(:parent_id AS varchar), CAST(:principal_id AS varchar),
+           CAST(:key_id AS varchar), CAST(:scope AS text), CAST(:now AS timestamptz),
+           CAST(:rt_expires AS timestamptz)
+    FROM claimed
+),
+au AS (
+    INSERT INTO audit_event (id, at, type, actor, principal_id, key_id, ip, outcome)
+    SELECT CAST(:au_id AS varchar), CAST(:now AS timestamptz), CAST(:event AS varchar),
+           CAST(:actor AS varchar), CAST(:principal_id AS varchar), CAST(:key_id AS varchar),
+           CAST(:ip AS varchar), 'success'
+    FROM claimed
+)"""
+_PG_LAST_USED = """,
+lu AS (
+    UPDATE api_key SET last_used_at = CAST(:now AS timestamptz), last_used_ip = CAST(:ip AS varchar)
+    WHERE id = CAST(:key_id AS varchar) AND EXISTS (SELECT 1 FROM claimed)
+)"""
+
+
+@lru_cache(maxsize=4)
+def _pg_statement(claim: bool, last_used: bool) -> TextClause:
+    sql = "WITH " + (_PG_CLAIM if claim else _PG_NO_CLAIM) + "," + _PG_WRITE
+    if last_used:
+        sql += _PG_LAST_USED
+    return text(sql + "\nSELECT count(*) FROM claimed")
+
+
+async def _write_issue(
+    session: AsyncSession,
+    *,
+    params: dict[str, Any],
+    claim_id: str | None,
+    last_used: bool,
+) -> bool:
+    """Persist an issue atomically; False if the parent token was claimed by someone else."""
+    if session.get_bind().dialect.name == "postgresql":
+        claimed = await session.scalar(
+            _pg_statement(claim_id is not None, last_used), {**params, "claim_id": claim_id}
+        )
+        await session.commit()
+        return bool(claimed)
+    now = params["now"]
+    if claim_id is not None:
+        result = await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == claim_id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            await session.rollback()
+            return False
+    session.add(
+        RefreshToken(
+            id=params["rt_id"],
+            token_hash=params["rt_hash"],
+            family_id=params["family_id"],
+            parent_id=params["parent_id"],
+            principal_id=params["principal_id"],
+            key_id=params["key_id"],
+            scope=params["scope"],
+            created_at=now,
+            expires_at=params["rt_expires"],
+        )
+    )
+    audit.record(
+        session,
+        type=params["event"],
+        actor=params["actor"],
+        principal_id=params["principal_id"],
+        key_id=params["key_id"],
+        ip=params["ip"],
+    )
+    if last_used:
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == params["key_id"])
+            .values(last_used_at=now, last_used_ip=params["ip"])
+        )
+    await session.commit()
+    return True
+
+
 async def issue(
     ctx: AppContext,
     session: AsyncSession,
@@ -199,48 +322,44 @@ async def issue(
     event: str,
     family_id: str | None = None,
     parent_id: str | None = None,
-) -> Issued:
-    """Create the refresh token, sign the access token, audit, and commit."""
+) -> Issued | None:
+    """Sign an access token and persist its refresh token and audit event in one write.
+
+    With `parent_id` (a refresh) the parent is claimed in the same atomic write, so of N
+    concurrent refreshes exactly one gets tokens; the others get None.
+    """
     settings = ctx.settings
     now = utcnow()
     family = family_id or new_id()
     refresh_token = new_refresh_token()
-    session.add(
-        RefreshToken(
-            token_hash=ctx.hasher.hash(refresh_token),
-            family_id=family,
-            parent_id=parent_id,
-            principal_id=owner.id,
-            key_id=key.id if key is not None else None,
-            scope=format_scope(scopes),
-            created_at=now,
-            expires_at=now + timedelta(seconds=settings.refresh_token_ttl),
-        )
-    )
+    scope = format_scope(scopes)
+    params: dict[str, Any] = {
+        "now": now,
+        "rt_id": new_id(),
+        "rt_hash": ctx.hasher.hash(refresh_token),
+        "family_id": family,
+        "parent_id": parent_id,
+        "principal_id": owner.id,
+        "key_id": key.id if key is not None else None,
+        "scope": scope,
+        "rt_expires": now + timedelta(seconds=settings.refresh_token_ttl),
+        "au_id": new_id(),
+        "event": event,
+        "actor": actor_for(key=key, owner=owner),
+        "ip": caller.ip_text,
+    }
+    last_used = key is not None and ctx.last_used.due(key.id)
+    if not await _write_issue(session, params=params, claim_id=parent_id, last_used=last_used):
+        return None
     claims: dict[str, object] = {
         "sub": owner.id,
-        "scope": format_scope(scopes),
+        "scope": scope,
         "principal_type": owner.kind,
         "sid": family,
     }
     if key is not None:
         claims["client_id"] = key.client_id
-        if ctx.last_used.due(key.id):
-            await session.execute(
-                update(ApiKey)
-                .where(ApiKey.id == key.id)
-                .values(last_used_at=now, last_used_ip=caller.ip_text)
-            )
-    audit.record(
-        session,
-        type=event,
-        actor=actor_for(key=key, owner=owner),
-        principal_id=owner.id,
-        key_id=key.id if key is not None else None,
-        ip=caller.ip_text,
-    )
     access_token, _exp = ctx.keyring.issue(claims, now=int(now.timestamp()))
-    await session.commit()
     sunset = None
     if key is not None and key.expires_at - now <= timedelta(days=settings.expiry_warning_days):
         sunset = key.expires_at
@@ -249,7 +368,7 @@ async def issue(
         expires_in=settings.access_token_ttl,
         refresh_token=refresh_token,
         refresh_expires_in=settings.refresh_token_ttl,
-        scope=format_scope(scopes),
+        scope=scope,
         sunset=sunset,
     )
 
@@ -258,11 +377,14 @@ async def revoke_family(
     ctx: AppContext, session: AsyncSession, *, family_id: str, reason: str
 ) -> None:
     """Mark a family revoked (idempotent) and tell every replica; the caller commits."""
-    exists = await session.scalar(
-        select(RevokedFamily.family_id).where(RevokedFamily.family_id == family_id)
+    # Every loser of a refresh race lands here at once: insert idempotently.
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(RevokedFamily)
+        .values(family_id=family_id, revoked_at=utcnow(), reason=reason)
+        .on_conflict_do_nothing(index_elements=["family_id"])
     )
-    if exists is None:
-        session.add(RevokedFamily(family_id=family_id, revoked_at=utcnow(), reason=reason))
     await notify(session, f"family:{family_id}")
     ctx.revocation.apply(f"family:{family_id}")
 
@@ -276,7 +398,3 @@ async def run_blocking_check(func: object, *args: object) -> bool:
 def invalid_client(basic: bool, description: str | None = None) -> InvalidClient:
     headers = {"WWW-Authenticate": 'Basic realm="keyservice"'} if basic else None
     return InvalidClient(description, headers=headers)
-
-
-def unique(values: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(values))

@@ -1,9 +1,11 @@
 """grant_type=refresh_token: single-use, rotating, with reuse detection (RFC 9700 §4.14.2).
 
-The claim is one conditional UPDATE (`used_at IS NULL`), so of N concurrent refreshes of one
-token exactly one wins, on one process or many replicas. Presenting a used token, the
-losers of a race included, revokes the whole family. If a check after the claim fails (IP,
-scope, binding), the transaction rolls back and the token stays usable.
+Read, check, then one atomic write: the token is looked up with its key, owner and family;
+every check (family, expiry, binding, key, owner, IP, scope) runs before anything is
+consumed, so a refused request leaves the token usable; then the claim of the token
+(`used_at IS NULL`) and the insert of its successor happen in one statement (PostgreSQL)
+or one write transaction (SQLite). Of N concurrent refreshes of one token exactly one
+wins; presenting a used token, the losers of a race included, revokes the whole family.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NoReturn
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
@@ -45,82 +47,53 @@ async def handle(
     bound_key: ApiKey | None = None
     if creds is not None:
         bound_key, _ = await authenticate(ctx, creds, caller, event=EVENT)
-    token_hash = ctx.hasher.hash(token)
     now = utcnow()
 
-    async with ctx.database.sessionmaker() as session:
-        claimed = (
-            await session.execute(
-                update(RefreshToken)
-                .where(RefreshToken.token_hash == token_hash, RefreshToken.used_at.is_(None))
-                .values(used_at=now)
-                .returning(
-                    RefreshToken.id,
-                    RefreshToken.family_id,
-                    RefreshToken.key_id,
-                    RefreshToken.principal_id,
-                    RefreshToken.scope,
-                    RefreshToken.expires_at,
-                )
-            )
-        ).first()
-        if claimed is None:
-            await _unknown_or_reused(ctx, session, token_hash=token_hash, caller=caller)
+    async with ctx.database.token_sessionmaker() as session:
         row = (
             await session.execute(
-                select(Principal, ApiKey, RevokedFamily.family_id)
-                .select_from(Principal)
-                .outerjoin(ApiKey, ApiKey.id == claimed.key_id)
-                .outerjoin(RevokedFamily, RevokedFamily.family_id == claimed.family_id)
-                .where(Principal.id == claimed.principal_id)
+                select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
+                .join(Principal, Principal.id == RefreshToken.principal_id)
+                .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
+                .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+                .where(RefreshToken.token_hash == ctx.hasher.hash(token))
             )
-        ).one()
-        owner, key, revoked_family = row[0], row[1], row[2]
+        ).first()
+        if row is None:
+            await service.refuse(
+                ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller,
+                session=session,
+            )  # fmt: skip
+        parent, owner, key, revoked_family = row
+        if parent.used_at is not None:
+            await _reused(ctx, session, parent=parent, caller=caller)
         reason = _refusal(
             ctx,
+            parent=parent,
             owner=owner,
             key=key,
             revoked=revoked_family is not None,
-            expires_at=claimed.expires_at,
-            key_id=claimed.key_id,
             bound_key=bound_key,
             caller=caller,
             now=now,
         )
+        actor = service.actor_for(key=key, owner=owner)
         if reason is not None:
-            # Keep owner and key readable: a rollback would expire their attributes.
-            session.expunge_all()
-            await session.rollback()
             await service.refuse(
-                ctx,
-                InvalidGrant(),
-                event=EVENT,
-                reason=reason,
-                caller=caller,
-                key=key,
-                principal_id=owner.id,
-                actor=service.actor_for(key=key, owner=owner),
-            )
-        ceiling = frozenset(claimed.scope.split()) if claimed.scope else frozenset()
+                ctx, InvalidGrant(), event=EVENT, reason=reason, caller=caller, key=key,
+                principal_id=owner.id, actor=actor, session=session,
+            )  # fmt: skip
+        ceiling = frozenset(parent.scope.split())
         try:
             scopes = service.grant_scopes(
                 requested, service.available_scopes(owner=owner, key=key, ceiling=ceiling)
             )
         except InvalidScope as exc:
-            # Keep owner and key readable: a rollback would expire their attributes.
-            session.expunge_all()
-            await session.rollback()
             await service.refuse(
-                ctx,
-                exc,
-                event=EVENT,
-                reason="scope not held",
-                caller=caller,
-                key=key,
-                principal_id=owner.id,
-                actor=service.actor_for(key=key, owner=owner),
-            )
-        return await service.issue(
+                ctx, exc, event=EVENT, reason="scope not held", caller=caller, key=key,
+                principal_id=owner.id, actor=actor, session=session,
+            )  # fmt: skip
+        issued = await service.issue(
             ctx,
             session,
             owner=owner,
@@ -128,70 +101,59 @@ async def handle(
             scopes=scopes,
             caller=caller,
             event=EVENT,
-            family_id=claimed.family_id,
-            parent_id=claimed.id,
+            family_id=parent.family_id,
+            parent_id=parent.id,
         )
+        if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
+            await _reused(ctx, session, parent=parent, caller=caller)
+        return issued
 
 
 def _refusal(
     ctx: AppContext,
     *,
+    parent: RefreshToken,
     owner: Principal,
     key: ApiKey | None,
     revoked: bool,
-    expires_at: datetime,
-    key_id: str | None,
     bound_key: ApiKey | None,
     caller: Caller,
     now: datetime,
 ) -> str | None:
-    """Return why the claimed token must not be honoured, or None."""
+    """Return why the token must not be honoured now, or None."""
     if revoked:
         return "refresh token family revoked"
-    if now >= expires_at:
+    if now >= parent.expires_at:
         return "refresh token expired"
-    if bound_key is not None and bound_key.id != key_id:
+    if bound_key is not None and bound_key.id != parent.key_id:
         return "refresh token bound to another key"
-    if key_id is not None:
+    if parent.key_id is not None:
         if key is None:
             return "key deleted"
-        refusal = service.key_refusal(
+        return service.key_refusal(
             key=key,
             owner=owner,
             caller=caller,
             now=now,
             legacy_until=ctx.settings.legacy_keys_until,
         )
-        if refusal is not None:
-            return refusal
-    elif not owner.usable:
+    if not owner.usable:
         return "owner disabled"
     return None
 
 
-async def _unknown_or_reused(
-    ctx: AppContext, session: AsyncSession, *, token_hash: str, caller: Caller
+async def _reused(
+    ctx: AppContext, session: AsyncSession, *, parent: RefreshToken, caller: Caller
 ) -> NoReturn:
-    """No unused token matched: either it never existed, or this is a reuse."""
-    used = (
-        await session.execute(
-            select(RefreshToken.family_id, RefreshToken.key_id, RefreshToken.principal_id).where(
-                RefreshToken.token_hash == token_hash
-            )
-        )
-    ).first()
-    if used is None:
-        await session.rollback()
-        await service.refuse(
-            ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller
-        )
-    await service.revoke_family(ctx, session, family_id=used.family_id, reason="refresh reuse")
+    """A used token was presented again: revoke its family, audit, refuse."""
+    family_id, key_id, principal_id = parent.family_id, parent.key_id, parent.principal_id
+    await service.revoke_family(ctx, session, family_id=family_id, reason="refresh reuse")
     audit.record(
         session,
         type="token.refresh_reuse",
         outcome="failure",
-        principal_id=used.principal_id,
-        key_id=used.key_id,
+        principal_id=principal_id,
+        key_id=key_id,
         ip=caller.ip_text,
         reason="used refresh token presented again; family revoked",
     )
