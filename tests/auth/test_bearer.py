@@ -179,3 +179,21 @@ def test_key_string_format():
     assert all(c.isalnum() or c == "_" for c in key)
     with pytest.raises(AssertionError):
         assert key == compose_api_key(new_client_id(), secret)
+
+
+async def test_me_token_describes_the_presented_token(client, context):
+    token = await user_token(context, client, "gail", PERMS)
+    key = await create_key(client, token, name="k", scopes=["projects:read"])
+    access = (await exchange(client, key["api_key"])).json()["access_token"]
+    body = (await client.get("/me/token", headers=bearer(access))).json()
+    claims = jwt.decode(access, options={"verify_signature": False})
+    assert body == {
+        "sub": claims["sub"],
+        "principal_type": "user",
+        "scope": ["projects:read"],
+        "client_id": key["client_id"],
+        "sid": claims["sid"],
+        "exp": claims["exp"],
+        "iat": claims["iat"],
+    }
+    assert (await client.get("/me/token")).status_code == 401

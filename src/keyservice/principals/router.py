@@ -1,4 +1,4 @@
-"""GET /me: the caller and warnings about its keys."""
+"""GET /me: the caller and warnings about its keys; GET /me/token: what its token carries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep
 from keyservice.principals import service
-from keyservice.principals.schemas import MeRead
+from keyservice.principals.schemas import MeRead, TokenRead
 
 router = APIRouter(tags=["me"])
 
@@ -14,3 +14,18 @@ router = APIRouter(tags=["me"])
 @router.get("/me", response_model=MeRead)
 async def me(principal: CurrentPrincipal, session: SessionDep, context: ContextDep) -> MeRead:
     return await service.describe(session, principal_id=principal.id, settings=context.settings)
+
+
+@router.get("/me/token", response_model=TokenRead)
+async def me_token(principal: CurrentPrincipal) -> TokenRead:
+    """Describe the presented access token as this service sees it (no database work)."""
+    claims = principal.claims
+    return TokenRead(
+        sub=principal.id,
+        principal_type=principal.type,
+        scope=sorted(principal.scopes),
+        client_id=principal.client_id,
+        sid=principal.sid,
+        exp=claims["exp"],
+        iat=claims["iat"],
+    )

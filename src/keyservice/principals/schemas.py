@@ -20,3 +20,13 @@ class MeRead(BaseModel):
     name: str | None = None
     permissions: list[str]
     warnings: list[KeyWarning]
+
+
+class TokenRead(BaseModel):
+    sub: str
+    principal_type: str
+    scope: list[str]
+    client_id: str | None
+    sid: str | None
+    exp: int
+    iat: int
