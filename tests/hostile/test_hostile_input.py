@@ -1,0 +1,150 @@
+"""Oversized, deep, badly encoded and header-stuffed requests: a 4xx JSON answer, never 5xx."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from keyservice.main import MAX_BODY_BYTES
+from tests.factories import bearer, user_token
+
+JSON = {"Content-Type": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# Every body-taking endpoint, with the content type it expects.
+ENDPOINTS = [
+    ("POST", "/token", FORM),
+    ("POST", "/revoke", FORM),
+    ("POST", "/introspect", FORM),
+    ("POST", "/api-keys", JSON),
+    ("POST", "/admin/users", JSON),
+    ("POST", "/admin/devices", JSON),
+    ("POST", "/admin/scopes", JSON),
+    ("PATCH", "/admin/users/00000000-0000-0000-0000-000000000000", JSON),
+]
+
+
+@pytest.fixture
+async def admin_headers(client, context):
+    token = await user_token(context, client, "root", ["admin"])
+    return bearer(token)
+
+
+def assert_json_error(response, statuses):
+    assert response.status_code in statuses, (response.request.url, response.text[:200])
+    assert response.headers["content-type"].startswith("application/json")
+    assert isinstance(response.json()["error"], str)
+
+
+async def test_oversized_bodies_with_content_length(client, admin_headers):
+    body = b"a" * (MAX_BODY_BYTES + 1)
+    for method, path, content_type in ENDPOINTS:
+        response = await client.request(
+            method, path, content=body, headers={**content_type, **admin_headers}
+        )
+        assert_json_error(response, {413})
+        assert response.json()["error"] == "request_too_large"
+
+
+async def test_oversized_chunked_bodies_without_content_length(client, admin_headers):
+    async def chunks():
+        for _ in range(40):
+            yield b"[" * 64 * 1024  # 2.5 MiB in all, never announced
+
+    for method, path, content_type in ENDPOINTS:
+        response = await client.request(
+            method, path, content=chunks(), headers={**content_type, **admin_headers}
+        )
+        assert "content-length" not in response.request.headers
+        # The token endpoints stop reading at 16 KiB of form (invalid_request); the rest
+        # at the 1 MiB edge limit (413).
+        assert_json_error(response, {400, 413})
+
+
+@pytest.mark.parametrize("depth", [33, 1_000, 100_000])
+async def test_deeply_nested_json(client, admin_headers, depth):
+    nested = "[" * depth + "]" * depth
+    bodies = [
+        nested,
+        '{"name": ' + nested + "}",
+        '{"name": "k", "scopes": ' + nested + "}",
+        '{"a":' * depth + "1" + "}" * depth,
+    ]
+    for method, path, content_type in ENDPOINTS:
+        if content_type is not JSON:
+            continue
+        for body in bodies:
+            response = await client.request(
+                method, path, content=body.encode(), headers={**JSON, **admin_headers}
+            )
+            assert_json_error(response, {400, 404, 422})
+
+
+async def test_invalid_utf8_json(client, admin_headers):
+    bodies = [
+        b'{"name": "\xff\xfe"}',
+        b'{"name": "\xc3\x28"}',
+        b'{"name": "\xed\xa0\x80"}',  # an encoded surrogate
+        b'{"name": "\\ud800"}',  # a lone surrogate escape
+        b"\xef\xbb\xbf" + b'{"name": "bom"}',
+        '{"name": "x"}'.encode("utf-16"),
+        b'{"name": "\\u0000"}',
+        b'{"name": "a\x00b"}',
+        b'{"name": 1e999999}',
+        b'{"name": "' + b"9" * 5000 + b'"}',
+        b"[" + b"1," * 100_000 + b"1]",
+        b"",
+        b"null",
+        b"{",
+    ]
+    for method, path, content_type in ENDPOINTS:
+        if content_type is not JSON:
+            continue
+        for body in bodies:
+            response = await client.request(
+                method, path, content=body, headers={**JSON, **admin_headers}
+            )
+            assert response.status_code < 500, (path, body[:40], response.text[:200])
+            assert response.headers["content-type"].startswith("application/json")
+
+
+async def test_invalid_utf8_forms(client):
+    for path in ("/token", "/revoke"):
+        for body in (b"token=\xff\xfe", b"grant_type=%FF", b"token=%C3%28", b"\xc3"):
+            response = await client.post(path, content=body, headers=FORM)
+            assert_json_error(response, {400})
+            assert response.json()["error"] == "invalid_request"
+
+
+async def test_json_where_form_expected_and_form_where_json_expected(client, admin_headers):
+    response = await client.post("/token", content=b'{"grant_type": "password"}', headers=JSON)
+    assert_json_error(response, {400})
+    assert response.json()["error"] == "invalid_request"
+    response = await client.post("/api-keys", content=b"name=x", headers={**FORM, **admin_headers})
+    assert_json_error(response, {400, 403, 422})
+
+
+async def test_huge_and_numerous_headers_are_431(client):
+    response = await client.get("/healthz", headers={"X-Big": "a" * 40_000})
+    assert_json_error(response, {431})
+    many = {f"X-H{i}": "v" for i in range(150)}
+    response = await client.get("/healthz", headers=many)
+    assert_json_error(response, {431})
+    assert (await client.get("/healthz", headers={"X-Ok": "a" * 4000})).status_code == 200
+
+
+async def test_nul_in_path_and_query_is_invalid_request(client, admin_headers):
+    for url in ("/admin/users/%00", "/admin/api-keys?owner_id=%00", "/api-keys/a%00b"):
+        response = await client.get(url, headers=admin_headers)
+        assert_json_error(response, {400})
+
+
+async def test_errors_never_echo_the_input(client, admin_headers):
+    secret = "s3cr3t-" + "q" * 30
+    response = await client.post(
+        "/admin/users",
+        content=json.dumps({"username": "x", "password": {"nested": secret}}).encode(),
+        headers={**JSON, **admin_headers},
+    )
+    assert response.status_code == 422
+    assert secret not in response.text
