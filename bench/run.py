@@ -119,6 +119,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("BENCH_PG_ADMIN_DSN", pg.DEFAULT_ADMIN_DSN),
         help=f"where to CREATE/DROP the throwaway database (default {pg.DEFAULT_ADMIN_DSN})",
     )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="KEYSERVICE_REDIS_URL for the service (shared throttle store), e.g. "
+        "redis://127.0.0.1:6379/15; default: none (the service's own choice)",
+    )
+    p.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra KEYSERVICE_* setting for the service (repeat); KEYSERVICE_* variables "
+        "of the calling environment are not passed on",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     p.add_argument(
         "--smoke",
@@ -143,6 +157,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.connections or min(args.connections) < 1 or max(args.connections) > 1024:
         p.error("--connections must be between 1 and 1024")
+    if args.redis_url and not args.redis_url.startswith(
+        ("redis://127.0.0.1", "redis://localhost", "redis://[::1]")
+    ):
+        p.error("--redis-url must point at loopback")
+    for item in args.service_env:
+        if not item.startswith("KEYSERVICE_") or "=" not in item:
+            p.error(f"--service-env wants KEYSERVICE_NAME=VALUE, got {item!r}")
     if not 0 <= args.quiet_wait <= 600 or not 0 <= args.quiet_below <= 100:
         p.error("--quiet-wait must be 0..600 and --quiet-below 0..100")
     if args.warmup < 0 or args.warmup > 60:
@@ -415,7 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
         "python": platform.python_version(),
         "wrk": wrk.version(wrk_bin),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in ("service_env", "redis_url")
+        },
+        # Names only: values may be secrets.
+        "service_env": [item.split("=", 1)[0] for item in args.service_env],
+        "redis": bool(args.redis_url),
     }
     if args.peer:
         meta["node"] = peer.node_version()
@@ -430,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ks-bench-")))
         db = stack.enter_context(throwaway_database(args.pg_admin_dsn))
         admin_password = secrets.token_urlsafe(24)
+        inherited = sorted(k for k in os.environ if k.startswith("KEYSERVICE_"))
+        if inherited:
+            print(f"not passing on from the environment: {', '.join(inherited)}")
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")},
             "KEYSERVICE_DATABASE_URL": pg.sqlalchemy_url(args.pg_admin_dsn, db),
             "KEYSERVICE_SECRET_KEY": secrets.token_urlsafe(36),
             "KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
@@ -440,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             "KEYSERVICE_THROTTLE_CLIENT_FAILURES": "1000000",
             "KEYSERVICE_THROTTLE_IP_FAILURES": "1000000",
         }
+        if args.redis_url:
+            env["KEYSERVICE_REDIS_URL"] = args.redis_url
+        env.update(item.split("=", 1) for item in args.service_env)
         serve = [*cli, "serve", "--host", procs.LOOPBACK, "--port", str(port)]
         serve += ["--workers", str(args.workers)]
         server_log = RESULTS_DIR / f"{stamp}-server.log"
