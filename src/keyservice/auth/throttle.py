@@ -17,6 +17,7 @@ that many per subject and an attacker cannot grow it without bound.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import math
@@ -28,7 +29,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from keyservice.database import Database, utcnow
 from keyservice.exceptions import SlowDown
@@ -113,35 +114,86 @@ class MemoryThrottle(Throttle):
 
 
 class DatabaseThrottle(Throttle):
-    """Failure events in the `throttle_failure` table, shared by every worker and replica."""
+    """Failure events in the `throttle_failure` table, shared by every worker and replica.
 
-    def __init__(self, database: Database, **kwargs: Any) -> None:
+    Checking must not cost a query per request (it runs on every exchange), so each
+    process mirrors the subjects that have reached a limit, re-read at most once every
+    `refresh_seconds` when a check finds the mirror stale, and applies its own failures to
+    the mirror at once. A lock-out reached through other replicas is thus seen within
+    about a second; one reached here, immediately.
+    """
+
+    def __init__(self, database: Database, *, refresh_seconds: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.database = database
+        self.refresh_seconds = refresh_seconds
         self._pruned_at = 0.0
+        self._loaded_at = -math.inf
+        self._reload: asyncio.Future[None] | None = None
+        # subject -> failure times (epoch seconds), newest last, at most `limit` of them
+        self._mirror: dict[str, deque[float]] = {}
 
-    async def check(self, *, client: str | None, ip: str | None) -> None:
+    def _limit_of(self, subject: str) -> int:
+        return self.client_limit if subject.startswith("c:") else self.ip_limit
+
+    async def _refresh(self) -> None:
         from keyservice.auth.throttle_models import ThrottleFailure
 
         now = utcnow()
         since = now - timedelta(seconds=self.window)
-        async with self.database.sessionmaker() as session:
-            for subject, limit in self._subjects(client, ip):
-                times = (
-                    await session.scalars(
-                        select(ThrottleFailure.at)
-                        .where(ThrottleFailure.subject == subject, ThrottleFailure.at > since)
-                        .order_by(ThrottleFailure.at.desc())
-                        .limit(limit)
-                    )
-                ).all()
-                if len(times) >= limit:
-                    raise SlowDown(self._retry_after(_epoch(times[-1]), _epoch(now)))
+        threshold = min(self.client_limit, self.ip_limit)
+        crowded = (
+            select(ThrottleFailure.subject)
+            .where(ThrottleFailure.at > since)
+            .group_by(ThrottleFailure.subject)
+            .having(func.count() >= threshold)
+        )
+        async with self.database.token_sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(ThrottleFailure.subject, ThrottleFailure.at)
+                    .where(ThrottleFailure.at > since, ThrottleFailure.subject.in_(crowded))
+                    .order_by(ThrottleFailure.at)
+                )
+            ).all()
+        mirror: dict[str, deque[float]] = {}
+        for subject, at in rows:
+            mirror.setdefault(subject, deque(maxlen=self._limit_of(subject))).append(_epoch(at))
+        # Keep failures of this process that the read may have raced past.
+        for subject, times in self._mirror.items():
+            merged = mirror.setdefault(subject, deque(maxlen=self._limit_of(subject)))
+            for moment in times:
+                if moment > _epoch(since) and moment not in merged:
+                    merged.append(moment)
+            mirror[subject] = deque(sorted(merged), maxlen=self._limit_of(subject))
+        self._mirror = {subject: times for subject, times in mirror.items() if times}
+        self._loaded_at = time.monotonic()
+
+    async def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self.refresh_seconds:
+            return
+        if self._reload is None or self._reload.done():
+            # One reload at a time; concurrent checks wait for the same one.
+            self._reload = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._reload)
+
+    async def check(self, *, client: str | None, ip: str | None) -> None:
+        await self._fresh()
+        now = time.time()
+        for subject, limit in self._subjects(client, ip):
+            times = self._mirror.get(subject)
+            if times is None:
+                continue
+            recent = [moment for moment in times if moment > now - self.window]
+            if len(recent) >= limit:
+                raise SlowDown(self._retry_after(recent[len(recent) - limit], now))
 
     async def failure(self, *, client: str | None, ip: str | None) -> None:
         from keyservice.auth.throttle_models import ThrottleFailure
 
         now = utcnow()
+        for subject, limit in self._subjects(client, ip):
+            self._mirror.setdefault(subject, deque(maxlen=limit)).append(_epoch(now))
         async with self.database.sessionmaker() as session:
             for subject, _limit in self._subjects(client, ip):
                 session.add(ThrottleFailure(subject=subject, at=now))
