@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from keyservice.auth import service as auth_service
 from keyservice.auth import tokens as token_ops
 from keyservice.auth.client_auth import ClientCredentials, client_credentials
 from keyservice.auth.grants import client_credentials as cc_grant
@@ -21,6 +20,7 @@ from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
 from keyservice.responses import NO_STORE, JSONResponse
+from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import INTROSPECT
 
 router = APIRouter(tags=["oauth"])
@@ -145,17 +145,12 @@ async def metadata(context: ContextDep) -> Response:
             "client_secret_post",
         ],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
-        "scopes_supported": await auth_service_scopes(context),
+        "scopes_supported": await _catalog(context),
         "access_token_signing_alg_values_supported": [context.settings.signing_algorithm],
     }
     return JSONResponse(body)
 
 
-async def auth_service_scopes(context: AppContext) -> list[str]:
-    from keyservice.scopes import service as scopes_service
-
+async def _catalog(context: AppContext) -> list[str]:
     async with context.database.sessionmaker() as session:
         return [scope.name for scope in await scopes_service.list_scopes(session)]
-
-
-__all__ = ["router", "auth_service"]
