@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-
 import warnings
 
+import authlib.deprecate  # noqa: F401, E402  (installs a global "always" filter on import)
 import pytest
 from httpx import ASGITransport
 
 with warnings.catch_warnings():
-    # authlib 1.9 steers users to its httpx2 integration (and forces its warning on with a
-    # global filter); its httpx client is what stock users run and what we interoperate with.
+    # authlib 1.9 steers users to its httpx2 integration and forces the notice on; its
+    # httpx client is what stock users run and what we check interoperability with.
     warnings.simplefilter("ignore", DeprecationWarning)
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
