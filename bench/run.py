@@ -261,6 +261,22 @@ def wait_ready(service: procs.Service, base_url: str, timeout: float = 120.0) ->
     )
 
 
+def scan_log(path: Path) -> dict[str, Any]:
+    """Count the tracebacks in a server log, keyed by the line logged just before each."""
+    kinds: dict[str, int] = {}
+    previous = ""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"tracebacks": None, "kinds": {}}
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            key = previous.strip()[:160] or "(no message)"
+            kinds[key] = kinds.get(key, 0) + 1
+        previous = line
+    return {"tracebacks": sum(kinds.values()), "kinds": kinds}
+
+
 def _write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(f"{line}\n" for line in lines))
     path.chmod(0o600)
@@ -646,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
                 str(k): v for k, v in procs.high_water_marks(node.pid).items()
             }
 
+    meta["server_log"] = scan_log(server_log)
+    if meta["server_log"]["tracebacks"]:
+        print(f"the server logged {meta['server_log']['tracebacks']} traceback(s) ({server_log}):")
+        for kind, count in meta["server_log"]["kinds"].items():
+            print(f"  {count:>5} x {kind}")
     summary = summarize(rows)
     ratio_rows = ratios(summary)
     print_table(summary, ratio_rows)
