@@ -50,6 +50,8 @@ class Load:
         self.books = books
         # Tokens a 200 handed out and that nobody has presented yet.
         self.fresh: set[str] = set()
+        # Tokens whose last presentation got no answer at all (connection cut).
+        self.interrupted: set[str] = set()
 
     async def _post(self, data: dict[str, str]) -> httpx.Response | None:
         self.books.sent += 1
@@ -87,8 +89,12 @@ class Load:
         """Present a token once; return (outcome, new token)."""
         first = token in self.fresh
         self.fresh.discard(token)
+        self.interrupted.discard(token)
         response = await self._post({"grant_type": "refresh_token", "refresh_token": token})
-        if response is None or response.status_code == 503:
+        if response is None:
+            self.interrupted.add(token)
+            return "unavailable", None
+        if response.status_code == 503:
             return "unavailable", None
         if response.status_code == 200:
             self.books.refresh_wins[token] += 1
@@ -120,6 +126,7 @@ class Load:
                 results = await asyncio.gather(self.refresh(token), self.refresh(token))
                 for _outcome, new in results:
                     self.fresh.discard(new or "")  # the loser revoked the family, by design
+                self.interrupted.discard(token)  # used by the other presentation, maybe
                 if all(outcome == "unavailable" for outcome, _ in results):
                     retrying = True
                     await asyncio.sleep(0.05)
@@ -134,6 +141,19 @@ class Load:
                 await asyncio.sleep(0.05)
             else:
                 token, retrying = None, False
+
+    async def verify_interrupted(self) -> int:
+        """Present again each token whose refresh got no answer; return how many had been
+        used all the same (committed, answer lost). The others were never processed."""
+        used = 0
+        for token in list(self.interrupted):
+            self.interrupted.discard(token)
+            response = await self.http.post(
+                "/token", data={"grant_type": "refresh_token", "refresh_token": token}
+            )
+            if response.status_code != 200:
+                used += 1
+        return used
 
     async def verify_fresh(self) -> None:
         """Every token a 200 handed out and nobody used must still be good."""

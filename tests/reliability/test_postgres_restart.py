@@ -51,8 +51,8 @@ async def assert_no_half_written_refresh(url: str) -> dict[str, int]:
     return {"refresh_tokens": int(total or 0)}
 
 
-def test_postgres_restart_under_load(cluster: Cluster, tmp_path):
-    server = Server(database_url=cluster.url, data_dir=tmp_path / "server")
+def test_postgres_restart_under_load(cluster: Cluster, database: str, tmp_path):
+    server = Server(database_url=database, data_dir=tmp_path / "server")
     server.start()
     try:
         keys = [k["api_key"] for k in admin_key(server.base_url, [f"k{i}" for i in range(5)])]
@@ -61,7 +61,7 @@ def test_postgres_restart_under_load(cluster: Cluster, tmp_path):
         code = server.terminate()
     figures = books.figures()
     figures.update(marks)
-    figures.update(asyncio.run(assert_no_half_written_refresh(cluster.url)))
+    figures.update(asyncio.run(assert_no_half_written_refresh(database)))
     print("\npostgres restart under load:", figures)
     assert code == 0, server.log()
     log = server.log()
