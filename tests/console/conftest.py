@@ -104,8 +104,21 @@ async def browser_context(browser: Browser, live: LiveServer) -> AsyncIterator[B
 
 
 @pytest.fixture
-async def page(browser_context: BrowserContext) -> Page:
-    return await browser_context.new_page()
+async def page(browser_context: BrowserContext) -> AsyncIterator[Page]:
+    """A tab that fails the test on a script error or a Content-Security-Policy violation."""
+    tab = await browser_context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    tab.on(
+        "console",
+        lambda message: (
+            problems.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    yield tab
+    assert not problems, problems
 
 
 @pytest.fixture
