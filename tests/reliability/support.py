@@ -123,8 +123,15 @@ class Server:
     """`keyservice serve` in a subprocess, in its own process group."""
 
     def __init__(
-        self, *, database_url: str | None, data_dir: Path, workers: int = 2, **settings: str
+        self,
+        *,
+        database_url: str | None,
+        data_dir: Path,
+        workers: int = 2,
+        preamble: str = "",
+        **settings: str,
     ) -> None:
+        self.preamble = preamble  # Python run before the CLI, e.g. to set up logging
         self.port = free_port(18000)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -155,7 +162,7 @@ class Server:
             [
                 sys.executable,
                 "-c",
-                "from keyservice.cli import main; main()",
+                f"{self.preamble}\nfrom keyservice.cli import main; main()",
                 "serve",
                 "--host",
                 "127.0.0.1",
