@@ -33,6 +33,7 @@ from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
 from keyservice.exceptions import KeyServiceError
+from keyservice.scopes.models import effective_permissions
 from keyservice.users import service as users
 from keyservice.users.schemas import UserCreate
 
@@ -392,7 +393,7 @@ async def new_device_key(
         request,
         context,
         session,
-        permissions=device.permissions,
+        permissions=effective_permissions(device.permissions),
         action=f"/console/admin/devices/{device.id}/keys",
         cancel=f"/console/admin/devices/{device.id}",
         owner_label=f"device {device.name}",
@@ -411,7 +412,7 @@ async def create_device_key(
     ip: IpDep,
 ) -> Response:
     device = await devices.get(session, device_id=device_id)
-    permissions, name = list(device.permissions), device.name
+    permissions, name = effective_permissions(device.permissions), device.name
     errors = FormErrors()
     values, data = read_key_form(form, errors)
     if data is not None:
