@@ -1,0 +1,88 @@
+"""At most N live keys per principal, also under concurrent creates."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.database import utcnow
+from tests.admin.support import admin_request, admin_token, create_device, set_key_fields
+from tests.factories import bearer, create_key, user_token
+
+
+async def _live_keys(context, owner_id):
+    async with context.database.sessionmaker() as session:
+        return await session.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(
+                ApiKey.principal_id == owner_id,
+                ApiKey.revoked_at.is_(None),
+                ApiKey.expires_at > utcnow(),
+            )
+        )
+
+
+async def test_sixth_key_is_409_until_one_goes(client, context):
+    token = await user_token(context, client, "olga")
+    keys = [await create_key(client, token, name=f"k{n}") for n in range(5)]
+    refused = await create_key(client, token, expect=409, name="k5")
+    assert "At most 5" in refused["error_description"]
+
+    # A revoked key frees a place ...
+    assert (
+        await client.delete(f"/api-keys/{keys[0]['id']}", headers=bearer(token))
+    ).status_code == 204
+    await create_key(client, token, name="k5")
+    await create_key(client, token, expect=409, name="k6")
+    # ... and so does an expired one.
+    await set_key_fields(context, keys[1]["id"], expires_at=utcnow() - timedelta(seconds=1))
+    await create_key(client, token, name="k6")
+    assert await _live_keys(context, keys[0]["owner_id"]) == 5
+
+
+async def test_concurrent_creates_never_exceed_the_limit(client, context):
+    token = await user_token(context, client, "pavel")
+    me = (await client.get("/me", headers=bearer(token))).json()
+    responses = await asyncio.gather(
+        *(
+            client.post("/api-keys", json={"name": f"race-{n}"}, headers=bearer(token))
+            for n in range(8)
+        )
+    )
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [201] * 5 + [409] * 3, [r.text for r in responses]
+    assert await _live_keys(context, me["id"]) == 5
+
+
+async def test_concurrent_device_key_creates_never_exceed_the_limit(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "racer")
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                f"/admin/devices/{device['id']}/api-keys",
+                json={"name": f"race-{n}"},
+                headers=bearer(admin),
+            )
+            for n in range(8)
+        )
+    )
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [201] * 5 + [409] * 3, [r.text for r in responses]
+    assert await _live_keys(context, device["id"]) == 5
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_keys_per_principal": 2}])
+async def test_the_limit_is_configurable(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "small")
+    path = f"/admin/devices/{device['id']}/api-keys"
+    for n in range(2):
+        await admin_request(client, admin, "POST", path, 201, json={"name": f"k{n}"})
+    response = await admin_request(client, admin, "POST", path, 409, json={"name": "k2"})
+    assert "At most 2" in response.json()["error_description"]

@@ -1,0 +1,92 @@
+"""Rotating one's own key: a new key with the same settings, the old one after a grace."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from keyservice.database import utcnow
+from tests.admin.support import events, set_key_fields
+from tests.factories import add_scope, bearer, create_key, exchange, user_token
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def _rotate(client, token, key_id, expect=201, **body):
+    response = await client.post(f"/api-keys/{key_id}/rotate", json=body, headers=bearer(token))
+    assert response.status_code == expect, response.text
+    return response
+
+
+async def test_rotate_with_grace_keeps_both_keys_usable(client, context):
+    await add_scope(context, "projects:read")
+    token = await user_token(context, client, "uma", ["api_keys:manage", "projects:read"])
+    old = await create_key(
+        client,
+        token,
+        name="deploy",
+        description="CI deploys",
+        scopes=["projects:read"],
+        allowed_ips=["127.0.0.0/8"],
+    )
+    response = await _rotate(client, token, old["id"])
+    assert response.headers["cache-control"] == "no-store"
+    new = response.json()
+    assert new["id"] != old["id"] and new["api_key"] != old["api_key"]
+    for field in ("name", "description", "scopes", "allowed_ips", "inherits_permissions"):
+        assert new[field] == old[field], field
+    assert new["client_secret"]
+
+    old_now = (await client.get(f"/api-keys/{old['id']}", headers=bearer(token))).json()
+    expected = utcnow() + timedelta(seconds=86400)
+    assert abs(_at(old_now["expires_at"]) - expected) < timedelta(minutes=1)
+    assert old_now["status"] == "valid"
+
+    for key in (old, new):
+        response = await exchange(client, key["api_key"])
+        assert response.status_code == 200, response.text
+        assert response.json()["scope"] == "projects:read"
+    [event] = await events(context, "api_key.rotated")
+    assert event.key_id == new["id"] and event.reason == f"rotated from {old['id']}"
+
+    # When the grace period is over, only the new key works.
+    await set_key_fields(context, old["id"], expires_at=utcnow() - timedelta(seconds=1))
+    assert (await exchange(client, old["api_key"])).status_code == 401
+    assert (await exchange(client, new["api_key"])).status_code == 200
+
+
+async def test_rotate_without_grace_refuses_the_old_key_at_once(client, context):
+    token = await user_token(context, client, "vic")
+    old = await create_key(client, token, name="now")
+    new = (await _rotate(client, token, old["id"], grace_seconds=0)).json()
+    refused = await exchange(client, old["api_key"])
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "invalid_client"
+    assert (await exchange(client, new["api_key"])).status_code == 200
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert {item["id"]: item["status"] for item in listed} == {
+        old["id"]: "expired",
+        new["id"]: "valid",
+    }
+    # An expired key cannot be rotated again.
+    await _rotate(client, token, old["id"], expect=409)
+
+
+async def test_rotation_works_at_the_limit(client, context):
+    token = await user_token(context, client, "wes")
+    keys = [await create_key(client, token, name=f"k{n}") for n in range(5)]
+    await _rotate(client, token, keys[0]["id"])
+    await create_key(client, token, expect=409, name="sixth")
+
+
+async def test_rotate_refusals(client, context):
+    token = await user_token(context, client, "xena")
+    other = await user_token(context, client, "yuri")
+    key = await create_key(client, token, name="mine")
+    await _rotate(client, other, key["id"], expect=404)
+    await _rotate(client, token, "no-such-key", expect=404)
+    await _rotate(client, token, key["id"], expect=422, grace_seconds=-1)
+    await _rotate(client, token, key["id"], expect=422, grace_seconds=86400 * 31)
+    assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 204
+    await _rotate(client, token, key["id"], expect=404)
