@@ -1,0 +1,251 @@
+"""Import keys from an older key store: one JSON object a line, all lines or none.
+
+    {"owner": "<username or device name>", "owner_type": "user" | "device", "name": "...",
+     "scopes": [...] | null, "key": "<old key string>"}        (or "key_hash": "<hash>")
+
+Optional: "description", "expires_at" (RFC 3339; default one year from the import).
+A plaintext key is stored only as a slow hash (`LEGACY_KEYS`) plus the peppered HMAC
+lookup `legacy.authenticate` finds it by; a given bcrypt/argon2 hash is stored as is and
+gets its lookup at first use. Imported keys count as live keys of their owner like any
+other, but never block the import: an owner already at the limit ends up above it and
+must delete keys before creating new ones (the import reports such owners).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from keyservice.api_keys.legacy import MAX_LEGACY_KEY_LENGTH
+from keyservice.api_keys.models import ApiKey
+from keyservice.api_keys.service import count_live
+from keyservice.audit import service as audit
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.principals.models import Principal
+from keyservice.scopes.models import effective_permissions
+from keyservice.security.hashing import LEGACY_KEYS
+from keyservice.security.tokens import new_client_id, parse_api_key
+
+DEFAULT_TTL = timedelta(days=365)
+HASH_SCHEMES = ("bcrypt", "argon2")
+
+
+class LegacyKeyLine(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str = Field(min_length=1, max_length=100)
+    owner_type: Literal["user", "device"]
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field(default="", max_length=1000)
+    scopes: list[str] | None = Field(default=None, max_length=100)
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_LEGACY_KEY_LENGTH)
+    key_hash: str | None = Field(default=None, min_length=1, max_length=255)
+    expires_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> LegacyKeyLine:
+        if (self.key is None) == (self.key_hash is None):
+            raise ValueError("give exactly one of key or key_hash")
+        if self.scopes is not None and not self.scopes:
+            raise ValueError("scopes must be null (inherit) or a non-empty list")
+        return self
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}" if self.line else self.message
+
+
+class ImportFailed(Exception):
+    """The file has bad lines; nothing was imported."""
+
+    def __init__(self, errors: list[LineError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(error) for error in errors))
+
+
+@dataclass
+class ImportResult:
+    imported: int
+    # Owners left above the live-key limit: (owner type, name) -> live keys.
+    over_limit: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[LineError]]:
+    """Parse the lines (blank ones skipped), collecting every error with its line number."""
+    entries: list[tuple[int, LegacyKeyLine]] = []
+    errors: list[LineError] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            errors.append(LineError(number, f"not valid JSON ({exc.msg})"))
+            continue
+        if not isinstance(value, dict):
+            errors.append(LineError(number, "expected a JSON object"))
+            continue
+        try:
+            entries.append((number, LegacyKeyLine.model_validate(value)))
+        except ValidationError as exc:
+            # Never echo the input: a line may hold a key.
+            problems = "; ".join(
+                ".".join(str(part) for part in error["loc"]) + ": " + error["msg"]
+                if error["loc"]
+                else error["msg"]
+                for error in exc.errors(include_input=False)
+            )
+            errors.append(LineError(number, problems))
+    return entries, errors
+
+
+def _hash_problem(key_hash: str) -> str | None:
+    scheme = LEGACY_KEYS.identify(key_hash)
+    if scheme not in HASH_SCHEMES:
+        return "key_hash is not a bcrypt or argon2 hash"
+    try:
+        LEGACY_KEYS.handler(scheme).from_string(key_hash)
+    except (ValueError, TypeError):
+        return f"key_hash is not a well-formed {scheme} hash"
+    return None
+
+
+async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> ImportResult:
+    """Validate every line, then import all keys in one transaction (or raise ImportFailed)."""
+    entries, errors = parse(lines)
+    now = utcnow()
+    owners: dict[tuple[str, str], Principal | None] = {}
+    seen_keys: dict[str, int] = {}
+    seen_hashes: dict[str, int] = {}
+    lookups: dict[int, str] = {}
+    async with ctx.database.sessionmaker() as session:
+        for number, entry in entries:
+            wanted = (entry.owner_type, entry.owner)
+            if wanted not in owners:
+                owners[wanted] = await session.scalar(
+                    select(Principal).where(
+                        Principal.kind == entry.owner_type,
+                        Principal.name == entry.owner,
+                        Principal.deleted_at.is_(None),
+                    )
+                )
+            owner = owners[wanted]
+            if owner is None:
+                errors.append(LineError(number, f"no {entry.owner_type} named '{entry.owner}'"))
+            elif entry.scopes is not None:
+                missing = sorted(set(entry.scopes) - effective_permissions(owner.permissions))
+                if missing:
+                    errors.append(
+                        LineError(
+                            number,
+                            f"scopes not held by {entry.owner_type} '{entry.owner}': "
+                            + ", ".join(missing),
+                        )
+                    )
+            if entry.expires_at is not None and entry.expires_at <= now:
+                errors.append(LineError(number, "expires_at is in the past"))
+            if entry.key is not None:
+                if parse_api_key(entry.key) is not None:
+                    errors.append(LineError(number, "key is a keyservice key, not a legacy one"))
+                    continue
+                if entry.key in seen_keys:
+                    errors.append(LineError(number, f"the same key as line {seen_keys[entry.key]}"))
+                    continue
+                seen_keys[entry.key] = number
+                lookup = ctx.hasher.hash("legacy:" + entry.key)
+                lookups[number] = lookup
+                taken = await session.scalar(
+                    select(ApiKey.id).where(ApiKey.legacy_lookup == lookup)
+                )
+                if taken is not None:
+                    errors.append(LineError(number, "this key was already imported"))
+            else:
+                assert entry.key_hash is not None
+                problem = _hash_problem(entry.key_hash)
+                if problem is not None:
+                    errors.append(LineError(number, problem))
+                    continue
+                if entry.key_hash in seen_hashes:
+                    errors.append(
+                        LineError(
+                            number, f"the same key_hash as line {seen_hashes[entry.key_hash]}"
+                        )
+                    )
+                    continue
+                seen_hashes[entry.key_hash] = number
+                taken = await session.scalar(
+                    select(ApiKey.id).where(ApiKey.legacy_hash == entry.key_hash)
+                )
+                if taken is not None:
+                    errors.append(LineError(number, "this key_hash was already imported"))
+        # Leaving the block closes the session, ending the read transaction (and SQLite's
+        # write lock) before the slow hashing; loaded owners stay readable, detached.
+    if errors:
+        raise ImportFailed(sorted(errors, key=lambda error: error.line))
+
+    # Slow hashes (argon2) are computed outside any transaction, off the event loop.
+    hashes: dict[int, str] = {}
+    for number, entry in entries:
+        if entry.key is not None:
+            hashes[number] = await asyncio.to_thread(LEGACY_KEYS.hash, entry.key)
+        else:
+            assert entry.key_hash is not None
+            hashes[number] = entry.key_hash
+
+    async with ctx.database.sessionmaker() as session:
+        touched: dict[str, tuple[str, str]] = {}
+        for number, entry in entries:
+            owner = owners[(entry.owner_type, entry.owner)]
+            assert owner is not None
+            touched[owner.id] = (owner.kind, owner.name)
+            key = ApiKey(
+                client_id=new_client_id(),
+                secret_hash=None,
+                principal_id=owner.id,
+                name=entry.name,
+                description=entry.description,
+                scopes=sorted(set(entry.scopes)) if entry.scopes is not None else None,
+                allowed_ips=[],
+                created_at=now,
+                expires_at=entry.expires_at or now + DEFAULT_TTL,
+                is_legacy=True,
+                legacy_hash=hashes[number],
+                legacy_lookup=lookups.get(number),
+            )
+            session.add(key)
+            await session.flush()
+            audit.record(
+                session,
+                type="api_key.created",
+                actor=actor,
+                principal_id=owner.id,
+                key_id=key.id,
+                reason=f"imported legacy key (line {number})",
+            )
+        over_limit: dict[tuple[str, str], int] = {}
+        for owner_id, label in touched.items():
+            live = await count_live(session, owner_id=owner_id, now=now)
+            if live > ctx.settings.max_keys_per_principal:
+                over_limit[label] = live
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise ImportFailed(
+                [LineError(0, "a key was imported concurrently by someone else; run it again")]
+            ) from None
+    return ImportResult(imported=len(entries), over_limit=over_limit)

@@ -1,0 +1,205 @@
+"""Legacy keys: imported from a file, exchanged at /token, refused after the cut-off."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import bcrypt
+import pytest
+from sqlalchemy import func, select
+
+from keyservice.api_keys.legacy_import import ImportFailed, import_lines
+from keyservice.api_keys.models import ApiKey
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+from keyservice.main import create_app
+from tests.admin.support import events
+from tests.conftest import client_for, make_settings
+from tests.factories import add_scope, bearer, create_key, create_principal, exchange, login
+
+PLAIN = "legacy-Key_0001-plaintext"
+HASHED = "another old key, known only by its hash"
+
+
+def _line(**values) -> str:
+    return json.dumps(values)
+
+
+async def _count_keys(context) -> int:
+    async with context.database.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
+
+
+async def _population(context):
+    await add_scope(context, "projects:read")
+    await create_principal(context, "zoe", permissions=["api_keys:manage", "projects:read"])
+    await create_principal(context, "pump-7", kind="device", permissions=["projects:read"])
+
+
+async def test_import_then_exchange_then_refused_after_cutoff(client, context, tmp_path):
+    await _population(context)
+    bcrypt_hash = bcrypt.hashpw(HASHED.encode(), bcrypt.gensalt(rounds=4)).decode()
+    result = await import_lines(
+        context,
+        [
+            _line(
+                owner="zoe", owner_type="user", name="old ci", scopes=["projects:read"], key=PLAIN
+            ),
+            "",
+            _line(
+                owner="pump-7",
+                owner_type="device",
+                name="old pump",
+                scopes=None,
+                key_hash=bcrypt_hash,
+            ),
+        ],
+        actor="test",
+    )
+    assert result.imported == 2 and result.over_limit == {}
+
+    async with context.database.sessionmaker() as session:
+        rows = {key.name: key for key in await session.scalars(select(ApiKey))}
+    plain, hashed = rows["old ci"], rows["old pump"]
+    assert plain.is_legacy and hashed.is_legacy
+    assert plain.secret_hash is None and hashed.secret_hash is None
+    assert plain.legacy_hash is not None and plain.legacy_hash.startswith("$argon2")
+    assert PLAIN not in str(vars(plain))
+    assert plain.legacy_lookup == context.hasher.hash("legacy:" + PLAIN)
+    assert hashed.legacy_hash == bcrypt_hash and hashed.legacy_lookup is None
+    assert plain.client_id.startswith("kc_") and plain.client_id != hashed.client_id
+    assert abs(plain.expires_at - (utcnow() + timedelta(days=365))) < timedelta(minutes=1)
+    assert len(await events(context, "api_key.created")) == 2
+
+    response = await exchange(client, PLAIN)
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == "projects:read"
+    me = await client.get("/me", headers=bearer(response.json()["access_token"]))
+    assert me.json()["username"] == "zoe"
+    # A key known only by its hash works too (its first use records the fast lookup).
+    for _ in range(2):
+        response = await exchange(client, HASHED)
+        assert response.status_code == 200, response.text
+        assert response.json()["scope"] == "projects:read"
+    # A mistyped old key is an ordinary invalid_client.
+    assert (await exchange(client, PLAIN + "x")).status_code == 401
+
+    # The owner sees the imported key among their own, marked legacy.
+    token = (await login(client, "zoe"))["access_token"]
+    [listed] = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert listed["legacy"] is True and listed["status"] == "valid"
+
+    # After KEYSERVICE_LEGACY_KEYS_UNTIL, the same database refuses them with a clear reason.
+    settings = make_settings(
+        context.settings.database_url, tmp_path, legacy_keys_until=utcnow() - timedelta(seconds=1)
+    )
+    later = AppContext(settings)
+    app = create_app(context=later)
+    async with app.router.lifespan_context(app), client_for(app) as other:
+        for old in (PLAIN, HASHED):
+            refused = await exchange(other, old)
+            assert refused.status_code == 401
+            assert refused.json()["error"] == "invalid_client"
+            assert "create a new API key" in refused.json()["error_description"]
+        # New keys are unaffected by the cut-off.
+        token = (await login(other, "zoe"))["access_token"]
+        fresh = await create_key(other, token, name="new")
+        assert (await exchange(other, fresh["api_key"])).status_code == 200
+    refusals = [e.reason for e in await events(context, "token.exchange") if e.outcome == "failure"]
+    assert refusals.count("legacy keys no longer accepted") == 2
+
+
+@pytest.mark.parametrize("settings_overrides", [{"legacy_keys_until": "2999-01-01T00:00:00Z"}])
+async def test_legacy_keys_work_before_the_cutoff(client, context):
+    await _population(context)
+    await import_lines(
+        context,
+        [_line(owner="zoe", owner_type="user", name="k", scopes=None, key=PLAIN)],
+        actor="t",
+    )
+    response = await exchange(client, PLAIN)
+    assert response.status_code == 200
+    assert response.json()["scope"] == "api_keys:manage projects:read"
+
+
+async def test_bad_lines_are_reported_and_nothing_is_imported(context):
+    await _population(context)
+    good = _line(owner="zoe", owner_type="user", name="fine", scopes=None, key=PLAIN)
+    lines = [
+        good,
+        "{not json",
+        "[1, 2]",
+        _line(owner="nobody", owner_type="user", name="x", scopes=None, key="k-1"),
+        _line(owner="pump-7", owner_type="user", name="x", scopes=None, key="k-2"),
+        _line(owner="zoe", owner_type="user", name="x", scopes=["billing:write"], key="k-3"),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None, key=PLAIN),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None, key_hash="md5:abcdef"),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None, key="k-4", key_hash="$2b$"),
+        _line(owner="zoe", owner_type="robot", name="x", scopes=None, key="k-5"),
+        _line(
+            owner="zoe",
+            owner_type="user",
+            name="x",
+            scopes=None,
+            key="k-6",
+            expires_at="2001-01-01T00:00:00Z",
+        ),
+        _line(owner="zoe", owner_type="user", name="", scopes=None, key="k-7"),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None, key="k-8", extra=1),
+    ]
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, lines, actor="test")
+    messages = {error.line: error.message for error in failed.value.errors}
+    assert sorted(messages) == list(range(2, 15))
+    assert "not valid JSON" in messages[2]
+    assert "JSON object" in messages[3]
+    assert "no user named 'nobody'" in messages[4]
+    assert "no user named 'pump-7'" in messages[5]
+    assert "billing:write" in messages[6]
+    assert "same key as line 1" in messages[7]
+    assert "not a bcrypt or argon2 hash" in messages[8]
+    assert "exactly one of key or key_hash" in messages[9]
+    assert "exactly one of key or key_hash" in messages[10]
+    assert "owner_type" in messages[11]
+    assert "in the past" in messages[12]
+    assert "name" in messages[13]
+    assert "extra" in messages[14]
+    # No message repeats a key.
+    assert not any("k-" in message or PLAIN in message for message in messages.values())
+    assert await _count_keys(context) == 0
+    assert await events(context, "api_key.created") == []
+
+
+async def test_reimport_is_refused(context):
+    await _population(context)
+    digest = bcrypt.hashpw(b"old", bcrypt.gensalt(rounds=4)).decode()
+    lines = [
+        _line(owner="zoe", owner_type="user", name="a", scopes=None, key=PLAIN),
+        _line(owner="zoe", owner_type="user", name="b", scopes=None, key_hash=digest),
+    ]
+    await import_lines(context, lines, actor="test")
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, lines, actor="test")
+    assert [str(error) for error in failed.value.errors] == [
+        "line 1: this key was already imported",
+        "line 2: this key_hash was already imported",
+    ]
+    assert await _count_keys(context) == 2
+
+
+async def test_imported_keys_count_towards_the_limit_without_blocking_import(client, context):
+    await _population(context)
+    token = (await login(client, "zoe"))["access_token"]
+    for n in range(4):
+        await create_key(client, token, name=f"k{n}")
+    lines = [
+        _line(owner="zoe", owner_type="user", name=f"old{n}", scopes=None, key=f"old-key-{n}")
+        for n in range(2)
+    ]
+    result = await import_lines(context, lines, actor="test")
+    assert result.imported == 2
+    assert result.over_limit == {("user", "zoe"): 6}
+    refused = await create_key(client, token, expect=409, name="k5")
+    assert "At most 5" in refused["error_description"]
