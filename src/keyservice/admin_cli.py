@@ -1,0 +1,390 @@
+"""Admin commands for operators without the console: keys, devices, audit, prune.
+
+    keyservice keys list [--owner NAME] [--owner-type T] [--status S ...]
+    keyservice keys revoke ID
+    keyservice keys expiring [--within 7d]
+    keyservice keys import-legacy FILE
+    keyservice devices create NAME [--permission P ...] [--description D]
+    keyservice devices list
+    keyservice audit tail [--limit N] [--type T]
+    keyservice prune
+
+Each command runs against the configured database (KEYSERVICE_DATABASE_URL) through the
+same services as the HTTP API, and is audited with the actor `cli`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.cli import load_settings, with_context
+
+if TYPE_CHECKING:
+    from keyservice.api_keys.models import ApiKey
+    from keyservice.context import AppContext
+    from keyservice.principals.models import Principal
+
+T = TypeVar("T")
+ACTOR = "cli"
+STATUSES = ("valid", "suspended", "expired", "revoked")
+# Refresh tokens stay a day past expiry so that a late reuse is still told apart.
+REFRESH_TOKEN_GRACE = timedelta(days=1)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def run(work: Callable[[AppContext], Awaitable[T]]) -> T:
+    """Run `work` against the configured database; service errors become CLI errors."""
+    from keyservice.exceptions import KeyServiceError
+
+    settings = load_settings()
+    try:
+        return with_context(settings, work)
+    except KeyServiceError as exc:
+        raise click.ClickException(exc.description) from None
+
+
+def console() -> Console:
+    # Piped output (scripts, tests) gets wide lines instead of 80 columns of folded ids.
+    return Console(width=None if sys.stdout.isatty() else 250, highlight=False)
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse `7d`, `24h`, `30m`, `2w` or `90s`."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise click.BadParameter(f"'{value}' is not a duration like 24h, 7d or 30d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def format_duration(value: timedelta) -> str:
+    """Write a duration the way --within takes it (7d, 24h ...)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _duration_option(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
+    return parse_duration(value)
+
+
+def _keys_table(rows: list[tuple[ApiKey, Principal]], now: datetime, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("ID", "CLIENT ID", "OWNER", "NAME", "STATUS", "EXPIRES", "LAST USED"):
+        table.add_column(column, no_wrap=column in ("ID", "CLIENT ID"))
+    for key, owner in rows:
+        status = key.status(owner_usable=owner.usable, now=now)
+        style = {"valid": "green", "suspended": "yellow"}.get(status, "red")
+        table.add_row(
+            key.id,
+            key.client_id,
+            escape(f"{owner.kind}:{owner.name}"),
+            escape(key.name) + (" (legacy)" if key.is_legacy else ""),
+            f"[{style}]{status}[/{style}]",
+            when(key.expires_at),
+            when(key.last_used_at),
+        )
+    return table
+
+
+# keys ----------------------------------------------------------------------------------
+
+
+@click.group()
+def keys() -> None:
+    """List, revoke and import API keys of every principal."""
+
+
+@keys.command("list")
+@click.option("--owner", help="Only keys of the user or device with this name.")
+@click.option(
+    "--owner-type", type=click.Choice(["user", "device"]), help="Only users' or devices'."
+)
+@click.option(
+    "--status",
+    "statuses",
+    type=click.Choice(STATUSES),
+    multiple=True,
+    help="Only keys with this status (repeat for several).",
+)
+def keys_list(owner: str | None, owner_type: str | None, statuses: tuple[str, ...]) -> None:
+    """List keys, newest first (revoked ones too, unless --status says otherwise)."""
+    from keyservice.api_keys import service
+    from keyservice.database import utcnow
+
+    now = utcnow()
+
+    async def work(ctx: AppContext) -> list[tuple[ApiKey, Principal]]:
+        async with ctx.database.sessionmaker() as session:
+            return await service.search(
+                session,
+                owner_name=owner,
+                owner_type=owner_type,
+                status=list(statuses) or None,
+                now=now,
+            )
+
+    rows = run(work)
+    if not rows:
+        click.echo("no keys match")
+        return
+    console().print(_keys_table(rows, now, f"{len(rows)} key(s)"))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key for good (a leaked one, say); its tokens stop working within seconds."""
+    from keyservice.api_keys import service
+
+    async def work(ctx: AppContext) -> tuple[str, bool]:
+        async with ctx.database.sessionmaker() as session:
+            key, owner = await service.get_any(session, key_id=key_id)
+            label = f"{key.id} ({key.client_id}) of {owner.kind} {owner.name}"
+            if key.revoked_at is not None:
+                return label, False
+            await service.revoke(ctx, session, key=key, actor=ACTOR, ip=None)
+            return label, True
+
+    label, revoked = run(work)
+    click.echo(f"revoked key {label}" if revoked else f"key {label} was already revoked")
+
+
+@keys.command("expiring")
+@click.option(
+    "--within",
+    default="7d",
+    show_default=True,
+    callback=_duration_option,
+    help="How far ahead to look: 24h, 7d, 30d ...",
+)
+def keys_expiring(within: timedelta) -> None:
+    """List usable keys that expire within the given time, soonest first."""
+    from keyservice.api_keys import service
+    from keyservice.database import utcnow
+
+    now = utcnow()
+
+    async def work(ctx: AppContext) -> list[tuple[ApiKey, Principal]]:
+        async with ctx.database.sessionmaker() as session:
+            return await service.search(
+                session, status=["valid", "suspended"], expires_before=now + within, now=now
+            )
+
+    rows = sorted(run(work), key=lambda row: row[0].expires_at)
+    if not rows:
+        click.echo(f"no key expires within {format_duration(within)}")
+        return
+    console().print(
+        _keys_table(rows, now, f"{len(rows)} key(s) expiring within {format_duration(within)}")
+    )
+
+
+@keys.command("import-legacy")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def keys_import_legacy(file: Path) -> None:
+    """Import legacy keys from FILE (JSON lines); every line or none is imported."""
+    from keyservice.api_keys.legacy_import import ImportFailed, ImportResult, import_lines
+
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file} is not UTF-8 text; nothing was imported") from None
+
+    async def work(ctx: AppContext) -> tuple[ImportResult, datetime | None]:
+        result = await import_lines(ctx, lines, actor=ACTOR)
+        return result, ctx.settings.legacy_keys_until
+
+    try:
+        result, until = run(work)
+    except ImportFailed as exc:
+        for error in exc.errors:
+            click.echo(str(error), err=True)
+        raise click.ClickException(
+            f"{len(exc.errors)} problem(s) in {file}; nothing was imported"
+        ) from None
+    click.echo(f"imported {result.imported} legacy key(s)")
+    for (kind, name), live in sorted(result.over_limit.items()):
+        click.echo(
+            f"note: {kind} {name} now has {live} live keys, more than the limit; it cannot "
+            "create new keys until some are deleted or expire",
+            err=True,
+        )
+    if until is not None:
+        click.echo(f"legacy keys are accepted at /token until {when(until)}")
+
+
+# devices -------------------------------------------------------------------------------
+
+
+@click.group()
+def devices() -> None:
+    """Register and list devices (machines, connectors)."""
+
+
+@devices.command("create")
+@click.argument("name")
+@click.option("--permission", "permissions", multiple=True, help="Grant a permission (repeat).")
+@click.option("--description", default="", help="What the device is.")
+def devices_create(name: str, permissions: tuple[str, ...], description: str) -> None:
+    """Register a device; create its keys with POST /admin/devices/{id}/api-keys."""
+    from keyservice.devices import service
+
+    async def work(ctx: AppContext) -> str:
+        async with ctx.database.sessionmaker() as session:
+            device = await service.create(
+                session,
+                name=name,
+                description=description,
+                permissions=list(permissions),
+                actor=ACTOR,
+                ip=None,
+            )
+            return device.id
+
+    device_id = run(work)
+    click.echo(f"created device {name} ({device_id})")
+
+
+@devices.command("list")
+def devices_list() -> None:
+    """List the devices that are not deleted."""
+    from keyservice.devices import service
+
+    async def work(ctx: AppContext) -> list[Principal]:
+        async with ctx.database.sessionmaker() as session:
+            return list(await service.list_devices(session))
+
+    rows = run(work)
+    if not rows:
+        click.echo("no devices")
+        return
+    table = Table(title=f"{len(rows)} device(s)", title_justify="left")
+    for column in ("ID", "NAME", "PERMISSIONS", "STATE", "CREATED", "DESCRIPTION"):
+        table.add_column(column, no_wrap=column == "ID")
+    for device in rows:
+        table.add_row(
+            device.id,
+            escape(device.name),
+            escape(" ".join(sorted(device.permissions))) or "-",
+            "[yellow]disabled[/yellow]" if device.disabled else "[green]enabled[/green]",
+            when(device.created_at),
+            escape(device.description),
+        )
+    console().print(table)
+
+
+# audit ---------------------------------------------------------------------------------
+
+
+@click.group()
+def audit() -> None:
+    """Read the audit log."""
+
+
+@audit.command("tail")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--type", "event_type", help="Only events of this type, e.g. token.exchange.")
+def audit_tail(limit: int, event_type: str | None) -> None:
+    """Show the latest events, oldest of them first (like tail)."""
+    from keyservice.audit import service
+    from keyservice.audit.models import AuditEvent
+
+    async def work(ctx: AppContext) -> list[AuditEvent]:
+        async with ctx.database.sessionmaker() as session:
+            items, _ = await service.list_events(session, type=event_type, limit=limit)
+            return items
+
+    events = list(reversed(run(work)))
+    if not events:
+        click.echo("no events")
+        return
+    table = Table(title=f"last {len(events)} event(s)", title_justify="left")
+    for column in ("AT", "TYPE", "OUTCOME", "ACTOR", "PRINCIPAL", "KEY", "IP", "REASON"):
+        table.add_column(column, no_wrap=column in ("AT", "TYPE"))
+    for event in events:
+        outcome = (
+            "[green]success[/green]"
+            if event.outcome == "success"
+            else f"[red]{event.outcome}[/red]"
+        )
+        table.add_row(
+            when(event.at),
+            escape(event.type),
+            outcome,
+            escape(event.actor or "-"),
+            event.principal_id or "-",
+            event.key_id or "-",
+            event.ip or "-",
+            escape(event.reason or ""),
+        )
+    console().print(table)
+
+
+# prune ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pruned:
+    refresh_tokens: int
+    audit_events: int
+
+
+async def prune_refresh_tokens(session: AsyncSession, *, before: datetime) -> int:
+    """Delete refresh tokens that expired before `before`; return how many, and commit."""
+    from keyservice.auth.models import RefreshToken
+
+    result = await session.execute(delete(RefreshToken).where(RefreshToken.expires_at < before))
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
+    """Delete what no longer serves: long-expired refresh tokens, audit past retention."""
+    from keyservice.audit import service as audit_service
+
+    async with ctx.database.sessionmaker() as session:
+        tokens = await prune_refresh_tokens(session, before=now - REFRESH_TOKEN_GRACE)
+    async with ctx.database.sessionmaker() as session:
+        retention = timedelta(days=ctx.settings.audit_retention_days)
+        events = await audit_service.prune(session, before=now - retention)
+    return Pruned(refresh_tokens=tokens, audit_events=events)
+
+
+@click.command()
+def prune() -> None:
+    """Delete refresh tokens expired over a day ago and audit events past retention."""
+    from keyservice.database import utcnow
+
+    settings = load_settings()
+    now = utcnow()
+    result = run(lambda ctx: prune_all(ctx, now=now))
+    click.echo(
+        f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago and "
+        f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days"
+    )
+
+
+def register(main: click.Group) -> None:
+    """Add the admin commands to the `keyservice` command."""
+    for command in (keys, devices, audit, prune):
+        main.add_command(command)

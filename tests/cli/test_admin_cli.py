@@ -1,0 +1,332 @@
+"""The admin commands, run through click's CliRunner against a real database (both backends).
+
+These are sync tests: the commands call `asyncio.run` themselves. Data is seeded the same
+way, in a fresh context per `with_context` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import func, select
+
+from keyservice.api_keys import service as keys_service
+from keyservice.api_keys.models import ApiKey
+from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.audit.models import AuditEvent
+from keyservice.auth.models import RefreshToken
+from keyservice.cli import main, with_context
+from keyservice.context import AppContext
+from keyservice.database import Database, new_id, utcnow
+from keyservice.principals.models import Principal
+from keyservice.scopes.models import Scope
+from tests.conftest import TEST_SECRET, make_settings, truncate
+
+
+class Cli:
+    """Runs `keyservice ...` and seeds data, both against one test database."""
+
+    def __init__(self, database_url: str, tmp_path: Path) -> None:
+        self.database_url = database_url
+        self.tmp_path = tmp_path
+        self.env = {
+            "KEYSERVICE_DATABASE_URL": database_url,
+            "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+            "KEYSERVICE_DATA_DIR": str(tmp_path),
+        }
+
+    def __call__(self, *args: str, expect: int = 0, **env: str) -> Result:
+        result = CliRunner().invoke(main, list(args), env={**self.env, **env})
+        assert result.exit_code == expect, (result.output, result.exception)
+        return result
+
+    def run(self, work: Any) -> Any:
+        return with_context(make_settings(self.database_url, self.tmp_path), work)
+
+    def principal(self, name: str, *, kind: str = "user", permissions: list[str] = ()) -> str:
+        async def work(ctx: AppContext) -> str:
+            async with ctx.database.sessionmaker() as session:
+                for perm in permissions:
+                    if await session.get(Scope, perm) is None:
+                        session.add(Scope(name=perm, description=perm))
+                principal = Principal(kind=kind, name=name, permissions=list(permissions))
+                session.add(principal)
+                await session.commit()
+                return principal.id
+
+        return str(self.run(work))
+
+    def key(self, owner_id: str, name: str, **fields: Any) -> dict[str, Any]:
+        async def work(ctx: AppContext) -> dict[str, Any]:
+            async with ctx.database.sessionmaker() as session:
+                owner = await session.get(Principal, owner_id)
+                created = await keys_service.create(
+                    ctx, session, owner=owner, data=ApiKeyCreate(name=name), actor="test", ip=None
+                )
+            if fields:
+                async with ctx.database.sessionmaker() as session:
+                    key = await session.get(ApiKey, created.id)
+                    for field, value in fields.items():
+                        setattr(key, field, value)
+                    await session.commit()
+            return created.model_dump()
+
+        result: dict[str, Any] = self.run(work)
+        return result
+
+    def scalar(self, query: Any) -> Any:
+        async def work(ctx: AppContext) -> Any:
+            async with ctx.database.sessionmaker() as session:
+                return await session.scalar(query)
+
+        return self.run(work)
+
+    def add(self, *rows: Any) -> None:
+        async def work(ctx: AppContext) -> None:
+            async with ctx.database.sessionmaker() as session:
+                for row in rows:
+                    session.add(row)
+                    await session.flush()
+                await session.commit()
+
+        self.run(work)
+
+
+@pytest.fixture
+def cli(database_url: str, tmp_path: Path) -> Cli:
+    async def clean() -> None:
+        database = Database(database_url)
+        try:
+            await truncate(database)
+        finally:
+            await database.dispose()
+
+    asyncio.run(clean())
+    return Cli(database_url, tmp_path)
+
+
+def test_devices_create_and_list(cli):
+    cli.principal("holder", permissions=["metrics:write"])
+    result = cli(
+        "devices", "create", "sensor-1", "--permission", "metrics:write", "--description", "roof"
+    )
+    assert result.output.startswith("created device sensor-1 (")
+    device_id = result.output.strip().rsplit("(", 1)[1].rstrip(")")
+    cli("devices", "create", "sensor-2")
+
+    listed = cli("devices", "list").output
+    assert "2 device(s)" in listed
+    assert device_id in listed and "sensor-1" in listed and "metrics:write" in listed
+    assert "roof" in listed and "enabled" in listed
+
+    duplicate = cli("devices", "create", "sensor-1", expect=1)
+    assert "already exists" in duplicate.output
+    unknown = cli("devices", "create", "sensor-3", "--permission", "nope:read", expect=1)
+    assert "nope:read" in unknown.output
+    assert cli.scalar(select(AuditEvent.actor).where(AuditEvent.type == "device.created")) == "cli"
+
+
+def test_devices_list_empty(cli):
+    assert cli("devices", "list").output.strip() == "no devices"
+
+
+def test_keys_list_with_filters(cli):
+    ann = cli.principal("ann", permissions=["api_keys:manage"])
+    box = cli.principal("box", kind="device")
+    live = cli.key(ann, "ann-live")
+    gone = cli.key(ann, "ann-gone", revoked_at=utcnow())
+    boxed = cli.key(box, "box-key")
+
+    everything = cli("keys", "list").output
+    assert "3 key(s)" in everything
+    for key in (live, gone, boxed):
+        assert key["id"] in everything and key["client_id"] in everything
+    assert "user:ann" in everything and "device:box" in everything
+    assert "revoked" in everything and "valid" in everything
+
+    ann_only = cli("keys", "list", "--owner", "ann").output
+    assert live["id"] in ann_only and gone["id"] in ann_only and boxed["id"] not in ann_only
+    valid = cli("keys", "list", "--status", "valid").output
+    assert live["id"] in valid and boxed["id"] in valid and gone["id"] not in valid
+    revoked = cli("keys", "list", "--owner", "ann", "--status", "revoked").output
+    assert gone["id"] in revoked and live["id"] not in revoked
+    several = cli("keys", "list", "--status", "revoked", "--status", "valid").output
+    assert "3 key(s)" in several
+    devices = cli("keys", "list", "--owner-type", "device").output
+    assert boxed["id"] in devices and live["id"] not in devices
+    assert cli("keys", "list", "--owner", "nobody").output.strip() == "no keys match"
+    cli("keys", "list", "--status", "bogus", expect=2)
+
+
+def test_keys_revoke(cli):
+    ann = cli.principal("ann")
+    key = cli.key(ann, "leaked")
+    result = cli("keys", "revoke", key["id"])
+    assert result.output.startswith(f"revoked key {key['id']} ({key['client_id']}) of user ann")
+    assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key["id"])) is not None
+    event = cli.scalar(select(AuditEvent).where(AuditEvent.type == "api_key.deleted"))
+    assert event.actor == "cli" and event.key_id == key["id"]
+
+    again = cli("keys", "revoke", key["id"])
+    assert "was already revoked" in again.output
+    unknown = cli("keys", "revoke", "no-such-key", expect=1)
+    assert "No API key with this id" in unknown.output
+
+
+def test_keys_expiring(cli):
+    ann = cli.principal("ann")
+    now = utcnow()
+    hours = cli.key(ann, "in-2h", expires_at=now + timedelta(hours=2))
+    days = cli.key(ann, "in-3d", expires_at=now + timedelta(days=3))
+    weeks = cli.key(ann, "in-20d", expires_at=now + timedelta(days=20))
+    far = cli.key(ann, "in-60d", expires_at=now + timedelta(days=60))
+    expired = cli.key(ann, "expired", expires_at=now - timedelta(hours=1))
+    revoked = cli.key(ann, "revoked", expires_at=now + timedelta(hours=1), revoked_at=now)
+
+    def shown(*args: str) -> list[str]:
+        output = cli("keys", "expiring", *args).output
+        return [
+            key["name"]
+            for key in (hours, days, weeks, far, expired, revoked)
+            if key["id"] in output
+        ]
+
+    assert shown("--within", "24h") == ["in-2h"]
+    assert shown("--within", "7d") == ["in-2h", "in-3d"]
+    assert shown() == ["in-2h", "in-3d"]
+    assert shown("--within", "30d") == ["in-2h", "in-3d", "in-20d"]
+    output = cli("keys", "expiring", "--within", "30d").output
+    assert output.index(hours["id"]) < output.index(days["id"]) < output.index(weeks["id"])
+    assert cli("keys", "expiring", "--within", "30m").output.strip() == "no key expires within 30m"
+    assert "expiring within 7d" in cli("keys", "expiring", "--within", "7d").output
+    bad = cli("keys", "expiring", "--within", "7x", expect=2)
+    assert "24h, 7d or 30d" in bad.output
+
+
+def test_audit_tail(cli):
+    cli.add(*(AuditEvent(type="test.event", reason=f"event {n}") for n in range(5)))
+    cli.add(AuditEvent(type="other.event", outcome="failure", reason="[bold]markup[/bold]"))
+
+    tail = cli("audit", "tail", "--limit", "3").output
+    assert "last 3 event(s)" in tail
+    assert tail.index("event 3") < tail.index("event 4") < tail.index("other.event")
+    assert "event 2" not in tail
+    assert "[bold]markup[/bold]" in tail and "failure" in tail
+
+    typed = cli("audit", "tail", "--type", "test.event").output
+    assert "last 5 event(s)" in typed and "other.event" not in typed
+    assert cli("audit", "tail", "--type", "none").output.strip() == "no events"
+    cli("audit", "tail", "--limit", "0", expect=2)
+
+
+def test_prune(cli):
+    owner = cli.principal("ann")
+    now = utcnow()
+
+    def token(expires_at):
+        return RefreshToken(
+            token_hash=new_id(), family_id=new_id(), principal_id=owner, expires_at=expires_at
+        )
+
+    cli.add(
+        token(now - timedelta(days=2)),
+        token(now - timedelta(hours=1)),
+        token(now + timedelta(hours=1)),
+        AuditEvent(type="ancient", at=now - timedelta(days=100)),
+        AuditEvent(type="old", at=now - timedelta(days=10)),
+        AuditEvent(type="recent"),
+    )
+    result = cli("prune")
+    assert result.output.strip() == (
+        "deleted 1 refresh token(s) expired more than a day ago and "
+        "1 audit event(s) older than 90 days"
+    )
+    assert cli.scalar(select(func.count()).select_from(RefreshToken)) == 2
+    remaining = cli.scalar(select(func.count()).select_from(AuditEvent))
+    assert remaining == 2
+
+    again = cli("prune", KEYSERVICE_AUDIT_RETENTION_DAYS="5")
+    assert (
+        "0 refresh token(s)" in again.output
+        and "1 audit event(s) older than 5 days" in again.output
+    )
+    assert cli.scalar(select(AuditEvent.type)) == "recent"
+
+
+def test_import_legacy(cli, tmp_path):
+    cli.principal("ann", permissions=["api_keys:manage", "projects:read"])
+    cli.principal("pump", kind="device", permissions=["projects:read"])
+    digest = bcrypt.hashpw(b"pump-old-key", bcrypt.gensalt(rounds=4)).decode()
+    good = tmp_path / "keys.jsonl"
+    good.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "owner": "ann",
+                        "owner_type": "user",
+                        "name": "old",
+                        "scopes": ["projects:read"],
+                        "key": "ann-old-key",
+                    }
+                ),
+                json.dumps(
+                    {
+                        "owner": "pump",
+                        "owner_type": "device",
+                        "name": "old",
+                        "scopes": None,
+                        "key_hash": digest,
+                        "expires_at": "2099-01-01T00:00:00Z",
+                    }
+                ),
+            ]
+        )
+        + "\n"
+    )
+    result = cli(
+        "keys", "import-legacy", str(good), KEYSERVICE_LEGACY_KEYS_UNTIL="2030-01-01T00:00:00Z"
+    )
+    assert "imported 2 legacy key(s)" in result.output
+    assert "until 2030-01-01 00:00:00Z" in result.output
+    assert cli.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.is_legacy)) == 2
+    assert "(legacy)" in cli("keys", "list", "--owner", "pump").output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps(
+            {
+                "owner": "ann",
+                "owner_type": "user",
+                "name": "new",
+                "scopes": None,
+                "key": "fresh-key",
+            }
+        )
+        + "\nnot json\n"
+        + json.dumps(
+            {
+                "owner": "ann",
+                "owner_type": "user",
+                "name": "again",
+                "scopes": None,
+                "key": "ann-old-key",
+            }
+        )
+        + "\n"
+    )
+    failed = cli("keys", "import-legacy", str(bad), expect=1)
+    assert "line 2: not valid JSON" in failed.stderr
+    assert "line 3: this key was already imported" in failed.stderr
+    assert "2 problem(s)" in failed.stderr and "nothing was imported" in failed.stderr
+    assert "fresh-key" not in failed.output
+    assert cli.scalar(select(func.count()).select_from(ApiKey)) == 2
+
+    cli("keys", "import-legacy", str(tmp_path / "missing.jsonl"), expect=2)
