@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -27,8 +26,6 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.cli import load_settings, with_context
 
@@ -41,7 +38,6 @@ T = TypeVar("T")
 ACTOR = "cli"
 STATUSES = ("valid", "suspended", "expired", "revoked")
 # Refresh tokens stay a day past expiry so that a late reuse is still told apart.
-REFRESH_TOKEN_GRACE = timedelta(days=1)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -343,33 +339,6 @@ def audit_tail(limit: int, event_type: str | None) -> None:
 # prune ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pruned:
-    refresh_tokens: int
-    audit_events: int
-
-
-async def prune_refresh_tokens(session: AsyncSession, *, before: datetime) -> int:
-    """Delete refresh tokens that expired before `before`; return how many, and commit."""
-    from keyservice.auth.models import RefreshToken
-
-    result = await session.execute(delete(RefreshToken).where(RefreshToken.expires_at < before))
-    await session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
-    """Delete what no longer serves: long-expired refresh tokens, audit past retention."""
-    from keyservice.audit import service as audit_service
-
-    async with ctx.database.sessionmaker() as session:
-        tokens = await prune_refresh_tokens(session, before=now - REFRESH_TOKEN_GRACE)
-    async with ctx.database.sessionmaker() as session:
-        retention = timedelta(days=ctx.settings.audit_retention_days)
-        events = await audit_service.prune(session, before=now - retention)
-    return Pruned(refresh_tokens=tokens, audit_events=events)
-
-
 @click.command()
 def prune() -> None:
     """Delete refresh tokens expired over a day ago and audit events past retention."""
@@ -377,6 +346,8 @@ def prune() -> None:
 
     settings = load_settings()
     now = utcnow()
+    from keyservice.maintenance import prune_all
+
     result = run(lambda ctx: prune_all(ctx, now=now))
     click.echo(
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago and "

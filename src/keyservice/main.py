@@ -287,6 +287,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(context.revocation.run(context.database, reload_signing_keys)),
         asyncio.create_task(keep_signing_keys_fresh()),
     ]
+    if context.settings.prune_interval_seconds > 0:
+        from keyservice.maintenance import prune_periodically
+
+        tasks.append(asyncio.create_task(prune_periodically(context)))
     try:
         yield
     finally:

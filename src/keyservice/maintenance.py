@@ -1,0 +1,72 @@
+"""Housekeeping that keeps tables bounded: `keyservice prune`, and the server's own timer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyservice.audit import service as audit_service
+from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.context import AppContext
+from keyservice.database import utcnow
+
+log = logging.getLogger(__name__)
+
+# Expired refresh tokens are kept a day, so a late retry still reads as "expired".
+REFRESH_TOKEN_GRACE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    refresh_tokens: int
+    audit_events: int
+    revoked_families: int
+
+
+async def _delete(session: AsyncSession, statement: object) -> int:
+    result = await session.execute(statement)  # type: ignore[call-overload]
+    await session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
+    """Delete what no longer serves: long-expired refresh tokens, audit past retention,
+    and family revocations older than any token of the family can be."""
+    settings = ctx.settings
+    async with ctx.database.sessionmaker() as session:
+        tokens = await _delete(
+            session, delete(RefreshToken).where(RefreshToken.expires_at < now - REFRESH_TOKEN_GRACE)
+        )
+    async with ctx.database.sessionmaker() as session:
+        retention = timedelta(days=settings.audit_retention_days)
+        events = await audit_service.prune(session, before=now - retention)
+    family_horizon = now - timedelta(seconds=settings.refresh_token_ttl) - REFRESH_TOKEN_GRACE
+    async with ctx.database.sessionmaker() as session:
+        families = await _delete(
+            session, delete(RevokedFamily).where(RevokedFamily.revoked_at < family_horizon)
+        )
+    return Pruned(refresh_tokens=tokens, audit_events=events, revoked_families=families)
+
+
+async def prune_periodically(ctx: AppContext) -> None:
+    """Prune every `prune_interval_seconds` until cancelled; failures are logged, not fatal."""
+    interval = ctx.settings.prune_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await prune_all(ctx, now=utcnow())
+        except Exception as exc:  # the database may be down; try again next time
+            log.warning("periodic prune failed: %s", type(exc).__name__)
+            continue
+        if pruned.refresh_tokens or pruned.audit_events:
+            log.info(
+                "pruned %d refresh tokens, %d audit events, %d family revocations",
+                pruned.refresh_tokens,
+                pruned.audit_events,
+                pruned.revoked_families,
+            )

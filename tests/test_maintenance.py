@@ -1,0 +1,58 @@
+"""Pruning keeps tables bounded: by command and on the server's own timer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from keyservice.audit.models import AuditEvent
+from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.database import new_id, utcnow
+from keyservice.maintenance import prune_all
+from tests.factories import create_principal
+
+
+async def _seed(context):
+    owner = await create_principal(context, "old-timer")
+    now = utcnow()
+    async with context.database.sessionmaker() as session:
+        for age_days, expires_in in ((3, -timedelta(days=2)), (0, timedelta(hours=1))):
+            session.add(
+                RefreshToken(
+                    token_hash=new_id(), family_id=new_id(), principal_id=owner.id, scope="",
+                    created_at=now - timedelta(days=age_days), expires_at=now + expires_in,
+                )
+            )  # fmt: skip
+        session.add(AuditEvent(type="login", at=now - timedelta(days=400)))
+        session.add(AuditEvent(type="login", at=now))
+        session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=3)))
+        session.add(RevokedFamily(family_id=new_id(), revoked_at=now))
+        await session.commit()
+
+
+async def _counts(context):
+    async with context.database.sessionmaker() as session:
+        return [
+            await session.scalar(select(func.count()).select_from(model))
+            for model in (RefreshToken, AuditEvent, RevokedFamily)
+        ]
+
+
+async def test_prune_deletes_only_what_no_longer_serves(context):
+    await _seed(context)
+    pruned = await prune_all(context, now=utcnow())
+    assert (pruned.refresh_tokens, pruned.audit_events, pruned.revoked_families) == (1, 1, 1)
+    assert await _counts(context) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"prune_interval_seconds": 1}])
+async def test_server_prunes_by_itself(app, context, settings_overrides):
+    await _seed(context)
+    for _ in range(50):
+        if await _counts(context) == [1, 1, 1]:
+            break
+        await asyncio.sleep(0.1)
+    assert await _counts(context) == [1, 1, 1]
