@@ -219,6 +219,8 @@ async def test_delete_without_javascript_has_a_confirmation_page(
     missing = await client.get(f"/console/keys/{key_id.group(1)}/delete")
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
     assert (await client.get("/console/no-such-page")).status_code == 404
+    for home in ("/console", "/console/"):
+        assert (await client.get(home)).headers["location"] == "/console/keys"
 
 
 async def test_admin_edits_a_user_and_pages_the_audit_log(

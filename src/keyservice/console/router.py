@@ -276,6 +276,8 @@ router.include_router(admin_router)
 
 
 @router.get("/{_path:path}")
-async def not_found(_path: str) -> Response:
+async def not_found(request: Request, _path: str) -> Response:
     """Anything else under /console is a 404 page, not the API's JSON error."""
+    if not _path:  # "/console/"
+        return await home(request)
     raise PageError(404, "Not found", "There is nothing at this address.")
