@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from keyservice.auth.revocation import RevocationView
@@ -11,6 +13,19 @@ from keyservice.config import Settings
 from keyservice.database import Database
 from keyservice.security.hashing import SecretHasher, derive_key
 from keyservice.security.jwt import SigningKeyring
+
+
+async def ticks(stop: asyncio.Event, seconds: float) -> AsyncIterator[None]:
+    """Yield every `seconds` until `stop` is set.
+
+    Background loops use this rather than being cancelled at shutdown: a cancellation in
+    the middle of a query can leave a connection checked out and never closed.
+    """
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            yield
 
 
 @dataclass
@@ -52,3 +67,5 @@ class AppContext:
             settings, self.database, key=derive_key(secret, "keyservice/throttle-subject/v1")
         )
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
+        # Set at shutdown: background loops finish their current step and return.
+        self.stopping = asyncio.Event()

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyservice import __version__
 from keyservice.config import Settings, get_settings
-from keyservice.context import AppContext
+from keyservice.context import AppContext, ticks
 from keyservice.exceptions import KeyServiceError, ServiceUnavailable, TemporarilyUnavailable
 from keyservice.responses import NO_STORE, JSONResponse
 
@@ -278,13 +278,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await context.keyring.load(session)
 
     async def keep_signing_keys_fresh() -> None:
-        while True:
-            await asyncio.sleep(SIGNING_KEY_RELOAD_SECONDS)
+        async for _ in ticks(context.stopping, SIGNING_KEY_RELOAD_SECONDS):
             with contextlib.suppress(Exception):
                 await reload_signing_keys()
 
+    context.stopping.clear()
     tasks = [
-        asyncio.create_task(context.revocation.run(context.database, reload_signing_keys)),
+        asyncio.create_task(
+            context.revocation.run(context.database, context.stopping, reload_signing_keys)
+        ),
         asyncio.create_task(keep_signing_keys_fresh()),
     ]
     if context.settings.prune_interval_seconds > 0:
@@ -294,11 +296,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for task in tasks:
+        context.stopping.set()
+        _done, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:  # stuck on an unanswering database: give up on it
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(Exception):
             await context.throttle.close()
         await context.database.dispose()

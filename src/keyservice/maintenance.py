@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,10 +53,10 @@ async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
 
 
 async def prune_periodically(ctx: AppContext) -> None:
-    """Prune every `prune_interval_seconds` until cancelled; failures are logged, not fatal."""
-    interval = ctx.settings.prune_interval_seconds
-    while True:
-        await asyncio.sleep(interval)
+    """Prune every `prune_interval_seconds` until shutdown; failures are logged, not fatal."""
+    from keyservice.context import ticks
+
+    async for _ in ticks(ctx.stopping, ctx.settings.prune_interval_seconds):
         try:
             pruned = await prune_all(ctx, now=utcnow())
         except Exception as exc:  # the database may be down; try again next time

@@ -80,22 +80,23 @@ class RevocationView:
         elif kind == "principal-enabled":
             self.disabled_principals.discard(value)
 
-    async def run(self, database: Database, on_signing_keys: Any = None) -> None:
-        """Keep the view fresh until cancelled: LISTEN on PostgreSQL, polling everywhere."""
+    async def run(
+        self, database: Database, stop: asyncio.Event, on_signing_keys: Any = None
+    ) -> None:
+        """Keep the view fresh until `stop`: LISTEN on PostgreSQL, polling everywhere."""
+        from keyservice.context import ticks
+
         listener = None
         if not database.is_sqlite:
             listener = await self._listen(database, on_signing_keys)
         try:
-            while True:
-                await asyncio.sleep(self.poll_seconds)
+            async for _ in ticks(stop, self.poll_seconds):
                 try:
                     async with database.sessionmaker() as session:
                         await self.reload(session)
                 except Exception as exc:  # the database may be restarting; keep the last view
                     log.warning("revocation view reload failed: %s", type(exc).__name__)
-                if listener is None and not database.is_sqlite:
-                    listener = await self._listen(database, on_signing_keys)
-                elif listener is not None and listener.is_closed():
+                if not database.is_sqlite and (listener is None or listener.is_closed()):
                     listener = await self._listen(database, on_signing_keys)
         finally:
             if listener is not None and not listener.is_closed():

@@ -18,6 +18,7 @@ that many per subject and an attacker cannot grow it without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import math
@@ -176,6 +177,12 @@ class DatabaseThrottle(Throttle):
             # One reload at a time; concurrent checks wait for the same one.
             self._reload = asyncio.ensure_future(self._refresh())
         await asyncio.shield(self._reload)
+
+    async def close(self) -> None:
+        """Let a mirror reload in flight finish, so no connection is left checked out."""
+        if self._reload is not None and not self._reload.done():
+            with contextlib.suppress(Exception):
+                await self._reload
 
     async def check(self, *, client: str | None, ip: str | None) -> None:
         await self._fresh()
