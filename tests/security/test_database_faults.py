@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from keyservice.auth.throttle import MemoryThrottle
 from keyservice.context import AppContext
 from keyservice.main import _is_db_outage, create_app
 from tests.conftest import BACKENDS, POSTGRES_URL, client_for, make_settings
@@ -90,17 +91,24 @@ TOKEN_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["refused", "hung"])
+@pytest.mark.parametrize(
+    "kind", ["refused", "hung", "refused-memory-throttle"], ids=lambda kind: kind
+)
 async def test_unreachable_database_answers_503_fast(kind, tmp_path, silent_listener):
-    port = _refused_port() if kind == "refused" else silent_listener
+    port = silent_listener if kind == "hung" else _refused_port()
     base = POSTGRES_URL.rsplit("@", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}@127.0.0.1:{port}/nowhere"
     ctx = AppContext(make_settings(url, tmp_path))
+    if kind == "refused-memory-throttle":
+        # Without the database throttle in front, the first database work is the key
+        # lookup, the user lookup, or (for a malformed refresh token) the audit row that
+        # refuse() writes: each must surface as 503, not as the refusal it was about to be.
+        ctx.throttle = MemoryThrottle(client_limit=10, ip_limit=100, window_seconds=60)
     app = create_app(context=ctx)  # no lifespan: it would need the database
     try:
         async with client_for(app) as http:
             # A hung server costs the connect timeout per request: one request shows it.
-            for form in TOKEN_REQUESTS if kind == "refused" else TOKEN_REQUESTS[:1]:
+            for form in TOKEN_REQUESTS if kind != "hung" else TOKEN_REQUESTS[:1]:
                 started = time.monotonic()
                 response = await http.post("/token", data=form)
                 assert time.monotonic() - started < 8, "must fail fast, not hang"
