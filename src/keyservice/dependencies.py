@@ -17,7 +17,9 @@ from keyservice.security import ip as ipmod
 from keyservice.security.jwt import TokenError, UnknownKeyError
 
 
-def get_context(request: Request) -> AppContext:
+# Dependencies are `async def` even when they do not await: FastAPI runs plain `def`
+# dependencies in its thread pool, a hand-off that costs more than the work itself.
+async def get_context(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
 
@@ -25,7 +27,7 @@ def get_context(request: Request) -> AppContext:
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings_dep(context: ContextDep) -> Settings:
+async def get_settings_dep(context: ContextDep) -> Settings:
     return context.settings
 
 
@@ -45,6 +47,15 @@ def client_ip(request: Request, context: AppContext) -> ipmod.IPAddress | None:
     return ipmod.client_ip(
         peer, request.headers.getlist("x-forwarded-for"), context.settings.trusted_proxies
     )
+
+
+async def request_ip(request: Request, context: ContextDep) -> str | None:
+    """The caller's address as audit events record it."""
+    address = client_ip(request, context)
+    return str(address) if address is not None else None
+
+
+RequestIp = Annotated[str | None, Depends(request_ip)]
 
 
 @dataclass(frozen=True)

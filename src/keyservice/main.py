@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -143,6 +144,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnect):
+            # The client hung up mid-request (a load generator stopping, a closed tab):
+            # nothing to answer and nothing wrong on our side.
+            log.debug("client disconnected during %s", request.url.path)
+            return Response(status_code=400)
         if _is_db_outage(exc):
             log.warning("database unavailable during %s: %s", request.url.path, type(exc).__name__)
             outage: KeyServiceError = (
@@ -155,9 +161,10 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
         return _error_response(request, KeyServiceError())
 
-    # Database errors are answered here, inside the app, so that an outage is a plain 503
-    # and not an exception re-raised to the server with a traceback per request.
-    for error_type in (SQLAlchemyError, OSError, *_OUTAGE_TYPES):
+    # Database errors and client disconnects are answered here, inside the app, so that an
+    # outage is a plain 503 (a hang-up, nothing at all) and not an exception re-raised to
+    # the server with a traceback per request.
+    for error_type in (ClientDisconnect, SQLAlchemyError, OSError, *_OUTAGE_TYPES):
         app.add_exception_handler(error_type, _unexpected)
     # Anything else: the last-resort handler (Starlette re-raises after answering).
     app.add_exception_handler(Exception, _unexpected)

@@ -328,3 +328,32 @@ async def test_throttle_locks_one_client_not_others(client, context, key):
     assert_error(locked, 429, "slow_down")
     assert int(locked.headers["retry-after"]) >= 1
     assert (await exchange(client, other["api_key"])).status_code == 200
+
+
+async def test_client_hanging_up_mid_body_is_not_a_server_error(app, caplog):
+    """A load generator stopping mid-request must not log tracebacks."""
+    messages = iter(
+        [
+            {"type": "http.request", "body": b"grant_type=client_", "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+    sent: list[dict] = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/token", "raw_path": b"/token", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("keyservice.test", 80),
+        "headers": [(b"content-type", b"application/x-www-form-urlencoded"),
+                    (b"host", b"keyservice.test")],
+    }  # fmt: skip
+    with caplog.at_level("DEBUG", logger="keyservice"):
+        await app(scope, receive, send)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert sent[0]["status"] < 500

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
-from keyservice.dependencies import ContextDep, TokenPrincipal, client_ip, require_scope
+from keyservice.dependencies import RequestIp, TokenPrincipal, require_scope
+
+__all__ = ["AdminUser", "RequestIp", "admin_user"]
 from keyservice.exceptions import InsufficientScope
 from keyservice.scopes.models import ADMIN
 
@@ -21,12 +23,3 @@ async def admin_user(
 
 
 AdminUser = Annotated[TokenPrincipal, Depends(admin_user)]
-
-
-def request_ip(request: Request, context: ContextDep) -> str | None:
-    """The caller's address as audit events record it."""
-    address = client_ip(request, context)
-    return str(address) if address is not None else None
-
-
-RequestIp = Annotated[str | None, Depends(request_ip)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from keyservice.api_keys import service
 from keyservice.api_keys.schemas import (
@@ -14,11 +14,12 @@ from keyservice.api_keys.schemas import (
     ApiKeyRead,
     ApiKeyRotate,
 )
+from keyservice.database import utcnow
 from keyservice.dependencies import (
     ContextDep,
+    RequestIp,
     SessionDep,
     TokenPrincipal,
-    client_ip,
     require_scope,
 )
 from keyservice.exceptions import InsufficientScope, InvalidToken
@@ -45,23 +46,18 @@ async def current_user(
 UserDep = Annotated[Principal, Depends(current_user)]
 
 
-def _ip(request: Request, context: ContextDep) -> str | None:
-    address = client_ip(request, context)
-    return str(address) if address is not None else None
-
-
 @router.post("", status_code=201, response_model=ApiKeyCreated)
 async def create_key(
     data: ApiKeyCreate,
     user: UserDep,
     session: SessionDep,
     context: ContextDep,
-    request: Request,
+    ip: RequestIp,
     response: Response,
 ) -> ApiKeyCreated:
     response.headers.update(NO_STORE)
     return await service.create(
-        context, session, owner=user, data=data, actor=f"user:{user.name}", ip=_ip(request, context)
+        context, session, owner=user, data=data, actor=f"user:{user.name}", ip=ip
     )
 
 
@@ -74,20 +70,16 @@ async def list_keys(user: UserDep, session: SessionDep, context: ContextDep) -> 
 async def get_key(
     key_id: str, user: UserDep, session: SessionDep, context: ContextDep
 ) -> ApiKeyRead:
-    from keyservice.database import utcnow
-
     key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
     return service.to_read(key, user, context.settings, utcnow())
 
 
 @router.delete("/{key_id}", status_code=204)
 async def delete_key(
-    key_id: str, user: UserDep, session: SessionDep, context: ContextDep, request: Request
+    key_id: str, user: UserDep, session: SessionDep, context: ContextDep, ip: RequestIp
 ) -> Response:
     key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
-    await service.revoke(
-        context, session, key=key, actor=f"user:{user.name}", ip=_ip(request, context)
-    )
+    await service.revoke(context, session, key=key, actor=f"user:{user.name}", ip=ip)
     return Response(status_code=204)
 
 
@@ -97,7 +89,7 @@ async def rotate_key(
     user: UserDep,
     session: SessionDep,
     context: ContextDep,
-    request: Request,
+    ip: RequestIp,
     response: Response,
     data: ApiKeyRotate | None = None,
 ) -> ApiKeyCreated:
@@ -110,5 +102,5 @@ async def rotate_key(
         owner=user,
         grace_seconds=(data or ApiKeyRotate()).grace_seconds,
         actor=f"user:{user.name}",
-        ip=_ip(request, context),
+        ip=ip,
     )

@@ -17,7 +17,7 @@ from keyservice.console.session import (
     SessionCodec,
     new_session,
 )
-from keyservice.dependencies import ContextDep, SessionDep, client_ip
+from keyservice.dependencies import ContextDep, RequestIp, SessionDep
 from keyservice.exceptions import InvalidToken
 from keyservice.principals.models import Principal
 from keyservice.principals.schemas import MeRead
@@ -69,12 +69,7 @@ def clear_session(response: Response) -> None:
     response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH, httponly=True, samesite="strict")
 
 
-def request_ip(request: Request, context: ContextDep) -> str | None:
-    address = client_ip(request, context)
-    return str(address) if address is not None else None
-
-
-IpDep = Annotated[str | None, Depends(request_ip)]
+IpDep = RequestIp
 
 
 @dataclass(frozen=True)
