@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, NoReturn
 
-from sqlalchemy import TextClause, select, text, update
+from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -194,15 +194,17 @@ async def _record_refusal(
     await session.commit()
 
 
+# Built once: constructing a select per request costs more than running it.
+_LOAD_KEY = (
+    select(ApiKey, Principal)
+    .join(Principal, Principal.id == ApiKey.principal_id)
+    .where(ApiKey.client_id == bindparam("client_id"))
+)
+
+
 async def load_key(session: AsyncSession, *, client_id: str) -> tuple[ApiKey, Principal] | None:
     """Fetch a key and its owner in one round trip."""
-    row = (
-        await session.execute(
-            select(ApiKey, Principal)
-            .join(Principal, Principal.id == ApiKey.principal_id)
-            .where(ApiKey.client_id == client_id)
-        )
-    ).first()
+    row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
     return (row[0], row[1]) if row is not None else None
 
 

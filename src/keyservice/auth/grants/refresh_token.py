@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
@@ -31,6 +31,15 @@ from keyservice.security.tokens import is_refresh_token
 
 EVENT = "token.refresh"
 PARAMETERS = ("refresh_token", "scope")
+
+# The token with everything its checks need, in one round trip (built once).
+_LOAD = (
+    select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
+    .join(Principal, Principal.id == RefreshToken.principal_id)
+    .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
+    .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+    .where(RefreshToken.token_hash == bindparam("token_hash"))
+)
 
 
 async def handle(
@@ -50,15 +59,7 @@ async def handle(
     now = utcnow()
 
     async with ctx.database.token_sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
-                .join(Principal, Principal.id == RefreshToken.principal_id)
-                .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
-                .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
-                .where(RefreshToken.token_hash == ctx.hasher.hash(token))
-            )
-        ).first()
+        row = (await session.execute(_LOAD, {"token_hash": ctx.hasher.hash(token)})).first()
         if row is None:
             await service.refuse(
                 ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller,
