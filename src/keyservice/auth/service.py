@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import TextClause, bindparam, select, text, update
+from sqlalchemy import Row, TextClause, bindparam, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import NullType
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
@@ -147,6 +149,7 @@ async def refuse(
     reason: str,
     caller: Caller,
     key: ApiKey | None = None,
+    key_id: str | None = None,
     principal_id: str | None = None,
     actor: str | None = None,
     throttle_subject: str | None = None,
@@ -160,7 +163,7 @@ async def refuse(
     """
     if throttle_subject is not None:
         await ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
-    key_id = key.id if key is not None else None
+    key_id = key_id or (key.id if key is not None else None)
     principal_id = principal_id or (key.principal_id if key is not None else None)
     if session is not None:
         session.expunge_all()  # keep loaded objects readable after the rollback
@@ -194,26 +197,85 @@ async def _record_refusal(
     await session.commit()
 
 
-# Built once: constructing a select per request costs more than running it.
+# The key and its owner as plain columns, in one round trip, built once. Objects are made
+# only once the secret matched: hydrating them for a known id but not for an unknown one
+# made a wrong secret measurably slower than an unknown client id (bench/TIMING.md).
+# Untyped: the driver's raw values, so that no per-column processing (time zones, JSON)
+# runs before the secret is checked; the types' processors run in objects().
+_KEY_COLUMNS = [
+    type_coerce(column, NullType()).label(f"k_{column.key}") for column in ApiKey.__table__.columns
+]
+_OWNER_COLUMNS = [
+    type_coerce(column, NullType()).label(f"p_{column.key}")
+    for column in Principal.__table__.columns
+]
 _LOAD_KEY = (
-    select(ApiKey, Principal)
+    select(*_KEY_COLUMNS, *_OWNER_COLUMNS)
+    .select_from(ApiKey)
     .join(Principal, Principal.id == ApiKey.principal_id)
     .where(ApiKey.client_id == bindparam("client_id"))
 )
 
 
+@lru_cache(maxsize=8)
+def _processors(model: Any, dialect: Dialect) -> list[tuple[str, Any]]:
+    return [
+        (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        for column in model.__table__.columns
+    ]
+
+
+def _build(model: Any, prefix: str, mapping: Any, dialect: Dialect) -> Any:
+    values = {}
+    for name, processor in _processors(model, dialect):
+        value = mapping[prefix + name]
+        values[name] = processor(value) if processor is not None and value is not None else value
+    return model(**values)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key and its owner as read, before the secret is checked."""
+
+    row: Row[Any]
+    dialect: Dialect
+
+    @property
+    def key_id(self) -> str:
+        return str(self.row.k_id)
+
+    @property
+    def principal_id(self) -> str:
+        return str(self.row.k_principal_id)
+
+    @property
+    def secret_hash(self) -> str | None:
+        return cast(str | None, self.row.k_secret_hash)
+
+    def objects(self) -> tuple[ApiKey, Principal]:
+        """Build (detached) objects for the checks that follow a matching secret."""
+        mapping = self.row._mapping
+        key: ApiKey = _build(ApiKey, "k_", mapping, self.dialect)
+        owner: Principal = _build(Principal, "p_", mapping, self.dialect)
+        return key, owner
+
+
+async def fetch_key(session: AsyncSession, *, client_id: str) -> KeyRecord | None:
+    row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
+    if row is None:
+        return None
+    return KeyRecord(cast(Row[Any], row), session.get_bind().dialect)
+
+
 async def load_key(session: AsyncSession, *, client_id: str) -> tuple[ApiKey, Principal] | None:
     """Fetch a key and its owner in one round trip."""
-    row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
-    return (row[0], row[1]) if row is not None else None
+    record = await fetch_key(session, client_id=client_id)
+    return record.objects() if record is not None else None
 
 
-def authenticate_secret(
-    ctx: AppContext, found: tuple[ApiKey, Principal] | None, secret: str
-) -> bool:
+def authenticate_secret(ctx: AppContext, found: KeyRecord | None, secret: str) -> bool:
     """Constant-time secret check; an unknown client does the same HMAC work."""
-    stored = found[0].secret_hash if found is not None else None
-    return ctx.hasher.verify(secret, stored)
+    return ctx.hasher.verify(secret, found.secret_hash if found is not None else None)
 
 
 # One statement on PostgreSQL: the claim of the parent refresh token (for a refresh), the

@@ -33,7 +33,7 @@ async def authenticate(
     found = None
     if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
         async with ctx.database.token_sessionmaker() as session:
-            found = await service.load_key(session, client_id=client_id)
+            found = await service.fetch_key(session, client_id=client_id)
     if not service.authenticate_secret(ctx, found, secret):
         await service.refuse(
             ctx,
@@ -41,12 +41,13 @@ async def authenticate(
             event=event,
             reason="wrong secret" if found is not None else "unknown client",
             caller=caller,
-            key=found[0] if found is not None else None,
+            key_id=found.key_id if found is not None else None,
+            principal_id=found.principal_id if found is not None else None,
             actor=f"key:{client_id}" if found is not None else None,
             throttle_subject=client_id,
         )
     assert found is not None
-    return found
+    return found.objects()
 
 
 async def _authenticate_legacy(
