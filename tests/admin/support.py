@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from typing import Any
 
 import httpx
@@ -100,3 +101,21 @@ async def collect_orphaned_sessions() -> None:
     gc.collect()
     for _ in range(5):
         await asyncio.sleep(0.01)
+
+
+async def me_within(
+    client: httpx.AsyncClient, token: str, status: int, seconds: float = 5.0
+) -> httpx.Response:
+    """Poll GET /me until it answers `status`, for at most `seconds` (API.md: "within 5 s").
+
+    The change is applied to this process's revocation view at once, but a periodic reload
+    whose query ran just before the commit can overwrite it with its older snapshot until
+    the next reload; the contract is the 5 seconds, so that is what is asserted.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await client.get("/me", headers=bearer(token))
+        if response.status_code == status or time.monotonic() > deadline:
+            assert response.status_code == status, response.text
+            return response
+        await asyncio.sleep(0.05)

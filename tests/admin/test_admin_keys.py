@@ -11,6 +11,7 @@ from tests.admin.support import (
     create_device,
     create_device_key,
     events,
+    me_within,
     set_key_fields,
     token_for,
 )
@@ -81,7 +82,7 @@ async def test_admin_revokes_any_key(client, context):
     await admin_request(client, admin, "DELETE", f"/admin/api-keys/{key['id']}", 204)
     refused = await exchange(client, key["api_key"])
     assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
-    assert (await client.get("/me", headers=bearer(issued["access_token"]))).status_code == 401
+    await me_within(client, issued["access_token"], 401)
     got = await admin_request(client, admin, "GET", f"/admin/api-keys/{key['id']}", 200)
     assert got.json()["status"] == "revoked"
     # The owner no longer sees it; revoking again changes nothing; unknown ids are 404.

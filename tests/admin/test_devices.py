@@ -10,6 +10,7 @@ from tests.admin.support import (
     create_device,
     create_device_key,
     events,
+    me_within,
     refresh,
     token_for,
 )
@@ -149,7 +150,7 @@ async def test_disabling_a_device_suspends_its_keys(client, context):
     await admin_request(
         client, admin, "PATCH", f"/admin/devices/{device['id']}", 200, json={"disabled": True}
     )
-    assert (await client.get("/me", headers=bearer(issued["access_token"]))).status_code == 401
+    await me_within(client, issued["access_token"], 401)
     assert (await refresh(client, issued["refresh_token"])).status_code == 400
     assert (await exchange(client, key["api_key"])).status_code == 401
     listed = await admin_request(
@@ -165,7 +166,7 @@ async def test_disabling_a_device_suspends_its_keys(client, context):
     )
     assert [item["status"] for item in listed.json()["items"]] == ["valid"]
     again = await token_for(client, key["api_key"])
-    assert (await client.get("/me", headers=bearer(again["access_token"]))).status_code == 200
+    await me_within(client, again["access_token"], 200)
 
 
 async def test_deleting_a_device_revokes_its_keys(client, context):
@@ -177,8 +178,7 @@ async def test_deleting_a_device_revokes_its_keys(client, context):
 
     await admin_request(client, admin, "DELETE", f"/admin/devices/{device['id']}", 204)
 
-    response = await client.get("/me", headers=bearer(issued["access_token"]))
-    assert response.status_code == 401
+    response = await me_within(client, issued["access_token"], 401)
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert (await refresh(client, issued["refresh_token"])).status_code == 400
     for key in keys:

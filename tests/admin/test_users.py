@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tests.admin.support import admin_request, admin_token, events, refresh, token_for
+from tests.admin.support import (
+    admin_request,
+    admin_token,
+    events,
+    me_within,
+    refresh,
+    token_for,
+)
 from tests.factories import (
     PASSWORD,
     bearer,
@@ -166,8 +173,7 @@ async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context
 
     # Its access tokens (password login and key exchange) are refused at once.
     for access in (token, exchanged["access_token"]):
-        response = await client.get("/me", headers=bearer(access))
-        assert response.status_code == 401
+        response = await me_within(client, access, 401)
         assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     # Its refresh tokens are refused.
     for refresh_token in (session["refresh_token"], exchanged["refresh_token"]):
@@ -195,7 +201,7 @@ async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context
     )
     assert [item["status"] for item in listed.json()["items"]] == ["valid"]
     again = await token_for(client, key["api_key"])
-    assert (await client.get("/me", headers=bearer(again["access_token"]))).status_code == 200
+    await me_within(client, again["access_token"], 200)
 
     reasons = [event.reason for event in await events(context, "user.updated")]
     assert reasons == ["disabled", "enabled"]
