@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ACTOR = "cli"
 STATUSES = ("valid", "suspended", "expired", "revoked")
-# Refresh tokens stay a day past expiry so that a late reuse is still told apart.
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
