@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -35,8 +36,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 async def get_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
-    async for session in context.database.session():
-        yield session
+    # aclosing: when the endpoint raises, the inner generator must still run its cleanup
+    # now (rollback, return the connection), not whenever it is garbage-collected.
+    async with contextlib.aclosing(context.database.session()) as sessions:
+        async for session in sessions:
+            yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

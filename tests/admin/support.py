@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from typing import Any
 
@@ -85,22 +84,6 @@ async def events(ctx: AppContext, type: str | None = None) -> list[AuditEvent]:
         if type is not None:
             query = query.where(AuditEvent.type == type)
         return list((await session.scalars(query)).all())
-
-
-async def collect_orphaned_sessions() -> None:
-    """Let the garbage collector finalize abandoned request sessions while the app is up.
-
-    `dependencies.get_session` iterates `Database.session()` with a bare `async for`, which
-    does not close the inner generator when the endpoint raises (404, 409, 422 ...). The
-    generator is finalized only when collected; if that happens after the test's event
-    loop and engine are gone, aiosqlite warns about an unclosed connection and the warning
-    (an error under filterwarnings=error) lands on whichever test runs next. Collecting
-    while the app is still up closes those sessions as a long-running server's GC would.
-    The proper fix is `contextlib.aclosing` in `get_session` (reported; not our file).
-    """
-    gc.collect()
-    for _ in range(5):
-        await asyncio.sleep(0.01)
 
 
 async def me_within(

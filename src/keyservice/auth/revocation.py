@@ -38,6 +38,10 @@ class RevocationView:
         self.revoked_families: set[str] = set()
         self.disabled_principals: set[str] = set()
         self.loaded = False
+        # Changes applied while a reload's queries run: the reload replaces the sets with
+        # what it read, which may predate them, so they are applied again afterwards.
+        self._reloading = 0
+        self._during_reload: list[str] = []
         self.on_signing_keys_changed: list[Any] = []
 
     def reason(self, claims: Mapping[str, Any]) -> str | None:
@@ -52,24 +56,45 @@ class RevocationView:
 
     async def reload(self, session: AsyncSession) -> None:
         horizon = utcnow() - timedelta(seconds=self.access_token_ttl + 60)
-        clients = await session.scalars(
-            select(ApiKey.client_id).where(
-                ApiKey.revoked_at.is_not(None), ApiKey.revoked_at > horizon
+        self._reloading += 1
+        try:
+            clients = set(
+                await session.scalars(
+                    select(ApiKey.client_id).where(
+                        ApiKey.revoked_at.is_not(None), ApiKey.revoked_at > horizon
+                    )
+                )
             )
-        )
-        families = await session.scalars(
-            select(RevokedFamily.family_id).where(RevokedFamily.revoked_at > horizon)
-        )
-        principals = await session.scalars(
-            select(Principal.id).where(Principal.disabled | Principal.deleted_at.is_not(None))
-        )
-        self.revoked_clients = set(clients)
-        self.revoked_families = set(families)
-        self.disabled_principals = set(principals)
+            families = set(
+                await session.scalars(
+                    select(RevokedFamily.family_id).where(RevokedFamily.revoked_at > horizon)
+                )
+            )
+            principals = set(
+                await session.scalars(
+                    select(Principal.id).where(
+                        Principal.disabled | Principal.deleted_at.is_not(None)
+                    )
+                )
+            )
+        finally:
+            self._reloading -= 1
+        self.revoked_clients = clients
+        self.revoked_families = families
+        self.disabled_principals = principals
+        for message in self._during_reload:
+            self._apply(message)
+        if not self._reloading:
+            self._during_reload.clear()
         self.loaded = True
 
     def apply(self, message: str) -> None:
         """Apply one change, as sent by `notify` (`kind:value`)."""
+        if self._reloading:
+            self._during_reload.append(message)
+        self._apply(message)
+
+    def _apply(self, message: str) -> None:
         kind, _, value = message.partition(":")
         if kind == "client":
             self.revoked_clients.add(value)
