@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys import service as keys_service
@@ -16,6 +15,7 @@ from keyservice.auth.revocation import notify
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound
+from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.users.service import check_permissions, set_disabled
 
@@ -66,22 +66,14 @@ async def create(
     if await get_by_name(session, name=name) is not None:
         raise Conflict(f"A device named '{name}' already exists.")
     device = Principal(kind="device", name=name, description=description, permissions=perms)
-    session.add(device)
-    await session.flush()
-    audit.record(
+    return await principals_service.insert(
         session,
-        type="device.created",
+        device,
+        event="device.created",
+        taken=f"A device named '{name}' already exists.",
         actor=actor,
-        principal_id=device.id,
         ip=ip,
-        reason=f"permissions: {' '.join(perms) or '(none)'}",
     )
-    try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"A device named '{name}' already exists.") from None
-    return device
 
 
 async def update(

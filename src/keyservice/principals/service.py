@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
+from keyservice.audit import service as audit
 from keyservice.config import Settings
 from keyservice.database import utcnow
-from keyservice.exceptions import InvalidToken
+from keyservice.exceptions import Conflict, InvalidToken
 from keyservice.principals.models import Principal
 from keyservice.principals.schemas import KeyWarning, MeRead
 from keyservice.scopes.models import effective_permissions
@@ -50,3 +52,35 @@ async def describe(session: AsyncSession, *, principal_id: str, settings: Settin
         permissions=sorted(effective_permissions(principal.permissions)),
         warnings=warnings,
     )
+
+
+async def insert(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    event: str,
+    taken: str,
+    actor: str | None,
+    ip: str | None,
+) -> Principal:
+    """Store a new user or device with its audit event and commit.
+
+    The name was checked before; a concurrent create can still take it first, which the
+    unique index reports at the INSERT: that is the 409 `taken` too, not a 500.
+    """
+    session.add(principal)
+    try:
+        await session.flush()
+        audit.record(
+            session,
+            type=event,
+            actor=actor,
+            principal_id=principal.id,
+            ip=ip,
+            reason=f"permissions: {' '.join(principal.permissions) or '(none)'}",
+        )
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(taken) from None
+    return principal

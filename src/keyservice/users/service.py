@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
 from keyservice.auth.revocation import notify
 from keyservice.config import Settings
 from keyservice.exceptions import Conflict, NotFound, ValidationFailed
+from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
@@ -91,22 +91,14 @@ async def create(
     user = Principal(
         kind="user", name=username, password_hash=hash_password(password), permissions=perms
     )
-    session.add(user)
-    await session.flush()
-    audit.record(
+    return await principals_service.insert(
         session,
-        type="user.created",
+        user,
+        event="user.created",
+        taken=f"The username '{username}' is taken.",
         actor=actor,
-        principal_id=user.id,
         ip=ip,
-        reason=f"permissions: {' '.join(perms) or '(none)'}",
     )
-    try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"The username '{username}' is taken.") from None
-    return user
 
 
 async def ensure_bootstrap_admin(
