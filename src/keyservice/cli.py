@@ -226,18 +226,10 @@ def signing_keys_rotate() -> None:
     click.echo(f"new signing key {kid} is current; every replica signs with it within 5 seconds")
 
 
-def _register_optional_commands() -> None:
-    """Command groups of domains developed on their own (keys, devices, audit, prune)."""
-    import importlib
+def _register_admin_commands() -> None:
+    from keyservice import admin_cli
 
-    for module_name in ("keyservice.admin_cli",):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            continue
-        module.register(main)
+    admin_cli.register(main)
 
 
-_register_optional_commands()
+_register_admin_commands()

@@ -8,7 +8,6 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -328,14 +327,28 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware)
 
+    from keyservice.admin_keys.router import router as admin_keys_router
     from keyservice.api_keys.router import router as api_keys_router
+    from keyservice.audit.router import router as audit_router
     from keyservice.auth.router import router as auth_router
+    from keyservice.console.router import router as console_router
+    from keyservice.devices.router import router as devices_router
     from keyservice.principals.router import router as me_router
+    from keyservice.scopes.router import router as scopes_router
+    from keyservice.users.router import router as users_router
 
-    app.include_router(auth_router)
-    app.include_router(me_router)
-    app.include_router(api_keys_router)
-    _include_optional_routers(app)
+    for router in (
+        auth_router,
+        me_router,
+        api_keys_router,
+        users_router,
+        devices_router,
+        admin_keys_router,
+        scopes_router,
+        audit_router,
+        console_router,
+    ):
+        app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
@@ -352,24 +365,3 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         return JSONResponse({"status": "ok", "database": "up"})
 
     return app
-
-
-def _include_optional_routers(app: FastAPI) -> None:
-    """Routers of domains that may be added independently (admin, console)."""
-    import importlib
-
-    for module_name in (
-        "keyservice.users.router",
-        "keyservice.devices.router",
-        "keyservice.scopes.router",
-        "keyservice.audit.router",
-        "keyservice.admin_keys.router",
-        "keyservice.console.router",
-    ):
-        try:
-            module: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            continue
-        app.include_router(module.router)
