@@ -141,7 +141,11 @@ async def test_patch_permissions_and_password(client, context):
     )
 
     reasons = [event.reason or "" for event in await events(context, "user.updated")]
-    assert reasons == ["permissions: api_keys:manage projects:read", "password changed"]
+    # frank signed in once (the scope check above) before the change: that session ended.
+    assert reasons == [
+        "permissions: api_keys:manage projects:read",
+        "password changed; 1 sign-in session(s) ended",
+    ]
     everything = " ".join(str(vars(event)) for event in await events(context))
     assert new_password not in everything and PASSWORD not in everything
 
@@ -205,3 +209,26 @@ async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context
 
     reasons = [event.reason for event in await events(context, "user.updated")]
     assert reasons == ["disabled", "enabled"]
+
+
+async def test_password_change_ends_sign_in_sessions_but_not_keys(client, context):
+    admin = await admin_token(context, client)
+    await create_principal(context, "rotator", permissions=["api_keys:manage"])
+    session = await login(client, "rotator")
+    key = await create_key(client, session["access_token"], name="job")
+    key_tokens = (await exchange(client, key["api_key"])).json()
+    me = (await client.get("/me", headers=bearer(session["access_token"]))).json()
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", expect=200,
+        json={"password": "a-brand-new-password"},
+    )  # fmt: skip
+    await me_within(client, session["access_token"], 401)
+    refused = await refresh(client, session["refresh_token"])
+    assert refused.json()["error"] == "invalid_grant"
+    # The key is a separate credential: its tokens and new exchanges keep working.
+    assert (await client.get("/me", headers=bearer(key_tokens["access_token"]))).status_code == 200
+    assert (await exchange(client, key["api_key"])).status_code == 200
+    assert (await login(client, "rotator", password="a-brand-new-password"))["access_token"]
+    reasons = [e.reason for e in await events(context, "user.updated")]
+    assert any("1 sign-in session(s) ended" in (r or "") for r in reasons)
+    assert not any("a-brand-new-password" in (r or "") for r in reasons)

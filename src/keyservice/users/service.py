@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.audit import service as audit
 from keyservice.auth.revocation import notify
 from keyservice.config import Settings
+from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound, ValidationFailed
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
@@ -145,6 +146,32 @@ def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
     return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
 
 
+async def _end_password_sessions(session: AsyncSession, ctx: AppContext, *, user_id: str) -> int:
+    """Revoke the families of the user's password sign-ins: a new password ends them all.
+
+    API keys are separate credentials and keep working; their families are untouched.
+    """
+    from keyservice.auth import service as auth_service
+    from keyservice.auth.models import RefreshToken
+
+    families = (
+        await session.scalars(
+            select(RefreshToken.family_id)
+            .where(
+                RefreshToken.principal_id == user_id,
+                RefreshToken.key_id.is_(None),
+                RefreshToken.expires_at > utcnow(),
+            )
+            .distinct()
+        )
+    ).all()
+    for family_id in families:
+        await auth_service.revoke_family(
+            ctx, session, family_id=family_id, reason="password changed"
+        )
+    return len(families)
+
+
 async def update(
     session: AsyncSession,
     ctx: AppContext,
@@ -180,7 +207,8 @@ async def update(
     if password is not None:
         # argon2 takes ~100 ms of CPU: keep it off the event loop.
         user.password_hash = await asyncio.to_thread(hash_password, password)
-        changes.append("password changed")  # never the password itself
+        ended = await _end_password_sessions(session, ctx, user_id=user.id)
+        changes.append(f"password changed; {ended} sign-in session(s) ended")  # never the password
     message = set_disabled(user, disabled)
     if message is not None:
         changes.append("disabled" if user.disabled else "enabled")
