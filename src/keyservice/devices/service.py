@@ -17,7 +17,7 @@ from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
-from keyservice.users.service import check_permissions, set_disabled
+from keyservice.users.service import check_permissions
 
 
 async def get_by_name(session: AsyncSession, *, name: str) -> Principal | None:
@@ -100,23 +100,10 @@ async def update(
     if description is not None and description != device.description:
         device.description = description
         changes.append("description changed")
-    message = set_disabled(device, disabled)
-    if message is not None:
-        changes.append("disabled" if device.disabled else "enabled")
-        await notify(session, message)
-    if changes:
-        audit.record(
-            session,
-            type="device.updated",
-            actor=actor,
-            principal_id=device.id,
-            ip=ip,
-            reason="; ".join(changes),
-        )
-    await session.commit()
-    if message is not None:
-        ctx.revocation.apply(message)
-    return device
+    return await principals_service.save_update(
+        session, ctx, device, changes=changes, disabled=disabled, event="device.updated",
+        actor=actor, ip=ip,
+    )  # fmt: skip
 
 
 async def delete(

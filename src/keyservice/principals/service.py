@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
+from keyservice.auth.revocation import notify
 from keyservice.config import Settings
+from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, InvalidToken
 from keyservice.principals.models import Principal
@@ -83,4 +85,48 @@ async def insert(
     except IntegrityError:
         await session.rollback()
         raise Conflict(taken) from None
+    return principal
+
+
+def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
+    """Apply `disabled`; return the revocation message to send if it changed, else None.
+
+    Disabling does not touch the principal's keys: they list as `suspended` and their
+    tokens are refused (the revocation view), and re-enabling makes them valid again.
+    """
+    if disabled is None or disabled == principal.disabled:
+        return None
+    principal.disabled = disabled
+    return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
+
+
+async def save_update(
+    session: AsyncSession,
+    ctx: AppContext,
+    principal: Principal,
+    *,
+    changes: list[str],
+    disabled: bool | None,
+    event: str,
+    actor: str | None,
+    ip: str | None,
+) -> Principal:
+    """Apply `disabled`, audit the changes and commit; a (dis/en)abling reaches every
+    replica by NOTIFY at commit and this process's revocation view at once."""
+    message = set_disabled(principal, disabled)
+    if message is not None:
+        changes.append("disabled" if principal.disabled else "enabled")
+        await notify(session, message)
+    if changes:
+        audit.record(
+            session,
+            type=event,
+            actor=actor,
+            principal_id=principal.id,
+            ip=ip,
+            reason="; ".join(changes),
+        )
+    await session.commit()
+    if message is not None:
+        ctx.revocation.apply(message)
     return principal

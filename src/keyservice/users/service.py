@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.audit import service as audit
-from keyservice.auth.revocation import notify
 from keyservice.config import Settings
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound, ValidationFailed
@@ -134,18 +132,6 @@ async def ensure_bootstrap_admin(
     return username, generated
 
 
-def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
-    """Apply `disabled`; return the revocation message to send if it changed, else None.
-
-    Disabling does not touch the principal's keys: they list as `suspended` and their
-    tokens are refused (the revocation view), and re-enabling makes them valid again.
-    """
-    if disabled is None or disabled == principal.disabled:
-        return None
-    principal.disabled = disabled
-    return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
-
-
 async def _end_password_sessions(session: AsyncSession, ctx: AppContext, *, user_id: str) -> int:
     """Revoke the families of the user's password sign-ins: a new password ends them all.
 
@@ -209,20 +195,7 @@ async def update(
         user.password_hash = await asyncio.to_thread(hash_password, password)
         ended = await _end_password_sessions(session, ctx, user_id=user.id)
         changes.append(f"password changed; {ended} sign-in session(s) ended")  # never the password
-    message = set_disabled(user, disabled)
-    if message is not None:
-        changes.append("disabled" if user.disabled else "enabled")
-        await notify(session, message)
-    if changes:
-        audit.record(
-            session,
-            type="user.updated",
-            actor=actor,
-            principal_id=user.id,
-            ip=ip,
-            reason="; ".join(changes),
-        )
-    await session.commit()
-    if message is not None:
-        ctx.revocation.apply(message)
-    return user
+    return await principals_service.save_update(
+        session, ctx, user, changes=changes, disabled=disabled, event="user.updated",
+        actor=actor, ip=ip,
+    )  # fmt: skip
