@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -27,7 +28,7 @@ from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.auth.revocation import notify
 from keyservice.context import AppContext
 from keyservice.database import new_id, utcnow
-from keyservice.exceptions import InvalidClient, InvalidScope, KeyServiceError
+from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, KeyServiceError
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security import ip as ipmod
@@ -75,8 +76,6 @@ def parse_scope(value: str | None) -> frozenset[str] | None:
     parts = [part for part in value.split(" ") if part]
     for part in parts:
         if not _SCOPE_TOKEN.match(part):
-            from keyservice.exceptions import InvalidRequest
-
             raise InvalidRequest("The scope parameter holds characters RFC 6749 §3.3 forbids.")
     return frozenset(parts)
 
@@ -453,9 +452,8 @@ async def revoke_family(
     ctx.revocation.apply(f"family:{family_id}")
 
 
-async def run_blocking_check(func: object, *args: object) -> bool:
+async def run_blocking_check(func: Callable[..., object], *args: object) -> bool:
     """Run a slow hash check (argon2, bcrypt) off the event loop."""
-    assert callable(func)
     return bool(await asyncio.to_thread(func, *args))
 
 

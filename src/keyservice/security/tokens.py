@@ -29,7 +29,6 @@ _API_KEY_RE = re.compile(
     rf"([0-9A-Za-z]{{{_CRC_LEN}}})$"
 )
 _CLIENT_ID_RE = re.compile(rf"^{CLIENT_ID_PREFIX}[0-9A-Za-z]{{{_CLIENT_BODY_LEN}}}$")
-_SECRET_RE = re.compile(rf"^[0-9A-Za-z]{{{_SECRET_LEN}}}$")
 _REFRESH_RE = re.compile(
     rf"^{REFRESH_PREFIX}([0-9A-Za-z]{{{_SECRET_LEN}}})([0-9A-Za-z]{{{_CRC_LEN}}})$"
 )
@@ -84,10 +83,6 @@ def looks_like_api_key(value: str) -> bool:
 
 def is_client_id(value: str) -> bool:
     return _CLIENT_ID_RE.match(value) is not None
-
-
-def is_client_secret(value: str) -> bool:
-    return _SECRET_RE.match(value) is not None
 
 
 def new_refresh_token() -> str:

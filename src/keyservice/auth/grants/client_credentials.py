@@ -13,7 +13,6 @@ from keyservice.principals.models import Principal
 from keyservice.security.tokens import is_client_id, parse_api_key
 
 EVENT = "token.exchange"
-PARAMETERS = ("scope",)
 
 
 async def authenticate(

@@ -13,7 +13,6 @@ from keyservice.principals.models import Principal
 from keyservice.security.hashing import verify_password
 
 EVENT = "login"
-PARAMETERS = ("username", "password", "scope")
 
 
 async def authenticate_user(ctx: AppContext, *, username: str, password: str) -> Principal | None:

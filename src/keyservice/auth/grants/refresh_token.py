@@ -30,7 +30,6 @@ from keyservice.principals.models import Principal
 from keyservice.security.tokens import is_refresh_token
 
 EVENT = "token.refresh"
-PARAMETERS = ("refresh_token", "scope")
 
 # The token with everything its checks need, in one round trip (built once).
 _LOAD = (
