@@ -14,7 +14,7 @@ from keyservice.audit import service as audit
 from keyservice.auth.revocation import notify
 from keyservice.context import AppContext
 from keyservice.database import utcnow
-from keyservice.exceptions import Conflict, NotFound
+from keyservice.exceptions import Conflict
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.users.service import check_permissions
@@ -30,15 +30,9 @@ async def get_by_name(session: AsyncSession, *, name: str) -> Principal | None:
 
 async def get(session: AsyncSession, *, device_id: str, for_update: bool = False) -> Principal:
     """Return the live device with this id; 404 for an unknown, deleted or user id."""
-    query = select(Principal).where(
-        Principal.id == device_id, Principal.kind == "device", Principal.deleted_at.is_(None)
+    return await principals_service.get_live(
+        session, kind="device", principal_id=device_id, for_update=for_update
     )
-    if for_update:
-        query = query.with_for_update()
-    device = await session.scalar(query)
-    if device is None:
-        raise NotFound("No device with this id.")
-    return device
 
 
 async def list_devices(session: AsyncSession) -> Sequence[Principal]:

@@ -14,7 +14,7 @@ from keyservice.auth.revocation import notify
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
-from keyservice.exceptions import Conflict, InvalidToken
+from keyservice.exceptions import Conflict, InvalidToken, NotFound
 from keyservice.principals.models import Principal
 from keyservice.principals.schemas import KeyWarning, MeRead
 from keyservice.scopes.models import effective_permissions
@@ -129,4 +129,20 @@ async def save_update(
     await session.commit()
     if message is not None:
         ctx.revocation.apply(message)
+    return principal
+
+
+async def get_live(
+    session: AsyncSession, *, kind: str, principal_id: str, for_update: bool = False
+) -> Principal:
+    """Return the live user or device with this id; 404 for an unknown, deleted or other
+    kind's id (a user id at a device URL is as unknown as any)."""
+    query = select(Principal).where(
+        Principal.id == principal_id, Principal.kind == kind, Principal.deleted_at.is_(None)
+    )
+    if for_update:
+        query = query.with_for_update()
+    principal = await session.scalar(query)
+    if principal is None:
+        raise NotFound(f"No {kind} with this id.")
     return principal

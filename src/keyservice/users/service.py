@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
 from keyservice.database import utcnow
-from keyservice.exceptions import Conflict, NotFound, ValidationFailed
+from keyservice.exceptions import Conflict, ValidationFailed
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
@@ -43,15 +43,9 @@ async def list_users(session: AsyncSession) -> Sequence[Principal]:
 
 async def get(session: AsyncSession, *, user_id: str, for_update: bool = False) -> Principal:
     """Return the user with this id; 404 for an unknown id or a device's."""
-    query = select(Principal).where(
-        Principal.id == user_id, Principal.kind == "user", Principal.deleted_at.is_(None)
+    return await principals_service.get_live(
+        session, kind="user", principal_id=user_id, for_update=for_update
     )
-    if for_update:
-        query = query.with_for_update()
-    user = await session.scalar(query)
-    if user is None:
-        raise NotFound("No user with this id.")
-    return user
 
 
 async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from keyservice.auth import service, throttle
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
@@ -11,6 +9,7 @@ from keyservice.context import AppContext
 from keyservice.exceptions import InvalidGrant, InvalidRequest, InvalidScope, UnsupportedGrantType
 from keyservice.principals.models import Principal
 from keyservice.security.hashing import verify_password
+from keyservice.users import service as users_service
 
 EVENT = "login"
 
@@ -18,11 +17,7 @@ EVENT = "login"
 async def authenticate_user(ctx: AppContext, *, username: str, password: str) -> Principal | None:
     """Return the user for these credentials; same work for an unknown user."""
     async with ctx.database.sessionmaker() as session:
-        user = await session.scalar(
-            select(Principal).where(
-                Principal.kind == "user", Principal.name == username, Principal.deleted_at.is_(None)
-            )
-        )
+        user = await users_service.get_by_username(session, username=username)
     stored = user.password_hash if user is not None else None
     ok = await service.run_blocking_check(verify_password, password, stored)
     return user if ok else None
