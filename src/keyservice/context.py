@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from keyservice.auth.revocation import RevocationView
+from keyservice.auth.store import make_token_store
 from keyservice.auth.throttle import make_throttle
 from keyservice.config import Settings
 from keyservice.database import Database
@@ -66,6 +67,7 @@ class AppContext:
         self.throttle = make_throttle(
             settings, self.database, key=derive_key(secret, "keyservice/throttle-subject/v1")
         )
+        self.tokens = make_token_store(self.database)
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
         # Set at shutdown: background loops finish their current step and return.
         self.stopping = asyncio.Event()

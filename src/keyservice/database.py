@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -66,6 +67,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 CONNECT_TIMEOUT_SECONDS = 3
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
+RAW_POOL_SIZE = 10
 
 
 class Database:
@@ -97,6 +99,8 @@ class Database:
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._raw_pool: Any = None
+        self._raw_pool_lock = asyncio.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -112,6 +116,28 @@ class Database:
             )
         )
 
+    async def raw_pool(self) -> Any:
+        """PostgreSQL only: an asyncpg pool of its own for the token path (see auth/store).
+
+        Made on first use, in the running event loop; closed by dispose().
+        """
+        if self._raw_pool is None:
+            async with self._raw_pool_lock:
+                if self._raw_pool is None:
+                    import asyncpg  # type: ignore[import-untyped]
+
+                    dsn = make_url(self.url).set(drivername="postgresql")
+                    self._raw_pool = await asyncpg.create_pool(
+                        dsn.render_as_string(hide_password=False),
+                        min_size=1,
+                        max_size=RAW_POOL_SIZE,
+                        timeout=CONNECT_TIMEOUT_SECONDS,
+                        command_timeout=COMMAND_TIMEOUT_SECONDS,
+                        max_inactive_connection_lifetime=300,
+                        reset=_keep_session_state,
+                    )
+        return self._raw_pool
+
     async def session(self) -> AsyncGenerator[AsyncSession, None]:
         """Yield a session that is rolled back and closed at the end (services commit)."""
         async with self.sessionmaker() as session:
@@ -121,7 +147,18 @@ class Database:
                 await session.rollback()
 
     async def dispose(self) -> None:
+        pool, self._raw_pool = self._raw_pool, None
+        if pool is not None:
+            await pool.close()
         await self.engine.dispose()
+
+
+async def _keep_session_state(_connection: Any) -> None:
+    """asyncpg's default reset costs a round trip per release (RESET ALL, UNLISTEN *, ...).
+
+    The token path never changes session state (no SET, LISTEN, advisory locks or cursors)
+    and asyncpg still rolls back a transaction left open, so there is nothing to reset.
+    """
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

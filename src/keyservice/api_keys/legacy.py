@@ -24,12 +24,18 @@ async def authenticate(ctx: AppContext, key_string: str) -> tuple[ApiKey, Princi
     if not key_string or len(key_string) > MAX_LEGACY_KEY_LENGTH:
         return None
     lookup = ctx.hasher.hash("legacy:" + key_string)
+    client_id = await _find(ctx, key_string, lookup)
+    # Outside the session above: on SQLite it holds the write lock the read would wait for.
+    return await load_key(ctx, client_id=client_id) if client_id is not None else None
+
+
+async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
     async with ctx.database.sessionmaker() as session:
         client_id = await session.scalar(
             select(ApiKey.client_id).where(ApiKey.legacy_lookup == lookup, ApiKey.is_legacy)
         )
         if client_id is not None:
-            return await load_key(session, client_id=client_id)
+            return client_id
         candidates = (
             await session.execute(
                 select(ApiKey.id, ApiKey.client_id, ApiKey.legacy_hash).where(
@@ -45,5 +51,5 @@ async def authenticate(ctx: AppContext, key_string: str) -> tuple[ApiKey, Princi
                 assert key is not None
                 key.legacy_lookup = lookup
                 await session.commit()
-                return await load_key(session, client_id=candidate.client_id)
+                return str(candidate.client_id)
     return None

@@ -1,8 +1,8 @@
 """The token exchange: what spans keys, owners, addresses, scopes, tokens and the audit log.
 
-Each grant (auth/grants/*) runs validate → generate → persist with the pieces here. One
-transaction per exchange or refresh: the refresh token, the audit event and the coalesced
-`last_used_*` write commit together, so an acknowledged token is never lost.
+Each grant (auth/grants/*) runs validate → generate → persist with the pieces here. The
+refresh token, the audit event and the coalesced `last_used_*` write of an exchange or
+refresh commit together (auth/store.py), so an acknowledged token is never lost.
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, NoReturn, cast
+from typing import NoReturn
 
-from sqlalchemy import Row, TextClause, bindparam, select, text, type_coerce, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.types import NullType
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
-from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.models import RevokedFamily
 from keyservice.auth.revocation import notify
+from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.context import AppContext
 from keyservice.database import new_id, utcnow
 from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, KeyServiceError
@@ -196,79 +194,14 @@ async def _record_refusal(
     await session.commit()
 
 
-# The key and its owner as plain columns, in one round trip, built once. Objects are made
-# only once the secret matched: hydrating them for a known id but not for an unknown one
-# made a wrong secret measurably slower than an unknown client id (bench/TIMING.md).
-# Untyped: the driver's raw values, so that no per-column processing (time zones, JSON)
-# runs before the secret is checked; the types' processors run in objects().
-_KEY_COLUMNS = [
-    type_coerce(column, NullType()).label(f"k_{column.key}") for column in ApiKey.__table__.columns
-]
-_OWNER_COLUMNS = [
-    type_coerce(column, NullType()).label(f"p_{column.key}")
-    for column in Principal.__table__.columns
-]
-_LOAD_KEY = (
-    select(*_KEY_COLUMNS, *_OWNER_COLUMNS)
-    .select_from(ApiKey)
-    .join(Principal, Principal.id == ApiKey.principal_id)
-    .where(ApiKey.client_id == bindparam("client_id"))
-)
+async def fetch_key(ctx: AppContext, *, client_id: str) -> KeyRecord | None:
+    """The key and its owner in one round trip, untyped until the secret matched."""
+    return await ctx.tokens.fetch_key(client_id)
 
 
-@lru_cache(maxsize=8)
-def _processors(model: Any, dialect: Dialect) -> list[tuple[str, Any]]:
-    return [
-        (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
-        for column in model.__table__.columns
-    ]
-
-
-def _build(model: Any, prefix: str, mapping: Any, dialect: Dialect) -> Any:
-    values = {}
-    for name, processor in _processors(model, dialect):
-        value = mapping[prefix + name]
-        values[name] = processor(value) if processor is not None and value is not None else value
-    return model(**values)
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """A key and its owner as read, before the secret is checked."""
-
-    row: Row[Any]
-    dialect: Dialect
-
-    @property
-    def key_id(self) -> str:
-        return str(self.row.k_id)
-
-    @property
-    def principal_id(self) -> str:
-        return str(self.row.k_principal_id)
-
-    @property
-    def secret_hash(self) -> str | None:
-        return cast(str | None, self.row.k_secret_hash)
-
-    def objects(self) -> tuple[ApiKey, Principal]:
-        """Build (detached) objects for the checks that follow a matching secret."""
-        mapping = self.row._mapping
-        key: ApiKey = _build(ApiKey, "k_", mapping, self.dialect)
-        owner: Principal = _build(Principal, "p_", mapping, self.dialect)
-        return key, owner
-
-
-async def fetch_key(session: AsyncSession, *, client_id: str) -> KeyRecord | None:
-    row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
-    if row is None:
-        return None
-    return KeyRecord(cast(Row[Any], row), session.get_bind().dialect)
-
-
-async def load_key(session: AsyncSession, *, client_id: str) -> tuple[ApiKey, Principal] | None:
-    """Fetch a key and its owner in one round trip."""
-    record = await fetch_key(session, client_id=client_id)
+async def load_key(ctx: AppContext, *, client_id: str) -> tuple[ApiKey, Principal] | None:
+    """Fetch a key and its owner in one round trip, as objects."""
+    record = await ctx.tokens.fetch_key(client_id)
     return record.objects() if record is not None else None
 
 
@@ -277,106 +210,8 @@ def authenticate_secret(ctx: AppContext, found: KeyRecord | None, secret: str) -
     return ctx.hasher.verify(secret, found.secret_hash if found is not None else None)
 
 
-# One statement on PostgreSQL: the claim of the parent refresh token (for a refresh), the
-# new refresh token, the audit event and the coalesced last-used write succeed or fail
-# together, in one round trip. Every insert selects FROM claimed, so a lost race writes
-# nothing. Explicit casts: the parameters of INSERT ... SELECT have no inferable types.
-_PG_CLAIM = (
-    "claimed AS (UPDATE refresh_token SET used_at = CAST(:now AS timestamptz) "
-    "WHERE id = CAST(:claim_id AS varchar) AND used_at IS NULL RETURNING id)"
-)
-_PG_NO_CLAIM = "claimed AS (SELECT 1 AS id)"
-_PG_WRITE = """
-rt AS (
-    INSERT INTO refresh_token
-        (id, token_hash, family_id, parent_id, principal_id, key_id, scope, created_at,
-         expires_at)
-    SELECT CAST(:rt_id AS varchar), CAST(:rt_hash AS varchar), CAST(:family_id AS varchar),
-           CAST(:parent_id AS varchar), CAST(:principal_id AS varchar),
-           CAST(:key_id AS varchar), CAST(:scope AS text), CAST(:now AS timestamptz),
-           CAST(:rt_expires AS timestamptz)
-    FROM claimed
-),
-au AS (
-    INSERT INTO audit_event (id, at, type, actor, principal_id, key_id, ip, outcome)
-    SELECT CAST(:au_id AS varchar), CAST(:now AS timestamptz), CAST(:event AS varchar),
-           CAST(:actor AS varchar), CAST(:principal_id AS varchar), CAST(:key_id AS varchar),
-           CAST(:ip AS varchar), 'success'
-    FROM claimed
-)"""
-_PG_LAST_USED = """,
-lu AS (
-    UPDATE api_key SET last_used_at = CAST(:now AS timestamptz), last_used_ip = CAST(:ip AS varchar)
-    WHERE id = CAST(:key_id AS varchar) AND EXISTS (SELECT 1 FROM claimed)
-)"""
-
-
-@lru_cache(maxsize=4)
-def _pg_statement(claim: bool, last_used: bool) -> TextClause:
-    sql = "WITH " + (_PG_CLAIM if claim else _PG_NO_CLAIM) + "," + _PG_WRITE
-    if last_used:
-        sql += _PG_LAST_USED
-    return text(sql + "\nSELECT count(*) FROM claimed")
-
-
-async def _write_issue(
-    session: AsyncSession,
-    *,
-    params: dict[str, Any],
-    claim_id: str | None,
-    last_used: bool,
-) -> bool:
-    """Persist an issue atomically; False if the parent token was claimed by someone else."""
-    if session.get_bind().dialect.name == "postgresql":
-        claimed = await session.scalar(
-            _pg_statement(claim_id is not None, last_used), {**params, "claim_id": claim_id}
-        )
-        await session.commit()
-        return bool(claimed)
-    now = params["now"]
-    if claim_id is not None:
-        result = await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == claim_id, RefreshToken.used_at.is_(None))
-            .values(used_at=now)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            await session.rollback()
-            return False
-    session.add(
-        RefreshToken(
-            id=params["rt_id"],
-            token_hash=params["rt_hash"],
-            family_id=params["family_id"],
-            parent_id=params["parent_id"],
-            principal_id=params["principal_id"],
-            key_id=params["key_id"],
-            scope=params["scope"],
-            created_at=now,
-            expires_at=params["rt_expires"],
-        )
-    )
-    audit.record(
-        session,
-        type=params["event"],
-        actor=params["actor"],
-        principal_id=params["principal_id"],
-        key_id=params["key_id"],
-        ip=params["ip"],
-    )
-    if last_used:
-        await session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == params["key_id"])
-            .values(last_used_at=now, last_used_ip=params["ip"])
-        )
-    await session.commit()
-    return True
-
-
 async def issue(
     ctx: AppContext,
-    session: AsyncSession,
     *,
     owner: Principal,
     key: ApiKey | None,
@@ -389,30 +224,31 @@ async def issue(
     """Sign an access token and persist its refresh token and audit event in one write.
 
     With `parent_id` (a refresh) the parent is claimed in the same atomic write, so of N
-    concurrent refreshes exactly one gets tokens; the others get None.
+    concurrent refreshes exactly one gets tokens; the others get None. The write may share
+    its commit with other requests' (auth/store.py); it is durable when this returns.
     """
     settings = ctx.settings
     now = utcnow()
     family = family_id or new_id()
     refresh_token = new_refresh_token()
     scope = format_scope(scopes)
-    params: dict[str, Any] = {
-        "now": now,
-        "rt_id": new_id(),
-        "rt_hash": ctx.hasher.hash(refresh_token),
-        "family_id": family,
-        "parent_id": parent_id,
-        "principal_id": owner.id,
-        "key_id": key.id if key is not None else None,
-        "scope": scope,
-        "rt_expires": now + timedelta(seconds=settings.refresh_token_ttl),
-        "au_id": new_id(),
-        "event": event,
-        "actor": actor_for(key=key, owner=owner),
-        "ip": caller.ip_text,
-    }
-    last_used = key is not None and ctx.last_used.due(key.id)
-    if not await _write_issue(session, params=params, claim_id=parent_id, last_used=last_used):
+    write = IssueWrite(
+        now=now,
+        rt_id=new_id(),
+        rt_hash=ctx.hasher.hash(refresh_token),
+        family_id=family,
+        parent_id=parent_id,
+        principal_id=owner.id,
+        key_id=key.id if key is not None else None,
+        scope=scope,
+        rt_expires=now + timedelta(seconds=settings.refresh_token_ttl),
+        au_id=new_id(),
+        event=event,
+        actor=actor_for(key=key, owner=owner),
+        ip=caller.ip_text,
+        last_used=key is not None and ctx.last_used.due(key.id),
+    )
+    if not await ctx.tokens.write_issue(write):
         return None
     claims: dict[str, object] = {
         "sub": owner.id,

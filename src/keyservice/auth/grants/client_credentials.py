@@ -31,8 +31,7 @@ async def authenticate(
     await throttle.enforce(ctx, client=client_id, caller=caller, event=event)
     found = None
     if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
-        async with ctx.database.token_sessionmaker() as session:
-            found = await service.fetch_key(session, client_id=client_id)
+        found = await service.fetch_key(ctx, client_id=client_id)
     if not service.authenticate_secret(ctx, found, secret):
         await service.refuse(
             ctx,
@@ -114,9 +113,8 @@ async def handle(
             key=key,
             actor=service.actor_for(key=key, owner=None),
         )
-    async with ctx.database.token_sessionmaker() as session:
-        issued = await service.issue(
-            ctx, session, owner=owner, key=key, scopes=scopes, caller=caller, event=EVENT
-        )
+    issued = await service.issue(
+        ctx, owner=owner, key=key, scopes=scopes, caller=caller, event=EVENT
+    )
     assert issued is not None  # only a refresh can lose a race
     return issued

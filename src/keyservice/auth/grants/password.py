@@ -59,9 +59,8 @@ async def handle(
             principal_id=user.id,
             actor=f"user:{user.name}",
         )
-    async with ctx.database.token_sessionmaker() as session:
-        issued = await service.issue(
-            ctx, session, owner=user, key=None, scopes=scopes, caller=caller, event=EVENT
-        )
+    issued = await service.issue(
+        ctx, owner=user, key=None, scopes=scopes, caller=caller, event=EVENT
+    )
     assert issued is not None  # only a refresh can lose a race
     return issued

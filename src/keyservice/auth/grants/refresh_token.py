@@ -3,8 +3,9 @@
 Read, check, then one atomic write: the token is looked up with its key, owner and family;
 every check (family, expiry, binding, key, owner, IP, scope) runs before anything is
 consumed, so a refused request leaves the token usable; then the claim of the token
-(`used_at IS NULL`) and the insert of its successor happen in one statement (PostgreSQL)
-or one write transaction (SQLite). Of N concurrent refreshes of one token exactly one
+(`used_at IS NULL`) and the insert of its successor happen in one statement (PostgreSQL,
+possibly batched with other requests' writes: auth/store.py) or one write transaction
+(SQLite). Of N concurrent refreshes of one token exactly one
 wins; presenting a used token, the losers of a race included, revokes the whole family.
 """
 
@@ -13,15 +14,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NoReturn
 
-from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
 from keyservice.auth import service
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.grants.client_credentials import authenticate
-from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.models import RefreshToken
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -30,15 +28,6 @@ from keyservice.principals.models import Principal
 from keyservice.security.tokens import is_refresh_token
 
 EVENT = "token.refresh"
-
-# The token with everything its checks need, in one round trip (built once).
-_LOAD = (
-    select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
-    .join(Principal, Principal.id == RefreshToken.principal_id)
-    .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
-    .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
-    .where(RefreshToken.token_hash == bindparam("token_hash"))
-)
 
 
 async def handle(
@@ -57,56 +46,53 @@ async def handle(
         bound_key, _ = await authenticate(ctx, creds, caller, event=EVENT)
     now = utcnow()
 
-    async with ctx.database.token_sessionmaker() as session:
-        row = (await session.execute(_LOAD, {"token_hash": ctx.hasher.hash(token)})).first()
-        if row is None:
-            await service.refuse(
-                ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller,
-                session=session,
-            )  # fmt: skip
-        parent, owner, key, revoked_family = row
-        if parent.used_at is not None:
-            await _reused(ctx, session, parent=parent, caller=caller)
-        reason = _refusal(
-            ctx,
-            parent=parent,
-            owner=owner,
-            key=key,
-            revoked=revoked_family is not None,
-            bound_key=bound_key,
-            caller=caller,
-            now=now,
+    found = await ctx.tokens.load_refresh(ctx.hasher.hash(token))
+    if found is None:
+        await service.refuse(
+            ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller
         )
-        actor = service.actor_for(key=key, owner=owner)
-        if reason is not None:
-            await service.refuse(
-                ctx, InvalidGrant(), event=EVENT, reason=reason, caller=caller, key=key,
-                principal_id=owner.id, actor=actor, session=session,
-            )  # fmt: skip
-        ceiling = frozenset(parent.scope.split())
-        try:
-            scopes = service.grant_scopes(
-                requested, service.available_scopes(owner=owner, key=key, ceiling=ceiling)
-            )
-        except InvalidScope as exc:
-            await service.refuse(
-                ctx, exc, event=EVENT, reason="scope not held", caller=caller, key=key,
-                principal_id=owner.id, actor=actor, session=session,
-            )  # fmt: skip
-        issued = await service.issue(
-            ctx,
-            session,
-            owner=owner,
-            key=key,
-            scopes=scopes,
-            caller=caller,
-            event=EVENT,
-            family_id=parent.family_id,
-            parent_id=parent.id,
+    parent, owner, key = found.token, found.owner, found.key
+    if parent.used_at is not None:
+        await _reused(ctx, parent=parent, caller=caller)
+    reason = _refusal(
+        ctx,
+        parent=parent,
+        owner=owner,
+        key=key,
+        revoked=found.family_revoked,
+        bound_key=bound_key,
+        caller=caller,
+        now=now,
+    )
+    actor = service.actor_for(key=key, owner=owner)
+    if reason is not None:
+        await service.refuse(
+            ctx, InvalidGrant(), event=EVENT, reason=reason, caller=caller, key=key,
+            principal_id=owner.id, actor=actor,
+        )  # fmt: skip
+    ceiling = frozenset(parent.scope.split())
+    try:
+        scopes = service.grant_scopes(
+            requested, service.available_scopes(owner=owner, key=key, ceiling=ceiling)
         )
-        if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
-            await _reused(ctx, session, parent=parent, caller=caller)
-        return issued
+    except InvalidScope as exc:
+        await service.refuse(
+            ctx, exc, event=EVENT, reason="scope not held", caller=caller, key=key,
+            principal_id=owner.id, actor=actor,
+        )  # fmt: skip
+    issued = await service.issue(
+        ctx,
+        owner=owner,
+        key=key,
+        scopes=scopes,
+        caller=caller,
+        event=EVENT,
+        family_id=parent.family_id,
+        parent_id=parent.id,
+    )
+    if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
+        await _reused(ctx, parent=parent, caller=caller)
+    return issued
 
 
 def _refusal(
@@ -142,22 +128,21 @@ def _refusal(
     return None
 
 
-async def _reused(
-    ctx: AppContext, session: AsyncSession, *, parent: RefreshToken, caller: Caller
-) -> NoReturn:
+async def _reused(ctx: AppContext, *, parent: RefreshToken, caller: Caller) -> NoReturn:
     """A used token was presented again: revoke its family, audit, refuse."""
     family_id, key_id, principal_id = parent.family_id, parent.key_id, parent.principal_id
-    await service.revoke_family(ctx, session, family_id=family_id, reason="refresh reuse")
-    audit.record(
-        session,
-        type="token.refresh_reuse",
-        outcome="failure",
-        principal_id=principal_id,
-        key_id=key_id,
-        ip=caller.ip_text,
-        reason="used refresh token presented again; family revoked",
-    )
-    await session.commit()
+    async with ctx.database.sessionmaker() as session:
+        await service.revoke_family(ctx, session, family_id=family_id, reason="refresh reuse")
+        audit.record(
+            session,
+            type="token.refresh_reuse",
+            outcome="failure",
+            principal_id=principal_id,
+            key_id=key_id,
+            ip=caller.ip_text,
+            reason="used refresh token presented again; family revoked",
+        )
+        await session.commit()
     raise InvalidGrant(
         "This refresh token was already used; as a precaution every token from the same "
         "sign-in has been revoked. Authenticate again."

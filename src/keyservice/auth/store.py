@@ -1,0 +1,477 @@
+"""Where the token path reads keys and refresh tokens and writes what it issues.
+
+Two stores share one interface:
+
+- `SqlTokenStore` (SQLite, the embedded default): SQLAlchemy sessions, one BEGIN IMMEDIATE
+  write transaction per issue.
+- `PgTokenStore` (PostgreSQL): asyncpg directly, with statements prepared once per
+  connection, and a group commit: the writes of every exchange and refresh that arrive
+  while the previous batch is in the database go out together as one statement in one
+  transaction. Each request still waits for the commit that holds its refresh token and
+  audit event, so an acknowledged token is never lost; the database does one commit (one
+  WAL flush) per batch instead of one per token.
+
+The profile behind this (bench/README.md): SQLAlchemy's session and execution machinery
+cost more CPU per exchange than everything else the exchange does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, cast
+
+import orjson
+from sqlalchemy import JSON, Row, bindparam, select, type_coerce, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import NullType
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.audit import service as audit
+from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.database import Database
+from keyservice.principals.models import Principal
+
+log = logging.getLogger("keyservice.tokens")
+
+
+@dataclass(frozen=True)
+class IssueWrite:
+    """What one issue persists: the refresh token, its audit event, maybe `last_used_*`."""
+
+    now: datetime
+    rt_id: str
+    rt_hash: str
+    family_id: str
+    parent_id: str | None  # also the token claimed (a refresh), None for a first issue
+    principal_id: str
+    key_id: str | None
+    scope: str
+    rt_expires: datetime
+    au_id: str
+    event: str
+    actor: str | None
+    ip: str | None
+    last_used: bool
+
+
+class KeyRecord(ABC):
+    """A key and its owner as read, before the secret is checked.
+
+    Objects are built only once the secret matched: hydrating them for a known client id
+    but not for an unknown one made a wrong secret measurably slower than an unknown client
+    id (bench/TIMING.md). Reads stay untyped until then.
+    """
+
+    @property
+    @abstractmethod
+    def key_id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def principal_id(self) -> str: ...
+
+    @property
+    @abstractmethod
+    def secret_hash(self) -> str | None: ...
+
+    @abstractmethod
+    def objects(self) -> tuple[ApiKey, Principal]:
+        """Build (detached) objects for the checks that follow a matching secret."""
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    """A refresh token with everything its checks need, read in one round trip."""
+
+    token: RefreshToken
+    owner: Principal
+    key: ApiKey | None
+    family_revoked: bool
+
+
+class TokenStore(ABC):
+    @abstractmethod
+    async def fetch_key(self, client_id: str) -> KeyRecord | None: ...
+
+    @abstractmethod
+    async def load_refresh(self, token_hash: str) -> RefreshRecord | None: ...
+
+    @abstractmethod
+    async def write_issue(self, write: IssueWrite) -> bool:
+        """Persist an issue atomically; False if its parent token was claimed by another."""
+
+
+def make_token_store(database: Database) -> TokenStore:
+    return SqlTokenStore(database) if database.is_sqlite else PgTokenStore(database)
+
+
+# ---------------------------------------------------------------------------------------
+# SQLAlchemy (SQLite)
+# ---------------------------------------------------------------------------------------
+
+# Untyped: the driver's raw values, so that no per-column processing (time zones, JSON)
+# runs before the secret is checked; the types' processors run in objects().
+_KEY_COLUMNS = [
+    type_coerce(column, NullType()).label(f"k_{column.key}") for column in ApiKey.__table__.columns
+]
+_OWNER_COLUMNS = [
+    type_coerce(column, NullType()).label(f"p_{column.key}")
+    for column in Principal.__table__.columns
+]
+_LOAD_KEY = (
+    select(*_KEY_COLUMNS, *_OWNER_COLUMNS)
+    .select_from(ApiKey)
+    .join(Principal, Principal.id == ApiKey.principal_id)
+    .where(ApiKey.client_id == bindparam("client_id"))
+)
+_LOAD_REFRESH = (
+    select(RefreshToken, Principal, ApiKey, RevokedFamily.family_id)
+    .join(Principal, Principal.id == RefreshToken.principal_id)
+    .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
+    .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+    .where(RefreshToken.token_hash == bindparam("token_hash"))
+)
+
+
+@lru_cache(maxsize=8)
+def _processors(model: Any, dialect: Dialect) -> list[tuple[str, Any]]:
+    return [
+        (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        for column in model.__table__.columns
+    ]
+
+
+def _build(model: Any, prefix: str, mapping: Any, dialect: Dialect) -> Any:
+    values = {}
+    for name, processor in _processors(model, dialect):
+        value = mapping[prefix + name]
+        values[name] = processor(value) if processor is not None and value is not None else value
+    return model(**values)
+
+
+@dataclass(frozen=True)
+class _SqlKeyRecord(KeyRecord):
+    row: Row[Any]
+    dialect: Dialect
+
+    @property
+    def key_id(self) -> str:
+        return str(self.row.k_id)
+
+    @property
+    def principal_id(self) -> str:
+        return str(self.row.k_principal_id)
+
+    @property
+    def secret_hash(self) -> str | None:
+        return cast(str | None, self.row.k_secret_hash)
+
+    def objects(self) -> tuple[ApiKey, Principal]:
+        mapping = self.row._mapping
+        key: ApiKey = _build(ApiKey, "k_", mapping, self.dialect)
+        owner: Principal = _build(Principal, "p_", mapping, self.dialect)
+        return key, owner
+
+
+class SqlTokenStore(TokenStore):
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def fetch_key(self, client_id: str) -> KeyRecord | None:
+        async with self.database.token_sessionmaker() as session:
+            row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
+            dialect = session.get_bind().dialect
+        return _SqlKeyRecord(cast(Row[Any], row), dialect) if row is not None else None
+
+    async def load_refresh(self, token_hash: str) -> RefreshRecord | None:
+        async with self.database.token_sessionmaker() as session:
+            row = (await session.execute(_LOAD_REFRESH, {"token_hash": token_hash})).first()
+            if row is None:
+                return None
+            token, owner, key, revoked = row
+            session.expunge_all()
+        return RefreshRecord(token, owner, key, revoked is not None)
+
+    async def write_issue(self, write: IssueWrite) -> bool:
+        async with self.database.token_sessionmaker() as session:
+            if write.parent_id is not None:
+                result = await session.execute(
+                    update(RefreshToken)
+                    .where(RefreshToken.id == write.parent_id, RefreshToken.used_at.is_(None))
+                    .values(used_at=write.now)
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    await session.rollback()
+                    return False
+            session.add(
+                RefreshToken(
+                    id=write.rt_id,
+                    token_hash=write.rt_hash,
+                    family_id=write.family_id,
+                    parent_id=write.parent_id,
+                    principal_id=write.principal_id,
+                    key_id=write.key_id,
+                    scope=write.scope,
+                    created_at=write.now,
+                    expires_at=write.rt_expires,
+                )
+            )
+            audit.record(
+                session,
+                type=write.event,
+                actor=write.actor,
+                principal_id=write.principal_id,
+                key_id=write.key_id,
+                ip=write.ip,
+            )
+            if write.last_used and write.key_id is not None:
+                await session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == write.key_id)
+                    .values(last_used_at=write.now, last_used_ip=write.ip)
+                )
+            await session.commit()
+        return True
+
+
+# ---------------------------------------------------------------------------------------
+# asyncpg (PostgreSQL)
+# ---------------------------------------------------------------------------------------
+
+
+def _select_list(model: Any, alias: str, prefix: str) -> str:
+    return ", ".join(f"{alias}.{c.name} AS {prefix}{c.key}" for c in model.__table__.columns)
+
+
+@lru_cache(maxsize=4)
+def _json_columns(model: Any) -> frozenset[str]:
+    return frozenset(c.key for c in model.__table__.columns if isinstance(c.type, JSON))
+
+
+def _build_raw(model: Any, prefix: str, record: Any) -> Any:
+    """An object from an asyncpg record: JSON arrives as text, timestamps as aware UTC."""
+    json_columns = _json_columns(model)
+    values = {}
+    for column in model.__table__.columns:
+        value = record[prefix + column.key]
+        if value is not None and column.key in json_columns:
+            value = orjson.loads(value)
+        values[column.key] = value
+    return model(**values)
+
+
+_PG_LOAD_KEY = (
+    f"SELECT {_select_list(ApiKey, 'k', 'k_')}, {_select_list(Principal, 'p', 'p_')} "
+    "FROM api_key k JOIN principal p ON p.id = k.principal_id WHERE k.client_id = $1"
+)
+_PG_LOAD_REFRESH = (
+    f"SELECT {_select_list(RefreshToken, 'r', 'r_')}, {_select_list(Principal, 'p', 'p_')}, "
+    f"{_select_list(ApiKey, 'k', 'k_')}, rf.family_id IS NOT NULL AS family_revoked "
+    "FROM refresh_token r JOIN principal p ON p.id = r.principal_id "
+    "LEFT JOIN api_key k ON k.id = r.key_id "
+    "LEFT JOIN revoked_family rf ON rf.family_id = r.family_id "
+    "WHERE r.token_hash = $1"
+)
+
+# One statement for a whole batch. `claimed` takes the parent tokens still unused (a
+# refresh); `ok` is every row that needs no claim or won its claim; the refresh tokens and
+# audit events of exactly those rows are inserted, and the coalesced last-used write skips
+# a key row another transaction holds (it writes nearly the same value), so that batches
+# never wait on each other there. A batch never claims one parent twice (see _take).
+# The claims ($16, the parent tokens) are a plain `id = ANY(array)` that the planner answers
+# from the primary key even in the generic plan of a prepared statement: joined to the
+# unnest() of the rows it chose sequential scans of refresh_token, which grew with the table.
+# $17/$19 are the keys due a last-used write and their callers' addresses, $18 the time.
+_PG_WRITE_BATCH_TEMPLATE = """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::varchar[], $2::varchar[], $3::varchar[], $4::varchar[], $5::varchar[],
+        $6::varchar[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::varchar[],
+        $11::varchar[], $12::varchar[], $13::varchar[], $14::bool[], $15::int[]
+    ) AS t(rt_id, rt_hash, family_id, parent_id, principal_id, key_id, scope, now,
+           rt_expires, au_id, event, actor, ip, last_used, ord)
+),
+{claim}
+rt AS (
+    INSERT INTO refresh_token
+        (id, token_hash, family_id, parent_id, principal_id, key_id, scope, created_at,
+         expires_at)
+    SELECT rt_id, rt_hash, family_id, parent_id, principal_id, key_id, scope, now, rt_expires
+    FROM ok
+),
+au AS (
+    INSERT INTO audit_event (id, at, type, actor, principal_id, key_id, ip, outcome)
+    SELECT au_id, now, event, actor, principal_id, key_id, ip, 'success'
+    FROM ok ORDER BY ord
+),
+lu AS (
+    UPDATE api_key SET last_used_at = $18, last_used_ip = u.ip
+    FROM unnest($17::varchar[], $19::varchar[]) AS u(id, ip)
+    WHERE api_key.id = u.id AND api_key.id IN (
+        SELECT id FROM api_key WHERE id = ANY($17::varchar[]) FOR NO KEY UPDATE SKIP LOCKED
+    )
+)
+SELECT rt_id FROM ok
+"""
+_PG_CLAIM = """claimed AS (
+    UPDATE refresh_token SET used_at = $18
+    WHERE id = ANY($16::varchar[]) AND used_at IS NULL
+    RETURNING id
+),
+ok AS (
+    SELECT * FROM input
+    WHERE parent_id IS NULL OR parent_id IN (SELECT id FROM claimed)
+),"""
+# Without claims (a batch of exchanges only) there is no UPDATE of refresh_token at all: a
+# generic plan made while the table was small would scan it whole for an empty array.
+_PG_NO_CLAIM = """ok AS (SELECT * FROM input WHERE $16::varchar[] IS NOT NULL),"""
+_PG_WRITE_BATCH = {
+    True: _PG_WRITE_BATCH_TEMPLATE.replace("{claim}", _PG_CLAIM),
+    False: _PG_WRITE_BATCH_TEMPLATE.replace("{claim}", _PG_NO_CLAIM),
+}
+
+# Errors after which the same batch may simply run again (the transaction rolled back).
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class _PgKeyRecord(KeyRecord):
+    record: Any
+
+    @property
+    def key_id(self) -> str:
+        return str(self.record["k_id"])
+
+    @property
+    def principal_id(self) -> str:
+        return str(self.record["k_principal_id"])
+
+    @property
+    def secret_hash(self) -> str | None:
+        return cast(str | None, self.record["k_secret_hash"])
+
+    def objects(self) -> tuple[ApiKey, Principal]:
+        key: ApiKey = _build_raw(ApiKey, "k_", self.record)
+        owner: Principal = _build_raw(Principal, "p_", self.record)
+        return key, owner
+
+
+class PgTokenStore(TokenStore):
+    """asyncpg with prepared statements and a group commit of issues (see the module doc)."""
+
+    def __init__(self, database: Database, *, max_inflight: int = 2) -> None:
+        self.database = database
+        self.max_inflight = max_inflight
+        self._pending: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()  # referenced until done
+
+    async def fetch_key(self, client_id: str) -> KeyRecord | None:
+        pool = await self.database.raw_pool()
+        record = await pool.fetchrow(_PG_LOAD_KEY, client_id)
+        return _PgKeyRecord(record) if record is not None else None
+
+    async def load_refresh(self, token_hash: str) -> RefreshRecord | None:
+        pool = await self.database.raw_pool()
+        record = await pool.fetchrow(_PG_LOAD_REFRESH, token_hash)
+        if record is None:
+            return None
+        key = _build_raw(ApiKey, "k_", record) if record["k_id"] is not None else None
+        return RefreshRecord(
+            token=_build_raw(RefreshToken, "r_", record),
+            owner=_build_raw(Principal, "p_", record),
+            key=key,
+            family_revoked=bool(record["family_revoked"]),
+        )
+
+    async def write_issue(self, write: IssueWrite) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((write, future))
+        if len(self._flushers) < self.max_inflight:
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await future
+
+    def _take(self) -> list[tuple[IssueWrite, asyncio.Future[bool]]]:
+        """The next batch: at most MAX_BATCH, never two claims of one parent token."""
+        batch: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
+        rest: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
+        claims: set[str] = set()
+        for item in self._pending:
+            parent = item[0].parent_id
+            if len(batch) >= MAX_BATCH or (parent is not None and parent in claims):
+                rest.append(item)  # the next batch; a second claim of a parent loses there
+                continue
+            if parent is not None:
+                claims.add(parent)
+            batch.append(item)
+        self._pending = rest
+        return batch
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await self._write_batch(self._take())
+
+    async def _write_batch(self, batch: list[tuple[IssueWrite, asyncio.Future[bool]]]) -> None:
+        try:
+            written = await self._execute(batch)
+        except Exception as exc:
+            if len(batch) > 1 and _is_data_error(exc):
+                # One row broke a constraint (its key deleted in between, say): give every
+                # other request its own answer rather than this row's error.
+                for item in batch:
+                    await self._write_batch([item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for write, future in batch:
+            if not future.done():
+                future.set_result(write.rt_id in written)
+
+    async def _execute(self, batch: Sequence[tuple[IssueWrite, asyncio.Future[bool]]]) -> set[str]:
+        columns: list[list[Any]] = [[] for _ in range(15)]
+        for ord_, (w, _) in enumerate(batch):
+            row = (
+                w.rt_id, w.rt_hash, w.family_id, w.parent_id, w.principal_id, w.key_id,
+                w.scope, w.now, w.rt_expires, w.au_id, w.event, w.actor, w.ip,
+                w.last_used, ord_,
+            )  # fmt: skip
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        claims = [w.parent_id for w, _ in batch if w.parent_id is not None]
+        last_ip = {w.key_id: w.ip for w, _ in batch if w.last_used and w.key_id is not None}
+        due = sorted(last_ip)
+        at = max(w.now for w, _ in batch)
+        pool = await self.database.raw_pool()
+        for attempt in range(3):
+            try:
+                async with pool.acquire() as connection, connection.transaction():
+                    rows = await connection.fetch(
+                        _PG_WRITE_BATCH[bool(claims)],
+                        *columns,
+                        claims,
+                        due,
+                        at,
+                        [last_ip[k] for k in due],
+                    )
+                return {row[0] for row in rows}
+            except Exception as exc:
+                if attempt == 2 or getattr(exc, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
+                    raise
+                log.info("token batch of %d retried after %s", len(batch), type(exc).__name__)
+        raise AssertionError("unreachable")
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """A constraint or data error (class 22 or 23): the batch's rows, not the database."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in {"22", "23"}
