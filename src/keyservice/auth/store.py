@@ -147,12 +147,23 @@ def _processors(model: Any, dialect: Dialect) -> list[tuple[str, Any]]:
     ]
 
 
+def _loaded(model: Any, values: dict[str, Any]) -> Any:
+    """A detached object holding `values`, made as the ORM makes loaded rows.
+
+    Without the constructor: it would run an attribute event per column, which cost the
+    exchange more than reading the row. The objects are only read, never added to a session.
+    """
+    instance = model.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(values)
+    return instance
+
+
 def _build(model: Any, prefix: str, mapping: Any, dialect: Dialect) -> Any:
     values = {}
     for name, processor in _processors(model, dialect):
         value = mapping[prefix + name]
         values[name] = processor(value) if processor is not None and value is not None else value
-    return model(**values)
+    return _loaded(model, values)
 
 
 @dataclass(frozen=True)
@@ -254,29 +265,33 @@ def _json_columns(model: Any) -> frozenset[str]:
     return frozenset(c.key for c in model.__table__.columns if isinstance(c.type, JSON))
 
 
+@lru_cache(maxsize=4)
+def _column_keys(model: Any, prefix: str) -> tuple[tuple[str, str, bool], ...]:
+    json_columns = _json_columns(model)
+    return tuple((c.key, prefix + c.key, c.key in json_columns) for c in model.__table__.columns)
+
+
 def _build_raw(model: Any, prefix: str, record: Any) -> Any:
     """An object from an asyncpg record: JSON arrives as text, timestamps as aware UTC."""
-    json_columns = _json_columns(model)
     values = {}
-    for column in model.__table__.columns:
-        value = record[prefix + column.key]
-        if value is not None and column.key in json_columns:
-            value = orjson.loads(value)
-        values[column.key] = value
-    return model(**values)
+    for key, label, is_json in _column_keys(model, prefix):
+        value = record[label]
+        values[key] = orjson.loads(value) if is_json and value is not None else value
+    return _loaded(model, values)
 
 
-_PG_LOAD_KEY = (
+_PG_LOAD_KEYS = (
     f"SELECT {_select_list(ApiKey, 'k', 'k_')}, {_select_list(Principal, 'p', 'p_')} "
-    "FROM api_key k JOIN principal p ON p.id = k.principal_id WHERE k.client_id = $1"
+    "FROM api_key k JOIN principal p ON p.id = k.principal_id "
+    "WHERE k.client_id = ANY($1::varchar[])"
 )
-_PG_LOAD_REFRESH = (
+_PG_LOAD_REFRESHES = (
     f"SELECT {_select_list(RefreshToken, 'r', 'r_')}, {_select_list(Principal, 'p', 'p_')}, "
     f"{_select_list(ApiKey, 'k', 'k_')}, rf.family_id IS NOT NULL AS family_revoked "
     "FROM refresh_token r JOIN principal p ON p.id = r.principal_id "
     "LEFT JOIN api_key k ON k.id = r.key_id "
     "LEFT JOIN revoked_family rf ON rf.family_id = r.family_id "
-    "WHERE r.token_hash = $1"
+    "WHERE r.token_hash = ANY($1::varchar[])"
 )
 
 # One statement for a whole batch. `claimed` takes the parent tokens still unused (a
@@ -363,6 +378,51 @@ class _PgKeyRecord(KeyRecord):
         return key, owner
 
 
+class _ReadBatcher:
+    """Coalesce concurrent single-row reads into one `= ANY($1)` query per round.
+
+    Whatever arrives while a query is in the database goes out in the next one; each
+    caller gets the row for its own value (or None). One pool checkout and one round trip
+    serve the whole batch.
+    """
+
+    def __init__(self, database: Database, sql: str, column: str, max_inflight: int) -> None:
+        self.database = database
+        self.sql = sql
+        self.column = column
+        self.max_inflight = max_inflight
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+
+    async def get(self, value: str) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(value, []).append(future)
+        if len(self._readers) < self.max_inflight:
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._readers.add(task)
+            task.add_done_callback(self._readers.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                pool = await self.database.raw_pool()
+                rows = await pool.fetch(self.sql, list(batch))
+            except Exception as exc:
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                continue
+            found = {row[self.column]: row for row in rows}
+            for value, futures in batch.items():
+                row = found.get(value)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(row)
+
+
 class PgTokenStore(TokenStore):
     """asyncpg with prepared statements and a group commit of issues (see the module doc)."""
 
@@ -371,15 +431,15 @@ class PgTokenStore(TokenStore):
         self.max_inflight = max_inflight
         self._pending: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
         self._flushers: set[asyncio.Task[None]] = set()  # referenced until done
+        self._keys = _ReadBatcher(database, _PG_LOAD_KEYS, "k_client_id", max_inflight)
+        self._refreshes = _ReadBatcher(database, _PG_LOAD_REFRESHES, "r_token_hash", max_inflight)
 
     async def fetch_key(self, client_id: str) -> KeyRecord | None:
-        pool = await self.database.raw_pool()
-        record = await pool.fetchrow(_PG_LOAD_KEY, client_id)
+        record = await self._keys.get(client_id)
         return _PgKeyRecord(record) if record is not None else None
 
     async def load_refresh(self, token_hash: str) -> RefreshRecord | None:
-        pool = await self.database.raw_pool()
-        record = await pool.fetchrow(_PG_LOAD_REFRESH, token_hash)
+        record = await self._refreshes.get(token_hash)
         if record is None:
             return None
         key = _build_raw(ApiKey, "k_", record) if record["k_id"] is not None else None
