@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,6 +139,23 @@ class Database:
                     )
         return self._raw_pool
 
+    @contextlib.asynccontextmanager
+    async def raw_connection(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection; one that failed other than by an SQL error is dropped.
+
+        The pool skips asyncpg's reset query on release (a round trip per request), so a
+        connection left mid-operation by a lost server or a cancellation must not go back
+        to the pool as it is: it is terminated here and the pool opens a fresh one.
+        """
+        pool = await self.raw_pool()
+        async with pool.acquire() as connection:
+            try:
+                yield connection
+            except BaseException as exc:
+                if not _answered_by_server(exc):
+                    connection.terminate()
+                raise
+
     async def session(self) -> AsyncGenerator[AsyncSession, None]:
         """Yield a session that is rolled back and closed at the end (services commit)."""
         async with self.sessionmaker() as session:
@@ -151,6 +169,12 @@ class Database:
         if pool is not None:
             await pool.close()
         await self.engine.dispose()
+
+
+def _answered_by_server(exc: BaseException) -> bool:
+    """An SQL error the server sent on a healthy connection (not a lost or closing one)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] not in {"08", "57", "53"}
 
 
 async def _keep_session_state(_connection: Any) -> None:

@@ -407,8 +407,8 @@ class _ReadBatcher:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                pool = await self.database.raw_pool()
-                rows = await pool.fetch(self.sql, list(batch))
+                async with self.database.raw_connection() as connection:
+                    rows = await connection.fetch(self.sql, list(batch))
             except Exception as exc:
                 for futures in batch.values():
                     for future in futures:
@@ -511,10 +511,9 @@ class PgTokenStore(TokenStore):
         last_ip = {w.key_id: w.ip for w, _ in batch if w.last_used and w.key_id is not None}
         due = sorted(last_ip)
         at = max(w.now for w, _ in batch)
-        pool = await self.database.raw_pool()
         for attempt in range(3):
             try:
-                async with pool.acquire() as connection, connection.transaction():
+                async with self.database.raw_connection() as connection, connection.transaction():
                     rows = await connection.fetch(
                         _PG_WRITE_BATCH[bool(claims)],
                         *columns,

@@ -1,0 +1,108 @@
+"""The token store under concurrency: batched reads and the group commit of issues.
+
+On PostgreSQL concurrent requests share one read query and one write transaction
+(auth/store.py); these tests pin what each request must still get on its own: its own
+row, its own outcome, and no other request's error. On SQLite the same calls run one by
+one, and the same outcomes hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from keyservice.auth.models import RefreshToken
+from keyservice.auth.store import IssueWrite
+from keyservice.database import new_id, utcnow
+from tests.factories import audit_events, create_key, create_principal, user_token
+
+
+def _write(principal_id: str, *, parent_id: str | None = None, family: str | None = None):
+    now = utcnow()
+    return IssueWrite(
+        now=now,
+        rt_id=new_id(),
+        rt_hash=new_id().replace("-", "") * 2,
+        family_id=family or new_id(),
+        parent_id=parent_id,
+        principal_id=principal_id,
+        key_id=None,
+        scope="",
+        rt_expires=now + timedelta(hours=3),
+        au_id=new_id(),
+        event="token.exchange",
+        actor="test",
+        ip="127.0.0.1",
+        last_used=False,
+    )
+
+
+async def _refresh_count(context) -> int:
+    async with context.database.sessionmaker() as session:
+        return int(await session.scalar(select(func.count()).select_from(RefreshToken)) or 0)
+
+
+async def test_concurrent_key_reads_each_get_their_own_row(client, context):
+    token = await user_token(context, client, "alice", ["api_keys:manage"])
+    keys = [await create_key(client, token, name=f"k{i}") for i in range(3)]
+    client_ids = [k["client_id"] for k in keys]
+    lookups = [*client_ids, "ksc_unknown0000000000000000", *client_ids]
+    found = await asyncio.gather(*(context.tokens.fetch_key(c) for c in lookups))
+    assert found[3] is None
+    for client_id, record in zip(lookups, found, strict=True):
+        if client_id.startswith("ksc_unknown"):
+            continue
+        assert record is not None
+        key, owner = record.objects()
+        assert key.client_id == client_id
+        assert owner.name == "alice"
+
+
+async def test_one_bad_write_in_a_batch_fails_alone(context):
+    owner = await create_principal(context, "bob")
+    good = [_write(owner.id) for _ in range(8)]
+    bad = _write("no-such-principal")  # breaks the foreign key
+    results = await asyncio.gather(
+        *(context.tokens.write_issue(w) for w in [*good[:4], bad, *good[4:]]),
+        return_exceptions=True,
+    )
+    assert results[:4] == [True] * 4 and results[5:] == [True] * 4, results
+    assert isinstance(results[4], Exception), results[4]
+    assert "foreign key" in str(results[4]).lower()
+    assert await _refresh_count(context) == 8
+    assert len(await audit_events(context, "token.exchange")) == 8
+
+
+async def test_two_claims_of_one_parent_at_once_one_wins(context):
+    owner = await create_principal(context, "carol")
+    first = _write(owner.id)
+    assert await context.tokens.write_issue(first)
+    children = [_write(owner.id, parent_id=first.rt_id, family=first.family_id) for _ in range(6)]
+    results = await asyncio.gather(*(context.tokens.write_issue(w) for w in children))
+    assert sorted(results) == [False] * 5 + [True], results
+    assert await _refresh_count(context) == 2
+
+
+@pytest.mark.postgresql_only
+async def test_concurrent_issues_share_commits_on_postgresql(context):
+    owner = await create_principal(context, "dave")
+    writes = [_write(owner.id) for _ in range(40)]
+    store = context.tokens
+    executed: list[int] = []
+    original = store._execute
+
+    async def counting(batch):
+        executed.append(len(batch))
+        return await original(batch)
+
+    store._execute = counting
+    try:
+        assert all(await asyncio.gather(*(store.write_issue(w) for w in writes)))
+    finally:
+        store._execute = original
+    assert sum(executed) == 40
+    assert len(executed) < 40, executed  # batched: fewer transactions than issues
+    assert await _refresh_count(context) == 40
