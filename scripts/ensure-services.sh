@@ -63,3 +63,11 @@ else
   apt_install chromium chromium-driver
   [ -x /usr/bin/chromium ] || { log "Chromium is missing at /usr/bin/chromium"; exit 1; }
 fi
+
+# wrk for the benchmark smoke test (tests/test_bench_smoke.py runs `bench/run.py --smoke`) ---
+if command -v wrk >/dev/null; then
+  log "wrk at $(command -v wrk)"
+else
+  apt_install wrk
+  command -v wrk >/dev/null || { log "wrk is missing"; exit 1; }
+fi

@@ -1,0 +1,41 @@
+"""CI runs the benchmark only as a smoke: `bench/run.py --smoke` (1 s per scenario).
+
+It keeps `make bench` working (server start on PostgreSQL, seeding through the API, wrk,
+the result JSON); the figures themselves are never asserted: benchmarks are not timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
+    if os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("the benchmark runs on PostgreSQL, which this run was told to skip")
+    out = tmp_path / "smoke.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    scenarios = {run["scenario"] for run in runs}
+    assert {"healthz", "exchange", "refresh", "read"} <= scenarios, scenarios
+    for run in runs:
+        assert run["requests"] > 0, run
+        assert run["rps"] > 0, run
+        assert run["errors"] == 0, run
