@@ -69,6 +69,8 @@ CONNECT_TIMEOUT_SECONDS = 3
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
 RAW_POOL_SIZE = 10
+# Query parameters of a SQLAlchemy asyncpg URL that are the dialect's, not the server's.
+_SQLALCHEMY_ONLY = {"prepared_statement_cache_size", "prepared_statement_name_func"}
 
 
 class Database:
@@ -127,9 +129,15 @@ class Database:
                 if self._raw_pool is None:
                     import asyncpg  # type: ignore[import-untyped]
 
-                    dsn = make_url(self.url).set(drivername="postgresql")
+                    # The URL is SQLAlchemy's: `ssl=` is a connect argument there (asyncpg
+                    # would send an unknown query parameter to the server as a setting).
+                    url = make_url(self.url)
+                    query = {k: v for k, v in url.query.items() if k not in _SQLALCHEMY_ONLY}
+                    ssl = query.pop("ssl", None)
+                    dsn = url.set(drivername="postgresql", query=query)
                     self._raw_pool = await asyncpg.create_pool(
                         dsn.render_as_string(hide_password=False),
+                        ssl=ssl,
                         min_size=1,
                         max_size=RAW_POOL_SIZE,
                         timeout=CONNECT_TIMEOUT_SECONDS,
