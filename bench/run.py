@@ -12,6 +12,10 @@ Lua scripts in bench/lua) through four scenarios at each connection count:
 With --peer it also runs node-oidc-provider 9 (bench/peer) with the same exchange load.
 It prints a table and ratios and writes everything as JSON to bench/results/. See
 bench/README.md.
+
+--seed-rows N first writes N refresh tokens and N audit events straight into the database
+(is the token path flat as the tables grow?); --soak SECONDS instead runs one scenario for
+that long and watches each worker's resident memory (does it stay flat?).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ksbench import peer, pg, procs, seed, wrk
+from ksbench import bulk, peer, pg, procs, seed, wrk
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -51,6 +55,11 @@ SCENARIOS = [
     ("read", "GET {read_path} Bearer", "c"),
 ]
 PEER_SCENARIO = ("peer_exchange", "peer: oidc-provider client_credentials", "p")
+DEFAULT_SCENARIOS = "healthz,exchange,refresh,read"
+SOAK_SCENARIO = "exchange"
+SOAK_SAMPLE_S = 10  # seconds between two readings of each worker's VmRSS
+SOAK_WARMUP_S = 30  # readings before this are shown but not judged
+SOAK_TOLERANCE = 0.10  # "stable": last / first reading after the warm-up within +-10%
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,8 +113,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        default="healthz,exchange,refresh,read",
-        help="comma-separated subset of healthz,exchange,refresh,read",
+        default=None,
+        help=f"comma-separated subset of {DEFAULT_SCENARIOS} (default: all; with --soak: "
+        f"one, default {SOAK_SCENARIO})",
+    )
+    p.add_argument(
+        "--seed-rows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after seeding through the API, insert N refresh tokens and N audit events "
+        "directly (INSERT ... SELECT FROM generate_series), then VACUUM ANALYZE them "
+        "(default 0)",
+    )
+    p.add_argument(
+        "--seed-keep-indexes",
+        action="store_true",
+        help="with --seed-rows: insert through the tables' indexes and foreign keys instead "
+        "of dropping them and building them again afterwards (about 2.5x slower)",
+    )
+    p.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help=f"soak mode: one scenario at the first --connections value for SECONDS "
+        f"(>= {SOAK_WARMUP_S + SOAK_SAMPLE_S}) in one wrk run, reading each worker's VmRSS "
+        f"every {SOAK_SAMPLE_S} s; passes when the last reading is within "
+        f"+-{SOAK_TOLERANCE:.0%} of the first after {SOAK_WARMUP_S} s (default 0: off; "
+        "--duration, --repeat and --warmup do not apply)",
     )
     p.add_argument("--peer", action="store_true", help="also run node-oidc-provider (bench/peer)")
     p.add_argument(
@@ -146,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.duration, args.connections, args.repeat, args.warmup = 1, "8", 1, 0
         args.users, args.peer = 2, False
     args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
+    if args.scenarios is None:
+        args.scenarios = SOAK_SCENARIO if args.soak else DEFAULT_SCENARIOS
     args.scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
     known = {key for key, _, _ in SCENARIOS}
     if unknown := set(args.scenarios) - known:
@@ -170,6 +208,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--warmup must be between 0 and 60")
     if args.duration > 600 or args.repeat > 20 or args.users > 200:
         p.error("--duration <= 600, --repeat <= 20 and --users <= 200, please")
+    if not 0 <= args.seed_rows <= 20_000_000:
+        p.error("--seed-rows must be between 0 and 20,000,000")
+    if args.soak:
+        if not SOAK_WARMUP_S + SOAK_SAMPLE_S <= args.soak <= 7200:
+            p.error(f"--soak must be 0 (off) or {SOAK_WARMUP_S + SOAK_SAMPLE_S}..7200 seconds")
+        if len(args.scenarios) != 1:
+            p.error("--soak runs one scenario: pick it with --scenarios")
+        if args.peer:
+            p.error("--soak does not run the peer")
     return args
 
 
@@ -333,30 +380,154 @@ def measure_all(
                     procs.RssSampler(m.rss_root) as sampler,
                 ):
                     result = m.run(conns, args.duration)
-                peaks = sorted(sampler.peak_kb.values(), reverse=True)
-                row = {
-                    "target": m.target,
-                    "scenario": m.key,
-                    "label": m.label,
-                    "letter": m.letter,
-                    "connections": conns,
-                    "run": rep,
-                    **result.as_dict(),
-                    "peak_rss_mb_per_worker": [_mb(kb) for kb in peaks],
-                    "machine_busy_pct": cpu.machine_busy_pct,
-                    "foreign_cpu_pct": cpu.foreign_pct,
-                }
-                rows.append(row)
-                extra = f" statuses {result.statuses}" if result.errors else ""
-                if result.chain_breaks:
-                    extra += f" chain breaks {result.chain_breaks}"
-                print(
-                    f"[{done}/{total}] {m.key:<13} c{conns:<3} {result.rps:9.1f} req/s  "
-                    f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-                    f"errors {result.errors}  foreign CPU {cpu.foreign_pct:4.1f}%{extra}",
-                    flush=True,
-                )
+                rows.append(_row(m, conns, rep, result, sampler.peak_kb.values(), cpu))
+                _print_run(f"[{done}/{total}]", m, conns, result, cpu)
     return rows
+
+
+def _row(
+    m: Measure,
+    conns: int,
+    rep: int,
+    result: wrk.WrkResult,
+    peaks_kb: Iterable[int],
+    cpu: procs.CpuAccount,
+) -> dict[str, Any]:
+    return {
+        "target": m.target,
+        "scenario": m.key,
+        "label": m.label,
+        "letter": m.letter,
+        "connections": conns,
+        "run": rep,
+        **result.as_dict(),
+        "peak_rss_mb_per_worker": [_mb(kb) for kb in sorted(peaks_kb, reverse=True)],
+        "machine_busy_pct": cpu.machine_busy_pct,
+        "foreign_cpu_pct": cpu.foreign_pct,
+    }
+
+
+def _print_run(
+    tag: str, m: Measure, conns: int, result: wrk.WrkResult, cpu: procs.CpuAccount
+) -> None:
+    extra = f" statuses {result.statuses}" if result.errors else ""
+    if result.chain_breaks:
+        extra += f" chain breaks {result.chain_breaks}"
+    print(
+        f"{tag} {m.key:<13} c{conns:<3} {result.rps:9.1f} req/s  "
+        f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+        f"errors {result.errors}  foreign CPU {cpu.foreign_pct:4.1f}%{extra}",
+        flush=True,
+    )
+
+
+def soak(
+    m: Measure, args: argparse.Namespace, *, database: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One long run of `m` while each worker's VmRSS is read every SOAK_SAMPLE_S seconds.
+
+    Returns the run's row (as measure_all's) and the soak report: every reading, and per
+    worker the first reading at or after SOAK_WARMUP_S, the last, the largest and
+    last / first; it passes when every worker's ratio is within 1 +- SOAK_TOLERANCE.
+    """
+    conns = args.connections[0]
+    if args.quiet_below:
+        quiet = wait_for_quiet([m.rss_root], database, args.quiet_below, args.quiet_wait)
+        if quiet >= args.quiet_below:
+            print(f"  (not quiet after {args.quiet_wait} s: foreign CPU {quiet}%)")
+    print(
+        f"soaking: {m.key} at c{conns} for {args.soak} s; worker RSS every {SOAK_SAMPLE_S} s, "
+        f"judged from {SOAK_WARMUP_S} s on",
+        flush=True,
+    )
+    with (
+        procs.CpuAccount([m.rss_root], database) as cpu,
+        procs.RssSeries(m.rss_root, SOAK_SAMPLE_S) as series,
+    ):
+        result = m.run(conns, args.soak)
+    peaks: dict[int, int] = {}
+    for _, rss in series.samples:
+        for pid, kb in rss.items():
+            peaks[pid] = max(kb, peaks.get(pid, 0))
+    row = _row(m, conns, 1, result, peaks.values(), cpu)
+    _print_run("[soak]", m, conns, result, cpu)
+    report = soak_report(series.samples)
+    report.update(scenario=m.key, connections=conns, seconds=args.soak)
+    return row, report
+
+
+def soak_report(samples: list[tuple[float, dict[int, int]]]) -> dict[str, Any]:
+    pids = sorted({pid for _, rss in samples for pid in rss})
+    judged = [(t, rss) for t, rss in samples if t >= SOAK_WARMUP_S - 1]
+    workers: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for pid in pids:
+        series = [(t, rss[pid]) for t, rss in judged if pid in rss]
+        if len(series) < 2:
+            problems.append(f"worker {pid}: fewer than 2 readings after the warm-up")
+            workers[str(pid)] = {"readings": len(series)}
+            continue
+        if len(series) < len(judged):
+            problems.append(f"worker {pid}: missing from some readings (restarted?)")
+        (t_first, first), (t_last, last) = series[0], series[-1]
+        ratio = last / first
+        workers[str(pid)] = {
+            "first_s": round(t_first, 1),
+            "first_mb": _mb(first),
+            "last_s": round(t_last, 1),
+            "last_mb": _mb(last),
+            "max_mb": _mb(max(kb for _, kb in series)),
+            "last_over_first": round(ratio, 3),
+            "within_tolerance": abs(ratio - 1) <= SOAK_TOLERANCE,
+        }
+        if abs(ratio - 1) > SOAK_TOLERANCE:
+            problems.append(f"worker {pid}: last/first {ratio:.3f}")
+    if not pids:
+        problems.append("no worker readings")
+    return {
+        "sample_every_s": SOAK_SAMPLE_S,
+        "warmup_s": SOAK_WARMUP_S,
+        "tolerance": SOAK_TOLERANCE,
+        "samples": [
+            {"t_s": round(t, 1), "rss_mb": {str(pid): _mb(kb) for pid, kb in sorted(rss.items())}}
+            for t, rss in samples
+        ],
+        "workers": workers,
+        "problems": problems,
+        "verdict": "FAIL" if problems else "PASS",
+    }
+
+
+def print_soak(report: dict[str, Any]) -> None:
+    pids = list(report["workers"])
+    print(
+        f"\nSoak: {report['scenario']} at c{report['connections']} for {report['seconds']} s; "
+        "resident memory (VmRSS) of each worker, MB\n"
+    )
+    head = f"{'t s':>7}" + "".join(f"{'pid ' + pid:>12}" for pid in pids)
+    print(head)
+    print("-" * len(head))
+    for sample in report["samples"]:
+        mark = " " if sample["t_s"] >= report["warmup_s"] - 1 else "*"
+        cells = "".join(
+            f"{sample['rss_mb'][pid]:>12.1f}" if pid in sample["rss_mb"] else f"{'-':>12}"
+            for pid in pids
+        )
+        print(f"{sample['t_s']:>6.0f}{mark}{cells}")
+    print("(* = warm-up, not judged)\n")
+    head = f"{'worker':>10} {'first MB':>9} {'(at s)':>7} {'last MB':>8} {'max MB':>7}"
+    print(f"{head} {'last/first':>11}")
+    for pid, w in report["workers"].items():
+        if "first_mb" not in w:
+            print(f"{pid:>10}  (too few readings)")
+            continue
+        print(
+            f"{pid:>10} {w['first_mb']:>9.1f} {w['first_s']:>7.0f} {w['last_mb']:>8.1f} "
+            f"{w['max_mb']:>7.1f} {w['last_over_first']:>11.3f}"
+        )
+    tol = f"{report['tolerance']:.0%}"
+    print(f"\n{report['verdict']}: worker memory stable within +-{tol} after the warm-up", end="")
+    print(f" ({'; '.join(report['problems'])})" if report["problems"] else "")
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -534,6 +705,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"our access tokens: alg {header.get('alg')}, typ {header.get('typ')}")
         jwt_file = _write_lines(tmp / "jwts.txt", [t["access_token"] for t in first])
 
+        meta["seed_rows"] = args.seed_rows
+        if args.seed_rows:
+            print(
+                f"seeding {args.seed_rows:,} refresh tokens and {args.seed_rows:,} audit events "
+                "directly into the database ...",
+                flush=True,
+            )
+            service_env = {k: v for k, v in env.items() if k.startswith("KEYSERVICE_")}
+            bulk_result = bulk.seed_rows(
+                pg.dsn(args.pg_admin_dsn, db),
+                args.seed_rows,
+                bulk.Settings.from_service_env(service_env),
+                rebuild_indexes=not args.seed_keep_indexes,
+            )
+            meta["bulk_seed"] = bulk_result.as_dict()
+            c = bulk_result.counts
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in bulk_result.phases.items())
+            print(
+                f"seeded {args.seed_rows:,} rows each in {bulk_result.seconds:.1f} s ({phases})\n"
+                f"  now: refresh_token {c['refresh_tokens']:,} rows ({c['used']:,} used, "
+                f"{c['expired']:,} expired, {c['families']:,} families); audit_event "
+                f"{c['audit_events']:,} rows ({c['failures']:,} failures, oldest "
+                f"{c['oldest_event']})",
+                flush=True,
+            )
+
         def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
             return wrk.run(
                 wrk_bin,
@@ -649,11 +846,16 @@ def main(argv: list[str] | None = None) -> int:
             key, label, letter = PEER_SCENARIO
             measures.append(Measure(key, label, letter, "peer", run_peer, node.pid))
 
-        print(
-            f"measuring: {len(measures)} scenario(s) x connections {args.connections} x "
-            f"{args.repeat} run(s) x {args.duration} s"
-        )
-        rows = measure_all(measures, args, database=db)
+        soak_result: dict[str, Any] | None = None
+        if args.soak:
+            row, soak_result = soak(measures[0], args, database=db)
+            rows = [row]
+        else:
+            print(
+                f"measuring: {len(measures)} scenario(s) x connections {args.connections} x "
+                f"{args.repeat} run(s) x {args.duration} s"
+            )
+            rows = measure_all(measures, args, database=db)
         meta["worker_memory"] = {
             "keyservice": {str(k): v for k, v in procs.high_water_marks(server.pid).items()},
         }
@@ -671,6 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio_rows = ratios(summary)
     print_table(summary, ratio_rows)
     result = {"meta": meta, "summary": summary, "ratios": ratio_rows, "runs": rows}
+    if soak_result is not None:
+        print_soak(soak_result)
+        result["soak"] = soak_result
     out = RESULTS_DIR / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(BENCH_DIR.parent)}")
@@ -685,6 +890,8 @@ def main(argv: list[str] | None = None) -> int:
             f"PROBLEM: {s['scenario']} c{s['connections']}: {s['errors']} errors, {s['rps']} req/s"
         )
     if args.smoke and bad:
+        return 1
+    if soak_result is not None and soak_result["verdict"] != "PASS":
         return 1
     return 0
 

@@ -40,6 +40,12 @@ def drop(admin_dsn: str, name: str) -> None:
     asyncio.run(_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def dsn(admin_dsn: str, name: str) -> str:
+    """A plain (asyncpg/libpq) DSN for database `name` on the server of `admin_dsn`."""
+    base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql://{base}/{name}"
+
+
 def sqlalchemy_url(admin_dsn: str, name: str) -> str:
     """The service's KEYSERVICE_DATABASE_URL for database `name` on the same server."""
     base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]

@@ -181,6 +181,53 @@ class RssSampler:
             self._stop.wait(self.interval)
 
 
+class RssSeries:
+    """Read VmRSS of each worker under a root pid every `interval` seconds, in a thread.
+
+    `samples` holds (seconds since start, {pid: kB}); the first is taken at 0 s, and on
+    leaving one more is taken unless the last is less than a second old, so that the
+    series ends when the load did.
+    """
+
+    def __init__(self, root: int, interval: float = 10.0) -> None:
+        self.root = root
+        self.interval = interval
+        self.samples: list[tuple[float, dict[int, int]]] = []
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-series", daemon=True)
+
+    def __enter__(self) -> RssSeries:
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if not self.samples or time.monotonic() - self._t0 - self.samples[-1][0] >= 1.0:
+            self._sample()
+
+    def _sample(self) -> None:
+        at = time.monotonic() - self._t0
+        rss = {}
+        for pid in worker_pids(self.root):
+            kb = memory_kb(pid).get("VmRSS")
+            if kb is not None:
+                rss[pid] = kb
+        self.samples.append((at, rss))
+
+    def _run(self) -> None:
+        tick = 0
+        while True:
+            self._sample()
+            tick += 1
+            # On a fixed schedule (0, 10, 20 s ...): a slow /proc scan does not add drift.
+            delay = max(0.0, self._t0 + tick * self.interval - time.monotonic())
+            if self._stop.wait(delay):
+                return
+
+
 def high_water_marks(root: int) -> dict[int, dict[str, object]]:
     """VmHWM (the kernel's peak RSS since start) and VmRSS of each worker under `root`."""
     marks: dict[int, dict[str, object]] = {}
