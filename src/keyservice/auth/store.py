@@ -513,7 +513,8 @@ class PgTokenStore(TokenStore):
         at = max(w.now for w, _ in batch)
         for attempt in range(3):
             try:
-                async with self.database.raw_connection() as connection, connection.transaction():
+                # One statement is one transaction: no BEGIN/COMMIT round trips around it.
+                async with self.database.raw_connection() as connection:
                     rows = await connection.fetch(
                         _PG_WRITE_BATCH[bool(claims)],
                         *columns,
