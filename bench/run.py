@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"soak mode: one scenario at the first --connections value for SECONDS "
         f"(>= {SOAK_WARMUP_S + SOAK_SAMPLE_S}) in one wrk run, reading each worker's VmRSS "
         f"every {SOAK_SAMPLE_S} s; passes when the last reading is within "
-        f"+-{SOAK_TOLERANCE:.0%} of the first after {SOAK_WARMUP_S} s (default 0: off; "
+        f"+-{SOAK_TOLERANCE:.0%}% of the first after {SOAK_WARMUP_S} s (default 0: off; "
         "--duration, --repeat and --warmup do not apply)",
     )
     p.add_argument("--peer", action="store_true", help="also run node-oidc-provider (bench/peer)")
