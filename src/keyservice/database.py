@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, MetaData, event, make_url
 from sqlalchemy.engine import Dialect
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger("keyservice.database")
+T = TypeVar("T")
 
 # Deterministic constraint names, so Alembic migrations read the same on every backend.
 NAMING_CONVENTION = {
@@ -163,6 +167,24 @@ class Database:
                 if not _answered_by_server(exc):
                     connection.terminate()
                 raise
+
+    async def raw_run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `operation(connection)` on a pooled asyncpg connection (see raw_connection).
+
+        A connection the server dropped while it sat in the pool (a restart, backends
+        terminated by an admin) fails its next use with asyncpg's InternalClientError,
+        raised before anything is sent (asyncpg#1069, SQLAlchemy#13241): it is dropped and
+        the operation runs once more on a fresh connection.
+        """
+        for attempt in range(2):
+            try:
+                async with self.raw_connection() as connection:
+                    return await operation(connection)
+            except Exception as exc:
+                if attempt or type(exc).__name__ != "InternalClientError":
+                    raise
+                log.info("a pooled connection was dropped by the server; retried on a new one")
+        raise AssertionError("unreachable")
 
     async def session(self) -> AsyncGenerator[AsyncSession, None]:
         """Yield a session that is rolled back and closed at the end (services commit)."""

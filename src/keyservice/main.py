@@ -55,6 +55,9 @@ def _outage_types() -> tuple[type[BaseException], ...]:
         asyncpg.exceptions.PostgresConnectionError,  # class 08: connection lost or refused
         asyncpg.exceptions.OperatorInterventionError,  # 57P01-03: shutting down, starting up
         asyncpg.exceptions.InsufficientResourcesError,  # 53300: too many connections
+        # A pooled connection the server dropped, used again (asyncpg#1069): by the time
+        # the token path's one retry also met one, the database is restarting.
+        asyncpg.exceptions.InternalClientError,
     ]
     return tuple(types)
 

@@ -106,3 +106,34 @@ async def test_concurrent_issues_share_commits_on_postgresql(context):
     assert sum(executed) == 40
     assert len(executed) < 40, executed  # batched: fewer transactions than issues
     assert await _refresh_count(context) == 40
+
+
+@pytest.mark.postgresql_only
+async def test_a_connection_the_server_dropped_is_replaced_and_the_call_retried(context):
+    # asyncpg raises InternalClientError, before sending anything, when a pooled connection
+    # the server dropped is used again (seen in the PostgreSQL-restart fault test).
+    import asyncpg
+
+    used: list[int] = []  # server pids
+
+    async def operation(connection):
+        used.append(connection.get_server_pid())
+        if len(used) == 1:
+            raise asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+        return await connection.fetchval("SELECT 41 + 1")
+
+    assert await context.database.raw_run(operation) == 42
+    assert len(used) == 2 and used[0] != used[1]
+    # The first connection was terminated, not handed back to the pool as it was.
+    await asyncio.sleep(0.2)
+    async with context.database.raw_connection() as connection:
+        alive = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", used[0]
+        )
+    assert alive == 0
+
+    async def always_broken(connection):
+        raise asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+
+    with pytest.raises(asyncpg.exceptions.InternalClientError):  # one retry, not a loop
+        await context.database.raw_run(always_broken)

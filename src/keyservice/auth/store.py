@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, cast
 
 import orjson
@@ -378,6 +378,10 @@ class _PgKeyRecord(KeyRecord):
         return key, owner
 
 
+async def _fetch(sql: str, values: list[str], connection: Any) -> list[Any]:
+    return cast(list[Any], await connection.fetch(sql, values))
+
+
 class _ReadBatcher:
     """Coalesce concurrent single-row reads into one `= ANY($1)` query per round.
 
@@ -407,8 +411,8 @@ class _ReadBatcher:
         while self._pending:
             batch, self._pending = self._pending, {}
             try:
-                async with self.database.raw_connection() as connection:
-                    rows = await connection.fetch(self.sql, list(batch))
+                values = list(batch)
+                rows = await self.database.raw_run(partial(_fetch, self.sql, values))
             except Exception as exc:
                 for futures in batch.values():
                     for future in futures:
@@ -511,18 +515,13 @@ class PgTokenStore(TokenStore):
         last_ip = {w.key_id: w.ip for w, _ in batch if w.last_used and w.key_id is not None}
         due = sorted(last_ip)
         at = max(w.now for w, _ in batch)
+        ips = [last_ip[k] for k in due]
         for attempt in range(3):
             try:
                 # One statement is one transaction: no BEGIN/COMMIT round trips around it.
-                async with self.database.raw_connection() as connection:
-                    rows = await connection.fetch(
-                        _PG_WRITE_BATCH[bool(claims)],
-                        *columns,
-                        claims,
-                        due,
-                        at,
-                        [last_ip[k] for k in due],
-                    )
+                rows = await self.database.raw_run(
+                    lambda c: c.fetch(_PG_WRITE_BATCH[bool(claims)], *columns, claims, due, at, ips)
+                )
                 return {row[0] for row in rows}
             except Exception as exc:
                 if attempt == 2 or getattr(exc, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
