@@ -194,11 +194,6 @@ async def _record_refusal(
     await session.commit()
 
 
-async def fetch_key(ctx: AppContext, *, client_id: str) -> KeyRecord | None:
-    """The key and its owner in one round trip, untyped until the secret matched."""
-    return await ctx.tokens.fetch_key(client_id)
-
-
 async def load_key(ctx: AppContext, *, client_id: str) -> tuple[ApiKey, Principal] | None:
     """Fetch a key and its owner in one round trip, as objects."""
     record = await ctx.tokens.fetch_key(client_id)

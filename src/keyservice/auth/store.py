@@ -20,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import JSON, Row, bindparam, select, type_coerce, update
+from sqlalchemy import JSON, bindparam, select, type_coerce, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import NullType
 
@@ -60,29 +60,36 @@ class IssueWrite:
     last_used: bool
 
 
-class KeyRecord(ABC):
+@dataclass(frozen=True)
+class KeyRecord:
     """A key and its owner as read, before the secret is checked.
 
     Objects are built only once the secret matched: hydrating them for a known client id
     but not for an unknown one made a wrong secret measurably slower than an unknown client
-    id (bench/TIMING.md). Reads stay untyped until then.
+    id (bench/TIMING.md). Reads stay untyped until then: `values` is the driver's row
+    (`k_*` and `p_*` labels) and `build(model, prefix, values)` makes an object of it.
     """
 
-    @property
-    @abstractmethod
-    def key_id(self) -> str: ...
+    values: Any
+    build: Callable[[Any, str, Any], Any]
 
     @property
-    @abstractmethod
-    def principal_id(self) -> str: ...
+    def key_id(self) -> str:
+        return str(self.values["k_id"])
 
     @property
-    @abstractmethod
-    def secret_hash(self) -> str | None: ...
+    def principal_id(self) -> str:
+        return str(self.values["k_principal_id"])
 
-    @abstractmethod
+    @property
+    def secret_hash(self) -> str | None:
+        return cast(str | None, self.values["k_secret_hash"])
+
     def objects(self) -> tuple[ApiKey, Principal]:
         """Build (detached) objects for the checks that follow a matching secret."""
+        key: ApiKey = self.build(ApiKey, "k_", self.values)
+        owner: Principal = self.build(Principal, "p_", self.values)
+        return key, owner
 
 
 @dataclass(frozen=True)
@@ -166,30 +173,6 @@ def _build(model: Any, prefix: str, mapping: Any, dialect: Dialect) -> Any:
     return _loaded(model, values)
 
 
-@dataclass(frozen=True)
-class _SqlKeyRecord(KeyRecord):
-    row: Row[Any]
-    dialect: Dialect
-
-    @property
-    def key_id(self) -> str:
-        return str(self.row.k_id)
-
-    @property
-    def principal_id(self) -> str:
-        return str(self.row.k_principal_id)
-
-    @property
-    def secret_hash(self) -> str | None:
-        return cast(str | None, self.row.k_secret_hash)
-
-    def objects(self) -> tuple[ApiKey, Principal]:
-        mapping = self.row._mapping
-        key: ApiKey = _build(ApiKey, "k_", mapping, self.dialect)
-        owner: Principal = _build(Principal, "p_", mapping, self.dialect)
-        return key, owner
-
-
 class SqlTokenStore(TokenStore):
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -198,7 +181,9 @@ class SqlTokenStore(TokenStore):
         async with self.database.token_sessionmaker() as session:
             row = (await session.execute(_LOAD_KEY, {"client_id": client_id})).first()
             dialect = session.get_bind().dialect
-        return _SqlKeyRecord(cast(Row[Any], row), dialect) if row is not None else None
+        if row is None:
+            return None
+        return KeyRecord(row._mapping, partial(_build, dialect=dialect))
 
     async def load_refresh(self, token_hash: str) -> RefreshRecord | None:
         async with self.database.token_sessionmaker() as session:
@@ -356,30 +341,27 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization fa
 MAX_BATCH = 256
 
 
-@dataclass(frozen=True)
-class _PgKeyRecord(KeyRecord):
-    record: Any
-
-    @property
-    def key_id(self) -> str:
-        return str(self.record["k_id"])
-
-    @property
-    def principal_id(self) -> str:
-        return str(self.record["k_principal_id"])
-
-    @property
-    def secret_hash(self) -> str | None:
-        return cast(str | None, self.record["k_secret_hash"])
-
-    def objects(self) -> tuple[ApiKey, Principal]:
-        key: ApiKey = _build_raw(ApiKey, "k_", self.record)
-        owner: Principal = _build_raw(Principal, "p_", self.record)
-        return key, owner
-
-
 async def _fetch(sql: str, values: list[str], connection: Any) -> list[Any]:
     return cast(list[Any], await connection.fetch(sql, values))
+
+
+class _Drainers:
+    """At most `limit` tasks running `drain` at once, each referenced until it is done.
+
+    A batcher wakes one on every submission; a drain takes whatever is pending and loops
+    until nothing is, so submissions that arrive while `limit` drains run ride with them.
+    """
+
+    def __init__(self, drain: Callable[[], Coroutine[Any, Any, None]], limit: int) -> None:
+        self.drain = drain
+        self.limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        if len(self._tasks) < self.limit:
+            task = asyncio.get_running_loop().create_task(self.drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 class _ReadBatcher:
@@ -394,17 +376,13 @@ class _ReadBatcher:
         self.database = database
         self.sql = sql
         self.column = column
-        self.max_inflight = max_inflight
         self._pending: dict[str, list[asyncio.Future[Any]]] = {}
-        self._readers: set[asyncio.Task[None]] = set()
+        self._drainers = _Drainers(self._drain, max_inflight)
 
     async def get(self, value: str) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(value, []).append(future)
-        if len(self._readers) < self.max_inflight:
-            task = asyncio.get_running_loop().create_task(self._drain())
-            self._readers.add(task)
-            task.add_done_callback(self._readers.discard)
+        self._drainers.wake()
         return await future
 
     async def _drain(self) -> None:
@@ -432,15 +410,14 @@ class PgTokenStore(TokenStore):
 
     def __init__(self, database: Database, *, max_inflight: int = 2) -> None:
         self.database = database
-        self.max_inflight = max_inflight
         self._pending: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()  # referenced until done
+        self._flushers = _Drainers(self._flush, max_inflight)
         self._keys = _ReadBatcher(database, _PG_LOAD_KEYS, "k_client_id", max_inflight)
         self._refreshes = _ReadBatcher(database, _PG_LOAD_REFRESHES, "r_token_hash", max_inflight)
 
     async def fetch_key(self, client_id: str) -> KeyRecord | None:
         record = await self._keys.get(client_id)
-        return _PgKeyRecord(record) if record is not None else None
+        return KeyRecord(record, _build_raw) if record is not None else None
 
     async def load_refresh(self, token_hash: str) -> RefreshRecord | None:
         record = await self._refreshes.get(token_hash)
@@ -457,10 +434,7 @@ class PgTokenStore(TokenStore):
     async def write_issue(self, write: IssueWrite) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((write, future))
-        if len(self._flushers) < self.max_inflight:
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+        self._flushers.wake()
         return await future
 
     def _take(self) -> list[tuple[IssueWrite, asyncio.Future[bool]]]:

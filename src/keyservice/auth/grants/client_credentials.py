@@ -31,7 +31,7 @@ async def authenticate(
     await throttle.enforce(ctx, client=client_id, caller=caller, event=event)
     found = None
     if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
-        found = await service.fetch_key(ctx, client_id=client_id)
+        found = await ctx.tokens.fetch_key(client_id)
     if not service.authenticate_secret(ctx, found, secret):
         await service.refuse(
             ctx,
