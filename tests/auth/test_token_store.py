@@ -137,3 +137,30 @@ async def test_a_connection_the_server_dropped_is_replaced_and_the_call_retried(
 
     with pytest.raises(asyncpg.exceptions.InternalClientError):  # one retry, not a loop
         await context.database.raw_run(always_broken)
+
+
+async def test_a_submission_as_a_drain_finishes_still_gets_a_drain():
+    # The window behind a 20 s hang in the restart fault test: a request submitted in the
+    # loop turn in which the last drain finishes must not wait for some later request.
+    from keyservice.auth.store import _Drainers
+
+    pending: list[str] = []
+    drained: list[str] = []
+
+    def submit(item: str) -> None:
+        pending.append(item)
+        drainers.wake()
+
+    async def drain() -> None:
+        while pending:
+            drained.append(pending.pop())
+            await asyncio.sleep(0)
+        if "late" not in drained and "late" not in pending:
+            # Queued before the finishing task's own completion callbacks would run.
+            asyncio.get_running_loop().call_soon(submit, "late")
+
+    drainers = _Drainers(drain, 1)
+    submit("first")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert drained == ["first", "late"]

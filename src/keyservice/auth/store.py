@@ -359,9 +359,17 @@ class _Drainers:
 
     def wake(self) -> None:
         if len(self._tasks) < self.limit:
-            task = asyncio.get_running_loop().create_task(self.drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(asyncio.get_running_loop().create_task(self._run()))
+
+    async def _run(self) -> None:
+        try:
+            await self.drain()
+        finally:
+            # In the same step as the drain's last look at its queue, with no await in
+            # between: a done-callback would leave the task counted for one more turn of the
+            # loop, and a submission woken in that turn would start no drain and wait for
+            # the next request to come along (seen as a 20 s hang in the restart test).
+            self._tasks.discard(asyncio.current_task())
 
 
 class _ReadBatcher:
