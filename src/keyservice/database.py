@@ -160,7 +160,8 @@ class Database:
         to the pool as it is: it is terminated here and the pool opens a fresh one.
         """
         pool = await self.raw_pool()
-        async with pool.acquire() as connection:
+        # Bounded like SQLAlchemy's pool (pool_timeout): a request waits at most this long.
+        async with pool.acquire(timeout=POOL_TIMEOUT_SECONDS) as connection:
             try:
                 yield connection
             except BaseException as exc:
