@@ -46,6 +46,20 @@ async def _refresh(http: httpx.AsyncClient, token: str) -> httpx.Response | None
         return None
 
 
+def _kill_a_worker(server: Server) -> None:
+    """SIGKILL one worker; the pick is made again if it exited since it was listed (uvicorn's
+    supervisor also replaces workers, e.g. one that missed its health ping)."""
+    for _attempt in range(5):
+        victims = server.worker_pids()
+        assert victims, server.log()
+        try:
+            os.kill(random.choice(victims), signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            continue
+    raise AssertionError("no worker could be killed: " + server.log())
+
+
 async def _run(server: Server, keys: list[str]) -> dict[str, int]:
     figures = {"killed_workers": 0, "interrupted": 0, "rolled_back": 0, "doubled": 0}
     figures |= {"committed_unacknowledged": 0, "lost_families": 0, "refreshes": 0}
@@ -61,12 +75,9 @@ async def _run(server: Server, keys: list[str]) -> dict[str, int]:
             assert response.status_code == 200, response.text
             tokens.append(response.json()["refresh_token"])
         for _round in range(ROUNDS):
-            victims = server.worker_pids()
-            assert victims, server.log()
-            victim = random.choice(victims)
             requests = [asyncio.create_task(_refresh(http, token)) for token in tokens]
             await asyncio.sleep(random.uniform(0.002, 0.02))
-            os.kill(victim, signal.SIGKILL)
+            _kill_a_worker(server)
             figures["killed_workers"] += 1
             results = await asyncio.gather(*requests)
             next_tokens: list[str] = []
