@@ -73,6 +73,14 @@ CONNECT_TIMEOUT_SECONDS = 3
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
 RAW_POOL_SIZE = 10
+# The token path's statements are a few fixed point lookups and one batched write, prepared
+# once per connection. Their plans must not depend on how big the tables were when a
+# connection first ran them: planned while refresh_token was nearly empty, the refresh
+# lookup scanned the whole table for the life of the connection (PostgreSQL CPU grew with
+# the table; the refresh chains halved). So: generic plans only (plan_cache_mode=auto also
+# re-planned the batched write on every execution, ~0.4 ms of server CPU each) and never a
+# sequential scan where an index answers. Only this pool's sessions are affected.
+_TOKEN_PATH_PLANNING = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
 # Query parameters of a SQLAlchemy asyncpg URL that are the dialect's, not the server's.
 _SQLALCHEMY_ONLY = {"prepared_statement_cache_size", "prepared_statement_name_func"}
 
@@ -148,6 +156,7 @@ class Database:
                         command_timeout=COMMAND_TIMEOUT_SECONDS,
                         max_inactive_connection_lifetime=300,
                         reset=_keep_session_state,
+                        server_settings=_TOKEN_PATH_PLANNING,
                     )
         return self._raw_pool
 

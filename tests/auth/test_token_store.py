@@ -164,3 +164,55 @@ async def test_a_submission_as_a_drain_finishes_still_gets_a_drain():
     for _ in range(20):
         await asyncio.sleep(0)
     assert drained == ["first", "late"]
+
+
+@pytest.mark.postgresql_only
+async def test_token_path_plans_stay_on_indexes_as_the_tables_grow(context):
+    # Prepared statements keep the plan made on first use. The refresh lookup planned while
+    # refresh_token was nearly empty scanned the whole table ever after (the bench's refresh
+    # chains read tens of millions of rows in 20 s); and custom plans re-planned the token
+    # path's statements on every execution. Both showed as PostgreSQL CPU, not as errors.
+    from sqlalchemy import text
+
+    from keyservice.auth.store import _PG_LOAD_REFRESHES
+
+    owner = await create_principal(context, "erin")
+    for _ in range(8):  # well past the five custom plans of plan_cache_mode=auto
+        assert await context.tokens.load_refresh("0" * 64) is None
+    async with context.database.sessionmaker() as session:
+        await session.execute(
+            text(
+                "INSERT INTO refresh_token "
+                "(id, token_hash, family_id, principal_id, scope, created_at, expires_at) "
+                "SELECT md5(i::text), md5(i::text) || md5((-i)::text), md5(i::text), :p, '', "
+                "now(), now() + interval '3 hours' FROM generate_series(1, 3000) AS i"
+            ),
+            {"p": owner.id},
+        )
+        await session.commit()
+    wanted = await context.tokens.load_refresh(
+        await _one(context, "SELECT token_hash FROM refresh_token LIMIT 1")
+    )
+    assert wanted is not None and wanted.owner.id == owner.id
+
+    async def inspect(connection):
+        statements = await connection.fetch(
+            "SELECT name, statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        mine = [s for s in statements if s["statement"] == _PG_LOAD_REFRESHES]
+        assert mine, "the refresh lookup was not prepared on this connection"
+        plan = await connection.fetch(f"EXPLAIN EXECUTE {mine[0]['name']}('{{x}}')")
+        return statements, mine[0], "\n".join(row[0] for row in plan)
+
+    statements, lookup, plan = await context.database.raw_run(inspect)
+    assert lookup["generic_plans"] >= 9, dict(lookup)
+    assert all(s["custom_plans"] == 0 for s in statements), [dict(s) for s in statements]
+    assert "Seq Scan on refresh_token" not in plan, plan
+    assert "uq_refresh_token_token_hash" in plan, plan
+
+
+async def _one(context, sql: str):
+    from sqlalchemy import text
+
+    async with context.database.sessionmaker() as session:
+        return await session.scalar(text(sql))
