@@ -111,6 +111,14 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         os.environ["KEYSERVICE_PORT"] = str(port)
     settings = load_settings()
     configure_logging(settings.log_level)
+    if workers > 1:
+        from keyservice.workers import check_address
+
+        try:  # before migrations and the bootstrap admin: nothing done if it cannot serve
+            check_address(settings.host, settings.port)
+        except OSError as exc:
+            where = f"{settings.host}:{settings.port}"
+            raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.server_secret()  # generated once, before workers race for it
@@ -138,7 +146,6 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "workers": workers,
         "factory": True,
         "access_log": False,  # ours omits query strings, which may carry credentials
         "proxy_headers": False,  # client IPs follow KEYSERVICE_TRUSTED_PROXIES only
@@ -158,7 +165,15 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         options["http"] = "httptools"
     except ModuleNotFoundError:  # pragma: no cover
         pass
-    uvicorn.run("keyservice.main:create_app", **options)
+    if workers == 1:
+        uvicorn.run("keyservice.main:create_app", **options)
+        return
+    # Several workers: each with its own SO_REUSEPORT socket, so that the kernel spreads
+    # connections over them (uvicorn's own supervisor shares one socket: see workers.py).
+    from keyservice.workers import Supervisor
+
+    supervisor = Supervisor(options, host=settings.host, port=settings.port, workers=workers)
+    sys.exit(supervisor.run())
 
 
 @main.group()
