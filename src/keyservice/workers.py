@@ -9,7 +9,9 @@ connections, bench/README.md).
 
 The parent does for these workers what uvicorn's supervisor did: starts them, replaces one
 that dies, gives up when one cannot start at all, and on SIGTERM or SIGINT asks each to
-shut down gracefully and waits for it. It holds no listening socket itself: one left open
+shut down gracefully and waits for it. Not carried over: uvicorn's health ping of workers
+(a worker hung with the GIL held is not replaced) and its SIGHUP/SIGTTIN/SIGTTOU handling
+(SIGHUP is ignored here rather than fatal). It holds no listening socket itself: one left open
 in the parent would keep receiving its share of connections and never accept them.
 """
 
@@ -103,6 +105,9 @@ class Supervisor:
         check_address(self.host, self.port)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop.set())
+        # Not the default (the parent would die and leave its workers behind): restart the
+        # service to take new settings.
+        signal.signal(signal.SIGHUP, lambda *_: log.warning("SIGHUP ignored: restart to reload"))
         log.info("started parent process [%s]", os.getpid())
         status = 0
         try:

@@ -8,9 +8,11 @@ here, against the same supervisor.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,22 @@ def test_serve_with_workers_refuses_a_port_another_process_holds(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
     assert "in use" in result.stderr.lower(), result.stderr
     assert not (tmp_path / "data").exists()  # refused before creating anything
+
+
+def test_sighup_leaves_the_server_serving(tmp_path):
+    # Its default action would kill the parent and orphan the workers.
+    import httpx
+
+    server = Server(database_url=None, data_dir=tmp_path / "server", workers=2)
+    server.start()
+    try:
+        assert server.process is not None
+        before = sorted(server.worker_pids())
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)  # three of the supervisor's polls
+        assert server.process.poll() is None
+        assert sorted(server.worker_pids()) == before
+        assert httpx.get(f"{server.base_url}/healthz", timeout=5).status_code == 200
+    finally:
+        code = server.terminate()
+    assert code == 0, server.log()
