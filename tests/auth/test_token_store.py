@@ -216,3 +216,58 @@ async def _one(context, sql: str):
 
     async with context.database.sessionmaker() as session:
         return await session.scalar(text(sql))
+
+
+@pytest.mark.postgresql_only
+async def test_every_variant_of_the_batched_write_does_its_part(client, context):
+    # The batch statement comes in four variants (with or without a claim, with or without
+    # a last-used write); each must do its part when it runs alone.
+    from dataclasses import replace
+
+    from sqlalchemy import text
+
+    token = await user_token(context, client, "frank", ["api_keys:manage"])
+    created = await create_key(client, token, name="variants")
+    record = await context.tokens.fetch_key(created["client_id"])
+    assert record is not None
+    owner_id, key_id = record.principal_id, record.key_id
+
+    first = replace(_write(owner_id), key_id=key_id)  # no claim, no last-used
+    assert await context.tokens.write_issue(first)
+    second = replace(_write(owner_id), key_id=key_id, last_used=True, ip="192.0.2.7")
+    assert await context.tokens.write_issue(second)
+    async with context.database.sessionmaker() as session:
+        used_ip = await session.scalar(
+            text("SELECT last_used_ip FROM api_key WHERE id = :k"), {"k": key_id}
+        )
+    assert used_ip == "192.0.2.7"
+
+    third = replace(_write(owner_id, parent_id=first.rt_id, family=first.family_id), key_id=key_id)
+    assert await context.tokens.write_issue(third)  # a claim, no last-used
+    fourth = replace(
+        _write(owner_id, parent_id=second.rt_id, family=second.family_id),
+        key_id=key_id,
+        last_used=True,
+        ip="192.0.2.8",
+    )
+    assert await context.tokens.write_issue(fourth)  # a claim and a last-used write
+    assert not await context.tokens.write_issue(  # the parent is spent: claim lost
+        replace(_write(owner_id, parent_id=first.rt_id, family=first.family_id), key_id=key_id)
+    )
+    async with context.database.sessionmaker() as session:
+        used = dict(
+            (await session.execute(text("SELECT id, used_at IS NOT NULL FROM refresh_token"))).all()
+        )
+        used_ip = await session.scalar(
+            text("SELECT last_used_ip FROM api_key WHERE id = :k"), {"k": key_id}
+        )
+    mine = {w.rt_id for w in (first, second, third, fourth)}
+    assert {k: v for k, v in used.items() if k in mine} == {
+        first.rt_id: True,
+        second.rt_id: True,
+        third.rt_id: False,
+        fourth.rt_id: False,
+    }
+    assert used_ip == "192.0.2.8"
+    audited = {e.id for e in await audit_events(context, "token.exchange")}
+    assert {w.au_id for w in (first, second, third, fourth)} <= audited
