@@ -170,8 +170,9 @@ async def test_a_submission_as_a_drain_finishes_still_gets_a_drain():
 async def test_token_path_plans_stay_on_indexes_as_the_tables_grow(context):
     # Prepared statements keep the plan made on first use. The refresh lookup planned while
     # refresh_token was nearly empty scanned the whole table ever after (the bench's refresh
-    # chains read tens of millions of rows in 20 s); and custom plans re-planned the token
-    # path's statements on every execution. Both showed as PostgreSQL CPU, not as errors.
+    # chains read tens of millions of rows in 20 s); and with index scans forced but plans
+    # left to plan_cache_mode=auto, both lookups were re-planned on every execution. Both
+    # showed as PostgreSQL CPU, not as errors.
     from sqlalchemy import text
 
     from keyservice.auth.store import _PG_LOAD_REFRESHES
