@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -46,6 +48,21 @@ def utcnow() -> datetime:
 def new_id() -> str:
     """Return a new random UUID as a string (ids are strings in the API)."""
     return str(uuid.uuid4())
+
+
+def new_ordered_id() -> str:
+    """Return a new UUIDv7 (RFC 9562 §5.7) as a string: Unix milliseconds, then 74 random bits.
+
+    For the rows the token path inserts all day (refresh tokens, their families, audit
+    events): ids in time order land on the right-most pages of their indexes instead of
+    random ones, so inserts keep touching the same few pages however big the tables grow.
+    The id reveals its creation time to the millisecond, which these rows store anyway.
+    """
+    value = (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
+    value |= int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10 (RFC 9562)
+    return str(uuid.UUID(int=value))
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keyservice.database import Base, UTCDateTime, new_id, utcnow
+from keyservice.database import Base, UTCDateTime, new_ordered_id, utcnow
 
 
 class AuditEvent(Base):
@@ -17,7 +17,7 @@ class AuditEvent(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    id: Mapped[str] = mapped_column(String(36), unique=True, default=new_id)
+    id: Mapped[str] = mapped_column(String(36), unique=True, default=new_ordered_id)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     type: Mapped[str] = mapped_column(String(64))
     actor: Mapped[str | None] = mapped_column(String(200), default=None)

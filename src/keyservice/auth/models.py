@@ -7,13 +7,13 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keyservice.database import Base, UTCDateTime, new_id, utcnow
+from keyservice.database import Base, UTCDateTime, new_id, new_ordered_id, utcnow
 
 
 class RefreshToken(Base):
     __tablename__ = "refresh_token"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_ordered_id)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Every token descended from one exchange shares the family id (the JWT's `sid`).
     family_id: Mapped[str] = mapped_column(String(36))

@@ -25,7 +25,7 @@ from keyservice.auth.models import RevokedFamily
 from keyservice.auth.revocation import notify
 from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.context import AppContext
-from keyservice.database import new_id, utcnow
+from keyservice.database import new_ordered_id, utcnow
 from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, KeyServiceError
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
@@ -224,12 +224,12 @@ async def issue(
     """
     settings = ctx.settings
     now = utcnow()
-    family = family_id or new_id()
+    family = family_id or new_ordered_id()
     refresh_token = new_refresh_token()
     scope = format_scope(scopes)
     write = IssueWrite(
         now=now,
-        rt_id=new_id(),
+        rt_id=new_ordered_id(),
         rt_hash=ctx.hasher.hash(refresh_token),
         family_id=family,
         parent_id=parent_id,
@@ -237,7 +237,7 @@ async def issue(
         key_id=key.id if key is not None else None,
         scope=scope,
         rt_expires=now + timedelta(seconds=settings.refresh_token_ttl),
-        au_id=new_id(),
+        au_id=new_ordered_id(),
         event=event,
         actor=actor_for(key=key, owner=owner),
         ip=caller.ip_text,
