@@ -96,6 +96,15 @@ async def _prepare(context: Any) -> tuple[str, str | None] | None:
         return await ensure_bootstrap_admin(session, context.settings)
 
 
+def _own_sockets(workers: int) -> bool:
+    """Whether serve runs its workers with a socket each (workers.py): several, on Linux.
+
+    Elsewhere SO_REUSEPORT is missing (Windows) or does not spread connections (macOS), and
+    uvicorn's supervisor with its shared socket is the better choice.
+    """
+    return workers > 1 and sys.platform.startswith("linux")
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
@@ -111,7 +120,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         os.environ["KEYSERVICE_PORT"] = str(port)
     settings = load_settings()
     configure_logging(settings.log_level)
-    if workers > 1:
+    if _own_sockets(workers):
         from keyservice.workers import check_address
 
         try:  # before migrations and the bootstrap admin: nothing done if it cannot serve
@@ -165,8 +174,8 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         options["http"] = "httptools"
     except ModuleNotFoundError:  # pragma: no cover
         pass
-    if workers == 1:
-        uvicorn.run("keyservice.main:create_app", **options)
+    if not _own_sockets(workers):
+        uvicorn.run("keyservice.main:create_app", workers=workers, **options)
         return
     # Several workers: each with its own SO_REUSEPORT socket, so that the kernel spreads
     # connections over them (uvicorn's own supervisor shares one socket: see workers.py).

@@ -1,0 +1,56 @@
+"""`keyservice serve`: which supervisor runs the workers (the serving itself: tests/reliability)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from keyservice.cli import main
+from tests.reliability.support import free_port
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path) -> dict[str, Any]:
+    """Run `serve` up to the point of serving, recording what would serve."""
+    import uvicorn
+
+    from keyservice import workers
+
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(uvicorn=kwargs))
+
+    def supervise(self: workers.Supervisor) -> int:
+        calls["supervisor"] = self.workers
+        return 0
+
+    monkeypatch.setattr(workers.Supervisor, "run", supervise)
+    for name in ("KEYSERVICE_DATABASE_URL", "KEYSERVICE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KEYSERVICE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME", "serve-admin")
+    monkeypatch.setenv("KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD", "serve-admin-password-1234")
+    return calls
+
+
+def _serve(*args: str) -> None:
+    port = str(free_port(21000))
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", port, *args])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing")
+def test_several_workers_on_linux_get_a_socket_each(served):
+    _serve("--workers", "3")
+    assert served == {"supervisor": 3}
+
+
+def test_one_worker_or_no_linux_is_plain_uvicorn(served, monkeypatch):
+    _serve()
+    assert served["uvicorn"]["workers"] == 1 and "supervisor" not in served
+    served.clear()
+    monkeypatch.setattr(sys, "platform", "darwin")  # SO_REUSEPORT would not spread there
+    _serve("--workers", "2")
+    assert served["uvicorn"]["workers"] == 2 and "supervisor" not in served
