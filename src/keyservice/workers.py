@@ -74,7 +74,12 @@ def _worker(options: dict[str, Any], host: str, port: int) -> None:
     """One worker process: its own socket, then uvicorn's server on it until told to stop."""
     import uvicorn
 
+    from keyservice.cli import configure_logging
+
     config = uvicorn.Config(APP, **options)  # also configures uvicorn's logging here
+    # Our own loggers (the access log, warnings) as `serve --workers 1` configures them:
+    # a spawned worker starts with none of the parent's logging set up.
+    configure_logging(str(options.get("log_level", "info")).upper())
     try:
         sock = listening_socket(host, port)
     except OSError as exc:

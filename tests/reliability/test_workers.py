@@ -142,3 +142,24 @@ def test_sighup_leaves_the_server_serving(tmp_path):
     finally:
         code = server.terminate()
     assert code == 0, server.log()
+
+
+def test_workers_write_our_log_lines_as_a_single_worker_does(tmp_path):
+    # A spawned worker starts with no logging configured: the access log and our warnings
+    # used to be silent with --workers > 1 (uvicorn's supervisor set up only its own).
+    import httpx
+
+    server = Server(database_url=None, data_dir=tmp_path / "server", workers=2, log_level="INFO")
+    server.start()
+    try:
+        response = httpx.get(f"{server.base_url}/healthz?probe=1", timeout=5)
+        assert response.status_code == 200
+        deadline = time.monotonic() + 5
+        while "GET /healthz 200" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        code = server.terminate()
+    log = server.log()
+    assert code == 0, log
+    assert "INFO keyservice.access: GET /healthz 200" in log, log
+    assert "probe=1" not in log  # never the query string
