@@ -7,7 +7,7 @@ Lua scripts in bench/lua) through four scenarios at each connection count:
   healthz   GET /healthz: no auth, no database, the framework's ceiling      (d)
   exchange  POST /token client_credentials, rotating over the API keys      (a)
   refresh   POST /token refresh_token, one single-use chain per connection  (b)
-  read      GET /me (--read-path) with a Bearer JWT                         (c)
+  read      GET /me/token (--read-path) with a Bearer JWT                   (c)
 
 With --peer it also runs node-oidc-provider 9 (bench/peer) with the same exchange load.
 It prints a table and ratios and writes everything as JSON to bench/results/. See
@@ -107,7 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=60,
         help="the most seconds to wait for quiet before each run (default 60)",
     )
-    p.add_argument("--read-path", default="/me", help="path of the Bearer read (default /me)")
+    p.add_argument(
+        "--read-path",
+        default="/me/token",
+        help="path of the Bearer read (default /me/token: the token checked, no database "
+        "work; /me also reads the caller's keys for its warnings, a database round trip)",
+    )
     p.add_argument(
         "--users", type=int, default=20, help="users to seed, 5 API keys each (default 20)"
     )
@@ -406,6 +411,17 @@ def _row(
         "peak_rss_mb_per_worker": [_mb(kb) for kb in sorted(peaks_kb, reverse=True)],
         "machine_busy_pct": cpu.machine_busy_pct,
         "foreign_cpu_pct": cpu.foreign_pct,
+        "cpu_us_per_request": _cpu_per_request(m, result, cpu),
+    }
+
+
+def _cpu_per_request(m: Measure, result: wrk.WrkResult, cpu: procs.CpuAccount) -> dict[str, float]:
+    """CPU time per completed request: the measured server's processes, PostgreSQL, wrk."""
+    per = 1e6 / max(result.requests, 1)
+    return {
+        "server": round(cpu.cpu_s.get(str(m.rss_root), 0.0) * per, 1),
+        "postgres": round(cpu.cpu_s.get("postgres", 0.0) * per, 1),
+        "load": round(cpu.cpu_s.get("load", 0.0) * per, 1),
     }
 
 
@@ -415,10 +431,12 @@ def _print_run(
     extra = f" statuses {result.statuses}" if result.errors else ""
     if result.chain_breaks:
         extra += f" chain breaks {result.chain_breaks}"
+    per = "/".join(f"{us:.0f}" for us in _cpu_per_request(m, result, cpu).values())
     print(
         f"{tag} {m.key:<13} c{conns:<3} {result.rps:9.1f} req/s  "
         f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-        f"errors {result.errors}  foreign CPU {cpu.foreign_pct:4.1f}%{extra}",
+        f"errors {result.errors}  foreign CPU {cpu.foreign_pct:4.1f}%  "
+        f"CPU us/req {per}{extra}",
         flush=True,
     )
 
@@ -563,6 +581,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "chain_breaks": sum(r["chain_breaks"] for r in runs),
                 "peak_rss_mb_per_worker": rss,
                 "foreign_cpu_pct_max": max(r["foreign_cpu_pct"] for r in runs),
+                "cpu_us_per_request": {
+                    part: round(statistics.median(r["cpu_us_per_request"][part] for r in runs), 1)
+                    for part in runs[0]["cpu_us_per_request"]
+                },
             }
         )
     return summary
@@ -595,17 +617,20 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
     runs = max((s["runs"] for s in summary), default=1)
     head = f"median of {runs} runs" if runs > 1 else "one run each"
     print(f"\nResults ({head}; RSS = peak resident memory of each worker, MB;")
-    print("foreign = the largest share of the machine's CPU used by other processes in a run)\n")
+    print("foreign = the largest share of the machine's CPU used by other processes in a run;")
+    print("CPU us/req = CPU time per request of the server's processes / PostgreSQL / wrk)\n")
     cols = f"{'scenario':<44} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-    cols += f"{'errors':>7} {'foreign':>8}  {'peak RSS MB/worker'}"
+    cols += f"{'errors':>7} {'foreign':>8} {'CPU us/req':>15}  {'peak RSS MB/worker'}"
     print(cols)
     print("-" * len(cols))
     for s in summary:
         rss = "/".join(f"{mb:.0f}" for mb in s["peak_rss_mb_per_worker"]) or "-"
         label = f"({s['letter']}) {s['label']}"
+        cpu = "/".join(f"{us:.0f}" for us in s["cpu_us_per_request"].values())
         print(
             f"{label:<44} {s['connections']:>5} {s['rps']:>9.1f} {s['p50_ms']:>8.2f} "
-            f"{s['p99_ms']:>8.2f} {s['errors']:>7} {s['foreign_cpu_pct_max']:>7.0f}%  {rss}"
+            f"{s['p99_ms']:>8.2f} {s['errors']:>7} {s['foreign_cpu_pct_max']:>7.0f}% "
+            f"{cpu:>15}  {rss}"
         )
     if ratio_rows:
         print("\nRatios of throughput (req/s)\n")

@@ -272,14 +272,16 @@ class CpuAccount:
         self.roots = roots
         self.database = database
 
-    def _ours(self) -> dict[int, int]:
-        pids = set(self.roots)
+    def _ours(self) -> dict[int, tuple[str, int]]:
+        """Our processes: pid -> (group, CPU jiffies); groups are root pids and "postgres"."""
+        groups: dict[int, str] = {}
         for root in self.roots:
-            pids.update(descendants(root))
+            for pid in (root, *descendants(root)):
+                groups[pid] = str(root)
         for pid in _all_pids():
             if self.database in cmdline(pid) and cmdline(pid).startswith("postgres"):
-                pids.add(pid)
-        return {pid: _cpu_jiffies(pid) for pid in pids}
+                groups[pid] = "postgres"
+        return {pid: (group, _cpu_jiffies(pid)) for pid, group in groups.items()}
 
     def __enter__(self) -> CpuAccount:
         self._t0 = time.monotonic()
@@ -295,8 +297,13 @@ class CpuAccount:
         t = os.times()
         self_s = t.user + t.system + t.children_user + t.children_system - self._self0
         hz = os.sysconf("SC_CLK_TCK")
-        ours_j = sum(j - self._ours0.get(pid, 0) for pid, j in ours1.items())
-        ours_j += round(self_s * hz)
+        # CPU seconds per group: each process tree under a root (by the root's pid),
+        # "postgres" (the throwaway database's backends) and "load" (wrk and this harness).
+        self.cpu_s: dict[str, float] = {"load": self_s}
+        for pid, (group, jiffies) in ours1.items():
+            used = jiffies - self._ours0.get(pid, (group, 0))[1]
+            self.cpu_s[group] = self.cpu_s.get(group, 0.0) + used / hz
+        ours_j = round(sum(self.cpu_s.values()) * hz)
         span = max(total1 - self._total0, 1)
         self.machine_busy_pct = round(100 * (busy1 - self._busy0) / span, 1)
         self.ours_pct = round(100 * ours_j / span, 1)
