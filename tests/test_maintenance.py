@@ -56,3 +56,49 @@ async def test_server_prunes_by_itself(app, context, settings_overrides):
             break
         await asyncio.sleep(0.1)
     assert await _counts(context) == [1, 1, 1]
+
+
+@pytest.mark.postgresql_only
+async def test_the_token_tables_reads_have_indexes_that_cost_exchanges_little(context):
+    # Migration 0003: the time columns are BRIN (append-ordered, read in ranges), password
+    # sign-ins have a partial index of their own, and refresh tokens have no foreign keys.
+    from sqlalchemy import text
+
+    async def plan(session, sql: str) -> str:
+        rows = (await session.execute(text(f"EXPLAIN {sql}"))).scalars().all()
+        return "\n".join(rows)
+
+    async with context.database.sessionmaker() as session:
+        methods = dict(
+            (
+                await session.execute(
+                    text(
+                        "SELECT c.relname, a.amname FROM pg_index i"
+                        " JOIN pg_class c ON c.oid = i.indexrelid"
+                        " JOIN pg_am a ON a.oid = c.relam"
+                        " WHERE i.indrelid IN ('refresh_token'::regclass, 'audit_event'::regclass)"
+                    )
+                )
+            ).all()
+        )
+        foreign_keys = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_constraint"
+                " WHERE conrelid = 'refresh_token'::regclass AND contype = 'f'"
+            )
+        )
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        sessions = await plan(
+            session,
+            "SELECT DISTINCT family_id FROM refresh_token"
+            " WHERE principal_id = 'p' AND key_id IS NULL AND expires_at > now()",
+        )
+        prune_tokens = await plan(session, "DELETE FROM refresh_token WHERE expires_at < now()")
+        prune_events = await plan(session, "DELETE FROM audit_event WHERE at < now()")
+    assert methods["ix_refresh_token_expires_at"] == "brin"
+    assert methods["ix_audit_event_at"] == "brin"
+    assert "ix_refresh_token_family_id" not in methods  # never read
+    assert foreign_keys == 0
+    assert "ix_refresh_token_password_sessions" in sessions, sessions
+    assert "ix_refresh_token_expires_at" in prune_tokens, prune_tokens
+    assert "ix_audit_event_at" in prune_events, prune_events

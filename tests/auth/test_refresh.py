@@ -123,3 +123,22 @@ async def test_password_login_refresh(client, context):
     second = await refresh(client, first["refresh_token"])
     assert second.status_code == 200
     assert second.json()["scope"] == first["scope"]
+
+
+async def test_refresh_is_refused_once_its_key_or_owner_row_is_gone(client, context, key):
+    # Refresh tokens carry no foreign keys (migration 0003): nothing in the service deletes
+    # a key or a principal, but if an operator does, the refresh path's joins must refuse.
+    from sqlalchemy import text
+
+    first = (await exchange(client, key["api_key"])).json()
+    await user_token(context, client, "bob", PERMS)
+    signed_in = await login(client, "bob")
+    async with context.database.sessionmaker() as session:
+        await session.execute(text("DELETE FROM api_key WHERE id = :k"), {"k": key["id"]})
+        await session.execute(text("DELETE FROM principal WHERE name = 'bob'"))
+        await session.commit()
+    for token in (first["refresh_token"], signed_in["refresh_token"]):
+        response = await refresh(client, token)
+        assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
+    reasons = [e.reason for e in await audit_events(context, "token.refresh")]
+    assert reasons[-2:] == ["key deleted", "unknown refresh token"], reasons

@@ -9,6 +9,7 @@ one, and the same outcomes hold.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -63,17 +64,19 @@ async def test_concurrent_key_reads_each_get_their_own_row(client, context):
 
 async def test_one_bad_write_in_a_batch_fails_alone(context):
     owner = await create_principal(context, "bob")
+    taken = _write(owner.id)
+    assert await context.tokens.write_issue(taken)
     good = [_write(owner.id) for _ in range(8)]
-    bad = _write("no-such-principal")  # breaks the foreign key
+    bad = replace(_write(owner.id), rt_hash=taken.rt_hash)  # breaks the unique token hash
     results = await asyncio.gather(
         *(context.tokens.write_issue(w) for w in [*good[:4], bad, *good[4:]]),
         return_exceptions=True,
     )
     assert results[:4] == [True] * 4 and results[5:] == [True] * 4, results
     assert isinstance(results[4], Exception), results[4]
-    assert "foreign key" in str(results[4]).lower()
-    assert await _refresh_count(context) == 8
-    assert len(await audit_events(context, "token.exchange")) == 8
+    assert "token_hash" in str(results[4]).lower()
+    assert await _refresh_count(context) == 9
+    assert len(await audit_events(context, "token.exchange")) == 9
 
 
 async def test_two_claims_of_one_parent_at_once_one_wins(context):
@@ -223,8 +226,6 @@ async def _one(context, sql: str, **params):
 async def test_every_variant_of_the_batched_write_does_its_part(client, context):
     # The batch statement comes in four variants (with or without a claim, with or without
     # a last-used write); each must do its part when it runs alone.
-    from dataclasses import replace
-
     from sqlalchemy import text
 
     token = await user_token(context, client, "frank", ["api_keys:manage"])

@@ -32,5 +32,6 @@ class AuditEvent(Base):
         Index("ix_audit_event_type_seq", "type", "seq"),
         Index("ix_audit_event_principal_id_seq", "principal_id", "seq"),
         Index("ix_audit_event_key_id_seq", "key_id", "seq"),
-        Index("ix_audit_event_at", "at"),
+        # Append-ordered, read in ranges (prune, `since`): BRIN (B-tree on SQLite).
+        Index("ix_audit_event_at", "at", postgresql_using="brin"),
     )

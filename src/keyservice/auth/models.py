@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy import JSON, Index, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice.database import Base, UTCDateTime, new_id, new_ordered_id, utcnow
@@ -18,18 +18,26 @@ class RefreshToken(Base):
     # Every token descended from one exchange shares the family id (the JWT's `sid`).
     family_id: Mapped[str] = mapped_column(String(36))
     parent_id: Mapped[str | None] = mapped_column(String(36), default=None)
-    principal_id: Mapped[str] = mapped_column(ForeignKey("principal.id", ondelete="CASCADE"))
-    key_id: Mapped[str | None] = mapped_column(
-        ForeignKey("api_key.id", ondelete="CASCADE"), default=None
-    )
+    # No foreign keys (migration 0003): they locked the same parent rows on every insert.
+    # Principals and keys are never deleted, and the refresh path joins both and refuses a
+    # token whose owner or key row is missing.
+    principal_id: Mapped[str] = mapped_column(String(36))
+    key_id: Mapped[str | None] = mapped_column(String(36), default=None)
     scope: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (
-        Index("ix_refresh_token_family_id", "family_id"),
-        Index("ix_refresh_token_expires_at", "expires_at"),
+        # Read in ranges only (prune): a BRIN summary, not a B-tree entry per token.
+        Index("ix_refresh_token_expires_at", "expires_at", postgresql_using="brin"),
+        # Password sign-ins (no key), ended by principal when the password changes.
+        Index(
+            "ix_refresh_token_password_sessions",
+            "principal_id",
+            postgresql_where=text("key_id IS NULL"),
+            sqlite_where=text("key_id IS NULL"),
+        ),
     )
 
 
