@@ -11,7 +11,7 @@ Every exchange and refresh inserts a refresh token and an audit event. On Postgr
   Password sign-ins (tokens without a key) are looked up by principal when the password
   changes: a partial index serves exactly those and costs exchanges nothing.
 - `refresh_token.expires_at` and `audit_event.at` grow with insertion and are only read
-  in ranges (prune, `since`): BRIN summaries instead of B-trees entries per row.
+  in ranges (prune, `since`): BRIN summaries instead of a B-tree entry per row.
 
 Measured with the batched write alone (4 writers, 3 rows a statement): PostgreSQL CPU per
 issued token 248 -> 176 us on the bench machine (bench/README.md). SQLite keeps B-trees

@@ -483,8 +483,8 @@ class PgTokenStore(TokenStore):
             written = await self._execute(batch)
         except Exception as exc:
             if len(batch) > 1 and _is_data_error(exc):
-                # One row broke a constraint (its key deleted in between, say): give every
-                # other request its own answer rather than this row's error.
+                # One row broke a constraint (a refresh-token hash already stored, say):
+                # give every other request its own answer rather than this row's error.
                 for item in batch:
                     await self._write_batch([item])
                 return
