@@ -379,6 +379,23 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware)
 
+    # First in the route table: FastAPI matches a path against the routes in order, and
+    # after all nine routers a probe paid ~80 us of matching, most of a bare request
+    # (which also made the bench's "framework ceiling" read low: bench/README).
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> Response:
+        try:
+            async with asyncio.timeout(2):
+                async with context.database.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "up"})
+
     from keyservice.admin_keys.router import router as admin_keys_router
     from keyservice.api_keys.router import router as api_keys_router
     from keyservice.audit.router import router as audit_router
@@ -401,19 +418,5 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         console_router,
     ):
         app.include_router(router)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> Response:
-        try:
-            async with asyncio.timeout(2):
-                async with context.database.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        except Exception:
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "up"})
 
     return app
