@@ -85,7 +85,12 @@ def _worker(options: dict[str, Any], host: str, port: int) -> None:
     except OSError as exc:
         log.error("worker %d cannot listen on %s:%d: %s", os.getpid(), host, port, exc)
         sys.exit(STARTUP_FAILURE)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        # A spawned process ends in os._exit(), without the atexit hook that writes out
+        # the log lines still waiting in our batching handler.
+        logging.shutdown()
 
 
 class Supervisor:

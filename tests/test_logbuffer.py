@@ -1,0 +1,74 @@
+"""The server's log handler writes lines in batches, in order, and loses none it was given."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import pytest
+
+from keyservice.logbuffer import BatchingStreamHandler
+
+
+@pytest.fixture
+def logger():
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=0.2, max_lines=5)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger(f"keyservice.test.{id(stream)}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    yield log, stream, handler
+    log.removeHandler(handler)
+
+
+def _wait_for(stream: io.StringIO, text: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while text not in stream.getvalue():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_info_lines_wait_for_the_interval_then_are_written(logger):
+    log, stream, _ = logger
+    log.info("GET /healthz 200")
+    assert stream.getvalue() == ""  # not one write per line
+    assert _wait_for(stream, "INFO GET /healthz 200\n", seconds=5)
+
+
+def test_a_warning_writes_what_waits_first_and_keeps_the_order(logger):
+    log, stream, _ = logger
+    log.info("first")
+    log.debug("second")
+    log.warning("database unavailable")
+    assert stream.getvalue() == "INFO first\nDEBUG second\nWARNING database unavailable\n"
+
+
+def test_a_full_buffer_is_written_at_once(logger):
+    log, stream, _ = logger
+    for number in range(4):
+        log.info("line %d", number)
+    assert stream.getvalue() == ""
+    log.info("line 4")
+    assert stream.getvalue() == "".join(f"INFO line {n}\n" for n in range(5))
+
+
+def test_flush_writes_everything_left(logger):
+    log, stream, handler = logger
+    log.info("last words")
+    handler.flush()
+    assert stream.getvalue() == "INFO last words\n"
+    handler.flush()  # nothing waits: nothing written twice
+    assert stream.getvalue() == "INFO last words\n"
+
+
+def test_a_broken_stream_does_not_break_the_caller(logger):
+    log, stream, handler = logger
+    log.info("lost")
+    stream.close()
+    handler.flush()  # no exception into the request that logged
+    log.warning("also lost")
