@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep
 from keyservice.principals import service
 from keyservice.principals.schemas import MeRead, TokenRead
+from keyservice.responses import JSONResponse
 
 router = APIRouter(tags=["me"])
 
@@ -17,15 +18,20 @@ async def me(principal: CurrentPrincipal, session: SessionDep, context: ContextD
 
 
 @router.get("/me/token", response_model=TokenRead)
-async def me_token(principal: CurrentPrincipal) -> TokenRead:
+async def me_token(principal: CurrentPrincipal) -> JSONResponse:
     """Describe the presented access token as this service sees it (no database work)."""
+    # A response of our own: FastAPI would validate the model a second time and serialize
+    # it through its response_model machinery (~6 us of a ~100 us request, bench/README);
+    # response_model still documents the body.
     claims = principal.claims
-    return TokenRead(
-        sub=principal.id,
-        principal_type=principal.type,
-        scope=sorted(principal.scopes),
-        client_id=principal.client_id,
-        sid=principal.sid,
-        exp=claims["exp"],
-        iat=claims["iat"],
+    return JSONResponse(
+        TokenRead(
+            sub=principal.id,
+            principal_type=principal.type,
+            scope=sorted(principal.scopes),
+            client_id=principal.client_id,
+            sid=principal.sid,
+            exp=claims["exp"],
+            iat=claims["iat"],
+        ).model_dump()
     )
