@@ -72,3 +72,28 @@ def test_a_broken_stream_does_not_break_the_caller(logger):
     stream.close()
     handler.flush()  # no exception into the request that logged
     log.warning("also lost")
+
+
+async def test_the_app_writes_waiting_lines_when_it_shuts_down(context):
+    # A single-process server ends by re-raising SIGTERM, which skips logging's atexit
+    # hook: the lifespan's end must write what waits, or the last access lines are lost.
+    from keyservice.main import create_app
+    from tests.conftest import client_for
+
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=3600)  # never by the timer here
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root, access = logging.getLogger(), logging.getLogger("keyservice.access")
+    previous = access.level
+    root.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        application = create_app(context=context)
+        async with application.router.lifespan_context(application):
+            async with client_for(application) as http:
+                assert (await http.get("/healthz")).status_code == 200
+            assert "GET /healthz 200" not in stream.getvalue()
+        assert "keyservice.access: GET /healthz 200" in stream.getvalue()
+    finally:
+        root.removeHandler(handler)
+        access.setLevel(previous)

@@ -1,12 +1,12 @@
 """A log handler that writes its lines to the stream in batches instead of one by one.
 
-Under load the access log cost a request about 30 us of CPU (bench/README.md): a third of a
-bare request, most of it a write and a flush per line. This handler keeps the lines of
-INFO and below for at most `interval` seconds (a daemon thread writes them out) or until
-`max_lines` are waiting; a WARNING or worse writes everything waiting, itself included, at
-once, so the order of lines is kept. `flush()` (logging.shutdown calls it at exit, and our
-worker and lifespan at their end) writes what is left. What a kill -9 loses: at most the
-last `interval` seconds of INFO lines.
+Under load the access log cost a request about 30 us of CPU (bench/README.md), a third of
+a bare request; a write and a flush per line were a third of that. This handler keeps the
+lines of INFO and below for at most `interval` seconds (a daemon thread writes them out)
+or until `max_lines` are waiting; a WARNING or worse writes everything waiting, itself
+included, at once, so the order of lines is kept. `flush()` (logging.shutdown calls it at
+exit; the app's lifespan and each worker call it at their end) writes what is left. What
+a kill -9 loses: at most the last `interval` seconds of INFO lines.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # an RLock: emit() calls this holding it
-            if self._lines:
-                text, self._lines = "".join(self._lines), []
-                try:
+            text, self._lines = "".join(self._lines), []
+            try:
+                if text:
                     self.stream.write(text)
-                except Exception:
-                    return  # a closed or broken stream: nothing better to do with the lines
-            super().flush()
+                self.stream.flush()
+            except Exception:
+                pass  # a closed or broken stream: there is nowhere better to put the lines
 
     def _write_periodically(self) -> None:
         while True:

@@ -362,6 +362,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await context.throttle.close()
         await context.database.dispose()
+        # Lines still waiting in the batching log handler (keyservice.logbuffer): a
+        # single-process server ends by re-raising SIGTERM, which skips atexit hooks.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
 
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
