@@ -5,7 +5,8 @@ should be index lookups and appends, whatever the table sizes. The API would tak
 to write a million rows, so this writes them with one INSERT ... SELECT FROM
 generate_series per table, in the service's schema (migrations/versions/), referencing the
 principals and API keys seeded through the API, then VACUUM ANALYZEs both tables so that
-the planner and the visibility map see them as a long-running service's would.
+the planner and the visibility map see them as a long-running service's would, and ends
+with a CHECKPOINT so that the load's dirty pages are not written during the measurement.
 
 By default the rows go in through the live indexes (~2 minutes for 1,000,000 of each on
 the 2-core machine), so that the indexes look like grown ones. rebuild_indexes=True
@@ -262,6 +263,13 @@ async def _seed(dsn: str, rows: int, settings: Settings, *, rebuild_indexes: boo
             lap("indexes and keys")
         await conn.execute("VACUUM (ANALYZE) refresh_token, audit_event", timeout=900)
         lap("vacuum analyze")
+        # The inserts leave ~1 GB of WAL and most of shared_buffers dirty: the checkpoints
+        # they trigger spread their writes over the next minute, into the first measured
+        # runs (p99 6 -> 39 ms in one of two c8 exchange runs, 14 -> 52 ms in a c32 refresh
+        # run; the PostgreSQL log showed a WAL checkpoint of 59 s across them). A long-running
+        # service's tables are large without a bulk load's checkpoint in progress.
+        await conn.execute("CHECKPOINT", timeout=900)
+        lap("checkpoint")
         record = await conn.fetchrow(_COUNTS_SQL, timeout=300)
         counts = dict(record) if record is not None else {}
         if counts.get("oldest_event") is not None:
@@ -276,5 +284,5 @@ async def _seed(dsn: str, rows: int, settings: Settings, *, rebuild_indexes: boo
 def seed_rows(
     dsn: str, rows: int, settings: Settings, *, rebuild_indexes: bool = False
 ) -> BulkResult:
-    """Insert `rows` refresh tokens and `rows` audit events, then VACUUM ANALYZE both."""
+    """Insert `rows` refresh tokens and `rows` audit events, VACUUM ANALYZE both, CHECKPOINT."""
     return asyncio.run(_seed(dsn, rows, settings, rebuild_indexes=rebuild_indexes))
