@@ -365,7 +365,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Lines still waiting in the batching log handler (keyservice.logbuffer): a
         # single-process server ends by re-raising SIGTERM, which skips atexit hooks.
         for handler in logging.getLogger().handlers:
-            handler.flush()
+            with contextlib.suppress(OSError, ValueError):  # as logging.shutdown() does
+                handler.flush()
 
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
