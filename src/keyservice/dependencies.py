@@ -110,9 +110,9 @@ def authenticate_bearer(context: AppContext, authorization: str | None) -> Token
 
 
 async def get_current_principal(request: Request) -> TokenPrincipal:
-    # The context straight from the app, not as a sub-dependency: each level of FastAPI's
+    # get_context called, not declared as a sub-dependency: each level of FastAPI's
     # dependency solving costs every authenticated request several microseconds.
-    context: AppContext = request.app.state.context
+    context = await get_context(request)
     authorization = request.headers.get("authorization")
     try:
         return authenticate_bearer(context, authorization)
