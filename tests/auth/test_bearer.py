@@ -9,6 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from keyservice.principals.schemas import TokenRead
 from keyservice.security.tokens import compose_api_key, new_client_id, new_client_secret
 from tests.factories import bearer, create_key, exchange, login, user_token
 
@@ -196,4 +197,6 @@ async def test_me_token_describes_the_presented_token(client, context):
         "exp": claims["exp"],
         "iat": claims["iat"],
     }
+    # The endpoint builds its body itself; its documented model must describe it exactly.
+    assert TokenRead.model_validate(body).model_dump() == body
     assert (await client.get("/me/token")).status_code == 401
