@@ -180,8 +180,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     try:
         import httptools  # noqa: F401
 
-        # httptools, sending each response in one write (keyservice/http_protocol.py)
-        options["http"] = "keyservice.http_protocol:CoalescingHttpToolsProtocol"
+        options["http"] = "httptools"
     except ModuleNotFoundError:  # pragma: no cover
         pass
     if not _own_sockets(workers):
