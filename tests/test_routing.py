@@ -30,10 +30,17 @@ def test_api_routes_sit_in_the_app_route_table_in_router_order(tmp_path: Path) -
         for route in router.routes
     ]
     direct = [route for route in app.router.routes if isinstance(route, APIRoute)]
-    # The health probes first, then every API route, the same objects in the same order
-    # (order is precedence: the first route matching a path wins).
+    # The health probes first, then every API route in the same order (order is
+    # precedence: the first route matching a path wins), each the router's own route or a
+    # copy of it sharing its endpoint and handler (routing.TableRoute.seated_copy).
     assert [route.path for route in direct[:2]] == ["/healthz", "/readyz"]
-    assert direct[2:] == expected  # the console's pages stay in their own router
+
+    def same(route: APIRoute) -> tuple[object, ...]:
+        return (route.path, route.methods, route.endpoint, route.app, route.dependant)
+
+    assert [same(route) for route in direct[2:]] == [same(route) for route in expected]
+    assert not set(map(id, direct)) & set(map(id, expected))  # the routers' own untouched
+    assert all(route._literal is None for route in expected)  # type: ignore[attr-defined]
     # Nothing was lost from the documentation either.
     documented = app.openapi()["paths"]
     for route in expected:
@@ -98,3 +105,88 @@ async def test_flat_routes_answer_wrong_methods_and_unknown_paths_as_before(
     }
     # The console (a router with one of its own inside) still answers behind them.
     assert (await client.get("/console/login")).status_code == 200
+
+
+def _scopes_to_try(paths: list[str]) -> list[dict[str, object]]:
+    """Request scopes around each route path: its own, near misses, other roots."""
+    variants: set[tuple[str, str]] = set()
+    for path in paths:
+        # "/api-keys/{key_id}" -> "/api-keys/key_id": a path the route matches
+        concrete = path.replace("{", "").replace("}", "")
+        for candidate in (
+            concrete,
+            concrete + "/",
+            concrete.rstrip("/") + "/extra",
+            concrete[:-1],
+            concrete.upper(),
+            "/ks" + concrete,
+        ):
+            for root_path in ("", "/ks"):
+                variants.add((candidate or "/", root_path))
+    variants |= {("/", ""), ("/nope", ""), ("/ks", "/ks"), ("/ks/", "/ks")}
+    return [
+        {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": root_path,
+            "headers": [],
+            "query_string": b"",
+        }
+        for path, root_path in sorted(variants)
+        for method in ("GET", "POST", "DELETE")
+    ]
+
+
+def test_seated_routes_match_exactly_what_fastapi_matches(tmp_path: Path) -> None:
+    # TableRoute answers "not mine" from the literal part of its path before FastAPI's own
+    # check: for every route of the table and every path around every route's path, with
+    # and without a root path, the answer must be FastAPI's (match kind and child scope).
+    from keyservice.routing import TableRoute
+
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{tmp_path}/ks.db", tmp_path))
+    seated = [route for route in app.router.routes if isinstance(route, TableRoute)]
+    assert len(seated) > 25  # every API route
+    assert all(route._literal is not None for route in seated)  # the quick check is on
+    scopes = _scopes_to_try([route.path for route in seated])
+    checked = matched = 0
+    for route in seated:
+        for scope in scopes:
+            ours = route.matches(dict(scope))
+            theirs = APIRoute.matches(route, dict(scope))
+            assert ours == theirs, (route.path, scope["method"], scope["path"])
+            checked += 1
+            matched += theirs[0].value != 0
+    assert matched > 2 * len(seated)  # the corpus reaches full and partial matches too
+    assert checked == len(seated) * len(scopes)
+
+
+async def test_routes_answer_under_a_root_path(client, context) -> None:
+    token = await user_token(context, client, "rosa", ["projects:read"])
+    transport = httpx.ASGITransport(app=client._transport.app, root_path="/ks")
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/ks/me/token", headers=bearer(token))
+        assert response.status_code == 200, response.text
+        assert response.json()["sub"]
+        assert (await http.delete("/ks/me/token", headers=bearer(token))).status_code == 405
+
+
+async def test_a_table_route_router_included_under_a_prefix_is_matched_there() -> None:
+    # The quick check is only on in the app's own table: included under another prefix a
+    # route matches that prefix plus its path, which its own literal part does not start.
+    from keyservice.routing import TableRoute
+
+    router = APIRouter(prefix="/items", route_class=TableRoute)
+
+    @router.get("/{item_id}")
+    async def item(item_id: str) -> dict[str, str]:
+        return {"item": item_id}
+
+    included, flat = FastAPI(), FastAPI()
+    included.include_router(router, prefix="/v1")
+    add_routes_flat(flat, router)
+    for app, path in ((included, "/v1/items/7"), (flat, "/items/7")):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            assert (await http.get(path)).json() == {"item": "7"}, path
+            assert (await http.get("/elsewhere/items/7")).status_code == 404

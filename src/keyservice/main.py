@@ -27,6 +27,7 @@ from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
 from keyservice.exceptions import KeyServiceError, ServiceUnavailable, TemporarilyUnavailable
 from keyservice.responses import NO_STORE, JSONResponse
+from keyservice.routing import TableRoute
 
 log = logging.getLogger("keyservice")
 access_log = logging.getLogger("keyservice.access")
@@ -440,12 +441,16 @@ def add_routes_flat(app: FastAPI, router: APIRouter) -> None:
     walks with bookkeeping of its own: about 1 us per route passed; in-process a 404 went
     from 189 to 147 us and a Bearer read lost ~15 us (bench/README.md, "sixth pass"). Our
     API routers carry their prefix and tags in their routes and are included with no
-    options, so the routes are complete as they are and go in unchanged (same objects,
-    same order). A router holding anything else (a nested router, a mount) is included the
-    usual way instead. One difference: `app.dependency_overrides` does not reach these
-    routes (nothing uses it).
+    options, so the routes are complete as they are and go in unchanged, in the same
+    order; a `TableRoute` goes in as a copy of itself with its quick path check on
+    (keyservice/routing.py), the router's own route left as it was. A router holding
+    anything else (a nested router, a mount) is included the usual way instead. One
+    difference: `app.dependency_overrides` does not reach these routes (nothing uses it).
     """
     if all(isinstance(route, APIRoute) for route in router.routes):
-        app.router.routes.extend(router.routes)
+        app.router.routes.extend(
+            route.seated_copy() if isinstance(route, TableRoute) else route
+            for route in router.routes
+        )
     else:
         app.include_router(router)

@@ -11,8 +11,9 @@ from keyservice.api_keys import service
 from keyservice.api_keys.schemas import ApiKeyList, ApiKeyRead
 from keyservice.database import utcnow
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.routing import TableRoute
 
-router = APIRouter(prefix="/admin/api-keys", tags=["admin"])
+router = APIRouter(prefix="/admin/api-keys", tags=["admin"], route_class=TableRoute)
 
 Status = Literal["revoked", "expired", "suspended", "valid"]
 

@@ -25,9 +25,10 @@ from keyservice.dependencies import (
 from keyservice.exceptions import InsufficientScope, InvalidToken
 from keyservice.principals.models import Principal
 from keyservice.responses import NO_STORE
+from keyservice.routing import TableRoute
 from keyservice.scopes.models import API_KEYS_MANAGE
 
-router = APIRouter(prefix="/api-keys", tags=["api-keys"])
+router = APIRouter(prefix="/api-keys", tags=["api-keys"], route_class=TableRoute)
 
 
 async def current_user(

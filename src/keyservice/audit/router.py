@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query
 from keyservice.audit import service
 from keyservice.audit.schemas import AuditEventList, AuditEventRead
 from keyservice.dependencies import AdminPrincipal, SessionDep
+from keyservice.routing import TableRoute
 
-router = APIRouter(prefix="/admin/audit-events", tags=["admin"])
+router = APIRouter(prefix="/admin/audit-events", tags=["admin"], route_class=TableRoute)
 
 
 @router.get("", response_model=AuditEventList)

@@ -20,10 +20,11 @@ from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
 from keyservice.responses import NO_STORE, JSONResponse
+from keyservice.routing import TableRoute
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import INTROSPECT
 
-router = APIRouter(tags=["oauth"])
+router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
 MAX_FORM_BYTES = 16 * 1024
 _CREDENTIAL_PARAMS = {"client_secret", "api_key", "refresh_token", "password", "client_id"}

@@ -10,8 +10,9 @@ from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
 from keyservice.responses import NO_STORE
+from keyservice.routing import TableRoute
 
-router = APIRouter(prefix="/admin/devices", tags=["admin"])
+router = APIRouter(prefix="/admin/devices", tags=["admin"], route_class=TableRoute)
 
 
 @router.post("", status_code=201, response_model=DeviceRead)

@@ -8,8 +8,9 @@ from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep
 from keyservice.principals import service
 from keyservice.principals.schemas import MeRead, TokenRead
 from keyservice.responses import JSONResponse
+from keyservice.routing import TableRoute
 
-router = APIRouter(tags=["me"])
+router = APIRouter(tags=["me"], route_class=TableRoute)
 
 
 @router.get("/me", response_model=MeRead)

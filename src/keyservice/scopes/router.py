@@ -6,10 +6,11 @@ from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
 from keyservice.dependencies import AdminPrincipal, SessionDep
+from keyservice.routing import TableRoute
 from keyservice.scopes import service
 from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead
 
-router = APIRouter(prefix="/admin/scopes", tags=["admin"])
+router = APIRouter(prefix="/admin/scopes", tags=["admin"], route_class=TableRoute)
 
 
 @router.get("", response_model=ScopeList)

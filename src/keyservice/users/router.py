@@ -6,10 +6,11 @@ from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.routing import TableRoute
 from keyservice.users import service
 from keyservice.users.schemas import UserCreate, UserList, UserRead, UserUpdate
 
-router = APIRouter(prefix="/admin/users", tags=["admin"])
+router = APIRouter(prefix="/admin/users", tags=["admin"], route_class=TableRoute)
 
 
 @router.post("", status_code=201, response_model=UserRead)
