@@ -53,7 +53,7 @@ class TableRoute(APIRoute):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         literal = self._literal
         if literal is not None and scope["type"] == "http":
-            path = get_route_path(scope)
+            path = get_route_path(scope) if scope.get("root_path") else scope["path"]
             if path != literal if self._exact else not path.startswith(literal):
                 return Match.NONE, {}
         return super().matches(scope)
