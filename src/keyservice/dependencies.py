@@ -90,14 +90,18 @@ def authenticate_bearer(context: AppContext, authorization: str | None) -> Token
     if scheme.lower() != "bearer" or not token:
         raise InvalidToken("Send the access token as: Authorization: Bearer <JWT>.")
     try:
-        claims = context.keyring.verify(token)
+        principal = context.keyring.verify_as(token, _principal_from_claims)
     except UnknownKeyError as exc:
         raise UnknownSigningKey(str(exc)) from None
     except TokenError as exc:
         raise InvalidToken(str(exc)) from None
-    reason = context.revocation.reason(claims)
+    reason = context.revocation.reason(principal.claims)  # every time: it changes
     if reason is not None:
         raise InvalidToken(f"The access token is no longer valid: {reason}.")
+    return principal
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> TokenPrincipal:
     scope = claims.get("scope")
     return TokenPrincipal(
         id=claims["sub"],

@@ -12,9 +12,10 @@ import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +35,20 @@ _VERIFIED_CACHE_SIZE = 10_000
 
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+T = TypeVar("T")
+
+
+class _Verified:
+    """A verified token's claims, and what a caller built from them (verify_as)."""
+
+    __slots__ = ("build", "built", "claims")
+
+    def __init__(self, claims: dict[str, Any]) -> None:
+        self.claims = claims
+        self.build: Callable[[dict[str, Any]], Any] | None = None
+        self.built: Any = None
 
 
 class TokenError(Exception):
@@ -95,7 +110,7 @@ class SigningKeyring:
         self.access_token_ttl = access_token_ttl
         self._keys: dict[str, LoadedKey] = {}
         self._current: LoadedKey | None = None
-        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._last_reload = 0.0
 
     # Storage -------------------------------------------------------------------------
@@ -218,18 +233,33 @@ class SigningKeyring:
 
         No leeway: the service applies none to its own tokens (API.md).
         """
+        return self._verified_entry(token).claims
+
+    def verify_as(self, token: str, build: Callable[[dict[str, Any]], T]) -> T:
+        """verify(), then `build(claims)`, kept with the verification for the next time.
+
+        `build` must depend on nothing but the claims (the caller's view of a token, built
+        once per token instead of once per request); what changes after signing, such as
+        revocation, the caller checks every time.
+        """
+        entry = self._verified_entry(token)
+        if entry.build is not build:
+            entry.built = build(entry.claims)
+            entry.build = build
+        return cast(T, entry.built)
+
+    def _verified_entry(self, token: str) -> _Verified:
         digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
         cached = self._verified.get(digest)
-        now = time.time()
         if cached is not None:
-            if cached["exp"] > now:
+            if cached.claims["exp"] > time.time():
                 return cached
             del self._verified[digest]
-        claims = self._verify_uncached(token)
-        self._verified[digest] = claims
+        entry = _Verified(self._verify_uncached(token))
+        self._verified[digest] = entry
         if len(self._verified) > _VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
-        return claims
+        return entry
 
     def _verify_uncached(self, token: str) -> dict[str, Any]:
         if looks_like_api_key(token):
