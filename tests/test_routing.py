@@ -161,9 +161,9 @@ def test_seated_routes_match_exactly_what_fastapi_matches(tmp_path: Path) -> Non
     assert checked == len(seated) * len(scopes)
 
 
-async def test_routes_answer_under_a_root_path(client, context) -> None:
+async def test_routes_answer_under_a_root_path(app, client, context) -> None:
     token = await user_token(context, client, "rosa", ["projects:read"])
-    transport = httpx.ASGITransport(app=client._transport.app, root_path="/ks")
+    transport = httpx.ASGITransport(app=app, root_path="/ks")
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         response = await http.get("/ks/me/token", headers=bearer(token))
         assert response.status_code == 200, response.text
