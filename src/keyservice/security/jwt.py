@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +39,7 @@ PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublic
 
 
 T = TypeVar("T")
+_JWS = jwt.PyJWS()
 
 
 class _Verified:
@@ -220,8 +222,11 @@ class SigningKeyring:
             "jti": uuid.uuid4().hex,
             **claims,
         }
-        token = jwt.encode(
-            payload,
+        # PyJWT's JWS layer with the claims serialized by orjson: jwt.encode() would copy
+        # them, look for datetimes and run the stdlib encoder (~8 of its ~64 us here; the
+        # claims are ints and strings already). PyJWT still builds and signs the JWS.
+        token = _JWS.encode(
+            orjson.dumps(payload),
             key.private_key,
             algorithm=key.algorithm,
             headers={"typ": ACCESS_TOKEN_TYPE, "kid": key.kid},
