@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
 from sqlalchemy import select
 
 from keyservice.auth.models import RefreshToken
-from keyservice.database import new_id, new_ordered_id
+from keyservice.database import _uuid_text, new_id, new_ordered_id
 from tests.factories import audit_events, create_key, exchange, user_token
 
 
@@ -25,6 +26,13 @@ def test_ordered_ids_are_uuidv7_in_time_order():
     assert first < second  # strings sort as the ids were made, ms apart
     assert len({new_ordered_id() for _ in range(10_000)}) == 10_000
     assert uuid.UUID(new_id()).version == 4
+
+
+def test_uuid_text_is_what_uuid_prints():
+    values = [0, 1, 2**128 - 1, 0x0193A1B2C3D47E5F8A9B0C1D2E3F4A5B]
+    values += [int.from_bytes(os.urandom(16), "big") for _ in range(5_000)]
+    for value in values:
+        assert _uuid_text(value) == str(uuid.UUID(int=value))
 
 
 async def test_an_exchange_inserts_its_rows_with_ordered_ids(client, context):

@@ -62,7 +62,14 @@ def new_ordered_id() -> str:
     value |= int.from_bytes(os.urandom(10), "big")
     value = value & ~(0xF << 76) | 0x7 << 76  # version 7
     value = value & ~(0x3 << 62) | 0x2 << 62  # variant 10 (RFC 9562)
-    return str(uuid.UUID(int=value))
+    return _uuid_text(value)
+
+
+def _uuid_text(value: int) -> str:
+    """`str(uuid.UUID(int=value))` without building the UUID (1.0 instead of 2.8 us; three
+    ids an exchange)."""
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -13,11 +13,15 @@ draws would only cost time.
 from __future__ import annotations
 
 import math
+import secrets
 from collections import Counter
+
+import pytest
 
 from keyservice.security.tokens import (
     _ALPHABET,
     REFRESH_PREFIX,
+    _base62,
     new_client_id,
     new_client_secret,
     new_refresh_token,
@@ -78,3 +82,20 @@ def test_refresh_tokens_carry_256_bits():
 def test_client_ids_are_unguessable_though_public():
     bodies = [new_client_id()[3:] for _ in range(50_000)]
     assert estimated_bits(bodies) >= 90  # 95 random bits; ids are not secrets
+
+
+def test_base62_digits_are_the_same_as_ever():
+    # Keys already handed out carry checksums in these digits: the encoding must not move.
+    assert _base62(2**256 - 1, 43) == "yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1"
+    assert _base62(0xDEADBEEF, 6) == "44pZgF"
+    assert _base62(0, 6) == "000000"
+    assert (_base62(61, 1), _base62(62, 2), _base62(62 * 62, 3)) == ("z", "10", "100")
+    for width in (1, 2, 6, 16, 43):
+        for number in (0, 1, 61, 62, 3843, 3844, 62**width - 1):
+            if number < 62**width:
+                encoded = _base62(number, width)
+                assert len(encoded) == width and decode(encoded) == number
+        with pytest.raises(ValueError):
+            _base62(62**width, width)
+    numbers = [secrets.randbits(256) for _ in range(5_000)]
+    assert all(decode(_base62(number, 43)) == number for number in numbers)
