@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from keyservice.security.ip import client_ip, ip_allowed, parse_cidrs, parse_ip
+from keyservice.security.ip import _parse_ip_cached, client_ip, ip_allowed, parse_cidrs, parse_ip
 from tests.conftest import client_for
 from tests.factories import create_key, exchange, user_token
 
@@ -28,6 +28,23 @@ PROXY = [ipaddress.ip_network("10.0.0.0/8")]
 )
 def test_client_ip(peer, xff, expected):
     assert str(client_ip(peer, xff, PROXY)) == expected
+
+
+def test_parse_ip_answers_the_same_cached_or_not():
+    # Short texts are answered from a cache; long ones (an X-Forwarded-For hop is the
+    # caller's text) are parsed each time and never kept.
+    for text in ("203.0.113.7", " 203.0.113.7 ", "::ffff:203.0.113.7", "2001:db8::1", "x"):
+        first, again = parse_ip(text), parse_ip(text)
+        assert first == again
+        assert first == (None if text == "x" else ipaddress.ip_address(str(first)))
+    assert str(parse_ip("::ffff:203.0.113.7")) == "203.0.113.7"
+    assert str(parse_ip(" " * 100 + "198.51.100.4")) == "198.51.100.4"
+    huge = "1" * 10_000
+    assert parse_ip(huge) is None
+    kept = _parse_ip_cached.cache_info().currsize
+    parse_ip("9" * 65)
+    assert _parse_ip_cached.cache_info().currsize == kept  # not cached
+    assert _parse_ip_cached.cache_info().maxsize == 4096  # bounded
 
 
 def test_allow_lists():
