@@ -20,7 +20,7 @@ def parse_ip(value: str) -> IPAddress | None:
     return _parse_ip(value)
 
 
-_CACHED_TEXT = 64  # the longest IPv6 text with a zone is 45 characters and a short zone
+_CACHED_TEXT = 64  # an IPv6 address is at most 45 characters; the rest leaves room for a zone
 
 
 def _parse_ip(value: str) -> IPAddress | None:
