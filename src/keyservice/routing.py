@@ -8,19 +8,6 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
-try:  # how Starlette's own Route.matches() strips a root path
-    from starlette._utils import get_route_path
-except ImportError:  # pragma: no cover - an older or newer Starlette
-
-    def get_route_path(scope: Scope) -> str:
-        path: str = scope["path"]
-        root_path = scope.get("root_path", "")
-        if not root_path or not path.startswith(root_path):
-            return path
-        if path == root_path:
-            return ""
-        return path[len(root_path) :] if path[len(root_path)] == "/" else path
-
 
 class TableRoute(APIRoute):
     """An APIRoute that tells in one string comparison that a path is not its own.
@@ -32,7 +19,8 @@ class TableRoute(APIRoute):
     start with the literal part of its own path (up to its first `{param}`), and one
     without parameters only that path exactly; anything else gets `Match.NONE` here, as
     the regex would give it, and the rest goes to FastAPI's check unchanged (a method
-    mismatch is still a partial match, so 405 and Allow stay as they are).
+    mismatch is still a partial match, so 405 and Allow stay as they are). With a root path
+    in the scope, FastAPI's check does it all.
 
     The check is on only in the copy `main.add_routes_flat()` puts in the app's own table
     (`seated_copy()`): the router's own route may also be included under another router,
@@ -52,8 +40,8 @@ class TableRoute(APIRoute):
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         literal = self._literal
-        if literal is not None and scope["type"] == "http":
-            path = get_route_path(scope) if scope.get("root_path") else scope["path"]
+        if literal is not None and scope["type"] == "http" and not scope.get("root_path"):
+            path = scope["path"]
             if path != literal if self._exact else not path.startswith(literal):
                 return Match.NONE, {}
         return super().matches(scope)
