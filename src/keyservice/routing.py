@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Scope
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class TableRoute(APIRoute):
@@ -45,3 +55,106 @@ class TableRoute(APIRoute):
             if path != literal if self._exact else not path.startswith(literal):
                 return Match.NONE, {}
         return super().matches(scope)
+
+    def get_route_handler(self) -> Handler:
+        """FastAPI's handler, or a direct one where the dependency solver has nothing to do.
+
+        FastAPI solves a request's dependencies afresh each time: for every dependency it
+        builds a cache key, classifies the callable, parses the query string and the cookies
+        for parameters, and recurses; for `GET /me/token` that was 22 of its 56 us in
+        process, where the authentication itself took 5 (bench/README.md, "eighth pass").
+        A route qualifies for the direct handler only when none of that can matter: no
+        path, query, header, cookie or body parameters anywhere in its dependency tree, no
+        security scopes, nothing but `Request` and other such dependencies as arguments,
+        every dependency a plain `async def` (no `yield`, no class, no security scheme), and
+        an endpoint that returns a `Response` itself (so FastAPI would only pass it on).
+        Then no request can fail validation, and calling the dependencies in FastAPI's
+        order, each once per request, is all its solver would do. Everything else keeps
+        FastAPI's handler, which also takes over while `dependency_overrides` hold anything.
+        The direct handler sits where FastAPI's does (inside `request_response()`), so
+        errors reach the app's exception handlers as before. FastAPI's own telemetry is off
+        in this app (main.create_app) and is not reported for these routes.
+        """
+        full = super().get_route_handler()
+        plan = _direct_plan(self.dependant, endpoint=True)
+        if plan is None:
+            return full
+        provider = self.dependency_overrides_provider
+        endpoint = self.dependant.call
+        assert endpoint is not None
+
+        async def direct(request: Request) -> Response:
+            if provider is not None and getattr(provider, "dependency_overrides", None):
+                return await full(request)
+            response = await endpoint(**await plan.arguments(request, {}))
+            if not isinstance(response, Response):  # its annotation said it would be
+                raise TypeError(f"{endpoint.__qualname__} returned no Response")
+            return response
+
+        return direct
+
+    @property
+    def direct(self) -> bool:
+        """Whether this route's requests skip FastAPI's dependency solver (see above)."""
+        return _direct_plan(self.dependant, endpoint=True) is not None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to call one callable: where the request goes, and its dependencies in order."""
+
+    request_name: str | None
+    dependencies: tuple[tuple[str | None, Callable[..., Awaitable[Any]], _Plan, bool], ...]
+
+    async def arguments(self, request: Request, cache: dict[Any, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if self.request_name is not None:
+            values[self.request_name] = request
+        for name, call, plan, use_cache in self.dependencies:
+            if use_cache and call in cache:
+                value = cache[call]
+            else:
+                value = await call(**await plan.arguments(request, cache))
+                if use_cache:
+                    cache[call] = value
+            if name is not None:  # a route's `dependencies=[...]` are called, not passed
+                values[name] = value
+        return values
+
+
+def _direct_plan(dependant: Dependant, *, endpoint: bool = False) -> _Plan | None:
+    """A `_Plan` for `dependant` if nothing in its tree needs FastAPI's solver, else None."""
+    call = dependant.call
+    if (
+        dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.websocket_param_name
+        or dependant.http_connection_param_name
+        or dependant.response_param_name
+        or dependant.background_tasks_param_name
+        or dependant.security_scopes_param_name
+        or dependant.own_oauth_scopes
+        or not (inspect.isfunction(call) and inspect.iscoroutinefunction(call))
+    ):
+        return None
+    if endpoint and not _returns_response(call):
+        return None
+    steps = []
+    for sub in dependant.dependencies:
+        plan = _direct_plan(sub)
+        if plan is None:
+            return None
+        assert sub.call is not None
+        steps.append((sub.name, sub.call, plan, sub.use_cache))
+    return _Plan(dependant.request_param_name, tuple(steps))
+
+
+def _returns_response(call: Callable[..., Any]) -> bool:
+    try:
+        returned = typing.get_type_hints(call).get("return")
+    except Exception:  # an annotation that does not resolve: leave the route to FastAPI
+        return False
+    return isinstance(returned, type) and issubclass(returned, Response)
