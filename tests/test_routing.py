@@ -190,3 +190,25 @@ async def test_a_table_route_router_included_under_a_prefix_is_matched_there() -
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             assert (await http.get(path)).json() == {"item": "7"}, path
             assert (await http.get("/elsewhere/items/7")).status_code == 404
+
+
+async def test_fastapis_own_routes_sit_last_and_nothing_of_ours_matches_them(app, client) -> None:
+    # create_app() moves the OpenAPI document and the docs pages to the end of the table,
+    # which changes nothing only while no earlier route matches their paths.
+    from starlette.routing import Match, Route
+
+    paths = [app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url]
+    tail = app.router.routes[-3:]
+    assert [type(route) for route in tail] == [Route] * 3
+    assert [route.path for route in tail] == paths
+    for path in paths:
+        for method in ("GET", "HEAD", "POST"):
+            scope = {"type": "http", "method": method, "path": path, "root_path": "",
+                     "headers": [], "query_string": b""}  # fmt: skip
+            for route in app.router.routes[:-3]:
+                assert route.matches(scope)[0] == Match.NONE, (route, path)
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    assert "/me/token" in response.json()["paths"]
+    assert (await client.get("/docs")).status_code == 200
+    assert (await client.get("/docs/oauth2-redirect")).status_code == 200
