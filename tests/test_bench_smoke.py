@@ -39,3 +39,23 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
         assert run["requests"] > 0, run
         assert run["rps"] > 0, run
         assert run["errors"] == 0, run
+
+
+def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from ksbench import pg
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    tcp = "postgresql://postgres@127.0.0.1:5432/test"
+    assert pg.dsn(tcp, "ks_bench_1") == "postgresql://postgres@127.0.0.1:5432/ks_bench_1"
+    assert pg.sqlalchemy_url(tcp, "ks_bench_1") == (
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/ks_bench_1"
+    )
+    socket = "postgresql://postgres@/test?host=/var/run/postgresql"
+    assert (
+        pg.dsn(socket, "ks_bench_1") == "postgresql://postgres@/ks_bench_1?host=/var/run/postgresql"
+    )
+    assert pg.sqlalchemy_url(socket, "ks_bench_1") == (
+        "postgresql+asyncpg://postgres@/ks_bench_1?host=/var/run/postgresql"
+    )

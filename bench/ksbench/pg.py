@@ -40,13 +40,23 @@ def drop(admin_dsn: str, name: str) -> None:
     asyncio.run(_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def _server(admin_dsn: str) -> tuple[str, str]:
+    """`admin_dsn`'s server part (user@host:port) and its query string ("" or "?...")."""
+    rest, mark, query = admin_dsn.split("://", 1)[1].partition("?")
+    return rest.rsplit("/", 1)[0], mark + query
+
+
 def dsn(admin_dsn: str, name: str) -> str:
-    """A plain (asyncpg/libpq) DSN for database `name` on the server of `admin_dsn`."""
-    base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    return f"postgresql://{base}/{name}"
+    """A plain (asyncpg/libpq) DSN for database `name` on the server of `admin_dsn`.
+
+    The query string is kept: `?host=/var/run/postgresql` reaches the server over its
+    Unix socket.
+    """
+    base, query = _server(admin_dsn)
+    return f"postgresql://{base}/{name}{query}"
 
 
 def sqlalchemy_url(admin_dsn: str, name: str) -> str:
     """The service's KEYSERVICE_DATABASE_URL for database `name` on the same server."""
-    base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    return f"postgresql+asyncpg://{base}/{name}"
+    base, query = _server(admin_dsn)
+    return f"postgresql+asyncpg://{base}/{name}{query}"
