@@ -210,3 +210,25 @@ def _endpoint_using(dependency: object) -> object:
     endpoint.__annotations__["value"] = Annotated[object, Depends(dependency)]
     endpoint.__annotations__["return"] = Response
     return endpoint
+
+
+async def refuse_all() -> None:
+    raise HTTPException(403, "refused by the inclusion")
+
+
+async def test_an_inclusion_with_dependencies_of_its_own_keeps_them() -> None:
+    # include_router(dependencies=...) adds checks to each route under that inclusion only;
+    # FastAPI builds that view's handler by asking the route again, and a direct handler
+    # made from the route's own dependencies would skip them.
+    router = APIRouter(route_class=TableRoute)
+    router.add_api_route("/who", named)
+    app = FastAPI()
+    app.include_router(router, prefix="/guarded", dependencies=[Depends(refuse_all)])
+    app.include_router(router, prefix="/open")
+    assert router.routes[0].direct  # type: ignore[attr-defined]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        refused = await http.get("/guarded/who")
+        assert refused.status_code == 403
+        assert refused.json() == {"detail": "refused by the inclusion"}
+        assert (await http.get("/open/who")).json() == {"name": "real"}

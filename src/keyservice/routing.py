@@ -39,6 +39,14 @@ class TableRoute(APIRoute):
 
     _literal: str | None = None
     _exact = False
+    _building = False
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        self._building = True  # get_route_handler() is called for the route itself
+        try:
+            super().__init__(path, endpoint, **kwargs)
+        finally:
+            self._building = False
 
     def seated_copy(self) -> TableRoute:
         """This route as the app's own table holds it: the same route, the check on."""
@@ -76,6 +84,12 @@ class TableRoute(APIRoute):
         in this app (main.create_app) and is not reported for these routes.
         """
         full = super().get_route_handler()
+        if not self._building:
+            # FastAPI asks again for each inclusion of the route's router under another
+            # (include_router()), with the inclusion's own view of the route set aside for
+            # it: that view's dependencies (an inclusion may add an authorization check)
+            # and overrides are not this route's, so FastAPI's handler serves it.
+            return full
         plan = _direct_plan(self.dependant, endpoint=True)
         if plan is None:
             return full
