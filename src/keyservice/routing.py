@@ -118,21 +118,30 @@ class _Plan:
     """How to call one callable: where the request goes, and its dependencies in order."""
 
     request_name: str | None
-    dependencies: tuple[tuple[str | None, Callable[..., Awaitable[Any]], _Plan, bool], ...]
+    # (parameter name, the dependency, its plan, use_cache, FastAPI's cache key for it)
+    dependencies: tuple[
+        tuple[str | None, Callable[..., Awaitable[Any]], _Plan, bool, tuple[Any, str]], ...
+    ]
 
     async def arguments(self, request: Request, cache: dict[Any, Any]) -> dict[str, Any]:
+        """The keyword arguments, as FastAPI's solve_dependencies() makes them.
+
+        In its order of calls too: a dependency's own dependencies are solved before its
+        cached value is looked up (a `use_cache=False` one among them runs either way),
+        and the first value of each key is kept for the rest of the request.
+        """
         values: dict[str, Any] = {}
         if self.request_name is not None:
             values[self.request_name] = request
-        for name, call, plan, use_cache in self.dependencies:
-            if use_cache and call in cache:
-                value = cache[call]
+        for name, call, plan, use_cache, key in self.dependencies:
+            arguments = await plan.arguments(request, cache)
+            if use_cache and key in cache:
+                value = cache[key]
             else:
-                value = await call(**await plan.arguments(request, cache))
-                if use_cache:
-                    cache[call] = value
+                value = await call(**arguments)
             if name is not None:  # a route's `dependencies=[...]` are called, not passed
                 values[name] = value
+            cache.setdefault(key, value)
         return values
 
 
@@ -151,6 +160,7 @@ def _direct_plan(dependant: Dependant, *, endpoint: bool = False) -> _Plan | Non
         or dependant.background_tasks_param_name
         or dependant.security_scopes_param_name
         or dependant.own_oauth_scopes
+        or getattr(dependant, "concurrency", None) is not None  # a limit FastAPI applies
         or not (inspect.isfunction(call) and inspect.iscoroutinefunction(call))
     ):
         return None
@@ -162,7 +172,8 @@ def _direct_plan(dependant: Dependant, *, endpoint: bool = False) -> _Plan | Non
         if plan is None:
             return None
         assert sub.call is not None
-        steps.append((sub.name, sub.call, plan, sub.use_cache))
+        # FastAPI's key: the callable, the security scopes (none here), the `scope` given.
+        steps.append((sub.name, sub.call, plan, sub.use_cache, (sub.call, sub.scope or "")))
     return _Plan(dependant.request_param_name, tuple(steps))
 
 
