@@ -438,8 +438,9 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         add_routes_flat(app, router)
     app.include_router(console_router)  # a tree of its own (the admin pages)
     # Last: at the head of the table every request paid for their three path regexes
-    # before reaching any of ours (~1.2 us each, bench/README.md "eighth pass"), and no
-    # route of ours matches their paths (tests/test_routing.py), so nothing else changes.
+    # before reaching any of ours (~0.7 us each on a fast day, bench/README.md "eighth
+    # pass"), and no route of ours matches their paths (tests/test_routing.py), so nothing
+    # else changes.
     ours = [route for route in app.router.routes if all(route is not f for f in framework_routes)]
     app.router.routes[:] = [*ours, *framework_routes]
     return app
