@@ -59,3 +59,37 @@ def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
     assert pg.sqlalchemy_url(socket, "ks_bench_1") == (
         "postgresql+asyncpg://postgres@/ks_bench_1?host=/var/run/postgresql"
     )
+
+
+def test_the_in_process_bench_runs_and_checks_every_answer() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "inprocess.py"),
+            "--rounds",
+            "1",
+            "--requests",
+            "20",
+            "--paths",
+            "healthz,me_token,not_found,missing_token",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split()[0] for line in result.stdout.splitlines()[2:]}
+    assert rows == {"healthz", "me_token", "not_found", "missing_token"}, result.stdout
+    # A path it does not know is a usage error, not an empty table.
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "inprocess.py"), "--paths", "nope"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown path(s) nope" in bad.stderr
