@@ -273,3 +273,27 @@ async def test_an_inclusion_with_dependencies_of_its_own_keeps_them() -> None:
         assert refused.status_code == 403
         assert refused.json() == {"detail": "refused by the inclusion"}
         assert (await http.get("/open/who")).json() == {"name": "real"}
+
+
+async def test_the_apps_direct_routes_really_skip_the_solver(
+    app, client, context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fastapi.routing
+
+    from tests.factories import bearer, user_token
+
+    token = await user_token(context, client, "sol", ["projects:read"])
+    solved: list[str] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counting(**kwargs: object) -> object:
+        solved.append(kwargs["request"].url.path)  # type: ignore[attr-defined]
+        return await original(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counting)
+    assert (await client.get("/me/token", headers=bearer(token))).status_code == 200
+    assert (await client.get("/healthz")).status_code == 200
+    assert solved == []
+    # The control: a route with a session goes through FastAPI's solver.
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200
+    assert solved == ["/me"]
