@@ -40,6 +40,7 @@ class TableRoute(APIRoute):
     _literal: str | None = None
     _exact = False
     _building = False
+    _direct = False
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         self._building = True  # get_route_handler() is called for the route itself
@@ -93,6 +94,7 @@ class TableRoute(APIRoute):
         plan = _direct_plan(self.dependant, endpoint=True)
         if plan is None:
             return full
+        self._direct = True
         provider = self.dependency_overrides_provider
         endpoint = self.dependant.call
         assert endpoint is not None
@@ -109,8 +111,8 @@ class TableRoute(APIRoute):
 
     @property
     def direct(self) -> bool:
-        """Whether this route's requests skip FastAPI's dependency solver (see above)."""
-        return _direct_plan(self.dependant, endpoint=True) is not None
+        """Whether this route's own handler is the direct one (see get_route_handler)."""
+        return self._direct
 
 
 @dataclass(frozen=True)
