@@ -17,19 +17,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
-    if os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("the benchmark runs on PostgreSQL, which this run was told to skip")
-    out = tmp_path / "smoke.json"
+def _bench(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run bench/<script> as `make bench` would: without the caller's KEYSERVICE_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--json", str(out)],
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=timeout,
     )
+
+
+def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
+    if os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("the benchmark runs on PostgreSQL, which this run was told to skip")
+    out = tmp_path / "smoke.json"
+    result = _bench("run.py", "--smoke", "--json", str(out), timeout=280)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     runs = report["runs"]
@@ -62,34 +67,13 @@ def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
 
 
 def test_the_in_process_bench_runs_and_checks_every_answer() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "inprocess.py"),
-            "--rounds",
-            "1",
-            "--requests",
-            "20",
-            "--paths",
-            "healthz,me_token,not_found,missing_token",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    paths = "healthz,me_token,not_found,missing_token"
+    result = _bench(
+        "inprocess.py", "--rounds", "1", "--requests", "20", "--paths", paths, timeout=120
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {line.split()[0] for line in result.stdout.splitlines()[2:]}
-    assert rows == {"healthz", "me_token", "not_found", "missing_token"}, result.stdout
+    assert rows == set(paths.split(",")), result.stdout
     # A path it does not know is a usage error, not an empty table.
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "inprocess.py"), "--paths", "nope"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = _bench("inprocess.py", "--paths", "nope", timeout=60)
     assert bad.returncode == 2 and "unknown path(s) nope" in bad.stderr
