@@ -81,11 +81,12 @@ class TableRoute(APIRoute):
         every dependency a plain `async def` (no `yield`, no class, no security scheme), and
         an endpoint that returns a `Response` itself (so FastAPI would only pass it on).
         Then no request can fail validation, and calling the dependencies in FastAPI's
-        order, each once per request, is all its solver would do. Everything else keeps
-        FastAPI's handler, which also takes over while `dependency_overrides` hold anything.
-        The direct handler sits where FastAPI's does (inside `request_response()`), so
-        errors reach the app's exception handlers as before. FastAPI's own telemetry is off
-        in this app (main.create_app) and is not reported for these routes.
+        order with its per-request cache (`_Plan.arguments`) is all its solver would do.
+        Everything else keeps FastAPI's handler, which also takes over while
+        `dependency_overrides` hold anything. The direct handler sits where FastAPI's does
+        (inside `request_response()`), so errors reach the app's exception handlers as
+        before. FastAPI's own telemetry is off in this app (main.create_app) and is not
+        reported for these routes.
         """
         full = super().get_route_handler()
         if not self._building:
