@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ksbench import bulk, peer, pg, procs, seed, wrk
+from ksbench import bulk, peer, pg, procs, seed, wake, wrk
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -688,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.redis_url:
             env["KEYSERVICE_REDIS_URL"] = args.redis_url
         env.update(item.split("=", 1) for item in args.service_env)
+        meta["machine_round_trip"] = wake.round_trip_cost()  # before anything else runs
+        print(f"machine: {wake.describe(meta['machine_round_trip'])}")
         serve = [*cli, "serve", "--host", procs.LOOPBACK, "--port", str(port)]
         serve += ["--workers", str(args.workers)]
         server_log = RESULTS_DIR / f"{stamp}-server.log"

@@ -44,6 +44,9 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
         assert run["requests"] > 0, run
         assert run["rps"] > 0, run
         assert run["errors"] == 0, run
+    machine = report["meta"]["machine_round_trip"]
+    assert machine["sleeping_round_trip_us"] > 0 and machine["sleeping_cpu_per_side_us"] > 0
+    assert "machine: a round trip between two processes takes" in result.stdout
 
 
 def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
@@ -77,3 +80,28 @@ def test_the_in_process_bench_runs_and_checks_every_answer() -> None:
     # A path it does not know is a usage error, not an empty table.
     bad = _bench("inprocess.py", "--paths", "nope", timeout=60)
     assert bad.returncode == 2 and "unknown path(s) nope" in bad.stderr
+
+
+def test_the_machine_probe_measures_both_ways_of_waiting_and_reaps_its_children() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from ksbench import wake
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    before = _children()
+    cost = wake.round_trip_cost(rounds=200)
+    assert cost["sleeping_round_trip_us"] > 0 and cost["sleeping_cpu_per_side_us"] > 0
+    if (os.cpu_count() or 1) >= 2:
+        assert cost["spinning_round_trip_us"] is not None and cost["spinning_round_trip_us"] > 0
+    assert _children() <= before  # each echo process was waited for, none left behind
+    assert "us when both sleep" in wake.describe(cost)
+    with pytest.raises(ValueError):
+        wake.round_trip_cost(rounds=0)
+
+
+def _children() -> set[int]:
+    """This process's children (exited but not waited for included), from /proc."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        found.update(int(pid) for pid in (task / "children").read_text().split())
+    return found
