@@ -5,30 +5,37 @@ PostgreSQL backend wakes, answers, the worker wakes), and so is every request (w
 worker). When a process waits by sleeping, waking it again costs the kernel (and, in a
 virtual machine, the hypervisor) far more than passing the bytes; spinning instead shows
 the cost of the transport alone. On the machines bench/README.md quotes, the difference is
-most of what a statement costs the worker, which is why the harness prints it with every
-run: it tells how much of a gap to an in-memory peer is the machine's price of waiting.
+most of what a statement costs the worker at low concurrency, where cores go idle between
+requests, which is why the harness prints it with every run: it tells how much of a gap to
+an in-memory peer may be the machine's price of waiting.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 _MESSAGE = b"x" * 64
 
-
-def _echo(sock: socket.socket, spin: bool) -> None:
-    """The child: echo each message until the parent closes its end."""
-    sock.setblocking(not spin)
-    while True:
-        try:
-            data = sock.recv(len(_MESSAGE))
-        except BlockingIOError:
-            continue
-        if not data:
-            return
-        sock.sendall(data)
+# The echo process: a fresh interpreter rather than a fork (the harness and the test run
+# may hold threads, and forking those is unsafe). It echoes each message until the other
+# end is closed; spinning, it polls a non-blocking socket instead of sleeping in recv().
+_ECHO = """
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+sock.setblocking(sys.argv[2] != "spin")
+while True:
+    try:
+        data = sock.recv(64)
+    except BlockingIOError:
+        continue
+    if not data:
+        break
+    sock.sendall(data)
+"""
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> None:
@@ -44,16 +51,17 @@ def _recv_exactly(sock: socket.socket, size: int) -> None:
 
 
 def _one(rounds: int, spin: bool) -> tuple[float, float]:
-    """(wall us, this process's CPU us) per round trip with a forked echo process."""
+    """(wall us, this process's CPU us) per round trip with an echo process."""
     parent, child = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child process
+    try:
+        with child:
+            echo = subprocess.Popen(
+                [sys.executable, "-c", _ECHO, str(child.fileno()), "spin" if spin else "sleep"],
+                pass_fds=(child.fileno(),),
+            )
+    except BaseException:
         parent.close()
-        try:
-            _echo(child, spin)
-        finally:
-            os._exit(0)
-    child.close()
+        raise
     try:
         parent.setblocking(not spin)
         for _ in range(min(rounds, 100)):  # both processes running and their pages touched
@@ -65,13 +73,18 @@ def _one(rounds: int, spin: bool) -> tuple[float, float]:
             _recv_exactly(parent, len(_MESSAGE))
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
-        parent.close()
-        os.waitpid(pid, 0)
+        parent.close()  # the echo process sees the end and exits
+        try:
+            echo.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+            echo.wait()
     return wall / rounds * 1e6, cpu / rounds * 1e6
 
 
 def round_trip_cost(rounds: int = 5000) -> dict[str, float | None]:
-    """One measurement of each way to wait (well under a second here); run it while quiet.
+    """One measurement of each way to wait (well under a second here); run it while quiet:
+    with the CPUs busy a sleeping process is woken far more cheaply (bench/README.md).
 
     Spinning needs a core for each process: on a single core it is not measured (None).
     """
@@ -93,5 +106,5 @@ def describe(cost: dict[str, float | None]) -> str:
         f"when both sleep while they wait ({cost['sleeping_cpu_per_side_us']:.0f} us of CPU "
         "on each side)"
         + (f", {spinning:.0f} us when both spin" if spinning is not None else "")
-        + "; each database statement and each request pays the first"
+        + "; a statement or request pays the first where a core goes idle"
     )
