@@ -14,8 +14,10 @@ It prints a table and ratios and writes everything as JSON to bench/results/. Se
 bench/README.md.
 
 --seed-rows N first writes N refresh tokens and N audit events straight into the database
-(is the token path flat as the tables grow?); --soak SECONDS instead runs one scenario for
-that long and watches each worker's resident memory (does it stay flat?).
+(is the token path flat as the tables grow?); --flat N answers that in one run, with a
+second service on a database of N rows measured in pairs with the first; --soak SECONDS
+instead runs one scenario for that long and watches each worker's resident memory (does it
+stay flat?).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ SOAK_SCENARIO = "exchange"
 SOAK_SAMPLE_S = 10  # seconds between two readings of each worker's VmRSS
 SOAK_WARMUP_S = 30  # readings before this are shown but not judged
 SOAK_TOLERANCE = 0.10  # "stable": last / first reading after the warm-up within +-10%
+MAIN_TARGET = "keyservice"
+FLAT_TARGET = "keyservice_rows"  # --flat: the second service, on the database with the rows
+FLAT_TOLERANCE = 0.10  # "flat": req/s down by at most 10 %, p99 up by at most 10 %
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,6 +155,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"+-{SOAK_TOLERANCE:.0%}% of the first after {SOAK_WARMUP_S} s (default 0: off; "
         "--duration, --repeat and --warmup do not apply)",
     )
+    p.add_argument(
+        "--flat",
+        type=int,
+        default=0,
+        metavar="N",
+        help="flatness in one run: a second service on a second database holding N refresh "
+        "tokens and N audit events (as --seed-rows N), every run of the first followed by the "
+        "same run of the second (B-A on every second repeat: use an even --repeat); prints "
+        "the with-rows / empty ratios pair by pair and exits 1 unless the median pair keeps "
+        f"req/s within -{FLAT_TOLERANCE:.0%}% and p99 within +{FLAT_TOLERANCE:.0%}% "
+        "everywhere (default 0: off)",
+    )
     p.add_argument("--peer", action="store_true", help="also run node-oidc-provider (bench/peer)")
     p.add_argument(
         "--peer-workers",
@@ -217,6 +234,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--duration <= 600, --repeat <= 20 and --users <= 200, please")
     if not 0 <= args.seed_rows <= 20_000_000:
         p.error("--seed-rows must be between 0 and 20,000,000")
+    if not 0 <= args.flat <= 20_000_000:
+        p.error("--flat must be between 0 and 20,000,000")
+    if args.flat and (args.seed_rows or args.soak or args.peer):
+        p.error(
+            "--flat compares an empty database with one of N rows: not with --seed-rows, "
+            "--soak or --peer"
+        )
     if args.soak:
         if not SOAK_WARMUP_S + SOAK_SAMPLE_S <= args.soak <= 7200:
             p.error(f"--soak must be 0 (off) or {SOAK_WARMUP_S + SOAK_SAMPLE_S}..7200 seconds")
@@ -345,6 +369,7 @@ class Measure:
     target: str  # "keyservice" or "peer"
     run: Callable[[int, int], wrk.WrkResult]  # (connections, seconds)
     rss_root: int
+    database: str  # whose PostgreSQL backends count as "PostgreSQL" in the CPU column
 
 
 def _mb(kb: int) -> float:
@@ -361,10 +386,13 @@ def wait_for_quiet(roots: list[int], database: str, below: float, limit: float) 
             return cpu.foreign_pct
 
 
-def measure_all(
-    measures: list[Measure], args: argparse.Namespace, *, database: str
-) -> list[dict[str, Any]]:
-    """Run every measure at every connection count, `repeat` times, interleaved."""
+def measure_all(measures: list[Measure], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run every measure at every connection count, `repeat` times, interleaved.
+
+    With --flat the measures come in pairs (one scenario without and with the rows), and
+    every second repeat runs each pair the other way round (A-B, then B-A), so that neither
+    side always runs first.
+    """
     roots = sorted({m.rss_root for m in measures})
     rows: list[dict[str, Any]] = []
     total = args.repeat * len(args.connections) * len(measures)
@@ -375,15 +403,18 @@ def measure_all(
         for m in measures:
             m.run(args.connections[0], args.warmup)
     for rep in range(1, args.repeat + 1):
+        order = measures
+        if args.flat and rep % 2 == 0:
+            order = [m for pair in zip(measures[1::2], measures[0::2], strict=True) for m in pair]
         for conns in args.connections:
-            for m in measures:
+            for m in order:
                 done += 1
                 if args.quiet_below:
-                    quiet = wait_for_quiet(roots, database, args.quiet_below, args.quiet_wait)
+                    quiet = wait_for_quiet(roots, m.database, args.quiet_below, args.quiet_wait)
                     if quiet >= args.quiet_below:
                         print(f"  (not quiet after {args.quiet_wait} s: foreign CPU {quiet}%)")
                 with (
-                    procs.CpuAccount(roots, database) as cpu,
+                    procs.CpuAccount(roots, m.database) as cpu,
                     procs.RssSampler(m.rss_root) as sampler,
                 ):
                     result = m.run(conns, args.duration)
@@ -591,7 +622,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by = {(s["letter"], s["connections"]): s["rps"] for s in summary}
+    by = {(s["letter"], s["connections"]): s["rps"] for s in summary if s["target"] != FLAT_TARGET}
     out = []
     for conns in sorted({s["connections"] for s in summary}):
         for num, den, meaning in [
@@ -613,13 +644,82 @@ def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def flat_report(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """--flat: per scenario and connections, the with-rows / empty ratios of each pair.
+
+    A pair is one run of each service back to back, so the machine's drift over a run
+    (often far more than 10 % here) mostly cancels in its ratios; the verdict is on the
+    median pair: flat when req/s fell by at most FLAT_TOLERANCE and p99 rose by at most it,
+    with no errors.
+    """
+    pairs: dict[tuple[str, int, int], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["scenario"], row["connections"], row["run"])
+        pairs.setdefault(key, {})[row["target"]] = row
+    groups: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
+    for (scenario, conns, _), pair in pairs.items():
+        empty, full = pair.get(MAIN_TARGET), pair.get(FLAT_TARGET)
+        if empty is None or full is None:
+            continue
+        groups.setdefault((scenario, conns), []).append(
+            (
+                full["rps"] / empty["rps"] if empty["rps"] else float("nan"),
+                full["p99_ms"] / empty["p99_ms"] if empty["p99_ms"] else float("nan"),
+                empty["errors"] + full["errors"],
+            )
+        )
+    out = []
+    for (scenario, conns), ratios_ in groups.items():
+        rps = statistics.median(r[0] for r in ratios_)
+        p99 = statistics.median(r[1] for r in ratios_)
+        errors = sum(r[2] for r in ratios_)
+        out.append(
+            {
+                "scenario": scenario,
+                "connections": conns,
+                "rps_ratios": [round(r[0], 3) for r in ratios_],
+                "p99_ratios": [round(r[1], 3) for r in ratios_],
+                "rps_ratio": round(rps, 3),
+                "p99_ratio": round(p99, 3),
+                "errors": errors,
+                # NaN (a side with no throughput) compares false: not flat.
+                "flat": rps >= 1 - FLAT_TOLERANCE and p99 <= 1 + FLAT_TOLERANCE and not errors,
+            }
+        )
+    return out
+
+
+def print_flat(report: list[dict[str, Any]], seed_rows: int) -> None:
+    tol = f"{FLAT_TOLERANCE:.0%}"
+    print(
+        f"Flat? with {seed_rows:,} refresh tokens and audit events stored / without, each pair "
+        "run back to back;\n"
+        f"flat = the median pair's req/s down by at most {tol}, its p99 up by at most {tol}, "
+        "no errors\n"
+    )
+    head = f"{'scenario':<10} {'conns':>5}  {'req/s ratio (pairs)':<32} "
+    head += f"{'p99 ratio (pairs)':<32} verdict"
+    print(head)
+    print("-" * len(head))
+    for r in report:
+        rps = f"{r['rps_ratio']:.3f} ({' '.join(f'{x:.2f}' for x in r['rps_ratios'])})"
+        p99 = f"{r['p99_ratio']:.3f} ({' '.join(f'{x:.2f}' for x in r['p99_ratios'])})"
+        verdict = "flat" if r["flat"] else "NOT FLAT"
+        if r["errors"]:
+            verdict += f" ({r['errors']} errors)"
+        print(f"{r['scenario']:<10} {r['connections']:>5}  {rps:<32} {p99:<32} {verdict}")
+    bad = [r for r in report if not r["flat"]]
+    print(f"\n{'FAIL' if bad else 'PASS'}: {len(report) - len(bad)} of {len(report)} rows flat\n")
+
+
 def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> None:
     runs = max((s["runs"] for s in summary), default=1)
     head = f"median of {runs} runs" if runs > 1 else "one run each"
     print(f"\nResults ({head}; RSS = peak resident memory of each worker, MB;")
     print("foreign = the largest share of the machine's CPU used by other processes in a run;")
     print("CPU us/req = CPU time per request of the server's processes / PostgreSQL / wrk)\n")
-    cols = f"{'scenario':<44} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+    width = max([44] + [len(s["label"]) + 4 for s in summary])
+    cols = f"{'scenario':<{width}} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
     cols += f"{'errors':>7} {'foreign':>8} {'CPU us/req':>15}  {'peak RSS MB/worker'}"
     print(cols)
     print("-" * len(cols))
@@ -628,7 +728,7 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
         label = f"({s['letter']}) {s['label']}"
         cpu = "/".join(f"{us:.0f}" for us in s["cpu_us_per_request"].values())
         print(
-            f"{label:<44} {s['connections']:>5} {s['rps']:>9.1f} {s['p50_ms']:>8.2f} "
+            f"{label:<{width}} {s['connections']:>5} {s['rps']:>9.1f} {s['p50_ms']:>8.2f} "
             f"{s['p99_ms']:>8.2f} {s['errors']:>7} {s['foreign_cpu_pct_max']:>7.0f}% "
             f"{cpu:>15}  {rss}"
         )
@@ -637,6 +737,178 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
         for r in ratio_rows:
             print(f"  {r['ratio']:<8} {r['meaning']:<30} c{r['connections']:<4} {r['value']:.3f}")
     print()
+
+
+@dataclass
+class Served:
+    """One running keyservice: its database, its server, and wrk runs of each scenario."""
+
+    name: str
+    database: str
+    server: procs.Service
+    server_log: Path
+    runners: dict[str, Callable[[int, int], wrk.WrkResult]]
+    meta: dict[str, Any]
+
+
+def start_service(
+    stack: ExitStack,
+    args: argparse.Namespace,
+    *,
+    wrk_bin: str,
+    cli: list[str],
+    tmp: Path,
+    stamp: str,
+    name: str,
+    seed_rows: int,
+) -> Served:
+    """Create a database, start `keyservice serve` on it, seed keys (and `seed_rows` rows).
+
+    Everything it starts is stopped, and the database dropped, when `stack` closes.
+    """
+    tag = "" if name == MAIN_TARGET else f"{name}: "
+    tmp = tmp / name
+    tmp.mkdir()
+    port = procs.free_port()
+    base = f"http://{procs.LOOPBACK}:{port}"
+    meta: dict[str, Any] = {}
+    db = stack.enter_context(throwaway_database(args.pg_admin_dsn))
+    admin_password = secrets.token_urlsafe(24)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")},
+        "KEYSERVICE_DATABASE_URL": pg.sqlalchemy_url(args.pg_admin_dsn, db),
+        "KEYSERVICE_SECRET_KEY": secrets.token_urlsafe(36),
+        "KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
+        "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
+        "KEYSERVICE_ISSUER": base,
+        "KEYSERVICE_THROTTLE_CLIENT_FAILURES": "1000000",
+        "KEYSERVICE_THROTTLE_IP_FAILURES": "1000000",
+    }
+    if args.redis_url:
+        env["KEYSERVICE_REDIS_URL"] = args.redis_url
+    env.update(item.split("=", 1) for item in args.service_env)
+    serve = [*cli, "serve", "--host", procs.LOOPBACK, "--port", str(port)]
+    serve += ["--workers", str(args.workers)]
+    server_log = RESULTS_DIR / f"{stamp}-{'' if name == MAIN_TARGET else name + '-'}server.log"
+    print(f"{tag}starting: {' '.join(serve[1:])} (log {server_log.relative_to(BENCH_DIR)})")
+    server = stack.enter_context(running(procs.Service(name, serve, env=env, log_path=server_log)))
+    meta["ready_after_s"] = round(wait_ready(server, base), 2)
+    workers = procs.worker_pids(server.pid)
+    print(f"{tag}ready after {meta['ready_after_s']} s; {len(workers)} worker process(es)")
+
+    seeded = seed.seed(
+        base,
+        admin_username=ADMIN_USERNAME,
+        admin_password=admin_password,
+        users=args.users,
+        cli=cli,
+        env=env,
+    )
+    print(
+        f"{tag}seeded {len(seeded.keys)} API keys for {args.users} users in "
+        f"{seeded.seconds:.1f} s (users via {seeded.user_creation}; "
+        f"scope {seed.BENCH_SCOPE}: {seeded.scope_creation})"
+    )
+    for note in seeded.notes:
+        print(f"  note: {note}")
+    meta["seed"] = {
+        "keys": len(seeded.keys),
+        "users": args.users,
+        "user_creation": seeded.user_creation,
+        "scope_creation": seeded.scope_creation,
+        "permissions": list(seeded.permissions),
+        "notes": seeded.notes,
+        "seconds": round(seeded.seconds, 2),
+    }
+    keys_file = _write_lines(
+        tmp / "keys.txt", [f"{k.client_id} {k.client_secret}" for k in seeded.keys]
+    )
+    first = seed.exchanges(base, seeded.keys, len(seeded.keys))
+    header = seed.jwt_header(first[0]["access_token"])
+    meta["access_token_header"] = header
+    print(f"{tag}our access tokens: alg {header.get('alg')}, typ {header.get('typ')}")
+    jwt_file = _write_lines(tmp / "jwts.txt", [t["access_token"] for t in first])
+
+    meta["seed_rows"] = seed_rows
+    if seed_rows:
+        print(
+            f"{tag}seeding {seed_rows:,} refresh tokens and {seed_rows:,} audit events "
+            "directly into the database ...",
+            flush=True,
+        )
+        service_env = {k: v for k, v in env.items() if k.startswith("KEYSERVICE_")}
+        bulk_result = bulk.seed_rows(
+            pg.dsn(args.pg_admin_dsn, db),
+            seed_rows,
+            bulk.Settings.from_service_env(service_env),
+            rebuild_indexes=args.seed_rebuild_indexes,
+        )
+        meta["bulk_seed"] = bulk_result.as_dict()
+        c = bulk_result.counts
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in bulk_result.phases.items())
+        print(
+            f"{tag}seeded {seed_rows:,} rows each in {bulk_result.seconds:.1f} s ({phases})\n"
+            f"  now: refresh_token {c['refresh_tokens']:,} rows ({c['used']:,} used, "
+            f"{c['expired']:,} expired, {c['families']:,} families); audit_event "
+            f"{c['audit_events']:,} rows ({c['failures']:,} failures, oldest "
+            f"{c['oldest_event']})",
+            flush=True,
+        )
+
+    def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
+        return wrk.run(
+            wrk_bin,
+            script="healthz.lua",
+            url=f"{base}/healthz",
+            threads=min(args.wrk_threads, conns),
+            connections=conns,
+            duration=duration,
+        )
+
+    def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
+        return wrk.run(
+            wrk_bin,
+            script="exchange.lua",
+            url=f"{base}/token",
+            threads=min(args.wrk_threads, conns),
+            connections=conns,
+            duration=duration,
+            args=(str(keys_file),),
+        )
+
+    def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
+        # Fresh chains for every run: one per connection plus two spares each.
+        tokens = seed.exchanges(base, seeded.keys, 3 * conns)
+        chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
+        return wrk.run(
+            wrk_bin,
+            script="refresh.lua",
+            url=f"{base}/token",
+            threads=conns,
+            connections=conns,
+            duration=duration,
+            args=(str(chains), str(conns)),
+        )
+
+    def run_read(conns: int, duration: int) -> wrk.WrkResult:
+        return wrk.run(
+            wrk_bin,
+            script="read.lua",
+            url=f"{base}{args.read_path}",
+            threads=min(args.wrk_threads, conns),
+            connections=conns,
+            duration=duration,
+            args=(str(jwt_file),),
+        )
+
+    runners: dict[str, Callable[[int, int], wrk.WrkResult]] = {
+        "healthz": run_healthz,
+        "exchange": run_exchange,
+        "refresh": run_refresh,
+        "read": run_read,
+    }
+
+    return Served(name, db, server, server_log, runners, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,164 +937,39 @@ def main(argv: list[str] | None = None) -> int:
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    port = procs.free_port()
-    base = f"http://{procs.LOOPBACK}:{port}"
-
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ks-bench-")))
-        db = stack.enter_context(throwaway_database(args.pg_admin_dsn))
-        admin_password = secrets.token_urlsafe(24)
         inherited = sorted(k for k in os.environ if k.startswith("KEYSERVICE_"))
         if inherited:
             print(f"not passing on from the environment: {', '.join(inherited)}")
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")},
-            "KEYSERVICE_DATABASE_URL": pg.sqlalchemy_url(args.pg_admin_dsn, db),
-            "KEYSERVICE_SECRET_KEY": secrets.token_urlsafe(36),
-            "KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USERNAME,
-            "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
-            "KEYSERVICE_ISSUER": base,
-            "KEYSERVICE_THROTTLE_CLIENT_FAILURES": "1000000",
-            "KEYSERVICE_THROTTLE_IP_FAILURES": "1000000",
-        }
-        if args.redis_url:
-            env["KEYSERVICE_REDIS_URL"] = args.redis_url
-        env.update(item.split("=", 1) for item in args.service_env)
         meta["machine_round_trip"] = wake.round_trip_cost()  # before anything else runs
         print(f"machine: {wake.describe(meta['machine_round_trip'])}")
-        serve = [*cli, "serve", "--host", procs.LOOPBACK, "--port", str(port)]
-        serve += ["--workers", str(args.workers)]
-        server_log = RESULTS_DIR / f"{stamp}-server.log"
-        print(f"starting: {' '.join(serve[1:])} (log {server_log.relative_to(BENCH_DIR)})")
-        server = stack.enter_context(
-            running(procs.Service("keyservice", serve, env=env, log_path=server_log))
+        start: dict[str, Any] = {"wrk_bin": wrk_bin, "cli": cli, "tmp": tmp, "stamp": stamp}
+        main_service = start_service(
+            stack, args, **start, name=MAIN_TARGET, seed_rows=args.seed_rows
         )
-        meta["ready_after_s"] = round(wait_ready(server, base), 2)
-        workers = procs.worker_pids(server.pid)
-        print(f"ready after {meta['ready_after_s']} s; {len(workers)} worker process(es)")
-
-        seeded = seed.seed(
-            base,
-            admin_username=ADMIN_USERNAME,
-            admin_password=admin_password,
-            users=args.users,
-            cli=cli,
-            env=env,
-        )
-        print(
-            f"seeded {len(seeded.keys)} API keys for {args.users} users in "
-            f"{seeded.seconds:.1f} s (users via {seeded.user_creation}; "
-            f"scope {seed.BENCH_SCOPE}: {seeded.scope_creation})"
-        )
-        for note in seeded.notes:
-            print(f"  note: {note}")
-        meta["seed"] = {
-            "keys": len(seeded.keys),
-            "users": args.users,
-            "user_creation": seeded.user_creation,
-            "scope_creation": seeded.scope_creation,
-            "permissions": list(seeded.permissions),
-            "notes": seeded.notes,
-            "seconds": round(seeded.seconds, 2),
-        }
-        keys_file = _write_lines(
-            tmp / "keys.txt", [f"{k.client_id} {k.client_secret}" for k in seeded.keys]
-        )
-        first = seed.exchanges(base, seeded.keys, len(seeded.keys))
-        header = seed.jwt_header(first[0]["access_token"])
-        meta["access_token_header"] = header
-        print(f"our access tokens: alg {header.get('alg')}, typ {header.get('typ')}")
-        jwt_file = _write_lines(tmp / "jwts.txt", [t["access_token"] for t in first])
-
-        meta["seed_rows"] = args.seed_rows
-        if args.seed_rows:
-            print(
-                f"seeding {args.seed_rows:,} refresh tokens and {args.seed_rows:,} audit events "
-                "directly into the database ...",
-                flush=True,
+        meta.update(main_service.meta)
+        db = main_service.database
+        services = [main_service]
+        if args.flat:
+            # The same service on a database holding the rows, measured alternately with it.
+            services.append(
+                start_service(stack, args, **start, name=FLAT_TARGET, seed_rows=args.flat)
             )
-            service_env = {k: v for k, v in env.items() if k.startswith("KEYSERVICE_")}
-            bulk_result = bulk.seed_rows(
-                pg.dsn(args.pg_admin_dsn, db),
-                args.seed_rows,
-                bulk.Settings.from_service_env(service_env),
-                rebuild_indexes=args.seed_rebuild_indexes,
-            )
-            meta["bulk_seed"] = bulk_result.as_dict()
-            c = bulk_result.counts
-            phases = ", ".join(f"{k} {v:.1f} s" for k, v in bulk_result.phases.items())
-            print(
-                f"seeded {args.seed_rows:,} rows each in {bulk_result.seconds:.1f} s ({phases})\n"
-                f"  now: refresh_token {c['refresh_tokens']:,} rows ({c['used']:,} used, "
-                f"{c['expired']:,} expired, {c['families']:,} families); audit_event "
-                f"{c['audit_events']:,} rows ({c['failures']:,} failures, oldest "
-                f"{c['oldest_event']})",
-                flush=True,
-            )
-
-        def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
-            return wrk.run(
-                wrk_bin,
-                script="healthz.lua",
-                url=f"{base}/healthz",
-                threads=min(args.wrk_threads, conns),
-                connections=conns,
-                duration=duration,
-            )
-
-        def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
-            return wrk.run(
-                wrk_bin,
-                script="exchange.lua",
-                url=f"{base}/token",
-                threads=min(args.wrk_threads, conns),
-                connections=conns,
-                duration=duration,
-                args=(str(keys_file),),
-            )
-
-        def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
-            # Fresh chains for every run: one per connection plus two spares each.
-            tokens = seed.exchanges(base, seeded.keys, 3 * conns)
-            chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
-            return wrk.run(
-                wrk_bin,
-                script="refresh.lua",
-                url=f"{base}/token",
-                threads=conns,
-                connections=conns,
-                duration=duration,
-                args=(str(chains), str(conns)),
-            )
-
-        def run_read(conns: int, duration: int) -> wrk.WrkResult:
-            return wrk.run(
-                wrk_bin,
-                script="read.lua",
-                url=f"{base}{args.read_path}",
-                threads=min(args.wrk_threads, conns),
-                connections=conns,
-                duration=duration,
-                args=(str(jwt_file),),
-            )
-
-        runners = {
-            "healthz": run_healthz,
-            "exchange": run_exchange,
-            "refresh": run_refresh,
-            "read": run_read,
-        }
         measures = [
             Measure(
                 key,
-                label.format(read_path=args.read_path),
+                label.format(read_path=args.read_path)
+                + (f" [{svc.meta['seed_rows']:,} rows]" if svc is not main_service else ""),
                 letter,
-                "keyservice",
-                runners[key],
-                server.pid,
+                svc.name,
+                svc.runners[key],
+                svc.server.pid,
+                svc.database,
             )
             for key, label, letter in SCENARIOS
             if key in args.scenarios
+            for svc in services
         ]
 
         if args.peer:
@@ -873,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
             key, label, letter = PEER_SCENARIO
-            measures.append(Measure(key, label, letter, "peer", run_peer, node.pid))
+            measures.append(Measure(key, label, letter, "peer", run_peer, node.pid, db))
 
         soak_result: dict[str, Any] | None = None
         if args.soak:
@@ -884,20 +1031,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"measuring: {len(measures)} scenario(s) x connections {args.connections} x "
                 f"{args.repeat} run(s) x {args.duration} s"
             )
-            rows = measure_all(measures, args, database=db)
+            rows = measure_all(measures, args)
         meta["worker_memory"] = {
-            "keyservice": {str(k): v for k, v in procs.high_water_marks(server.pid).items()},
+            svc.name: {str(k): v for k, v in procs.high_water_marks(svc.server.pid).items()}
+            for svc in services
         }
         if args.peer:
             meta["worker_memory"]["peer"] = {
                 str(k): v for k, v in procs.high_water_marks(node.pid).items()
             }
 
-    meta["server_log"] = scan_log(server_log)
-    if meta["server_log"]["tracebacks"]:
-        print(f"the server logged {meta['server_log']['tracebacks']} traceback(s) ({server_log}):")
-        for kind, count in meta["server_log"]["kinds"].items():
-            print(f"  {count:>5} x {kind}")
+    for svc in services:
+        log = scan_log(svc.server_log)
+        if svc is main_service:
+            meta["server_log"] = log
+        else:
+            meta["flat"] = {"service": svc.meta, "server_log": log}
+        if log["tracebacks"]:
+            print(f"the server logged {log['tracebacks']} traceback(s) ({svc.server_log}):")
+            for kind, count in log["kinds"].items():
+                print(f"  {count:>5} x {kind}")
     summary = summarize(rows)
     ratio_rows = ratios(summary)
     print_table(summary, ratio_rows)
@@ -905,6 +1058,11 @@ def main(argv: list[str] | None = None) -> int:
     if soak_result is not None:
         print_soak(soak_result)
         result["soak"] = soak_result
+    flat: list[dict[str, Any]] | None = None
+    if args.flat:
+        flat = flat_report(rows)
+        print_flat(flat, args.flat)
+        result["flat"] = flat
     out = RESULTS_DIR / f"{stamp}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(BENCH_DIR.parent)}")
@@ -921,6 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and bad:
         return 1
     if soak_result is not None and soak_result["verdict"] != "PASS":
+        return 1
+    # A smoke run's 1 s runs check that the mode works, not what it measures.
+    if flat is not None and not args.smoke and not all(r["flat"] for r in flat):
         return 1
     return 0
 

@@ -6,11 +6,15 @@ the result JSON); the figures themselves are never asserted: benchmarks are not 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -105,3 +109,136 @@ def _children() -> set[int]:
     for task in Path("/proc/self/task").iterdir():
         found.update(int(pid) for pid in (task / "children").read_text().split())
     return found
+
+
+def _run_module() -> ModuleType:
+    """bench/run.py as a module (its directory first on the path, as when it runs)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module("run")
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_flat_mode_measures_both_databases_in_pairs(tmp_path: Path) -> None:
+    if os.environ.get("KEYSERVICE_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("the benchmark runs on PostgreSQL, which this run was told to skip")
+    out = tmp_path / "flat.json"
+    result = _bench(
+        "run.py",
+        *("--smoke", "--flat", "500", "--scenarios", "exchange,refresh", "--json", str(out)),
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # Every scenario ran on both services, and only the second holds the seeded rows.
+    targets = {(s["target"], s["scenario"]) for s in report["summary"]}
+    assert targets == {
+        (target, scenario)
+        for target in ("keyservice", "keyservice_rows")
+        for scenario in ("exchange", "refresh")
+    }
+    assert report["meta"]["seed_rows"] == 0
+    second = report["meta"]["flat"]["service"]
+    assert second["seed_rows"] == 500
+    assert second["bulk_seed"]["counts"]["refresh_tokens"] >= 500
+    assert report["meta"]["flat"]["server_log"]["tracebacks"] == 0
+    for run in report["runs"]:
+        assert run["errors"] == 0 and run["rps"] > 0, run
+    # One pair per scenario in a smoke run; the verdict is printed and kept.
+    flat = {(r["scenario"], r["connections"]): r for r in report["flat"]}
+    assert set(flat) == {("exchange", 8), ("refresh", 8)}
+    for row in flat.values():
+        assert len(row["rps_ratios"]) == 1 and row["rps_ratio"] > 0, row
+    assert "Flat? with 500 refresh tokens and audit events stored / without" in result.stdout
+    # The ratios between scenarios are the first service's alone, one of each.
+    assert [r["ratio"] for r in report["ratios"]] == ["(b)/(a)"]
+
+
+def _row(
+    target: str, scenario: str, run: int, rps: float, p99: float, errors: int = 0
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "scenario": scenario,
+        "connections": 8,
+        "run": run,
+        "rps": rps,
+        "p99_ms": p99,
+        "errors": errors,
+    }
+
+
+def test_flat_report_judges_the_median_pair_not_the_medians() -> None:
+    run = _run_module()
+    # The machine slows down over the run: the medians of each side would differ by 25 %,
+    # but within every pair the side with rows is as fast as the empty one.
+    rows = [
+        *(
+            _row("keyservice", "exchange", i, rps, 10.0)
+            for i, rps in [(1, 4000), (2, 3000), (3, 2000)]
+        ),
+        *(
+            _row("keyservice_rows", "exchange", i, rps, 10.5)
+            for i, rps in [(1, 3900), (2, 2950), (3, 1500)]
+        ),
+    ]
+    (only,) = run.flat_report(rows)
+    assert only["rps_ratios"] == [0.975, 0.983, 0.75]
+    assert only["rps_ratio"] == 0.975 and only["p99_ratio"] == 1.05 and only["flat"]
+
+    slower = [*rows[:3], *(dict(r, rps=r["rps"] * 0.85) for r in rows[3:])]
+    assert not run.flat_report(slower)[0]["flat"]  # req/s down 15 % in the median pair
+    later = [*rows[:3], *(dict(r, p99_ms=12.0) for r in rows[3:])]
+    assert not run.flat_report(later)[0]["flat"]  # p99 up 20 %
+    failing = [*rows[:5], dict(rows[5], errors=3)]
+    assert run.flat_report(failing)[0] == dict(run.flat_report(failing)[0], flat=False, errors=3)
+    dead = [dict(r, rps=0.0) if r["target"] == "keyservice" else r for r in rows]
+    assert not run.flat_report(dead)[0]["flat"]  # no throughput on one side: no verdict of flat
+    # A run with no partner (one side only) makes no pair.
+    assert run.flat_report(rows[:3]) == []
+
+
+def test_flat_mode_swaps_each_pair_on_every_second_repeat() -> None:
+    run = _run_module()
+    from ksbench import wrk
+
+    calls: list[tuple[str, int]] = []
+
+    def runner(name: str) -> Callable[[int, int], Any]:
+        def go(conns: int, seconds: int) -> wrk.WrkResult:
+            calls.append((name, conns))
+            return wrk.WrkResult(1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0, 0, {}, 0, raw={})
+
+        return go
+
+    me = os.getpid()
+    measures = [
+        run.Measure("exchange", "x", "a", target, runner(f"exchange/{target}"), me, "ks_none")
+        for target in ("keyservice", "keyservice_rows")
+    ] + [
+        run.Measure("refresh", "r", "b", target, runner(f"refresh/{target}"), me, "ks_none")
+        for target in ("keyservice", "keyservice_rows")
+    ]
+    args = run.parse_args(["--flat", "10", "--repeat", "3", "--connections", "8", "--warmup", "0"])
+    args.duration = 0
+    rows = run.measure_all(measures, args)
+    e, f = "keyservice", "keyservice_rows"
+    assert [name for name, _ in calls] == [
+        f"exchange/{e}", f"exchange/{f}", f"refresh/{e}", f"refresh/{f}",
+        f"exchange/{f}", f"exchange/{e}", f"refresh/{f}", f"refresh/{e}",
+        f"exchange/{e}", f"exchange/{f}", f"refresh/{e}", f"refresh/{f}",
+    ]  # fmt: skip
+    assert [(r["target"], r["run"]) for r in rows][4:6] == [(f, 2), (e, 2)]
+
+
+def test_bench_flat_refuses_what_it_cannot_compare() -> None:
+    usage = _bench("run.py", "--help", timeout=60)
+    assert usage.returncode == 0, usage.stderr
+    assert "--flat N" in usage.stdout and "within -10% and p99 within +10%" in usage.stdout
+    for extra in (["--peer"], ["--seed-rows", "10"], ["--soak", "60"]):
+        bad = _bench("run.py", "--flat", "10", *extra, timeout=60)
+        assert bad.returncode == 2, bad.stderr
+        assert "--flat compares an empty database with one of N rows" in bad.stderr
+    bad = _bench("run.py", "--flat", "-1", timeout=60)
+    assert bad.returncode == 2 and "--flat must be between 0 and 20,000,000" in bad.stderr
