@@ -855,51 +855,35 @@ def start_service(
             flush=True,
         )
 
-    def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
+    def load(
+        script: str, path: str, conns: int, duration: int, *extra: str, threads: int = 0
+    ) -> wrk.WrkResult:
         return wrk.run(
             wrk_bin,
-            script="healthz.lua",
-            url=f"{base}/healthz",
-            threads=min(args.wrk_threads, conns),
+            script=script,
+            url=f"{base}{path}",
+            threads=threads or min(args.wrk_threads, conns),
             connections=conns,
             duration=duration,
+            args=extra,
         )
 
+    def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
+        return load("healthz.lua", "/healthz", conns, duration)
+
     def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
-        return wrk.run(
-            wrk_bin,
-            script="exchange.lua",
-            url=f"{base}/token",
-            threads=min(args.wrk_threads, conns),
-            connections=conns,
-            duration=duration,
-            args=(str(keys_file),),
-        )
+        return load("exchange.lua", "/token", conns, duration, str(keys_file))
 
     def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
         # Fresh chains for every run: one per connection plus two spares each.
         tokens = seed.exchanges(base, seeded.keys, 3 * conns)
         chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
-        return wrk.run(
-            wrk_bin,
-            script="refresh.lua",
-            url=f"{base}/token",
-            threads=conns,
-            connections=conns,
-            duration=duration,
-            args=(str(chains), str(conns)),
+        return load(
+            "refresh.lua", "/token", conns, duration, str(chains), str(conns), threads=conns
         )
 
     def run_read(conns: int, duration: int) -> wrk.WrkResult:
-        return wrk.run(
-            wrk_bin,
-            script="read.lua",
-            url=f"{base}{args.read_path}",
-            threads=min(args.wrk_threads, conns),
-            connections=conns,
-            duration=duration,
-            args=(str(jwt_file),),
-        )
+        return load("read.lua", args.read_path, conns, duration, str(jwt_file))
 
     runners: dict[str, Callable[[int, int], wrk.WrkResult]] = {
         "healthz": run_healthz,
