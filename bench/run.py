@@ -739,6 +739,28 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
     print()
 
 
+def _load(
+    wrk_bin: str,
+    args: argparse.Namespace,
+    script: str,
+    url: str,
+    conns: int,
+    duration: int,
+    *extra: str,
+    threads: int = 0,
+) -> wrk.WrkResult:
+    """One wrk run: --wrk-threads threads (at most one per connection) unless `threads`."""
+    return wrk.run(
+        wrk_bin,
+        script=script,
+        url=url,
+        threads=threads or min(args.wrk_threads, conns),
+        connections=conns,
+        duration=duration,
+        args=extra,
+    )
+
+
 @dataclass
 class Served:
     """One running keyservice: its database, its server, and wrk runs of each scenario."""
@@ -855,35 +877,26 @@ def start_service(
             flush=True,
         )
 
-    def load(
-        script: str, path: str, conns: int, duration: int, *extra: str, threads: int = 0
-    ) -> wrk.WrkResult:
-        return wrk.run(
-            wrk_bin,
-            script=script,
-            url=f"{base}{path}",
-            threads=threads or min(args.wrk_threads, conns),
-            connections=conns,
-            duration=duration,
-            args=extra,
-        )
-
     def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
-        return load("healthz.lua", "/healthz", conns, duration)
+        return _load(wrk_bin, args, "healthz.lua", f"{base}/healthz", conns, duration)
 
     def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
-        return load("exchange.lua", "/token", conns, duration, str(keys_file))
+        return _load(
+            wrk_bin, args, "exchange.lua", f"{base}/token", conns, duration, str(keys_file)
+        )
 
     def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
         # Fresh chains for every run: one per connection plus two spares each.
         tokens = seed.exchanges(base, seeded.keys, 3 * conns)
         chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
-        return load(
-            "refresh.lua", "/token", conns, duration, str(chains), str(conns), threads=conns
+        refresh = (str(chains), str(conns))
+        return _load(
+            wrk_bin, args, "refresh.lua", f"{base}/token", conns, duration, *refresh, threads=conns
         )
 
     def run_read(conns: int, duration: int) -> wrk.WrkResult:
-        return load("read.lua", args.read_path, conns, duration, str(jwt_file))
+        url = f"{base}{args.read_path}"
+        return _load(wrk_bin, args, "read.lua", url, conns, duration, str(jwt_file))
 
     runners: dict[str, Callable[[int, int], wrk.WrkResult]] = {
         "healthz": run_healthz,
@@ -993,15 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"the peer does not issue ES256 JWTs: {peer_header}")
 
             def run_peer(conns: int, duration: int) -> wrk.WrkResult:
-                return wrk.run(
-                    wrk_bin,
-                    script="exchange.lua",
-                    url=f"{peer_base}/token",
-                    threads=min(args.wrk_threads, conns),
-                    connections=conns,
-                    duration=duration,
-                    args=(str(peer_keys),),
-                )
+                url = f"{peer_base}/token"
+                return _load(wrk_bin, args, "exchange.lua", url, conns, duration, str(peer_keys))
 
             key, label, letter = PEER_SCENARIO
             measures.append(Measure(key, label, letter, "peer", run_peer, node.pid, db))
