@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 NOISY_FOREIGN_PCT = 10.0
+DEFAULT_TOLERANCE = 0.10
+
+
+def is_flat(rps_ratio: float, p99_ratio: float, tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """Throughput fell by at most `tolerance` and p99 rose by at most it (NaN: not flat)."""
+    return rps_ratio >= 1 - tolerance and p99_ratio <= 1 + tolerance
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -56,7 +62,7 @@ def compare(
         b, o = rows_b[k], rows_o[k]
         rps = o["rps"] / b["rps"] if b["rps"] else float("nan")
         p99 = o["p99_ms"] / b["p99_ms"] if b["p99_ms"] else float("nan")
-        flat = rps >= 1 - tolerance and p99 <= 1 + tolerance
+        flat = is_flat(rps, p99, tolerance)
         foreign = max(b.get("foreign_cpu_pct_max", 0), o.get("foreign_cpu_pct_max", 0))
         out.append(
             {
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tolerance",
         type=float,
-        default=0.10,
+        default=DEFAULT_TOLERANCE,
         help="largest drop of req/s and rise of p99 still called flat (default 0.10)",
     )
     args = p.parse_args(argv)

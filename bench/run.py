@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import compare
 import httpx
 from ksbench import bulk, peer, pg, procs, seed, wake, wrk
 
@@ -64,7 +65,7 @@ SOAK_WARMUP_S = 30  # readings before this are shown but not judged
 SOAK_TOLERANCE = 0.10  # "stable": last / first reading after the warm-up within +-10%
 MAIN_TARGET = "keyservice"
 FLAT_TARGET = "keyservice_rows"  # --flat: the second service, on the database with the rows
-FLAT_TOLERANCE = 0.10  # "flat": req/s down by at most 10 %, p99 up by at most 10 %
+FLAT_TOLERANCE = compare.DEFAULT_TOLERANCE  # "flat" as bench/compare.py judges it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -682,8 +683,7 @@ def flat_report(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "rps_ratio": round(rps, 3),
                 "p99_ratio": round(p99, 3),
                 "errors": errors,
-                # NaN (a side with no throughput) compares false: not flat.
-                "flat": rps >= 1 - FLAT_TOLERANCE and p99 <= 1 + FLAT_TOLERANCE and not errors,
+                "flat": compare.is_flat(rps, p99, FLAT_TOLERANCE) and not errors,
             }
         )
     return out
