@@ -53,12 +53,17 @@ def test_bench_smoke_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert "machine: a round trip between two processes takes" in result.stdout
 
 
-def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
+def _bench_module(name: str) -> ModuleType:
+    """A module of bench/ (its directory first on the path, as when bench/run.py runs)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        from ksbench import pg
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_database_urls_keep_the_admin_dsns_server_and_query() -> None:
+    pg = _bench_module("ksbench.pg")
     tcp = "postgresql://postgres@127.0.0.1:5432/test"
     assert pg.dsn(tcp, "ks_bench_1") == "postgresql://postgres@127.0.0.1:5432/ks_bench_1"
     assert pg.sqlalchemy_url(tcp, "ks_bench_1") == (
@@ -87,11 +92,7 @@ def test_the_in_process_bench_runs_and_checks_every_answer() -> None:
 
 
 def test_the_machine_probe_measures_both_ways_of_waiting_and_reaps_its_children() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from ksbench import wake
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    wake = _bench_module("ksbench.wake")
     before = _children()
     cost = wake.round_trip_cost(rounds=200)
     assert cost["sleeping_round_trip_us"] > 0 and cost["sleeping_cpu_per_side_us"] > 0
@@ -109,15 +110,6 @@ def _children() -> set[int]:
     for task in Path("/proc/self/task").iterdir():
         found.update(int(pid) for pid in (task / "children").read_text().split())
     return found
-
-
-def _run_module() -> ModuleType:
-    """bench/run.py as a module (its directory first on the path, as when it runs)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return importlib.import_module("run")
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
 
 
 def test_bench_flat_mode_measures_both_databases_in_pairs(tmp_path: Path) -> None:
@@ -170,7 +162,7 @@ def _row(
 
 
 def test_flat_report_judges_the_median_pair_not_the_medians() -> None:
-    run = _run_module()
+    run = _bench_module("run")
     # The machine slows down over the run: the medians of each side would differ by 25 %,
     # but within every pair the side with rows is as fast as the empty one.
     rows = [
@@ -200,13 +192,13 @@ def test_flat_report_judges_the_median_pair_not_the_medians() -> None:
 
 
 def test_flat_mode_swaps_each_pair_on_every_second_repeat() -> None:
-    run = _run_module()
-    from ksbench import wrk
+    run = _bench_module("run")
+    wrk = _bench_module("ksbench.wrk")
 
     calls: list[tuple[str, int]] = []
 
     def runner(name: str) -> Callable[[int, int], Any]:
-        def go(conns: int, seconds: int) -> wrk.WrkResult:
+        def go(conns: int, seconds: int) -> Any:
             calls.append((name, conns))
             return wrk.WrkResult(1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0, 0, {}, 0, raw={})
 
