@@ -90,8 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--wrk-threads",
         type=int,
         default=1,
-        help="wrk threads for the exchange, read and healthz runs (default 1); the refresh "
-        "runs always use one thread per connection",
+        help="wrk threads for every run, at most one per connection (default 1)",
     )
     p.add_argument(
         "--warmup",
@@ -739,6 +738,11 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
     print()
 
 
+def _threads(args: argparse.Namespace, conns: int) -> int:
+    """wrk threads for a run: --wrk-threads, at most one per connection."""
+    return min(args.wrk_threads, conns)
+
+
 def _load(
     wrk_bin: str,
     args: argparse.Namespace,
@@ -747,14 +751,13 @@ def _load(
     conns: int,
     duration: int,
     *extra: str,
-    threads: int = 0,
 ) -> wrk.WrkResult:
-    """One wrk run: --wrk-threads threads (at most one per connection) unless `threads`."""
+    """One wrk run of `script` with `_threads()` threads."""
     return wrk.run(
         wrk_bin,
         script=script,
         url=url,
-        threads=threads or min(args.wrk_threads, conns),
+        threads=_threads(args, conns),
         connections=conns,
         duration=duration,
         args=extra,
@@ -889,10 +892,8 @@ def start_service(
         # Fresh chains for every run: one per connection plus two spares each.
         tokens = seed.exchanges(base, seeded.keys, 3 * conns)
         chains = _write_lines(tmp / "refresh.txt", [t["refresh_token"] for t in tokens])
-        refresh = (str(chains), str(conns))
-        return _load(
-            wrk_bin, args, "refresh.lua", f"{base}/token", conns, duration, *refresh, threads=conns
-        )
+        refresh = (str(chains), str(conns), str(_threads(args, conns)))
+        return _load(wrk_bin, args, "refresh.lua", f"{base}/token", conns, duration, *refresh)
 
     def run_read(conns: int, duration: int) -> wrk.WrkResult:
         url = f"{base}{args.read_path}"

@@ -234,3 +234,68 @@ def test_bench_flat_refuses_what_it_cannot_compare() -> None:
         assert "--flat compares an empty database with one of N rows" in bad.stderr
     bad = _bench("run.py", "--flat", "-1", timeout=60)
     assert bad.returncode == 2 and "--flat must be between 0 and 20,000,000" in bad.stderr
+
+
+def test_refresh_script_sends_every_token_once_and_keeps_every_chain_going(tmp_path: Path) -> None:
+    # bench/lua/refresh.lua against a stand-in token endpoint that issues a successor for
+    # every token and answers 400 to any token sent twice, as a refresh-token family would.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs
+
+    wrk = _bench_module("ksbench.wrk")
+    lock = threading.Lock()
+    sent: dict[str, int] = {}
+
+    class Endpoint(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            token = parse_qs(body)["refresh_token"][0]
+            with lock:
+                sent[token] = sent.get(token, 0) + 1
+                reused = sent[token] > 1
+            answer = (
+                b'{"error": "invalid_grant"}'
+                if reused
+                else json.dumps({"access_token": "x", "refresh_token": f"{token}.n"}).encode()
+            )
+            self.send_response(400 if reused else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        connections, threads = 6, 2
+        tokens = tmp_path / "tokens.txt"
+        tokens.write_text("".join(f"t{i}\n" for i in range(1, 3 * connections + 1)))
+        result = wrk.run(
+            wrk.ensure_wrk(),
+            script="refresh.lua",
+            url=f"http://127.0.0.1:{server.server_address[1]}/token",
+            threads=threads,
+            connections=connections,
+            duration=2,
+            args=(str(tokens), str(connections), str(threads)),
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.errors == 0 and result.chain_breaks == 0, result
+    assert result.statuses == {"200": result.requests}, result.statuses
+    assert all(n == 1 for n in sent.values()), {t: n for t, n in sent.items() if n > 1}
+    # Exactly the first C lines started chains (none lost to wrk's check of the first
+    # thread's request()), no spare was needed, and every chain went on.
+    starts = {token.split(".")[0] for token in sent}
+    assert starts == {f"t{i}" for i in range(1, connections + 1)}, starts
+    for start in starts:
+        assert f"{start}.n.n" in sent, start
+    assert len(sent) >= result.requests
