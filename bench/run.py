@@ -57,9 +57,11 @@ SCENARIOS = [
     ("refresh", "POST /token refresh_token chains", "b"),
     ("read", "GET {read_path} Bearer", "c"),
 ]
-PEER_SCENARIO = ("peer_exchange", "peer: oidc-provider client_credentials", "p")
 DEFAULT_SCENARIOS = "healthz,exchange,refresh,read"
 SOAK_SCENARIO = "exchange"
+# node-oidc-provider's own default is one process (node is single-threaded), the set-up behind
+# the issue's reference figure; --peer also measures it as a cluster of --workers processes.
+DEFAULT_PEER_WORKERS = 1
 SOAK_SAMPLE_S = 10  # seconds between two readings of each worker's VmRSS
 SOAK_WARMUP_S = 30  # readings before this are shown but not judged
 SOAK_TOLERANCE = 0.10  # "stable": last / first reading after the warm-up within +-10%
@@ -170,9 +172,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer", action="store_true", help="also run node-oidc-provider (bench/peer)")
     p.add_argument(
         "--peer-workers",
-        type=int,
         default=None,
-        help="peer processes (node cluster); default: the same as --workers",
+        help="comma-separated process counts of the peer, each measured as a peer of its own "
+        f"(node cluster above 1); default: {DEFAULT_PEER_WORKERS} (node-oidc-provider's own "
+        "set-up, the issue's reference) and --workers",
     )
     p.add_argument(
         "--pg-admin-dsn",
@@ -212,11 +215,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     known = {key for key, _, _ in SCENARIOS}
     if unknown := set(args.scenarios) - known:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    if args.peer_workers is None:
-        args.peer_workers = args.workers
-    for name in ("duration", "repeat", "workers", "wrk_threads", "users", "peer_workers"):
+    for name in ("duration", "repeat", "workers", "wrk_threads", "users"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.peer_workers is None:
+        args.peer_workers = f"{DEFAULT_PEER_WORKERS},{args.workers}"
+    try:
+        args.peer_workers = sorted({int(n) for n in str(args.peer_workers).split(",") if n.strip()})
+    except ValueError:
+        p.error("--peer-workers wants process counts such as 1,2")
+    if not args.peer_workers or not 1 <= min(args.peer_workers) <= max(args.peer_workers) <= 64:
+        p.error("--peer-workers must be process counts between 1 and 64")
     if not args.connections or min(args.connections) < 1 or max(args.connections) > 1024:
         p.error("--connections must be between 1 and 1024")
     if args.redis_url and not args.redis_url.startswith(
@@ -366,7 +375,7 @@ class Measure:
     key: str
     label: str
     letter: str
-    target: str  # "keyservice" or "peer"
+    target: str  # MAIN_TARGET, FLAT_TARGET or a peer's scenario key
     run: Callable[[int, int], wrk.WrkResult]  # (connections, seconds)
     rss_root: int
     database: str  # whose PostgreSQL backends count as "PostgreSQL" in the CPU column
@@ -621,15 +630,25 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
+def peer_scenario(processes: int) -> tuple[str, str, str]:
+    """(key, label, letter) of the peer's exchange with `processes` processes."""
+    return (
+        f"peer_{processes}proc",
+        f"peer: oidc-provider client_credentials, {processes} process(es)",
+        f"p{processes}",
+    )
+
+
 def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by = {(s["letter"], s["connections"]): s["rps"] for s in summary if s["target"] != FLAT_TARGET}
+    peers = sorted({s["letter"] for s in summary if s["letter"].startswith("p")}, key=_peer_size)
     out = []
     for conns in sorted({s["connections"] for s in summary}):
         for num, den, meaning in [
             ("a", "d", "exchange / ceiling"),
             ("b", "a", "refresh / exchange"),
             ("c", "d", "Bearer read / ceiling"),
-            ("a", "p", "our exchange / peer exchange"),
+            *[("a", p, f"our exchange / peer, {_peer_size(p)} process(es)") for p in peers],
         ]:
             n, d = by.get((num, conns)), by.get((den, conns))
             if n is not None and d:
@@ -642,6 +661,10 @@ def ratios(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def _peer_size(letter: str) -> int:
+    return int(letter[1:])
 
 
 def flat_report(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -734,13 +757,24 @@ def print_table(summary: list[dict[str, Any]], ratio_rows: list[dict[str, Any]])
     if ratio_rows:
         print("\nRatios of throughput (req/s)\n")
         for r in ratio_rows:
-            print(f"  {r['ratio']:<8} {r['meaning']:<30} c{r['connections']:<4} {r['value']:.3f}")
+            print(f"  {r['ratio']:<8} {r['meaning']:<38} c{r['connections']:<4} {r['value']:.3f}")
     print()
 
 
 def _threads(args: argparse.Namespace, conns: int) -> int:
     """wrk threads for a run: --wrk-threads, at most one per connection."""
     return min(args.wrk_threads, conns)
+
+
+def _exchange_runner(
+    wrk_bin: str, args: argparse.Namespace, url: str, keys_file: Path
+) -> Callable[[int, int], wrk.WrkResult]:
+    """The exchange scenario (a) against `url`, with the credentials in `keys_file`."""
+
+    def run(conns: int, duration: int) -> wrk.WrkResult:
+        return _load(wrk_bin, args, "exchange.lua", url, conns, duration, str(keys_file))
+
+    return run
 
 
 def _load(
@@ -883,11 +917,6 @@ def start_service(
     def run_healthz(conns: int, duration: int) -> wrk.WrkResult:
         return _load(wrk_bin, args, "healthz.lua", f"{base}/healthz", conns, duration)
 
-    def run_exchange(conns: int, duration: int) -> wrk.WrkResult:
-        return _load(
-            wrk_bin, args, "exchange.lua", f"{base}/token", conns, duration, str(keys_file)
-        )
-
     def run_refresh(conns: int, duration: int) -> wrk.WrkResult:
         # Fresh chains for every run: one per connection plus two spares each.
         tokens = seed.exchanges(base, seeded.keys, 3 * conns)
@@ -901,7 +930,7 @@ def start_service(
 
     runners: dict[str, Callable[[int, int], wrk.WrkResult]] = {
         "healthz": run_healthz,
-        "exchange": run_exchange,
+        "exchange": _exchange_runner(wrk_bin, args, f"{base}/token", keys_file),
         "refresh": run_refresh,
         "read": run_read,
     }
@@ -970,48 +999,47 @@ def main(argv: list[str] | None = None) -> int:
             for svc in services
         ]
 
+        peers: list[tuple[str, procs.Service]] = []
         if args.peer:
-            peer_port = procs.free_port()
-            peer_base = peer.url(peer_port)
             clients = peer.make_clients(100)
             clients_file = tmp / "peer-clients.json"
             clients_file.write_text(json.dumps(clients))
             peer_keys = _write_lines(
                 tmp / "peer-keys.txt", [f"{c['client_id']} {c['client_secret']}" for c in clients]
             )
-            peer_log = RESULTS_DIR / f"{stamp}-peer.log"
-            node = stack.enter_context(
-                running(
-                    peer.start(
-                        port=peer_port,
-                        workers=args.peer_workers,
-                        clients_file=clients_file,
-                        log_path=peer_log,
+            meta["peer"] = {}
+            for processes in args.peer_workers:
+                key, label, letter = peer_scenario(processes)
+                port = procs.free_port()
+                peer_base = peer.url(port)
+                node = stack.enter_context(
+                    running(
+                        peer.start(
+                            port=port,
+                            workers=processes,
+                            clients_file=clients_file,
+                            log_path=RESULTS_DIR / f"{stamp}-{key}.log",
+                        )
                     )
                 )
-            )
-            peer.wait_ready(node, peer_base)
-            body = peer.token(peer_base, clients[0])
-            peer_header = seed.jwt_header(body["access_token"])
-            meta["peer"] = {
-                "processes": args.peer_workers,
-                "access_token_header": peer_header,
-                "token_type": body.get("token_type"),
-            }
-            print(
-                f"peer: oidc-provider {meta['oidc_provider']} on node {meta['node']}, "
-                f"{args.peer_workers} process(es); access tokens: alg {peer_header.get('alg')}, "
-                f"typ {peer_header.get('typ')}"
-            )
-            if peer_header.get("alg") != "ES256":
-                raise SystemExit(f"the peer does not issue ES256 JWTs: {peer_header}")
-
-            def run_peer(conns: int, duration: int) -> wrk.WrkResult:
-                url = f"{peer_base}/token"
-                return _load(wrk_bin, args, "exchange.lua", url, conns, duration, str(peer_keys))
-
-            key, label, letter = PEER_SCENARIO
-            measures.append(Measure(key, label, letter, "peer", run_peer, node.pid, db))
+                peer.wait_ready(node, peer_base)
+                body = peer.token(peer_base, clients[0])
+                peer_header = seed.jwt_header(body["access_token"])
+                meta["peer"][key] = {
+                    "processes": processes,
+                    "access_token_header": peer_header,
+                    "token_type": body.get("token_type"),
+                }
+                print(
+                    f"peer: oidc-provider {meta['oidc_provider']} on node {meta['node']}, "
+                    f"{processes} process(es); access tokens: alg {peer_header.get('alg')}, "
+                    f"typ {peer_header.get('typ')}"
+                )
+                if peer_header.get("alg") != "ES256":
+                    raise SystemExit(f"the peer does not issue ES256 JWTs: {peer_header}")
+                run_peer = _exchange_runner(wrk_bin, args, f"{peer_base}/token", peer_keys)
+                measures.append(Measure(key, label, letter, key, run_peer, node.pid, db))
+                peers.append((key, node))
 
         soak_result: dict[str, Any] | None = None
         if args.soak:
@@ -1027,8 +1055,8 @@ def main(argv: list[str] | None = None) -> int:
             svc.name: {str(k): v for k, v in procs.high_water_marks(svc.server.pid).items()}
             for svc in services
         }
-        if args.peer:
-            meta["worker_memory"]["peer"] = {
+        for key, node in peers:
+            meta["worker_memory"][key] = {
                 str(k): v for k, v in procs.high_water_marks(node.pid).items()
             }
 

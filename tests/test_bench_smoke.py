@@ -299,3 +299,24 @@ def test_refresh_script_sends_every_token_once_and_keeps_every_chain_going(tmp_p
     for start in starts:
         assert f"{start}.n.n" in sent, start
     assert len(sent) >= result.requests
+
+
+def test_peer_workers_default_to_one_process_and_the_cluster() -> None:
+    run = _bench_module("run")
+    assert run.parse_args(["--workers", "2"]).peer_workers == [1, 2]
+    assert run.parse_args(["--workers", "1"]).peer_workers == [1]
+    assert run.parse_args(["--peer-workers", "4,1,4"]).peer_workers == [1, 4]
+    for bad in ("0", "x", "1,65", ","):
+        refused = _bench("run.py", "--peer", "--peer-workers", bad, timeout=60)
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert "--peer-workers" in refused.stderr
+
+    def row(letter: str, conns: int, rps: float) -> dict[str, Any]:
+        return {"target": "t", "letter": letter, "connections": conns, "rps": rps}
+
+    summary = [row("a", 8, 2000.0), row("p1", 8, 2500.0), row("p2", 8, 4000.0), row("d", 8, 1e4)]
+    by_ratio = {r["ratio"]: r for r in run.ratios(summary)}
+    assert by_ratio["(a)/(p1)"]["value"] == 0.8
+    assert by_ratio["(a)/(p2)"]["value"] == 0.5
+    assert "1 process" in by_ratio["(a)/(p1)"]["meaning"]
+    assert by_ratio["(a)/(d)"]["value"] == 0.2
