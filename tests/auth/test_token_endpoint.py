@@ -92,10 +92,17 @@ async def test_token_scope_follows_owner_permissions(client, context):
     token = await user_token(context, client, "bob", PERMS)
     inheriting = await create_key(client, token, name="inherits")
     assert inheriting["scopes"] is None and inheriting["inherits_permissions"] is True
+    before = (await exchange(client, inheriting["api_key"])).json()
+    assert before["scope"] == " ".join(sorted(PERMS))
     me = (await client.get("/me", headers=bearer(token))).json()
     await set_principal(context, me["id"], permissions=["api_keys:manage", "projects:read"])
     body = (await exchange(client, inheriting["api_key"])).json()
     assert body["scope"] == "api_keys:manage projects:read"
+    # Asking for a permission the owner no longer holds is refused, with the reason audited.
+    response = await exchange(client, inheriting["api_key"], scope="projects:write")
+    assert_error(response, 400, "invalid_scope")
+    event = (await audit_events(context, "token.exchange"))[-1]
+    assert (event.outcome, event.reason) == ("failure", "scope not held")
 
 
 @pytest.mark.parametrize(
@@ -182,6 +189,7 @@ async def test_mistyped_key_is_refused_by_checksum(client, key):
     assert_error(response, 401, "invalid_client")
 
 
+@pytest.mark.parametrize("used_before", [False, True], ids=["unused", "used-before"])
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -192,8 +200,12 @@ async def test_mistyped_key_is_refused_by_checksum(client, key):
     ],
 )
 async def test_unusable_keys_are_invalid_client_with_precise_audit(
-    client, context, key, change, reason
+    client, context, key, change, reason, used_before
 ):
+    # used_before: a key that has already been exchanged (its last-used time written, its
+    # row read by this process) is refused as promptly as one never used.
+    for _ in range(2 if used_before else 0):
+        assert (await exchange(client, key["api_key"])).status_code == 200
     if change == "revoked":
         me = await client.delete(
             f"/api-keys/{key['id']}", headers=bearer((await login(client, "alice"))["access_token"])
