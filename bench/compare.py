@@ -3,9 +3,11 @@
     .venv/bin/python bench/compare.py BASE.json OTHER.json [--tolerance 0.10]
 
 For each (target, scenario, connections) in both files it prints req/s and p99 of each,
-OTHER / BASE, and "flat" when throughput fell by at most the tolerance and p99 rose by at
-most the tolerance. The usual use: BASE run with --seed-rows 0, OTHER with --seed-rows
-1000000, same options otherwise. Exits 1 when a row is not flat, 2 on unusable input.
+OTHER / BASE, and "flat" when throughput fell by at most the tolerance, p99 rose by at
+most the tolerance and neither run had errors (as `bench/run.py --flat` judges). The usual
+use: BASE run with --seed-rows 0, OTHER with --seed-rows 1000000, same options otherwise.
+Exits 1 when a row is not flat, 2 on unusable input (a file that is not a bench/run.py
+result, or two with no row in common).
 """
 
 from __future__ import annotations
@@ -18,6 +20,18 @@ from typing import Any
 
 NOISY_FOREIGN_PCT = 10.0
 DEFAULT_TOLERANCE = 0.10
+_SUMMARY_FIELDS = {
+    "target": (str,),
+    "scenario": (str,),
+    "connections": (int,),
+    "rps": (int, float),
+    "p99_ms": (int, float),
+    "errors": (int,),
+}
+
+
+class Unusable(Exception):
+    """An input that cannot be compared; the message names the file and what is wrong."""
 
 
 def is_flat(rps_ratio: float, p99_ratio: float, tolerance: float = DEFAULT_TOLERANCE) -> bool:
@@ -27,11 +41,21 @@ def is_flat(rps_ratio: float, p99_ratio: float, tolerance: float = DEFAULT_TOLER
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"{path}: {exc}") from None
-    if "summary" not in data:
-        raise SystemExit(f"{path}: not a bench/run.py result (no summary)")
+        raise Unusable(f"{path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), list):
+        raise Unusable(f"{path}: not a bench/run.py result (no summary)")
+    for i, row in enumerate(data["summary"]):
+        bad = [
+            field
+            for field, types in _SUMMARY_FIELDS.items()
+            if not isinstance(row, dict)
+            or isinstance(row.get(field), bool)
+            or not isinstance(row.get(field), types)
+        ]
+        if bad:
+            raise Unusable(f"{path}: summary row {i} has no usable {', '.join(bad)}")
     return data
 
 
@@ -62,7 +86,7 @@ def compare(
         b, o = rows_b[k], rows_o[k]
         rps = o["rps"] / b["rps"] if b["rps"] else float("nan")
         p99 = o["p99_ms"] / b["p99_ms"] if b["p99_ms"] else float("nan")
-        flat = is_flat(rps, p99, tolerance)
+        flat = is_flat(rps, p99, tolerance) and not (b["errors"] or o["errors"])
         foreign = max(b.get("foreign_cpu_pct_max", 0), o.get("foreign_cpu_pct_max", 0))
         out.append(
             {
@@ -94,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         help="largest drop of req/s and rise of p99 still called flat (default 0.10)",
     )
     args = p.parse_args(argv)
-    base, other = load(args.base), load(args.other)
+    try:
+        base, other = load(args.base), load(args.other)
+    except Unusable as exc:
+        print(f"compare.py: {exc}", file=sys.stderr)
+        return 2
     rows, missing = compare(base, other, args.tolerance)
     print(describe("BASE ", args.base, base))
     print(describe("OTHER", args.other, other))
@@ -105,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print("no (scenario, connections) in common")
         return 2
     tol = f"{args.tolerance:.0%}"
-    print(f"\nOTHER / BASE; flat = req/s down by at most {tol} and p99 up by at most {tol}\n")
+    print(
+        f"\nOTHER / BASE; flat = req/s down by at most {tol}, p99 up by at most {tol}"
+        " and no errors in either\n"
+    )
     head = (
         f"{'scenario':<16} {'conns':>5} {'req/s':>17} {'ratio':>6} {'p99 ms':>17} {'ratio':>6}"
         f" {'errors':>9} {'foreign':>7}  verdict"
@@ -118,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         p99 = f"{r['p99_ms'][0]:.2f} -> {r['p99_ms'][1]:.2f}"
         errors = f"{r['errors'][0]}/{r['errors'][1]}"
         noisy = " (noisy)" if r["foreign_cpu_pct_max"] > NOISY_FOREIGN_PCT else ""
+        verdict = "flat" if r["flat"] else "NOT FLAT"
+        if any(r["errors"]):
+            verdict += " (errors)"
         print(
             f"{name:<16} {r['connections']:>5} {rps:>17} {r['rps_ratio']:>6.3f} {p99:>17} "
             f"{r['p99_ratio']:>6.3f} {errors:>9} {r['foreign_cpu_pct_max']:>6.0f}%  "
-            f"{'flat' if r['flat'] else 'NOT FLAT'}{noisy}"
+            f"{verdict}{noisy}"
         )
     for line in missing:
         print(f"  ({line})")
