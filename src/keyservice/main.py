@@ -27,7 +27,7 @@ from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
 from keyservice.exceptions import KeyServiceError, ServiceUnavailable, TemporarilyUnavailable
 from keyservice.responses import NO_STORE, JSONResponse
-from keyservice.routing import TableRoute
+from keyservice.routing import ExactPaths, TableRoute
 
 log = logging.getLogger("keyservice")
 access_log = logging.getLogger("keyservice.access")
@@ -442,7 +442,9 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     # pass"), and no route of ours matches their paths (tests/test_routing.py), so nothing
     # else changes.
     ours = [route for route in app.router.routes if all(route is not f for f in framework_routes)]
-    app.router.routes[:] = [*ours, *framework_routes]
+    # First of all: the fixed paths found by a lookup instead of a walk of the table
+    # (routing.ExactPaths); everything it does not answer walks the table as before.
+    app.router.routes[:] = [ExactPaths(ours), *ours, *framework_routes]
     return app
 
 

@@ -1,4 +1,5 @@
-"""The API routers' route class: cheap to pass over in the app's route table, and to call."""
+"""The API routers' route class, cheap to pass over in the app's route table and to call;
+and an index that finds a route with a fixed path without walking the table."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
-from starlette.types import Scope
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -189,3 +190,79 @@ def _returns_response(call: Callable[..., Any]) -> bool:
     except Exception:  # an annotation that does not resolve: leave the route to FastAPI
         return False
     return isinstance(returned, type) and issubclass(returned, Response)
+
+
+class ExactPaths(BaseRoute):
+    """The head of the app's route table: the routes with a fixed path, found by a lookup.
+
+    FastAPI tries a request's path against the table's routes in order, and even a quick
+    refusal (`TableRoute.matches`) costs ~0.45 us: `GET /me/token`, ninth in the table,
+    paid ~3.7 us before its own route answered, `GET /admin/audit-events` (thirty-first)
+    ~14 us (in process, bench/README.md "eleventh pass"). This route sits first in the
+    table and answers `Match.FULL` for a request that one of the table's fixed-path routes
+    (a seated `TableRoute` without `{param}`) fully matches, as that route itself would
+    (same child scope, so `scope["route"]` is that route and `handle()` passes it on).
+    Otherwise it answers `Match.NONE` and FastAPI's walk of the table goes on as before:
+    a method that only partially matches (405), a path with parameters, a root path in the
+    scope (where `TableRoute` leaves everything to FastAPI's own check), anything else.
+
+    It gives the same answers as the walk because a path is indexed only when no route
+    placed before its last fixed-path route could match it: every route there must be a
+    seated `TableRoute`, with another fixed path or with a literal prefix (up to its first
+    `{param}`) that the path does not start with. Those routes refuse the path on their
+    quick check whatever the method, so for an indexed path the walk's first full match is
+    the first of the path's own routes that matches, which is what this one returns. A
+    route put in the table after the index was built (at its end, as `app.get()` or
+    `include_router()` do) comes after all of them and changes nothing; one that shadows a
+    fixed path (`/items/{id}` before `/items/new`) leaves that path to the walk.
+
+    FastAPI's telemetry names a request's route by the matching entry's `path_format`, which
+    this one has none of: telemetry is off in this app (main.create_app).
+    """
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        members: dict[str, list[TableRoute]] = {}
+        last: dict[str, int] = {}
+        for position, route in enumerate(routes):
+            if isinstance(route, TableRoute) and route._literal is not None and route._exact:
+                members.setdefault(route._literal, []).append(route)
+                last[route._literal] = position
+        self._index = {
+            path: tuple(own)
+            for path, own in members.items()
+            if all(_leaves_to_index(route, path) for route in routes[: last[path]])
+        }
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """The fixed paths this index answers for."""
+        return frozenset(self._index)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            own = self._index.get(scope["path"])
+            if own is not None:
+                for route in own:
+                    match, child_scope = route.matches(scope)
+                    if match is Match.FULL:
+                        return match, child_scope
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)  # its routes are in the table, named there
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route: BaseRoute = scope["route"]  # set by the matching route (APIRoute.matches)
+        await route.handle(scope, receive, send)
+
+
+def _leaves_to_index(route: BaseRoute, path: str) -> bool:
+    """Whether the index may answer for `path` although `route` comes before its routes.
+
+    True for a seated `TableRoute` with a fixed path (another path's, which it refuses on
+    its quick check, or this one's, which the index asks itself, in table order) or with
+    parameters after a literal part that `path` does not start with (refused as well).
+    """
+    if not isinstance(route, TableRoute) or route._literal is None:
+        return False  # FastAPI's own check: it may match anything
+    return route._exact or not path.startswith(route._literal)
