@@ -201,7 +201,7 @@ class ExactPaths(BaseRoute):
     ~14 us (in process, bench/README.md "eleventh pass"). This route sits first in the
     table and answers `Match.FULL` for a request that one of the table's fixed-path routes
     (a seated `TableRoute` without `{param}`) fully matches, as that route itself would
-    (same child scope, so `scope["route"]` is that route and `handle()` passes it on).
+    (its child scope, with `scope["route"]` set to that route, which `handle()` calls).
     Otherwise it answers `Match.NONE` and FastAPI's walk of the table goes on as before:
     a method that only partially matches (405), a path with parameters, a root path in the
     scope (where `TableRoute` leaves everything to FastAPI's own check), anything else.
@@ -245,6 +245,7 @@ class ExactPaths(BaseRoute):
                 for route in own:
                     match, child_scope = route.matches(scope)
                     if match is Match.FULL:
+                        child_scope["route"] = route  # as APIRoute's own; handle() needs it
                         return match, child_scope
         return Match.NONE, {}
 
@@ -252,7 +253,7 @@ class ExactPaths(BaseRoute):
         raise NoMatchFound(name, path_params)  # its routes are in the table, named there
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route: BaseRoute = scope["route"]  # set by the matching route (APIRoute.matches)
+        route: BaseRoute = scope["route"]  # set by matches() above
         await route.handle(scope, receive, send)
 
 
