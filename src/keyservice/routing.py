@@ -196,9 +196,9 @@ class ExactPaths(BaseRoute):
     """The head of the app's route table: the routes with a fixed path, found by a lookup.
 
     FastAPI tries a request's path against the table's routes in order, and even a quick
-    refusal (`TableRoute.matches`) costs ~0.45 us: `GET /me/token`, ninth in the table,
-    paid ~3.7 us before its own route answered, `GET /admin/audit-events` (thirty-first)
-    ~14 us (in process, bench/README.md "eleventh pass"). This route sits first in the
+    refusal (`TableRoute.matches`) costs ~0.45 us: with this index `GET /me/token`, ninth
+    in the table, is answered 3-4 us sooner, a 401 at `/admin/audit-events` (thirty-first)
+    16-26 us (in process, bench/README.md "eleventh pass"). This route sits first in the
     table and answers `Match.FULL` for a request that one of the table's fixed-path routes
     (a seated `TableRoute` without `{param}`) fully matches, as that route itself would
     (its child scope, with `scope["route"]` set to that route, which `handle()` calls).
