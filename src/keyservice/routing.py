@@ -214,7 +214,8 @@ class ExactPaths(BaseRoute):
     the first of the path's own routes that matches, which is what this one returns. A
     route put in the table after the index was built (at its end, as `app.get()` or
     `include_router()` do) comes after all of them and changes nothing; one that shadows a
-    fixed path (`/items/{id}` before `/items/new`) leaves that path to the walk.
+    fixed path (`/items/{id}` before `/items/new`) leaves that path to the walk. A route
+    taken out of the table later would still be answered here; nothing in the app does that.
 
     FastAPI's telemetry names a request's route by the matching entry's `path_format`, which
     this one has none of: telemetry is off in this app (main.create_app).
