@@ -257,7 +257,7 @@ def test_the_fixed_path_index_answers_as_the_walk_of_the_table_would(tmp_path: P
                 scope["root_path"] == "" and walked[1]["route"].path in fixed  # type: ignore[index]
             ), where
     # Each fixed route once for each of its methods tried (at root path "", as written).
-    methods = {"GET", "POST", "DELETE", "HEAD", "PUT"}
+    methods = {scope["method"] for scope in scopes}
     pairs = {
         (method, route.path)
         for route in table
