@@ -114,6 +114,23 @@ def _own_sockets(workers: int) -> bool:
     return workers > 1 and sys.platform.startswith("linux")
 
 
+def _say_token_commit(settings: Settings) -> None:
+    """One line at start-up when KEYSERVICE_TOKEN_COMMIT trades durability or does nothing."""
+    if settings.token_commit != "async":
+        return
+    if settings.effective_database_url.startswith("sqlite"):
+        logging.getLogger("keyservice").warning(
+            "KEYSERVICE_TOKEN_COMMIT=async applies to PostgreSQL only; "
+            "the embedded SQLite database commits every token as before"
+        )
+    else:
+        logging.getLogger("keyservice").info(
+            "KEYSERVICE_TOKEN_COMMIT=async: exchanges and sign-ins are answered before "
+            "their commit is flushed; a crash of the database server can lose the refresh "
+            "tokens and audit events of its last moment (refreshes always wait)"
+        )
+
+
 @main.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
@@ -129,6 +146,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         os.environ["KEYSERVICE_PORT"] = str(port)
     settings = load_settings()
     configure_logging(settings.log_level)
+    _say_token_commit(settings)
     if _own_sockets(workers):
         from keyservice.workers import check_address
 

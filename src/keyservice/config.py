@@ -57,6 +57,11 @@ class Settings(BaseSettings):
 
     revocation_poll_seconds: float = Field(default=2.0, gt=0, le=5)
     last_used_interval_seconds: int = Field(default=60, ge=0, le=60)
+    # PostgreSQL only. "durable": a token request is answered once its refresh token and
+    # audit event are flushed to the WAL (the server's own synchronous_commit). "async":
+    # exchanges and sign-ins are answered before that flush (auth/store.py); claims of a
+    # refresh token always wait for it.
+    token_commit: Literal["durable", "async"] = "durable"
     audit_retention_days: int = Field(default=90, ge=1)
     prune_interval_seconds: int = Field(default=3600, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -67,7 +67,7 @@ class AppContext:
         self.throttle = make_throttle(
             settings, self.database, key=derive_key(secret, "keyservice/throttle-subject/v1")
         )
-        self.tokens = make_token_store(self.database)
+        self.tokens = make_token_store(self.database, async_commit=settings.token_commit == "async")
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
         # Set at shutdown: background loops finish their current step and return.
         self.stopping = asyncio.Event()

@@ -223,9 +223,13 @@ async def _one(context, sql: str, **params):
 
 
 @pytest.mark.postgresql_only
+@pytest.mark.parametrize(
+    "settings_overrides", [{"token_commit": "durable"}, {"token_commit": "async"}], ids=str
+)
 async def test_every_variant_of_the_batched_write_does_its_part(client, context):
     # The batch statement comes in four variants (with or without a claim, with or without
-    # a last-used write); each must do its part when it runs alone.
+    # a last-used write), and those without a claim once more for KEYSERVICE_TOKEN_COMMIT=
+    # async; each must do its part when it runs alone.
     from sqlalchemy import text
 
     token = await user_token(context, client, "frank", ["api_keys:manage"])
@@ -267,3 +271,45 @@ async def test_every_variant_of_the_batched_write_does_its_part(client, context)
     assert await _one(context, last_used_ip, k=key_id) == "192.0.2.8"
     audited = {e.id for e in await audit_events(context, "token.exchange")}
     assert {w.au_id for w in (first, second, third, fourth)} <= audited
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize(
+    "settings_overrides", [{"token_commit": "durable"}, {"token_commit": "async"}], ids=str
+)
+async def test_token_commit_setting_decides_the_flush_wait_of_batches(context, settings_overrides):
+    # Each batch is one statement, its own transaction. Run here inside an explicit
+    # transaction instead, the setting its commit would use can be read before it commits.
+    # KEYSERVICE_TOKEN_COMMIT=async: batches without a claim commit with synchronous_commit
+    # off; a batch claiming a refresh token always commits with the server's own setting.
+    database = context.database
+    server_setting = await database.raw_run(lambda c: c.fetchval("SHOW synchronous_commit"))
+    assert server_setting != "off", "the test needs a server that waits for its flushes"
+    at_commit: list[str] = []
+    original = database.raw_run
+
+    async def observing(operation):
+        async def observed(connection):
+            async with connection.transaction():
+                result = await operation(connection)
+                at_commit.append(await connection.fetchval("SHOW synchronous_commit"))
+            return result
+
+        return await original(observed)
+
+    owner = await create_principal(context, "gina")
+    exchange = _write(owner.id)
+    database.raw_run = observing
+    try:
+        assert await context.tokens.write_issue(exchange)
+        refresh = _write(owner.id, parent_id=exchange.rt_id, family=exchange.family_id)
+        assert await context.tokens.write_issue(refresh)
+        replay = _write(owner.id, parent_id=exchange.rt_id, family=exchange.family_id)
+        assert not await context.tokens.write_issue(replay)  # still single use
+    finally:
+        database.raw_run = original
+    exchange_commit = "off" if settings_overrides["token_commit"] == "async" else server_setting
+    assert at_commit == [exchange_commit, server_setting, server_setting]
+    assert await _refresh_count(context) == 2
+    audited = {e.id for e in await audit_events(context, "token.exchange")}
+    assert {exchange.au_id, refresh.au_id} <= audited and replay.au_id not in audited

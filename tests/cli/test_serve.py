@@ -54,3 +54,39 @@ def test_one_worker_or_no_linux_is_plain_uvicorn(served, monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")  # SO_REUSEPORT would not spread there
     _serve("--workers", "2")
     assert served["uvicorn"]["workers"] == 2 and "supervisor" not in served
+
+
+def test_async_token_commit_on_sqlite_is_named_as_doing_nothing(served, monkeypatch, caplog):
+    monkeypatch.setenv("KEYSERVICE_TOKEN_COMMIT", "async")
+    with caplog.at_level("INFO", logger="keyservice"):
+        _serve()
+    said = [r for r in caplog.records if "KEYSERVICE_TOKEN_COMMIT" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"], said
+    assert "PostgreSQL only" in said[0].getMessage()
+
+
+def test_async_token_commit_on_postgresql_says_what_it_trades(monkeypatch, caplog):
+    from keyservice.cli import _say_token_commit
+    from keyservice.config import Settings
+
+    def said(**values: Any) -> list[str]:
+        caplog.clear()
+        settings = Settings(secret_key="s" * 40, **values)
+        with caplog.at_level("INFO", logger="keyservice"):
+            _say_token_commit(settings)
+        return [r.getMessage() for r in caplog.records]
+
+    pg = "postgresql+asyncpg://postgres@127.0.0.1/keyservice"
+    assert said(database_url=pg) == []
+    assert said(database_url=pg, token_commit="durable") == []
+    (line,) = said(database_url=pg, token_commit="async")
+    assert "crash of the database server can lose" in line and "refreshes always wait" in line
+
+
+def test_a_bad_token_commit_value_stops_serve_naming_the_variable(served, monkeypatch):
+    monkeypatch.setenv("KEYSERVICE_TOKEN_COMMIT", "sometimes")
+    port = str(free_port(21000))
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", port])
+    assert result.exit_code != 0
+    assert "KEYSERVICE_TOKEN_COMMIT" in result.output and "durable" in result.output
+    assert served == {}  # nothing served

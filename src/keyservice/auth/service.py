@@ -2,7 +2,9 @@
 
 Each grant (auth/grants/*) runs validate → generate → persist with the pieces here. The
 refresh token, the audit event and the coalesced `last_used_*` write of an exchange or
-refresh commit together (auth/store.py), so an acknowledged token is never lost.
+refresh commit together (auth/store.py), so an acknowledged token is never lost (unless
+KEYSERVICE_TOKEN_COMMIT=async, on PostgreSQL, lets a database crash lose the last moment
+of exchanges).
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ async def issue(
 
     With `parent_id` (a refresh) the parent is claimed in the same atomic write, so of N
     concurrent refreshes exactly one gets tokens; the others get None. The write may share
-    its commit with other requests' (auth/store.py); it is durable when this returns.
+    its commit with other requests' (auth/store.py). When this returns the write is
+    committed, and flushed too unless KEYSERVICE_TOKEN_COMMIT=async applies (no claim).
     """
     settings = ctx.settings
     now = utcnow()

@@ -9,7 +9,8 @@ Two stores share one interface:
   while the previous batch is in the database go out together as one statement in one
   transaction. Each request still waits for the commit that holds its refresh token and
   audit event, so an acknowledged token is never lost; the database does one commit (one
-  WAL flush) per batch instead of one per token.
+  WAL flush) per batch instead of one per token. KEYSERVICE_TOKEN_COMMIT=async trades
+  that for throughput on batches without a refresh-token claim (see PgTokenStore).
 
 The profile behind this (bench/README.md): SQLAlchemy's session and execution machinery
 cost more CPU per exchange than everything else the exchange does.
@@ -114,8 +115,11 @@ class TokenStore(ABC):
         """Persist an issue atomically; False if its parent token was claimed by another."""
 
 
-def make_token_store(database: Database) -> TokenStore:
-    return SqlTokenStore(database) if database.is_sqlite else PgTokenStore(database)
+def make_token_store(database: Database, *, async_commit: bool = False) -> TokenStore:
+    """The store for `database`; `async_commit` (PostgreSQL only) see PgTokenStore."""
+    if database.is_sqlite:
+        return SqlTokenStore(database)
+    return PgTokenStore(database, async_commit=async_commit)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ au AS (
     SELECT au_id, now, event, actor, principal_id, key_id, ip, 'success'
     FROM ok ORDER BY ord
 ){last_used}
-SELECT rt_id FROM ok
+SELECT rt_id FROM ok{commit}
 """
 _PG_CLAIM = """claimed AS (
     UPDATE refresh_token SET used_at = $18
@@ -341,12 +345,22 @@ lu AS (
     SELECT WHERE $17::varchar[] IS NOT NULL AND $18::timestamptz IS NOT NULL
         AND $19::varchar[] IS NOT NULL
 )"""
+# KEYSERVICE_TOKEN_COMMIT=async: this transaction commits without waiting for its WAL
+# flush (set_config(..., true) lasts until the commit, which is the end of this statement,
+# and PostgreSQL reads synchronous_commit at commit time). A crash of the database server
+# can then lose the last moments of such commits (up to 3 x wal_writer_delay), never part
+# of one, and a later flushed commit carries every earlier one. Only batches without a
+# claim use it: a lost claim would make a spent refresh token usable once more.
+_PG_ASYNC_COMMIT = " WHERE set_config('synchronous_commit', 'off', true) = 'off'"
 _PG_WRITE_BATCH = {
-    (claim, last_used): _PG_WRITE_BATCH_TEMPLATE.replace(
+    (claim, last_used, async_commit): _PG_WRITE_BATCH_TEMPLATE.replace(
         "{claim}", _PG_CLAIM if claim else _PG_NO_CLAIM
-    ).replace("{last_used}", _PG_LAST_USED if last_used else _PG_NO_LAST_USED)
+    )
+    .replace("{last_used}", _PG_LAST_USED if last_used else _PG_NO_LAST_USED)
+    .replace("{commit}", _PG_ASYNC_COMMIT if async_commit else "")
     for claim in (True, False)
     for last_used in (True, False)
+    for async_commit in ((False,) if claim else (True, False))
 }
 
 # Errors after which the same batch may simply run again (the transaction rolled back).
@@ -427,10 +441,19 @@ class _ReadBatcher:
 
 
 class PgTokenStore(TokenStore):
-    """asyncpg with prepared statements and a group commit of issues (see the module doc)."""
+    """asyncpg with prepared statements and a group commit of issues (see the module doc).
 
-    def __init__(self, database: Database, *, max_inflight: int = 2) -> None:
+    With `async_commit` (KEYSERVICE_TOKEN_COMMIT=async) a batch that claims no refresh
+    token (exchanges, sign-ins) is answered without waiting for its WAL flush: a crash of
+    the database server may lose its refresh tokens and audit events from the last fraction
+    of a second. A batch holding a claim always waits.
+    """
+
+    def __init__(
+        self, database: Database, *, max_inflight: int = 2, async_commit: bool = False
+    ) -> None:
         self.database = database
+        self.async_commit = async_commit
         self._pending: list[tuple[IssueWrite, asyncio.Future[bool]]] = []
         self._flushers = _Drainers(self._flush, max_inflight)
         self._keys = _ReadBatcher(database, _PG_LOAD_KEYS, "k_client_id", max_inflight)
@@ -511,7 +534,7 @@ class PgTokenStore(TokenStore):
         due = sorted(last_ip)
         at = max(w.now for w, _ in batch)
         ips = [last_ip[k] for k in due]
-        sql = _PG_WRITE_BATCH[bool(claims), bool(due)]
+        sql = _PG_WRITE_BATCH[bool(claims), bool(due), self.async_commit and not claims]
         for attempt in range(3):
             try:
                 # One statement is one transaction: no BEGIN/COMMIT round trips around it.
