@@ -69,7 +69,8 @@ def describe(name: str, path: Path, data: dict[str, Any]) -> str:
     )
     return (
         f"{name}: {path} ({meta.get('started_at', '?')}, commit {meta.get('git_commit')}, "
-        f"seed_rows {meta.get('seed_rows', args.get('seed_rows', 0)):,}, {runs})"
+        f"seed_rows {meta.get('seed_rows', args.get('seed_rows', 0)):,}, {runs}, "
+        f"token commits {meta.get('token_commit', 'durable')})"
     )
 
 
@@ -129,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     commits = {d.get("meta", {}).get("git_commit") for d in (base, other)}
     if len(commits) > 1:
         print("(measured at different commits: the service changed between the two runs)")
+    # Files from before the setting existed measured durable commits.
+    commit_modes = {d.get("meta", {}).get("token_commit", "durable") for d in (base, other)}
+    if len(commit_modes) > 1:
+        print(
+            "(token commits differ, KEYSERVICE_TOKEN_COMMIT: one run waited for each WAL "
+            "flush, the other did not)"
+        )
     if not rows:
         print("no (scenario, connections) in common")
         return 2

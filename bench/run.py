@@ -956,6 +956,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         # Names only: values may be secrets.
         "service_env": [item.split("=", 1)[0] for item in args.service_env],
+        # Except this one: whether a token waits for its WAL flush changes every figure.
+        "token_commit": dict(item.split("=", 1) for item in args.service_env).get(
+            "KEYSERVICE_TOKEN_COMMIT", "durable"
+        ),
         "redis": bool(args.redis_url),
     }
     if args.peer:
@@ -971,6 +975,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not passing on from the environment: {', '.join(inherited)}")
         meta["machine_round_trip"] = wake.round_trip_cost()  # before anything else runs
         print(f"machine: {wake.describe(meta['machine_round_trip'])}")
+        print(f"token commits: {meta['token_commit']} (KEYSERVICE_TOKEN_COMMIT)")
         start: dict[str, Any] = {"wrk_bin": wrk_bin, "cli": cli, "tmp": tmp, "stamp": stamp}
         main_service = start_service(
             stack, args, **start, name=MAIN_TARGET, seed_rows=args.seed_rows

@@ -32,8 +32,20 @@ def _row(scenario: str, conns: int, rps: float, p99: float, **extra: Any) -> dic
     return row
 
 
-def _result(path: Path, rows: list[dict[str, Any]], commit: str = "abc1234", **args: Any) -> Path:
-    meta = {"started_at": "2026-12-05T09:00:00Z", "git_commit": commit, "args": args}
+def _result(
+    path: Path,
+    rows: list[dict[str, Any]],
+    commit: str = "abc1234",
+    token_commit: str | None = None,
+    **args: Any,
+) -> Path:
+    meta: dict[str, Any] = {
+        "started_at": "2026-12-05T09:00:00Z",
+        "git_commit": commit,
+        "args": args,
+    }
+    if token_commit is not None:
+        meta["token_commit"] = token_commit
     path.write_text(json.dumps({"meta": meta, "summary": rows, "runs": []}))
     return path
 
@@ -192,3 +204,18 @@ def test_unusable_input_exits_2_with_the_reason(
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr and str(bad) in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_runs_with_different_token_commits_are_told_apart(tmp_path: Path) -> None:
+    # A file from before KEYSERVICE_TOKEN_COMMIT existed measured durable commits.
+    old = _result(tmp_path / "old.json", BASE_ROWS)
+    durable = _result(tmp_path / "durable.json", BASE_ROWS, token_commit="durable")
+    fast = _result(tmp_path / "async.json", BASE_ROWS, token_commit="async")
+    same = _compare(old, durable)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "token commits differ" not in same.stdout
+    assert same.stdout.count("token commits durable") == 2
+    differ = _compare(durable, fast)
+    assert differ.returncode == 0, differ.stdout + differ.stderr
+    assert "token commits differ" in differ.stdout
+    assert "token commits async" in differ.stdout
