@@ -13,7 +13,6 @@ must delete keys before creating new ones (the import reports such owners).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
-from keyservice.security.hashing import LEGACY_KEYS
+from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 from keyservice.security.tokens import new_client_id, parse_api_key
 
 DEFAULT_TTL = timedelta(days=365)
@@ -201,7 +200,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
     hashes: dict[int, str] = {}
     for number, entry in entries:
         if entry.key is not None:
-            hashes[number] = await asyncio.to_thread(LEGACY_KEYS.hash, entry.key)
+            hashes[number] = await run_slow_hash(LEGACY_KEYS.hash, entry.key)
         else:
             assert entry.key_hash is not None
             hashes[number] = entry.key_hash

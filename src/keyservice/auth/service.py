@@ -9,7 +9,6 @@ of exchanges).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, K
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security import ip as ipmod
+from keyservice.security.hashing import run_slow_hash
 from keyservice.security.tokens import new_refresh_token
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -287,8 +287,8 @@ async def revoke_family(
 
 
 async def run_blocking_check(func: Callable[..., object], *args: object) -> bool:
-    """Run a slow hash check (argon2, bcrypt) off the event loop."""
-    return bool(await asyncio.to_thread(func, *args))
+    """Run a slow hash check (argon2, bcrypt) off the event loop, on the bounded pool."""
+    return bool(await run_slow_hash(func, *args))
 
 
 def invalid_client(basic: bool, description: str | None = None) -> InvalidClient:

@@ -7,9 +7,13 @@ in the server secret, so a database dump alone cannot be checked offline.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -20,6 +24,32 @@ _PASSWORDS = CryptContext(schemes=["argon2"], deprecated="auto")
 LEGACY_KEYS = CryptContext(schemes=["argon2", "bcrypt"], deprecated="auto")
 # Verified against when a username is unknown, so both cases cost the same.
 _DUMMY_PASSWORD_HASH = _PASSWORDS.hash(secrets.token_urlsafe(16))
+
+
+# Password hashes run on a small pool of their own, never on the event loop nor on
+# asyncio's default executor (up to cores + 4 threads). argon2 as configured here holds
+# 64 MiB per hash for its duration: twelve concurrent checks took a process from 96 to
+# 416 MB peak through asyncio.to_thread, and on two cores more threads only share the
+# same CPU. With two threads a burst of sign-ins queues here instead, costing at most
+# 2 x 64 MiB per process. The queue is not a limit on requests (the throttle is).
+SLOW_HASH_THREADS = 2
+_slow_pool: ThreadPoolExecutor | None = None
+_slow_jobs = 0
+_T = TypeVar("_T")
+
+
+async def run_slow_hash(func: Callable[..., _T], *args: object) -> _T:
+    """Run a slow hash (argon2, bcrypt) on the bounded hashing pool, off the event loop."""
+    global _slow_pool, _slow_jobs
+    if _slow_pool is None:
+        _slow_pool = ThreadPoolExecutor(SLOW_HASH_THREADS, thread_name_prefix="keyservice-hash")
+    _slow_jobs += 1
+    return await asyncio.get_running_loop().run_in_executor(_slow_pool, func, *args)
+
+
+def slow_hash_jobs() -> int:
+    """How many jobs run_slow_hash has been given in this process (for tests)."""
+    return _slow_jobs
 
 
 def derive_key(server_secret: bytes, purpose: str, length: int = 32) -> bytes:
