@@ -142,6 +142,43 @@ async def test_a_connection_the_server_dropped_is_replaced_and_the_call_retried(
         await context.database.raw_run(always_broken)
 
 
+@pytest.mark.postgresql_only
+async def test_raw_connections_are_kept_between_uses_and_dropped_when_broken(context):
+    # The token path keeps its connections acquired between statements (no pool.acquire()
+    # per statement); what must hold: an SQL error keeps a healthy connection, anything
+    # else (here a cancellation mid-statement) never hands a half-used one out again, one
+    # the server closed while kept is replaced, and dispose() does not wait on kept ones.
+    import asyncpg
+
+    database = context.database
+    pid = lambda: database.raw_run(lambda c: c.fetchval("SELECT pg_backend_pid()"))  # noqa: E731
+    first = await pid()
+    assert await pid() == first
+    pool = await database.raw_pool()
+    assert pool.get_idle_size() == 0  # kept by the token path, not back in the pool
+
+    with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+        await database.raw_run(lambda c: c.fetchval("SELECT 1 / 0"))
+    assert await pid() == first
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(database.raw_run(lambda c: c.execute("SELECT pg_sleep(5)")), 0.2)
+    second = await pid()
+    assert second != first
+    assert await database.raw_run(lambda c: c.fetchval("SELECT 41 + 1")) == 42
+
+    killer = await asyncpg.connect(database.url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        assert await killer.fetchval("SELECT pg_terminate_backend($1)", second)
+    finally:
+        await killer.close()
+    await asyncio.sleep(0.2)  # the kept connection's socket closes under it
+    third = await pid()
+    assert third not in (first, second)
+
+    await asyncio.wait_for(database.dispose(), 5)
+
+
 async def test_a_submission_as_a_drain_finishes_still_gets_a_drain():
     # The window behind a 20 s hang in the restart fault test: a request submitted in the
     # loop turn in which the last drain finishes must not wait for some later request.
