@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from keyservice.api_keys.models import ApiKey
-from keyservice.auth.service import load_key, run_blocking_check
+from keyservice.auth.service import load_key
 from keyservice.context import AppContext
 from keyservice.principals.models import Principal
-from keyservice.security.hashing import LEGACY_KEYS
+from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 
 # Old key strings arrive in the `api_key` form field; bound their size before hashing.
 MAX_LEGACY_KEY_LENGTH = 512
@@ -44,7 +44,7 @@ async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
             )
         ).all()
         for candidate in candidates:
-            if candidate.legacy_hash and await run_blocking_check(
+            if candidate.legacy_hash and await run_slow_hash(
                 LEGACY_KEYS.verify, key_string, candidate.legacy_hash
             ):
                 key = await session.get(ApiKey, candidate.id)

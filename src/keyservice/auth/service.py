@@ -10,7 +10,6 @@ of exchanges).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -31,7 +30,6 @@ from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, K
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security import ip as ipmod
-from keyservice.security.hashing import run_slow_hash
 from keyservice.security.tokens import new_refresh_token
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -284,11 +282,6 @@ async def revoke_family(
     )
     await notify(session, f"family:{family_id}")
     ctx.revocation.apply(f"family:{family_id}")
-
-
-async def run_blocking_check(func: Callable[..., object], *args: object) -> bool:
-    """Run a slow hash check (argon2, bcrypt) off the event loop, on the bounded pool."""
-    return bool(await run_slow_hash(func, *args))
 
 
 def invalid_client(basic: bool, description: str | None = None) -> InvalidClient:

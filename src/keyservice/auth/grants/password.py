@@ -8,7 +8,7 @@ from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.exceptions import InvalidGrant, InvalidRequest, InvalidScope, UnsupportedGrantType
 from keyservice.principals.models import Principal
-from keyservice.security.hashing import verify_password
+from keyservice.security.hashing import run_slow_hash, verify_password
 from keyservice.users import service as users_service
 
 EVENT = "login"
@@ -19,7 +19,7 @@ async def authenticate_user(ctx: AppContext, *, username: str, password: str) ->
     async with ctx.database.sessionmaker() as session:
         user = await users_service.get_by_username(session, username=username)
     stored = user.password_hash if user is not None else None
-    ok = await service.run_blocking_check(verify_password, password, stored)
+    ok = await run_slow_hash(verify_password, password, stored)
     return user if ok else None
 
 
