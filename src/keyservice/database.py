@@ -216,20 +216,14 @@ class Database:
         try:
             yield connection
         except BaseException as exc:
-            if not _answered_by_server(exc):
-                if _open(connection):
-                    connection.terminate()
-                await pool.release(connection)
-                raise
-            await self._keep(pool, connection)
+            if not _answered_by_server(exc) and _open(connection):
+                connection.terminate()  # closed now: released below, never kept
             raise
-        await self._keep(pool, connection)
-
-    async def _keep(self, pool: Any, connection: Any) -> None:
-        if self._raw_pool is pool and _open(connection):
-            self._raw_held.append(connection)
-        else:  # disposed meanwhile (its close() waits for this), or lost
-            await pool.release(connection)
+        finally:
+            if self._raw_pool is pool and _open(connection):
+                self._raw_held.append(connection)
+            else:  # disposed meanwhile (its close() waits for this), or lost
+                await pool.release(connection)
 
     async def raw_run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """Run `operation(connection)` on a pooled asyncpg connection (see raw_connection).
