@@ -97,6 +97,11 @@ CONNECT_TIMEOUT_SECONDS = 3
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
 RAW_POOL_SIZE = 10
+# A token-path connection kept (see Database.raw_connection) but unused for this long goes
+# back to the pool, whose own idle limit (300 s) then closes it: a burst's connections do
+# not stay open for ever. The app's lifespan checks every RAW_IDLE_CHECK_SECONDS.
+RAW_IDLE_SECONDS = 60
+RAW_IDLE_CHECK_SECONDS = 30
 # The token path's statements are a few fixed point lookups and one batched write, prepared
 # once per connection. Their plans must not depend on how big the tables were when a
 # connection first ran them: planned while refresh_token was nearly empty, the refresh
@@ -141,8 +146,10 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._raw_pool: Any = None
         self._raw_pool_lock = asyncio.Lock()
-        # Raw connections kept acquired between statements (see raw_connection).
-        self._raw_held: list[Any] = []
+        # Raw connections kept acquired between statements, with when each was last put
+        # back (time.monotonic()): the newest last, so the times never decrease along the
+        # list (see raw_connection and release_idle).
+        self._raw_held: list[tuple[Any, float]] = []
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -196,7 +203,8 @@ class Database:
         2026-12-06), a few percent of an exchange at low concurrency. The pool still bounds
         how many there are (an empty list acquires one, waiting at most
         POOL_TIMEOUT_SECONDS), and dispose() hands them back before closing it. One the
-        server closed while it sat in the list is released to the pool and the next taken.
+        server closed while it sat in the list is released to the pool and the next taken;
+        ones left unused for RAW_IDLE_SECONDS go back to the pool (release_idle).
 
         No reset query runs between uses (a round trip per request), so a connection left
         mid-operation by a lost server or a cancellation must not be used again as it is:
@@ -205,7 +213,7 @@ class Database:
         pool = await self.raw_pool()
         connection = None
         while self._raw_held:
-            candidate = self._raw_held.pop()
+            candidate, _kept_at = self._raw_held.pop()
             if _open(candidate):
                 connection = candidate
                 break
@@ -221,9 +229,29 @@ class Database:
             raise
         finally:
             if self._raw_pool is pool and _open(connection):
-                self._raw_held.append(connection)
+                self._raw_held.append((connection, time.monotonic()))
             else:  # disposed meanwhile (its close() waits for this), or lost
                 await pool.release(connection)
+
+    async def release_idle(self, older_than: float | None = None) -> int:
+        """Hand kept connections unused for `older_than` seconds (default RAW_IDLE_SECONDS)
+        back to the pool, which closes them once idle past its own limit; return how many.
+
+        A LIFO list reuses its newest entries, so after a burst the oldest ones would
+        otherwise stay acquired, and open, for the life of the process.
+        """
+        pool = self._raw_pool
+        if pool is None:
+            return 0
+        horizon = time.monotonic() - (RAW_IDLE_SECONDS if older_than is None else older_than)
+        count = 0
+        while count < len(self._raw_held) and self._raw_held[count][1] <= horizon:
+            count += 1
+        # Taken off the list before the first await: raw_connection may pop meanwhile.
+        idle, self._raw_held[:count] = self._raw_held[:count], []
+        for connection, _kept_at in idle:
+            await pool.release(connection)
+        return count
 
     async def raw_run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         """Run `operation(connection)` on a pooled asyncpg connection (see raw_connection).
@@ -255,7 +283,7 @@ class Database:
         pool, self._raw_pool = self._raw_pool, None
         held, self._raw_held = self._raw_held, []
         if pool is not None:
-            for connection in held:
+            for connection, _kept_at in held:
                 await pool.release(connection)
             await pool.close()
         await self.engine.dispose()

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyservice import __version__
+from keyservice import database as database_module
 from keyservice.auth.router import token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
@@ -319,6 +320,15 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+async def release_idle_connections(context: AppContext) -> None:
+    """Give the token path's long-unused kept connections back to the pool (database.py)."""
+    async for _ in ticks(context.stopping, database_module.RAW_IDLE_CHECK_SECONDS):
+        try:
+            await context.database.release_idle()
+        except Exception as exc:  # a release that failed has closed its connection
+            log.warning("releasing idle token-path connections failed: %s", type(exc).__name__)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: AppContext = app.state.context
@@ -347,6 +357,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ),
         asyncio.create_task(keep_signing_keys_fresh()),
     ]
+    if not context.database.is_sqlite:
+        tasks.append(asyncio.create_task(release_idle_connections(context)))
     if context.settings.prune_interval_seconds > 0:
         from keyservice.maintenance import prune_periodically
 

@@ -179,6 +179,67 @@ async def test_raw_connections_are_kept_between_uses_and_dropped_when_broken(con
     await asyncio.wait_for(database.dispose(), 5)
 
 
+async def _hold_at_once(database, count: int) -> set[int]:
+    """Run `count` statements that overlap, so each needs a connection of its own."""
+    started = asyncio.Event()
+    running = 0
+
+    async def one(connection):
+        nonlocal running
+        running += 1
+        if running == count:
+            started.set()
+        await started.wait()
+        return await connection.fetchval("SELECT pg_backend_pid()")
+
+    pids = await asyncio.wait_for(asyncio.gather(*(database.raw_run(one) for _ in range(count))), 5)
+    return set(pids)
+
+
+@pytest.mark.postgresql_only
+async def test_kept_connections_left_unused_go_back_to_the_pool(context):
+    # A LIFO list reuses its newest connections: after a burst the older ones would stay
+    # acquired (and open) for the life of the process, where the pool closes idle ones.
+    database = context.database
+    burst = await _hold_at_once(database, 3)
+    assert len(burst) == 3
+    pool = await database.raw_pool()
+    idle_before = pool.get_idle_size()
+
+    await asyncio.sleep(0.3)
+    newest = await database.raw_run(lambda c: c.fetchval("SELECT pg_backend_pid()"))
+    assert await database.release_idle(older_than=0.2) == 2  # not the one just used
+    assert pool.get_idle_size() == idle_before + 2
+    assert await database.release_idle(older_than=0.2) == 0
+    assert await database.raw_run(lambda c: c.fetchval("SELECT pg_backend_pid()")) == newest
+
+    # The ones handed back are the pool's again: a second burst takes them from it.
+    assert await _hold_at_once(database, 3) == burst
+    assert pool.get_idle_size() == idle_before
+    await asyncio.wait_for(database.dispose(), 5)
+
+
+@pytest.mark.postgresql_only
+async def test_the_server_hands_back_idle_kept_connections_by_itself(context, monkeypatch):
+    from keyservice import database as database_module
+    from keyservice.main import create_app
+
+    monkeypatch.setattr(database_module, "RAW_IDLE_SECONDS", 0.1)
+    monkeypatch.setattr(database_module, "RAW_IDLE_CHECK_SECONDS", 0.05)
+    application = create_app(context=context)
+    async with application.router.lifespan_context(application):
+        database = context.database
+        await _hold_at_once(database, 2)
+        pool = await database.raw_pool()
+        idle_before = pool.get_idle_size()
+        for _ in range(100):
+            if pool.get_idle_size() == idle_before + 2:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.get_idle_size() == idle_before + 2
+        assert await database.release_idle(older_than=0) == 0  # nothing left kept
+
+
 async def test_a_submission_as_a_drain_finishes_still_gets_a_drain():
     # The window behind a 20 s hang in the restart fault test: a request submitted in the
     # loop turn in which the last drain finishes must not wait for some later request.
