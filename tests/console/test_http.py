@@ -138,6 +138,81 @@ async def test_disabled_user_is_signed_out_at_next_request(
     assert response.status_code == 303 and response.headers["location"] == "/console/login"
 
 
+async def _set_password(context: AppContext, user_id: str, password: str) -> None:
+    from keyservice.users import service as users
+
+    async with context.database.sessionmaker() as session:
+        await users.update(
+            session, context, user_id=user_id, password=password, actor="test", ip=None
+        )
+
+
+async def test_a_new_password_ends_sessions_signed_in_with_the_old_one(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    # A reset after a leak must shut out whoever signed in with the leaked password, in the
+    # console as for the password grant's refresh tokens; other changes keep the session.
+    alice = await create_principal(context, "alice", permissions=["api_keys:manage"])
+    await signed_in(client, "alice")
+    async with context.database.sessionmaker() as session:
+        from keyservice.users import service as users
+
+        await users.update(
+            session,
+            context,
+            user_id=alice.id,
+            permissions=["api_keys:manage", "introspect"],
+            actor="test",
+            ip=None,
+        )
+    assert (await client.get("/console/keys")).status_code == 200
+
+    await _set_password(context, alice.id, "a brand new password")
+    response = await client.get("/console/keys")
+    assert response.status_code == 303 and response.headers["location"] == "/console/login"
+    assert "keyservice_console" not in client.cookies  # the stale cookie is deleted
+    assert (await client.get("/console/keys")).status_code == 303
+
+    page = await client.get("/console/login")
+    login = await client.post(
+        "/console/login",
+        data={
+            "username": "alice",
+            "password": "a brand new password",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
+    assert login.status_code == 303
+    assert (await client.get("/console/keys")).status_code == 200
+
+    # Setting the same password again still makes a new hash (a new salt): it ends them too.
+    await _set_password(context, alice.id, "a brand new password")
+    assert (await client.get("/console/keys")).status_code == 303
+
+
+async def test_an_admin_resetting_their_own_password_stays_signed_in_here_only(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    root = await create_principal(context, "root", permissions=["admin"])
+    token = await signed_in(client, "root")
+    async with client_for(app) as elsewhere:
+        await signed_in(elsewhere, "root")
+        reset = await client.post(
+            f"/console/admin/users/{root.id}",
+            data={"csrf_token": token, "action": "password", "password": "a new long password"},
+        )
+        assert reset.status_code == 303
+        assert (await client.get(reset.headers["location"])).status_code == 200
+        gone = await elsewhere.get("/console/keys")
+        assert gone.status_code == 303 and gone.headers["location"] == "/console/login"
+    # The session that made the change goes on, CSRF token and all.
+    again = await client.post(
+        f"/console/admin/users/{root.id}",
+        data={"csrf_token": token, "action": "permissions", "permissions": ["admin"]},
+    )
+    assert again.status_code == 303
+
+
 async def test_sign_in_is_throttled_and_audited(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:

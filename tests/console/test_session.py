@@ -28,3 +28,36 @@ def test_forged_foreign_and_expired_cookies_are_refused() -> None:
         assert codec.open(junk) is None
     expired = ConsoleSession(principal_id="p", expires_at=int(time.time()) - 1, csrf="c")
     assert codec.open(codec.seal(expired)) is None
+
+
+def test_the_credential_fingerprint_is_keyed_and_binds_the_password_hash() -> None:
+    import base64
+    import json
+
+    codec = SessionCodec(b"k" * 40)
+    first = codec.credential("$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one")
+    assert first and first == codec.credential("$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one")
+    assert first != codec.credential("$argon2id$v=19$m=65536,t=3,p=4$salt$hash-two")
+    assert first != SessionCodec(b"other" * 8).credential(
+        "$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one"
+    )
+    assert "hash-one" not in first and len(first) == 22  # 128 bits, base64url
+    assert codec.credential(None) == "" and codec.credential("") == ""
+
+    session = new_session("p", first)
+    opened = codec.open(codec.seal(session))
+    assert opened is not None and opened.credential == first
+    assert codec.current(opened, "$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one")
+    assert not codec.current(opened, "$argon2id$v=19$m=65536,t=3,p=4$salt$hash-two")
+    assert not codec.current(opened, None)  # a principal without a password
+    assert not codec.current(new_session("p"), None)  # "" never matches ""
+
+    # A cookie sealed before the fingerprint existed opens, but is no current session.
+    from keyservice.console import session as session_module
+
+    nonce = b"n" * 12
+    payload = json.dumps({"p": "p", "e": session.expires_at, "c": "csrf"}).encode()
+    raw = nonce + codec._aead.encrypt(nonce, payload, session_module._AAD)
+    legacy = codec.open(base64.urlsafe_b64encode(raw).rstrip(b"=").decode())
+    assert legacy is not None and legacy.credential == ""
+    assert not codec.current(legacy, "$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one")

@@ -8,6 +8,7 @@ except key creation and rotation, whose answer is the page showing the secret on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from urllib.parse import urlencode
 
@@ -17,7 +18,14 @@ from pydantic import ValidationError
 
 from keyservice.api_keys import service as api_keys
 from keyservice.audit import service as audit_service
-from keyservice.console.dependencies import AdminDep, CheckedForm, IpDep
+from keyservice.console.dependencies import (
+    AdminDep,
+    CheckedForm,
+    IpDep,
+    codec,
+    read_session,
+    write_session,
+)
 from keyservice.console.forms import (
     GRACE_CHOICES,
     FormErrors,
@@ -213,7 +221,13 @@ async def update_user(
         )
     done = "password-reset" if action == "password" else "user-updated"
     target = "/console/admin/users" if action == "state" else f"/console/admin/users/{user.id}"
-    return _back(target, done, user.name)
+    response = _back(target, done, user.name)
+    current = read_session(request)
+    if password is not None and user.id == admin.principal.id and current is not None:
+        # An admin's own new password ends their other sessions, not this one.
+        credential = codec(request).credential(user.password_hash)
+        write_session(request, response, replace(current, credential=credential))
+    return response
 
 
 # Devices ---------------------------------------------------------------------------------

@@ -128,6 +128,8 @@ async def current_viewer(request: Request, session: SessionDep, context: Context
     principal = await session.get(Principal, console_session.principal_id)
     if me.type != "user" or principal is None:
         raise SignInRequired()
+    if not codec(request).current(console_session, principal.password_hash):
+        raise SignInRequired()  # the password changed since this session signed in
     viewer = Viewer(principal=principal, me=me)
     request.state.console_viewer = viewer
     return viewer

@@ -13,6 +13,7 @@ from keyservice.console.dependencies import (
     IpDep,
     KeyManagerDep,
     clear_session,
+    codec,
     read_session,
     start_anonymous,
     write_session,
@@ -112,7 +113,9 @@ async def login(form: CheckedForm, request: Request, context: ContextDep) -> Res
             status_code=400,
         )
     redirect = RedirectResponse("/console/keys", status_code=303)
-    write_session(request, redirect, new_session(user.id))
+    write_session(
+        request, redirect, new_session(user.id, codec(request).credential(user.password_hash))
+    )
     return redirect
 
 

@@ -1,10 +1,13 @@
 """The console session: an encrypted, authenticated cookie, so any worker can read it.
 
-The cookie holds the principal id (None before sign-in), an expiry and a CSRF secret,
-sealed with AES-GCM under a key derived from the server secret. Nothing is stored on the
-server, so sessions survive restarts and work across workers and replicas; in exchange a
-session cannot be revoked early, which is why it is short and why every request re-reads
-the principal (disabled users and lost permissions take effect at once).
+The cookie holds the principal id (None before sign-in), an expiry, a CSRF secret and a
+fingerprint of the user's password hash at sign-in, sealed with AES-GCM under a key
+derived from the server secret. Nothing is stored on the server, so sessions survive
+restarts and work across workers and replicas; in exchange a session cannot be revoked
+one by one, which is why it is short and why every request re-reads the principal:
+disabled users and lost permissions take effect at once, and a new password (a reset
+after a leak, say) ends every session signed in with the old one, as it ends the user's
+password grants' refresh tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from keyservice.security.hashing import derive_key
 COOKIE_NAME = "keyservice_console"
 COOKIE_PATH = "/console"
 PURPOSE = "keyservice/console-session/v1"
+CREDENTIAL_PURPOSE = "keyservice/console-credential/v1"
 SESSION_SECONDS = 3600
 # A signed-out visitor gets a session too, so that the sign-in form carries a CSRF token.
 ANONYMOUS_SECONDS = 3600
@@ -38,6 +42,9 @@ class ConsoleSession:
     principal_id: str | None
     expires_at: int
     csrf: str
+    # SessionCodec.credential() of the password hash the user signed in with ("" when
+    # signed out): a session whose user has a new password since is over.
+    credential: str = ""
 
     @property
     def signed_in(self) -> bool:
@@ -50,13 +57,14 @@ class ConsoleSession:
         return hmac.compare_digest(token.encode(), self.csrf.encode())
 
 
-def new_session(principal_id: str | None) -> ConsoleSession:
+def new_session(principal_id: str | None, credential: str = "") -> ConsoleSession:
     """Start a session with a fresh CSRF secret (a new one at every sign-in)."""
     lifetime = SESSION_SECONDS if principal_id is not None else ANONYMOUS_SECONDS
     return ConsoleSession(
         principal_id=principal_id,
         expires_at=int(time.time()) + lifetime,
         csrf=secrets.token_urlsafe(32),
+        credential=credential,
     )
 
 
@@ -65,10 +73,32 @@ class SessionCodec:
 
     def __init__(self, server_secret: bytes) -> None:
         self._aead = AESGCM(derive_key(server_secret, PURPOSE))
+        self._credential_key = derive_key(server_secret, CREDENTIAL_PURPOSE)
+
+    def credential(self, password_hash: str | None) -> str:
+        """A keyed fingerprint of a password hash (HMAC-SHA256, 128 bits), for the cookie.
+
+        Keyed, so the cookie carries nothing computable from the hash alone; "" for a
+        principal without a password, which never matches a signed-in session.
+        """
+        if not password_hash:
+            return ""
+        digest = hmac.digest(self._credential_key, password_hash.encode(), "sha256")
+        return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+    def current(self, session: ConsoleSession, password_hash: str | None) -> bool:
+        """Whether `session` was signed in with the password the user has now."""
+        expected = self.credential(password_hash)
+        return bool(expected) and hmac.compare_digest(session.credential, expected)
 
     def seal(self, session: ConsoleSession) -> str:
         payload = json.dumps(
-            {"p": session.principal_id, "e": session.expires_at, "c": session.csrf},
+            {
+                "p": session.principal_id,
+                "e": session.expires_at,
+                "c": session.csrf,
+                "k": session.credential,
+            },
             separators=(",", ":"),
         ).encode()
         nonce = os.urandom(_NONCE_BYTES)
@@ -84,7 +114,10 @@ class SessionCodec:
             payload = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _AAD)
             data = json.loads(payload)
             session = ConsoleSession(
-                principal_id=data["p"], expires_at=int(data["e"]), csrf=str(data["c"])
+                principal_id=data["p"],
+                expires_at=int(data["e"]),
+                csrf=str(data["c"]),
+                credential=str(data.get("k", "")),  # a cookie sealed before it: signed out
             )
         except (InvalidTag, ValueError, binascii.Error, KeyError, TypeError):
             return None
