@@ -1,11 +1,12 @@
 # keyservice: production image. Build: docker build -t keyservice .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY src ./src
 COPY migrations ./migrations
+# The exact versions make test passed with (constraints.txt, `make lock`).
 RUN pip install --no-cache-dir --upgrade pip \
- && pip wheel --no-cache-dir --wheel-dir /wheels '.[server]'
+ && pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[server]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

@@ -6,18 +6,19 @@ STAMP := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint fmt typecheck bench bench-smoke services clean
+.PHONY: run test lint fmt typecheck bench bench-smoke services lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed-server: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[server]'
+# Exact versions from constraints.txt (make lock): the same set on every machine and in CI.
+$(VENV)/.installed-server: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[server]'
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@ $(VENV)/.installed-server
 
 run: $(VENV)/.installed-server
@@ -48,6 +49,18 @@ bench: $(STAMP) services
 
 bench-smoke: $(STAMP) services
 	$(BIN)/python bench/run.py --smoke
+
+# Resolve pyproject.toml's ranges afresh (newest releases) into constraints.txt; then run
+# make test and commit both if it passes.
+lock:
+	rm -rf .lock-venv
+	$(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	{ grep '^#' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable; } \
+	  > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
