@@ -229,14 +229,13 @@ async def test_the_server_hands_back_idle_kept_connections_by_itself(context, mo
     application = create_app(context=context)
     async with application.router.lifespan_context(application):
         database = context.database
-        await _hold_at_once(database, 2)
         pool = await database.raw_pool()
-        idle_before = pool.get_idle_size()
+        await _hold_at_once(database, 2)  # the pool's one connection and a new one, both kept
         for _ in range(100):
-            if pool.get_idle_size() == idle_before + 2:
+            if pool.get_idle_size() >= 2:
                 break
             await asyncio.sleep(0.05)
-        assert pool.get_idle_size() == idle_before + 2
+        assert pool.get_idle_size() >= 2  # back in the pool without anyone asking
         assert await database.release_idle(older_than=0) == 0  # nothing left kept
 
 
