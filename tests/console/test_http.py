@@ -138,13 +138,12 @@ async def test_disabled_user_is_signed_out_at_next_request(
     assert response.status_code == 303 and response.headers["location"] == "/console/login"
 
 
-async def _set_password(context: AppContext, user_id: str, password: str) -> None:
+async def _update_user(context: AppContext, user_id: str, **changes: Any) -> None:
+    """Change a user as the admin API does (users.update), outside the console."""
     from keyservice.users import service as users
 
     async with context.database.sessionmaker() as session:
-        await users.update(
-            session, context, user_id=user_id, password=password, actor="test", ip=None
-        )
+        await users.update(session, context, user_id=user_id, actor="test", ip=None, **changes)
 
 
 async def test_a_new_password_ends_sessions_signed_in_with_the_old_one(
@@ -154,20 +153,10 @@ async def test_a_new_password_ends_sessions_signed_in_with_the_old_one(
     # console as for the password grant's refresh tokens; other changes keep the session.
     alice = await create_principal(context, "alice", permissions=["api_keys:manage"])
     await signed_in(client, "alice")
-    async with context.database.sessionmaker() as session:
-        from keyservice.users import service as users
-
-        await users.update(
-            session,
-            context,
-            user_id=alice.id,
-            permissions=["api_keys:manage", "introspect"],
-            actor="test",
-            ip=None,
-        )
+    await _update_user(context, alice.id, permissions=["api_keys:manage", "introspect"])
     assert (await client.get("/console/keys")).status_code == 200
 
-    await _set_password(context, alice.id, "a brand new password")
+    await _update_user(context, alice.id, password="a brand new password")
     response = await client.get("/console/keys")
     assert response.status_code == 303 and response.headers["location"] == "/console/login"
     assert "keyservice_console" not in client.cookies  # the stale cookie is deleted
@@ -186,7 +175,7 @@ async def test_a_new_password_ends_sessions_signed_in_with_the_old_one(
     assert (await client.get("/console/keys")).status_code == 200
 
     # Setting the same password again still makes a new hash (a new salt): it ends them too.
-    await _set_password(context, alice.id, "a brand new password")
+    await _update_user(context, alice.id, password="a brand new password")
     assert (await client.get("/console/keys")).status_code == 303
 
 
