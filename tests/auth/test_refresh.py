@@ -8,7 +8,16 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from tests.factories import audit_events, bearer, create_key, exchange, login, set_key, user_token
+from tests.factories import (
+    audit_events,
+    bearer,
+    create_key,
+    create_principal,
+    exchange,
+    login,
+    set_key,
+    user_token,
+)
 
 PERMS = ["api_keys:manage", "projects:read", "projects:write"]
 
@@ -106,8 +115,25 @@ async def test_refresh_rechecks_key_and_ip(client, context, key):
 @pytest.mark.parametrize(
     "settings_overrides", [{"access_token_ttl": 1, "refresh_token_extra_ttl": 1}]
 )
-async def test_expired_refresh_token(client, context, key, settings_overrides):
-    first = (await exchange(client, key["api_key"])).json()
+async def test_expired_refresh_token(client, context, settings_overrides):
+    # Access tokens live one second here, and `exp` is in whole seconds: the `key`
+    # fixture's user token, from a password login (argon2), could expire before its
+    # POST /api-keys (an ERROR at setup, twice on a slow machine). So the key is made
+    # through the service, and no access token is used before the exchange.
+    from keyservice.api_keys import service as api_keys
+    from keyservice.api_keys.schemas import ApiKeyCreate
+
+    owner = await create_principal(context, "alice", permissions=PERMS)
+    async with context.database.sessionmaker() as session:
+        key = await api_keys.create(
+            context,
+            session,
+            owner=owner,
+            data=ApiKeyCreate(name="ci", scopes=["projects:read", "projects:write"]),
+            actor="test",
+            ip=None,
+        )
+    first = (await exchange(client, key.api_key)).json()
     assert first["expires_in"] == 1 and first["refresh_token_expires_in"] == 2
     await asyncio.sleep(2.1)
     response = await refresh(client, first["refresh_token"])
