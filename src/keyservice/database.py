@@ -102,6 +102,10 @@ RAW_POOL_SIZE = 10
 # not stay open for ever. The app's lifespan checks every RAW_IDLE_CHECK_SECONDS.
 RAW_IDLE_SECONDS = 60
 RAW_IDLE_CHECK_SECONDS = 30
+# A kept connection goes back to the pool after this many uses, and the pool (whose
+# max_queries is the same figure, asyncpg's default) closes it and opens a new one: the
+# recycling a connection acquired per statement would get at its release.
+RAW_MAX_USES = 50_000
 # The token path's statements are a few fixed point lookups and one batched write, prepared
 # once per connection. Their plans must not depend on how big the tables were when a
 # connection first ran them: planned while refresh_token was nearly empty, the refresh
@@ -147,9 +151,9 @@ class Database:
         self._raw_pool: Any = None
         self._raw_pool_lock = asyncio.Lock()
         # Raw connections kept acquired between statements, with when each was last put
-        # back (time.monotonic()): the newest last, so the times never decrease along the
-        # list (see raw_connection and release_idle).
-        self._raw_held: list[tuple[Any, float]] = []
+        # back (time.monotonic()) and how many times it was used: the newest last, so the
+        # times never decrease along the list (see raw_connection and release_idle).
+        self._raw_held: list[tuple[Any, float, int]] = []
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -189,6 +193,7 @@ class Database:
                         timeout=CONNECT_TIMEOUT_SECONDS,
                         command_timeout=COMMAND_TIMEOUT_SECONDS,
                         max_inactive_connection_lifetime=300,
+                        max_queries=RAW_MAX_USES,
                         reset=_keep_session_state,
                         server_settings=_TOKEN_PATH_PLANNING,
                     )
@@ -204,7 +209,9 @@ class Database:
         how many there are (an empty list acquires one, waiting at most
         POOL_TIMEOUT_SECONDS), and dispose() hands them back before closing it. One the
         server closed while it sat in the list is released to the pool and the next taken;
-        ones left unused for RAW_IDLE_SECONDS go back to the pool (release_idle).
+        ones left unused for RAW_IDLE_SECONDS go back to the pool (release_idle), and one
+        used RAW_MAX_USES times goes back to be closed and replaced (asyncpg's max_queries,
+        which a connection never released would escape).
 
         No reset query runs between uses (a round trip per request), so a connection left
         mid-operation by a lost server or a cancellation must not be used again as it is:
@@ -212,10 +219,11 @@ class Database:
         """
         pool = await self.raw_pool()
         connection = None
+        uses = 0
         while self._raw_held:
-            candidate, _kept_at = self._raw_held.pop()
+            candidate, _kept_at, used = self._raw_held.pop()
             if _open(candidate):
-                connection = candidate
+                connection, uses = candidate, used
                 break
             await pool.release(candidate)  # the pool has it back already: a no-op
         if connection is None:
@@ -228,9 +236,10 @@ class Database:
                 connection.terminate()  # closed now: released below, never kept
             raise
         finally:
-            if self._raw_pool is pool and _open(connection):
-                self._raw_held.append((connection, time.monotonic()))
-            else:  # disposed meanwhile (its close() waits for this), or lost
+            uses += 1
+            if self._raw_pool is pool and _open(connection) and uses < RAW_MAX_USES:
+                self._raw_held.append((connection, time.monotonic(), uses))
+            else:  # disposed meanwhile (its close() waits for this), lost, or used up
                 await pool.release(connection)
 
     async def release_idle(self, older_than: float | None = None) -> int:
@@ -249,7 +258,7 @@ class Database:
             count += 1
         # Taken off the list before the first await: raw_connection may pop meanwhile.
         idle, self._raw_held[:count] = self._raw_held[:count], []
-        for connection, _kept_at in idle:
+        for connection, _kept_at, _uses in idle:
             await pool.release(connection)
         return count
 
@@ -283,7 +292,7 @@ class Database:
         pool, self._raw_pool = self._raw_pool, None
         held, self._raw_held = self._raw_held, []
         if pool is not None:
-            for connection, _kept_at in held:
+            for connection, _kept_at, _uses in held:
                 await pool.release(connection)
             await pool.close()
         await self.engine.dispose()

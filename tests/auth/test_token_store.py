@@ -167,7 +167,7 @@ async def test_raw_connections_are_kept_between_uses_and_dropped_when_broken(con
     assert second != first
     assert await database.raw_run(lambda c: c.fetchval("SELECT 41 + 1")) == 42
 
-    killer = await asyncpg.connect(database.url.replace("postgresql+asyncpg", "postgresql"))
+    killer = await _connect_directly(database)
     try:
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", second)
     finally:
@@ -217,6 +217,39 @@ async def test_kept_connections_left_unused_go_back_to_the_pool(context):
     assert await _hold_at_once(database, 3) == burst
     assert pool.get_idle_size() == idle_before
     await asyncio.wait_for(database.dispose(), 5)
+
+
+@pytest.mark.postgresql_only
+async def test_a_kept_connection_is_replaced_after_its_quota_of_uses(context, monkeypatch):
+    # asyncpg closes a connection at release once it ran max_queries statements; kept
+    # connections are not released per statement, so they must go back at their quota.
+    from keyservice import database as database_module
+
+    monkeypatch.setattr(database_module, "RAW_MAX_USES", 3)
+    database = context.database
+    await database.dispose()  # the next use makes a pool with the patched quota
+    pid = lambda: database.raw_run(lambda c: c.fetchval("SELECT pg_backend_pid()"))  # noqa: E731
+    pids = [await pid() for _ in range(7)]
+    assert pids[0] == pids[1] == pids[2]
+    assert pids[3] == pids[4] == pids[5]
+    assert len({pids[0], pids[3], pids[6]}) == 3  # a new backend each time, not a reused one
+
+    checker = await _connect_directly(database)
+    try:
+        alive = await checker.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids[:6]
+        )
+    finally:
+        await checker.close()
+    assert alive == 0  # the used-up ones were closed, not left in the pool
+    await asyncio.wait_for(database.dispose(), 5)
+
+
+async def _connect_directly(database):
+    """A connection of the test's own, outside the service's pools."""
+    import asyncpg
+
+    return await asyncpg.connect(database.url.replace("postgresql+asyncpg", "postgresql"))
 
 
 @pytest.mark.postgresql_only
