@@ -124,6 +124,8 @@ async def test_limit_is_clamped_and_cursor_checked(client, context):
         {"cursor": "garbled!!"},
         {"cursor": base64.urlsafe_b64encode(b"seq:abc").decode()},
         {"cursor": base64.urlsafe_b64encode(b"offset:10").decode()},
+        {"cursor": base64.urlsafe_b64encode(b"seq:9223372036854775808").decode()},  # 2**63
+        {"cursor": base64.urlsafe_b64encode(b"seq:" + b"9" * 40).decode()},
         {"cursor": "\u00e9t\u00e9"},
         {"limit": 0},
         {"limit": "many"},

@@ -15,6 +15,7 @@ from keyservice.exceptions import ValidationFailed
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 _CURSOR_PREFIX = "seq:"
+_MAX_SEQ = 2**63 - 1  # a BIGINT
 
 
 def record(
@@ -54,8 +55,8 @@ def decode_cursor(cursor: str) -> int:
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError(raw)
         digits = raw.removeprefix(_CURSOR_PREFIX)
-        if not digits.isdigit() or len(digits) > 19:
-            raise ValueError(raw)
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > _MAX_SEQ:
+            raise ValueError(raw)  # past the column's range, the database itself would fail
         return int(digits)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         error = ValidationFailed("The cursor is not one this service returned; start over.")
