@@ -126,9 +126,10 @@ class InsufficientScope(BearerError):
     error = "insufficient_scope"
     status_code = 403
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, description: str | None = None) -> None:
         super().__init__(
-            f"This needs the permission '{scope}', which the access token does not carry.",
+            description
+            or f"This needs the permission '{scope}', which the access token does not carry.",
             headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
         )
 

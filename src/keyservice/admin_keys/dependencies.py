@@ -18,7 +18,11 @@ async def admin_user(
 ) -> TokenPrincipal:
     """The calling admin; devices cannot manage keys, even holding `admin` (403)."""
     if principal.type != "user":
-        raise InsufficientScope(ADMIN)
+        raise InsufficientScope(
+            ADMIN,
+            "Only a user admin can create, rotate or revoke API keys: a device's token "
+            "cannot, even one that carries 'admin'.",
+        )
     return principal
 
 

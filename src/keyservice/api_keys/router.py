@@ -37,7 +37,10 @@ async def current_user(
 ) -> Principal:
     """The calling user; devices cannot manage keys (403)."""
     if principal.type != "user":
-        raise InsufficientScope(API_KEYS_MANAGE)
+        raise InsufficientScope(
+            API_KEYS_MANAGE,
+            "Only users manage API keys of their own; a device's keys are managed by an admin.",
+        )
     user = await session.get(Principal, principal.id)
     if user is None or not user.usable:
         raise InvalidToken("The account behind this token no longer exists or is disabled.")
