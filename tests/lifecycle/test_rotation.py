@@ -90,3 +90,37 @@ async def test_rotate_refusals(client, context):
     await _rotate(client, token, key["id"], expect=422, grace_seconds=86400 * 31)
     assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 204
     await _rotate(client, token, key["id"], expect=404)
+
+
+async def test_a_chain_of_rotations_keeps_at_most_two_live_keys(client, context):
+    # A replaced key does not count towards the limit during its grace period; rotating
+    # the same key twice, or a replacement while the key it replaced is still valid, would
+    # keep any number of keys alive past the limit.
+    token = await user_token(context, client, "zoe")
+    keys = [await create_key(client, token, name=f"k{n}") for n in range(5)]
+    first = keys[0]
+    second = (await _rotate(client, token, first["id"], grace_seconds=86400 * 30)).json()
+
+    again = await _rotate(client, token, first["id"], expect=409)
+    assert second["client_id"] in again.json()["error_description"]
+    chained = await _rotate(client, token, second["id"], expect=409)
+    assert first["client_id"] in chained.json()["error_description"]
+    assert "delete it first" in chained.json()["error_description"]
+
+    # Every other key can be rotated once: ten live keys, five of them on their way out.
+    for key in keys[1:]:
+        await _rotate(client, token, key["id"], grace_seconds=86400 * 30)
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert [item["status"] for item in listed] == ["valid"] * 10
+    await create_key(client, token, expect=409, name="eleventh")
+    for item in listed:
+        await _rotate(client, token, item["id"], expect=409)
+
+    # Once the replaced key is gone (deleted, or its grace over), its replacement rotates.
+    deleted = await client.delete(f"/api-keys/{first['id']}", headers=bearer(token))
+    assert deleted.status_code == 204
+    third = (await _rotate(client, token, second["id"])).json()
+    await set_key_fields(context, second["id"], expires_at=utcnow() - timedelta(seconds=1))
+    await _rotate(client, token, third["id"])
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert sum(item["status"] == "valid" for item in listed) == 10

@@ -108,6 +108,34 @@ async def count_live(
     return int(await session.scalar(query) or 0)
 
 
+async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> None:
+    """409 unless `key` may be rotated: a chain of rotations holds at most two live keys.
+
+    A replaced key does not count towards the limit during its grace period (count_live),
+    so a key may have only one live replacement, and a replacement may itself be rotated
+    only once the key it replaced has expired or been deleted. Otherwise rotating again and
+    again would keep any number of keys alive past the limit.
+    """
+    live = and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+    successor = await session.scalar(
+        select(ApiKey.client_id).where(ApiKey.rotated_from_id == key.id, live).limit(1)
+    )
+    if successor is not None:
+        raise Conflict(
+            f"This key was already rotated: rotate its replacement ({successor}) instead."
+        )
+    if key.rotated_from_id is not None:
+        predecessor = await session.scalar(
+            select(ApiKey).where(ApiKey.id == key.rotated_from_id, live)
+        )
+        if predecessor is not None:
+            until = predecessor.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise Conflict(
+                f"The key this one replaced ({predecessor.client_id}) is still valid until "
+                f"{until}, its grace period: delete it first, or rotate once it has expired."
+            )
+
+
 async def create(
     ctx: AppContext,
     session: AsyncSession,
@@ -124,6 +152,8 @@ async def create(
     scopes = _check_scopes(data.scopes, owner)
     expires_at = _check_expiry(data.expires_at, settings, now)
     await _lock_owner(session, owner.id)
+    if rotated_from is not None:
+        await _check_rotation(session, rotated_from, now)
     live = await count_live(
         session,
         owner_id=owner.id,
