@@ -110,3 +110,76 @@ async def test_disabled_owner_tokens_are_refused(client, context):
         "/token", data={"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"]}
     )
     assert refused.json()["error"] == "invalid_grant"
+
+
+async def _status_within(client, path: str, token: str, status: int, seconds: float = 5.0):
+    """Poll `path` until it answers `status`, for at most `seconds` (API.md: "within 5 s")."""
+    for _ in range(int(seconds / 0.05)):
+        response = await client.get(path, headers=bearer(token))
+        if response.status_code == status:
+            return response
+        await asyncio.sleep(0.05)
+    assert response.status_code == status, response.text
+    return response
+
+
+async def test_tokens_carrying_a_permission_taken_away_are_refused(client, context):
+    from tests.admin.support import admin_request, admin_token, create_device, create_device_key
+    from tests.factories import add_scope
+
+    await add_scope(context, "projects:read")
+    await add_scope(context, "projects:write")
+    root = await admin_token(context, client)
+    demoted = await user_token(context, client, "dora", ["admin"])
+    dora = (await client.get("/me", headers=bearer(demoted))).json()["id"]
+    device = await create_device(client, root, "robot", ["projects:read", "projects:write"])
+    key = await create_device_key(client, root, device["id"])
+    both = (await exchange(client, key["api_key"])).json()
+    narrow = (await exchange(client, key["api_key"], scope="projects:read")).json()
+
+    replica_context = AppContext(context.settings)
+    replica = create_app(context=replica_context)
+    async with replica.router.lifespan_context(replica), client_for(replica) as other:
+        assert (await other.get("/admin/users", headers=bearer(demoted))).status_code == 200
+        await admin_request(
+            client, root, "PATCH", f"/admin/users/{dora}", 200, json={"permissions": []}
+        )
+        await admin_request(
+            client,
+            root,
+            "PATCH",
+            f"/admin/devices/{device['id']}",
+            200,
+            json={"permissions": ["projects:read"]},
+        )
+        for app_client in (client, other):  # this process at once, a replica within 5 s
+            refused = await _status_within(app_client, "/admin/users", demoted, 401)
+            assert "taken away" in refused.json()["error_description"]
+            assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+            await _status_within(app_client, "/me", both["access_token"], 401)
+            # A token carrying only what is still held is untouched.
+            kept = await app_client.get("/me", headers=bearer(narrow["access_token"]))
+            assert kept.status_code == 200
+        cannot = await client.post(
+            "/admin/users",
+            json={"username": "mallory", "password": "long enough", "permissions": ["admin"]},
+            headers=bearer(demoted),
+        )
+        assert cannot.status_code == 401
+
+    introspected = await client.post(
+        "/introspect", data={"token": both["access_token"]}, headers=bearer(root)
+    )
+    assert introspected.json() == {"active": False}
+    # A process started after the change reads it from the database.
+    later = create_app(context=AppContext(context.settings))
+    async with later.router.lifespan_context(later), client_for(later) as fresh:
+        assert (await fresh.get("/me", headers=bearer(both["access_token"]))).status_code == 401
+        assert (await fresh.get("/me", headers=bearer(narrow["access_token"]))).status_code == 200
+    # New tokens carry what is held now; granting the permission back restores the old ones,
+    # as re-enabling an account does.
+    assert (await login(client, "dora"))["scope"] == ""
+    await admin_request(
+        client, root, "PATCH", f"/admin/users/{dora}", 200, json={"permissions": ["admin"]}
+    )
+    assert (await client.get("/admin/users", headers=bearer(demoted))).status_code == 200

@@ -2,16 +2,20 @@
 
 Three sets, small because they only hold what was revoked within one access-token lifetime
 (older tokens have expired anyway): revoked keys (by client id), revoked refresh-token
-families (the JWT's `sid`), and disabled or deleted principals. Checking them costs no
-database round trip. The view is re-read every `revocation_poll_seconds` as the safety net,
-and on PostgreSQL a LISTEN connection applies changes from any replica within milliseconds.
-A process that makes a change applies it to its own view at once.
+families (the JWT's `sid`), and disabled or deleted principals; and the current permissions
+of each principal whose permissions changed within that lifetime, since a token carries the
+scopes its principal held when it was issued (one carrying a permission taken away since is
+refused). Checking them costs no database round trip. The view is re-read every
+`revocation_poll_seconds` as the safety net, and on PostgreSQL a LISTEN connection applies
+changes from any replica within milliseconds. A process that makes a change applies it to
+its own view at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -25,6 +29,7 @@ from keyservice.api_keys.models import ApiKey
 from keyservice.auth.models import RevokedFamily
 from keyservice.database import Database, utcnow
 from keyservice.principals.models import Principal
+from keyservice.scopes.models import effective_permissions
 
 log = logging.getLogger(__name__)
 CHANNEL = "keyservice_revocation"
@@ -37,6 +42,9 @@ class RevocationView:
         self.revoked_clients: set[str] = set()
         self.revoked_families: set[str] = set()
         self.disabled_principals: set[str] = set()
+        # principal id -> the permissions it holds now (as held: `admin` implies the other
+        # built-ins), for principals whose permissions changed within the horizon.
+        self.permissions: dict[str, frozenset[str]] = {}
         self.loaded = False
         # Changes applied while a reload's queries run: the reload replaces the sets with
         # what it read, which may predate them, so they are applied again afterwards.
@@ -52,6 +60,11 @@ class RevocationView:
             return "this token's session was revoked"
         if claims.get("client_id") in self.revoked_clients:
             return "the API key behind this token was revoked"
+        if self.permissions:
+            held = self.permissions.get(str(claims.get("sub")))
+            scope = claims.get("scope")
+            if held is not None and isinstance(scope, str) and not held.issuperset(scope.split()):
+                return "a permission it carries has since been taken away; get a new token"
         return None
 
     async def reload(self, session: AsyncSession) -> None:
@@ -77,11 +90,19 @@ class RevocationView:
                     )
                 )
             )
+            changed = (
+                await session.execute(
+                    select(Principal.id, Principal.permissions).where(
+                        Principal.permissions_changed_at > horizon
+                    )
+                )
+            ).all()
         finally:
             self._reloading -= 1
         self.revoked_clients = clients
         self.revoked_families = families
         self.disabled_principals = principals
+        self.permissions = {id_: effective_permissions(held) for id_, held in changed}
         for message in self._during_reload:
             self._apply(message)
         if not self._reloading:
@@ -104,6 +125,9 @@ class RevocationView:
             self.disabled_principals.add(value)
         elif kind == "principal-enabled":
             self.disabled_principals.discard(value)
+        elif kind == "principal-permissions":
+            change = json.loads(value)
+            self.permissions[change["id"]] = effective_permissions(change["held"])
 
     async def run(
         self, database: Database, stop: asyncio.Event, on_signing_keys: Any = None

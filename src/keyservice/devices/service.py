@@ -88,15 +88,12 @@ async def update(
     perms = await check_permissions(session, permissions) if permissions is not None else None
     device = await get(session, device_id=device_id, for_update=True)
     changes: list[str] = []
-    if perms is not None and perms != sorted(device.permissions):
-        device.permissions = perms
-        changes.append(f"permissions: {' '.join(perms) or '(none)'}")
     if description is not None and description != device.description:
         device.description = description
         changes.append("description changed")
     return await principals_service.save_update(
-        session, ctx, device, changes=changes, disabled=disabled, event="device.updated",
-        actor=actor, ip=ip,
+        session, ctx, device, changes=changes, disabled=disabled, permissions=perms,
+        event="device.updated", actor=actor, ip=ip,
     )  # fmt: skip
 
 

@@ -26,6 +26,9 @@ class Principal(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # When `permissions` last changed: the revocation view then refuses this principal's
+    # access tokens that carry more than it now holds (auth/revocation.py).
+    permissions_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # Devices are deleted softly: their keys stay listed as revoked and audit stays readable.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -100,6 +102,24 @@ def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
     return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
 
 
+def set_permissions(principal: Principal, permissions: Sequence[str] | None) -> str | None:
+    """Apply `permissions` (sorted, checked); return the revocation message if they changed.
+
+    Tokens issued before carry the old scopes: the revocation view refuses those that
+    carry a permission the principal no longer holds (auth/revocation.py).
+    """
+    if permissions is None or list(permissions) == sorted(principal.permissions):
+        return None
+    principal.permissions = list(permissions)
+    principal.permissions_changed_at = utcnow()
+    return permissions_message(principal.id, principal.permissions)
+
+
+def permissions_message(principal_id: str, permissions: Sequence[str]) -> str:
+    """The revocation view's message for a principal's new permissions."""
+    return "principal-permissions:" + json.dumps({"id": principal_id, "held": list(permissions)})
+
+
 async def save_update(
     session: AsyncSession,
     ctx: AppContext,
@@ -110,12 +130,21 @@ async def save_update(
     event: str,
     actor: str | None,
     ip: str | None,
+    permissions: Sequence[str] | None = None,
 ) -> Principal:
-    """Apply `disabled`, audit the changes and commit; a (dis/en)abling reaches every
-    replica by NOTIFY at commit and this process's revocation view at once."""
+    """Apply `permissions` and `disabled`, audit the changes and commit; either change
+    reaches every replica's revocation view by NOTIFY at commit, and this process's at once.
+    """
+    messages: list[str] = []
+    message = set_permissions(principal, permissions)
+    if message is not None:
+        changes.insert(0, f"permissions: {' '.join(principal.permissions) or '(none)'}")
+        messages.append(message)
     message = set_disabled(principal, disabled)
     if message is not None:
         changes.append("disabled" if principal.disabled else "enabled")
+        messages.append(message)
+    for message in messages:
         await notify(session, message)
     if changes:
         audit.record(
@@ -127,7 +156,7 @@ async def save_update(
             reason="; ".join(changes),
         )
     await session.commit()
-    if message is not None:
+    for message in messages:
         ctx.revocation.apply(message)
     return principal
 

@@ -180,15 +180,12 @@ async def update(
                 "ask another admin."
             )
     changes: list[str] = []
-    if perms is not None and perms != sorted(user.permissions):
-        user.permissions = perms
-        changes.append(f"permissions: {' '.join(perms) or '(none)'}")
     if password is not None:
         # argon2 takes ~100 ms of CPU: keep it off the event loop.
         user.password_hash = await run_slow_hash(hash_password, password)
         ended = await _end_password_sessions(session, ctx, user_id=user.id)
         changes.append(f"password changed; {ended} sign-in session(s) ended")  # never the password
     return await principals_service.save_update(
-        session, ctx, user, changes=changes, disabled=disabled, event="user.updated",
-        actor=actor, ip=ip,
+        session, ctx, user, changes=changes, disabled=disabled, permissions=perms,
+        event="user.updated", actor=actor, ip=ip,
     )  # fmt: skip
