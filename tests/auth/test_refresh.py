@@ -86,6 +86,23 @@ async def test_scope_may_narrow_never_widen(client, key):
     assert narrowed.json()["scope"] == "projects:read"
 
 
+async def test_a_narrowed_refresh_leaves_the_original_grant_to_later_refreshes(client, key):
+    # RFC 6749 §6: the scope asked for at a refresh must not exceed "the scope originally
+    # granted", and an omitted scope is equal to it; narrowing one access token does not
+    # shrink the family's grant.
+    first = (await exchange(client, key["api_key"])).json()
+    assert first["scope"] == "projects:read projects:write"
+    narrowed = (await refresh(client, first["refresh_token"], scope="projects:read")).json()
+    assert narrowed["scope"] == "projects:read"
+    again = (
+        await refresh(client, narrowed["refresh_token"], scope="projects:read projects:write")
+    ).json()
+    assert again["scope"] == "projects:read projects:write"
+    narrowed = (await refresh(client, again["refresh_token"], scope="projects:write")).json()
+    omitted = await refresh(client, narrowed["refresh_token"])
+    assert omitted.json()["scope"] == "projects:read projects:write"
+
+
 async def test_refresh_is_bound_to_its_key(client, context, key):
     token = (await login(client, "alice"))["access_token"]
     other = await create_key(client, token, name="other")

@@ -215,8 +215,14 @@ async def issue(
     event: str,
     family_id: str | None = None,
     parent_id: str | None = None,
+    grant_scope: str | None = None,
 ) -> Issued | None:
     """Sign an access token and persist its refresh token and audit event in one write.
+
+    The access token carries `scopes`; the refresh token carries `grant_scope`, the scope
+    of the original grant (default: the same), so that a refresh asking for less narrows
+    that access token only and a later one may ask for the rest again (RFC 6749 §6: an
+    omitted scope is "equal to the scope originally granted").
 
     With `parent_id` (a refresh) the parent is claimed in the same atomic write, so of N
     concurrent refreshes exactly one gets tokens; the others get None. The write may share
@@ -236,7 +242,7 @@ async def issue(
         parent_id=parent_id,
         principal_id=owner.id,
         key_id=key.id if key is not None else None,
-        scope=scope,
+        scope=scope if grant_scope is None else grant_scope,
         rt_expires=now + timedelta(seconds=settings.refresh_token_ttl),
         au_id=new_ordered_id(),
         event=event,

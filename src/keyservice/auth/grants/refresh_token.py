@@ -89,6 +89,7 @@ async def handle(
         event=EVENT,
         family_id=parent.family_id,
         parent_id=parent.id,
+        grant_scope=parent.scope,
     )
     if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
         await _reused(ctx, parent=parent, caller=caller)
