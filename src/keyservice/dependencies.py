@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.exceptions import InsufficientScope, InvalidToken, MissingToken
+from keyservice.principals.models import Principal
 from keyservice.scopes.models import ADMIN, BUILTIN_SCOPES
 from keyservice.security import ip as ipmod
 from keyservice.security.jwt import TokenError, UnknownKeyError
@@ -79,6 +81,15 @@ class TokenPrincipal:
     @property
     def actor(self) -> str:
         return f"key:{self.client_id}" if self.client_id else f"{self.type}:{self.id}"
+
+
+async def audit_actor(session: AsyncSession, principal: TokenPrincipal) -> str:
+    """Name the caller in audit events as sign-ins, self-service and the console do:
+    `key:<client id>` for a key's token, else `user:<username>` or `device:<name>`."""
+    if principal.client_id:
+        return principal.actor
+    name = await session.scalar(select(Principal.name).where(Principal.id == principal.id))
+    return f"{principal.type}:{name}" if name is not None else principal.actor
 
 
 def authenticate_bearer(context: AppContext, authorization: str | None) -> TokenPrincipal:

@@ -93,4 +93,4 @@ async def test_admin_revokes_any_key(client, context):
 
     [event] = await events(context, "api_key.deleted")
     assert event.key_id == key["id"]
-    assert event.actor is not None and event.actor.startswith("user:")
+    assert event.actor == "user:root"

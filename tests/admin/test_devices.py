@@ -143,6 +143,10 @@ async def test_devices_cannot_manage_keys(client, context):
     assert response.json()["error_description"].startswith("Only users manage API keys")
     # The key is untouched.
     assert (await token_for(client, key["api_key"]))["access_token"]
+    # What it may do (other admin actions) is audited under its key, as its exchanges are.
+    other = await create_device(client, robot, "printer")
+    [event] = [e for e in await events(context, "device.created") if e.principal_id == other["id"]]
+    assert event.actor == f"key:{key['client_id']}"
 
 
 async def test_disabling_a_device_suspends_its_keys(client, context):

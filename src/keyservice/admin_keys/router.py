@@ -10,7 +10,7 @@ from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys import service
 from keyservice.api_keys.schemas import ApiKeyList, ApiKeyRead
 from keyservice.database import utcnow
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.routing import TableRoute
 
 router = APIRouter(prefix="/admin/api-keys", tags=["admin"], route_class=TableRoute)
@@ -47,5 +47,5 @@ async def revoke_key(
 ) -> Response:
     """Revoke any key (a leaked one, say); revoking a revoked key changes nothing."""
     key, _owner = await service.get_any(session, key_id=key_id)
-    await service.revoke(context, session, key=key, actor=admin.actor, ip=ip)
+    await service.revoke(context, session, key=key, actor=await audit_actor(session, admin), ip=ip)
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 
 from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRotate
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
 from keyservice.responses import NO_STORE
@@ -24,7 +24,7 @@ async def create_device(
         name=data.name,
         description=data.description,
         permissions=data.permissions,
-        actor=admin.actor,
+        actor=await audit_actor(session, admin),
         ip=ip,
     )
     return DeviceRead.of(device)
@@ -56,7 +56,7 @@ async def update_device(
         disabled=data.disabled,
         permissions=data.permissions,
         description=data.description,
-        actor=admin.actor,
+        actor=await audit_actor(session, admin),
         ip=ip,
     )
     return DeviceRead.of(device)
@@ -70,7 +70,9 @@ async def delete_device(
     context: ContextDep,
     ip: RequestIp,
 ) -> Response:
-    await service.delete(session, context, device_id=device_id, actor=admin.actor, ip=ip)
+    await service.delete(
+        session, context, device_id=device_id, actor=await audit_actor(session, admin), ip=ip
+    )
     return Response(status_code=204)
 
 
@@ -86,7 +88,12 @@ async def create_device_key(
 ) -> ApiKeyCreated:
     response.headers.update(NO_STORE)
     return await service.create_key(
-        context, session, device_id=device_id, data=data, actor=admin.actor, ip=ip
+        context,
+        session,
+        device_id=device_id,
+        data=data,
+        actor=await audit_actor(session, admin),
+        ip=ip,
     )
 
 
@@ -108,6 +115,6 @@ async def rotate_device_key(
         device_id=device_id,
         key_id=key_id,
         grace_seconds=(data or ApiKeyRotate()).grace_seconds,
-        actor=admin.actor,
+        actor=await audit_actor(session, admin),
         ip=ip,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
-from keyservice.dependencies import AdminPrincipal, SessionDep
+from keyservice.dependencies import AdminPrincipal, SessionDep, audit_actor
 from keyservice.routing import TableRoute
 from keyservice.scopes import service
 from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead
@@ -24,6 +24,10 @@ async def create_scope(
     data: ScopeCreate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
 ) -> ScopeRead:
     scope = await service.create(
-        session, name=data.name, description=data.description, actor=admin.actor, ip=ip
+        session,
+        name=data.name,
+        description=data.description,
+        actor=await audit_actor(session, admin),
+        ip=ip,
     )
     return ScopeRead.model_validate(scope)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.routing import TableRoute
 from keyservice.users import service
 from keyservice.users.schemas import UserCreate, UserList, UserRead, UserUpdate
@@ -25,7 +25,7 @@ async def create_user(
         username=data.username,
         password=data.password,
         permissions=data.permissions,
-        actor=admin.actor,
+        actor=await audit_actor(session, admin),
         ip=ip,
     )
     return UserRead.of(user)
@@ -57,7 +57,7 @@ async def update_user(
         disabled=data.disabled,
         permissions=data.permissions,
         password=data.password,
-        actor=admin.actor,
+        actor=await audit_actor(session, admin),
         ip=ip,
         actor_id=admin.id,
     )
