@@ -58,7 +58,10 @@ def _outage_types() -> tuple[type[BaseException], ...]:
     types += [
         asyncpg.exceptions.PostgresConnectionError,  # class 08: connection lost or refused
         asyncpg.exceptions.OperatorInterventionError,  # 57P01-03: shutting down, starting up
-        asyncpg.exceptions.InsufficientResourcesError,  # 53300: too many connections
+        asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections, disk full
+        # Met on connecting: the database was dropped (3D000) or refuses our role (28).
+        asyncpg.exceptions.InvalidCatalogNameError,
+        asyncpg.exceptions.InvalidAuthorizationSpecificationError,
         # A pooled connection the server dropped, used again (asyncpg#1069): by the time
         # the token path's one retry also met one, the database is restarting.
         asyncpg.exceptions.InternalClientError,

@@ -29,6 +29,8 @@ OUTAGES: list[BaseException] = [
     asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
     asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
     asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.InvalidCatalogNameError('database "x" does not exist'),
+    asyncpg.exceptions.InvalidPasswordError('password authentication failed for user "ks"'),
     asyncpg.exceptions.InterfaceError("cannot call Connection.fetch(): connection is closed"),
     PoolTimeout("QueuePool limit of size 10 overflow 10 reached"),
     OperationalError("SELECT 1", {}, Exception("database is locked")),
