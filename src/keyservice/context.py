@@ -12,6 +12,7 @@ from keyservice.auth.store import make_token_store
 from keyservice.auth.throttle import make_throttle
 from keyservice.config import Settings
 from keyservice.database import Database
+from keyservice.scopes.service import CatalogNames
 from keyservice.security.hashing import SecretHasher, derive_key
 from keyservice.security.jwt import SigningKeyring
 
@@ -68,6 +69,8 @@ class AppContext:
             settings, self.database, key=derive_key(secret, "keyservice/throttle-subject/v1")
         )
         self.tokens = make_token_store(self.database, async_commit=settings.token_commit == "async")
+        # The revocation view's staleness is short enough for discovery documents too.
+        self.scope_names = CatalogNames(ttl=settings.revocation_poll_seconds)
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
         # Set at shutdown: background loops finish their current step and return.
         self.stopping = asyncio.Event()

@@ -338,6 +338,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with context.database.sessionmaker() as session:
         await context.keyring.ensure_key(session)
         await context.revocation.reload(session)
+    # A copy in hand from the start: the metadata then survives an outage that begins
+    # before anyone asked for it.
+    await context.scope_names.get(context.database)
     if context.settings.bootstrap_admin_username:
         from keyservice.users.service import ensure_bootstrap_admin
 

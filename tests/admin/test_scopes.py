@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
+from keyservice.context import AppContext
+from keyservice.main import create_app
 from tests.admin.support import admin_request, admin_token, events
+from tests.conftest import client_for, make_settings
 
 
 async def test_list_and_create_scopes(client, context):
@@ -59,3 +66,27 @@ async def test_scope_refusals(client, context):
         assert name in response.json()["error_description"]
     for bad in ("", "has space", "a" * 101, 'quote"d'):
         await admin_request(client, admin, "POST", "/admin/scopes", 422, json={"name": bad})
+
+
+METADATA = "/.well-known/oauth-authorization-server"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"revocation_poll_seconds": 5}])
+async def test_a_new_scope_is_in_the_metadata_at_once_here_and_within_the_ttl_elsewhere(
+    client, context, database_url, tmp_path
+):
+    """The metadata serves a per-process copy of the catalog: stale for at most the TTL."""
+    other_context = AppContext(make_settings(database_url, tmp_path, revocation_poll_seconds=0.2))
+    other_app = create_app(context=other_context)
+    try:
+        async with other_app.router.lifespan_context(other_app), client_for(other_app) as other:
+            admin = await admin_token(context, client)
+            await admin_request(
+                client, admin, "POST", "/admin/scopes", 201, json={"name": "billing:write"}
+            )
+            # The process that created it: at once, though its copy is not 5 s old yet.
+            assert "billing:write" in (await client.get(METADATA)).json()["scopes_supported"]
+            await asyncio.sleep(0.3)  # another process: once its copy is older than 0.2 s
+            assert "billing:write" in (await other.get(METADATA)).json()["scopes_supported"]
+    finally:
+        await other_context.database.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -13,10 +14,20 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from keyservice import migrations
 from keyservice.auth.throttle import MemoryThrottle
 from keyservice.context import AppContext
 from keyservice.main import _is_db_outage, create_app
-from tests.conftest import BACKENDS, POSTGRES_URL, client_for, make_settings
+from tests.admin.support import admin_request, admin_token
+from tests.conftest import (
+    BACKENDS,
+    POSTGRES_URL,
+    _pg_admin,
+    client_for,
+    create_postgres_database,
+    drop_postgres_database,
+    make_settings,
+)
 from tests.factories import create_key, login, user_token
 
 # Every way asyncpg and SQLAlchemy have shown a dead or restarting server to us.
@@ -156,3 +167,69 @@ async def test_connections_killed_under_the_app_recover_without_errors(client, c
     assert statuses.count(200) >= 4, statuses  # pre-ping replaced the dead connections
     assert (await client.get("/readyz")).status_code == 200
     assert (await login(client, "ruth"))["access_token"]
+
+
+METADATA = "/.well-known/oauth-authorization-server"
+
+
+@pytest.fixture
+def doomed_database(database_url) -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own, for it to drop under the app."""
+    url = create_postgres_database("ks_doomed")
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        drop_postgres_database(url)  # IF EXISTS
+
+
+async def _drop(url: str) -> None:
+    await _pg_admin(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+@pytest.mark.postgresql_only
+async def test_a_dropped_database_is_an_outage_and_discovery_keeps_answering(
+    doomed_database, tmp_path, caplog
+):
+    ctx = AppContext(make_settings(doomed_database, tmp_path))
+    app = create_app(context=ctx)
+    try:
+        async with app.router.lifespan_context(app), client_for(app) as http:
+            admin = await admin_token(ctx, http)
+            await admin_request(http, admin, "POST", "/admin/scopes", 201, json={"name": "b:w"})
+            before = (await http.get(METADATA)).json()
+            assert "b:w" in before["scopes_supported"]
+            await _drop(doomed_database)
+            caplog.set_level(logging.WARNING, logger="keyservice")
+            # The first request may meet a pooled connection the drop closed; the later
+            # ones connect afresh and hear "database does not exist" (3D000).
+            for form in TOKEN_REQUESTS:
+                response = await http.post("/token", data=form)
+                assert response.status_code == 503, response.text
+                assert response.json()["error"] == "temporarily_unavailable"
+            await asyncio.sleep(0.3)  # the copy is stale (TTL 0.2 s): its reload fails
+            for _ in range(2):
+                response = await http.get(METADATA)
+                assert response.status_code == 200, response.text
+                assert response.json() == before
+            assert (await http.get("/.well-known/jwks.json")).status_code == 200
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        await ctx.database.dispose()
+
+
+@pytest.mark.postgresql_only
+async def test_metadata_without_a_copy_answers_503_while_the_database_is_gone(
+    doomed_database, tmp_path
+):
+    await _drop(doomed_database)
+    ctx = AppContext(make_settings(doomed_database, tmp_path))
+    app = create_app(context=ctx)  # no lifespan: it would need the database
+    try:
+        async with client_for(app) as http:
+            response = await http.get(METADATA)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "service_unavailable"
+            assert response.headers["retry-after"] == "1"
+    finally:
+        await ctx.database.dispose()

@@ -21,7 +21,6 @@ from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
 from keyservice.responses import NO_STORE, JSONResponse
 from keyservice.routing import TableRoute
-from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import INTROSPECT
 
 router = APIRouter(tags=["oauth"], route_class=TableRoute)
@@ -146,12 +145,7 @@ async def metadata(context: ContextDep) -> Response:
             "client_secret_post",
         ],
         "introspection_endpoint_auth_methods_supported": ["bearer"],
-        "scopes_supported": await _catalog(context),
+        "scopes_supported": await context.scope_names.get(context.database),
         "access_token_signing_alg_values_supported": [context.settings.signing_algorithm],
     }
     return JSONResponse(body)
-
-
-async def _catalog(context: AppContext) -> list[str]:
-    async with context.database.sessionmaker() as session:
-        return [scope.name for scope in await scopes_service.list_scopes(session)]

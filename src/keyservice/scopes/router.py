@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
-from keyservice.dependencies import AdminPrincipal, SessionDep, audit_actor
+from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.routing import TableRoute
 from keyservice.scopes import service
 from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead
@@ -21,7 +21,11 @@ async def list_scopes(_admin: AdminPrincipal, session: SessionDep) -> ScopeList:
 
 @router.post("", status_code=201, response_model=ScopeRead)
 async def create_scope(
-    data: ScopeCreate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
+    data: ScopeCreate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    ip: RequestIp,
+    context: ContextDep,
 ) -> ScopeRead:
     scope = await service.create(
         session,
@@ -30,4 +34,5 @@ async def create_scope(
         actor=await audit_actor(session, admin),
         ip=ip,
     )
+    context.scope_names.invalidate()  # in this process's metadata at once; others within ttl
     return ScopeRead.model_validate(scope)
