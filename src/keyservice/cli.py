@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 try:
@@ -69,15 +70,66 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
 def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(context)` against the configured database."""
+    with database_errors(settings.effective_database_url):
+        return asyncio.run(_with_context(settings, work))
+
+
+@contextlib.contextmanager
+def database_errors(database_url: str) -> Iterator[None]:
+    """Turn a database that cannot be reached or is not migrated into one line and exit 1.
+
+    Refused, timed out, unknown host, no such database, a refused role: the driver raises
+    these unwrapped (an OSError) or wrapped by SQLAlchemy, and each is a traceback of a
+    hundred lines or more for what the operator needs in one.
+    """
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    from keyservice.main import _is_db_outage
+
     try:
-        return asyncio.run(_with_context(settings, work))
-    except (OperationalError, ProgrammingError) as exc:
+        yield
+    except Exception as exc:
+        unreachable = _is_db_outage(exc)
+        if not unreachable and not isinstance(exc, (OperationalError, ProgrammingError)):
+            raise
+        hint = (
+            "is it running and reachable, and is KEYSERVICE_DATABASE_URL right?"
+            if unreachable
+            else "is it reachable, and migrated? Run `keyservice migrate` first."
+        )
         raise click.ClickException(
-            f"cannot use the database ({type(exc.orig).__name__}); is it reachable, and "
-            "migrated? Run `keyservice migrate` first."
+            f"cannot use the database {_safe_url(database_url)} "
+            f"({_reason(exc, database_url)}); {hint}"
         ) from None
+
+
+def _safe_url(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # it parsed once already; never echo it raw
+        return "(KEYSERVICE_DATABASE_URL)"
+
+
+def _reason(exc: BaseException, database_url: str) -> str:
+    """The driver's own error, first line only, the URL's password masked should it appear."""
+    from sqlalchemy.engine import make_url
+
+    root = exc
+    seen = {id(root)}
+    while True:  # down SQLAlchemy's `orig` and the causes to what the driver raised
+        inner = getattr(root, "orig", None) or root.__cause__
+        if not isinstance(inner, Exception) or id(inner) in seen:  # not CancelledError
+            break
+        seen.add(id(inner))
+        root = inner
+    text = (str(root).strip().splitlines() or [""])[0][:200]
+    with contextlib.suppress(Exception):
+        password = make_url(database_url).password
+        if password:
+            text = text.replace(str(password), "***")
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
 @click.group()
@@ -92,7 +144,8 @@ def migrate() -> None:
     settings = load_settings()
     from keyservice import migrations
 
-    migrations.upgrade(settings.effective_database_url)
+    with database_errors(settings.effective_database_url):
+        migrations.upgrade(settings.effective_database_url)
     click.echo("database is up to date")
 
 
@@ -161,7 +214,8 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     if not no_migrate:
         from keyservice import migrations
 
-        migrations.upgrade(settings.effective_database_url)
+        with database_errors(settings.effective_database_url):
+            migrations.upgrade(settings.effective_database_url)
     created = with_context(settings, _prepare)
     if created is not None:
         username, generated = created

@@ -1,0 +1,104 @@
+"""Every command that uses the database says in one line why it cannot, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from keyservice.cli import main
+from tests.conftest import POSTGRES_URL, SKIP_POSTGRES, TEST_SECRET
+
+PASSWORD = "s3cret-Pw"
+COMMANDS = [
+    ["migrate"],
+    ["serve"],
+    ["serve", "--no-migrate"],
+    ["signing-keys", "rotate"],
+    ["prune"],
+    ["keys", "list"],
+    ["audit", "tail"],
+    ["users", "create", "jo", "--password-stdin"],
+]
+
+
+def _postgres(port: int | None = None, **parts: str) -> str:
+    url = make_url(POSTGRES_URL).set(drivername="postgresql+asyncpg", password=PASSWORD)
+    if port is not None:
+        url = url.set(host="127.0.0.1", port=port)
+    return url.set(**parts).render_as_string(hide_password=False)
+
+
+def _refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again: connecting is refused
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def never_serve(monkeypatch):
+    import uvicorn
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("serve got past the database")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+
+
+def run(command: list[str], database_url: str, tmp_path) -> str:
+    env = {
+        "KEYSERVICE_DATABASE_URL": database_url,
+        "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+        "KEYSERVICE_DATA_DIR": str(tmp_path),
+    }
+    result = CliRunner().invoke(main, command, env=env, input="long enough password\n")
+    # An unhandled exception is a traceback on a terminal; CliRunner keeps it here instead.
+    assert isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.exit_code == 1, result.output
+    assert PASSWORD not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot use the database "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_refused_connection_is_one_line(command, tmp_path):
+    line = run(command, _postgres(port=_refused_port(), database="x"), tmp_path)
+    assert "ConnectionRefusedError" in line and "postgres:***@127.0.0.1:" in line
+    assert "is it running and reachable" in line
+
+
+def test_a_server_that_never_answers_is_one_line(silent_port, tmp_path):
+    line = run(["prune"], _postgres(port=silent_port, database="x"), tmp_path)
+    assert "TimeoutError" in line
+
+
+@pytest.mark.skipif(SKIP_POSTGRES, reason="needs the test PostgreSQL server")
+@pytest.mark.parametrize(
+    "command", [["migrate"], ["serve", "--no-migrate"], ["prune"]], ids=" ".join
+)
+def test_a_missing_database_or_an_unknown_role_is_one_line(command, tmp_path):
+    line = run(command, _postgres(database="ks_no_such_database"), tmp_path)
+    assert 'database "ks_no_such_database" does not exist' in line
+    line = run(command, _postgres(username="ks_no_such_role"), tmp_path)
+    assert 'role "ks_no_such_role" does not exist' in line
+
+
+def test_a_database_never_migrated_says_to_migrate(tmp_path):
+    line = run(["prune"], f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}", tmp_path)
+    assert "keyservice migrate" in line
