@@ -224,6 +224,20 @@ def _has_nul(data: bytes, markers: tuple[bytes, ...] = _NUL_IN_URL) -> bool:
     return any(marker in data for marker in markers)
 
 
+def _two_authorizations(path: str) -> Response:
+    """Authorization is a single-value header; which of two would count is anyone's guess.
+
+    Counted here, in the walk of the headers the edge makes anyway: Starlette's
+    `headers.get` takes the first, a proxy may take the last, and RFC 6750 §3.1 makes a
+    malformed request 400 invalid_request rather than an answer for either credential.
+    """
+    headers = dict(NO_STORE)
+    if path not in ("/token", "/revoke"):  # client authentication there is Basic, not Bearer
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
+    body = {"error": "invalid_request", "error_description": "Send one Authorization header."}
+    return JSONResponse(body, status_code=400, headers=headers)
+
+
 class EdgeMiddleware:
     """Pure-ASGI edge: body size limit, security headers, an access log without query strings."""
 
@@ -246,6 +260,7 @@ class EdgeMiddleware:
             )
             await response(scope, receive, send)
             return
+        authorization_fields = 0
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -259,6 +274,11 @@ class EdgeMiddleware:
                     )
                     await response(scope, receive, send)
                     return
+            elif name == b"authorization":
+                authorization_fields += 1
+        if authorization_fields > 1:
+            await _two_authorizations(scope["path"])(scope, receive, send)
+            return
         if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
             response = JSONResponse(_NUL_REFUSAL, status_code=400)
             await response(scope, receive, send)

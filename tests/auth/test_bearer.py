@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -30,6 +31,41 @@ async def test_missing_malformed_and_api_key_tokens(client, context):
         assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"', value
     api_key_answer = await client.get("/me", headers=bearer(key["api_key"]))
     assert "exchange it at /token" in api_key_answer.json()["error_description"]
+
+
+async def test_two_authorization_headers_are_invalid_request(client, context):
+    """RFC 6750 §3.1: a malformed request is 400, not an answer for one of the two."""
+    token = await user_token(context, client, "dora", PERMS + ["introspect"])
+    key = await create_key(client, token, name="k")
+    pair = f"{key['client_id']}:{key['client_secret']}".encode()
+    basic = "Basic " + base64.b64encode(pair).decode()
+    good, junk = f"Bearer {token}", "Bearer junk"
+    form = {"grant_type": "client_credentials", "token": "x"}
+    for method, path, first, second in [
+        ("GET", "/me", good, junk),
+        ("GET", "/me", junk, good),
+        ("GET", "/me/token", good, good),
+        ("POST", "/introspect", good, junk),
+        ("POST", "/token", basic, "Basic junk"),
+        ("POST", "/revoke", "Basic junk", basic),
+    ]:
+        response = await client.request(
+            method,
+            path,
+            data=form if method == "POST" else None,
+            headers=[("Authorization", first), ("Authorization", second)],
+        )
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {
+            "error": "invalid_request",
+            "error_description": "Send one Authorization header.",
+        }
+        assert response.headers["cache-control"] == "no-store"
+        bearer_endpoint = path not in ("/token", "/revoke")
+        assert response.headers.get("www-authenticate") == (
+            'Bearer error="invalid_request"' if bearer_endpoint else None
+        ), path
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200
 
 
 async def test_insufficient_scope_is_403(client, context):
