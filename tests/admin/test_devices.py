@@ -203,6 +203,31 @@ async def test_deleting_a_device_revokes_its_keys(client, context):
     assert all(event.reason == "device deleted" for event in deleted)
 
 
+@pytest.mark.parametrize("value", ["off", "false", "no", 1, 0])
+async def test_device_disabled_must_be_a_json_boolean(client, context, value):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "meter")
+    key = await create_device_key(client, admin, device["id"])
+    response = await admin_request(
+        client, admin, "PATCH", f"/admin/devices/{device['id']}", 422, json={"disabled": value}
+    )
+    assert response.json()["error_description"].startswith("disabled: Input should be a valid")
+    listed = await admin_request(client, admin, "GET", "/admin/devices", 200)
+    assert [item["disabled"] for item in listed.json()["items"]] == [False]
+    assert (await token_for(client, key["api_key"]))["access_token"]
+
+
+@pytest.mark.parametrize("grace", ["10", "0", 10.0, True])
+async def test_device_key_grace_must_be_a_json_integer(client, context, grace):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "scale")
+    key = await create_device_key(client, admin, device["id"])
+    path = f"/admin/devices/{device['id']}/api-keys/{key['id']}/rotate"
+    response = await admin_request(client, admin, "POST", path, 422, json={"grace_seconds": grace})
+    assert response.json()["error_description"].startswith("grace_seconds: Input should be")
+    assert (await exchange(client, key["api_key"])).status_code == 200
+
+
 @pytest.mark.parametrize("grace", [None, 0])
 async def test_rotate_a_device_key(client, context, grace):
     admin = await admin_token(context, client)

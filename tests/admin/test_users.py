@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.admin.support import (
     admin_request,
     admin_token,
@@ -149,6 +151,19 @@ async def test_patch_permissions_and_password(client, context):
     ]
     everything = " ".join(str(vars(event)) for event in await events(context))
     assert new_password not in everything and PASSWORD not in everything
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "off", 1, 0])
+async def test_disabled_must_be_a_json_boolean(client, context, value):
+    admin = await admin_token(context, client)
+    user = await create_principal(context, "hank", permissions=["api_keys:manage"])
+    response = await admin_request(
+        client, admin, "PATCH", f"/admin/users/{user.id}", 422, json={"disabled": value}
+    )
+    assert response.json()["error_description"].startswith("disabled: Input should be a valid")
+    got = await admin_request(client, admin, "GET", f"/admin/users/{user.id}", 200)
+    assert got.json()["disabled"] is False
+    assert (await login(client, "hank"))["access_token"]
 
 
 async def test_admin_cannot_lock_themself_out(client, context):

@@ -88,6 +88,9 @@ async def test_rotate_refusals(client, context):
     await _rotate(client, token, "no-such-key", expect=404)
     await _rotate(client, token, key["id"], expect=422, grace_seconds=-1)
     await _rotate(client, token, key["id"], expect=422, grace_seconds=86400 * 31)
+    for not_an_integer in ("10", "0", 10.5, 10.0, True, None):
+        await _rotate(client, token, key["id"], expect=422, grace_seconds=not_an_integer)
+    assert (await exchange(client, key["api_key"])).status_code == 200  # not rotated
     assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 204
     await _rotate(client, token, key["id"], expect=404)
 

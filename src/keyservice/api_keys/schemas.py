@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from keyservice.security.ip import parse_cidrs
 
@@ -46,7 +46,8 @@ class ApiKeyCreate(BaseModel):
 class ApiKeyRotate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_seconds: int = Field(default=86400, ge=0, le=86400 * 30)
+    # A JSON integer: lax parsing would also take "10", 10.0 and true.
+    grace_seconds: StrictInt = Field(default=86400, ge=0, le=86400 * 30)
 
 
 class ApiKeyRead(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
 
@@ -25,7 +25,8 @@ class UserUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    disabled: bool | None = None
+    # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
+    disabled: StrictBool | None = None
     permissions: list[str] | None = Field(default=None, max_length=100)
     password: str | None = Field(default=None, min_length=1, max_length=1024)
 
