@@ -137,6 +137,26 @@ async def test_limit_is_clamped_and_cursor_checked(client, context):
         assert response.json()["error"] == "validation_error", params
 
 
+async def test_since_takes_rfc3339_with_an_offset_only(client, context):
+    admin = await admin_token(context, client)
+    day_ago = utcnow() - timedelta(days=1)
+    for since, fragment in (
+        (day_ago.date().isoformat(), "RFC 3339"),
+        (str(int(day_ago.timestamp())), "RFC 3339"),
+        (day_ago.replace(tzinfo=None).isoformat(), "needs a time-zone offset"),
+        (day_ago.isoformat().replace("+", " "), "write + as %2B"),
+    ):
+        response = await admin_request(
+            client, admin, "GET", "/admin/audit-events", 422, params={"since": since}
+        )
+        body = response.json()
+        assert body["error"] == "validation_error"
+        assert body["error_description"].startswith("query.since: "), body
+        assert fragment in body["error_description"], body
+    for since in (day_ago.isoformat(), day_ago.strftime("%Y-%m-%dT%H:%M:%SZ")):
+        assert (await _page(client, admin, since=since))["items"]
+
+
 async def test_no_secret_in_any_event(client, context):
     admin = await admin_token(context, client)
     password = "the user's own passphrase"

@@ -10,6 +10,8 @@ from keyservice.database import utcnow
 from tests.factories import bearer, create_key, create_principal, exchange, login, user_token
 
 PERMS = ["api_keys:manage", "projects:read"]
+SOON = utcnow() + timedelta(days=30)
+SOON_UNIX = int(SOON.timestamp())
 
 
 async def test_created_key_shows_its_secret_once(client, context):
@@ -50,6 +52,11 @@ async def test_created_key_shows_its_secret_once(client, context):
         ({"name": "k", "expires_at": "2020-01-01T00:00:00Z"}, "future"),
         ({"name": "k", "expires_at": "2099-01-01T00:00:00Z"}, "365 days"),
         ({"name": "k", "expires_at": "2027-01-01T00:00:00"}, "offset"),
+        # Read leniently, these would be a moment within the allowed range.
+        ({"name": "k", "expires_at": SOON_UNIX}, "RFC 3339"),
+        ({"name": "k", "expires_at": str(SOON_UNIX)}, "RFC 3339"),
+        ({"name": "k", "expires_at": SOON.date().isoformat()}, "RFC 3339"),
+        ({"name": "k", "expires_at": SOON.isoformat().replace("+", " ")}, "%2B"),
         ({"name": "k", "owner_id": "someone-else"}, "owner_id"),
     ],
 )

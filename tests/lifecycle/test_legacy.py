@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import pytest
@@ -126,6 +126,7 @@ async def test_legacy_keys_work_before_the_cutoff(client, context):
 async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     await _population(context)
     good = _line(owner="zoe", owner_type="user", name="fine", scopes=None, key=PLAIN)
+    soon = int((utcnow() + timedelta(days=30)).timestamp())  # lenient parsing took a number
     lines = [
         good,
         "{not json",
@@ -148,11 +149,20 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
         ),
         _line(owner="zoe", owner_type="user", name="", scopes=None, key="k-7"),
         _line(owner="zoe", owner_type="user", name="x", scopes=None, key="k-8", extra=1),
+        _line(owner="zoe", owner_type="user", name="x", scopes=None, key="k-9", expires_at=soon),
+        _line(
+            owner="zoe",
+            owner_type="user",
+            name="x",
+            scopes=None,
+            key="k-10",
+            expires_at=datetime.fromtimestamp(soon, UTC).replace(tzinfo=None).isoformat(),
+        ),
     ]
     with pytest.raises(ImportFailed) as failed:
         await import_lines(context, lines, actor="test")
     messages = {error.line: error.message for error in failed.value.errors}
-    assert sorted(messages) == list(range(2, 15))
+    assert sorted(messages) == list(range(2, 17))
     assert "not valid JSON" in messages[2]
     assert "JSON object" in messages[3]
     assert "no user named 'nobody'" in messages[4]
@@ -166,6 +176,8 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     assert "in the past" in messages[12]
     assert "name" in messages[13]
     assert "extra" in messages[14]
+    assert "expires_at: must be an RFC 3339 date-time with an offset" in messages[15]
+    assert "expires_at: needs a time-zone offset" in messages[16]
     # No message repeats a key.
     assert not any("k-" in message or PLAIN in message for message in messages.values())
     assert await _count_keys(context) == 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -33,6 +33,7 @@ from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 from keyservice.security.tokens import new_client_id, parse_api_key
+from keyservice.timestamps import Timestamp
 
 DEFAULT_TTL = timedelta(days=365)
 HASH_SCHEMES = ("bcrypt", "argon2")
@@ -48,7 +49,7 @@ class LegacyKeyLine(BaseModel):
     scopes: list[str] | None = Field(default=None, max_length=100)
     key: str | None = Field(default=None, min_length=1, max_length=MAX_LEGACY_KEY_LENGTH)
     key_hash: str | None = Field(default=None, min_length=1, max_length=255)
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> LegacyKeyLine:

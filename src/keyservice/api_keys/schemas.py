@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from keyservice.security.ip import parse_cidrs
+from keyservice.timestamps import Timestamp
 
 
 class ApiKeyCreate(BaseModel):
@@ -13,7 +14,7 @@ class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=1000)
     scopes: list[str] | None = Field(default=None, max_length=100)
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
     allowed_ips: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("name")
@@ -28,13 +29,6 @@ class ApiKeyCreate(BaseModel):
     def _scopes_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
             raise ValueError("give at least one scope, or omit scopes to inherit permissions")
-        return value
-
-    @field_validator("expires_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("expires_at needs a time-zone offset, e.g. 2027-01-01T00:00:00Z")
         return value
 
     @field_validator("allowed_ips")

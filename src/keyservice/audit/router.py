@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,6 +10,7 @@ from keyservice.audit import service
 from keyservice.audit.schemas import AuditEventList, AuditEventRead
 from keyservice.dependencies import AdminPrincipal, SessionDep
 from keyservice.routing import TableRoute
+from keyservice.timestamps import Timestamp
 
 router = APIRouter(prefix="/admin/audit-events", tags=["admin"], route_class=TableRoute)
 
@@ -22,12 +22,10 @@ async def list_events(
     type: Annotated[str | None, Query(max_length=64)] = None,
     principal_id: Annotated[str | None, Query(max_length=36)] = None,
     key_id: Annotated[str | None, Query(max_length=36)] = None,
-    since: datetime | None = None,
+    since: Annotated[Timestamp | None, Query(description="RFC 3339 with an offset.")] = None,
     limit: Annotated[int, Query(ge=1, description="At most 500 are returned.")] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AuditEventList:
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)  # a time without an offset is read as UTC
     items, next_cursor = await service.list_events(
         session,
         type=type,
