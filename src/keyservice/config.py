@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from keyservice.security.ip import parse_cidrs
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Values people paste from examples; refused so that a deployment cannot run with them.
@@ -70,7 +72,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_proxies(cls, value: object) -> object:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(part, str) for part in value):
+            # As allowed_ips are read: host bits set or a zone id is a mistake, said at start-up.
+            return parse_cidrs(value, strict=True)
         return value
 
     @field_validator("trusted_proxies", mode="after")

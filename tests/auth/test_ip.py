@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from pydantic import ValidationError
 
+from keyservice.config import Settings
 from keyservice.security.ip import _parse_ip_cached, client_ip, ip_allowed, parse_cidrs, parse_ip
 from tests.conftest import client_for
-from tests.factories import create_key, exchange, user_token
+from tests.factories import create_key, exchange, set_key, user_token
 
 PROXY = [ipaddress.ip_network("10.0.0.0/8")]
 
@@ -103,3 +105,95 @@ async def test_invalid_cidr_is_422(client, context):
     )
     assert response.status_code == 422
     assert "10.0.0.0/33" in response.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (
+            "10.0.0.1/8",
+            "10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network or 10.0.0.1/32 "
+            "for the one address",
+        ),
+        (
+            "2001:db8::1/64",
+            "2001:db8::1/64 has host bits set: write 2001:db8::/64 for the network or "
+            "2001:db8::1/128 for the one address",
+        ),
+        (
+            "::ffff:10.0.0.1/104",
+            "::ffff:10.0.0.1/104 has host bits set: write 10.0.0.0/8 for the network or "
+            "10.0.0.1/32 for the one address",
+        ),
+        ("fe80::1%eth0", "fe80::1%eth0 has a zone id (%eth0); addresses are matched without one"),
+        ("fe80::%en0/64", "write fe80::/64"),
+    ],
+)
+async def test_cidrs_that_do_not_say_what_they_mean_are_422(client, context, written, message):
+    """Read leniently these became a wider network (10.0.0.0/8) or a zoned entry."""
+    token = await user_token(context, client, "carl", ["api_keys:manage"])
+    response = await client.post(
+        "/api-keys",
+        json={"name": "x", "allowed_ips": ["192.0.2.0/24", written]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error_description"].startswith("allowed_ips: ")
+    assert message in response.json()["error_description"]
+
+
+async def test_bare_addresses_and_networks_are_kept_as_written(client, context):
+    token = await user_token(context, client, "dora", ["api_keys:manage"])
+    key = await create_key(
+        client,
+        token,
+        name="x",
+        allowed_ips=["192.0.2.7", "2001:db8::7", "::ffff:198.51.100.0/120", "10.0.0.0/8"],
+    )
+    assert key["allowed_ips"] == [
+        "192.0.2.7/32",
+        "2001:db8::7/128",
+        "198.51.100.0/24",
+        "10.0.0.0/8",
+    ]
+
+
+async def test_stored_allow_lists_from_before_the_checks_still_work(client, context):
+    """Rows written by the lenient parser load, exchange and rotate as before."""
+    token = await user_token(context, client, "eve", ["api_keys:manage"])
+    key = await create_key(client, token, name="old")
+    stored = ["fe80::1%eth0/128", "127.0.0.0/8"]
+    await set_key(context, key["id"], allowed_ips=stored)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get(f"/api-keys/{key['id']}", headers=headers)).json()["allowed_ips"] == (
+        stored
+    )
+    assert (await exchange(client, key["api_key"])).status_code == 200
+    rotated = await client.post(f"/api-keys/{key['id']}/rotate", json={}, headers=headers)
+    assert rotated.status_code == 201, rotated.text
+    assert rotated.json()["allowed_ips"] == stored
+    assert (await exchange(client, rotated.json()["api_key"])).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("proxies", "message"),
+    [
+        ("10.0.0.0/8, 192.168.1.1/24", "192.168.1.1/24 has host bits set: write 192.168.1.0/24"),
+        ("fe80::1%eth0", "fe80::1%eth0 has a zone id"),
+        ("proxy.internal", "'proxy.internal' is not an IPv4 or IPv6 address or CIDR"),
+    ],
+)
+def test_trusted_proxies_written_ambiguously_stop_start_up(monkeypatch, proxies, message):
+    monkeypatch.setenv("KEYSERVICE_TRUSTED_PROXIES", proxies)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    [error] = refused.value.errors()
+    assert error["loc"] == ("trusted_proxies",) and message in error["msg"]
+
+
+def test_trusted_proxies_are_read_as_allow_lists_are(monkeypatch):
+    monkeypatch.setenv("KEYSERVICE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7, ::ffff:198.51.100.9")
+    proxies = Settings().trusted_proxies
+    assert [str(net) for net in proxies] == ["10.0.0.0/8", "192.0.2.7/32", "198.51.100.9/32"]
+    # An IPv4-mapped proxy address matches the peer it is (peers are unmapped too).
+    assert str(client_ip("::ffff:198.51.100.9", ["203.0.113.5"], proxies)) == "203.0.113.5"

@@ -34,7 +34,7 @@ class ApiKeyCreate(BaseModel):
     @field_validator("allowed_ips")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        return [str(net) for net in parse_cidrs(value)]
+        return [str(net) for net in parse_cidrs(value, strict=True)]
 
 
 class ApiKeyRotate(BaseModel):

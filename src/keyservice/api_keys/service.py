@@ -252,11 +252,13 @@ async def rotate(
     now = utcnow()
     if now >= key.expires_at:
         raise Conflict("This key has expired; create a new one instead of rotating it.")
-    data = ApiKeyCreate(
+    # The stored settings as they are, not validated again: a key written before an input
+    # check was added (a zone id in allowed_ips) still rotates to a key with its settings.
+    data = ApiKeyCreate.model_construct(
         name=key.name,
         description=key.description,
         scopes=key.scopes,
-        allowed_ips=key.allowed_ips,
+        allowed_ips=list(key.allowed_ips),
     )
     key.expires_at = min(key.expires_at, now + timedelta(seconds=grace_seconds))
     return await create(ctx, session, owner=owner, data=data, actor=actor, ip=ip, rotated_from=key)

@@ -36,18 +36,40 @@ def _parse_ip(value: str) -> IPAddress | None:
 _parse_ip_cached = functools.lru_cache(maxsize=4096)(_parse_ip)
 
 
-def parse_cidrs(values: Iterable[str]) -> list[IPNetwork]:
-    """Parse CIDRs (a bare address is a /32 or /128); raise ValueError naming a bad one."""
+def parse_cidrs(values: Iterable[str], *, strict: bool = False) -> list[IPNetwork]:
+    """Parse CIDRs (a bare address is a /32 or /128); raise ValueError naming a bad one.
+
+    `strict` is for what people write (request bodies, configuration): it also refuses a
+    zone id and a CIDR with host bits set, which would otherwise be widened to its network
+    without a word (10.0.0.1/8 to all of 10.0.0.0/8). Stored allow-lists are read without
+    it: they hold the normalized networks written before these checks existed.
+    """
     networks: list[IPNetwork] = []
     for value in values:
+        text = value.strip()
         try:
-            network = ipaddress.ip_network(value.strip(), strict=False)
+            network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ValueError(f"'{value}' is not an IPv4 or IPv6 address or CIDR") from None
         if isinstance(network, ipaddress.IPv6Network):
+            if strict and network.network_address.scope_id is not None:
+                # A zone names one of the writer's own interfaces; callers are matched by
+                # address alone, so it would only make the entry look narrower than it is.
+                unzoned = text.replace(f"%{network.network_address.scope_id}", "", 1)
+                raise ValueError(
+                    f"{text} has a zone id (%{network.network_address.scope_id}); addresses "
+                    f"are matched without one: write {unzoned}"
+                )
             mapped = network.network_address.ipv4_mapped
             if mapped is not None and network.prefixlen >= 96:
                 network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        if strict and "/" in text:
+            address = _parse_ip(text.partition("/")[0])
+            if address is not None and address != network.network_address:
+                raise ValueError(
+                    f"{text} has host bits set: write {network} for the network or "
+                    f"{address}/{address.max_prefixlen} for the one address"
+                )
         networks.append(network)
     return networks
 
