@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import socket
 import time
@@ -26,7 +27,12 @@ from keyservice import database as database_module
 from keyservice.auth.router import token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
-from keyservice.exceptions import KeyServiceError, ServiceUnavailable, TemporarilyUnavailable
+from keyservice.exceptions import (
+    InvalidRequest,
+    KeyServiceError,
+    ServiceUnavailable,
+    TemporarilyUnavailable,
+)
 from keyservice.responses import NO_STORE, JSONResponse
 from keyservice.routing import ExactPaths, TableRoute
 
@@ -118,7 +124,30 @@ def _error_response(request: Request, exc: KeyServiceError) -> Response:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
 
+def _unreadable_body(cause: BaseException | None) -> InvalidRequest | None:
+    """Why FastAPI could not parse a JSON body, in words; never the body itself.
+
+    FastAPI answers a decode error with a 422 "1: JSON decode error" and anything else its
+    parser raised (too deep for json's recursion, not UTF-8) with a 400 "There was an
+    error parsing the body": here all of them are a 400 invalid_request, as a body with a
+    NUL is, and 422 stays for a readable body with wrong values.
+    """
+    if isinstance(cause, json.JSONDecodeError):
+        # json's messages are fixed phrases ("Expecting value"): no part of the body.
+        return InvalidRequest(
+            f"The body is not valid JSON: {cause.msg} at line {cause.lineno} column {cause.colno}."
+        )
+    if isinstance(cause, RecursionError):
+        return InvalidRequest("The body is nested too deeply.")
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidRequest("The body is not valid JSON: it is not UTF-8 text.")
+    return None
+
+
 def _http_error(exc: StarletteHTTPException) -> Response:
+    unreadable = _unreadable_body(exc.__cause__) if exc.status_code == 400 else None
+    if unreadable is not None:
+        return JSONResponse(unreadable.body(), status_code=unreadable.status_code)
     codes = {
         400: "invalid_request",
         404: "not_found",
@@ -164,7 +193,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        unreadable = _unreadable_body(exc.__cause__)
+        if unreadable is not None:
+            return _error_response(request, unreadable)
         # Never echo `input`: it may hold a password or a secret.
         details = [
             {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}

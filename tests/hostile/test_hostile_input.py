@@ -80,6 +80,42 @@ async def test_deeply_nested_json(client, admin_headers, depth):
             assert_json_error(response, {400, 404, 422})
 
 
+async def test_unreadable_json_is_400_in_words_without_the_body(client, admin_headers):
+    secret = "s3cr3t-" + "q" * 30
+    deep = "[" * 100_000 + "]" * 100_000
+    cases = [
+        (b"{", "Expecting property name enclosed in double quotes at line 1 column 2"),
+        (b'{"name": "k",\n "scopes": [1,]}', "Expecting value at line 2 column 15"),
+        (f'{{"password": "{secret}" "x"}}'.encode(), "Expecting ',' delimiter at line 1 column"),
+        (f'{{"name": {deep}}}'.encode(), None),
+        (f'{{"name": "k", "a": "{secret}", "scopes": {deep}}}'.encode(), None),
+        (b'{"name": "\xff"}', None),
+    ]
+    for method, path, content_type in ENDPOINTS:
+        if content_type is not JSON:
+            continue
+        for body, position in cases:
+            response = await client.request(
+                method, path, content=body, headers={**JSON, **admin_headers}
+            )
+            assert response.status_code == 400, (path, body[:40], response.text[:200])
+            answer = response.json()
+            assert answer["error"] == "invalid_request" and set(answer) == {
+                "error",
+                "error_description",
+            }
+            description = answer["error_description"]
+            if position is not None:
+                assert description == f"The body is not valid JSON: {position}." or (
+                    description.startswith(f"The body is not valid JSON: {position} ")
+                ), description
+            elif b"[[[" in body:
+                assert description == "The body is nested too deeply."
+            else:
+                assert description == "The body is not valid JSON: it is not UTF-8 text."
+            assert secret not in response.text
+
+
 async def test_invalid_utf8_json(client, admin_headers):
     bodies = [
         b'{"name": "\xff\xfe"}',
