@@ -22,7 +22,7 @@ from keyservice.auth.throttle_models import ThrottleFailure
 from keyservice.context import AppContext
 from keyservice.exceptions import SlowDown
 from tests.conftest import client_for
-from tests.factories import create_key, user_token
+from tests.factories import PASSWORD, audit_events, create_key, create_principal, user_token
 
 REDIS_URL = os.environ.get("KEYSERVICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LIMITS: dict[str, Any] = {"client_limit": 3, "ip_limit": 5, "window_seconds": 60, "key": b"k" * 32}
@@ -188,7 +188,11 @@ async def test_http_lockout_on_the_default_store(client, context):
     await _lock_out_over_http(context, client)
 
 
-async def test_http_lockout_with_redis(client, database_url, tmp_path, redis_prefix):
+@pytest.fixture
+async def redis_app(
+    client, database_url, tmp_path, redis_prefix
+) -> AsyncIterator[tuple[AppContext, Any]]:
+    """An app whose throttle is Redis, and its client (`client` empties the tables first)."""
     from keyservice.main import create_app
     from tests.conftest import make_settings
 
@@ -198,8 +202,12 @@ async def test_http_lockout_with_redis(client, database_url, tmp_path, redis_pre
     ctx.throttle.prefix = redis_prefix
     app = create_app(context=ctx)
     async with app.router.lifespan_context(app), client_for(app) as http:
-        await _lock_out_over_http(ctx, http)
+        yield ctx, http
     await ctx.database.dispose()
+
+
+async def test_http_lockout_with_redis(redis_app):
+    await _lock_out_over_http(*redis_app)
 
 
 @pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
@@ -211,3 +219,73 @@ async def test_password_logins_lock_per_username(client, context):
     locked = await client.post("/token", data=wrong)
     assert locked.status_code == 429
     assert locked.json()["error"] == "slow_down"
+
+
+def _statuses(responses: list[Any]) -> list[int]:
+    return sorted(response.status_code for response in responses)
+
+
+async def _burst_of_wrong_secrets(context: AppContext, client) -> None:
+    """Every attempt of a burst passes the check before any has failed; the count holds."""
+    limit = context.settings.throttle_client_failures
+    token = await user_token(context, client, "owner", ["api_keys:manage"])
+    victim = await create_key(client, token, name="victim")
+    bad = {
+        "grant_type": "client_credentials",
+        "client_id": victim["client_id"],
+        "client_secret": "C" * 43,
+    }
+    right = {"grant_type": "client_credentials", "api_key": victim["api_key"]}
+    responses = await asyncio.gather(
+        *[client.post("/token", data=form) for _ in range(4 * limit) for form in (bad, right)]
+    )
+    guesses, rights = responses[0::2], responses[1::2]
+    assert _statuses(guesses) == [401] * limit + [429] * 3 * limit
+    # The right secret too is answered only until the limit is reached (about `limit` of
+    # those sent with the guesses come first), then refused like the guesses.
+    served = _statuses(rights).count(200)
+    assert _statuses(rights) == [200] * served + [429] * (4 * limit - served)
+    assert served < 3 * limit
+    assert (await client.post("/token", data=right)).status_code == 429
+    throttled = [
+        e for e in await audit_events(context, "token.exchange") if e.reason == "throttled"
+    ]
+    assert len(throttled) == 3 * limit + (4 * limit - served) + 1
+
+
+async def test_concurrent_wrong_secrets_are_answered_only_up_to_the_limit(client, context):
+    await _burst_of_wrong_secrets(context, client)
+
+
+async def test_concurrent_wrong_secrets_with_redis(redis_app):
+    # Each Redis check awaits a round trip, so many attempts are verified after others failed.
+    await _burst_of_wrong_secrets(*redis_app)
+
+
+async def test_concurrent_exchanges_with_the_right_secret_are_never_throttled(client, context):
+    token = await user_token(context, client, "owner", ["api_keys:manage"])
+    key = await create_key(client, token, name="busy")
+    burst = [
+        client.post("/token", data={"grant_type": "client_credentials", "api_key": key["api_key"]})
+        for _ in range(4 * context.settings.throttle_client_failures)
+    ]
+    assert {response.status_code for response in await asyncio.gather(*burst)} == {200}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
+async def test_concurrent_wrong_passwords_are_tried_only_up_to_the_limit(client, context):
+    """Password checks of one username take turns, so a burst costs `limit` argon2 runs."""
+    from keyservice.security.hashing import slow_hash_jobs
+
+    limit = context.settings.throttle_client_failures
+    await create_principal(context, "alice")
+    wrong = {"grant_type": "password", "username": "alice", "password": "nope"}
+    right = {**wrong, "password": PASSWORD}
+    before = slow_hash_jobs()
+    *guesses, guessed = await asyncio.gather(
+        *[client.post("/token", data=wrong) for _ in range(8 * limit)],
+        client.post("/token", data=right),
+    )
+    assert _statuses(guesses) == [400] * limit + [429] * 7 * limit
+    assert guessed.status_code == 429
+    assert slow_hash_jobs() - before == limit

@@ -26,7 +26,13 @@ from keyservice.auth.revocation import notify
 from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.context import AppContext
 from keyservice.database import new_ordered_id, utcnow
-from keyservice.exceptions import InvalidClient, InvalidRequest, InvalidScope, KeyServiceError
+from keyservice.exceptions import (
+    InvalidClient,
+    InvalidRequest,
+    InvalidScope,
+    KeyServiceError,
+    SlowDown,
+)
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security import ip as ipmod
@@ -154,12 +160,22 @@ async def refuse(
 ) -> NoReturn:
     """Audit a refusal with its precise reason, then raise.
 
+    With `throttle_subject` the refusal is a failure counted against that client id (none
+    when empty) and the caller's IP, unless they are over their limit already: concurrent
+    attempts all passed the throttle before any of them failed, and past the limit their
+    outcome is withheld (429, not counted) as after a lock-out.
+
     The event is written in `session` when given (after rolling back whatever it held,
     which on SQLite releases the write lock a second session would wait for), else in a
     session of its own.
     """
     if throttle_subject is not None:
-        await ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
+        try:
+            ctx.throttle.check_local(client=throttle_subject, ip=caller.ip_text)
+        except SlowDown as exc:
+            error, reason = exc, "throttled"
+        else:
+            await ctx.throttle.failure(client=throttle_subject, ip=caller.ip_text)
     key_id = key_id or (key.id if key is not None else None)
     principal_id = principal_id or (key.principal_id if key is not None else None)
     if session is not None:

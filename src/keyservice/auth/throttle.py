@@ -13,6 +13,13 @@ Subjects are keyed by an HMAC, never stored as typed: a username field sometimes
 password pasted into the wrong box. Only the `limit` most recent failures of a subject
 matter (the window is full once there are `limit` of them), so each store keeps at most
 that many per subject and an attacker cannot grow it without bound.
+
+Concurrent attempts all pass `check` before any of them has failed, so the grants check
+again, in this process's view (`check_local`, no I/O), once an attempt's outcome is known:
+past the limit a failure is not counted and its outcome, success included, is withheld
+(429) as it is for an attempt that arrives after the lock-out. Each process thus reveals at
+most about `limit` outcomes per subject per window; processes sharing the database or Redis
+at most `limit` each, plus what they answer before the database mirror catches up.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +51,14 @@ _MAX_SUBJECTS = 100_000
 _PRUNE_EVERY_SECONDS = 30.0
 
 
+class _Turn:
+    """A lock and how many attempts hold it or wait for it (dropped when none do)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Throttle(ABC):
     """Count failures per subject; refuse a subject that is over its limit."""
 
@@ -54,6 +69,7 @@ class Throttle(ABC):
         self.ip_limit = ip_limit
         self.window = window_seconds
         self._key = key or secrets.token_bytes(32)
+        self._turns: dict[str, _Turn] = {}
 
     def _subjects(self, client: str | None, ip: str | None) -> Iterator[tuple[str, int]]:
         if client:
@@ -74,8 +90,30 @@ class Throttle(ABC):
         """Raise SlowDown if the client or the IP is over its failure limit."""
 
     @abstractmethod
+    def check_local(self, *, client: str | None, ip: str | None) -> None:
+        """Raise SlowDown if this process's view has the client or the IP over its limit."""
+
+    @abstractmethod
     async def failure(self, *, client: str | None, ip: str | None) -> None:
-        """Count one failed attempt for the client and the IP."""
+        """Count one failed attempt for the client and the IP.
+
+        This process's view counts it before the first await, so that no other attempt's
+        `check_local` can run in between and miss it.
+        """
+
+    @contextlib.asynccontextmanager
+    async def turn(self, client: str) -> AsyncIterator[None]:
+        """Hold the client's turn in this process: one attempt at a time (password checks)."""
+        subject = self._digest("c", client)
+        turn = self._turns.setdefault(subject, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[subject]
 
     async def close(self) -> None:
         """Release connections (Redis); nothing to do for the others."""
@@ -99,6 +137,11 @@ class MemoryThrottle(Throttle):
         return entries
 
     async def check(self, *, client: str | None, ip: str | None) -> None:
+        self.check_local(client=client, ip=ip)
+
+    def check_local(self, *, client: str | None, ip: str | None) -> None:
+        if not self._failures:
+            return
         now = time.monotonic()
         for subject, limit in self._subjects(client, ip):
             entries = self._recent(subject, now)
@@ -106,6 +149,10 @@ class MemoryThrottle(Throttle):
                 raise SlowDown(self._retry_after(entries[len(entries) - limit], now))
 
     async def failure(self, *, client: str | None, ip: str | None) -> None:
+        self.record(client=client, ip=ip)
+
+    def record(self, *, client: str | None, ip: str | None) -> None:
+        """Count one failure, synchronously."""
         now = time.monotonic()
         if len(self._failures) > _MAX_SUBJECTS:
             for subject in list(self._failures)[: _MAX_SUBJECTS // 10]:
@@ -186,6 +233,11 @@ class DatabaseThrottle(Throttle):
 
     async def check(self, *, client: str | None, ip: str | None) -> None:
         await self._fresh()
+        self.check_local(client=client, ip=ip)
+
+    def check_local(self, *, client: str | None, ip: str | None) -> None:
+        if not self._mirror:
+            return
         now = time.time()
         for subject, limit in self._subjects(client, ip):
             times = self._mirror.get(subject)
@@ -222,6 +274,13 @@ class RedisThrottle(Throttle):
             url, socket_connect_timeout=2, socket_timeout=2, health_check_interval=30
         )
         self.prefix = prefix
+        # This process's own failures, for check_local.
+        self._local = MemoryThrottle(
+            client_limit=self.client_limit,
+            ip_limit=self.ip_limit,
+            window_seconds=self.window,
+            key=self._key,
+        )
 
     async def check(self, *, client: str | None, ip: str | None) -> None:
         now = time.time()
@@ -236,7 +295,11 @@ class RedisThrottle(Throttle):
             if len(entries) >= limit:
                 raise SlowDown(self._retry_after(float(entries[-1][1]), now))
 
+    def check_local(self, *, client: str | None, ip: str | None) -> None:
+        self._local.check_local(client=client, ip=ip)
+
     async def failure(self, *, client: str | None, ip: str | None) -> None:
+        self._local.record(client=client, ip=ip)
         now = time.time()
         member = f"{now:.6f}:{secrets.token_hex(4)}"
         async with self.redis.pipeline(transaction=True) as pipe:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from keyservice.audit import service as audit
-from keyservice.auth import throttle
-from keyservice.auth.grants.password import EVENT, authenticate_user
-from keyservice.auth.service import Caller, refuse
+from keyservice.auth.grants import password as password_grant
+from keyservice.auth.grants.password import EVENT
+from keyservice.auth.service import Caller
 from keyservice.context import AppContext
-from keyservice.exceptions import InvalidGrant
 from keyservice.principals.models import Principal
 from keyservice.security import ip as ipmod
-
-WRONG_CREDENTIALS = "Wrong username or password, or the account is disabled."
 
 
 async def sign_in(
@@ -19,20 +16,9 @@ async def sign_in(
 ) -> Principal:
     """Return the user for these credentials, or raise InvalidGrant / SlowDown (audited)."""
     caller = Caller(ip=ip)
-    subject = f"user:{username}"
-    await throttle.enforce(ctx, client=subject, caller=caller, event=EVENT)
-    user = await authenticate_user(ctx, username=username, password=password)
-    if user is None or not user.usable:
-        await refuse(
-            ctx,
-            InvalidGrant(WRONG_CREDENTIALS),
-            event=EVENT,
-            reason=f"console: {'wrong username or password' if user is None else 'user disabled'}",
-            caller=caller,
-            principal_id=user.id if user is not None else None,
-            actor=f"user:{user.name}" if user is not None else None,
-            throttle_subject=subject,
-        )
+    user = await password_grant.sign_in(
+        ctx, username=username, password=password, caller=caller, reason_prefix="console: "
+    )
     async with ctx.database.sessionmaker() as session:
         audit.record(
             session,

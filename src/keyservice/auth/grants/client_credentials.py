@@ -8,7 +8,7 @@ from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.database import utcnow
-from keyservice.exceptions import InvalidRequest, InvalidScope
+from keyservice.exceptions import InvalidRequest, InvalidScope, SlowDown
 from keyservice.principals.models import Principal
 from keyservice.security.tokens import is_client_id, parse_api_key
 
@@ -28,11 +28,26 @@ async def authenticate(
     else:
         assert creds.client_id is not None and creds.secret is not None
         client_id, secret = creds.client_id, creds.secret
-    await throttle.enforce(ctx, client=client_id, caller=caller, event=event)
     found = None
     if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
         found = await ctx.tokens.fetch_key(client_id)
-    if not service.authenticate_secret(ctx, found, secret):
+    # Checked after the read, right before the secret: nothing else can run in between.
+    try:
+        await ctx.throttle.check(client=client_id, ip=caller.ip_text)
+        authentic = service.authenticate_secret(ctx, found, secret)
+        if authentic:
+            # Concurrent attempts all passed the check before any of them failed: past the
+            # limit even the right secret is refused, as it is after a lock-out.
+            ctx.throttle.check_local(client=client_id, ip=caller.ip_text)
+    except SlowDown as exc:
+        await service.refuse(
+            ctx,
+            exc,
+            event=event,
+            reason="throttled",
+            caller=caller,
+        )
+    if not authentic:
         await service.refuse(
             ctx,
             service.invalid_client(creds.basic),
@@ -62,7 +77,7 @@ async def _authenticate_legacy(
             event=event,
             reason="malformed key",
             caller=caller,
-            throttle_subject="legacy",
+            throttle_subject="",  # the IP's failure: a key string names no client id
         )
     return found
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from keyservice.auth import service, throttle
+from typing import NoReturn
+
+from keyservice.auth import service
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
-from keyservice.exceptions import InvalidGrant, InvalidRequest, InvalidScope, UnsupportedGrantType
+from keyservice.exceptions import (
+    InvalidGrant,
+    InvalidRequest,
+    InvalidScope,
+    SlowDown,
+    UnsupportedGrantType,
+)
 from keyservice.principals.models import Principal
 from keyservice.security.hashing import run_slow_hash, verify_password
 from keyservice.users import service as users_service
@@ -23,6 +31,61 @@ async def authenticate_user(ctx: AppContext, *, username: str, password: str) ->
     return user if ok else None
 
 
+async def sign_in(
+    ctx: AppContext, *, username: str, password: str, caller: Caller, reason_prefix: str = ""
+) -> Principal:
+    """Return the user for these credentials, or audit and raise InvalidGrant / SlowDown.
+
+    Concurrent guesses would all pass the throttle before any of them failed, so the
+    password checks of one username take turns in this process and the throttle is checked
+    again when a turn comes: a burst costs at most the limit in argon2 runs and answers.
+    """
+    subject = f"user:{username}"
+    await _enforce(ctx, subject, caller=caller)  # no queueing once locked
+    async with ctx.throttle.turn(subject):
+        await _enforce(ctx, subject, caller=caller)
+        user = await authenticate_user(ctx, username=username, password=password)
+        if user is None or not user.usable:
+            reason = "wrong username or password" if user is None else "user disabled"
+            await service.refuse(
+                ctx,
+                InvalidGrant("Wrong username or password, or the account is disabled."),
+                event=EVENT,
+                reason=reason_prefix + reason,
+                caller=caller,
+                principal_id=user.id if user is not None else None,
+                actor=f"user:{user.name}" if user is not None else None,
+                throttle_subject=subject,
+            )
+    try:
+        # The IP's failures (other usernames) do not take turns with this one.
+        ctx.throttle.check_local(client=subject, ip=caller.ip_text)
+    except SlowDown as exc:
+        await _refuse_throttled(ctx, exc, user=user, caller=caller)
+    return user
+
+
+async def _enforce(ctx: AppContext, subject: str, *, caller: Caller) -> None:
+    try:
+        await ctx.throttle.check(client=subject, ip=caller.ip_text)
+    except SlowDown as exc:
+        await _refuse_throttled(ctx, exc, user=None, caller=caller)
+
+
+async def _refuse_throttled(
+    ctx: AppContext, exc: SlowDown, *, user: Principal | None, caller: Caller
+) -> NoReturn:
+    await service.refuse(
+        ctx,
+        exc,
+        event=EVENT,
+        reason="throttled",
+        caller=caller,
+        principal_id=user.id if user is not None else None,
+        actor=f"user:{user.name}" if user is not None else None,
+    )
+
+
 async def handle(
     ctx: AppContext, form: dict[str, str], creds: ClientCredentials | None, caller: Caller
 ) -> Issued:
@@ -34,19 +97,7 @@ async def handle(
     if not username or not password:
         raise InvalidRequest("The password grant needs username and password.")
     requested = service.parse_scope(form.get("scope"))
-    await throttle.enforce(ctx, client=f"user:{username}", caller=caller, event=EVENT)
-    user = await authenticate_user(ctx, username=username, password=password)
-    if user is None or not user.usable:
-        await service.refuse(
-            ctx,
-            InvalidGrant("Wrong username or password, or the account is disabled."),
-            event=EVENT,
-            reason="wrong username or password" if user is None else "user disabled",
-            caller=caller,
-            principal_id=user.id if user is not None else None,
-            actor=f"user:{user.name}" if user is not None else None,
-            throttle_subject=f"user:{username}",
-        )
+    user = await sign_in(ctx, username=username, password=password, caller=caller)
     try:
         scopes = service.grant_scopes(requested, service.available_scopes(owner=user, key=None))
     except InvalidScope as exc:
