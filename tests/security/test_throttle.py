@@ -182,6 +182,10 @@ async def _lock_out_over_http(context: AppContext, client) -> None:
     assert throttled[0].type == "token.exchange"
     assert throttled[0].outcome == "failure"
     assert throttled[0].ip == "198.51.100.4"
+    # A refusal for a known client id names its key and owner, even when throttled.
+    assert throttled[0].key_id == victim["id"]
+    assert throttled[0].principal_id == victim["owner_id"]
+    assert throttled[0].actor == f"key:{victim['client_id']}"
 
 
 async def test_http_lockout_on_the_default_store(client, context):
@@ -219,6 +223,10 @@ async def test_password_logins_lock_per_username(client, context):
     locked = await client.post("/token", data=wrong)
     assert locked.status_code == 429
     assert locked.json()["error"] == "slow_down"
+    throttled = [e for e in await audit_events(context, "login") if e.reason == "throttled"]
+    assert len(throttled) == 1
+    assert throttled[0].principal_id is not None
+    assert throttled[0].actor == "user:dora"
 
 
 def _statuses(responses: list[Any]) -> list[int]:
@@ -251,6 +259,7 @@ async def _burst_of_wrong_secrets(context: AppContext, client) -> None:
         e for e in await audit_events(context, "token.exchange") if e.reason == "throttled"
     ]
     assert len(throttled) == 3 * limit + (4 * limit - served) + 1
+    assert {e.key_id for e in throttled} == {victim["id"]}
 
 
 async def test_concurrent_wrong_secrets_are_answered_only_up_to_the_limit(client, context):

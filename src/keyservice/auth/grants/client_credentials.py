@@ -31,7 +31,7 @@ async def authenticate(
     found = None
     if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
         found = await ctx.tokens.fetch_key(client_id)
-    # Checked after the read, right before the secret: nothing else can run in between.
+    # Checked once the key is read, so that a throttled refusal names it in the audit log.
     try:
         await ctx.throttle.check(client=client_id, ip=caller.ip_text)
         authentic = service.authenticate_secret(ctx, found, secret)
@@ -46,6 +46,9 @@ async def authenticate(
             event=event,
             reason="throttled",
             caller=caller,
+            key_id=found.key_id if found is not None else None,
+            principal_id=found.principal_id if found is not None else None,
+            actor=f"key:{client_id}" if found is not None else None,
         )
     if not authentic:
         await service.refuse(

@@ -41,9 +41,9 @@ async def sign_in(
     again when a turn comes: a burst costs at most the limit in argon2 runs and answers.
     """
     subject = f"user:{username}"
-    await _enforce(ctx, subject, caller=caller)  # no queueing once locked
+    await _enforce(ctx, subject, username=username, caller=caller)  # no queueing once locked
     async with ctx.throttle.turn(subject):
-        await _enforce(ctx, subject, caller=caller)
+        await _enforce(ctx, subject, username=username, caller=caller)
         user = await authenticate_user(ctx, username=username, password=password)
         if user is None or not user.usable:
             reason = "wrong username or password" if user is None else "user disabled"
@@ -65,11 +65,14 @@ async def sign_in(
     return user
 
 
-async def _enforce(ctx: AppContext, subject: str, *, caller: Caller) -> None:
+async def _enforce(ctx: AppContext, subject: str, *, username: str, caller: Caller) -> None:
     try:
         await ctx.throttle.check(client=subject, ip=caller.ip_text)
     except SlowDown as exc:
-        await _refuse_throttled(ctx, exc, user=None, caller=caller)
+        # Name the user in the audit event; one read, no password check.
+        async with ctx.database.sessionmaker() as session:
+            user = await users_service.get_by_username(session, username=username)
+        await _refuse_throttled(ctx, exc, user=user, caller=caller)
 
 
 async def _refuse_throttled(
