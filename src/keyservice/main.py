@@ -40,6 +40,10 @@ log = logging.getLogger("keyservice")
 access_log = logging.getLogger("keyservice.access")
 
 OAUTH_PATHS = ("/token", "/revoke", "/introspect")
+_OAUTH_PATHS = frozenset(OAUTH_PATHS)
+_NO_STORE_HEADERS = [
+    (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in NO_STORE.items()
+]
 MAX_BODY_BYTES = 1024 * 1024
 # How often each process re-reads the signing keys (NOTIFY makes it immediate on PostgreSQL).
 SIGNING_KEY_RELOAD_SECONDS = 5
@@ -117,11 +121,9 @@ def _is_db_outage(exc: BaseException) -> bool:
     return False
 
 
-def _error_response(request: Request, exc: KeyServiceError) -> Response:
-    headers = dict(exc.headers)
-    if request.url.path in OAUTH_PATHS:
-        headers.update(NO_STORE)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+def _error_response(exc: KeyServiceError) -> Response:
+    # On the OAuth paths the edge adds Cache-Control: no-store (EdgeMiddleware).
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def _unreadable_body(cause: BaseException | None) -> InvalidRequest | None:
@@ -172,16 +174,16 @@ def _unexpected(request: Request, exc: BaseException) -> Response:
         outage: KeyServiceError = (
             TemporarilyUnavailable() if request.url.path in OAUTH_PATHS else ServiceUnavailable()
         )
-        return _error_response(request, outage)
+        return _error_response(outage)
     # The trace goes to the log without locals; the client learns nothing internal.
     log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
-    return _error_response(request, KeyServiceError())
+    return _error_response(KeyServiceError())
 
 
 def error_response(request: Request, exc: Exception) -> Response:
     """The answer to an exception, as the app's handlers give it (for the fast routes)."""
     if isinstance(exc, KeyServiceError):
-        return _error_response(request, exc)
+        return _error_response(exc)
     if isinstance(exc, StarletteHTTPException):
         return _http_error(exc)
     return _unexpected(request, exc)
@@ -189,8 +191,8 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeyServiceError)
-    async def _service_error(request: Request, exc: KeyServiceError) -> Response:
-        return _error_response(request, exc)
+    async def _service_error(_request: Request, exc: KeyServiceError) -> Response:
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -271,7 +273,7 @@ def _two_authorizations(path: str) -> Response:
 
 
 class EdgeMiddleware:
-    """Pure-ASGI edge: body size limit, security headers, an access log without query strings."""
+    """Pure-ASGI edge: size limits, security headers, an access log without query strings."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -280,6 +282,26 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # Credentials pass through the OAuth endpoints: none of their answers may be cached,
+        # whichever layer gives it (this edge, a handler, Starlette's 405), so the headers
+        # are added here, once, and nowhere else.
+        no_store = scope["path"] in _OAUTH_PATHS
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                if not scope["path"].startswith("/console"):
+                    headers.append((b"x-frame-options", b"DENY"))
+                    headers.append((b"referrer-policy", b"no-referrer"))
+                if no_store:
+                    headers += _NO_STORE_HEADERS
+                message["headers"] = headers
+            await send(message)
+
         headers_size = sum(len(name) + len(value) for name, value in scope["headers"])
         if headers_size > MAX_HEADER_BYTES or len(scope["headers"]) > MAX_HEADER_COUNT:
             # httptools, unlike h11, sets no limit of its own; a proxy in front should too.
@@ -290,7 +312,7 @@ class EdgeMiddleware:
                 },
                 status_code=431,
             )
-            await response(scope, receive, send)
+            await response(scope, receive, send_with_headers)
             return
         authorization_fields = 0
         for name, value in scope["headers"]:
@@ -304,7 +326,7 @@ class EdgeMiddleware:
                         {"error": "request_too_large", "error_description": "Body too large."},
                         status_code=413,
                     )
-                    await response(scope, receive, send)
+                    await response(scope, receive, send_with_headers)
                     return
             elif name == b"authorization":
                 authorization_fields += 1
@@ -313,12 +335,11 @@ class EdgeMiddleware:
             return
         if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
             response = JSONResponse(_NUL_REFUSAL, status_code=400)
-            await response(scope, receive, send)
+            await response(scope, receive, send_with_headers)
             return
         content_type = next((v for n, v in scope["headers"] if n == b"content-type"), b"")
         markers = _NUL_IN_URL if b"urlencoded" in content_type.lower() else _NUL_IN_JSON
         started = time.perf_counter()
-        status = 500
         received = 0
         tail = b""
 
@@ -334,18 +355,6 @@ class EdgeMiddleware:
                     raise StarletteHTTPException(400, _NUL_REFUSAL["error_description"])
                 tail = (tail + chunk)[-5:]  # a marker may straddle two chunks
             return message
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if not scope["path"].startswith("/console"):
-                    headers.append((b"x-frame-options", b"DENY"))
-                    headers.append((b"referrer-policy", b"no-referrer"))
-                message["headers"] = headers
-            await send(message)
 
         try:
             if scope["method"] == "POST" and scope["path"] == "/token":

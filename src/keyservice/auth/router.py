@@ -19,7 +19,7 @@ from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
-from keyservice.responses import NO_STORE, JSONResponse
+from keyservice.responses import JSONResponse
 from keyservice.routing import TableRoute
 from keyservice.scopes.models import INTROSPECT
 
@@ -68,10 +68,11 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def token_response(issued: Issued) -> Response:
-    headers = dict(NO_STORE)
-    if issued.sunset is not None:
-        headers["Sunset"] = format_datetime(issued.sunset, usegmt=True)
-    return JSONResponse(issued.body(), headers=headers)
+    # Cache-Control: no-store and Pragma: no-cache come from the edge (main.EdgeMiddleware).
+    if issued.sunset is None:
+        return JSONResponse(issued.body())
+    sunset = format_datetime(issued.sunset, usegmt=True)
+    return JSONResponse(issued.body(), headers={"Sunset": sunset})
 
 
 @router.post("/token")
@@ -100,7 +101,7 @@ async def revoke(request: Request, context: ContextDep) -> Response:
     creds = client_credentials(form, request.headers.get("authorization"))
     caller = Caller(ip=client_ip(request, context))
     await token_ops.revoke(context, token=value, creds=creds, caller=caller)
-    return Response(status_code=200, headers=NO_STORE)
+    return Response(status_code=200)
 
 
 @router.post("/introspect")
@@ -115,7 +116,7 @@ async def introspect(
     if value is None:
         raise InvalidRequest("token is missing.")
     result = await token_ops.introspect(context, token=value)
-    return JSONResponse(result, headers=NO_STORE)
+    return JSONResponse(result)
 
 
 @router.get("/.well-known/jwks.json")
