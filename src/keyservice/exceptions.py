@@ -19,7 +19,8 @@
     └── ServiceUnavailable               503 service_unavailable
 
 Descriptions are written for people and never contain a secret or say whether a given
-client id exists.
+client id exists. `reason`, when set, is the precise reason the audit trail records for a
+request refused before any event was written (auth/router.py writes it); it is never sent.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class KeyServiceError(Exception):
         *,
         headers: dict[str, str] | None = None,
         details: list[dict[str, Any]] | None = None,
+        reason: str | None = None,
     ) -> None:
         self.description = description or self.default_description
         self.headers = dict(headers or {})
         self.details = details
+        self.reason = reason
         super().__init__(self.description)
 
     def body(self) -> dict[str, Any]:

@@ -1,11 +1,14 @@
-"""POST /token's refusals at the edges: cache headers from every layer."""
+"""POST /token's refusals at the edges: cache headers from every layer, an audit event for
+every refusal of a known grant, no secret echoed, and the grant type checked first."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from tests.auth.test_token_endpoint import PERMS
-from tests.factories import create_key, exchange, user_token
+from tests.auth.test_token_endpoint import PERMS, assert_error, basic
+from tests.factories import audit_events, create_key, exchange, user_token
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CC = {"grant_type": "client_credentials"}
@@ -17,9 +20,26 @@ async def key(client, context):
     return await create_key(client, token, name="ci", scopes=["projects:read"])
 
 
+def basic_raw(raw: bytes | str) -> dict[str, str]:
+    raw = raw.encode() if isinstance(raw, str) else raw
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
 def assert_no_store_once(response, name: str = ""):
     assert response.headers.get_list("cache-control") == ["no-store"], name
     assert response.headers.get_list("pragma") == ["no-cache"], name
+
+
+async def last_event(context, type: str):
+    return (await audit_events(context, type))[-1]
+
+
+def assert_no_secret(key, *texts):
+    """Neither the secret nor any 8 characters of it (a truncated leak is a leak too)."""
+    secret = key["client_secret"]
+    for text in texts:
+        text = str(text)
+        assert not any(secret[i : i + 8] in text for i in range(len(secret) - 7)), text
 
 
 # 1. Cache-Control: no-store and Pragma: no-cache on every answer, whatever layer gives it.
@@ -71,3 +91,108 @@ async def test_every_answer_of_the_oauth_endpoints_is_no_store(client, context, 
         assert response.headers["x-content-type-options"] == "nosniff", name
     # Other paths are left to their routes.
     assert "cache-control" not in (await client.get("/healthz")).headers
+
+
+# 2. Every refusal of a known grant is an event with its precise reason.
+
+
+async def test_malformed_basic_is_audited(client, context, key):
+    for header in ({"Authorization": "Basic %%%"}, basic_raw(key["client_id"])):
+        response = await client.post("/token", data=CC, headers=header)
+        assert_error(response, 401, "invalid_client")
+        event = await last_event(context, "token.exchange")
+        assert (event.outcome, event.reason, event.key_id) == (
+            "failure",
+            "malformed basic credentials",
+            None,
+        )
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
+async def test_malformed_basic_counts_for_the_ip_throttle(client, context, key):
+    for _ in range(3):
+        response = await client.post("/token", data=CC, headers={"Authorization": "Basic %%%"})
+        assert_error(response, 401, "invalid_client")
+    assert_error(await exchange(client, key["api_key"]), 429, "slow_down")
+
+
+async def test_refusals_of_the_request_form_are_audited(client, context, key):
+    api_key, client_id = key["api_key"], key["client_id"]
+    cases = [
+        (
+            "token.exchange",
+            {"data": {**CC, "api_key": api_key, "client_id": client_id,
+                      "client_secret": key["client_secret"]}},
+            "two client authentication methods",
+            key["id"],
+        ),
+        (
+            "token.exchange",
+            {"data": {**CC, "api_key": api_key},
+             "headers": basic(client_id, key["client_secret"])},
+            "two client authentication methods",
+            key["id"],
+        ),
+        (
+            "token.exchange",
+            {"content": f"grant_type=client_credentials&api_key={api_key}&api_key=x",
+             "headers": FORM},
+            "parameter repeated",
+            key["id"],
+        ),
+        ("token.exchange", {"data": {**CC, "client_id": client_id}}, "client secret missing",
+         key["id"]),
+        ("token.exchange", {"data": CC, "params": {"api_key": api_key}},
+         "credentials in the query", None),
+        ("token.exchange", {"data": CC}, "no client credentials", None),
+        ("token.exchange", {"data": {**CC, "api_key": api_key, "scope": "a\\b"}},
+         "malformed scope", key["id"]),
+        ("token.refresh", {"data": {"grant_type": "refresh_token"}}, "refresh token missing",
+         None),
+        ("login", {"data": {"grant_type": "password", "username": "alice"}},
+         "username or password missing", None),
+        ("login", {"data": {"grant_type": "password", "username": "alice", "password": "pw",
+                            "api_key": api_key}},
+         "client credentials sent", key["id"]),
+    ]  # fmt: skip
+    for event_type, request, reason, key_id in cases:
+        response = await client.post("/token", **request)
+        assert response.status_code == 400, (reason, response.text)
+        event = await last_event(context, event_type)
+        assert (event.outcome, event.reason, event.key_id) == ("failure", reason, key_id)
+        assert event.actor == (f"key:{client_id}" if key_id else None)
+        assert_no_secret(key, event.reason, event.actor)
+
+
+async def test_no_event_and_no_lookup_for_an_unknown_grant_type(client, context, key):
+    before = len(await audit_events(context))
+    response = await client.post(
+        "/token", data={"grant_type": "nope", "api_key": key["api_key"]}, params={"password": "x"}
+    )
+    assert_error(response, 400, "unsupported_grant_type")
+    assert len(await audit_events(context)) == before
+
+
+# 4. The grant type is checked first.
+
+
+async def test_unknown_grant_type_is_answered_before_anything_else(client, key):
+    cases = [
+        {"content": "grant_type=foo&x=1&x=2", "headers": FORM},
+        {"data": {"grant_type": "foo"}, "params": {"api_key": key["api_key"]}},
+        {"data": {"grant_type": "foo"}, "headers": {"Authorization": "Basic %%%"}},
+        {"data": {"grant_type": "foo", "api_key": "a", "client_id": "b", "client_secret": "c"}},
+    ]
+    for request in cases:
+        assert_error(await client.post("/token", **request), 400, "unsupported_grant_type")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"password_grant_enabled": False}])
+async def test_switched_off_password_grant_is_answered_first(client):
+    response = await client.post(
+        "/token",
+        data={"grant_type": "password", "username": "a", "password": "b"},
+        headers={"Authorization": "Basic %%%"},
+    )
+    assert_error(response, 400, "unsupported_grant_type")
+    assert "switched off" in response.json()["error_description"]

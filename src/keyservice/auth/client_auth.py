@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from keyservice.exceptions import InvalidClient, InvalidRequest
+from keyservice.security.tokens import parse_api_key
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,44 @@ def parse_basic(header: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):  # bad base64, non-ASCII header, non-UTF-8 inside
-        raise InvalidClient(
-            "The Basic credentials are not valid base64 of client_id:client_secret.",
-            headers={"WWW-Authenticate": 'Basic realm="keyservice"'},
+        raise _malformed_basic(
+            "The Basic credentials are not valid base64 of client_id:client_secret."
         ) from None
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
-        raise InvalidClient(
-            "The Basic credentials must have the form client_id:client_secret.",
-            headers={"WWW-Authenticate": 'Basic realm="keyservice"'},
-        )
+        raise _malformed_basic("The Basic credentials must have the form client_id:client_secret.")
     return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _malformed_basic(description: str) -> InvalidClient:
+    return InvalidClient(
+        description,
+        headers={"WWW-Authenticate": 'Basic realm="keyservice"'},
+        reason="malformed basic credentials",
+    )
+
+
+def _is_basic(authorization: str) -> bool:
+    return authorization.split(" ", 1)[0].lower() == "basic"
+
+
+def named_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
+    """Return the client id a request names by any method, unauthenticated, or None.
+
+    For the audit trail of a request refused before its client was authenticated.
+    """
+    if "client_id" in form:
+        return form["client_id"]
+    if "api_key" in form:
+        parsed = parse_api_key(form["api_key"])
+        if parsed is not None:
+            return parsed[0]
+    if authorization and _is_basic(authorization):
+        try:
+            return parse_basic(authorization)[0]
+        except InvalidClient:
+            return None
+    return None
 
 
 def client_credentials(
@@ -52,20 +80,25 @@ def client_credentials(
 ) -> ClientCredentials | None:
     """Return the one set of client credentials sent, None if none; refuse two at once."""
     methods: list[ClientCredentials] = []
-    if authorization and authorization.split(" ", 1)[0].lower() == "basic":
+    if authorization and _is_basic(authorization):
         client_id, secret = parse_basic(authorization)
         methods.append(ClientCredentials("basic", client_id, secret))
     if "client_id" in form or "client_secret" in form:
         if "client_secret" not in form:
-            raise InvalidRequest("client_id was sent without client_secret.")
+            raise InvalidRequest(
+                "client_id was sent without client_secret.", reason="client secret missing"
+            )
         if "client_id" not in form:
-            raise InvalidRequest("client_secret was sent without client_id.")
+            raise InvalidRequest(
+                "client_secret was sent without client_id.", reason="client id missing"
+            )
         methods.append(ClientCredentials("post", form["client_id"], form["client_secret"]))
     if "api_key" in form:
         methods.append(ClientCredentials("api_key", None, None, api_key=form["api_key"]))
     if len(methods) > 1:
         raise InvalidRequest(
             "Use exactly one client authentication method: HTTP Basic, "
-            "client_id + client_secret, or api_key."
+            "client_id + client_secret, or api_key.",
+            reason="two client authentication methods",
         )
     return methods[0] if methods else None

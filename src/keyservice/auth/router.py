@@ -10,15 +10,21 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from keyservice.auth import service
 from keyservice.auth import tokens as token_ops
-from keyservice.auth.client_auth import ClientCredentials, client_credentials
+from keyservice.auth.client_auth import ClientCredentials, client_credentials, named_client_id
 from keyservice.auth.grants import client_credentials as cc_grant
 from keyservice.auth.grants import password as password_grant
 from keyservice.auth.grants import refresh_token as refresh_grant
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
-from keyservice.exceptions import InsufficientScope, InvalidRequest, UnsupportedGrantType
+from keyservice.exceptions import (
+    InsufficientScope,
+    InvalidRequest,
+    KeyServiceError,
+    UnsupportedGrantType,
+)
 from keyservice.responses import JSONResponse
 from keyservice.routing import TableRoute
 from keyservice.scopes.models import INTROSPECT
@@ -34,16 +40,19 @@ GRANTS: dict[str, Grant] = {
     "refresh_token": refresh_grant.handle,
     "password": password_grant.handle,
 }
+EVENTS = {
+    "client_credentials": cc_grant.EVENT,
+    "refresh_token": refresh_grant.EVENT,
+    "password": password_grant.EVENT,
+}
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """Parse an urlencoded body directly (cheaper than Form()); refuse what RFC 6749 forbids.
+async def parse_form(request: Request) -> tuple[dict[str, str], list[str]]:
+    """Parse an urlencoded body directly (cheaper than Form()): its parameters and repeats.
 
-    Parameters without a value count as omitted (RFC 6749 §3.2); a repeated parameter is
-    invalid_request; credentials are never accepted in the query string.
+    Parameters without a value count as omitted (RFC 6749 §3.2); a repeated parameter keeps
+    its first value and is named in the list returned, for the caller to refuse.
     """
-    if any(name in _CREDENTIAL_PARAMS for name in request.query_params):
-        raise InvalidRequest("Credentials must be sent in the request body, never in the URL.")
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise InvalidRequest("The body must be application/x-www-form-urlencoded.")
@@ -58,13 +67,47 @@ async def read_form(request: Request) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("The body is not valid UTF-8 form encoding.") from None
     form: dict[str, str] = {}
+    repeated: list[str] = []
     for name, value in pairs:
         if name in form:
-            raise InvalidRequest(f"The parameter '{name}' was sent more than once.")
-        form[name] = value
+            repeated.append(name)
+        else:
+            form[name] = value
     if not form:
         raise InvalidRequest("The request body is empty.")
-    return {name: value for name, value in form.items() if value != ""}
+    return {name: value for name, value in form.items() if value != ""}, repeated
+
+
+def credentials_in_query(request: Request) -> bool:
+    return bool(request.scope["query_string"]) and any(
+        name in _CREDENTIAL_PARAMS for name in request.query_params
+    )
+
+
+def _query_refusal() -> InvalidRequest:
+    return InvalidRequest(
+        "Credentials must be sent in the request body, never in the URL.",
+        reason="credentials in the query",
+    )
+
+
+def _repeat_refusal(name: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The parameter '{name}' was sent more than once.", reason="parameter repeated"
+    )
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """Parse the form of /revoke and /introspect; refuse what RFC 6749 forbids.
+
+    A repeated parameter is invalid_request; credentials are never accepted in the query.
+    """
+    if credentials_in_query(request):
+        raise _query_refusal()
+    form, repeated = await parse_form(request)
+    if repeated:
+        raise _repeat_refusal(repeated[0])
+    return form
 
 
 def token_response(issued: Issued) -> Response:
@@ -77,17 +120,41 @@ def token_response(issued: Issued) -> Response:
 
 @router.post("/token")
 async def token(request: Request, context: ContextDep) -> Response:
-    """RFC 6749 token endpoint: client_credentials, refresh_token, password."""
-    form = await read_form(request)
+    """RFC 6749 token endpoint: client_credentials, refresh_token, password.
+
+    The grant type is checked first (API.md); any later refusal is audited as that grant's
+    event, here when the grant did not (the form, the client authentication method).
+    """
+    form, repeated = await parse_form(request)
+    if "grant_type" in repeated:
+        raise _repeat_refusal("grant_type")
     grant_type = form.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is missing.")
     grant = GRANTS.get(grant_type)
     if grant is None:
         raise UnsupportedGrantType(f"The grant type '{grant_type[:50]}' is not supported.")
-    creds = client_credentials(form, request.headers.get("authorization"))
+    if grant_type == "password" and not context.settings.password_grant_enabled:
+        raise UnsupportedGrantType("The password grant is switched off on this server.")
     caller = Caller(ip=client_ip(request, context))
-    issued = await grant(context, form, creds, caller)
+    authorization = request.headers.get("authorization")
+    try:
+        if repeated:
+            raise _repeat_refusal(repeated[0])
+        if credentials_in_query(request):
+            raise _query_refusal()
+        creds = client_credentials(form, authorization)
+        issued = await grant(context, form, creds, caller)
+    except KeyServiceError as exc:
+        if exc.reason is None:  # refused by the grant, which wrote the event
+            raise
+        await service.refuse_unaudited(
+            context,
+            exc,
+            event=EVENTS[grant_type],
+            caller=caller,
+            client_id=named_client_id(form, authorization),
+        )
     return token_response(issued)
 
 

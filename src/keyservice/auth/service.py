@@ -36,7 +36,7 @@ from keyservice.exceptions import (
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.security import ip as ipmod
-from keyservice.security.tokens import new_refresh_token
+from keyservice.security.tokens import is_client_id, new_refresh_token
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
@@ -80,7 +80,10 @@ def parse_scope(value: str | None) -> frozenset[str] | None:
     parts = [part for part in value.split(" ") if part]
     for part in parts:
         if not _SCOPE_TOKEN.match(part):
-            raise InvalidRequest("The scope parameter holds characters RFC 6749 §3.3 forbids.")
+            raise InvalidRequest(
+                "The scope parameter holds characters RFC 6749 §3.3 forbids.",
+                reason="malformed scope",
+            )
     return frozenset(parts)
 
 
@@ -186,6 +189,39 @@ async def refuse(
         async with ctx.database.token_sessionmaker() as own:
             await _record_refusal(own, event, reason, caller, key_id, principal_id, actor)
     raise error
+
+
+async def refuse_unaudited(
+    ctx: AppContext,
+    error: KeyServiceError,
+    *,
+    event: str,
+    caller: Caller,
+    client_id: str | None,
+) -> NoReturn:
+    """Audit a refusal raised with its `reason` before any event was written, then raise.
+
+    `client_id` is the one the request names, unauthenticated: if it exists, the event
+    carries its key (API.md: a refusal for a known client id carries its key_id). An
+    invalid_client here (malformed Basic credentials) is a failed client authentication,
+    counted for the source IP's throttle; no client id is known.
+    """
+    assert error.reason is not None
+    if isinstance(error, InvalidClient):
+        await ctx.throttle.failure(client=None, ip=caller.ip_text)
+    found = None
+    if client_id is not None and is_client_id(client_id):
+        found = await ctx.tokens.fetch_key(client_id)
+    await refuse(
+        ctx,
+        error,
+        event=event,
+        reason=error.reason,
+        caller=caller,
+        key_id=found.key_id if found is not None else None,
+        principal_id=found.principal_id if found is not None else None,
+        actor=f"key:{client_id}" if found is not None else None,
+    )
 
 
 async def _record_refusal(

@@ -91,7 +91,8 @@ async def handle(
     """Validate the key, then generate and persist the tokens."""
     if creds is None:
         raise InvalidRequest(
-            "client_credentials needs the key: HTTP Basic, client_id + client_secret, or api_key."
+            "client_credentials needs the key: HTTP Basic, client_id + client_secret, or api_key.",
+            reason="no client credentials",
         )
     requested = service.parse_scope(form.get("scope"))
     key, owner = await authenticate(ctx, creds, caller, event=EVENT)

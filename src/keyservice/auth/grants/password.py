@@ -8,13 +8,7 @@ from keyservice.auth import service
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
-from keyservice.exceptions import (
-    InvalidGrant,
-    InvalidRequest,
-    InvalidScope,
-    SlowDown,
-    UnsupportedGrantType,
-)
+from keyservice.exceptions import InvalidGrant, InvalidRequest, InvalidScope, SlowDown
 from keyservice.principals.models import Principal
 from keyservice.security.hashing import run_slow_hash, verify_password
 from keyservice.users import service as users_service
@@ -92,13 +86,17 @@ async def _refuse_throttled(
 async def handle(
     ctx: AppContext, form: dict[str, str], creds: ClientCredentials | None, caller: Caller
 ) -> Issued:
-    if not ctx.settings.password_grant_enabled:
-        raise UnsupportedGrantType("The password grant is switched off on this server.")
+    # The router refuses this grant while it is switched off (settings.password_grant_enabled).
     if creds is not None:
-        raise InvalidRequest("The password grant takes no client credentials.")
+        raise InvalidRequest(
+            "The password grant takes no client credentials.", reason="client credentials sent"
+        )
     username, password = form.get("username"), form.get("password")
     if not username or not password:
-        raise InvalidRequest("The password grant needs username and password.")
+        raise InvalidRequest(
+            "The password grant needs username and password.",
+            reason="username or password missing",
+        )
     requested = service.parse_scope(form.get("scope"))
     user = await sign_in(ctx, username=username, password=password, caller=caller)
     try:

@@ -35,7 +35,7 @@ async def handle(
 ) -> Issued:
     token = form.get("refresh_token")
     if not token:
-        raise InvalidRequest("refresh_token is missing.")
+        raise InvalidRequest("refresh_token is missing.", reason="refresh token missing")
     requested = service.parse_scope(form.get("scope"))
     if not is_refresh_token(token):
         await service.refuse(
