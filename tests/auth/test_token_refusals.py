@@ -173,6 +173,47 @@ async def test_no_event_and_no_lookup_for_an_unknown_grant_type(client, context,
     assert len(await audit_events(context)) == before
 
 
+# 3. No secret, not even a part of one, in an error message.
+
+
+async def test_a_key_pasted_into_scope_is_not_echoed(client, key):
+    response = await exchange(client, key["api_key"], scope=key["api_key"])
+    assert_error(response, 400, "invalid_scope")
+    description = response.json()["error_description"]
+    assert_no_secret(key, description)
+    assert key["client_id"][3:] not in description
+    assert "requested scope" in description
+    # A scope name next to it is still named.
+    mixed = await exchange(client, key["api_key"], scope=f"billing:write {key['client_secret']}")
+    assert "billing:write" in mixed.json()["error_description"]
+    assert_no_secret(key, mixed.json()["error_description"])
+
+
+async def test_a_double_encoded_body_is_not_echoed(client, key):
+    api_key = key["api_key"]
+    as_grant_type = await client.post(
+        "/token", content=f"grant_type=client_credentials%26api_key%3D{api_key}", headers=FORM
+    )
+    assert_error(as_grant_type, 400, "unsupported_grant_type")
+    as_names = await client.post(
+        "/token",
+        content=f"grant_type=client_credentials&api_key%3D{api_key}&api_key%3D{api_key}",
+        headers=FORM,
+    )
+    assert_error(as_names, 400, "invalid_request")
+    for response in (as_grant_type, as_names):
+        assert_no_secret(key, response.text)
+        assert key["client_id"][3:] not in response.text
+    # What looks like a name is still quoted.
+    for grant_type in ("jwt-bearer", "urn:ietf:params:oauth:grant-type:jwt-bearer"):
+        named = await client.post("/token", data={"grant_type": grant_type})
+        assert f"'{grant_type}'" in named.json()["error_description"]
+    repeated = await client.post(
+        "/token", content="grant_type=client_credentials&scope=a&scope=b", headers=FORM
+    )
+    assert "'scope'" in repeated.json()["error_description"]
+
+
 # 4. The grant type is checked first.
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any
@@ -16,7 +17,7 @@ from keyservice.auth.client_auth import ClientCredentials, client_credentials, n
 from keyservice.auth.grants import client_credentials as cc_grant
 from keyservice.auth.grants import password as password_grant
 from keyservice.auth.grants import refresh_token as refresh_grant
-from keyservice.auth.service import Caller, Issued
+from keyservice.auth.service import Caller, Issued, echoable
 from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import (
@@ -33,6 +34,8 @@ router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
 MAX_FORM_BYTES = 16 * 1024
 _CREDENTIAL_PARAMS = {"client_secret", "api_key", "refresh_token", "password", "client_id"}
+_PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_GRANT_TYPE_NAME = re.compile(r"[A-Za-z0-9_:./-]+")
 
 Grant = Callable[[AppContext, dict[str, str], ClientCredentials | None, Caller], Awaitable[Issued]]
 GRANTS: dict[str, Grant] = {
@@ -92,9 +95,9 @@ def _query_refusal() -> InvalidRequest:
 
 
 def _repeat_refusal(name: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"The parameter '{name}' was sent more than once.", reason="parameter repeated"
-    )
+    # A double-encoded body puts a whole `api_key=...` into a parameter's name.
+    shown = f"The parameter '{name}'" if echoable(name, _PARAMETER_NAME) else "A parameter"
+    return InvalidRequest(f"{shown} was sent more than once.", reason="parameter repeated")
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -133,7 +136,8 @@ async def token(request: Request, context: ContextDep) -> Response:
         raise InvalidRequest("grant_type is missing.")
     grant = GRANTS.get(grant_type)
     if grant is None:
-        raise UnsupportedGrantType(f"The grant type '{grant_type[:50]}' is not supported.")
+        shown = f" '{grant_type}'" if echoable(grant_type, _GRANT_TYPE_NAME) else ""
+        raise UnsupportedGrantType(f"The grant type{shown} is not supported.")
     if grant_type == "password" and not context.settings.password_grant_enabled:
         raise UnsupportedGrantType("The password grant is switched off on this server.")
     caller = Caller(ip=client_ip(request, context))
