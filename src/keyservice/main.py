@@ -195,10 +195,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
         unreadable = _unreadable_body(exc.__cause__)
         if unreadable is not None:
-            return _error_response(request, unreadable)
+            return _error_response(unreadable)
         # Never echo `input`: it may hold a password or a secret.
         details = [
             {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
