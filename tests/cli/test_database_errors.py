@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-
 import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from keyservice.cli import main
-from tests.conftest import POSTGRES_URL, SKIP_POSTGRES, TEST_SECRET
+from tests.conftest import POSTGRES_URL, SKIP_POSTGRES, TEST_SECRET, refused_port
 
 PASSWORD = "s3cret-Pw"
 COMMANDS = [
@@ -30,24 +27,6 @@ def _postgres(port: int | None = None, **parts: str) -> str:
     if port is not None:
         url = url.set(host="127.0.0.1", port=port)
     return url.set(**parts).render_as_string(hide_password=False)
-
-
-def _refused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # closed again: connecting is refused
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A TCP port that accepts connections and never answers (a hung server)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +57,7 @@ def run(command: list[str], database_url: str, tmp_path) -> str:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_a_refused_connection_is_one_line(command, tmp_path):
-    line = run(command, _postgres(port=_refused_port(), database="x"), tmp_path)
+    line = run(command, _postgres(port=refused_port(), database="x"), tmp_path)
     assert "ConnectionRefusedError" in line and "postgres:***@127.0.0.1:" in line
     assert "is it running and reachable" in line
 

@@ -27,6 +27,7 @@ from tests.conftest import (
     create_postgres_database,
     drop_postgres_database,
     make_settings,
+    refused_port,
 )
 from tests.factories import create_key, login, user_token
 
@@ -78,24 +79,6 @@ def test_bugs_are_not_outages(exc):
     assert not _is_db_outage(exc)
 
 
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """A TCP port that accepts connections and never answers (a hung server)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
-
-
-def _refused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # closed again: connecting is refused
-
-
 TOKEN_REQUESTS = [
     {"grant_type": "client_credentials", "client_id": "kc_" + "A" * 16, "client_secret": "x"},
     {"grant_type": "client_credentials", "api_key": "ksk_" + "A" * 16 + "_" + "B" * 49},
@@ -107,8 +90,8 @@ TOKEN_REQUESTS = [
 @pytest.mark.parametrize(
     "kind", ["refused", "hung", "refused-memory-throttle"], ids=lambda kind: kind
 )
-async def test_unreachable_database_answers_503_fast(kind, tmp_path, silent_listener):
-    port = silent_listener if kind == "hung" else _refused_port()
+async def test_unreachable_database_answers_503_fast(kind, tmp_path, silent_port):
+    port = silent_port if kind == "hung" else refused_port()
     base = POSTGRES_URL.rsplit("@", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
     url = f"{base}@127.0.0.1:{port}/nowhere"
     ctx = AppContext(make_settings(url, tmp_path))
