@@ -265,7 +265,8 @@ def _two_authorizations(path: str) -> Response:
     `headers.get` takes the first, a proxy may take the last, and RFC 6750 §3.1 makes a
     malformed request 400 invalid_request rather than an answer for either credential.
     """
-    headers = dict(NO_STORE)
+    # The edge adds no-store on the OAuth paths; elsewhere it is added here.
+    headers = {} if path in _OAUTH_PATHS else dict(NO_STORE)
     if path not in ("/token", "/revoke"):  # client authentication there is Basic, not Bearer
         headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
     body = {"error": "invalid_request", "error_description": "Send one Authorization header."}
@@ -331,7 +332,7 @@ class EdgeMiddleware:
             elif name == b"authorization":
                 authorization_fields += 1
         if authorization_fields > 1:
-            await _two_authorizations(scope["path"])(scope, receive, send)
+            await _two_authorizations(scope["path"])(scope, receive, send_with_headers)
             return
         if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
             response = JSONResponse(_NUL_REFUSAL, status_code=400)

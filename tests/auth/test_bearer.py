@@ -60,7 +60,8 @@ async def test_two_authorization_headers_are_invalid_request(client, context):
             "error": "invalid_request",
             "error_description": "Send one Authorization header.",
         }
-        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["cache-control"] == "no-store"  # once, not twice
+        assert response.headers["x-content-type-options"] == "nosniff"  # the edge's too
         bearer_endpoint = path not in ("/token", "/revoke")
         assert response.headers.get("www-authenticate") == (
             'Bearer error="invalid_request"' if bearer_endpoint else None

@@ -114,6 +114,11 @@ async def test_malformed_basic_counts_for_the_ip_throttle(client, context, key):
         response = await client.post("/token", data=CC, headers={"Authorization": "Basic %%%"})
         assert_error(response, 401, "invalid_client")
     assert_error(await exchange(client, key["api_key"]), 429, "slow_down")
+    # Past the limit a malformed header is throttled like any other failed authentication.
+    again = await client.post("/token", data=CC, headers={"Authorization": "Basic %%%"})
+    assert_error(again, 429, "slow_down")
+    event = await last_event(context, "token.exchange")
+    assert (event.outcome, event.reason) == ("failure", "throttled")
 
 
 async def test_refusals_of_the_request_form_are_audited(client, context, key):

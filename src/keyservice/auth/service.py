@@ -223,11 +223,10 @@ async def refuse_unaudited(
     `client_id` is the one the request names, unauthenticated: if it exists, the event
     carries its key (API.md: a refusal for a known client id carries its key_id). An
     invalid_client here (malformed Basic credentials) is a failed client authentication,
-    counted for the source IP's throttle; no client id is known.
+    counted for the source IP's throttle (no client id is known), and once the IP is past
+    its limit answered 429 like any other.
     """
     assert error.reason is not None
-    if isinstance(error, InvalidClient):
-        await ctx.throttle.failure(client=None, ip=caller.ip_text)
     found = None
     if client_id is not None and is_client_id(client_id):
         found = await ctx.tokens.fetch_key(client_id)
@@ -240,6 +239,7 @@ async def refuse_unaudited(
         key_id=found.key_id if found is not None else None,
         principal_id=found.principal_id if found is not None else None,
         actor=f"key:{client_id}" if found is not None else None,
+        throttle_subject="" if isinstance(error, InvalidClient) else None,
     )
 
 
