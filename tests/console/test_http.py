@@ -309,6 +309,12 @@ async def test_admin_edits_a_user_and_pages_the_audit_log(
     )
     assert reset.status_code == 303
     assert "The password of bob was reset." in (await client.get(reset.headers["location"])).text
+    # A crafted link cannot put a stranger's words into the banner.
+    crafted = await client.get(
+        "/console/admin/users",
+        params={"done": "password-reset", "name": "bob. Sign in again at https://evil.example"},
+    )
+    assert "The password was reset." in crafted.text and "evil.example" not in crafted.text
     login = await client.post(
         "/token",
         data={"grant_type": "password", "username": "bob", "password": "a new long password"},

@@ -7,6 +7,7 @@ except key creation and rotation, whose answer is the page showing the secret on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -43,7 +44,7 @@ from keyservice.devices.schemas import DeviceCreate
 from keyservice.exceptions import KeyServiceError
 from keyservice.scopes.models import effective_permissions
 from keyservice.users import service as users
-from keyservice.users.schemas import UserCreate
+from keyservice.users.schemas import NAME_PATTERN, UserCreate
 
 router = APIRouter(prefix="/admin", route_class=ConsoleRoute)
 
@@ -64,22 +65,37 @@ AUDIT_TYPES = [
     "scope.created",
 ]
 AUDIT_PAGE = 50
+_NAME = re.compile(NAME_PATTERN)
+# done=: (the banner naming the user or device, the banner without a name)
 NOTICES = {
-    "user-created": "User {name} created.",
-    "user-updated": "User {name} updated.",
-    "password-reset": "The password of {name} was reset.",
-    "device-registered": "Device {name} registered.",
-    "device-updated": "Device {name} updated.",
-    "device-deleted": "Device {name} deleted; its keys are revoked.",
-    "key-deleted": "The key was deleted.",
+    "user-created": ("User {name} created.", "The user was created."),
+    "user-updated": ("User {name} updated.", "The user was updated."),
+    "password-reset": ("The password of {name} was reset.", "The password was reset."),
+    "device-registered": ("Device {name} registered.", "The device was registered."),
+    "device-updated": ("Device {name} updated.", "The device was updated."),
+    "device-deleted": (
+        "Device {name} deleted; its keys are revoked.",
+        "The device was deleted; its keys are revoked.",
+    ),
+    "key-deleted": ("The key was deleted.", "The key was deleted."),
 }
 
 
 def _notice(request: Request) -> str | None:
-    template = NOTICES.get(request.query_params.get("done", ""))
-    if template is None:
+    """The banner after an admin action, named in the redirect's query.
+
+    Anyone can send an admin a link with any query: the name is shown only if it could be a
+    username or device name (no spaces, no URL), else left out, so that no sentence of a
+    stranger's ("... sign in again at https://...") appears in a trusted banner.
+    """
+    templates = NOTICES.get(request.query_params.get("done", ""))
+    if templates is None:
         return None
-    return template.format(name=request.query_params.get("name", "")[:100])
+    named, unnamed = templates
+    name = request.query_params.get("name", "")
+    if len(name) > 100 or _NAME.fullmatch(name) is None:
+        return unnamed
+    return named.format(name=name)
 
 
 def _back(path: str, done: str, name: str) -> RedirectResponse:
