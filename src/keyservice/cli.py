@@ -209,7 +209,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
             where = f"{settings.host}:{settings.port}"
             raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
     if settings.embedded:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # see server_secret
         settings.server_secret()  # generated once, before workers race for it
     if not no_migrate:
         from keyservice import migrations

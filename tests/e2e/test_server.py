@@ -133,6 +133,8 @@ def test_serve_login_verify_rotate(tmp_path, server_env):
         if "KEYSERVICE_DATABASE_URL" not in server_env:
             assert (tmp_path / ".keyservice" / "keyservice.db").exists()
             assert oct((tmp_path / ".keyservice" / "secret_key").stat().st_mode)[-3:] == "600"
+            # The folder too: the database holds hashes and the audit log.
+            assert oct((tmp_path / ".keyservice").stat().st_mode)[-3:] == "700"
         login = httpx.post(
             server.url + "/token",
             data={"grant_type": "password", "username": username, "password": password},
