@@ -29,15 +29,22 @@ class ClientCredentials:
         return self.method == "basic"
 
 
+def _decode_basic(header: str) -> str | None:
+    """The text a Basic header value carries, or None if it is not base64 of UTF-8."""
+    _scheme, _, encoded = header.partition(" ")
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # bad base64, non-ASCII header, non-UTF-8 inside
+        return None
+
+
 def parse_basic(header: str) -> tuple[str, str]:
     """Decode a Basic header value into (client_id, secret)."""
-    scheme, _, encoded = header.partition(" ")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):  # bad base64, non-ASCII header, non-UTF-8 inside
+    decoded = _decode_basic(header)
+    if decoded is None:
         raise _malformed_basic(
             "The Basic credentials are not valid base64 of client_id:client_secret."
-        ) from None
+        )
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
         raise _malformed_basic("The Basic credentials must have the form client_id:client_secret.")
@@ -68,10 +75,8 @@ def named_client_id(form: Mapping[str, str], authorization: str | None) -> str |
         if parsed is not None:
             return parsed[0]
     if authorization and _is_basic(authorization):
-        try:
-            return parse_basic(authorization)[0]
-        except InvalidClient:
-            return None
+        decoded = _decode_basic(authorization)  # a client id without its ':secret' included
+        return unquote_plus(decoded.partition(":")[0]) if decoded else None
     return None
 
 
