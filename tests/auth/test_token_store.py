@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from keyservice.auth.models import RefreshToken
 from keyservice.auth.store import IssueWrite
 from keyservice.database import new_id, utcnow
+from tests.conftest import _asyncpg_dsn
 from tests.factories import audit_events, create_key, create_principal, user_token
 
 
@@ -249,7 +250,7 @@ async def _connect_directly(database):
     """A connection of the test's own, outside the service's pools."""
     import asyncpg
 
-    return await asyncpg.connect(database.url.replace("postgresql+asyncpg", "postgresql"))
+    return await asyncpg.connect(_asyncpg_dsn(database.url))
 
 
 @pytest.mark.postgresql_only
