@@ -83,6 +83,11 @@ async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
         )
 
 
+def _live(now: datetime) -> ColumnElement[bool]:
+    """SQL for a key that is neither revoked nor expired at `now`."""
+    return and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+
+
 async def count_live(
     session: AsyncSession, *, owner_id: str, now: datetime, rotating: str | None = None
 ) -> int:
@@ -98,8 +103,7 @@ async def count_live(
         .select_from(ApiKey)
         .where(
             ApiKey.principal_id == owner_id,
-            ApiKey.revoked_at.is_(None),
-            ApiKey.expires_at > now,
+            _live(now),
             ~superseded,
         )
     )
@@ -116,7 +120,7 @@ async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> 
     only once the key it replaced has expired or been deleted. Otherwise rotating again and
     again would keep any number of keys alive past the limit.
     """
-    live = and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+    live = _live(now)
     successor = await session.scalar(
         select(ApiKey.client_id).where(ApiKey.rotated_from_id == key.id, live).limit(1)
     )
@@ -270,7 +274,7 @@ KEY_STATUSES = ("revoked", "expired", "suspended", "valid")
 def _status_clause(status: str, now: datetime) -> ColumnElement[bool]:
     """SQL for `ApiKey.status()`: revoked, expired, suspended (owner unusable), valid."""
     owner_usable = and_(Principal.disabled == false(), Principal.deleted_at.is_(None))
-    live = and_(ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+    live = _live(now)
     if status == "revoked":
         return ApiKey.revoked_at.is_not(None)
     if status == "expired":

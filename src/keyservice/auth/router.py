@@ -38,16 +38,14 @@ _PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _GRANT_TYPE_NAME = re.compile(r"[A-Za-z0-9_:./-]+")
 
 Grant = Callable[[AppContext, dict[str, str], ClientCredentials | None, Caller], Awaitable[Issued]]
-GRANTS: dict[str, Grant] = {
-    "client_credentials": cc_grant.handle,
-    "refresh_token": refresh_grant.handle,
-    "password": password_grant.handle,
+# Each grant's module: its `handle` and the audit `EVENT` of its refusals.
+_GRANT_MODULES = {
+    "client_credentials": cc_grant,
+    "refresh_token": refresh_grant,
+    "password": password_grant,
 }
-EVENTS = {
-    "client_credentials": cc_grant.EVENT,
-    "refresh_token": refresh_grant.EVENT,
-    "password": password_grant.EVENT,
-}
+GRANTS: dict[str, Grant] = {name: module.handle for name, module in _GRANT_MODULES.items()}
+EVENTS = {name: module.EVENT for name, module in _GRANT_MODULES.items()}
 
 
 async def parse_form(request: Request) -> tuple[dict[str, str], list[str]]:
