@@ -89,7 +89,14 @@ async def events(ctx: AppContext, type: str | None = None) -> list[AuditEvent]:
 async def me_within(
     client: httpx.AsyncClient, token: str, status: int, seconds: float = 5.0
 ) -> httpx.Response:
-    """Poll GET /me until it answers `status`, for at most `seconds` (API.md: "within 5 s").
+    """Poll GET /me until it answers `status`, for at most `seconds` (API.md: "within 5 s")."""
+    return await status_within(client, "/me", token, status, seconds)
+
+
+async def status_within(
+    client: httpx.AsyncClient, path: str, token: str, status: int, seconds: float = 5.0
+) -> httpx.Response:
+    """Poll GET `path` until it answers `status`, for at most `seconds`.
 
     The change is applied to this process's revocation view at once, but a periodic reload
     whose query ran just before the commit can overwrite it with its older snapshot until
@@ -97,7 +104,7 @@ async def me_within(
     """
     deadline = time.monotonic() + seconds
     while True:
-        response = await client.get("/me", headers=bearer(token))
+        response = await client.get(path, headers=bearer(token))
         if response.status_code == status or time.monotonic() > deadline:
             assert response.status_code == status, response.text
             return response

@@ -112,19 +112,14 @@ async def test_disabled_owner_tokens_are_refused(client, context):
     assert refused.json()["error"] == "invalid_grant"
 
 
-async def _status_within(client, path: str, token: str, status: int, seconds: float = 5.0):
-    """Poll `path` until it answers `status`, for at most `seconds` (API.md: "within 5 s")."""
-    for _ in range(int(seconds / 0.05)):
-        response = await client.get(path, headers=bearer(token))
-        if response.status_code == status:
-            return response
-        await asyncio.sleep(0.05)
-    assert response.status_code == status, response.text
-    return response
-
-
 async def test_tokens_carrying_a_permission_taken_away_are_refused(client, context):
-    from tests.admin.support import admin_request, admin_token, create_device, create_device_key
+    from tests.admin.support import (
+        admin_request,
+        admin_token,
+        create_device,
+        create_device_key,
+        status_within,
+    )
     from tests.factories import add_scope
 
     await add_scope(context, "projects:read")
@@ -153,10 +148,10 @@ async def test_tokens_carrying_a_permission_taken_away_are_refused(client, conte
             json={"permissions": ["projects:read"]},
         )
         for app_client in (client, other):  # this process at once, a replica within 5 s
-            refused = await _status_within(app_client, "/admin/users", demoted, 401)
+            refused = await status_within(app_client, "/admin/users", demoted, 401)
             assert "taken away" in refused.json()["error_description"]
             assert 'error="invalid_token"' in refused.headers["www-authenticate"]
-            await _status_within(app_client, "/me", both["access_token"], 401)
+            await status_within(app_client, "/me", both["access_token"], 401)
             # A token carrying only what is still held is untouched.
             kept = await app_client.get("/me", headers=bearer(narrow["access_token"]))
             assert kept.status_code == 200
