@@ -16,7 +16,9 @@ again. This module imports nothing from the server side (no FastAPI, SQLAlchemy,
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 import os
 import re
 import ssl
@@ -24,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -44,6 +46,11 @@ _PUBLIC_PART = re.compile(r"^(ksk_[A-Za-z0-9]{16}_)")
 _DEFAULT_EXPIRES_IN = 60.0
 _MAX_DESCRIPTION = 300
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+# A Retry-After is honoured up to this long; a longer one (a misconfigured proxy) would
+# otherwise lock the auth object out of the token endpoint for that long.
+_MAX_RETRY_AFTER = 300.0
+# Failures that happen before a request leaves: the service never saw it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class TokenExchangeError(Exception):
@@ -75,11 +82,31 @@ class _Token:
     refresh_token: str | None = field(repr=False)
     # Deadlines on the monotonic clock, so wall-clock jumps cannot stretch a token's life.
     refresh_at: float
+    expires_at: float
     refresh_token_usable_until: float | None
     scope: str | None
 
     def due(self, now: float) -> bool:
         return now >= self.refresh_at
+
+    def refused(self, stale: _Token | None) -> bool:
+        """Whether this token's access token is the one an API just answered 401 to."""
+        return stale is not None and self.access_token == stale.access_token
+
+    def live(self, now: float) -> bool:
+        return now < self.expires_at
+
+    def without_refresh_token(self, *, refused: bool) -> _Token:
+        """This token with its refresh token forgotten (and, if refused, its access token)."""
+        if refused:
+            return replace(
+                self,
+                refresh_token=None,
+                refresh_token_usable_until=None,
+                refresh_at=-math.inf,
+                expires_at=-math.inf,
+            )
+        return replace(self, refresh_token=None, refresh_token_usable_until=None)
 
     def can_refresh(self, now: float) -> bool:
         return (
@@ -93,6 +120,52 @@ def mask_api_key(api_key: str) -> str:
     """Return the API key with everything but its public client-id part hidden."""
     match = _PUBLIC_PART.match(api_key)
     return f"{match.group(1)}…" if match else "…"
+
+
+def _clone(exc: Exception, *, retry_after: float | None = None) -> Exception:
+    """A fresh exception like exc, without its traceback (which holds the request's frames)."""
+    if isinstance(exc, TokenExchangeError):
+        return TokenExchangeError(
+            exc.error, exc.description, status_code=exc.status_code, retry_after=retry_after
+        )
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """A failed token request, shared with the callers that waited for it."""
+
+    error: Exception
+    at: float  # when it failed (monotonic)
+    retry_at: float  # no new request before this (Retry-After); `at` if none was given
+    transient: bool  # the endpoint or the network, not the key: the held token may bridge it
+
+    @classmethod
+    def of(cls, exc: Exception, now: float) -> _Failure:
+        retry_after = exc.retry_after if isinstance(exc, TokenExchangeError) else None
+        wait = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else 0.0
+        if isinstance(exc, TokenExchangeError):
+            status = exc.status_code or 0
+            transient = status == 429 or status >= 500
+        else:
+            transient = isinstance(exc, httpx.TransportError)
+        return cls(_clone(exc, retry_after=retry_after), now, now + wait, transient)
+
+    @property
+    def summary(self) -> str:
+        exc = self.error
+        if isinstance(exc, TokenExchangeError):
+            return f"{exc.error}, HTTP {exc.status_code}"
+        return type(exc).__name__
+
+    def again(self, now: float) -> Exception:
+        """A fresh exception like the recorded one, for another caller to raise."""
+        has_wait = isinstance(self.error, TokenExchangeError) and self.error.retry_after is not None
+        # Each caller raises its own instance: one raised in several threads mixes tracebacks.
+        return _clone(self.error, retry_after=max(0.0, self.retry_at - now) if has_wait else None)
 
 
 def _replayable(request: httpx.Request) -> bool:
@@ -156,6 +229,7 @@ class KeyServiceAuth(httpx.Auth):
         self._token_client = token_client
         self._async_token_client = async_token_client
         self._token: _Token | None = None
+        self._failure: _Failure | None = None  # the last token request, if it failed
         self._sunset_warned = False
         # Serialises token requests across threads (and across event loops in threads).
         self._thread_lock = threading.Lock()
@@ -205,28 +279,84 @@ class KeyServiceAuth(httpx.Auth):
     def _current(self, stale: _Token | None) -> _Token | None:
         """Return the held token if it can be used as is (not due, not the rejected one)."""
         token = self._token
-        if token is None or token is stale or token.due(time.monotonic()):
+        if token is None or token.refused(stale) or token.due(time.monotonic()):
             return None
         return token
+
+    def _settled(self, stale: _Token | None, arrived: float) -> _Token | None:
+        """Under the lock: a token usable without a request, or None to make one; or raise.
+
+        A caller that waited for the lock while another caller's token request failed
+        shares that failure instead of repeating the request, so N callers on a refused key
+        or an unreachable endpoint make one request, not N in a row (each waiting out its
+        own timeout). Nobody asks again before a Retry-After has passed.
+        """
+        token = self._current(stale)
+        if token is not None:
+            return token
+        failure = self._failure
+        if failure is None:
+            return None
+        now = time.monotonic()
+        if failure.at < arrived and now >= failure.retry_at:
+            return None
+        held = self._held(failure, stale, now)
+        if held is None:
+            raise failure.again(now)
+        return held
+
+    def _held(self, failure: _Failure, stale: _Token | None, now: float) -> _Token | None:
+        """Return the held token if it may bridge this failure: a passing one, token alive."""
+        token = self._token
+        if not failure.transient or token is None or token.refused(stale) or not token.live(now):
+            return None
+        return token
+
+    def _renewed(self, token: _Token) -> _Token:
+        self._token, self._failure = token, None
+        return token
+
+    def _after_failure(self, exc: Exception, stale: _Token | None) -> _Token | None:
+        """Record a failed token request; return the held token if it may still be used."""
+        now = time.monotonic()
+        self._failure = failure = _Failure.of(exc, now)
+        held = self._held(failure, stale, now)
+        if held is not None:
+            # The early refresh failed for a passing reason: the token has `leeway` seconds
+            # left, so requests need not fail yet.
+            logger.warning(
+                "renewing the access token failed (%s); the current one is used until it "
+                "expires in %.0f s",
+                failure.summary,
+                held.expires_at - now,
+            )
+        return held
 
     def _sync_token(self, *, stale: _Token | None) -> _Token:
         token = self._current(stale)
         if token is not None:
             return token
+        arrived = time.monotonic()
         with self._thread_lock:
-            # Another thread may have refreshed while this one waited for the lock.
-            token = self._current(stale)
-            if token is None:
-                token = self._sync_obtain(self._token)
-                self._token = token
-            return token
+            # Another thread may have refreshed (or failed to) while this one waited.
+            token = self._settled(stale, arrived)
+            if token is not None:
+                return token
+            try:
+                return self._renewed(self._sync_obtain(stale))
+            except Exception as exc:
+                token = self._after_failure(exc, stale)
+                if token is None:
+                    raise
+                return token
 
     async def _async_token(self, *, stale: _Token | None) -> _Token:
         token = self._current(stale)
         if token is not None:
             return token
+        arrived = time.monotonic()
         async with self._async_lock():
-            token = self._current(stale)
+            token = self._settled(stale, arrived)
             if token is not None:
                 return token
             # Tasks of this loop are serialised above; the thread lock also keeps other
@@ -235,11 +365,16 @@ class KeyServiceAuth(httpx.Auth):
             while not self._thread_lock.acquire(blocking=False):
                 await asyncio.sleep(0.005)
             try:
-                token = self._current(stale)
-                if token is None:
-                    token = await self._async_obtain(self._token)
-                    self._token = token
-                return token
+                token = self._settled(stale, arrived)
+                if token is not None:
+                    return token
+                try:
+                    return self._renewed(await self._async_obtain(stale))
+                except Exception as exc:
+                    token = self._after_failure(exc, stale)
+                    if token is None:
+                        raise
+                    return token
             finally:
                 self._thread_lock.release()
 
@@ -251,25 +386,47 @@ class KeyServiceAuth(httpx.Auth):
                 lock = self._async_locks[loop] = asyncio.Lock()
             return lock
 
-    def _sync_obtain(self, current: _Token | None) -> _Token:
+    def _sync_obtain(self, stale: _Token | None) -> _Token:
+        current = self._token
         if current is not None and current.can_refresh(time.monotonic()):
             try:
                 return self._sync_request(self._refresh_form(current))
-            except TokenExchangeError as exc:
-                if exc.error != "invalid_grant":
+            except BaseException as exc:
+                if not self._refresh_failed(current, stale, exc):
                     raise
-                logger.info("refresh token refused (invalid_grant); exchanging the API key")
         return self._sync_request(self._exchange_form())
 
-    async def _async_obtain(self, current: _Token | None) -> _Token:
+    async def _async_obtain(self, stale: _Token | None) -> _Token:
+        current = self._token
         if current is not None and current.can_refresh(time.monotonic()):
             try:
                 return await self._async_request(self._refresh_form(current))
-            except TokenExchangeError as exc:
-                if exc.error != "invalid_grant":
+            except BaseException as exc:  # CancelledError too: the answer is lost
+                if not self._refresh_failed(current, stale, exc):
                     raise
-                logger.info("refresh token refused (invalid_grant); exchanging the API key")
         return await self._async_request(self._exchange_form())
+
+    def _refresh_failed(self, current: _Token, stale: _Token | None, exc: BaseException) -> bool:
+        """Forget a refresh token that failed, unless refused before use; True: exchange.
+
+        A refused one (invalid_grant) never works again, and one whose answer never came
+        (timeout, network error, 5xx, cancelled) may have been used by the service:
+        presenting it again would look like a stolen token being replayed, which revokes
+        its family and raises a token.refresh_reuse alarm (RFC 9700 §4.14.2). The next
+        token comes from the key instead. Other 4xx answers (slow_down) left it unused, as
+        does a connection that was never made.
+        """
+        if isinstance(exc, TokenExchangeError):
+            status = exc.status_code or 0
+            kept = 400 <= status < 500 and exc.error != "invalid_grant"
+        else:
+            kept = isinstance(exc, _NOT_SENT)
+        if not kept:
+            self._token = current.without_refresh_token(refused=current.refused(stale))
+        if isinstance(exc, TokenExchangeError) and exc.error == "invalid_grant":
+            logger.info("refresh token refused (invalid_grant); exchanging the API key")
+            return True
+        return False
 
     def _exchange_form(self) -> dict[str, str]:
         form = {"grant_type": "client_credentials", "api_key": self._api_key}
@@ -335,6 +492,7 @@ class KeyServiceAuth(httpx.Auth):
         # Refresh `leeway` seconds early, but never so early that a short-lived token
         # (seconds, in tests) would be refreshed on every request.
         refresh_at = started + expires_in - min(self.leeway, expires_in / 2)
+        expires_at = started + expires_in
         refresh_token = body.get("refresh_token")
         if not isinstance(refresh_token, str) or not refresh_token:
             refresh_token = None
@@ -352,6 +510,7 @@ class KeyServiceAuth(httpx.Auth):
             access_token=access_token,
             refresh_token=refresh_token,
             refresh_at=refresh_at,
+            expires_at=expires_at,
             refresh_token_usable_until=usable_until,
             scope=scope if isinstance(scope, str) else None,
         )
@@ -363,6 +522,9 @@ class KeyServiceAuth(httpx.Auth):
             try:
                 retry_after = float(response.headers["Retry-After"])
             except ValueError:
+                retry_after = None
+            # delay-seconds only (RFC 9110 §10.2.3): no "inf", "nan" or negative waits.
+            if retry_after is not None and not 0 <= retry_after < math.inf:
                 retry_after = None
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             description = body.get("error_description")

@@ -90,6 +90,46 @@ async def test_the_server_audit_log_agrees_one_exchange(server: Server) -> None:
     assert types.count("token.exchange") == 1
 
 
+async def test_concurrent_tasks_share_one_refused_exchange(
+    server: Server, token_log: TokenLog
+) -> None:
+    """Callers waiting for a token request that fails get its error, not a request each."""
+    key = server.create_key()
+    server.delete_key(key)
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(key["api_key"], server.token_url, async_token_client=token_client)
+        async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+            results = await asyncio.gather(
+                *(c.get("/me") for _ in range(20)), return_exceptions=True
+            )
+    assert all(isinstance(r, TokenExchangeError) for r in results), results
+    assert {r.error for r in results if isinstance(r, TokenExchangeError)} == {"invalid_client"}
+    assert len({id(r) for r in results}) == 20  # each caller raises its own exception
+    assert token_log.exchanges == 1
+    assert audit_types(server, key["id"]).count("token.exchange") == 1
+
+
+async def test_concurrent_tasks_share_one_timeout(silent_port: int) -> None:
+    """A hung token endpoint costs the waiting callers one timeout, not one each in turn."""
+    requests: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        requests.append(request)
+
+    async with httpx.AsyncClient(timeout=0.5, event_hooks={"request": [record]}) as token_client:
+        auth = KeyServiceAuth(
+            "ksk_" + "A" * 16 + "_" + "B" * 49,
+            f"http://127.0.0.1:{silent_port}/token",
+            async_token_client=token_client,
+        )
+        async with httpx.AsyncClient(base_url="http://127.0.0.1:9", auth=auth) as c:
+            results = await asyncio.gather(
+                *(c.get("/me") for _ in range(5)), return_exceptions=True
+            )
+    assert all(isinstance(r, httpx.ReadTimeout) for r in results), results
+    assert len(requests) == 1
+
+
 def test_twenty_threads_on_a_cold_client_exchange_once(
     server: Server, api_key: str, token_log: TokenLog
 ) -> None:
