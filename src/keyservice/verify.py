@@ -31,6 +31,8 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from keyservice.client import TokenExchangeError
+
 __all__ = [
     "REQUIRED_CLAIMS",
     "InvalidTokenError",
@@ -127,6 +129,7 @@ class TokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # last successful JWKS fetch (monotonic)
         self._attempted_at: float | None = None  # last fetch attempt, for the rate limit
+        self._last_fetch_failed = False
         self._lock = threading.Lock()
         # An asyncio.Lock belongs to one event loop: keep one per loop, made on first use.
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
@@ -296,10 +299,15 @@ class TokenVerifier:
             return key
         if self._fetched_at is None:
             raise VerifierUnavailableError("the JWKS could not be fetched yet")
+        if self._last_fetch_failed:
+            # Until a fetch succeeds again, an unknown kid may be a new key we cannot see:
+            # the same answer as at the failed fetch, not "invalid" until the next attempt.
+            raise VerifierUnavailableError("the JWKS could not be fetched")
         raise InvalidTokenError("token is signed with an unknown key (kid)")
 
     def _fetch_failed(self, exc: Exception, *, stale_key: jwt.PyJWK | None) -> None:
         logger.warning("fetching the JWKS from %s failed: %s", self.jwks_url, exc)
+        self._last_fetch_failed = True
         if stale_key is None:
             # Not the token's fault: a new key may be in use that we cannot see.
             raise VerifierUnavailableError("the JWKS could not be fetched") from None
@@ -323,6 +331,7 @@ class TokenVerifier:
                 keys[entry["kid"]] = key
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self._last_fetch_failed = False
 
     def _sync_get_jwks(self) -> Any:
         if self._http_client is not None:
@@ -366,8 +375,8 @@ class TokenVerifier:
             else:
                 with httpx.Client(timeout=self._timeout) as client:
                     response = client.post(**request)
-        except httpx.HTTPError as exc:
-            raise VerifierUnavailableError(f"introspection failed: {type(exc).__name__}") from None
+        except (httpx.HTTPError, TokenExchangeError) as exc:
+            raise _introspection_failed(exc) from None
         self._check_introspection(response)
 
     async def _async_introspect(self, token: str) -> None:
@@ -378,8 +387,8 @@ class TokenVerifier:
             else:
                 async with httpx.AsyncClient(timeout=self._timeout) as client:
                     response = await client.post(**request)
-        except httpx.HTTPError as exc:
-            raise VerifierUnavailableError(f"introspection failed: {type(exc).__name__}") from None
+        except (httpx.HTTPError, TokenExchangeError) as exc:
+            raise _introspection_failed(exc) from None
         self._check_introspection(response)
 
     @staticmethod
@@ -396,6 +405,16 @@ class TokenVerifier:
             raise VerifierUnavailableError("introspection answer has no 'active' flag")
         if not body["active"]:
             raise InvalidTokenError("token is no longer active (revoked, or its owner disabled)")
+
+
+def _introspection_failed(exc: Exception) -> VerifierUnavailableError:
+    if isinstance(exc, TokenExchangeError):
+        # introspect_token is a KeyServiceAuth whose key the token endpoint refused: a
+        # configuration problem on this side, not a verdict on the token.
+        return VerifierUnavailableError(
+            f"introspection failed: the token endpoint refused introspect_token ({exc.error})"
+        )
+    return VerifierUnavailableError(f"introspection failed: {type(exc).__name__}")
 
 
 def _quoted(text: str) -> str:

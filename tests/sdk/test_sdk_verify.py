@@ -23,6 +23,7 @@ from keyservice.client import KeyServiceAuth
 from keyservice.verify import (
     InvalidTokenError,
     TokenVerifier,
+    VerifierUnavailableError,
     require_scopes,
 )
 
@@ -265,6 +266,34 @@ async def test_introspection_catches_a_revoked_key(server: Server) -> None:
         await asyncio.sleep(0.5)
     with pytest.raises(InvalidTokenError, match="no longer active"):
         verifier.verify(token)
+
+
+async def test_a_refused_introspection_key_is_unavailable_not_a_crash(server: Server) -> None:
+    introspector_key = server.create_key(permissions=["api_keys:manage", "introspect"])
+    server.delete_key(introspector_key)
+    verifier = TokenVerifier(
+        server.jwks_url,
+        issuer=server.url,
+        audience=server.url,
+        introspect_url=f"{server.url}/introspect",
+        introspect_token=KeyServiceAuth(introspector_key["api_key"], server.token_url),
+    )
+    token = server.exchange(server.create_key()["api_key"])["access_token"]
+    with pytest.raises(VerifierUnavailableError, match="invalid_client") as caught:
+        verifier.verify(token)
+    assert introspector_key["api_key"] not in str(caught.value)
+    with pytest.raises(VerifierUnavailableError, match="invalid_client"):
+        await verifier.averify(token)
+    app = FastAPI()
+
+    @app.get("/projects")
+    async def projects(claims: dict[str, Any] = Depends(require_scopes(verifier))) -> Any:
+        return claims
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://downstream") as client:
+        response = await client.get("/projects", headers=bearer(token))
+    assert response.status_code == 503
 
 
 # -- require_scopes in a downstream FastAPI app ---------------------------------------

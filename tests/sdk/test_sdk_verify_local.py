@@ -210,6 +210,33 @@ def test_jwks_outage(issuer: Issuer, http: httpx.Client) -> None:
         verifier.verify(issuer.sign("k2"))
 
 
+def test_unknown_kid_stays_unavailable_while_the_jwks_is_down(
+    issuer: Issuer, http: httpx.Client
+) -> None:
+    verifier = make_verifier(http, jwks_refetch_interval=0)
+    verifier.verify(issuer.sign())
+    issuer.jwks_status = 503
+    issuer.add_key("k2")  # a rotation the verifier cannot see
+    with pytest.raises(VerifierUnavailableError):
+        verifier.verify(issuer.sign("k2"))
+    # Within the refetch interval no fetch is tried: the answer must not turn into
+    # "invalid" (401) for a token nobody could judge.
+    verifier.jwks_refetch_interval = 3600
+    for _ in range(3):
+        with pytest.raises(VerifierUnavailableError):
+            verifier.verify(issuer.sign("k2"))
+    verifier.verify(issuer.sign())  # the cached key still works
+    assert issuer.jwks_requests == 2
+    # Once a fetch succeeds, a kid it does not list is invalid again.
+    k2_token = issuer.sign("k2")
+    del issuer.keys["k2"]
+    issuer.jwks_status = 200
+    verifier.jwks_refetch_interval = 0
+    with pytest.raises(InvalidTokenError, match="unknown key"):
+        verifier.verify(k2_token)
+    assert issuer.jwks_requests == 3
+
+
 def test_introspection_inactive_token_is_invalid(issuer: Issuer, http: httpx.Client) -> None:
     verifier = make_verifier(http, introspect_url=INTROSPECT_URL, introspect_token="intro")
     token = issuer.sign()
