@@ -34,6 +34,13 @@ def main() -> int:
         # e.g. "token endpoint refused the request: invalid_client (HTTP 401): ..."
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except httpx.HTTPStatusError as exc:
+        print(f"error: GET /me answered HTTP {exc.response.status_code}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        # e.g. "cannot reach http://127.0.0.1:8000: ConnectError: [Errno 111] Connection refused"
+        print(f"error: cannot reach {base_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     me = response.json()
     name = me.get("username") or me.get("name")
     print(f"authenticated as {name} ({me['type']})")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from keyservice.client import KeyServiceAuth
+from tests.conftest import refused_port
 
 from .support import Server
 
@@ -29,9 +30,11 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def run_client(server: Server, api_key: str | None) -> subprocess.CompletedProcess[str]:
+def run_client(
+    server: Server, api_key: str | None, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env: dict[str, Any] = {k: v for k, v in server.env.items() if not k.startswith("KEYSERVICE_")}
-    env["KEYSERVICE_URL"] = server.url
+    env["KEYSERVICE_URL"] = url or server.url
     if api_key is not None:
         env["KEYSERVICE_API_KEY"] = api_key
     return subprocess.run(
@@ -58,6 +61,15 @@ def test_client_example_reports_a_refused_key(server: Server) -> None:
     assert "invalid_client" in result.stderr
     assert "B" * 49 not in result.stderr
     assert run_client(server, None).returncode == 2
+
+
+def test_client_example_reports_an_unreachable_service(server: Server) -> None:
+    key = server.create_key()
+    result = run_client(server, key["api_key"], url=f"http://127.0.0.1:{refused_port()}")
+    assert result.returncode == 1
+    assert "cannot reach" in result.stderr and "ConnectError" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert key["api_key"] not in result.stdout + result.stderr
 
 
 async def test_downstream_service_example(server: Server) -> None:
