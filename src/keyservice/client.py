@@ -116,6 +116,12 @@ class _Token:
         )
 
 
+def plain_http_off_host(url: str) -> bool:
+    """Whether url is plain http:// to anything but the local machine."""
+    parsed = httpx.URL(url)
+    return parsed.scheme == "http" and parsed.host not in _LOOPBACK
+
+
 def mask_api_key(api_key: str) -> str:
     """Return the API key with everything but its public client-id part hidden."""
     match = _PUBLIC_PART.match(api_key)
@@ -213,8 +219,7 @@ class KeyServiceAuth(httpx.Auth):
             raise ValueError(f"no token URL: pass token_url or set {TOKEN_URL_ENV}")
         if leeway < 0:
             raise ValueError("leeway must not be negative")
-        parsed = httpx.URL(url)
-        if parsed.scheme == "http" and parsed.host not in _LOOPBACK:
+        if plain_http_off_host(url):
             logger.warning(
                 "token URL %s is plain HTTP: the API key would cross the network unencrypted",
                 url,

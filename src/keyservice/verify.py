@@ -31,7 +31,7 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from keyservice.client import TokenExchangeError
+from keyservice.client import TokenExchangeError, plain_http_off_host
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -114,6 +114,16 @@ class TokenVerifier:
     ) -> None:
         if introspect_url is not None and introspect_token is None:
             raise ValueError("introspect_url needs introspect_token (the introspect scope)")
+        if plain_http_off_host(jwks_url):
+            # Whoever can alter the JWKS in transit can sign tokens this verifier accepts.
+            logger.warning(
+                "JWKS URL %s is plain HTTP: its keys could be swapped in transit", jwks_url
+            )
+        if introspect_url is not None and plain_http_off_host(introspect_url):
+            logger.warning(
+                "introspection URL %s is plain HTTP: tokens would cross the network unencrypted",
+                introspect_url,
+            )
         self.jwks_url = jwks_url
         self.issuer = issuer
         self.audience = audience

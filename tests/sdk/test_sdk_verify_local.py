@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -278,3 +279,24 @@ async def test_concurrent_averify_on_a_cold_cache_fetches_once(issuer: Issuer) -
 def test_introspect_url_needs_a_credential() -> None:
     with pytest.raises(ValueError, match="introspect"):
         TokenVerifier(JWKS_URL, ISSUER, ISSUER, introspect_url=INTROSPECT_URL)
+
+
+def test_plain_http_jwks_or_introspection_url_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keyservice.verify")
+    TokenVerifier("http://127.0.0.1:8000/.well-known/jwks.json", ISSUER, ISSUER)
+    TokenVerifier("http://localhost:8000/.well-known/jwks.json", ISSUER, ISSUER)
+    assert caplog.records == []
+    TokenVerifier(
+        "http://keys.example.com/.well-known/jwks.json",
+        ISSUER,
+        ISSUER,
+        introspect_url="http://keys.example.com/introspect",
+        introspect_token="intro-token-value",
+    )
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "JWKS" in messages[0] and "plain HTTP" in messages[0]
+    assert "introspection" in messages[1] and "plain HTTP" in messages[1]
+    assert all("intro-token-value" not in m for m in messages)
