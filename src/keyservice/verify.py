@@ -259,41 +259,42 @@ class TokenVerifier:
 
     def _sync_key(self, kid: str) -> jwt.PyJWK:
         key, fetch = self._lookup(kid)
-        if fetch:
-            with self._lock:
-                # Another thread may have fetched while this one waited.
-                key, fetch = self._lookup(kid)
-                if fetch:
-                    self._attempted_at = time.monotonic()
-                    try:
-                        self._store(self._sync_get_jwks())
-                    except (httpx.HTTPError, ValueError) as exc:
-                        self._fetch_failed(exc, stale_key=key)
-                    key = self._keys.get(kid)
+        if key is not None and not fetch:
+            return key
+        # A kid not in the cache waits for a fetch already in flight (on a cold cache, or
+        # after a rotation, it may bring that very key) rather than being judged without it.
+        with self._lock:
+            key, fetch = self._lookup(kid)
+            if fetch:
+                self._attempted_at = time.monotonic()
+                try:
+                    self._store(self._sync_get_jwks())
+                except (httpx.HTTPError, ValueError) as exc:
+                    self._fetch_failed(exc, stale_key=key)
+                key = self._keys.get(kid)
         return self._known(key)
 
     async def _async_key(self, kid: str) -> jwt.PyJWK:
         key, fetch = self._lookup(kid)
-        if fetch:
-            async with self._async_lock():
+        if key is not None and not fetch:
+            return key
+        async with self._async_lock():
+            # Keep threads and other loops out too (and wait for their fetch in flight), so
+            # the rate limit holds for all; polling rather than a blocking acquire keeps the
+            # event loop running.
+            while not self._lock.acquire(blocking=False):
+                await asyncio.sleep(0.005)
+            try:
                 key, fetch = self._lookup(kid)
-                if not fetch:
-                    return self._known(key)
-                # Keep threads and other loops out too, so the rate limit holds for all;
-                # polling rather than a blocking acquire keeps the event loop running.
-                while not self._lock.acquire(blocking=False):
-                    await asyncio.sleep(0.005)
-                try:
-                    key, fetch = self._lookup(kid)
-                    if fetch:
-                        self._attempted_at = time.monotonic()
-                        try:
-                            self._store(await self._async_get_jwks())
-                        except (httpx.HTTPError, ValueError) as exc:
-                            self._fetch_failed(exc, stale_key=key)
-                        key = self._keys.get(kid)
-                finally:
-                    self._lock.release()
+                if fetch:
+                    self._attempted_at = time.monotonic()
+                    try:
+                        self._store(await self._async_get_jwks())
+                    except (httpx.HTTPError, ValueError) as exc:
+                        self._fetch_failed(exc, stale_key=key)
+                    key = self._keys.get(kid)
+            finally:
+                self._lock.release()
         return self._known(key)
 
     def _async_lock(self) -> asyncio.Lock:

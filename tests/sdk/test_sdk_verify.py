@@ -78,6 +78,27 @@ async def test_averify_accepts_a_real_token(
     assert claims["client_id"] == tokens["client_id"]
 
 
+async def test_concurrent_averify_on_a_cold_cache_waits_for_the_fetch(
+    server: Server, tokens: dict[str, Any]
+) -> None:
+    """Verifications arriving while the first JWKS fetch is in flight wait for it."""
+    fetches: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        fetches.append(str(request.url))
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+        verifier = TokenVerifier(
+            server.jwks_url, issuer=server.url, audience=server.url, async_http_client=http
+        )
+        results = await asyncio.gather(
+            *(verifier.averify(tokens["access_token"]) for _ in range(20)),
+            return_exceptions=True,
+        )
+    assert [type(r).__name__ for r in results] == ["dict"] * 20
+    assert fetches == [server.jwks_url]
+
+
 def test_rejects_a_tampered_token(verifier: TokenVerifier, tokens: dict[str, Any]) -> None:
     header, payload, signature = tokens["access_token"].split(".")
     claims = json.loads(unb64(payload))

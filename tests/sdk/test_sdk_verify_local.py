@@ -96,6 +96,7 @@ class Issuer:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        await asyncio.sleep(0)  # a network round trip: other tasks run meanwhile
         status, document = self.handle(scope["method"], scope["path"], body)
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -274,6 +275,23 @@ async def test_concurrent_averify_on_a_cold_cache_fetches_once(issuer: Issuer) -
         results = await asyncio.gather(*(verifier.averify(token) for _ in range(20)))
     assert len(results) == 20
     assert issuer.jwks_requests == 1
+
+
+async def test_concurrent_averify_of_a_rotated_key_waits_for_the_refetch(
+    issuer: Issuer,
+) -> None:
+    transport = httpx.ASGITransport(app=issuer.asgi)
+    async with httpx.AsyncClient(transport=transport) as client:
+        verifier = TokenVerifier(JWKS_URL, ISSUER, ISSUER, async_http_client=client)
+        await verifier.averify(issuer.sign())
+        issuer.add_key("k2")
+        verifier._attempted_at = None  # the last fetch was long ago: a refetch is allowed
+        token = issuer.sign("k2")
+        results = await asyncio.gather(
+            *(verifier.averify(token) for _ in range(20)), return_exceptions=True
+        )
+    assert [type(r).__name__ for r in results] == ["dict"] * 20
+    assert issuer.jwks_requests == 2
 
 
 def test_introspect_url_needs_a_credential() -> None:
