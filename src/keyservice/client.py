@@ -539,9 +539,17 @@ class KeyServiceAuth(httpx.Auth):
                 status_code=response.status_code,
                 retry_after=retry_after,
             )
+        description = "the token endpoint answered without an OAuth error body"
+        if response.is_redirect:
+            # Not followed on purpose (the key goes to token_url or nowhere); say so.
+            location = response.headers.get("Location", "")[:200]
+            description = (
+                f"the token endpoint redirects to {location!r}; redirects are not followed "
+                "with the key, so set token_url to the final URL"
+            )
         return TokenExchangeError(
             "invalid_response",
-            "the token endpoint answered without an OAuth error body",
+            description,
             status_code=response.status_code,
             retry_after=retry_after,
         )

@@ -410,3 +410,14 @@ def test_key_far_from_expiry_logs_no_warning(
     with httpx.Client(base_url=server.url, auth=KeyServiceAuth(api_key, server.token_url)) as c:
         assert c.get("/me").status_code == 200
     assert caplog.records == []
+
+
+def test_a_redirecting_token_url_is_not_followed_and_says_so(server: Server) -> None:
+    key = server.create_key()
+    auth = KeyServiceAuth(key["api_key"], server.token_url + "/")  # the app redirects to /token
+    with httpx.Client(base_url=server.url, auth=auth) as c, pytest.raises(TokenExchangeError) as e:
+        c.get("/me")
+    assert e.value.status_code == 307
+    assert "redirects to" in str(e.value) and server.token_url in str(e.value)
+    assert "set token_url" in str(e.value)
+    assert audit_types(server, key["id"]) == ["api_key.created"]  # the key never arrived
