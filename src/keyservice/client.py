@@ -75,6 +75,20 @@ class TokenExchangeError(Exception):
             message += f": {description}"
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields, so that it crosses process boundaries (multiprocessing,
+        # concurrent.futures) with the same message rather than the message as `error`.
+        return (
+            _rebuild_error,
+            (self.error, self.description, self.status_code, self.retry_after),
+        )
+
+
+def _rebuild_error(
+    error: str, description: str | None, status_code: int | None, retry_after: float | None
+) -> TokenExchangeError:
+    return TokenExchangeError(error, description, status_code=status_code, retry_after=retry_after)
+
 
 @dataclass(frozen=True, slots=True)
 class _Token:

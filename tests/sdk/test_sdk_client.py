@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pickle
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -421,3 +422,16 @@ def test_a_redirecting_token_url_is_not_followed_and_says_so(server: Server) -> 
     assert "redirects to" in str(e.value) and server.token_url in str(e.value)
     assert "set token_url" in str(e.value)
     assert audit_types(server, key["id"]) == ["api_key.created"]  # the key never arrived
+
+
+def test_token_exchange_error_survives_pickling() -> None:
+    """It crosses process boundaries (multiprocessing, ProcessPoolExecutor) intact."""
+    error = TokenExchangeError("slow_down", "Wait.", status_code=429, retry_after=3.0)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.error, copy.description, copy.status_code, copy.retry_after) == (
+        "slow_down",
+        "Wait.",
+        429,
+        3.0,
+    )
+    assert str(copy) == str(error)
