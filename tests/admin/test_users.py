@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
+import pytest
+from passlib.hash import argon2
+
+from keyservice.security.hashing import slow_hash_jobs
 from tests.admin.support import (
     admin_request,
     admin_token,
@@ -19,6 +23,7 @@ from tests.factories import (
     create_principal,
     exchange,
     login,
+    set_principal,
     user_token,
 )
 
@@ -248,3 +253,35 @@ async def test_password_change_ends_sign_in_sessions_but_not_keys(client, contex
     reasons = [e.reason for e in await events(context, "user.updated")]
     assert any("1 sign-in session(s) ended" in (r or "") for r in reasons)
     assert not any("a-brand-new-password" in (r or "") for r in reasons)
+
+
+async def test_a_sign_in_checked_against_the_old_password_ends_with_the_change(client, context):
+    # The change ends the sign-in sessions it finds; a sign-in that read the old hash before
+    # it and writes its session after it must not outlive it either.
+    admin = await admin_token(context, client)
+    user = await create_principal(context, "slowpoke", permissions=["api_keys:manage"])
+    # An old hash of higher cost: checking it outlasts the whole change (~10 x its hash).
+    await set_principal(context, user.id, password_hash=argon2.using(rounds=40).hash(PASSWORD))
+    jobs = slow_hash_jobs()
+    signing_in = asyncio.create_task(
+        client.post(
+            "/token", data={"grant_type": "password", "username": "slowpoke", "password": PASSWORD}
+        )
+    )
+    while slow_hash_jobs() == jobs:  # until the sign-in has read the old hash to check it
+        await asyncio.sleep(0.001)
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{user.id}", 200,
+        json={"password": "a-brand-new-password"},
+    )  # fmt: skip
+    body = (await signing_in).json()
+    # Refused, or ended by the change's own sweep: nothing signed in with the old password
+    # after the change keeps working.
+    if "refresh_token" in body:
+        assert (await refresh(client, body["refresh_token"])).json()["error"] == "invalid_grant"
+        await me_within(client, body["access_token"], 401)
+    else:
+        assert body["error"] == "invalid_grant", body
+        assert body["error_description"].startswith("Wrong username or password")
+        refusals = [e.reason for e in await events(context, "login") if e.outcome == "failure"]
+        assert refusals == ["password changed during sign-in"]

@@ -32,6 +32,16 @@ async def get_by_username(session: AsyncSession, *, username: str) -> Principal 
     )
 
 
+async def current_password_hash(session: AsyncSession, *, user_id: str) -> str | None:
+    """Return the user's password hash as committed, after any password change in progress.
+
+    FOR SHARE waits for the FOR UPDATE that `update` holds while it changes the password.
+    """
+    return await session.scalar(
+        select(Principal.password_hash).where(Principal.id == user_id).with_for_update(read=True)
+    )
+
+
 async def list_users(session: AsyncSession) -> Sequence[Principal]:
     return (
         await session.scalars(

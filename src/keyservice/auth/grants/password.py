@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import NoReturn
 
 from keyservice.auth import service
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
+from keyservice.database import new_ordered_id
 from keyservice.exceptions import InvalidGrant, InvalidRequest, InvalidScope, SlowDown
 from keyservice.principals.models import Principal
 from keyservice.security.hashing import run_slow_hash, verify_password
 from keyservice.users import service as users_service
 
 EVENT = "login"
+WRONG = "Wrong username or password, or the account is disabled."
 
 
 async def authenticate_user(ctx: AppContext, *, username: str, password: str) -> Principal | None:
@@ -43,7 +46,7 @@ async def sign_in(
             reason = "wrong username or password" if user is None else "user disabled"
             await service.refuse(
                 ctx,
-                InvalidGrant("Wrong username or password, or the account is disabled."),
+                InvalidGrant(WRONG),
                 event=EVENT,
                 reason=reason_prefix + reason,
                 caller=caller,
@@ -111,8 +114,38 @@ async def handle(
             principal_id=user.id,
             actor=f"user:{user.name}",
         )
+    family_id = new_ordered_id()
     issued = await service.issue(
-        ctx, owner=user, key=None, scopes=scopes, caller=caller, event=EVENT
+        ctx, owner=user, key=None, scopes=scopes, caller=caller, event=EVENT, family_id=family_id
     )
     assert issued is not None  # only a refresh can lose a race
+    await _end_if_password_changed(ctx, user=user, family_id=family_id, caller=caller)
     return issued
+
+
+async def _end_if_password_changed(
+    ctx: AppContext, *, user: Principal, family_id: str, caller: Caller
+) -> None:
+    """Refuse, and end, a sign-in whose password was changed while it was checked.
+
+    A password change ends the sign-in sessions it finds (users/service.py); one checked
+    against the old hash but written after that look would outlive the change. So the hash
+    is read again once the session is written, waiting for a change in progress to commit
+    (FOR SHARE against its FOR UPDATE; SQLite serialises them anyway): either the change
+    saw this family, or this read sees the new hash.
+    """
+    async with ctx.database.sessionmaker() as session:
+        current = await users_service.current_password_hash(session, user_id=user.id)
+        if current is not None and hmac.compare_digest(current, user.password_hash or ""):
+            return
+        await service.revoke_family(ctx, session, family_id=family_id, reason="password changed")
+        await session.commit()
+    await service.refuse(
+        ctx,
+        InvalidGrant(WRONG),
+        event=EVENT,
+        reason="password changed during sign-in",
+        caller=caller,
+        principal_id=user.id,
+        actor=f"user:{user.name}",
+    )
