@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from keyservice.database import utcnow
@@ -94,3 +95,20 @@ async def test_admin_revokes_any_key(client, context):
     [event] = await events(context, "api_key.deleted")
     assert event.key_id == key["id"]
     assert event.actor == "user:root"
+
+
+async def test_concurrent_revocations_of_one_key_record_one(client, context):
+    # Two admins (or a double click, or the owner at the same moment) revoking one key:
+    # one revocation, one event, and the revocation time the first one set.
+    admin = await admin_token(context, client)
+    token = await user_token(context, client, "twice", ["api_keys:manage"])
+    key = await create_key(client, token, name="leaked")
+    responses = await asyncio.gather(
+        *(client.delete(f"/admin/api-keys/{key['id']}", headers=bearer(admin)) for _ in range(6)),
+        *(client.delete(f"/api-keys/{key['id']}", headers=bearer(token)) for _ in range(6)),
+    )
+    assert {r.status_code for r in responses} <= {204, 404}, [r.text for r in responses]
+    [event] = await events(context, "api_key.deleted")
+    assert event.key_id == key["id"]
+    got = await admin_request(client, admin, "GET", f"/admin/api-keys/{key['id']}", 200)
+    assert got.json()["status"] == "revoked"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, false, func, not_, or_, select
+from sqlalchemy import and_, false, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
@@ -228,7 +228,17 @@ async def revoke(
     """Revoke a key for good: its refresh tokens die now, its JWTs within seconds everywhere."""
     if key.revoked_at is not None:
         return
-    key.revoked_at = utcnow()
+    # Only if still live when the row is written: of concurrent revocations (two admins, a
+    # double click) read before either committed, one is recorded and the others change
+    # nothing (PostgreSQL re-checks the row once the first commits; SQLite serialises).
+    revoked = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    if revoked.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        return
     audit.record(
         session,
         type="api_key.deleted",
