@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +19,7 @@ from keyservice.auth.models import RefreshToken
 from keyservice.auth.store import IssueWrite
 from keyservice.database import new_id, utcnow
 from tests.conftest import _asyncpg_dsn
-from tests.factories import audit_events, create_key, create_principal, user_token
+from tests.factories import audit_events, bearer, create_key, create_principal, user_token
 
 
 def _write(principal_id: str, *, parent_id: str | None = None, family: str | None = None):
@@ -444,3 +444,27 @@ async def test_token_commit_setting_decides_the_flush_wait_of_batches(context, s
     assert await _refresh_count(context) == 2
     audited = {e.id for e in await audit_events(context, "token.exchange")}
     assert {exchange.au_id, refresh.au_id} <= audited and replay.au_id not in audited
+
+
+async def test_last_used_never_goes_back(client, context):
+    # Last-used writes are coalesced per process and batched: one carrying an earlier use
+    # can commit after one carrying a later use (another worker's, or a batch that waited
+    # longer). The later use stays recorded, with its address.
+    token = await user_token(context, client, "grace", ["api_keys:manage"])
+    created = await create_key(client, token, name="used")
+    record = await context.tokens.fetch_key(created["client_id"])
+    assert record is not None
+    owner_id, key_id = record.principal_id, record.key_id
+    later = replace(_write(owner_id), key_id=key_id, last_used=True, ip="192.0.2.20")
+    earlier = replace(
+        _write(owner_id),
+        now=later.now - timedelta(seconds=2),
+        key_id=key_id,
+        last_used=True,
+        ip="192.0.2.10",
+    )
+    assert await context.tokens.write_issue(later)
+    assert await context.tokens.write_issue(earlier)
+    listed = (await client.get(f"/api-keys/{key_id}", headers=bearer(token))).json()
+    assert listed["last_used_ip"] == "192.0.2.20"
+    assert datetime.fromisoformat(listed["last_used_at"].replace("Z", "+00:00")) == later.now

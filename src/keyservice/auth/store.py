@@ -28,7 +28,7 @@ from functools import lru_cache, partial
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import JSON, bindparam, select, type_coerce, update
+from sqlalchemy import JSON, bindparam, or_, select, type_coerce, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import NullType
 
@@ -233,7 +233,10 @@ class SqlTokenStore(TokenStore):
             if write.last_used and write.key_id is not None:
                 await session.execute(
                     update(ApiKey)
-                    .where(ApiKey.id == write.key_id)
+                    .where(
+                        ApiKey.id == write.key_id,
+                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < write.now),
+                    )
                     .values(last_used_at=write.now, last_used_ip=write.ip)
                 )
             await session.commit()
@@ -287,7 +290,9 @@ _PG_LOAD_REFRESHES = (
 # refresh); `ok` is every row that needs no claim or won its claim; the refresh tokens and
 # audit events of exactly those rows are inserted, and the coalesced last-used write skips
 # a key row another transaction holds (it writes nearly the same value), so that batches
-# never wait on each other there. A batch never claims one parent twice (see _take).
+# never wait on each other there, and a row holding a later use already (a batch of
+# another worker, or one that waited less, committed first), so that it never goes back.
+# A batch never claims one parent twice (see _take).
 # The claims ($16, the parent tokens) are a plain `id = ANY(array)` that the planner answers
 # from the primary key even in the generic plan of a prepared statement: joined to the
 # unnest() of the rows it chose sequential scans of refresh_token, which grew with the table.
@@ -332,9 +337,11 @@ _PG_LAST_USED = """,
 lu AS (
     UPDATE api_key SET last_used_at = $18, last_used_ip = u.ip
     FROM unnest($17::varchar[], $19::varchar[]) AS u(id, ip)
-    WHERE api_key.id = u.id AND api_key.id IN (
-        SELECT id FROM api_key WHERE id = ANY($17::varchar[]) FOR NO KEY UPDATE SKIP LOCKED
-    )
+    WHERE api_key.id = u.id
+        AND (api_key.last_used_at IS NULL OR api_key.last_used_at < $18)
+        AND api_key.id IN (
+            SELECT id FROM api_key WHERE id = ANY($17::varchar[]) FOR NO KEY UPDATE SKIP LOCKED
+        )
 )"""
 # Most batches have no last-used write due (they are coalesced per key): their statement has
 # no `lu` at all, since PostgreSQL sets up every node of a plan on each execution, run or not
