@@ -468,3 +468,29 @@ async def test_last_used_never_goes_back(client, context):
     listed = (await client.get(f"/api-keys/{key_id}", headers=bearer(token))).json()
     assert listed["last_used_ip"] == "192.0.2.20"
     assert datetime.fromisoformat(listed["last_used_at"].replace("Z", "+00:00")) == later.now
+
+
+async def test_a_lost_claim_still_records_the_use_of_its_key(client, context):
+    # Of concurrent refreshes of one token, the one whose last-used write was due may lose
+    # the claim; the winner's then was not due. The key was used: the write is kept.
+    token = await user_token(context, client, "hugo", ["api_keys:manage"])
+    created = await create_key(client, token, name="raced")
+    record = await context.tokens.fetch_key(created["client_id"])
+    assert record is not None
+    owner_id, key_id = record.principal_id, record.key_id
+    parent = replace(_write(owner_id), key_id=key_id)
+    assert await context.tokens.write_issue(parent)
+    winner = replace(
+        _write(owner_id, parent_id=parent.rt_id, family=parent.family_id), key_id=key_id
+    )
+    loser = replace(
+        _write(owner_id, parent_id=parent.rt_id, family=parent.family_id),
+        key_id=key_id,
+        last_used=True,
+        ip="192.0.2.30",
+    )
+    assert await context.tokens.write_issue(winner)
+    assert not await context.tokens.write_issue(loser)
+    listed = (await client.get(f"/api-keys/{key_id}", headers=bearer(token))).json()
+    assert listed["last_used_ip"] == "192.0.2.30"
+    assert datetime.fromisoformat(listed["last_used_at"].replace("Z", "+00:00")) == loser.now

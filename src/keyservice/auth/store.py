@@ -30,6 +30,7 @@ from typing import Any, cast
 import orjson
 from sqlalchemy import JSON, bindparam, or_, select, type_coerce, update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import NullType
 
 from keyservice.api_keys.models import ApiKey
@@ -207,7 +208,11 @@ class SqlTokenStore(TokenStore):
                     .values(used_at=write.now)
                 )
                 if result.rowcount != 1:  # type: ignore[attr-defined]
-                    await session.rollback()
+                    # Lost to a concurrent claim. The key was used all the same, and the
+                    # winner may have found its last-used write not due (coalesced per key):
+                    # it is written here, as the PostgreSQL batch writes it for every row.
+                    await _write_last_used(session, write)
+                    await session.commit()
                     return False
             session.add(
                 RefreshToken(
@@ -230,17 +235,22 @@ class SqlTokenStore(TokenStore):
                 key_id=write.key_id,
                 ip=write.ip,
             )
-            if write.last_used and write.key_id is not None:
-                await session.execute(
-                    update(ApiKey)
-                    .where(
-                        ApiKey.id == write.key_id,
-                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < write.now),
-                    )
-                    .values(last_used_at=write.now, last_used_ip=write.ip)
-                )
+            await _write_last_used(session, write)
             await session.commit()
         return True
+
+
+async def _write_last_used(session: AsyncSession, write: IssueWrite) -> None:
+    """The coalesced `last_used_*` write, if due; never moving them back in time."""
+    if write.last_used and write.key_id is not None:
+        await session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == write.key_id,
+                or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < write.now),
+            )
+            .values(last_used_at=write.now, last_used_ip=write.ip)
+        )
 
 
 # ---------------------------------------------------------------------------------------
