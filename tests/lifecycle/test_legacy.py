@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ from keyservice.api_keys.models import ApiKey
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.main import create_app
+from keyservice.security.hashing import slow_hash_jobs
 from tests.admin.support import events
 from tests.conftest import client_for, make_settings
 from tests.factories import add_scope, bearer, create_key, create_principal, exchange, login
@@ -215,3 +217,28 @@ async def test_imported_keys_count_towards_the_limit_without_blocking_import(cli
     assert result.over_limit == {("user", "zoe"): 6}
     refused = await create_key(client, token, expect=409, name="k5")
     assert "At most 5" in refused["error_description"]
+
+
+# The revocation view reloads every 5 s (0.2 in tests): the pool is this test's alone.
+@pytest.mark.parametrize("settings_overrides", [{"revocation_poll_seconds": 5}])
+async def test_checking_hashed_legacy_keys_holds_no_connection(client, context):
+    # A string that is no key of this service is checked against every legacy key known
+    # only by its hash, slowly; meanwhile it must hold no database connection (on SQLite
+    # its transaction was the write lock every other request waited for).
+    await _population(context)
+    digest = bcrypt.hashpw(HASHED.encode(), bcrypt.gensalt(rounds=13)).decode()
+    line = _line(owner="pump-7", owner_type="device", name="old", scopes=None, key_hash=digest)
+    await import_lines(context, [line], actor="test")
+    key = await create_key(client, (await login(client, "zoe"))["access_token"], name="new")
+    jobs = slow_hash_jobs()
+    junk = asyncio.create_task(exchange(client, "not a key of this service"))
+    while slow_hash_jobs() == jobs:  # until the legacy hash is being checked
+        await asyncio.sleep(0.001)
+    assert context.database.engine.pool.checkedout() == 0
+    assert (await exchange(client, key["api_key"])).status_code == 200
+    assert (await junk).json()["error"] == "invalid_client"
+    # The first use of the hashed key still records its lookup.
+    assert (await exchange(client, HASHED)).status_code == 200
+    async with context.database.sessionmaker() as session:
+        found = await session.scalar(select(ApiKey.legacy_lookup).where(ApiKey.name == "old"))
+    assert found == context.hasher.hash("legacy:" + HASHED)

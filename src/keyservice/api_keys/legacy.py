@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.auth.service import load_key
@@ -43,13 +43,19 @@ async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
                 )
             )
         ).all()
-        for candidate in candidates:
-            if candidate.legacy_hash and await run_slow_hash(
-                LEGACY_KEYS.verify, key_string, candidate.legacy_hash
-            ):
-                key = await session.get(ApiKey, candidate.id)
-                assert key is not None
-                key.legacy_lookup = lookup
+    # The slow hashes run with no transaction open: one kept a pooled connection for their
+    # whole length and, on SQLite, the write lock every other request waits for (an
+    # unauthenticated junk `api_key` stalled all exchanges for as long as they took).
+    for candidate in candidates:
+        if candidate.legacy_hash and await run_slow_hash(
+            LEGACY_KEYS.verify, key_string, candidate.legacy_hash
+        ):
+            async with ctx.database.sessionmaker() as session:
+                await session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == candidate.id, ApiKey.legacy_lookup.is_(None))
+                    .values(legacy_lookup=lookup)
+                )
                 await session.commit()
-                return str(candidate.client_id)
+            return str(candidate.client_id)
     return None
