@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from keyservice.database import utcnow
@@ -127,3 +128,25 @@ async def test_a_chain_of_rotations_keeps_at_most_two_live_keys(client, context)
     await _rotate(client, token, third["id"])
     listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
     assert sum(item["status"] == "valid" for item in listed) == 10
+
+
+async def test_concurrent_rotations_of_one_key_make_one_replacement(client, context):
+    token = await user_token(context, client, "yan")
+    key = await create_key(client, token, name="busy")
+    responses = await asyncio.gather(
+        *(
+            client.post(f"/api-keys/{key['id']}/rotate", json={}, headers=bearer(token))
+            for _ in range(10)
+        )
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 9, [response.text for response in responses]
+    [winner] = [response.json() for response in responses if response.status_code == 201]
+    assert all(
+        winner["client_id"] in response.json()["error_description"]
+        for response in responses
+        if response.status_code == 409
+    )
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert sorted(item["id"] for item in listed) == sorted([key["id"], winner["id"]])
+    assert len(await events(context, "api_key.rotated")) == 1
