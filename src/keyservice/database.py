@@ -128,7 +128,10 @@ class Database:
         # connection that died with its server fails once; SQLAlchemy then invalidates the
         # whole pool (every older connection is replaced at checkout) and the request
         # answers 503, so the pool recovers by itself when the database is back.
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False}
+        # hide_parameters: a statement's parameters stay out of SQLAlchemy's errors and its
+        # log. They carry password hashes, key-secret HMACs and whatever a client typed as
+        # a username, and the trace of an unexpected database error goes to the log.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": False, "hide_parameters": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         else:
