@@ -56,6 +56,10 @@ def configure_logging(level: str) -> None:
     )
     # Alembic announces each of its plugins at INFO: noise on every start.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # aiosqlite's DEBUG lines name each call with its arguments: every statement of the
+    # embedded database with its parameters (password hashes, key and token HMACs, a
+    # username that may be a password typed in the wrong box). Never below INFO.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, getattr(logging, level)))
 
 
 async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
