@@ -21,7 +21,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
     )
     raise SystemExit(2) from None
 
-from keyservice.config import Settings
+from keyservice.config import Settings, masked_url
 
 T = TypeVar("T")
 
@@ -102,18 +102,9 @@ def database_errors(database_url: str) -> Iterator[None]:
             else "is it reachable, and migrated? Run `keyservice migrate` first."
         )
         raise click.ClickException(
-            f"cannot use the database {_safe_url(database_url)} "
+            f"cannot use the database {masked_url(database_url, '(KEYSERVICE_DATABASE_URL)')} "
             f"({_reason(exc, database_url)}); {hint}"
         ) from None
-
-
-def _safe_url(database_url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(database_url).render_as_string(hide_password=True)
-    except Exception:  # it parsed once already; never echo it raw
-        return "(KEYSERVICE_DATABASE_URL)"
 
 
 def _reason(exc: BaseException, database_url: str) -> str:

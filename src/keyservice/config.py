@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,7 +27,11 @@ SECRET_KEY_FILE = "secret_key"
 class Settings(BaseSettings):
     """Every knob of the service; one instance per app."""
 
-    model_config = SettingsConfigDict(env_prefix="KEYSERVICE_", extra="ignore")
+    # hide_input_in_errors: a ValidationError's text would quote the value refused (a
+    # secret key too short) or, for a check across fields, all of them (passwords too).
+    model_config = SettingsConfigDict(
+        env_prefix="KEYSERVICE_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Path(".keyservice")
     database_url: str | None = None
@@ -126,6 +131,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show SecretStr fields masked; the URLs' passwords likewise.
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = masked_url(value)
+            yield name, value
+
     # Derived values -------------------------------------------------------------------
 
     @property
@@ -166,6 +178,19 @@ class Settings(BaseSettings):
                 with os.fdopen(fd, "w") as fh:
                     fh.write(secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
+
+
+_URL_FIELDS = ("database_url", "redis_url")
+
+
+def masked_url(url: str, unreadable: str = "***") -> str:
+    """The URL with its password, if any, replaced by ***; `unreadable` if it is no URL."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # nothing of it can be shown safely
+        return unreadable
 
 
 @lru_cache

@@ -12,8 +12,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import text
 
+from keyservice.config import Settings
 from keyservice.context import AppContext
 from tests.admin.support import admin_request, admin_token
 from tests.factories import user_token
@@ -92,3 +95,44 @@ async def test_the_trace_of_a_failed_write_holds_no_statement_parameters(client,
     assert "UPDATE principal" in logged and "INSERT INTO api_key" in logged, logged
     assert "[parameters:" not in logged, logged
     assert "$argon2" not in logged and NEW_PASSWORD not in logged
+
+
+DB_PASSWORD = "db-Passw0rd-Lq9z"
+REDIS_PASSWORD = "redis-Passw0rd-Xr5n"
+ADMIN_PASSWORD = "bootstrap-Passw0rd-Vt2m"
+SERVER_SECRET = "server-secret-Hj6w" + "s" * 30
+SETTINGS = {
+    "database_url": f"postgresql+asyncpg://ks:{DB_PASSWORD}@db.internal/ks",
+    "redis_url": f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0",
+    "secret_key": SERVER_SECRET,
+    "bootstrap_admin_username": "root",
+    "bootstrap_admin_password": ADMIN_PASSWORD,
+}
+SETTINGS_SECRETS = (DB_PASSWORD, REDIS_PASSWORD, ADMIN_PASSWORD, SERVER_SECRET)
+
+
+def test_settings_show_no_secret_in_repr_or_str(tmp_path):
+    settings = Settings(**SETTINGS, data_dir=tmp_path)
+    for shown in (repr(settings), str(settings)):
+        assert not [secret for secret in SETTINGS_SECRETS if secret in shown], shown
+        # What is not secret stays readable.
+        assert "postgresql+asyncpg://ks:***@db.internal/ks" in shown
+        assert "redis://:***@redis.internal:6379/0" in shown
+    assert settings.database_url == SETTINGS["database_url"]  # the value itself is intact
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"secret_key": SERVER_SECRET[:31]},  # one character short of the minimum
+        {"key_default_ttl_days": 400},  # a check across fields: every input in the error
+        {"bootstrap_admin_username": None},
+    ],
+    ids=["secret_key", "across_fields", "bootstrap_pair"],
+)
+def test_a_settings_validation_error_quotes_no_secret(refused, tmp_path):
+    with pytest.raises(ValidationError) as error:
+        Settings(**{**SETTINGS, **refused}, data_dir=tmp_path)
+    text = str(error.value)
+    assert "Value error" in text  # the reason is there
+    assert not [secret for secret in SETTINGS_SECRETS if secret[:16] in text], text
