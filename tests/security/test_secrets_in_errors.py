@@ -11,13 +11,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from keyservice.api_keys.legacy_import import LegacyKeyLine
+from keyservice.api_keys.schemas import ApiKeyCreated
+from keyservice.auth.client_auth import ClientCredentials
+from keyservice.auth.service import Issued
+from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.config import Settings
+from keyservice.console.session import ConsoleSession
 from keyservice.context import AppContext
+from keyservice.users.schemas import UserCreate, UserUpdate
 from tests.admin.support import admin_request, admin_token
 from tests.factories import user_token
 
@@ -136,3 +144,74 @@ def test_a_settings_validation_error_quotes_no_secret(refused, tmp_path):
     text = str(error.value)
     assert "Value error" in text  # the reason is there
     assert not [secret for secret in SETTINGS_SECRETS if secret[:16] in text], text
+
+
+SECRET = "Sx7" + "q" * 40  # the shape of a client secret
+HASH = "ab12" * 16  # the shape of an HMAC-SHA256 hex digest
+PASSWORD_HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"
+
+
+def _holders_of_secrets() -> list[object]:
+    """An object of each kind that holds a secret (or a hash of one) while a request runs."""
+    now = datetime.now(UTC)
+    api_key = "ksk_" + "A" * 16 + "_" + SECRET + "ZZZZZZ"
+    values = {"k_secret_hash": HASH, "p_password_hash": PASSWORD_HASH}
+    return [
+        ClientCredentials("basic", "kc_" + "A" * 16, SECRET),
+        ClientCredentials("api_key", None, None, api_key=api_key),
+        Issued(
+            access_token="eyJ." + SECRET,
+            expires_in=1,
+            refresh_token="ksr_" + SECRET,
+            refresh_expires_in=2,
+            scope="a",
+        ),  # fmt: skip
+        IssueWrite(
+            now=now,
+            rt_id="r",
+            rt_hash=HASH,
+            family_id="f",
+            parent_id=None,
+            principal_id="p",
+            key_id=None,
+            scope="",
+            rt_expires=now,
+            au_id="a",
+            event="login",
+            actor=None,
+            ip=None,
+            last_used=False,
+        ),  # fmt: skip
+        KeyRecord(values, lambda *_: None),
+        ConsoleSession(principal_id="p", expires_at=1, csrf=SECRET, credential=HASH),
+        UserCreate(username="u", password=SECRET),
+        UserUpdate(password=SECRET),
+        LegacyKeyLine(owner="u", owner_type="user", name="n", key=SECRET),
+        LegacyKeyLine(owner="u", owner_type="user", name="n", key_hash=PASSWORD_HASH),
+        ApiKeyCreated(
+            id="i",
+            client_id="kc_" + "A" * 16,
+            name="n",
+            description="",
+            scopes=None,
+            inherits_permissions=True,
+            allowed_ips=[],
+            created_at=now,
+            expires_at=now,
+            last_used_at=None,
+            last_used_ip=None,
+            status="valid",
+            expires_soon=False,
+            owner_id="o",
+            owner_type="user",
+            client_secret=SECRET,
+            api_key=api_key,
+        ),  # fmt: skip
+    ]
+
+
+@pytest.mark.parametrize("holder", _holders_of_secrets(), ids=lambda h: type(h).__name__)
+def test_repr_and_str_show_no_secret_or_hash(holder):
+    for shown in (repr(holder), str(holder)):
+        assert SECRET not in shown and HASH not in shown and "argon2" not in shown, shown
+    assert type(holder).__name__ in repr(holder)  # still says what it is

@@ -47,8 +47,10 @@ class LegacyKeyLine(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=1000)
     scopes: list[str] | None = Field(default=None, max_length=100)
-    key: str | None = Field(default=None, min_length=1, max_length=MAX_LEGACY_KEY_LENGTH)
-    key_hash: str | None = Field(default=None, min_length=1, max_length=255)
+    key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_LEGACY_KEY_LENGTH, repr=False
+    )
+    key_hash: str | None = Field(default=None, min_length=1, max_length=255, repr=False)
     expires_at: Timestamp | None = None
 
     @model_validator(mode="after")

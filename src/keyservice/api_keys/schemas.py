@@ -64,8 +64,8 @@ class ApiKeyRead(BaseModel):
 
 
 class ApiKeyCreated(ApiKeyRead):
-    client_secret: str | None
-    api_key: str
+    client_secret: str | None = Field(repr=False)
+    api_key: str = Field(repr=False)
 
 
 class ApiKeyList(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from keyservice.exceptions import InvalidClient, InvalidRequest
@@ -21,8 +21,8 @@ from keyservice.security.tokens import parse_api_key
 class ClientCredentials:
     method: str  # "basic", "post" or "api_key"
     client_id: str | None
-    secret: str | None
-    api_key: str | None = None
+    secret: str | None = field(repr=False)
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def basic(self) -> bool:

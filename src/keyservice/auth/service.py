@@ -10,7 +10,7 @@ of exchanges).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import NoReturn
@@ -62,9 +62,9 @@ class Caller:
 
 @dataclass(frozen=True)
 class Issued:
-    access_token: str
+    access_token: str = field(repr=False)
     expires_in: int
-    refresh_token: str
+    refresh_token: str = field(repr=False)
     refresh_expires_in: int
     scope: str
     sunset: datetime | None = None

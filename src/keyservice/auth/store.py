@@ -22,7 +22,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, cast
@@ -48,7 +48,7 @@ class IssueWrite:
 
     now: datetime
     rt_id: str
-    rt_hash: str
+    rt_hash: str = field(repr=False)
     family_id: str
     parent_id: str | None  # also the token claimed (a refresh), None for a first issue
     principal_id: str
@@ -72,7 +72,7 @@ class KeyRecord:
     (`k_*` and `p_*` labels) and `build(model, prefix, values)` makes an object of it.
     """
 
-    values: Any
+    values: Any = field(repr=False)  # the key's secret hash and the owner's password hash
     build: Callable[[Any, str, Any], Any]
 
     @property

@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,10 +41,10 @@ _AAD = b"keyservice-console-session"
 class ConsoleSession:
     principal_id: str | None
     expires_at: int
-    csrf: str
+    csrf: str = field(repr=False)
     # SessionCodec.credential() of the password hash the user signed in with ("" when
     # signed out): a session whose user has a new password since is over.
-    credential: str = ""
+    credential: str = field(default="", repr=False)
 
     @property
     def signed_in(self) -> bool:

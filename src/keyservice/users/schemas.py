@@ -16,7 +16,7 @@ class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=1024, repr=False)
     permissions: list[str] = Field(default_factory=list, max_length=100)
 
 
@@ -28,7 +28,7 @@ class UserUpdate(BaseModel):
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
     permissions: list[str] | None = Field(default=None, max_length=100)
-    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    password: str | None = Field(default=None, min_length=1, max_length=1024, repr=False)
 
 
 class UserRead(BaseModel):
