@@ -25,6 +25,8 @@ request refused before any event was written (auth/router.py writes it); it is n
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 
@@ -166,3 +168,49 @@ class ServiceUnavailable(KeyServiceError):
 
     def __init__(self, description: str | None = None) -> None:
         super().__init__(description, headers={"Retry-After": "1"})
+
+
+# Quoting what a client sent ---------------------------------------------------------------
+
+# Every credential this service hands out holds a run of 16 or more base62 characters
+# (security/tokens.py: a key's client id part, secrets, refresh tokens; JWT segments too);
+# names are made of shorter words.
+_CREDENTIAL_LIKE = re.compile(r"[0-9A-Za-z]{16}")
+_MAX_ECHO = 64
+# A field or parameter name.
+FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def echoable(value: str, syntax: re.Pattern[str]) -> bool:
+    """Return whether an error message may quote this value a client sent: a short name."""
+    return (
+        len(value) <= _MAX_ECHO
+        and syntax.fullmatch(value) is not None
+        and _CREDENTIAL_LIKE.search(value) is None
+    )
+
+
+def quoted_names(values: Iterable[str], syntax: re.Pattern[str]) -> str:
+    """The values a refusal names, comma-separated; those echoable() refuses only counted.
+
+    A secret pasted into the wrong field (a key string among the scopes, say) is not sent
+    back, not even in part: error bodies end up in clients' logs and support tickets.
+    """
+    values = list(values)
+    shown = [value for value in values if echoable(value, syntax)]
+    hidden = len(values) - len(shown)
+    if hidden:
+        shown.append(
+            f"{hidden} more not quoted, as it may be a secret"
+            if hidden == 1
+            else f"{hidden} more not quoted, as they may be secrets"
+        )
+    return ", ".join(shown)
+
+
+def quoted_loc(loc: Sequence[int | str]) -> list[int | str]:
+    """A validation error's location with any part that is not a field name withheld."""
+    return [
+        part if isinstance(part, int) or echoable(part, FIELD_NAME) else "(not quoted)"
+        for part in loc
+    ]

@@ -32,6 +32,7 @@ from keyservice.exceptions import (
     KeyServiceError,
     ServiceUnavailable,
     TemporarilyUnavailable,
+    quoted_loc,
 )
 from keyservice.responses import NO_STORE, JSONResponse
 from keyservice.routing import ExactPaths, TableRoute
@@ -199,9 +200,14 @@ def install_error_handlers(app: FastAPI) -> None:
         unreadable = _unreadable_body(exc.__cause__)
         if unreadable is not None:
             return _error_response(unreadable)
-        # Never echo `input`: it may hold a password or a secret.
+        # Never echo `input`: it may hold a password or a secret; nor a name in `loc` that
+        # is no field name (a key of a JSON object the client made up).
         details = [
-            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type")}
+            {
+                "loc": quoted_loc(err.get("loc", ())),
+                "msg": err.get("msg", ""),
+                "type": err.get("type"),
+            }
             for err in exc.errors()
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid"}

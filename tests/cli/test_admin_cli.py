@@ -330,3 +330,29 @@ def test_import_legacy(cli, tmp_path):
     assert cli.scalar(select(func.count()).select_from(ApiKey)) == 2
 
     cli("keys", "import-legacy", str(tmp_path / "missing.jsonl"), expect=2)
+
+
+def test_import_legacy_quotes_no_key_pasted_into_a_scope_or_a_field_name(cli, tmp_path):
+    cli.principal("ann", permissions=["projects:read"])
+    pasted = "LegacyKeyPastedWhereItDoesNotGo0123456789"
+    lines = tmp_path / "keys.jsonl"
+    lines.write_text(
+        json.dumps(
+            {
+                "owner": "ann",
+                "owner_type": "user",
+                "name": "a",
+                "key": "ann-old-key-1",
+                "scopes": ["projects:write", pasted],
+            }  # fmt: skip
+        )
+        + "\n"
+        + json.dumps({"owner": "ann", "owner_type": "user", "name": "b", pasted: "x"})
+        + "\n"
+    )
+    failed = cli("keys", "import-legacy", str(lines), expect=1)
+    assert pasted[10:30] not in failed.output
+    assert "line 1: scopes not held by user 'ann': projects:write, 1 more not quoted" in (
+        failed.stderr
+    )
+    assert "line 2: (not quoted): Extra inputs are not permitted" in failed.stderr

@@ -27,7 +27,7 @@ from keyservice.console.session import ConsoleSession
 from keyservice.context import AppContext
 from keyservice.users.schemas import UserCreate, UserUpdate
 from tests.admin.support import admin_request, admin_token
-from tests.factories import user_token
+from tests.factories import bearer, create_key, user_token
 
 NEW_PASSWORD = "new-password-Kq4v" + "p" * 20
 
@@ -215,3 +215,48 @@ def test_repr_and_str_show_no_secret_or_hash(holder):
     for shown in (repr(holder), str(holder)):
         assert SECRET not in shown and HASH not in shown and "argon2" not in shown, shown
     assert type(holder).__name__ in repr(holder)  # still says what it is
+
+
+async def test_a_secret_sent_in_the_wrong_field_is_not_quoted_back(client, context):
+    """422s name the scopes, permissions, addresses and fields they refuse, unless the value
+    could be a credential: error bodies end up in clients' logs and support tickets."""
+    admin = await admin_token(context, client)
+    user = await user_token(context, client, "olga", ["api_keys:manage", "projects:read"])
+    key = await create_key(client, user, name="k")
+    pasted = [key["api_key"], key["client_secret"]]
+    refusals = [
+        ("/api-keys", user, {"name": "k2", "scopes": ["projects:read", "billing:write", *pasted]}),
+        ("/api-keys", user, {"name": "k2", "allowed_ips": ["10.0.0.0/8", key["client_secret"]]}),
+        ("/api-keys", user, {"name": "k2", "allowed_ips": [f"fe80::1%{key['client_secret']}"]}),
+        ("/api-keys", user, {"name": "k2", key["api_key"]: True}),
+        ("/admin/users", admin, {"username": "p", "password": "x" * 12, "permissions": pasted}),
+    ]
+    bodies = []
+    for path, token, body in refusals:
+        response = await client.post(path, json=body, headers=bearer(token))
+        assert response.status_code == 422, response.text
+        bodies.append(response.text)
+    assert not [text for text in bodies for secret in pasted if secret[8:32] in text], bodies
+    # What is a name is still named, and the person learns a value was left out.
+    scopes = bodies[0]
+    assert "billing:write" in scopes and "2 more not quoted, as they may be secrets" in scopes
+    assert "A value (not quoted) is not an IPv4 or IPv6 address" in bodies[1]
+    assert "zone id" in bodies[2]
+    assert "(not quoted): Extra inputs are not permitted" in bodies[3]
+    assert "Unknown permission(s): 2 more not quoted" in bodies[4]
+
+
+async def test_names_are_still_quoted_in_refusals(client, context):
+    user = await user_token(context, client, "petra", ["api_keys:manage"])
+    refused = await client.post(
+        "/api-keys",
+        json={"name": "k", "scopes": ["projects:write"], "allowed_ips": ["proxy.internal"]},
+        headers=bearer(user),
+    )
+    assert refused.status_code == 422
+    assert "'proxy.internal' is not an IPv4 or IPv6 address" in refused.text
+    extra = await client.post(
+        "/api-keys", json={"name": "k", "owner_id": "x"}, headers=bearer(user)
+    )
+    assert extra.json()["error_description"] == "owner_id: Extra inputs are not permitted"
+    assert extra.json()["details"][0]["loc"] == ["body", "owner_id"]

@@ -29,8 +29,10 @@ from keyservice.api_keys.service import count_live
 from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
+from keyservice.exceptions import quoted_loc, quoted_names
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
+from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 from keyservice.security.tokens import new_client_id, parse_api_key
 from keyservice.timestamps import Timestamp
@@ -106,7 +108,7 @@ def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[L
         except ValidationError as exc:
             # Never echo the input: a line may hold a key.
             problems = "; ".join(
-                ".".join(str(part) for part in error["loc"]) + ": " + error["msg"]
+                ".".join(str(part) for part in quoted_loc(error["loc"])) + ": " + error["msg"]
                 if error["loc"]
                 else error["msg"]
                 for error in exc.errors(include_input=False)
@@ -155,7 +157,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                         LineError(
                             number,
                             f"scopes not held by {entry.owner_type} '{entry.owner}': "
-                            + ", ".join(missing),
+                            + quoted_names(missing, SCOPE_NAME),
                         )
                     )
             if entry.expires_at is not None and entry.expires_at <= now:

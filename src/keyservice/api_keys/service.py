@@ -17,9 +17,10 @@ from keyservice.auth.revocation import notify
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
-from keyservice.exceptions import Conflict, NotFound, ValidationFailed
+from keyservice.exceptions import Conflict, NotFound, ValidationFailed, quoted_names
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
+from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.tokens import compose_api_key, new_client_id, new_client_secret
 
 
@@ -67,7 +68,7 @@ def _check_scopes(scopes: list[str] | None, owner: Principal) -> list[str] | Non
     if missing:
         raise ValidationFailed(
             "A key's scopes must be permissions its owner holds; not held: "
-            + ", ".join(missing)
+            + quoted_names(missing, SCOPE_NAME)
             + ".",
             field="scopes",
         )

@@ -17,14 +17,16 @@ from keyservice.auth.client_auth import ClientCredentials, client_credentials, n
 from keyservice.auth.grants import client_credentials as cc_grant
 from keyservice.auth.grants import password as password_grant
 from keyservice.auth.grants import refresh_token as refresh_grant
-from keyservice.auth.service import Caller, Issued, echoable
+from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
 from keyservice.exceptions import (
+    FIELD_NAME,
     InsufficientScope,
     InvalidRequest,
     KeyServiceError,
     UnsupportedGrantType,
+    echoable,
 )
 from keyservice.responses import JSONResponse
 from keyservice.routing import TableRoute
@@ -34,7 +36,6 @@ router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
 MAX_FORM_BYTES = 16 * 1024
 _CREDENTIAL_PARAMS = {"client_secret", "api_key", "refresh_token", "password", "client_id"}
-_PARAMETER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _GRANT_TYPE_NAME = re.compile(r"[A-Za-z0-9_:./-]+")
 
 Grant = Callable[[AppContext, dict[str, str], ClientCredentials | None, Caller], Awaitable[Issued]]
@@ -94,7 +95,7 @@ def _query_refusal() -> InvalidRequest:
 
 def _repeat_refusal(name: str) -> InvalidRequest:
     # A double-encoded body puts a whole `api_key=...` into a parameter's name.
-    shown = f"The parameter '{name}'" if echoable(name, _PARAMETER_NAME) else "A parameter"
+    shown = f"The parameter '{name}'" if echoable(name, FIELD_NAME) else "A parameter"
     return InvalidRequest(f"{shown} was sent more than once.", reason="parameter repeated")
 
 

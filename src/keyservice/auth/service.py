@@ -32,21 +32,16 @@ from keyservice.exceptions import (
     InvalidScope,
     KeyServiceError,
     SlowDown,
+    echoable,
 )
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
-from keyservice.scopes.schemas import SCOPE_NAME_PATTERN
+from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security import ip as ipmod
 from keyservice.security.tokens import is_client_id, new_refresh_token
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
-_SCOPE_NAME = re.compile(SCOPE_NAME_PATTERN)
-# Every credential this service hands out holds a run of 16 or more base62 characters
-# (security/tokens.py: a key's client id part, secrets, refresh tokens; JWT segments too);
-# names are made of shorter words.
-_CREDENTIAL_LIKE = re.compile(r"[0-9A-Za-z]{16}")
-_MAX_ECHO = 64
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,7 @@ def grant_scopes(requested: frozenset[str] | None, available: frozenset[str]) ->
         return available
     missing = requested - available
     if missing:
-        named = sorted(name for name in missing if echoable(name, _SCOPE_NAME))
+        named = sorted(name for name in missing if echoable(name, SCOPE_NAME))
         if len(named) == len(missing):
             detail = ": " + ", ".join(named)
         else:  # a secret pasted into `scope` is not echoed back, not even in part
@@ -125,15 +120,6 @@ def grant_scopes(requested: frozenset[str] | None, available: frozenset[str]) ->
             f"The requested scope includes permissions this client does not hold{detail}."
         )
     return requested
-
-
-def echoable(value: str, syntax: re.Pattern[str]) -> bool:
-    """Return whether an error message may quote this value a client sent: a short name."""
-    return (
-        len(value) <= _MAX_ECHO
-        and syntax.fullmatch(value) is not None
-        and _CREDENTIAL_LIKE.search(value) is None
-    )
 
 
 @lru_cache(maxsize=4096)

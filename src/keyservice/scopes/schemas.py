@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
 # A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
 SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+SCOPE_NAME = re.compile(SCOPE_NAME_PATTERN)
 
 
 class ScopeCreate(BaseModel):

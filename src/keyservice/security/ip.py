@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
+
+from keyservice.exceptions import echoable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What people write in an allow-list, right or wrong (host names included): quoted back in
+# an error only if it is this and short of a credential (exceptions.echoable).
+_ADDRESS_TEXT = re.compile(r"[0-9A-Za-z:./%_-]+")
 
 
 def parse_ip(value: str) -> IPAddress | None:
@@ -50,9 +56,14 @@ def parse_cidrs(values: Iterable[str], *, strict: bool = False) -> list[IPNetwor
         try:
             network = ipaddress.ip_network(text, strict=False)
         except ValueError:
-            raise ValueError(f"'{value}' is not an IPv4 or IPv6 address or CIDR") from None
+            shown = f"'{value}'" if echoable(text, _ADDRESS_TEXT) else "A value (not quoted)"
+            raise ValueError(f"{shown} is not an IPv4 or IPv6 address or CIDR") from None
         if isinstance(network, ipaddress.IPv6Network):
             if strict and network.network_address.scope_id is not None:
+                if not echoable(text, _ADDRESS_TEXT):
+                    raise ValueError(
+                        "An address has a zone id (%...); addresses are matched without one"
+                    )
                 # A zone names one of the writer's own interfaces; callers are matched by
                 # address alone, so it would only make the entry look narrower than it is.
                 unzoned = text.replace(f"%{network.network_address.scope_id}", "", 1)

@@ -11,11 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
 from keyservice.database import utcnow
-from keyservice.exceptions import Conflict, ValidationFailed
+from keyservice.exceptions import Conflict, ValidationFailed, quoted_names
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
+from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import hash_password, run_slow_hash
 
 if TYPE_CHECKING:
@@ -62,8 +63,8 @@ async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -
     missing = await scopes_service.unknown(session, names=permissions)
     if missing:
         raise ValidationFailed(
-            "Unknown permission(s): " + ", ".join(missing) + ". Add them to the scope "
-            "catalog first.",
+            f"Unknown permission(s): {quoted_names(missing, SCOPE_NAME)}. Add them to the "
+            "scope catalog first.",
             field="permissions",
         )
     return sorted(set(permissions))
