@@ -175,7 +175,7 @@ class ServiceUnavailable(KeyServiceError):
 # Every credential this service hands out holds a run of 16 or more base62 characters
 # (security/tokens.py: a key's client id part, secrets, refresh tokens; JWT segments too);
 # names are made of shorter words.
-_CREDENTIAL_LIKE = re.compile(r"[0-9A-Za-z]{16}")
+CREDENTIAL_LIKE = re.compile(r"[0-9A-Za-z]{16}")
 _MAX_ECHO = 64
 # A field or parameter name.
 FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -186,7 +186,7 @@ def echoable(value: str, syntax: re.Pattern[str]) -> bool:
     return (
         len(value) <= _MAX_ECHO
         and syntax.fullmatch(value) is not None
-        and _CREDENTIAL_LIKE.search(value) is None
+        and CREDENTIAL_LIKE.search(value) is None
     )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,7 @@ from keyservice.auth.router import token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
 from keyservice.exceptions import (
+    CREDENTIAL_LIKE,
     InvalidRequest,
     KeyServiceError,
     ServiceUnavailable,
@@ -122,6 +124,22 @@ def _is_db_outage(exc: BaseException) -> bool:
     return False
 
 
+# A path segment holding a credential-like run (exceptions.CREDENTIAL_LIKE): ids are UUIDs,
+# whose runs are shorter, and no route answers a credential in its path.
+_CREDENTIAL_SEGMENT = re.compile(r"[^/]*[0-9A-Za-z]{16}[^/]*")
+
+
+def loggable_path(path: str) -> str:
+    """The request path for a log line, any segment that may be a credential withheld.
+
+    A key string where its id goes (`DELETE /api-keys/ksk_...`) would otherwise be in the
+    access log, which every request reaches (the query string never is).
+    """
+    if CREDENTIAL_LIKE.search(path) is None:
+        return path
+    return _CREDENTIAL_SEGMENT.sub("(not logged)", path)
+
+
 def _error_response(exc: KeyServiceError) -> Response:
     # On the OAuth paths the edge adds Cache-Control: no-store (EdgeMiddleware).
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
@@ -168,16 +186,22 @@ def _unexpected(request: Request, exc: BaseException) -> Response:
     if isinstance(exc, ClientDisconnect):
         # The client hung up mid-request (a load generator stopping, a closed tab):
         # nothing to answer and nothing wrong on our side.
-        log.debug("client disconnected during %s", request.url.path)
+        log.debug("client disconnected during %s", loggable_path(request.url.path))
         return Response(status_code=400)
     if _is_db_outage(exc):
-        log.warning("database unavailable during %s: %s", request.url.path, type(exc).__name__)
+        log.warning(
+            "database unavailable during %s: %s",
+            loggable_path(request.url.path),
+            type(exc).__name__,
+        )
         outage: KeyServiceError = (
             TemporarilyUnavailable() if request.url.path in OAUTH_PATHS else ServiceUnavailable()
         )
         return _error_response(outage)
     # The trace goes to the log without locals; the client learns nothing internal.
-    log.error("unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+    log.error(
+        "unhandled %s on %s", type(exc).__name__, loggable_path(request.url.path), exc_info=exc
+    )
     return _error_response(KeyServiceError())
 
 
@@ -373,7 +397,8 @@ class EdgeMiddleware:
                 access_log.info(
                     "%s %s %s %.1fms",
                     scope["method"],
-                    scope["path"],  # never the query string: it may carry credentials
+                    # Never the query string, nor a path segment that may be a credential.
+                    loggable_path(scope["path"]),
                     status,
                     (time.perf_counter() - started) * 1000,
                 )

@@ -188,6 +188,10 @@ def traffic(base_url: str, secrets: Secrets) -> int:
         call(http, "GET", "/admin/audit-events?limit=500", headers=auth)
         call(http, "DELETE", f"/admin/api-keys/{device_key['id']}", headers=auth)
         call(http, "GET", f"/admin/api-keys?q={key['client_secret']}", headers=auth)
+        # A key string or secret where an id goes: refused, and not in the access log.
+        call(http, "DELETE", f"/api-keys/{key['api_key']}", headers=user_auth)
+        call(http, "GET", f"/admin/users/{key['client_secret']}", headers=auth)
+        call(http, "GET", f"/console/keys/{key['client_secret']}/delete")
     with httpx.Client(base_url=base_url, timeout=30) as browser:
         # The console: its session cookies and CSRF tokens are secrets too.
         page = call(browser, "GET", "/console/login")

@@ -260,3 +260,19 @@ async def test_names_are_still_quoted_in_refusals(client, context):
     )
     assert extra.json()["error_description"] == "owner_id: Extra inputs are not permitted"
     assert extra.json()["details"][0]["loc"] == ["body", "owner_id"]
+
+
+async def test_the_access_log_leaves_out_a_path_segment_that_may_be_a_credential(
+    client, context, caplog
+):
+    user = await user_token(context, client, "quinn", ["api_keys:manage"])
+    key = await create_key(client, user, name="k")
+    caplog.set_level(logging.INFO, logger="keyservice.access")
+    pasted = await client.delete(f"/api-keys/{key['api_key']}", headers=bearer(user))
+    assert pasted.status_code == 404
+    await client.get(f"/api-keys/{key['id']}", headers=bearer(user))
+    await client.get(f"/console/keys/x{key['client_secret']}y/rotate")
+    lines = [r.getMessage() for r in caplog.records if r.name == "keyservice.access"]
+    assert lines[0].startswith("DELETE /api-keys/(not logged) 404 "), lines
+    assert lines[1].startswith(f"GET /api-keys/{key['id']} 200 "), lines  # a UUID is kept
+    assert lines[2].startswith("GET /console/keys/(not logged)/rotate "), lines

@@ -152,12 +152,11 @@ class ConsoleRoute(APIRoute):
             ) as exc:
                 response = _answer_error(request, exc)
             except Exception as exc:
-                from keyservice.main import _is_db_outage
+                from keyservice.main import _is_db_outage, loggable_path
 
                 if not _is_db_outage(exc):
-                    log.error(
-                        "unhandled %s on %s", type(exc).__name__, request.url.path, exc_info=exc
-                    )
+                    path = loggable_path(request.url.path)
+                    log.error("unhandled %s on %s", type(exc).__name__, path, exc_info=exc)
                     response = error_page(
                         request, 500, "Something went wrong", "The error has been logged."
                     )
