@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import RequestValidationError, ValidationException
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -200,9 +201,33 @@ def _unexpected(request: Request, exc: BaseException) -> Response:
         return _error_response(outage)
     # The trace goes to the log without locals; the client learns nothing internal.
     log.error(
-        "unhandled %s on %s", type(exc).__name__, loggable_path(request.url.path), exc_info=exc
+        "unhandled %s on %s",
+        type(exc).__name__,
+        loggable_path(request.url.path),
+        exc_info=_without_inputs(exc),
     )
     return _error_response(KeyServiceError())
+
+
+def _without_inputs(exc: BaseException) -> BaseException:
+    """A validation error as its trace may be logged: where and why, not the values.
+
+    pydantic's message quotes each value refused (for a missing field, the whole object)
+    and FastAPI's ResponseValidationError prints its errors' `input`: a response model
+    that a bug made fail would put the key secret it carries in the log.
+    """
+    if isinstance(exc, ValidationException):
+        errors = [dict(error) for error in exc.errors()]
+    elif isinstance(exc, ValidationError):
+        errors = [dict(error) for error in exc.errors(include_input=False)]
+    else:
+        return exc
+    where = "; ".join(
+        f"{'.'.join(str(part) for part in quoted_loc(error.get('loc', ())))}: {error.get('msg')}"
+        for error in errors
+    )
+    logged = RuntimeError(f"{type(exc).__name__} (values not logged): {where}")
+    return logged.with_traceback(exc.__traceback__)
 
 
 def error_response(request: Request, exc: Exception) -> Response:

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.exceptions import ResponseValidationError
 from pydantic import ValidationError
 from sqlalchemy import text
+from starlette.requests import Request
 
 from keyservice.api_keys.legacy_import import LegacyKeyLine
 from keyservice.api_keys.schemas import ApiKeyCreated
@@ -25,6 +27,7 @@ from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.config import Settings
 from keyservice.console.session import ConsoleSession
 from keyservice.context import AppContext
+from keyservice.main import error_response
 from keyservice.users.schemas import UserCreate, UserUpdate
 from tests.admin.support import admin_request, admin_token
 from tests.factories import bearer, create_key, user_token
@@ -276,3 +279,29 @@ async def test_the_access_log_leaves_out_a_path_segment_that_may_be_a_credential
     assert lines[0].startswith("DELETE /api-keys/(not logged) 404 "), lines
     assert lines[1].startswith(f"GET /api-keys/{key['id']} 200 "), lines  # a UUID is kept
     assert lines[2].startswith("GET /console/keys/(not logged)/rotate "), lines
+
+
+RESPONSE_SECRET = "Zt4mW8pQ2nX6cV1bK7sD3fG9hJ5lA0eR"
+
+
+def _failed_response_model() -> list[BaseException]:
+    """What a bug in a created key's response would raise: pydantic's and FastAPI's errors."""
+    created = {"id": "i", "client_secret": RESPONSE_SECRET, "api_key": "ksk_" + RESPONSE_SECRET}
+    try:
+        ApiKeyCreated.model_validate(created)
+    except ValidationError as exc:
+        pydantic_error = exc
+    return [pydantic_error, ResponseValidationError(pydantic_error.errors(), body=created)]
+
+
+@pytest.mark.parametrize("error", _failed_response_model(), ids=lambda e: type(e).__name__)
+def test_the_trace_of_a_validation_error_holds_no_input(error, caplog):
+    tail = RESPONSE_SECRET[-16:]  # pydantic's message shows the end of the object
+    assert tail in str(error)  # as raised, the message quotes the secret
+    request = Request({"type": "http", "method": "POST", "path": "/api-keys", "headers": []})
+    caplog.set_level(logging.ERROR, logger="keyservice")
+    response = error_response(request, error)
+    assert response.status_code == 500
+    logged = logged_errors(caplog)
+    assert "(values not logged)" in logged and "client_id: Field required" in logged, logged
+    assert tail not in logged
