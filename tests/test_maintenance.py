@@ -6,13 +6,13 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.database import new_id, utcnow
 from keyservice.maintenance import prune_all
-from tests.factories import create_principal
+from tests.factories import create_principal, login
 
 
 async def _seed(context):
@@ -28,8 +28,9 @@ async def _seed(context):
             )  # fmt: skip
         session.add(AuditEvent(type="login", at=now - timedelta(days=400)))
         session.add(AuditEvent(type="login", at=now))
+        # Older than any token can live (7 days + 30 days at most, and a day's grace).
+        session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=39)))
         session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=3)))
-        session.add(RevokedFamily(family_id=new_id(), revoked_at=now))
         await session.commit()
 
 
@@ -46,6 +47,33 @@ async def test_prune_deletes_only_what_no_longer_serves(context):
     pruned = await prune_all(context, now=utcnow())
     assert (pruned.refresh_tokens, pruned.audit_events, pruned.revoked_families) == (1, 1, 1)
     assert await _counts(context) == [1, 1, 1]
+
+
+async def test_prune_keeps_a_revocation_while_a_token_of_the_family_lives(context, client):
+    # A password session issued while refresh tokens lived 30 days longer than access tokens,
+    # revoked three days ago; the lifetime has since been set back to the default 3 hours.
+    await create_principal(context, "roamer")
+    session = await login(client, "roamer")
+    issued = utcnow() - timedelta(days=3)
+    async with context.database.sessionmaker() as db:
+        await db.execute(
+            update(RefreshToken).values(created_at=issued, expires_at=issued + timedelta(days=30))
+        )
+        await db.commit()
+    revoked = await client.post("/revoke", data={"token": session["refresh_token"]})
+    assert revoked.status_code == 200
+    async with context.database.sessionmaker() as db:
+        await db.execute(update(RevokedFamily).values(revoked_at=issued))
+        await db.commit()
+
+    await prune_all(context, now=utcnow())
+
+    # The family's mark is all that refuses its last refresh token, unused and unexpired.
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": session["refresh_token"]}
+    )
+    assert refreshed.status_code == 400, refreshed.text
+    assert refreshed.json()["error"] == "invalid_grant"
 
 
 @pytest.mark.parametrize("settings_overrides", [{"prune_interval_seconds": 1}])

@@ -340,17 +340,20 @@ def audit_tail(limit: int, event_type: str | None) -> None:
 
 @click.command()
 def prune() -> None:
-    """Delete refresh tokens expired over a day ago and audit events past retention."""
+    """Delete refresh tokens expired over a day ago, audit events past retention and
+    revocations of refresh-token families whose tokens have all expired."""
     from keyservice.database import utcnow
 
     settings = load_settings()
     now = utcnow()
-    from keyservice.maintenance import prune_all
+    from keyservice.maintenance import FAMILY_MARK_KEPT, prune_all
 
     result = run(lambda ctx: prune_all(ctx, now=now))
     click.echo(
-        f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago and "
-        f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days"
+        f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "
+        f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days "
+        f"and {result.revoked_families} refresh-token family revocation(s) older than "
+        f"{FAMILY_MARK_KEPT.days} days"
     )
 
 

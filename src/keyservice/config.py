@@ -22,6 +22,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "change_me", "secret", "please-change", "xxx"}
 _MIN_SECRET_LENGTH = 32
 SECRET_KEY_FILE = "secret_key"
+# The bounds of the token lifetimes: also how long a family's revocation is kept (prune).
+MAX_ACCESS_TOKEN_TTL = 86400 * 7
+MAX_REFRESH_TOKEN_EXTRA_TTL = 86400 * 30
 
 
 class Settings(BaseSettings):
@@ -43,8 +46,8 @@ class Settings(BaseSettings):
     audience: str | None = None
     signing_algorithm: Literal["ES256", "EdDSA", "RS256"] = "ES256"
 
-    access_token_ttl: int = Field(default=7200, ge=1, le=86400 * 7)
-    refresh_token_extra_ttl: int = Field(default=3600, ge=1, le=86400 * 30)
+    access_token_ttl: int = Field(default=7200, ge=1, le=MAX_ACCESS_TOKEN_TTL)
+    refresh_token_extra_ttl: int = Field(default=3600, ge=1, le=MAX_REFRESH_TOKEN_EXTRA_TTL)
     password_grant_enabled: bool = True
 
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)

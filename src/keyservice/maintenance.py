@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit_service
 from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.config import MAX_ACCESS_TOKEN_TTL, MAX_REFRESH_TOKEN_EXTRA_TTL
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 # Expired refresh tokens are kept a day, so a late retry still reads as "expired".
 REFRESH_TOKEN_GRACE = timedelta(days=1)
+# Every token of a family was issued before its revocation and lives at most this long.
+FAMILY_MARK_KEPT = (
+    timedelta(seconds=MAX_ACCESS_TOKEN_TTL + MAX_REFRESH_TOKEN_EXTRA_TTL) + REFRESH_TOKEN_GRACE
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,10 @@ async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
     async with ctx.database.sessionmaker() as session:
         retention = timedelta(days=settings.audit_retention_days)
         events = await audit_service.prune(session, before=now - retention)
-    family_horizon = now - timedelta(seconds=settings.refresh_token_ttl) - REFRESH_TOKEN_GRACE
+    # A revoked family's unused refresh token is refused only by its family's mark, so the
+    # mark stays as long as any token of the family can live: tokens issued before a
+    # shorter lifetime was configured keep the longer one they were given, up to the bound.
+    family_horizon = now - FAMILY_MARK_KEPT
     async with ctx.database.sessionmaker() as session:
         families = await _delete(
             session, delete(RevokedFamily).where(RevokedFamily.revoked_at < family_horizon)
@@ -62,7 +70,7 @@ async def prune_periodically(ctx: AppContext) -> None:
         except Exception as exc:  # the database may be down; try again next time
             log.warning("periodic prune failed: %s", type(exc).__name__)
             continue
-        if pruned.refresh_tokens or pruned.audit_events:
+        if pruned.refresh_tokens or pruned.audit_events or pruned.revoked_families:
             log.info(
                 "pruned %d refresh tokens, %d audit events, %d family revocations",
                 pruned.refresh_tokens,

@@ -21,7 +21,7 @@ from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.audit.models import AuditEvent
-from keyservice.auth.models import RefreshToken
+from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.cli import main, with_context
 from keyservice.context import AppContext
 from keyservice.database import Database, new_id, utcnow
@@ -242,12 +242,16 @@ def test_prune(cli):
         AuditEvent(type="ancient", at=now - timedelta(days=100)),
         AuditEvent(type="old", at=now - timedelta(days=10)),
         AuditEvent(type="recent"),
+        RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=40)),
+        RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=10)),
     )
     result = cli("prune")
     assert result.output.strip() == (
-        "deleted 1 refresh token(s) expired more than a day ago and "
-        "1 audit event(s) older than 90 days"
+        "deleted 1 refresh token(s) expired more than a day ago, "
+        "1 audit event(s) older than 90 days "
+        "and 1 refresh-token family revocation(s) older than 38 days"
     )
+    assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 1
     assert cli.scalar(select(func.count()).select_from(RefreshToken)) == 2
     remaining = cli.scalar(select(func.count()).select_from(AuditEvent))
     assert remaining == 2
