@@ -74,8 +74,23 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
 def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(context)` against the configured database."""
+    prepare_data_dir(settings)
     with database_errors(settings.effective_database_url):
         return asyncio.run(_with_context(settings, work))
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the embedded default's data folder and secret; one line if it cannot be."""
+    if not settings.embedded:
+        return
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # see server_secret
+        settings.server_secret()  # generated once, before workers race for it
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot use the data folder {settings.data_dir} "
+            f"({exc.strerror or type(exc).__name__}); is KEYSERVICE_DATA_DIR right?"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -89,9 +104,12 @@ def database_errors(database_url: str) -> Iterator[None]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from keyservice.main import _is_db_outage
+    from keyservice.migrations import SchemaMismatch
 
     try:
         yield
+    except SchemaMismatch as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         unreachable = _is_db_outage(exc)
         if not unreachable and not isinstance(exc, (OperationalError, ProgrammingError)):
@@ -139,6 +157,7 @@ def migrate() -> None:
     settings = load_settings()
     from keyservice import migrations
 
+    prepare_data_dir(settings)  # the embedded database's folder, as serve makes it
     with database_errors(settings.effective_database_url):
         migrations.upgrade(settings.effective_database_url)
     click.echo("database is up to date")
@@ -195,21 +214,20 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     settings = load_settings()
     configure_logging(settings.log_level)
     _say_token_commit(settings)
-    if _own_sockets(workers):
-        from keyservice.workers import check_address
+    from keyservice.workers import check_address
 
-        try:  # before migrations and the bootstrap admin: nothing done if it cannot serve
-            check_address(settings.host, settings.port)
-        except OSError as exc:
-            where = f"{settings.host}:{settings.port}"
-            raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    if settings.embedded:
-        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # see server_secret
-        settings.server_secret()  # generated once, before workers race for it
-    if not no_migrate:
-        from keyservice import migrations
+    try:  # before migrations and the bootstrap admin: nothing done if it cannot serve
+        check_address(settings.host, settings.port)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    prepare_data_dir(settings)
+    from keyservice import migrations
 
-        with database_errors(settings.effective_database_url):
+    with database_errors(settings.effective_database_url):
+        if no_migrate:  # a schema older or newer than this code's fails later, and worse
+            migrations.check_current(settings.effective_database_url)
+        else:
             migrations.upgrade(settings.effective_database_url)
     created = with_context(settings, _prepare)
     if created is not None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this version of keyservice works with."""
 
 
 def _script_location() -> Path:
@@ -28,6 +36,72 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def current_revisions(database_url: str) -> tuple[str, ...]:
+    """The revisions the database is stamped with (none for an empty database)."""
+    from keyservice.database import Database
+
+    async def read() -> tuple[str, ...]:
+        database = Database(database_url)
+        try:
+            async with database.engine.connect() as connection:
+                return tuple(
+                    await connection.run_sync(
+                        lambda sync: MigrationContext.configure(sync).get_current_heads()
+                    )
+                )
+        finally:
+            await database.dispose()
+
+    # A look, not a migration: without Alembic's "Context impl ..." lines at INFO.
+    announcer = logging.getLogger("alembic.runtime.migration")
+    level = announcer.level
+    announcer.setLevel(max(level, logging.WARNING))
+    try:
+        return asyncio.run(read())
+    finally:
+        announcer.setLevel(level)
+
+
+def _unknown(script: ScriptDirectory, revisions: tuple[str, ...]) -> list[str]:
+    known = {revision.revision for revision in script.walk_revisions()}
+    return [revision for revision in revisions if revision not in known]
+
+
+def _newer(unknown: list[str], head: str | None) -> SchemaMismatch:
+    # Alembic alone says "Can't locate revision" with a traceback, and a server run against
+    # a schema it does not know fails later, on whatever changed.
+    return SchemaMismatch(
+        f"the database is at schema revision {', '.join(unknown)}, which this version of "
+        f"keyservice does not know (its newest is {head}): a newer release migrated it. "
+        "Run that release, or restore the database from before its migration"
+    )
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database to `revision` (blocking; not for use inside a running loop)."""
-    command.upgrade(alembic_config(database_url), revision)
+    """Bring the database to `revision` (blocking; not for use inside a running loop).
+
+    Raises SchemaMismatch, changing nothing, if the database was migrated past what this
+    version knows.
+    """
+    config = alembic_config(database_url)
+    script = ScriptDirectory.from_config(config)
+    unknown = _unknown(script, current_revisions(database_url))
+    if unknown:
+        raise _newer(unknown, script.get_current_head())
+    command.upgrade(config, revision)
+
+
+def check_current(database_url: str) -> None:
+    """Raise SchemaMismatch unless the database is at this version's newest revision."""
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    head = script.get_current_head()
+    current = current_revisions(database_url)
+    unknown = _unknown(script, current)
+    if unknown:
+        raise _newer(unknown, head)
+    if current != (head,):
+        where = f"at schema revision {', '.join(current)}" if current else "empty"
+        raise SchemaMismatch(
+            f"the database is {where}, and this version of keyservice needs {head}: "
+            "run `keyservice migrate` first (or serve without --no-migrate)"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from typing import Any
 
@@ -90,3 +91,33 @@ def test_a_bad_token_commit_value_stops_serve_naming_the_variable(served, monkey
     assert result.exit_code != 0
     assert "KEYSERVICE_TOKEN_COMMIT" in result.output and "durable" in result.output
     assert served == {}  # nothing served
+
+
+def test_a_port_in_use_is_one_line_before_anything_is_done(served, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert not (tmp_path / "data").exists()  # not migrated, no admin created
+    assert served == {}
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["keys", "list"]], ids=" ".join)
+def test_a_data_folder_that_cannot_be_made_is_one_line(served, monkeypatch, tmp_path, command):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("KEYSERVICE_DATA_DIR", str(tmp_path / "a-file" / "data"))
+    if command == ["serve"]:
+        command = ["serve", "--host", "127.0.0.1", "--port", str(free_port(21000))]
+    result = CliRunner().invoke(main, command)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot use the data folder {tmp_path / 'a-file' / 'data'} (Not a directory); "
+        "is KEYSERVICE_DATA_DIR right?"
+    ]
+    assert served == {}

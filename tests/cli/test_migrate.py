@@ -1,0 +1,202 @@
+"""`keyservice migrate` and the schema check of `serve`, on databases of every age (both backends).
+
+An upgrade keeps the data of the revision it starts from; a schema older than the code is
+refused by `serve --no-migrate`, and one newer than the code (a release rolled back after
+its migration) by every command that would use it, in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from keyservice import migrations
+from keyservice.audit.models import AuditEvent
+from keyservice.auth.models import RefreshToken
+from keyservice.cli import main
+from keyservice.context import AppContext
+from keyservice.database import Database, UTCDateTime, new_id, utcnow
+from keyservice.main import create_app
+from keyservice.security.tokens import new_refresh_token
+from tests.conftest import (
+    BACKENDS,
+    TEST_SECRET,
+    client_for,
+    create_postgres_database,
+    drop_postgres_database,
+    make_settings,
+)
+from tests.factories import PASSWORD, _password_hash, audit_events, login
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own, with no schema at all."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+        return
+    url = create_postgres_database("ks_migrate")
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(autouse=True)
+def never_serve(monkeypatch):
+    import uvicorn
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("serve got past the schema check")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+
+
+def keyservice(*args: str, database_url: str, tmp_path: Path, expect: int) -> Result:
+    env = {
+        "KEYSERVICE_DATABASE_URL": database_url,
+        "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+        "KEYSERVICE_DATA_DIR": str(tmp_path),
+    }
+    result = CliRunner().invoke(main, list(args), env=env)
+    # An unhandled exception would be a traceback on an operator's terminal.
+    assert isinstance(result.exception, SystemExit | None), (result.output, result.exception)
+    assert result.exit_code == expect, result.output
+    return result
+
+
+def one_line(result: Result) -> str:
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    return lines[0]
+
+
+def stamp(database_url: str, revision: str) -> None:
+    async def write() -> None:
+        database = Database(database_url)
+        try:
+            async with database.engine.begin() as connection:
+                await connection.execute(
+                    sa.text("UPDATE alembic_version SET version_num = :v"), {"v": revision}
+                )
+        finally:
+            await database.dispose()
+
+    asyncio.run(write())
+
+
+def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp_path):
+    migrations.upgrade(empty_database)
+    stamp(empty_database, "0099")  # what a later release's migration leaves
+    for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
+        result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
+        line = one_line(result)
+        assert "schema revision 0099" in line and "does not know (its newest is 0004)" in line
+    assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
+
+
+@pytest.mark.parametrize("revision", [None, "0003"], ids=["empty", "0003"])
+def test_serve_no_migrate_refuses_a_schema_behind_the_code(empty_database, tmp_path, revision):
+    if revision is not None:
+        migrations.upgrade(empty_database, revision)
+    result = keyservice(
+        "serve", "--no-migrate", database_url=empty_database, tmp_path=tmp_path, expect=1
+    )
+    line = one_line(result)
+    assert "keyservice migrate" in line, line
+    assert (f"revision {revision}" if revision else "empty") in line, line
+    assert migrations.current_revisions(empty_database) == ((revision,) if revision else ())
+
+
+def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
+    data = tmp_path / "fresh" / ".keyservice"
+    result = CliRunner().invoke(main, ["migrate"], env={"KEYSERVICE_DATA_DIR": str(data)})
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "database is up to date"
+    assert oct(data.stat().st_mode)[-3:] == "700"
+    assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
+        "0004",
+    )
+
+
+def _seed_at_0003(database_url: str, tmp_path: Path) -> tuple[str, str]:
+    """A user, a refresh token and an audit event as a 0003 deployment stored them."""
+    principal = sa.table(  # the 0003 columns: no permissions_changed_at yet
+        "principal",
+        sa.column("id", sa.String),
+        sa.column("kind", sa.String),
+        sa.column("name", sa.String),
+        sa.column("description", sa.Text),
+        sa.column("password_hash", sa.String),
+        sa.column("permissions", sa.JSON),
+        sa.column("disabled", sa.Boolean),
+        sa.column("created_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+    )
+    context = AppContext(make_settings(database_url, tmp_path))
+    token = new_refresh_token()
+    user_id = new_id()
+    now = utcnow()
+
+    async def write() -> None:
+        try:
+            async with context.database.engine.begin() as connection:
+                await connection.execute(
+                    principal.insert().values(
+                        id=user_id, kind="user", name="veteran", description="",
+                        password_hash=_password_hash(PASSWORD), permissions=["api_keys:manage"],
+                        disabled=False, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+                await connection.execute(
+                    sa.insert(RefreshToken).values(
+                        id=new_id(), token_hash=context.hasher.hash(token), family_id=new_id(),
+                        principal_id=user_id, scope="api_keys:manage", created_at=now,
+                        expires_at=now + timedelta(hours=3),
+                    )
+                )  # fmt: skip
+                await connection.execute(
+                    sa.insert(AuditEvent).values(
+                        id=new_id(), at=now, type="login", actor="user:veteran",
+                        principal_id=user_id, outcome="success",
+                    )
+                )  # fmt: skip
+        finally:
+            await context.database.dispose()
+
+    asyncio.run(write())
+    return user_id, token
+
+
+def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database, tmp_path):
+    migrations.upgrade(empty_database, "0003")
+    user_id, token = _seed_at_0003(empty_database, tmp_path)
+
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert migrations.current_revisions(empty_database) == ("0004",)
+
+    async def use() -> None:
+        context = AppContext(make_settings(empty_database, tmp_path))
+        app = create_app(context=context)
+        try:
+            async with app.router.lifespan_context(app), client_for(app) as client:
+                refreshed = await client.post(
+                    "/token", data={"grant_type": "refresh_token", "refresh_token": token}
+                )
+                assert refreshed.status_code == 200, refreshed.text
+                assert refreshed.json()["scope"] == "api_keys:manage"
+                await login(client, "veteran")
+                events = await audit_events(context)
+                assert [e.type for e in events if e.principal_id == user_id][:1] == ["login"]
+        finally:
+            await context.database.dispose()
+
+    asyncio.run(use())
