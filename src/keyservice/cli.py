@@ -21,7 +21,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
     )
     raise SystemExit(2) from None
 
-from keyservice.config import Settings, masked_url
+from keyservice.config import SECRET_KEY_FILE, Settings, masked_url
 
 T = TypeVar("T")
 
@@ -67,6 +67,10 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
     context = AppContext(settings)
     try:
+        # Reading the signing keys proves the secret: a command run with another one would
+        # write what the deployment cannot read (a signing key, a legacy key's hash).
+        async with context.database.sessionmaker() as session:
+            await context.keyring.load(session)
         return await work(context)
     finally:
         await context.database.dispose()
@@ -74,9 +78,18 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
 def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(context)` against the configured database."""
+    from keyservice.security.jwt import WrongSecretError
+
     prepare_data_dir(settings)
     with database_errors(settings.effective_database_url):
-        return asyncio.run(_with_context(settings, work))
+        try:
+            return asyncio.run(_with_context(settings, work))
+        except WrongSecretError as exc:
+            if settings.secret_key is not None:
+                hint = "set KEYSERVICE_SECRET_KEY to the deployment's (the same on every replica)"
+            else:
+                hint = f"was {settings.data_dir / SECRET_KEY_FILE} replaced or lost?"
+            raise click.ClickException(f"{exc}; {hint}") from None
 
 
 def prepare_data_dir(settings: Settings) -> None:

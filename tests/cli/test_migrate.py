@@ -8,7 +8,6 @@ its migration) by every command that would use it, in one line.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,28 +23,8 @@ from keyservice.context import AppContext
 from keyservice.database import Database, UTCDateTime, new_id, utcnow
 from keyservice.main import create_app
 from keyservice.security.tokens import new_refresh_token
-from tests.conftest import (
-    BACKENDS,
-    TEST_SECRET,
-    client_for,
-    create_postgres_database,
-    drop_postgres_database,
-    make_settings,
-)
+from tests.conftest import TEST_SECRET, client_for, make_settings
 from tests.factories import PASSWORD, _password_hash, audit_events, login
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own, with no schema at all."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
-        return
-    url = create_postgres_database("ks_migrate")
-    try:
-        yield url
-    finally:
-        drop_postgres_database(url)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import jwt
 import orjson
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -51,6 +52,10 @@ class _Verified:
         self.claims = claims
         self.build: Callable[[dict[str, Any]], Any] | None = None
         self.built: Any = None
+
+
+class WrongSecretError(Exception):
+    """The stored signing keys were encrypted under another server secret."""
 
 
 class TokenError(Exception):
@@ -122,7 +127,15 @@ class SigningKeyring:
         return nonce + self._aead.encrypt(nonce, der, kid.encode())
 
     def _decrypt(self, kid: str, blob: bytes) -> bytes:
-        return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+        except InvalidTag:
+            # Not a corrupt row: a replica or command started with another secret. Said as
+            # such, so that it is never "fixed" by making a key under the wrong secret.
+            raise WrongSecretError(
+                f"the signing key {kid} in the database cannot be decrypted with this server "
+                "secret: it is not the secret this database was set up with"
+            ) from None
 
     async def create_key(self, session: AsyncSession, *, retire_current: bool) -> str:
         """Store a new key and make it current; the old one stays published (not committed)."""
