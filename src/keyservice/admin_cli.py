@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keyservice.cli import load_settings, with_context
+from keyservice.cli import load_settings, validated, with_context
 
 if TYPE_CHECKING:
     from keyservice.api_keys.models import ApiKey
@@ -39,6 +39,8 @@ ACTOR = "cli"
 STATUSES = ("valid", "suspended", "expired", "revoked")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Far past any key's expiry, and near enough that now + it is still a date.
+MAX_DURATION = timedelta(days=36500)
 
 
 def run(work: Callable[[AppContext], Awaitable[T]]) -> T:
@@ -62,11 +64,17 @@ def when(value: datetime | None) -> str:
 
 
 def parse_duration(value: str) -> timedelta:
-    """Parse `7d`, `24h`, `30m`, `2w` or `90s`."""
+    """Parse `7d`, `24h`, `30m`, `2w` or `90s` (at most MAX_DURATION)."""
     match = _DURATION.match(value)
     if match is None:
         raise click.BadParameter(f"'{value}' is not a duration like 24h, 7d or 30d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    except OverflowError:  # past timedelta's range: beyond any date a key can have
+        duration = MAX_DURATION + timedelta(days=1)
+    if duration > MAX_DURATION:
+        raise click.BadParameter(f"'{value}' is too long: at most {MAX_DURATION.days}d")
+    return duration
 
 
 def format_duration(value: timedelta) -> str:
@@ -243,14 +251,19 @@ def devices() -> None:
 def devices_create(name: str, permissions: tuple[str, ...], description: str) -> None:
     """Register a device; create its keys with POST /admin/devices/{id}/api-keys."""
     from keyservice.devices import service
+    from keyservice.devices.schemas import DeviceCreate
+
+    data = validated(
+        DeviceCreate, name=name, description=description, permissions=list(permissions)
+    )
 
     async def work(ctx: AppContext) -> str:
         async with ctx.database.sessionmaker() as session:
             device = await service.create(
                 session,
-                name=name,
-                description=description,
-                permissions=list(permissions),
+                name=data.name,
+                description=data.description,
+                permissions=data.permissions,
                 actor=ACTOR,
                 ip=None,
             )

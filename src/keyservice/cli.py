@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 try:
     import click
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
     print(
         f"keyservice: the server is not installed ({exc.name} is missing); "
@@ -24,6 +24,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
 from keyservice.config import SECRET_KEY_FILE, Settings, masked_url
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -292,6 +293,19 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     sys.exit(supervisor.run())
 
 
+def validated(schema: type[M], **values: Any) -> M:
+    """Check a command's input as the HTTP API checks the same body; one line if it is bad.
+
+    The line names the argument and says what is wrong, never the value (a password).
+    """
+    try:
+        return schema(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+        raise click.ClickException(f"invalid {field or 'input'}: {error['msg']}") from None
+
+
 @main.group()
 def users() -> None:
     """Manage users."""
@@ -312,6 +326,10 @@ def users_create(
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     perms = list(permissions) + (["admin"] if admin else [])
     settings = load_settings()
+    from keyservice.users.schemas import UserCreate
+
+    # What POST /admin/users accepts, no more: names end up in audit actors and tables.
+    data = validated(UserCreate, username=username, password=password, permissions=perms)
 
     async def work(context: Any) -> str:
         from keyservice.users import service
@@ -319,9 +337,9 @@ def users_create(
         async with context.database.sessionmaker() as session:
             user = await service.create(
                 session,
-                username=username,
-                password=password,
-                permissions=perms,
+                username=data.username,
+                password=data.password,
+                permissions=data.permissions,
                 actor="cli",
                 ip=None,
             )

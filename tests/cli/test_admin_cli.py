@@ -42,8 +42,8 @@ class Cli:
             "KEYSERVICE_DATA_DIR": str(tmp_path),
         }
 
-    def __call__(self, *args: str, expect: int = 0, **env: str) -> Result:
-        result = CliRunner().invoke(main, list(args), env={**self.env, **env})
+    def __call__(self, *args: str, expect: int = 0, input: str | None = None, **env: str) -> Result:
+        result = CliRunner().invoke(main, list(args), env={**self.env, **env}, input=input)
         assert result.exit_code == expect, (result.output, result.exception)
         return result
 
@@ -133,6 +133,43 @@ def test_devices_create_and_list(cli):
     assert cli.scalar(select(AuditEvent.actor).where(AuditEvent.type == "device.created")) == "cli"
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("n" * 101, "String should have at most 100 characters"),
+        ("", "String should have at least 1 character"),
+        ("two words", "String should match pattern"),
+        ("bell\x07", "String should match pattern"),
+    ],
+    ids=["too-long", "empty", "space", "control"],
+)
+def test_create_refuses_the_names_the_api_refuses(cli, name, says):
+    # As POST /admin/users and /admin/devices do: one line, nothing created (a name too
+    # long for its column was a traceback on PostgreSQL, the others were stored).
+    for command, field in (
+        (["users", "create", name, "--password-stdin"], "username"),
+        (["devices", "create", name], "name"),
+    ):
+        result = cli(*command, expect=1, input="long enough password\n")
+        assert isinstance(result.exception, SystemExit), result.exception
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: invalid {field}: {says}"), lines
+    assert cli.scalar(select(func.count()).select_from(Principal)) == 0
+
+
+def test_create_refuses_what_is_too_long_without_echoing_it(cli):
+    password = "p" * 1025
+    result = cli("users", "create", "ann", "--password-stdin", expect=1, input=password + "\n")
+    assert result.output.strip() == (
+        "Error: invalid password: String should have at most 1024 characters"
+    )
+    result = cli("devices", "create", "box", "--description", "d" * 1001, expect=1)
+    assert result.output.strip() == (
+        "Error: invalid description: String should have at most 1000 characters"
+    )
+    assert cli.scalar(select(func.count()).select_from(Principal)) == 0
+
+
 def test_devices_list_empty(cli):
     assert cli("devices", "list").output.strip() == "no devices"
 
@@ -208,6 +245,10 @@ def test_keys_expiring(cli):
     assert "expiring within 7d" in cli("keys", "expiring", "--within", "7d").output
     bad = cli("keys", "expiring", "--within", "7x", expect=2)
     assert "24h, 7d or 30d" in bad.output
+    for beyond in ("36501d", "99999999999d", "999999999w"):  # past any date: was a traceback
+        far_out = cli("keys", "expiring", "--within", beyond, expect=2)
+        assert f"'{beyond}' is too long: at most 36500d" in far_out.output
+    assert cli("keys", "expiring", "--within", "36500d").output.count(far["id"]) == 1
 
 
 def test_audit_tail(cli):
