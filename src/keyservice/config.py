@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyservice.security.ip import parse_cidrs
+from keyservice.users.schemas import MIN_PASSWORD_LENGTH, NAME_PATTERN
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -25,6 +28,9 @@ SECRET_KEY_FILE = "secret_key"
 # The bounds of the token lifetimes: also how long a family's revocation is kept (prune).
 MAX_ACCESS_TOKEN_TTL = 86400 * 7
 MAX_REFRESH_TOKEN_EXTRA_TTL = 86400 * 30
+# The drivers the service runs on (asyncpg and aiosqlite are what it is built and tested with).
+DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -72,7 +78,8 @@ class Settings(BaseSettings):
     # exchanges and sign-ins are answered before that flush (auth/store.py); claims of a
     # refresh token always wait for it.
     token_commit: Literal["durable", "async"] = "durable"
-    audit_retention_days: int = Field(default=90, ge=1)
+    # 100 years: a cut-off date before that is no date at all.
+    audit_retention_days: int = Field(default=90, ge=1, le=36500)
     prune_interval_seconds: int = Field(default=3600, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -92,6 +99,73 @@ class Settings(BaseSettings):
         for net in value:
             if net.prefixlen == 0:
                 raise ValueError(f"{net} would trust every address; list the proxies' own CIDRs")
+        return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        # Only the scheme is named: the URL may hold a password.
+        try:
+            driver = make_url(value).drivername
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "is not a database URL like postgresql+asyncpg://user:password@host:5432/db"
+            ) from None
+        if driver not in DATABASE_DRIVERS:
+            raise ValueError(
+                f"a {driver}:// URL is not supported: use postgresql+asyncpg://user:password@"
+                "host:5432/db (or sqlite+aiosqlite:///path/to/file.db)"
+            )
+        return value
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"
+            )
+        return value
+
+    @field_validator("issuer", mode="after")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        # RFC 8414 §2: a URL without query or fragment; every token's `iss` and the
+        # metadata's endpoint URLs are built from it.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+            or re.search(r"\s", value)
+        ):
+            raise ValueError(
+                "must be an http(s) URL without query or fragment, e.g. https://keys.example.com"
+            )
+        return value
+
+    @field_validator("bootstrap_admin_username", mode="after")
+    @classmethod
+    def _bootstrap_username(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 100 or re.fullmatch(NAME_PATTERN, value) is None):
+            raise ValueError(
+                "must be 1-100 letters, digits and . _ @ + - (starting with a letter or digit)"
+            )
+        return value
+
+    @field_validator("bootstrap_admin_password", mode="after")
+    @classmethod
+    def _bootstrap_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_PASSWORD_LENGTH:
+            raise ValueError(f"must have at least {MIN_PASSWORD_LENGTH} characters")
         return value
 
     @field_validator("legacy_keys_until", mode="after")

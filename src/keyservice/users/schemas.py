@@ -10,6 +10,7 @@ from keyservice.principals.models import Principal
 
 # Letters, digits and a few separators: names end up in audit actors and CLI tables.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
+MIN_PASSWORD_LENGTH = 8
 
 
 class UserCreate(BaseModel):

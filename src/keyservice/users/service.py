@@ -18,11 +18,10 @@ from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
 from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import hash_password, run_slow_hash
+from keyservice.users.schemas import MIN_PASSWORD_LENGTH
 
 if TYPE_CHECKING:
     from keyservice.context import AppContext
-
-MIN_PASSWORD_LENGTH = 8
 
 
 async def get_by_username(session: AsyncSession, *, username: str) -> Principal | None:

@@ -1,0 +1,78 @@
+"""A bad KEYSERVICE_* value stops start-up with one line naming the variable, before anything
+is done (no migration, no admin, nothing served), and never echoes a password it holds."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from keyservice.cli import main
+from keyservice.config import Settings
+from tests.conftest import TEST_SECRET
+from tests.reliability.support import free_port
+
+BAD_VALUES = [
+    ("DATABASE_URL", "postgresql://ops:pw-in-url@127.0.0.1/ks", "a postgresql:// URL is not"),
+    ("DATABASE_URL", "mysql://ops:pw-in-url@127.0.0.1/ks", "a mysql:// URL is not supported"),
+    ("DATABASE_URL", "not a url", "is not a database URL like postgresql+asyncpg://"),
+    ("REDIS_URL", "127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
+    ("ISSUER", "keys.example.com", "must be an http(s) URL"),
+    ("ISSUER", "https://keys.example.com/?tenant=1", "without query or fragment"),
+    ("AUDIT_RETENTION_DAYS", "1000000", "less than or equal to 36500"),
+    ("BOOTSTRAP_ADMIN_PASSWORD", "short", "must have at least 8 characters"),
+    ("BOOTSTRAP_ADMIN_USERNAME", "first admin", "must be 1-100 letters, digits"),
+    ("BOOTSTRAP_ADMIN_USERNAME", "root\n", "must be 1-100 letters, digits"),
+]
+
+
+@pytest.fixture
+def nothing_served(monkeypatch, tmp_path):
+    import uvicorn
+
+    from keyservice import migrations
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("start-up got past the configuration")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+    monkeypatch.setattr(migrations, "upgrade", refuse)
+    for name in ("KEYSERVICE_DATABASE_URL", "KEYSERVICE_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KEYSERVICE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD", "bootstrap-password")
+
+
+@pytest.mark.parametrize(("name", "value", "says"), BAD_VALUES)
+@pytest.mark.usefixtures("nothing_served")
+def test_a_bad_value_stops_start_up_naming_the_variable(monkeypatch, tmp_path, name, value, says):
+    monkeypatch.setenv(f"KEYSERVICE_{name}", value)
+    if name == "DATABASE_URL":
+        monkeypatch.setenv("KEYSERVICE_SECRET_KEY", TEST_SECRET)
+    for command in (["serve", "--port", str(free_port(21000))], ["migrate"]):
+        result = CliRunner().invoke(main, command)
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code == 1
+        lines = result.output.strip().splitlines()
+        assert lines[0] == "Error: invalid configuration:", lines
+        assert len(lines) == 2 and lines[1].startswith(f"  KEYSERVICE_{name}: "), lines
+        assert says in lines[1], lines
+        assert "pw-in-url" not in result.output
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"database_url": "postgresql+asyncpg://ops:pw@db.internal:5432/ks?ssl=require"},
+        {"database_url": "sqlite+aiosqlite:////var/lib/keyservice/keyservice.db"},
+        {"redis_url": "rediss://:pw@cache.internal:6380/2"},
+        {"redis_url": "unix:///run/redis.sock"},
+        {"issuer": "https://keys.example.com"},
+        {"issuer": "http://127.0.0.1:8000/auth"},
+        {"audit_retention_days": 36500},
+        {"bootstrap_admin_username": "ops.admin@example", "bootstrap_admin_password": "8 chars!"},
+    ],
+)
+def test_the_documented_forms_are_accepted(values):
+    Settings(secret_key=TEST_SECRET, **values)
