@@ -173,6 +173,45 @@ async def test_refusals_of_the_request_form_are_audited(client, context, key):
         assert_no_secret(key, event.reason, event.actor)
 
 
+async def test_malformed_client_authentication_at_revoke_is_audited(client, context, key):
+    refresh_token = (await exchange(client, key["api_key"])).json()["refresh_token"]
+    client_id = key["client_id"]
+    cases = [
+        ({"headers": {"Authorization": "Basic %%%"}}, 401, "malformed basic credentials", None),
+        ({"headers": basic_raw(client_id)}, 401, "malformed basic credentials", key["id"]),
+        ({"data": {"client_id": client_id}}, 400, "client secret missing", key["id"]),
+        (
+            {"data": {"api_key": key["api_key"]},
+             "headers": basic(client_id, key["client_secret"])},
+            400,
+            "two client authentication methods",
+            key["id"],
+        ),
+    ]  # fmt: skip
+    for request, status, reason, key_id in cases:
+        data = {"token": refresh_token, **request.pop("data", {})}
+        response = await client.post("/revoke", data=data, **request)
+        assert response.status_code == status, (reason, response.text)
+        event = await last_event(context, "token.revoke")
+        assert (event.outcome, event.reason, event.key_id) == ("failure", reason, key_id)
+        assert_no_secret(key, event.reason, event.actor, response.text)
+    # Refused before anything was revoked: the refresh token still works.
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
+async def test_malformed_basic_at_revoke_counts_for_the_ip_throttle(client, context, key):
+    for _ in range(3):
+        response = await client.post(
+            "/revoke", data={"token": "x"}, headers={"Authorization": "Basic %%%"}
+        )
+        assert_error(response, 401, "invalid_client")
+    assert_error(await exchange(client, key["api_key"]), 429, "slow_down")
+
+
 async def test_no_event_and_no_lookup_for_an_unknown_grant_type(client, context, key):
     before = len(await audit_events(context))
     response = await client.post(

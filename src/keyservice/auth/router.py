@@ -168,8 +168,21 @@ async def revoke(request: Request, context: ContextDep) -> Response:
     value = form.get("token")
     if value is None:
         raise InvalidRequest("token is missing.")
-    creds = client_credentials(form, request.headers.get("authorization"))
     caller = Caller(ip=client_ip(request, context))
+    authorization = request.headers.get("authorization")
+    try:
+        creds = client_credentials(form, authorization)
+    except KeyServiceError as exc:
+        # Malformed client authentication: audited and counted as on /token.
+        if exc.reason is None:
+            raise
+        await service.refuse_unaudited(
+            context,
+            exc,
+            event="token.revoke",
+            caller=caller,
+            client_id=named_client_id(form, authorization),
+        )
     await token_ops.revoke(context, token=value, creds=creds, caller=caller)
     return Response(status_code=200)
 
