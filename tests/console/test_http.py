@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import timedelta
+from html import unescape
 from typing import Any
 
 import httpx
 import pytest
 
 from keyservice.audit import service as audit_service
+from keyservice.console.forms import expiry_limits
 from keyservice.console.pages import CSP
 from keyservice.context import AppContext
 from tests.conftest import client_for
@@ -346,3 +349,50 @@ async def test_admin_edits_a_user_and_pages_the_audit_log(
     assert "Older events" not in second.text
     bad = await client.get("/console/admin/audit", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422
+
+
+def field_error(html: str, name: str) -> str | None:
+    """The message shown under one form field, as a person reads it."""
+    match = re.search(rf'<p class="error" id="{name}-error">([^<]*)</p>', html)
+    return unescape(match.group(1)) if match else None
+
+
+async def test_form_refusals_are_in_words_and_keep_the_input(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    token = await signed_in(client, "root")
+
+    # Names with a space or an accent: say which characters work, not the regex.
+    for path, field in (("/console/admin/users", "username"), ("/console/admin/devices", "name")):
+        for name in ("bob smith", "böb"):
+            sent = {"csrf_token": token, field: name, "password": "a long password"}
+            refused = await client.post(path, data=sent)
+            assert refused.status_code == 422
+            message = field_error(refused.text, field)
+            assert message is not None and message.startswith("Use only letters A-Z, digits")
+            assert "^[" not in refused.text and "String should" not in refused.text
+            assert f'value="{name}"' in unescape(refused.text)
+    empty = await client.post("/console/admin/users", data={"csrf_token": token})
+    assert field_error(empty.text, "username") == "This field is required."
+    assert field_error(empty.text, "password") == "This field is required."
+
+    key = {"csrf_token": token, "name": "ci", "description": "kept"}
+    long_name = await client.post("/console/keys", data={**key, "name": "n" * 101})
+    assert field_error(long_name.text, "name") == "Use at most 100 characters."
+    ips = "\n".join(f"10.0.{n}.0/24" for n in range(101))
+    many_ips = await client.post("/console/keys", data={**key, "allowed_ips": ips})
+    assert field_error(many_ips.text, "allowed_ips") == "Give at most 100 entries."
+
+    # A day outside the ones offered names them, in the form's terms (not `expires_at`).
+    limits = expiry_limits(context.settings)
+    offered = f"Choose a day from {limits.minimum.isoformat()} to {limits.maximum.isoformat()}."
+    for day in (limits.minimum - timedelta(days=1), limits.maximum + timedelta(days=1)):
+        refused = await client.post("/console/keys", data={**key, "expires_on": day.isoformat()})
+        assert refused.status_code == 422
+        assert field_error(refused.text, "expires_on") == offered
+        assert f'value="{day.isoformat()}"' in refused.text and ">kept</textarea>" in refused.text
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text
+    for day in (limits.minimum, limits.maximum):
+        created = await client.post("/console/keys", data={**key, "expires_on": day.isoformat()})
+        assert created.status_code == 200 and 'id="api-key"' in created.text

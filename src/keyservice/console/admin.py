@@ -30,6 +30,7 @@ from keyservice.console.dependencies import (
 from keyservice.console.forms import (
     GRACE_CHOICES,
     FormErrors,
+    expiry_limits,
     read_grace,
     read_key_form,
     text,
@@ -444,7 +445,7 @@ async def create_device_key(
     device = await devices.get(session, device_id=device_id)
     permissions, name = effective_permissions(device.permissions), device.name
     errors = FormErrors()
-    values, data = read_key_form(form, errors)
+    values, data = read_key_form(form, errors, expiry_limits(context.settings))
     if data is not None:
         try:
             created = await devices.create_key(

@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from starlette.datastructures import FormData
 
 from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.config import Settings
 from keyservice.exceptions import KeyServiceError
+from keyservice.users.schemas import NAME_PATTERN
 
 # Form field name for each schema field, where they differ.
 KEY_FIELDS = {"expires_at": "expires_on"}
@@ -35,6 +37,27 @@ def lines(value: str) -> list[str]:
     return [line.strip() for line in value.splitlines() if line.strip()]
 
 
+def _message(error: ErrorDetails) -> str:
+    """A schema refusal in words for the person at the form (pydantic's are for developers).
+
+    The API's JSON keeps pydantic's wording; a form shows "Use at most 100 characters.",
+    not "String should have at most 100 characters" or the name pattern's regex.
+    """
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "This field is required."
+    if kind == "string_too_long":
+        return f"Use at most {ctx.get('max_length')} characters."
+    if kind == "too_long":
+        return f"Give at most {ctx.get('max_length')} entries."
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        return (
+            "Use only letters A-Z, digits and . _ @ + - (no spaces or accents), "
+            "starting with a letter or digit."
+        )
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 @dataclass
 class FormErrors:
     """Messages by form field; `general` for those that belong to no one field."""
@@ -55,8 +78,7 @@ class FormErrors:
         for error in exc.errors(include_input=False):
             loc = [str(part) for part in error.get("loc", ()) if part != "body"]
             target = (names or {}).get(loc[0], loc[0]) if loc else None
-            message = str(error.get("msg", "invalid"))
-            self.add(target, message.removeprefix("Value error, "))
+            self.add(target, _message(error))
 
     def add_service(self, exc: KeyServiceError, names: dict[str, str] | None = None) -> None:
         """Place a service refusal next to its field (ValidationFailed names one)."""
@@ -97,8 +119,14 @@ class KeyForm:
     allowed_ips: str = ""
 
 
-def read_key_form(form: FormData, errors: FormErrors) -> tuple[KeyForm, ApiKeyCreate | None]:
-    """Parse the Generate form; on a problem, record it and return no ApiKeyCreate."""
+def read_key_form(
+    form: FormData, errors: FormErrors, limits: ExpiryLimits
+) -> tuple[KeyForm, ApiKeyCreate | None]:
+    """Parse the Generate form; on a problem, record it and return no ApiKeyCreate.
+
+    The expiry day is checked against the days the form offers, so that the message names
+    them; the service checks the exact limits again.
+    """
     values = KeyForm(
         name=text(form, "name"),
         description=text(form, "description"),
@@ -113,6 +141,13 @@ def read_key_form(form: FormData, errors: FormErrors) -> tuple[KeyForm, ApiKeyCr
             expires_at = datetime(day.year, day.month, day.day, tzinfo=UTC)
         except ValueError:
             errors.add("expires_on", "Enter a date such as 2027-01-31.")
+        else:
+            if not limits.minimum <= day <= limits.maximum:
+                errors.add(
+                    "expires_on",
+                    f"Choose a day from {limits.minimum.isoformat()} "
+                    f"to {limits.maximum.isoformat()}.",
+                )
     try:
         data = ApiKeyCreate(
             name=values.name,

@@ -21,6 +21,7 @@ from keyservice.console.dependencies import (
 from keyservice.console.forms import (
     GRACE_CHOICES,
     FormErrors,
+    expiry_limits,
     read_grace,
     read_key_form,
     text,
@@ -171,7 +172,7 @@ async def create_key(
     ip: IpDep,
 ) -> Response:
     errors = FormErrors()
-    values, data = read_key_form(form, errors)
+    values, data = read_key_form(form, errors, expiry_limits(context.settings))
     if data is not None:
         try:
             created = await api_keys.create(
