@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from datetime import timedelta
 from html import unescape
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from keyservice.audit import service as audit_service
 from keyservice.console.forms import expiry_limits
 from keyservice.console.pages import CSP
+from keyservice.console.session import ConsoleSession, SessionCodec
 from keyservice.context import AppContext
 from tests.conftest import client_for
 from tests.console.conftest import csrf_of
@@ -396,3 +398,27 @@ async def test_form_refusals_are_in_words_and_keep_the_input(
     for day in (limits.minimum, limits.maximum):
         created = await client.post("/console/keys", data={**key, "expires_on": day.isoformat()})
         assert created.status_code == 200 and 'id="api-key"' in created.text
+
+
+async def test_a_form_sent_after_the_session_ended_says_so(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    alice = await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    key_form = {"csrf_token": token, "name": "late", "expires_on": "", "allowed_ips": ""}
+    codec = SessionCodec(context.settings.server_secret())
+    ended = ConsoleSession(principal_id=alice.id, expires_at=int(time.time()) - 1, csrf=token)
+    # The browser drops the cookie at its Max-Age; a stale one may still be sent by others.
+    for cookie in (None, codec.seal(ended)):
+        client.cookies.clear()
+        if cookie is not None:
+            client.cookies.set("keyservice_console", cookie, path="/console")
+        refused = await client.post("/console/keys", data=key_form)
+        assert refused.status_code == 303, refused.text
+        assert refused.headers["location"] == "/console/login?session=ended"
+        login = await client.get(refused.headers["location"])
+        assert "Your session had ended, so the form you sent was not saved." in login.text
+        assert "Form refused" not in login.text
+    assert "Your session had ended" not in (await client.get("/console/login")).text
+    await signed_in(client, "alice")
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text

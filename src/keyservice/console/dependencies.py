@@ -99,9 +99,13 @@ class Viewer:
 async def checked_form(request: Request) -> FormData:
     """Parse a posted form and refuse it (403) unless it carries this session's CSRF token."""
     session = read_session(request)
+    if session is None:
+        # No session at all: its hour is over (or it was never there). "Form refused ... did
+        # not come from a page of this console" would blame the person; say what happened.
+        raise SignInRequired(ended=True)
     form = await request.form()
     token = form.get("csrf_token")
-    if session is None or not session.csrf_matches(token if isinstance(token, str) else None):
+    if not session.csrf_matches(token if isinstance(token, str) else None):
         raise PageError(
             403,
             "Form refused",

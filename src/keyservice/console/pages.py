@@ -68,7 +68,15 @@ environment.filters["day"] = _day
 
 
 class SignInRequired(Exception):
-    """No valid session: send the browser to the sign-in page."""
+    """No valid session: send the browser to the sign-in page.
+
+    `ended`: a form was posted without a session (the browser drops the cookie when the
+    session's hour is over), so the sign-in page says why the form was not sent.
+    """
+
+    def __init__(self, *, ended: bool = False) -> None:
+        super().__init__()
+        self.ended = ended
 
 
 class PageError(Exception):
@@ -115,7 +123,8 @@ def error_page(request: Request, status_code: int, title: str, message: str) -> 
 
 def _answer_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, SignInRequired):
-        response: Response = RedirectResponse("/console/login", status_code=303)
+        target = "/console/login?session=ended" if exc.ended else "/console/login"
+        response: Response = RedirectResponse(target, status_code=303)
         response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
         return response
     if isinstance(exc, PageError):

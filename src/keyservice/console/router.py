@@ -77,7 +77,8 @@ async def login_page(request: Request) -> Response:
     if session is None:
         # A signed-out visitor gets an anonymous session: the form needs a CSRF token.
         session = start_anonymous(request)
-    response = render(request, "login.html", {"username": ""})
+    ended = request.query_params.get("session") == "ended"
+    response = render(request, "login.html", {"username": "", "ended": ended})
     if fresh:
         write_session(request, response, session)
     return response
