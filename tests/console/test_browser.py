@@ -261,3 +261,31 @@ async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     await page.get_by_role("button", name="Filter").click()
     await expect(page.get_by_role("row").filter(has_text="device.created")).to_have_count(1)
     await expect(page.get_by_role("row").filter(has_text="user.created")).to_have_count(0)
+
+
+async def test_a_link_from_another_site_keeps_the_session(page: Page, live: LiveServer) -> None:
+    """The SameSite=Strict cookie is not sent when a link elsewhere is followed: that visit
+    must not be taken for a signed-out one, which replaced the session in every tab."""
+    await create_principal(live.context, "alice")
+    elsewhere = "https://chat.elsewhere.test/"
+    link = f'<a href="{live.url}/console/keys/new?from=chat">the key form</a>'
+    await page.route(elsewhere, lambda route: route.fulfill(body=link, content_type="text/html"))
+
+    # Signed out, the link ends on the sign-in page, as before.
+    await page.goto(elsewhere)
+    await page.get_by_role("link", name="the key form").click()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    await sign_in(page, "alice")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    cookies = await page.context.cookies()
+    session = next(c["value"] for c in cookies if c["name"] == "keyservice_console")
+    await page.goto(elsewhere)
+    await page.get_by_role("link", name="the key form").click()
+    await expect(page.get_by_role("heading", name="Generate API key")).to_be_visible()
+    assert page.url == f"{live.url}/console/keys/new?from=chat"
+    cookies = await page.context.cookies()
+    assert next(c["value"] for c in cookies if c["name"] == "keyservice_console") == session
+    # Still signed in for a page opened directly, in this tab or any other.
+    await page.goto("/console/keys")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()

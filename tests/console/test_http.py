@@ -422,3 +422,20 @@ async def test_a_form_sent_after_the_session_ended_says_so(
     assert "Your session had ended" not in (await client.get("/console/login")).text
     await signed_in(client, "alice")
     assert "You have no API keys yet." in (await client.get("/console/keys")).text
+
+
+async def test_a_visit_from_another_site_neither_sets_nor_deletes_the_cookie(
+    client: httpx.AsyncClient,
+) -> None:
+    from_link = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}
+    response = await client.get("/console/keys", params={"q": '"><x'}, headers=from_link)
+    assert response.status_code == 200 and "set-cookie" not in response.headers
+    assert response.headers["cache-control"] == "no-store"
+    assert '<meta http-equiv="refresh" content="0; url=/console/keys?q=%22%3E%3Cx">' in (
+        response.text
+    )
+    # Same-site visits, and posts from anywhere, are answered as before.
+    same_site = {**from_link, "sec-fetch-site": "same-origin"}
+    assert (await client.get("/console/keys", headers=same_site)).status_code == 303
+    posted = await client.post("/console/logout", headers=from_link, data={})
+    assert posted.headers["location"] == "/console/login?session=ended"

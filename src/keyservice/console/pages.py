@@ -143,6 +143,30 @@ def _answer_error(request: Request, exc: Exception) -> Response:
     raise exc
 
 
+def _arrived_from_another_site(request: Request) -> bool:
+    """A link on another site was followed here, so the SameSite=Strict cookie was not sent.
+
+    Answering as if signed out would replace the session (the sign-in page sets a new
+    cookie, a redirect to it deletes the old one): a link in a mail, chat or wiki signed
+    the person out in every tab. Such a visit gets a page that loads the same address again
+    from this site, when the browser sends the cookie if there is one. Sec-Fetch-* come
+    from the browser (a page cannot set them); browsers without them keep the old answer.
+    """
+    headers = request.headers
+    return (
+        request.method == "GET"
+        and headers.get("sec-fetch-site") == "cross-site"
+        and headers.get("sec-fetch-mode") == "navigate"
+        and COOKIE_NAME not in request.cookies
+    )
+
+
+def _same_url(request: Request) -> str:
+    """This request's path and query: same origin, so the reload counts as same-site."""
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
 class ConsoleRoute(APIRoute):
     """An APIRoute whose errors are HTML pages and whose answers carry strict headers."""
 
@@ -151,7 +175,12 @@ class ConsoleRoute(APIRoute):
 
         async def console_handler(request: Request) -> Response:
             try:
-                response = await handler(request)
+                if _arrived_from_another_site(request):
+                    response: Response = render(
+                        request, "continue.html", {"target": _same_url(request)}
+                    )
+                else:
+                    response = await handler(request)
             except (
                 SignInRequired,
                 PageError,
