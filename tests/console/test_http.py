@@ -439,3 +439,18 @@ async def test_a_visit_from_another_site_neither_sets_nor_deletes_the_cookie(
     assert (await client.get("/console/keys", headers=same_site)).status_code == 303
     posted = await client.post("/console/logout", headers=from_link, data={})
     assert posted.headers["location"] == "/console/login?session=ended"
+
+
+async def test_a_form_the_edge_refuses_says_why(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    refused = await client.post(
+        "/console/keys", data={"csrf_token": token, "name": "ci", "description": "a\x00b"}
+    )
+    assert refused.status_code == 400
+    assert refused.headers["content-type"].startswith("text/html")
+    assert "<h1>Request refused</h1>" in refused.text
+    assert "The request contains a NUL character." in refused.text
+    assert "Not found" not in refused.text

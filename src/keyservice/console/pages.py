@@ -138,8 +138,10 @@ def _answer_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, RequestValidationError):
         return error_page(request, 400, "Request refused", "The request is malformed.")
     if isinstance(exc, StarletteHTTPException):
-        message = "There is nothing at this address." if exc.status_code == 404 else "Refused."
-        return error_page(request, exc.status_code, "Not found", message)
+        if exc.status_code == 404:
+            return error_page(request, 404, "Not found", "There is nothing at this address.")
+        # The edge's refusals (a NUL character in a form, a body too large) say what is wrong.
+        return error_page(request, exc.status_code, "Request refused", str(exc.detail))
     raise exc
 
 
