@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 from html import unescape
 from typing import Any
 
 import httpx
 import pytest
 
+from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit_service
 from keyservice.console.forms import expiry_limits
 from keyservice.console.pages import CSP
@@ -454,3 +455,25 @@ async def test_a_form_the_edge_refuses_says_why(
     assert "<h1>Request refused</h1>" in refused.text
     assert "The request contains a NUL character." in refused.text
     assert "Not found" not in refused.text
+
+
+async def test_rotating_a_device_key_says_until_when_the_old_one_works(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    device = await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+    base = f"/console/admin/devices/{device.id}"
+    await client.post(f"{base}/keys", data={"csrf_token": token, "name": "station"})
+    page = await client.get(base)
+    key_id = re.search(rf'href="{base}/keys/([^/"]+)/rotate"', page.text)
+    assert key_id
+    rotated = await client.post(
+        f"{base}/keys/{key_id.group(1)}/rotate", data={"csrf_token": token, "grace_seconds": "3600"}
+    )
+    assert rotated.status_code == 200 and "Your rotated API key" in rotated.text
+    async with context.database.sessionmaker() as session:
+        old = await session.get(ApiKey, key_id.group(1))
+        assert old is not None
+    until = old.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    assert f"The old key keeps working until {until}." in rotated.text

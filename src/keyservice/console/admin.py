@@ -559,6 +559,7 @@ async def rotate_device_key(
         actor=admin.actor,
         ip=ip,
     )
+    old = await api_keys.get_owned(session, key_id=key_id, owner_id=created.owner_id)
     return render(
         request,
         "show_once.html",
@@ -566,6 +567,7 @@ async def rotate_device_key(
             "created": created,
             "back": f"/console/admin/devices/{device_id}",
             "rotated": True,
+            "old_expires": old.expires_at,
             "section": "devices",
         },
     )
