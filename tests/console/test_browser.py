@@ -289,3 +289,19 @@ async def test_a_link_from_another_site_keeps_the_session(page: Page, live: Live
     # Still signed in for a page opened directly, in this tab or any other.
     await page.goto("/console/keys")
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+
+    # A form another site posts here (no cookie, no token) changes nothing, the session
+    # included: it is not ended by the answer.
+    forged = (
+        f'<form method="post" action="{live.url}/console/keys">'
+        '<input name="name" value="forged"><button>Send</button></form>'
+    )
+    await page.route(
+        f"{elsewhere}forged", lambda route: route.fulfill(body=forged, content_type="text/html")
+    )
+    await page.goto(f"{elsewhere}forged")
+    await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    await expect(page.get_by_text("You have no API keys yet.")).to_be_visible()
+    cookies = await page.context.cookies()
+    assert next(c["value"] for c in cookies if c["name"] == "keyservice_console") == session

@@ -417,6 +417,8 @@ async def test_a_form_sent_after_the_session_ended_says_so(
         refused = await client.post("/console/keys", data=key_form)
         assert refused.status_code == 303, refused.text
         assert refused.headers["location"] == "/console/login?session=ended"
+        # A cookie that was not sent may be a live one the browser kept back: left alone.
+        assert ("set-cookie" in refused.headers) == (cookie is not None)
         login = await client.get(refused.headers["location"])
         assert "Your session had ended, so the form you sent was not saved." in login.text
         assert "Form refused" not in login.text

@@ -125,7 +125,10 @@ def _answer_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, SignInRequired):
         target = "/console/login?session=ended" if exc.ended else "/console/login"
         response: Response = RedirectResponse(target, status_code=303)
-        response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
+        if COOKIE_NAME in request.cookies:
+            # Only a cookie that was sent and is no good: one the browser kept back (a
+            # SameSite=Strict cookie on a visit from another site) may be a live session.
+            response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
         return response
     if isinstance(exc, PageError):
         return error_page(request, exc.status_code, exc.title, exc.message)
