@@ -479,3 +479,21 @@ async def test_rotating_a_device_key_says_until_when_the_old_one_works(
         assert old is not None
     until = old.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     assert f"The old key keeps working until {until}." in rotated.text
+
+
+async def test_allowed_ips_may_be_separated_by_commas(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    typed = "10.0.0.0/8, 192.168.0.0/16\n 2001:db8::/32 "
+    created = await client.post(
+        "/console/keys", data={"csrf_token": token, "name": "ci", "allowed_ips": typed}
+    )
+    assert created.status_code == 200, field_error(created.text, "allowed_ips")
+    assert "<dd>10.0.0.0/8, 192.168.0.0/16, 2001:db8::/32</dd>" in created.text
+    refused = await client.post(
+        "/console/keys", data={"csrf_token": token, "name": "ci", "allowed_ips": "10.0.0.0/8,x"}
+    )
+    assert field_error(refused.text, "allowed_ips") == "'x' is not an IPv4 or IPv6 address or CIDR"
+    assert ">10.0.0.0/8,x</textarea>" in refused.text

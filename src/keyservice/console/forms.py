@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -33,8 +34,11 @@ def texts(form: FormData, name: str) -> list[str]:
     return [value for value in form.getlist(name) if isinstance(value, str)]
 
 
-def lines(value: str) -> list[str]:
-    return [line.strip() for line in value.splitlines() if line.strip()]
+def addresses(value: str) -> list[str]:
+    """The allow-list as typed: one entry a line, or several separated by commas or spaces
+    (no address or CIDR holds either, and "10.0.0.0/8, 192.168.0.0/16" is how people write
+    a list)."""
+    return [part for part in re.split(r"[\s,]+", value) if part]
 
 
 def _message(error: ErrorDetails) -> str:
@@ -154,7 +158,7 @@ def read_key_form(
             description=values.description,
             scopes=values.scopes or None,
             expires_at=expires_at,
-            allowed_ips=lines(values.allowed_ips),
+            allowed_ips=addresses(values.allowed_ips),
         )
     except ValidationError as exc:
         errors.add_validation(exc, KEY_FIELDS)
