@@ -86,3 +86,30 @@ async def test_the_limit_is_configurable(client, context):
         await admin_request(client, admin, "POST", path, 201, json={"name": f"k{n}"})
     response = await admin_request(client, admin, "POST", path, 409, json={"name": "k2"})
     assert "At most 2" in response.json()["error_description"]
+
+
+async def test_a_deleted_replacement_puts_the_key_it_replaced_back_in_the_count(client, context):
+    # A replaced key is left out of the count only while its replacement is live: the pair
+    # is one credential in transition. Deleting the replacements and rotating again must not
+    # let a principal keep more than 5 keys that are neither revoked nor expired.
+    token = await user_token(context, client, "quinn")
+    keys = [await create_key(client, token, name=f"k{n}") for n in range(5)]
+    owner_id = keys[0]["owner_id"]
+    for key in keys:
+        rotated = await client.post(
+            f"/api-keys/{key['id']}/rotate",
+            json={"grace_seconds": 86400 * 30},
+            headers=bearer(token),
+        )
+        assert rotated.status_code == 201, rotated.text
+        deleted = await client.delete(f"/api-keys/{rotated.json()['id']}", headers=bearer(token))
+        assert deleted.status_code == 204
+    assert await _live_keys(context, owner_id) == 5
+
+    refused = await create_key(client, token, expect=409, name="sixth")
+    assert "At most 5" in refused["error_description"]
+    assert await _live_keys(context, owner_id) == 5
+    # Rotating still works: the replacement takes the place of the key it replaces.
+    rotated = await client.post(f"/api-keys/{keys[0]['id']}/rotate", headers=bearer(token))
+    assert rotated.status_code == 201, rotated.text
+    await create_key(client, token, expect=409, name="sixth")

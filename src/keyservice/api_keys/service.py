@@ -96,9 +96,19 @@ async def count_live(
 
     A key that a rotation replaced (or is replacing now) does not count during its grace
     period: rotating must work at the limit, and the pair is one credential in transition.
+    Only while the replacement is live: once it is deleted the key it replaced counts
+    again, or deleting replacements and rotating again would keep any number of keys alive.
     """
     successor = aliased(ApiKey)
-    superseded = select(successor.id).where(successor.rotated_from_id == ApiKey.id).exists()
+    superseded = (
+        select(successor.id)
+        .where(
+            successor.rotated_from_id == ApiKey.id,
+            successor.revoked_at.is_(None),
+            successor.expires_at > now,
+        )
+        .exists()
+    )
     query = (
         select(func.count())
         .select_from(ApiKey)
