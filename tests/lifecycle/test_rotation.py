@@ -6,8 +6,8 @@ import asyncio
 from datetime import datetime, timedelta
 
 from keyservice.database import utcnow
-from tests.admin.support import events, set_key_fields
-from tests.factories import add_scope, bearer, create_key, exchange, user_token
+from tests.admin.support import admin_request, admin_token, events, set_key_fields
+from tests.factories import add_scope, bearer, create_key, exchange, login, user_token
 
 
 def _at(value: str) -> datetime:
@@ -150,3 +150,26 @@ async def test_concurrent_rotations_of_one_key_make_one_replacement(client, cont
     listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
     assert sorted(item["id"] for item in listed) == sorted([key["id"], winner["id"]])
     assert len(await events(context, "api_key.rotated")) == 1
+
+
+async def test_a_key_with_a_scope_its_owner_lost_rotates_with_its_scopes(client, context):
+    # A leaked key must be rotatable whatever its owner holds today: the replacement has the
+    # key's settings, and its tokens carry key scopes ∩ the owner's current permissions.
+    for scope in ("projects:read", "projects:write"):
+        await add_scope(context, scope)
+    perms = ["api_keys:manage", "projects:read", "projects:write"]
+    token = await user_token(context, client, "ida", perms)
+    old = await create_key(client, token, name="both", scopes=["projects:read", "projects:write"])
+    admin = await admin_token(context, client)
+    path = f"/admin/users/{old['owner_id']}"
+    await admin_request(client, admin, "PATCH", path, 200, json={"permissions": perms[:2]})
+    token = (await login(client, "ida"))["access_token"]
+
+    new = (await _rotate(client, token, old["id"])).json()
+    assert new["scopes"] == ["projects:read", "projects:write"]
+    assert (await exchange(client, new["api_key"])).json()["scope"] == "projects:read"
+    await admin_request(client, admin, "PATCH", path, 200, json={"permissions": perms})
+    regained = (await exchange(client, new["api_key"])).json()["scope"]
+    assert regained == "projects:read projects:write"
+    [event] = await events(context, "api_key.rotated")
+    assert event.key_id == new["id"]

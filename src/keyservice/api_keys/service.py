@@ -164,7 +164,9 @@ async def create(
     """Create a key for `owner`; the secret is returned here and never again."""
     settings = ctx.settings
     now = utcnow()
-    scopes = _check_scopes(data.scopes, owner)
+    # A rotation copies the key's scopes as they are: the owner may have lost one since, and
+    # refusing would leave a leaked key unrotatable; tokens carry only what the owner holds.
+    scopes = data.scopes if rotated_from is not None else _check_scopes(data.scopes, owner)
     expires_at = _check_expiry(data.expires_at, settings, now)
     await _lock_owner(session, owner.id)
     if rotated_from is not None:
