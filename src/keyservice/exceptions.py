@@ -15,6 +15,7 @@
     │   └── InsufficientScope            403, Bearer error="insufficient_scope"
     ├── NotFound                         404 not_found
     ├── Conflict                         409 conflict
+    ├── UnsupportedMediaType             415 unsupported_media_type (a body that is not JSON)
     ├── ValidationFailed                 422 validation_error (+ per-field details)
     └── ServiceUnavailable               503 service_unavailable
 
@@ -149,6 +150,15 @@ class Conflict(KeyServiceError):
     error = "conflict"
     status_code = 409
     default_description = "That conflicts with the current state."
+
+
+class UnsupportedMediaType(KeyServiceError):
+    error = "unsupported_media_type"
+    status_code = 415
+    default_description = (
+        "The body must be JSON, sent with Content-Type: application/json; "
+        "this request declared another type or none."
+    )
 
 
 class ValidationFailed(KeyServiceError):

@@ -35,6 +35,7 @@ from keyservice.exceptions import (
     KeyServiceError,
     ServiceUnavailable,
     TemporarilyUnavailable,
+    UnsupportedMediaType,
     quoted_loc,
 )
 from keyservice.responses import NO_STORE, JSONResponse
@@ -249,6 +250,11 @@ def install_error_handlers(app: FastAPI) -> None:
         unreadable = _unreadable_body(exc.__cause__)
         if unreadable is not None:
             return _error_response(unreadable)
+        if isinstance(exc.body, bytes):
+            # FastAPI hands a body over as bytes only when its Content-Type is not JSON
+            # (`curl -d` sends form encoding; `requests.post(data=...)` sends none): the
+            # field errors that follow ("Input should be a valid dictionary") would not say so.
+            return _error_response(UnsupportedMediaType())
         # Never echo `input`: it may hold a password or a secret; nor a name in `loc` that
         # is no field name (a key of a JSON object the client made up).
         details = [

@@ -157,7 +157,54 @@ async def test_json_where_form_expected_and_form_where_json_expected(client, adm
     assert_json_error(response, {400})
     assert response.json()["error"] == "invalid_request"
     response = await client.post("/api-keys", content=b"name=x", headers={**FORM, **admin_headers})
-    assert_json_error(response, {400, 403, 422})
+    assert_json_error(response, {415})
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        FORM,  # what `curl -d '{...}'` sends
+        {"Content-Type": "text/plain"},
+        {},  # what `requests.post(url, data=json.dumps(...))` sends: no type at all
+    ],
+)
+async def test_a_json_body_without_the_json_content_type_is_415_in_words(
+    client, admin_headers, content_type
+):
+    body = {
+        "/api-keys": {"name": "k"},
+        "/admin/users": {"username": "u", "password": "long enough password"},
+        "/admin/devices": {"name": "d"},
+        "/admin/scopes": {"name": "s"},
+    }
+    for method, path, expected in ENDPOINTS:
+        if expected is not JSON:
+            continue
+        response = await client.request(
+            method,
+            path,
+            content=json.dumps(body.get(path, {"disabled": True})).encode(),
+            headers={**content_type, **admin_headers},
+        )
+        assert_json_error(response, {415})
+        assert response.json() == {
+            "error": "unsupported_media_type",
+            "error_description": "The body must be JSON, sent with Content-Type: "
+            "application/json; this request declared another type or none.",
+        }
+    # Nothing was created.
+    assert (await client.get("/api-keys", headers=admin_headers)).json()["items"] == []
+    for path in ("/admin/users", "/admin/devices"):
+        listed = (await client.get(path, headers=admin_headers)).json()["items"]
+        assert [item.get("username", item.get("name")) for item in listed] in ([], ["root"])
+    # Authentication is still checked first, and JSON variants are JSON.
+    anonymous = await client.post("/api-keys", content=b"name=x", headers=FORM)
+    assert anonymous.status_code == 401
+    merge = {"Content-Type": "application/merge-patch+json; charset=utf-8"}
+    created = await client.post(
+        "/api-keys", content=b'{"name": "k"}', headers={**merge, **admin_headers}
+    )
+    assert created.status_code == 201, created.text
 
 
 async def test_huge_and_numerous_headers_are_431(client):
