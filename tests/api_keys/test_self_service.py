@@ -137,3 +137,20 @@ async def test_me_lists_warnings_for_expiring_and_expired_keys(client, context):
     assert set(warned) == {"soon", "old"}
     assert warned["soon"]["client_id"] == soon["client_id"]
     assert {"key_id", "client_id", "name", "expires_at"} <= set(warned["old"])
+
+
+async def test_answers_holding_a_secret_are_never_stored_by_caches(client, context):
+    from tests.admin.support import admin_token, create_device
+
+    token = await user_token(context, client, "fay", PERMS)
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "cam")
+    for path, caller in (
+        ("/api-keys", token),
+        (f"/admin/devices/{device['id']}/api-keys", admin),
+    ):
+        response = await client.post(path, json={"name": "k"}, headers=bearer(caller))
+        assert response.status_code == 201, response.text
+        assert response.json()["client_secret"]
+        assert response.headers["cache-control"] == "no-store", path
+        assert response.headers["pragma"] == "no-cache", path

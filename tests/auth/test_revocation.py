@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 from keyservice.context import AppContext
 from keyservice.main import create_app
 from tests.conftest import client_for
-from tests.factories import bearer, create_key, exchange, login, user_token
+from tests.factories import audit_events, bearer, create_key, exchange, login, user_token
 
 PERMS = ["api_keys:manage", "projects:read"]
 
@@ -65,6 +66,47 @@ async def test_revoke_with_another_keys_credentials_changes_nothing(client, cont
     )
     assert response.status_code == 200
     assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+
+
+async def test_revoke_with_the_tokens_own_key_and_its_audit_events(client, context):
+    token = await user_token(context, client, "cora", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+    owner_id = key["owner_id"]
+
+    # Credentials that fail authentication are refused (RFC 7009 §2.2.1) and change nothing.
+    wrong = base64.b64encode(f"{key['client_id']}:not-the-secret".encode()).decode()
+    refused = await client.post(
+        "/revoke",
+        data={"token": tokens["refresh_token"]},
+        headers={"Authorization": f"Basic {wrong}"},
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    assert refused.headers["www-authenticate"].startswith("Basic")
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+
+    right = base64.b64encode(f"{key['client_id']}:{key['client_secret']}".encode()).decode()
+    revoked = await client.post(
+        "/revoke",
+        data={"token": tokens["refresh_token"]},
+        headers={"Authorization": f"Basic {right}"},
+    )
+    assert revoked.status_code == 200
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+
+    failure, success = await audit_events(context, "token.revoke")
+    assert (failure.outcome, failure.key_id, failure.principal_id) == (
+        "failure",
+        key["id"],
+        owner_id,
+    )
+    assert failure.reason
+    assert (success.outcome, success.key_id, success.principal_id) == (
+        "success",
+        key["id"],
+        owner_id,
+    )
+    assert success.actor == f"key:{key['client_id']}"
 
 
 async def test_introspect(client, context):
