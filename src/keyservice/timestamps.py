@@ -8,10 +8,10 @@ meant, so bodies, query parameters and import files use `Timestamp` instead.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 # RFC 3339 §5.6 date-time; the space instead of "T" is the readability variant its note allows.
@@ -40,4 +40,16 @@ def _rfc3339(value: object) -> object:
     )
 
 
-Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+def _in_utc_range(value: datetime) -> datetime:
+    """Refuse a moment that exists only in its own offset: stored and compared in UTC, it
+    would overflow (0001-01-01T00:00:00+14:00 is before year 1), a 500 where it was used."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError(
+            "timestamp_range", "is out of range: in UTC it falls before year 1 or after 9999"
+        ) from None
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc_range)]

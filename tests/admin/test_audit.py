@@ -145,6 +145,9 @@ async def test_since_takes_rfc3339_with_an_offset_only(client, context):
         (str(int(day_ago.timestamp())), "RFC 3339"),
         (day_ago.replace(tzinfo=None).isoformat(), "needs a time-zone offset"),
         (day_ago.isoformat().replace("+", " "), "write + as %2B"),
+        # Valid RFC 3339, but before year 1 (after 9999) in UTC: it overflowed, a 500.
+        ("0001-01-01T00:00:00+14:00", "out of range"),
+        ("9999-12-31T23:59:59-14:00", "out of range"),
     ):
         response = await admin_request(
             client, admin, "GET", "/admin/audit-events", 422, params={"since": since}
