@@ -84,6 +84,38 @@ async def test_user_create_refusals(client, context):
     )
 
 
+async def test_names_with_characters_refused_are_explained_in_words(client, context):
+    # Not pydantic's "String should match pattern '^[A-Za-z0-9][A-Za-z0-9._@+-]*$'".
+    admin = await admin_token(context, client)
+    for path, body, says in (
+        (
+            "/admin/users",
+            {"username": "john doe", "password": "long enough password"},
+            "username: may hold only letters, digits and . _ @ + -, and must start with a "
+            "letter or digit",
+        ),
+        (
+            "/admin/devices",
+            {"name": "-sensor"},
+            "name: may hold only letters, digits and . _ @ + -, and must start with a "
+            "letter or digit",
+        ),
+        (
+            "/admin/scopes",
+            {"name": "projects read"},
+            "name: may hold only letters, digits and _ . : / -, and must start with a "
+            "letter or digit",
+        ),
+    ):
+        response = await admin_request(client, admin, "POST", path, 422, json=body)
+        assert response.json()["error_description"] == says
+        assert "^" not in response.text and "pattern" not in response.text
+    users = (await admin_request(client, admin, "GET", "/admin/users", 200)).json()["items"]
+    assert [user["username"] for user in users] == ["root"]
+    devices = (await admin_request(client, admin, "GET", "/admin/devices", 200)).json()
+    assert devices["items"] == []
+
+
 async def test_admin_endpoints_need_admin(client, context):
     token = await user_token(context, client, "mallory", ["api_keys:manage"])
     for method, path in [

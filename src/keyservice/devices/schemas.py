@@ -7,13 +7,13 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
-from keyservice.users.schemas import NAME_PATTERN
+from keyservice.users.schemas import Name
 
 
 class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    name: Name
     description: str = Field(default="", max_length=1000)
     permissions: list[str] = Field(default_factory=list, max_length=100)
 

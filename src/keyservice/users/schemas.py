@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic_core import PydanticCustomError
 
 from keyservice.principals.models import Principal
 
@@ -13,10 +16,35 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
 MIN_PASSWORD_LENGTH = 8
 
 
+def matching(pattern: str, says: str) -> AfterValidator:
+    """Check a name against `pattern`, refusing it in words rather than with the regex.
+
+    pydantic's own message ("String should match pattern '^[A-Za-z0-9]...'") leaves the
+    person who typed "john doe" to read a regular expression.
+    """
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if compiled.fullmatch(value) is None:
+            raise PydanticCustomError("name_format", says)
+        return value
+
+    return AfterValidator(check)
+
+
+# The pattern stays in the JSON schema (OpenAPI) for clients and generators.
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=100, json_schema_extra={"pattern": NAME_PATTERN}),
+    matching(NAME_PATTERN, "may hold only letters, digits and . _ @ + -, and must start "
+             "with a letter or digit"),
+]  # fmt: skip
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN)
+    username: Name
     password: str = Field(min_length=1, max_length=1024, repr=False)
     permissions: list[str] = Field(default_factory=list, max_length=100)
 
