@@ -154,3 +154,34 @@ async def test_answers_holding_a_secret_are_never_stored_by_caches(client, conte
         assert response.json()["client_secret"]
         assert response.headers["cache-control"] == "no-store", path
         assert response.headers["pragma"] == "no-cache", path
+
+
+async def test_audit_names_the_key_whose_token_managed_keys(client, context):
+    # A leaked key that creates, rotates and deletes keys must show as that key in the
+    # audit log, as admin actions do, not as its owner having done it in person.
+    from tests.factories import audit_events
+
+    token = await user_token(context, client, "gil", PERMS)
+    master = await create_key(client, token, name="automation")
+    key_token = (await exchange(client, master["api_key"])).json()["access_token"]
+
+    made = await create_key(client, key_token, name="made by a key")
+    rotated = await client.post(f"/api-keys/{made['id']}/rotate", headers=bearer(key_token))
+    assert rotated.status_code == 201, rotated.text
+    deleted = await client.delete(f"/api-keys/{made['id']}", headers=bearer(key_token))
+    assert deleted.status_code == 204
+    by_person = await create_key(client, token, name="made in person")
+
+    actors = {
+        (event.type, event.key_id): event.actor
+        for event in await audit_events(context)
+        if event.type.startswith("api_key.")
+    }
+    by_key = f"key:{master['client_id']}"
+    assert actors == {
+        ("api_key.created", master["id"]): "user:gil",
+        ("api_key.created", made["id"]): by_key,
+        ("api_key.rotated", rotated.json()["id"]): by_key,
+        ("api_key.deleted", made["id"]): by_key,
+        ("api_key.created", by_person["id"]): "user:gil",
+    }

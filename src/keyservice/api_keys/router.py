@@ -31,10 +31,11 @@ from keyservice.scopes.models import API_KEYS_MANAGE
 router = APIRouter(prefix="/api-keys", tags=["api-keys"], route_class=TableRoute)
 
 
-async def current_user(
-    principal: Annotated[TokenPrincipal, Depends(require_scope(API_KEYS_MANAGE))],
-    session: SessionDep,
-) -> Principal:
+# One callable, so that FastAPI verifies the token once for both dependencies below.
+ManagerDep = Annotated[TokenPrincipal, Depends(require_scope(API_KEYS_MANAGE))]
+
+
+async def current_user(principal: ManagerDep, session: SessionDep) -> Principal:
     """The calling user; devices cannot manage keys (403)."""
     if principal.type != "user":
         raise InsufficientScope(
@@ -50,19 +51,28 @@ async def current_user(
 UserDep = Annotated[Principal, Depends(current_user)]
 
 
+async def audit_actor(principal: ManagerDep, user: UserDep) -> str:
+    """Name the caller in audit events as the admin API does: `key:<client id>` when the
+    token came from an API key (a leaked key managing keys shows as that key), else the user.
+    """
+    return principal.actor if principal.client_id else f"user:{user.name}"
+
+
+ActorDep = Annotated[str, Depends(audit_actor)]
+
+
 @router.post("", status_code=201, response_model=ApiKeyCreated)
 async def create_key(
     data: ApiKeyCreate,
     user: UserDep,
+    actor: ActorDep,
     session: SessionDep,
     context: ContextDep,
     ip: RequestIp,
     response: Response,
 ) -> ApiKeyCreated:
     response.headers.update(NO_STORE)
-    return await service.create(
-        context, session, owner=user, data=data, actor=f"user:{user.name}", ip=ip
-    )
+    return await service.create(context, session, owner=user, data=data, actor=actor, ip=ip)
 
 
 @router.get("", response_model=ApiKeyList)
@@ -80,10 +90,15 @@ async def get_key(
 
 @router.delete("/{key_id}", status_code=204)
 async def delete_key(
-    key_id: str, user: UserDep, session: SessionDep, context: ContextDep, ip: RequestIp
+    key_id: str,
+    user: UserDep,
+    actor: ActorDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
 ) -> Response:
     key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
-    await service.revoke(context, session, key=key, actor=f"user:{user.name}", ip=ip)
+    await service.revoke(context, session, key=key, actor=actor, ip=ip)
     return Response(status_code=204)
 
 
@@ -91,6 +106,7 @@ async def delete_key(
 async def rotate_key(
     key_id: str,
     user: UserDep,
+    actor: ActorDep,
     session: SessionDep,
     context: ContextDep,
     ip: RequestIp,
@@ -105,6 +121,6 @@ async def rotate_key(
         key=key,
         owner=user,
         grace_seconds=(data or ApiKeyRotate()).grace_seconds,
-        actor=f"user:{user.name}",
+        actor=actor,
         ip=ip,
     )
