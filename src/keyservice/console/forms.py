@@ -13,7 +13,6 @@ from starlette.datastructures import FormData
 from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.config import Settings
 from keyservice.exceptions import KeyServiceError
-from keyservice.users.schemas import NAME_PATTERN
 
 # Form field name for each schema field, where they differ.
 KEY_FIELDS = {"expires_at": "expires_on"}
@@ -54,11 +53,9 @@ def _message(error: ErrorDetails) -> str:
         return f"Use at most {ctx.get('max_length')} characters."
     if kind == "too_long":
         return f"Give at most {ctx.get('max_length')} entries."
-    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
-        return (
-            "Use only letters A-Z, digits and . _ @ + - (no spaces or accents), "
-            "starting with a letter or digit."
-        )
+    if kind == "name_format":  # the schemas' own words (users/schemas.py), as a sentence
+        said = str(error.get("msg", ""))
+        return said[:1].upper() + said[1:] + "."
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
