@@ -212,10 +212,31 @@ def _say_token_commit(settings: Settings) -> None:
         )
 
 
+def _say_issuer(settings: Settings) -> None:
+    """One line at start-up when the default issuer is a bind-all address (`--host 0.0.0.0`)."""
+    if settings.issuer_from_wildcard:
+        logging.getLogger("keyservice").warning(
+            "KEYSERVICE_ISSUER is not set, so tokens and the metadata name %s, which no client "
+            "can reach and verifiers will not expect; set KEYSERVICE_ISSUER to the URL clients "
+            "use (e.g. https://keys.example.com)",
+            settings.effective_issuer,
+        )
+
+
 @main.command()
-@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port to bind (default 8000).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "--host", default=None, help="Address to bind (default KEYSERVICE_HOST, else 127.0.0.1)."
+)
+@click.option(
+    "--port", type=int, default=None, help="Port to bind (default KEYSERVICE_PORT, else 8000)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes; one per core.",
+)
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start.")
 def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) -> None:
     """Serve the HTTP API (embedded SQLite database when nothing is configured)."""
@@ -228,6 +249,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     settings = load_settings()
     configure_logging(settings.log_level)
     _say_token_commit(settings)
+    _say_issuer(settings)
     from keyservice.workers import check_address
 
     try:  # before migrations and the bootstrap admin: nothing done if it cannot serve

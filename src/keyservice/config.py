@@ -31,6 +31,8 @@ MAX_REFRESH_TOKEN_EXTRA_TTL = 86400 * 30
 # The drivers the service runs on (asyncpg and aiosqlite are what it is built and tested with).
 DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Bind addresses meaning "every interface": no URL a client could use.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 class Settings(BaseSettings):
@@ -229,7 +231,16 @@ class Settings(BaseSettings):
 
     @property
     def effective_issuer(self) -> str:
-        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
+        if self.issuer:
+            return self.issuer.rstrip("/")
+        # An IPv6 address goes in brackets in a URL (RFC 3986 §3.2.2): http://[::1]:8000.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def issuer_from_wildcard(self) -> bool:
+        """Whether the issuer defaults to a bind-all address, which no client can reach."""
+        return not self.issuer and self.host in WILDCARD_HOSTS
 
     @property
     def effective_audience(self) -> str:

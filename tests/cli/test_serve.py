@@ -121,3 +121,51 @@ def test_a_data_folder_that_cannot_be_made_is_one_line(served, monkeypatch, tmp_
         "is KEYSERVICE_DATA_DIR right?"
     ]
     assert served == {}
+
+
+@pytest.mark.parametrize(
+    ("host", "issuer"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("keys.internal", "http://keys.internal:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("fd00::10", "http://[fd00::10]:8000"),
+    ],
+)
+def test_the_default_issuer_is_a_url_for_every_host(host, issuer):
+    # `serve --host ::1` gave tokens and the metadata `http://::1:8000`, no URL at all.
+    from keyservice.config import Settings
+
+    settings = Settings(host=host, port=8000)
+    assert settings.effective_issuer == issuer
+    assert settings.effective_audience == issuer
+    assert Settings(host=host, port=8000, issuer="https://keys.example.com/").effective_issuer == (
+        "https://keys.example.com"
+    )
+
+
+def test_a_default_issuer_on_a_bind_all_address_is_named_at_start_up(caplog):
+    from keyservice.cli import _say_issuer
+    from keyservice.config import Settings
+
+    def said(**values: Any) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="keyservice"):
+            _say_issuer(Settings(port=8000, **values))
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    # The image serves on 0.0.0.0: without KEYSERVICE_ISSUER every token said
+    # iss=http://0.0.0.0:8000 and verifiers configured with the real URL refused them all.
+    (line,) = said(host="0.0.0.0")
+    assert "http://0.0.0.0:8000" in line and "set KEYSERVICE_ISSUER" in line
+    (line,) = said(host="::")
+    assert "http://[::]:8000" in line
+    assert said(host="0.0.0.0", issuer="https://keys.example.com") == []
+    assert said(host="127.0.0.1") == []
+
+
+def test_serve_help_says_where_the_defaults_come_from():
+    text = " ".join(CliRunner().invoke(main, ["serve", "--help"]).output.split())
+    assert "default KEYSERVICE_HOST, else 127.0.0.1" in text
+    assert "default KEYSERVICE_PORT, else 8000" in text
+    assert "one per core" in text
