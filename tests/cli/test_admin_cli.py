@@ -130,6 +130,19 @@ def test_devices_create_and_list(cli):
     assert "already exists" in duplicate.output
     unknown = cli("devices", "create", "sensor-3", "--permission", "nope:read", expect=1)
     assert "nope:read" in unknown.output
+    # Says how to add one: neither the command line nor the console has a way.
+    assert "scope catalog first (POST /admin/scopes, as an admin)" in unknown.output
+    unknown = cli(
+        "users",
+        "create",
+        "ann",
+        "--permission",
+        "nope:read",
+        "--password-stdin",
+        expect=1,
+        input="long enough password\n",
+    )
+    assert "POST /admin/scopes" in unknown.output
     assert cli.scalar(select(AuditEvent.actor).where(AuditEvent.type == "device.created")) == "cli"
 
 

@@ -63,7 +63,7 @@ async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -
     if missing:
         raise ValidationFailed(
             f"Unknown permission(s): {quoted_names(missing, SCOPE_NAME)}. Add them to the "
-            "scope catalog first.",
+            "scope catalog first (POST /admin/scopes, as an admin).",
             field="permissions",
         )
     return sorted(set(permissions))
