@@ -205,7 +205,17 @@ def keys_expiring(within: timedelta) -> None:
 @keys.command("import-legacy")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def keys_import_legacy(file: Path) -> None:
-    """Import legacy keys from FILE (JSON lines); every line or none is imported."""
+    """Import legacy keys from FILE (JSON lines); every line or none is imported.
+
+    \b
+    One object a line:
+      {"owner": "alice", "owner_type": "user", "name": "ci",
+       "scopes": ["projects:read"], "key": "<the old key string>"}
+    owner_type is user or device; scopes may be null (the owner's permissions);
+    "key_hash" (bcrypt or argon2) instead of "key"; optional "expires_at" (RFC 3339,
+    default a year from now). The keys work at /token as api_key until
+    KEYSERVICE_LEGACY_KEYS_UNTIL.
+    """
     from keyservice.api_keys.legacy_import import ImportFailed, ImportResult, import_lines
 
     try:

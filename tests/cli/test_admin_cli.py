@@ -414,3 +414,11 @@ def test_import_legacy_quotes_no_key_pasted_into_a_scope_or_a_field_name(cli, tm
         failed.stderr
     )
     assert "line 2: (not quoted): Extra inputs are not permitted" in failed.stderr
+
+
+def test_import_legacy_help_gives_the_file_format():
+    # It said "JSON lines" only: the fields were in API.md and the module's source.
+    text = CliRunner().invoke(main, ["keys", "import-legacy", "--help"]).output
+    for field in ('"owner"', '"owner_type"', '"name"', '"scopes"', '"key"', '"key_hash"'):
+        assert field in text, field
+    assert '"expires_at"' in text and "KEYSERVICE_LEGACY_KEYS_UNTIL" in text
