@@ -1,0 +1,58 @@
+"""README's configuration table says what config.Settings does: every variable, every default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic_core import PydanticUndefined
+
+from keyservice.config import Settings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def documented() -> dict[str, str]:
+    """{field name: the README's default cell} for each KEYSERVICE_ row of the table."""
+    rows: dict[str, str] = {}
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        if not line.startswith("| `KEYSERVICE_"):
+            continue
+        names_cell, default_cell = (cell.strip() for cell in line.split(" | ")[:2])
+        names = re.findall(r"`KEYSERVICE_([A-Z_]+)`", names_cell)
+        defaults = re.findall(r"`([^`]*)`", default_cell)
+        for i, name in enumerate(names):
+            # Several variables in one row have their defaults in the same order.
+            cell = defaults[i] if len(defaults) == len(names) else default_cell
+            rows[name.lower()] = cell
+    return rows
+
+
+def shown(value: Any) -> str:
+    """A default as the README writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Path):
+        return f"./{value}"
+    return str(value)
+
+
+def test_every_setting_is_in_the_table_and_nothing_else():
+    assert set(documented()) == set(Settings.model_fields)
+
+
+def test_every_documented_default_is_the_code_default():
+    rows = documented()
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        assert default is not PydanticUndefined, name
+        if default is None or default == []:
+            # Derived or absent: prose ("none", "the issuer"), never a literal value.
+            assert rows[name] in ("none", "the issuer") or " " in rows[name], (name, rows[name])
+        else:
+            assert rows[name] == shown(default), (name, rows[name], default)
