@@ -81,6 +81,20 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _claim(token: str, name: str) -> str:
+    """A claim of a token whose signature verified (so one of the issuer's), for a message.
+
+    Named so that a verifier set up with another issuer or audience than the service's
+    (a trailing slash, http for https) says what to change.
+    """
+    try:
+        value = jwt.decode(token, options={"verify_signature": False}).get(name)
+    except jwt.PyJWTError:  # pragma: no cover - it was decoded a moment ago
+        value = None
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class TokenVerifier:
     """Verify access tokens against the issuer's JWKS, optionally confirming by introspection.
 
@@ -224,9 +238,15 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise InvalidTokenError("token has expired") from None
         except jwt.InvalidAudienceError:
-            raise InvalidTokenError("token is meant for another audience") from None
+            raise InvalidTokenError(
+                f"token is meant for audience {_claim(token, 'aud')}, not {self.audience!r} "
+                "(the verifier's audience: the service's KEYSERVICE_AUDIENCE)"
+            ) from None
         except jwt.InvalidIssuerError:
-            raise InvalidTokenError("token comes from another issuer") from None
+            raise InvalidTokenError(
+                f"token comes from issuer {_claim(token, 'iss')}, not {self.issuer!r} "
+                "(the verifier's issuer: the service's KEYSERVICE_ISSUER)"
+            ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidTokenError(f"token lacks the required {exc.claim!r} claim") from None
         except jwt.InvalidSignatureError:

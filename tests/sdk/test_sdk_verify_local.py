@@ -318,3 +318,24 @@ def test_plain_http_jwks_or_introspection_url_is_warned_about(
     assert "JWKS" in messages[0] and "plain HTTP" in messages[0]
     assert "introspection" in messages[1] and "plain HTTP" in messages[1]
     assert all("intro-token-value" not in m for m in messages)
+
+
+def test_a_wrong_issuer_or_audience_names_both_values(issuer: Issuer, http: httpx.Client) -> None:
+    # A verifier set up with the issuer URL plus a slash refused every token with "token
+    # comes from another issuer", which did not say which value to change.
+    verifier = TokenVerifier(JWKS_URL, ISSUER + "/", ISSUER, http_client=http)
+    with pytest.raises(InvalidTokenError) as caught:
+        verifier.verify(issuer.sign())
+    assert str(caught.value) == (
+        f"token comes from issuer {ISSUER!r}, not {ISSUER + '/'!r} "
+        "(the verifier's issuer: the service's KEYSERVICE_ISSUER)"
+    )
+    verifier = TokenVerifier(JWKS_URL, ISSUER, "https://api.test", http_client=http)
+    with pytest.raises(InvalidTokenError) as caught:
+        verifier.verify(issuer.sign())
+    assert str(caught.value) == (
+        f"token is meant for audience {ISSUER!r}, not 'https://api.test' "
+        "(the verifier's audience: the service's KEYSERVICE_AUDIENCE)"
+    )
+    with pytest.raises(InvalidTokenError, match=r"audience \['a', 'b'\], not"):
+        verifier.verify(issuer.sign(aud=["a", "b"]))
