@@ -259,7 +259,10 @@ def devices() -> None:
 @click.option("--permission", "permissions", multiple=True, help="Grant a permission (repeat).")
 @click.option("--description", default="", help="What the device is.")
 def devices_create(name: str, permissions: tuple[str, ...], description: str) -> None:
-    """Register a device; create its keys with POST /admin/devices/{id}/api-keys."""
+    """Register a device; create its keys in the console (Devices) or the admin API.
+
+    The API's route is POST /admin/devices/{id}/api-keys.
+    """
     from keyservice.devices import service
     from keyservice.devices.schemas import DeviceCreate
 

@@ -336,7 +336,12 @@ def users() -> None:
 @users.command("create")
 @click.argument("username")
 @click.option("--admin", is_flag=True, help="Grant the admin permission.")
-@click.option("--permission", "permissions", multiple=True, help="Grant a permission (repeat).")
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    help="Grant a permission (repeat); api_keys:manage lets the user manage their own keys.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_create(
     username: str, admin: bool, permissions: tuple[str, ...], password_stdin: bool

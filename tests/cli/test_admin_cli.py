@@ -422,3 +422,12 @@ def test_import_legacy_help_gives_the_file_format():
     for field in ('"owner"', '"owner_type"', '"name"', '"scopes"', '"key"', '"key_hash"'):
         assert field in text, field
     assert '"expires_at"' in text and "KEYSERVICE_LEGACY_KEYS_UNTIL" in text
+
+
+def test_create_help_says_what_a_new_principal_needs_next():
+    # A user made without api_keys:manage meets "Not allowed" in the console; a device's
+    # keys were said to be made over the API only.
+    users = " ".join(CliRunner().invoke(main, ["users", "create", "--help"]).output.split())
+    assert "api_keys:manage lets the user manage their own keys" in users
+    devices = " ".join(CliRunner().invoke(main, ["devices", "create", "--help"]).output.split())
+    assert "create its keys in the console (Devices) or the admin API" in devices
