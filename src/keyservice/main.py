@@ -556,6 +556,12 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
             return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "up"})
 
+    # HEAD too (uptime monitors and load balancers probe with it; the server sends the
+    # headers only). Routes of their own, out of the OpenAPI document: FastAPI gives every
+    # method of one route the same operation id.
+    for probe in (healthz, readyz):
+        health.add_api_route(f"/{probe.__name__}", probe, methods=["HEAD"], include_in_schema=False)
+
     from keyservice.admin_keys.router import router as admin_keys_router
     from keyservice.api_keys.router import router as api_keys_router
     from keyservice.audit.router import router as audit_router

@@ -149,6 +149,13 @@ def test_serve_login_verify_rotate(tmp_path, server_env):
         meta = httpx.get(server.url + "/.well-known/oauth-authorization-server").json()
         assert meta["issuer"] == server.url
 
+        # Probes answer HEAD as GET, headers only (uptime monitors and load balancers).
+        for probe in ("/healthz", "/readyz"):
+            head = httpx.head(server.url + probe)
+            assert head.status_code == 200, (probe, head.status_code)
+            assert head.content == b""
+            assert head.headers["content-type"] == "application/json"
+
         rotated = server.cli("signing-keys", "rotate")
         assert rotated.returncode == 0, rotated.stderr
         old_kid = jwt.get_unverified_header(old)["kid"]
