@@ -305,3 +305,41 @@ async def test_a_link_from_another_site_keeps_the_session(page: Page, live: Live
     await expect(page.get_by_text("You have no API keys yet.")).to_be_visible()
     cookies = await page.context.cookies()
     assert next(c["value"] for c in cookies if c["name"] == "keyservice_console") == session
+
+
+async def test_reloading_the_new_key_page_creates_no_second_key(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    from sqlalchemy import func, select
+
+    from keyservice.api_keys.models import ApiKey
+
+    alice = await create_principal(live.context, "alice")
+    await sign_in(page, "alice")
+    await page.goto("/console/keys/new")
+    await page.get_by_label("Name", exact=True).fill("ci-bot")
+    async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        await page.get_by_role("button", name="Create key").click()
+    assert (await posted.value).status == 200
+    api_key = await page.get_by_label("API key", exact=True).input_value()
+    assert api_key
+
+    # Reloading a POST's answer sends the form again (Playwright accepts the browser's
+    # "resubmit?" prompt): it is answered, but creates nothing and shows no secret.
+    response = await page.reload()
+    assert response is not None and response.request.method == "POST"
+    assert response.status == 409
+    assert "no-store" in (await response.all_headers())["cache-control"]
+    await expect(page.get_by_role("heading", name="Key already created")).to_be_visible()
+    await expect(page.get_by_label("API key", exact=True)).to_have_count(0)
+    assert api_key not in await page.content() and api_key not in page.url
+    async with live.context.database.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(ApiKey).where(ApiKey.principal_id == alice.id)
+        )
+    assert count == 1
+    assert (await exchange(http, api_key)).status_code == 200  # the key shown is the one
+
+    await page.get_by_role("button", name="Back to the API keys").click()
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    await expect(page.get_by_role("row", name="ci-bot")).to_have_count(1)

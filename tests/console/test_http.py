@@ -498,3 +498,147 @@ async def test_allowed_ips_may_be_separated_by_commas(
     )
     assert field_error(refused.text, "allowed_ips") == "'x' is not an IPv4 or IPv6 address or CIDR"
     assert ">10.0.0.0/8,x</textarea>" in refused.text
+
+
+def form_id_of(html: str) -> str:
+    match = re.search(r'name="form_id" value="([^"]+)"', html)
+    assert match, "no form id on the page"
+    return match.group(1)
+
+
+async def _keys_and_events(context: AppContext, owner_id: str) -> tuple[int, dict[str, int]]:
+    """The owner's keys (all of them, revoked and expired too) and their key audit events."""
+    from sqlalchemy import func, select
+
+    async with context.database.sessionmaker() as session:
+        keys = await session.scalar(
+            select(func.count()).select_from(ApiKey).where(ApiKey.principal_id == owner_id)
+        )
+        events, _ = await audit_service.list_events(session, principal_id=owner_id)
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.type.startswith("api_key."):
+            counts[event.type] = counts.get(event.type, 0) + 1
+    return int(keys or 0), counts
+
+
+def shown_secret(html: str) -> str | None:
+    match = re.search(r'id="api-key"[^>]*>([^<]+)</textarea>', html)
+    return match.group(1) if match else None
+
+
+async def test_a_key_form_sent_again_creates_nothing(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    # Reloading the page that shows a new key sends its form again: that must not make a
+    # second key (a new secret, one of the owner's 5 live keys used up unseen).
+    alice = await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    # Two tabs with the form open: each has its own id.
+    first_id = form_id_of((await client.get("/console/keys/new")).text)
+    second_id = form_id_of((await client.get("/console/keys/new")).text)
+    assert first_id != second_id
+    form = {"csrf_token": token, "name": "ci", "expires_on": ""}
+
+    created = await client.post("/console/keys", data={**form, "form_id": first_id})
+    assert created.status_code == 200
+    secret = shown_secret(created.text)
+    assert secret and created.headers["cache-control"] == "no-store"
+    # Remembered in the session cookie, sealed like the rest of it.
+    assert "keyservice_console=" in created.headers["set-cookie"]
+    assert first_id not in created.headers["set-cookie"]
+    again = await client.post("/console/keys", data={**form, "form_id": first_id})
+    assert again.status_code == 409, again.text
+    assert again.headers["cache-control"] == "no-store"
+    assert "<h1>Key already created</h1>" in again.text
+    assert "Its secret was shown once" in again.text
+    assert 'href="/console/keys"' in again.text
+    assert shown_secret(again.text) is None and secret not in again.text
+    assert await _keys_and_events(context, alice.id) == (1, {"api_key.created": 1})
+
+    # The other tab's form makes its own key, once; the first is still remembered.
+    other = await client.post("/console/keys", data={**form, "form_id": second_id})
+    assert other.status_code == 200 and shown_secret(other.text) not in (None, secret)
+    for form_id in (second_id, first_id):
+        refused = await client.post("/console/keys", data={**form, "form_id": form_id})
+        assert refused.status_code == 409
+    assert await _keys_and_events(context, alice.id) == (2, {"api_key.created": 2})
+
+    # A form refused for its input is not remembered: sent again corrected, it makes a key.
+    third_id = form_id_of((await client.get("/console/keys/new")).text)
+    refused = await client.post("/console/keys", data={**form, "name": "", "form_id": third_id})
+    assert refused.status_code == 422
+    fixed = await client.post("/console/keys", data={**form, "form_id": third_id})
+    assert fixed.status_code == 200 and shown_secret(fixed.text)
+    assert await _keys_and_events(context, alice.id) == (3, {"api_key.created": 3})
+
+    # An id this console did not make is refused in words, and creates nothing.
+    for bad in ("x", "'><script>", "A" * 17):
+        damaged = await client.post("/console/keys", data={**form, "form_id": bad})
+        assert damaged.status_code == 400
+        assert "This form is damaged" in damaged.text and "<script>" not in damaged.text
+    assert await _keys_and_events(context, alice.id) == (3, {"api_key.created": 3})
+
+    # After signing out and in again, the old page's form is refused anyway (its CSRF token
+    # was the old session's).
+    await client.post("/console/logout", data={"csrf_token": token})
+    await signed_in(client, "alice")
+    stale = await client.post("/console/keys", data={**form, "form_id": first_id})
+    assert stale.status_code == 403
+
+
+async def test_a_rotation_sent_again_rotates_nothing(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    alice = await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    await client.post("/console/keys", data={"csrf_token": token, "name": "deploy"})
+    keys = await client.get("/console/keys")
+    key_id = re.search(r'href="/console/keys/([^/"]+)/rotate"', keys.text)
+    assert key_id
+    page = await client.get(f"/console/keys/{key_id.group(1)}/rotate")
+    # Rotating with no grace retires the old key at once; sent again, the form got the
+    # service's "This key has expired; create a new one instead", which told someone
+    # holding the new key to make yet another one.
+    form = {"csrf_token": token, "grace_seconds": "0", "form_id": form_id_of(page.text)}
+    rotated = await client.post(f"/console/keys/{key_id.group(1)}/rotate", data=form)
+    assert rotated.status_code == 200 and shown_secret(rotated.text)
+    again = await client.post(f"/console/keys/{key_id.group(1)}/rotate", data=form)
+    assert again.status_code == 409
+    assert "<h1>Key already rotated</h1>" in again.text and "has expired" not in again.text
+    assert shown_secret(again.text) is None
+    assert await _keys_and_events(context, alice.id) == (
+        2,
+        {"api_key.created": 1, "api_key.rotated": 1},
+    )
+
+
+async def test_device_key_forms_sent_again_create_nothing(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    device = await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+    base = f"/console/admin/devices/{device.id}"
+    form = {"csrf_token": token, "name": "station"}
+    form["form_id"] = form_id_of((await client.get(f"{base}/keys/new")).text)
+    created = await client.post(f"{base}/keys", data=form)
+    assert created.status_code == 200 and shown_secret(created.text)
+    again = await client.post(f"{base}/keys", data=form)
+    assert again.status_code == 409 and "<h1>Key already created</h1>" in again.text
+    assert f'href="{base}"' in again.text and shown_secret(again.text) is None
+    assert await _keys_and_events(context, device.id) == (1, {"api_key.created": 1})
+
+    key_id = re.search(rf'href="{base}/keys/([^/"]+)/rotate"', (await client.get(base)).text)
+    assert key_id
+    page = await client.get(f"{base}/keys/{key_id.group(1)}/rotate")
+    rotation = {"csrf_token": token, "grace_seconds": "3600", "form_id": form_id_of(page.text)}
+    rotated = await client.post(f"{base}/keys/{key_id.group(1)}/rotate", data=rotation)
+    assert rotated.status_code == 200 and shown_secret(rotated.text)
+    again = await client.post(f"{base}/keys/{key_id.group(1)}/rotate", data=rotation)
+    assert again.status_code == 409 and "<h1>Key already rotated</h1>" in again.text
+    assert shown_secret(again.text) is None
+    assert await _keys_and_events(context, device.id) == (
+        2,
+        {"api_key.created": 1, "api_key.rotated": 1},
+    )

@@ -2,7 +2,8 @@
 
 Every route needs a signed-in user holding `admin`, re-checked on each request. Actions
 post a CSRF-checked form, call one service function and redirect back (post/redirect/get),
-except key creation and rotation, whose answer is the page showing the secret once.
+except key creation and rotation, whose answer is the page showing the secret once (a
+form sent again is answered by once.py, and creates nothing).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from keyservice.console.forms import (
     texts,
 )
 from keyservice.console.keys import catalog_choices, key_form_page
+from keyservice.console.once import already_done, already_done_page, posted_form_id, remember
 from keyservice.console.pages import ConsoleRoute, render
+from keyservice.console.session import new_form_id
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
@@ -442,6 +445,15 @@ async def create_device_key(
     context: ContextDep,
     ip: IpDep,
 ) -> Response:
+    form_id = posted_form_id(form)
+    if already_done(request, form_id):
+        return already_done_page(
+            request,
+            back=f"/console/admin/devices/{device_id}",
+            back_label="Back to the device",
+            rotated=False,
+            section="devices",
+        )
     device = await devices.get(session, device_id=device_id)
     permissions, name = effective_permissions(device.permissions), device.name
     errors = FormErrors()
@@ -457,9 +469,11 @@ async def create_device_key(
             errors.add_service(exc, {"expires_at": "expires_on"})
         else:
             back = f"/console/admin/devices/{device_id}"
-            return render(
+            response = render(
                 request, "show_once.html", {"created": created, "back": back, "section": "devices"}
             )
+            remember(request, response, form_id)
+            return response
     return await key_form_page(
         request,
         context,
@@ -535,6 +549,7 @@ async def rotate_device_key_page(
             "choices": GRACE_CHOICES,
             "action": f"/console/admin/devices/{device.id}/keys/{key.id}/rotate",
             "cancel": f"/console/admin/devices/{device.id}",
+            "form_id": new_form_id(),
         },
     )
 
@@ -550,6 +565,15 @@ async def rotate_device_key(
     context: ContextDep,
     ip: IpDep,
 ) -> Response:
+    form_id = posted_form_id(form)
+    if already_done(request, form_id):
+        return already_done_page(
+            request,
+            back=f"/console/admin/devices/{device_id}",
+            back_label="Back to the device",
+            rotated=True,
+            section="devices",
+        )
     created = await devices.rotate_key(
         context,
         session,
@@ -560,7 +584,7 @@ async def rotate_device_key(
         ip=ip,
     )
     old = await api_keys.get_owned(session, key_id=key_id, owner_id=created.owner_id)
-    return render(
+    response = render(
         request,
         "show_once.html",
         {
@@ -571,6 +595,8 @@ async def rotate_device_key(
             "section": "devices",
         },
     )
+    remember(request, response, form_id)
+    return response
 
 
 # Audit log -------------------------------------------------------------------------------

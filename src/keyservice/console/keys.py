@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.console.forms import FormErrors, KeyForm, expiry_limits
 from keyservice.console.pages import render
+from keyservice.console.session import new_form_id
 from keyservice.context import AppContext
 from keyservice.scopes import service as scopes_service
 
@@ -54,6 +55,7 @@ async def key_form_page(
             "limits": limits,
             "values": values or KeyForm(expires_on=limits.default.isoformat()),
             "errors": errors or FormErrors(),
+            "form_id": new_form_id(),
         },
         status_code=status_code,
     )

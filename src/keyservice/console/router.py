@@ -27,8 +27,9 @@ from keyservice.console.forms import (
     text,
 )
 from keyservice.console.keys import key_form_page
+from keyservice.console.once import already_done, already_done_page, posted_form_id, remember
 from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
-from keyservice.console.session import new_session
+from keyservice.console.session import new_form_id, new_session
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep, client_ip
 from keyservice.exceptions import KeyServiceError, OAuthError, SlowDown
@@ -172,6 +173,15 @@ async def create_key(
     context: ContextDep,
     ip: IpDep,
 ) -> Response:
+    form_id = posted_form_id(form)
+    if already_done(request, form_id):
+        return already_done_page(
+            request,
+            back="/console/keys",
+            back_label="Back to the API keys",
+            rotated=False,
+            section="keys",
+        )
     errors = FormErrors()
     values, data = read_key_form(form, errors, expiry_limits(context.settings))
     if data is not None:
@@ -184,7 +194,11 @@ async def create_key(
                 raise
             errors.add_service(exc, {"expires_at": "expires_on"})
         else:
-            return render(request, "show_once.html", {"created": created, "back": "/console/keys"})
+            response = render(
+                request, "show_once.html", {"created": created, "back": "/console/keys"}
+            )
+            remember(request, response, form_id)
+            return response
     status = 409 if errors.general else 422
     return await key_form_page(
         request,
@@ -241,6 +255,7 @@ async def rotate_page(
             "choices": GRACE_CHOICES,
             "action": f"/console/keys/{read.id}/rotate",
             "cancel": "/console/keys",
+            "form_id": new_form_id(),
         },
     )
 
@@ -255,6 +270,15 @@ async def rotate_key(
     context: ContextDep,
     ip: IpDep,
 ) -> Response:
+    form_id = posted_form_id(form)
+    if already_done(request, form_id):
+        return already_done_page(
+            request,
+            back="/console/keys",
+            back_label="Back to the API keys",
+            rotated=True,
+            section="keys",
+        )
     key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
     created = await api_keys.rotate(
         context,
@@ -265,7 +289,7 @@ async def rotate_key(
         actor=viewer.actor,
         ip=ip,
     )
-    return render(
+    response = render(
         request,
         "show_once.html",
         {
@@ -275,6 +299,8 @@ async def rotate_key(
             "old_expires": key.expires_at,
         },
     )
+    remember(request, response, form_id)
+    return response
 
 
 router.include_router(admin_router)

@@ -1,13 +1,14 @@
 """The console session: an encrypted, authenticated cookie, so any worker can read it.
 
-The cookie holds the principal id (None before sign-in), an expiry, a CSRF secret and a
-fingerprint of the user's password hash at sign-in, sealed with AES-GCM under a key
-derived from the server secret. Nothing is stored on the server, so sessions survive
-restarts and work across workers and replicas; in exchange a session cannot be revoked
-one by one, which is why it is short and why every request re-reads the principal:
-disabled users and lost permissions take effect at once, and a new password (a reset
-after a leak, say) ends every session signed in with the old one, as it ends the user's
-password grants' refresh tokens.
+The cookie holds the principal id (None before sign-in), an expiry, a CSRF secret, a
+fingerprint of the user's password hash at sign-in and the ids of the last few forms that
+created a key (so that sending one again, as a reload does, creates nothing; see once.py),
+sealed with AES-GCM under a key derived from the server secret. Nothing is stored on the
+server, so sessions survive restarts and work across workers and replicas; in exchange a
+session cannot be revoked one by one, which is why it is short and why every request
+re-reads the principal: disabled users and lost permissions take effect at once, and a new
+password (a reset after a leak, say) ends every session signed in with the old one, as it
+ends the user's password grants' refresh tokens.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import binascii
 import hmac
 import json
 import os
+import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,6 +37,16 @@ SESSION_SECONDS = 3600
 ANONYMOUS_SECONDS = 3600
 _NONCE_BYTES = 12
 _AAD = b"keyservice-console-session"
+# Form ids: 12 random bytes, base64url. The session remembers the last DONE_FORMS that
+# created or rotated a key, enough for several tabs, small in the cookie (~20 bytes each).
+FORM_ID_BYTES = 12
+FORM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16}")
+DONE_FORMS = 8
+
+
+def new_form_id() -> str:
+    """A one-time id for a form whose success must not be repeated by sending it again."""
+    return secrets.token_urlsafe(FORM_ID_BYTES)
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,8 @@ class ConsoleSession:
     # SessionCodec.credential() of the password hash the user signed in with ("" when
     # signed out): a session whose user has a new password since is over.
     credential: str = field(default="", repr=False)
+    # Ids of the last forms that created or rotated a key, oldest first.
+    done_forms: tuple[str, ...] = ()
 
     @property
     def signed_in(self) -> bool:
@@ -55,6 +69,15 @@ class ConsoleSession:
         if not token:
             return False
         return hmac.compare_digest(token.encode(), self.csrf.encode())
+
+    def form_done(self, form_id: str) -> bool:
+        """Whether the form with this id already succeeded in this session."""
+        return form_id in self.done_forms
+
+    def remembering(self, form_id: str) -> ConsoleSession:
+        """This session, also remembering `form_id` (the oldest is forgotten past the bound)."""
+        kept = tuple(done for done in self.done_forms if done != form_id)
+        return replace(self, done_forms=(*kept, form_id)[-DONE_FORMS:])
 
 
 def new_session(principal_id: str | None, credential: str = "") -> ConsoleSession:
@@ -98,6 +121,7 @@ class SessionCodec:
                 "e": session.expires_at,
                 "c": session.csrf,
                 "k": session.credential,
+                "f": list(session.done_forms),
             },
             separators=(",", ":"),
         ).encode()
@@ -118,6 +142,7 @@ class SessionCodec:
                 expires_at=int(data["e"]),
                 csrf=str(data["c"]),
                 credential=str(data.get("k", "")),  # a cookie sealed before it: signed out
+                done_forms=_form_ids(data.get("f", [])),
             )
         except (InvalidTag, ValueError, binascii.Error, KeyError, TypeError):
             return None
@@ -126,3 +151,9 @@ class SessionCodec:
         if session.expires_at <= time.time():
             return None
         return session
+
+
+def _form_ids(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(one, str) for one in value):
+        raise ValueError("form ids")
+    return tuple(value[-DONE_FORMS:])
