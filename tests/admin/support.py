@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit.models import AuditEvent
 from keyservice.context import AppContext
+from keyservice.principals.models import Principal, revoked_through
 from tests.factories import bearer, create_principal, login
 
 
@@ -108,4 +109,17 @@ async def status_within(
         if response.status_code == status or time.monotonic() > deadline:
             assert response.status_code == status, response.text
             return response
+        await asyncio.sleep(0.05)
+
+
+async def past_revoked_second(ctx: AppContext, principal_id: str) -> None:
+    """Wait until the clock has left the last second whose tokens disabling the principal
+    revoked: one issued in it is refused too (`iat` is whole seconds; principals/models.py).
+    """
+    async with ctx.database.sessionmaker() as session:
+        revoked_at = await session.scalar(
+            select(Principal.tokens_revoked_at).where(Principal.id == principal_id)
+        )
+    assert revoked_at is not None
+    while time.time() < revoked_through(revoked_at) + 1:
         await asyncio.sleep(0.05)

@@ -11,6 +11,7 @@ from tests.admin.support import (
     create_device_key,
     events,
     me_within,
+    past_revoked_second,
     refresh,
     token_for,
 )
@@ -173,6 +174,7 @@ async def test_disabling_a_device_suspends_its_keys(client, context):
         client, admin, "GET", "/admin/api-keys", 200, params={"owner_id": device["id"]}
     )
     assert [item["status"] for item in listed.json()["items"]] == ["valid"]
+    await past_revoked_second(context, device["id"])
     again = await token_for(client, key["api_key"])
     await me_within(client, again["access_token"], 200)
 

@@ -13,6 +13,7 @@ from tests.admin.support import (
     admin_token,
     events,
     me_within,
+    past_revoked_second,
     refresh,
     token_for,
 )
@@ -257,11 +258,13 @@ async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context
         client, admin, "GET", "/admin/api-keys", 200, params={"owner_id": me["id"]}
     )
     assert [item["status"] for item in listed.json()["items"]] == ["valid"]
+    await past_revoked_second(context, me["id"])
     again = await token_for(client, key["api_key"])
     await me_within(client, again["access_token"], 200)
 
+    # The password sign-ins (user_token's and login's) and the key exchange's.
     reasons = [event.reason for event in await events(context, "user.updated")]
-    assert reasons == ["disabled", "enabled"]
+    assert reasons == ["disabled; 3 token session(s) ended", "enabled"]
 
 
 async def test_password_change_ends_sign_in_sessions_but_not_keys(client, context):

@@ -220,3 +220,147 @@ async def test_tokens_carrying_a_permission_taken_away_are_refused(client, conte
         client, root, "PATCH", f"/admin/users/{dora}", 200, json={"permissions": ["admin"]}
     )
     assert (await client.get("/admin/users", headers=bearer(demoted))).status_code == 200
+
+
+async def test_re_enabling_does_not_bring_old_tokens_back(client, context, backend):
+    from keyservice.auth.revocation import RevocationView
+    from tests.admin.support import (
+        admin_request,
+        admin_token,
+        past_revoked_second,
+        refresh,
+        status_within,
+        token_for,
+    )
+
+    root = await admin_token(context, client)
+    token = await user_token(context, client, "fay", PERMS)
+    fay = (await client.get("/me", headers=bearer(token))).json()["id"]
+    signed_in = await login(client, "fay")
+    key = await create_key(client, token, name="ci")
+    exchanged = (await exchange(client, key["api_key"])).json()
+    old_access = [token, signed_in["access_token"], exchanged["access_token"]]
+    old_refresh = [signed_in["refresh_token"], exchanged["refresh_token"]]
+
+    async def introspect(app_client, value):
+        response = await app_client.post("/introspect", data={"token": value}, headers=bearer(root))
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    replica_context = AppContext(context.settings)
+    replica = create_app(context=replica_context)
+    async with replica.router.lifespan_context(replica), client_for(replica) as other:
+        for value in old_access:
+            assert (await other.get("/me", headers=bearer(value))).status_code == 200
+        for value in (True, False):
+            await admin_request(
+                client, root, "PATCH", f"/admin/users/{fay}", 200, json={"disabled": value}
+            )
+        await past_revoked_second(context, fay)
+        fresh = await token_for(client, key["api_key"])
+        fresh_login = await login(client, "fay")
+
+        # This process at once, the replica within 5 s (NOTIFY on PostgreSQL, else polling).
+        for app_client in (client, other):
+            for value in old_access:
+                refused = await status_within(app_client, "/me", value, 401)
+                assert "disabled after it was issued" in refused.json()["error_description"]
+                assert await introspect(app_client, value) == {"active": False}
+            for value in old_refresh:
+                assert await introspect(app_client, value) == {"active": False}
+            for value in (fresh["access_token"], fresh_login["access_token"]):
+                assert (await app_client.get("/me", headers=bearer(value))).status_code == 200
+                assert (await introspect(app_client, value))["active"] is True
+        for value in old_refresh:
+            refused = await refresh(other, value)
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+        assert (await refresh(other, fresh["refresh_token"])).status_code == 200
+        assert (await refresh(client, fresh_login["refresh_token"])).status_code == 200
+    # The key itself was never revoked: it still exchanges.
+    assert (await exchange(client, key["api_key"])).status_code == 200
+
+    # A process that only reads the database (its startup or periodic reload) refuses too.
+    view = RevocationView(
+        access_token_ttl=context.settings.access_token_ttl,
+        poll_seconds=context.settings.revocation_poll_seconds,
+    )
+    async with context.database.sessionmaker() as session:
+        await view.reload(session)
+    for value in old_access:
+        assert "disabled after" in (view.reason(context.keyring.verify(value)) or "")
+    assert view.reason(context.keyring.verify(fresh["access_token"])) is None
+
+    events = [e for e in await audit_events(context, "user.updated") if e.principal_id == fay]
+    assert [e.reason for e in events] == ["disabled; 3 token session(s) ended", "enabled"]
+    refusals = [e.reason for e in await audit_events(context, "token.refresh")]
+    assert refusals.count("refresh token family revoked") == len(old_refresh)
+    secrets = [*old_access, *old_refresh, key["api_key"], fresh["refresh_token"]]
+    for event in await audit_events(context):
+        assert not any(secret in f"{event.reason} {event.actor}" for secret in secrets)
+
+
+async def test_a_token_written_as_the_disable_commits_dies_at_re_enable(client, context):
+    """An exchange that read its owner just before the disable committed writes a token
+    the disable's family revocation did not see; re-enabling must not make it valid."""
+    import time
+
+    from keyservice.auth import service as auth_service
+    from keyservice.principals.models import Principal
+    from tests.admin.support import admin_request, admin_token, past_revoked_second, refresh
+
+    root = await admin_token(context, client)
+    token = await user_token(context, client, "gus", PERMS)
+    gus = (await client.get("/me", headers=bearer(token))).json()["id"]
+    await admin_request(client, root, "PATCH", f"/admin/users/{gus}", 200, json={"disabled": True})
+    # Written late, in a second after the disable's (its family revocation ran long).
+    await past_revoked_second(context, gus)
+    async with context.database.sessionmaker() as session:
+        owner = await session.get(Principal, gus)
+    late = await auth_service.issue(
+        context,
+        owner=owner,
+        key=None,
+        scopes=frozenset(PERMS),
+        caller=auth_service.Caller(ip=None),
+        event="login",
+    )
+    assert late is not None
+    assert (await client.get("/me", headers=bearer(late.access_token))).status_code == 401
+    # Re-enabled in a later second than the late token's (a disable lasts longer than that).
+    while time.time() < context.keyring.verify(late.access_token)["iat"] + 1:
+        await asyncio.sleep(0.05)
+    await admin_request(client, root, "PATCH", f"/admin/users/{gus}", 200, json={"disabled": False})
+    await past_revoked_second(context, gus)
+
+    refused = await client.get("/me", headers=bearer(late.access_token))
+    assert refused.status_code == 401
+    assert "disabled after it was issued" in refused.json()["error_description"]
+    for value in (late.access_token, late.refresh_token):
+        body = (
+            await client.post("/introspect", data={"token": value}, headers=bearer(root))
+        ).json()
+        assert body == {"active": False}
+    again = await refresh(client, late.refresh_token)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    reasons = [e.reason for e in await audit_events(context, "token.refresh")]
+    assert reasons == ["refresh token issued before the owner was disabled"]
+    assert (
+        await client.get("/me", headers=bearer((await login(client, "gus"))["access_token"]))
+    ).status_code == 200
+
+
+def test_the_cut_off_second_is_refused_whole():
+    from keyservice.auth.revocation import RevocationView
+
+    view = RevocationView(access_token_ttl=7200, poll_seconds=2)
+    claims = {"sub": "p1", "iat": 1_000, "sid": "f1"}
+    assert view.reason(claims) is None
+    view.apply("principal-tokens:p1:1000")
+    # Issued in the very second of the disable: it may predate it, so it is refused.
+    assert view.reason(claims) is not None
+    assert view.reason({**claims, "iat": 999}) is not None
+    assert view.reason({**claims, "iat": 1_001}) is None
+    assert view.reason({"sub": "p1", "sid": "f1"}) is not None  # no iat: not trusted
+    assert view.reason({**claims, "sub": "p2"}) is None
+    view.apply("principal-tokens:p1:990")  # an older message arriving late moves nothing
+    assert view.reason(claims) is not None

@@ -2,10 +2,12 @@
 
 Three sets, small because they only hold what was revoked within one access-token lifetime
 (older tokens have expired anyway): revoked keys (by client id), revoked refresh-token
-families (the JWT's `sid`), and disabled or deleted principals; and the current permissions
+families (the JWT's `sid`), and disabled or deleted principals; the current permissions
 of each principal whose permissions changed within that lifetime, since a token carries the
 scopes its principal held when it was issued (one carrying a permission taken away since is
-refused). Checking them costs no database round trip. The view is re-read every
+refused); and, for each principal disabled or re-enabled within that lifetime, the last
+second whose tokens that revoked (re-enabling it does not bring its old tokens back).
+Checking them costs no database round trip. The view is re-read every
 `revocation_poll_seconds` as the safety net, and on PostgreSQL a LISTEN connection applies
 changes from any replica within milliseconds. A process that makes a change applies it to
 its own view at once.
@@ -28,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.api_keys.models import ApiKey
 from keyservice.auth.models import RevokedFamily
 from keyservice.database import Database, utcnow
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, revoked_through
 from keyservice.scopes.models import effective_permissions
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class RevocationView:
         # principal id -> the permissions it holds now (as held: `admin` implies the other
         # built-ins), for principals whose permissions changed within the horizon.
         self.permissions: dict[str, frozenset[str]] = {}
+        # principal id -> the last second (a JWT `iat`) whose tokens its last disable or
+        # re-enable revoked (Principal.tokens_revoked_at), for those within the horizon.
+        self.revoked_through: dict[str, int] = {}
         self.loaded = False
         # Changes applied while a reload's queries run: the reload replaces the sets with
         # what it read, which may predate them, so they are applied again afterwards.
@@ -54,8 +59,15 @@ class RevocationView:
 
     def reason(self, claims: Mapping[str, Any]) -> str | None:
         """Return why a verified token is no longer honoured, or None if it still is."""
-        if claims.get("sub") in self.disabled_principals:
+        sub = claims.get("sub")
+        if sub in self.disabled_principals:
             return "the account behind this token is disabled"
+        if self.revoked_through:
+            through = self.revoked_through.get(str(sub))
+            iat = claims.get("iat")
+            # Equal counts as before: `iat` is whole seconds (principals/models.py).
+            if through is not None and not (isinstance(iat, int) and iat > through):
+                return "its account was disabled after it was issued; get a new token"
         if claims.get("sid") in self.revoked_families:
             return "this token's session was revoked"
         if claims.get("client_id") in self.revoked_clients:
@@ -97,12 +109,20 @@ class RevocationView:
                     )
                 )
             ).all()
+            cut = (
+                await session.execute(
+                    select(Principal.id, Principal.tokens_revoked_at).where(
+                        Principal.tokens_revoked_at > horizon
+                    )
+                )
+            ).all()
         finally:
             self._reloading -= 1
         self.revoked_clients = clients
         self.revoked_families = families
         self.disabled_principals = principals
         self.permissions = {id_: effective_permissions(held) for id_, held in changed}
+        self.revoked_through = {id_: revoked_through(at) for id_, at in cut if at is not None}
         for message in self._during_reload:
             self._apply(message)
         if not self._reloading:
@@ -125,6 +145,11 @@ class RevocationView:
             self.disabled_principals.add(value)
         elif kind == "principal-enabled":
             self.disabled_principals.discard(value)
+        elif kind == "principal-tokens":
+            principal_id, _, through = value.rpartition(":")
+            self.revoked_through[principal_id] = max(
+                int(through), self.revoked_through.get(principal_id, 0)
+            )
         elif kind == "principal-permissions":
             change = json.loads(value)
             self.permissions[change["id"]] = effective_permissions(change["held"])

@@ -109,7 +109,7 @@ async def _introspect_refresh(ctx: AppContext, token: str) -> dict[str, Any] | N
     refresh, owner, key, revoked = row
     if refresh.used_at is not None or revoked is not None or now >= refresh.expires_at:
         return None
-    if not owner.usable:
+    if not owner.usable or owner.tokens_revoked(refresh.created_at):
         return None
     if key is not None and (key.revoked_at is not None or now >= key.expires_at):
         return None

@@ -29,6 +29,10 @@ class Principal(Base):
     # When `permissions` last changed: the revocation view then refuses this principal's
     # access tokens that carry more than it now holds (auth/revocation.py).
     permissions_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set when the principal is disabled (and moved up when it is re-enabled,
+    # principals/service.py): every token issued up to then, in that second or before, is
+    # dead for good, so re-enabling does not bring back what was out there.
+    tokens_revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # Devices are deleted softly: their keys stay listed as revoked and audit stays readable.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
@@ -50,3 +54,20 @@ class Principal(Base):
     @property
     def usable(self) -> bool:
         return not self.disabled and self.deleted_at is None
+
+    def tokens_revoked(self, issued_at: datetime) -> bool:
+        """Whether a token issued at `issued_at` was revoked by disabling the principal."""
+        if self.tokens_revoked_at is None:
+            return False
+        return int(issued_at.timestamp()) <= revoked_through(self.tokens_revoked_at)
+
+
+def revoked_through(tokens_revoked_at: datetime) -> int:
+    """The last second whose tokens `tokens_revoked_at` revokes.
+
+    A JWT's `iat` is whole seconds (floored), so a token issued in the very second of the
+    disable cannot be told apart from one issued just before it: the whole second is
+    revoked. The cost: a token issued in that same second but after it (right after a
+    quick re-enable, say) is refused too, and its client simply exchanges again.
+    """
+    return int(tokens_revoked_at.timestamp())

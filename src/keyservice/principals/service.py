@@ -12,12 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
+from keyservice.auth import service as auth_service
+from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.auth.revocation import notify
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, InvalidToken, NotFound
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, revoked_through
 from keyservice.principals.schemas import KeyWarning, MeRead
 from keyservice.scopes.models import effective_permissions
 
@@ -90,16 +92,59 @@ async def insert(
     return principal
 
 
-def set_disabled(principal: Principal, disabled: bool | None) -> str | None:
-    """Apply `disabled`; return the revocation message to send if it changed, else None.
+def set_disabled(principal: Principal, disabled: bool | None) -> list[str]:
+    """Apply `disabled`; return the revocation messages to send if it changed.
 
     Disabling does not touch the principal's keys: they list as `suspended` and their
-    tokens are refused (the revocation view), and re-enabling makes them valid again.
+    tokens are refused (the revocation view), and re-enabling makes them valid again. Its
+    tokens are another matter: disabling records `tokens_revoked_at`, and every token
+    issued up to then stays refused for good, so re-enabling brings back the keys but not
+    what was out there; they exchange for new tokens.
     """
     if disabled is None or disabled == principal.disabled:
-        return None
+        return []
     principal.disabled = disabled
-    return f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}"
+    revoked_at = utcnow()
+    if not disabled:
+        # An exchange that read the owner just before the disable committed may have
+        # issued a token after `tokens_revoked_at`, refused only while disabled. Nothing
+        # is issued while disabled, so the cut-off moves up to a second before the
+        # re-enable: that token dies too, and those issued from now on are not refused.
+        revoked_at -= timedelta(seconds=1)
+        if principal.tokens_revoked_at is not None:
+            revoked_at = max(revoked_at, principal.tokens_revoked_at)
+    principal.tokens_revoked_at = revoked_at
+    through = revoked_through(revoked_at)
+    # The cut-off first: no replica sees the principal enabled again without it.
+    return [
+        f"principal-tokens:{principal.id}:{through}",
+        f"principal-{'disabled' if disabled else 'enabled'}:{principal.id}",
+    ]
+
+
+async def end_token_sessions(session: AsyncSession, ctx: AppContext, *, principal_id: str) -> int:
+    """Revoke every live refresh-token family of the principal (sign-ins and key exchanges).
+
+    The caller commits. Its access tokens are refused by `tokens_revoked_at` already.
+    Only password sign-ins are indexed by principal (migration 0003: an index entry per
+    exchange would cost the token path), so this reads the live rows (BRIN on expires_at
+    on PostgreSQL): a rare admin action pays for it, not every exchange.
+    """
+    families = (
+        await session.scalars(
+            select(RefreshToken.family_id)
+            .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+            .where(
+                RefreshToken.principal_id == principal_id,
+                RefreshToken.expires_at > utcnow(),
+                RevokedFamily.family_id.is_(None),
+            )
+            .distinct()
+        )
+    ).all()
+    for family_id in families:
+        await auth_service.revoke_family(ctx, session, family_id=family_id, reason="owner disabled")
+    return len(families)
 
 
 def set_permissions(principal: Principal, permissions: Sequence[str] | None) -> str | None:
@@ -140,10 +185,14 @@ async def save_update(
     if message is not None:
         changes.insert(0, f"permissions: {' '.join(principal.permissions) or '(none)'}")
         messages.append(message)
-    message = set_disabled(principal, disabled)
-    if message is not None:
-        changes.append("disabled" if principal.disabled else "enabled")
-        messages.append(message)
+    disabling = set_disabled(principal, disabled)
+    if disabling:
+        if principal.disabled:
+            ended = await end_token_sessions(session, ctx, principal_id=principal.id)
+            changes.append(f"disabled; {ended} token session(s) ended")
+        else:
+            changes.append("enabled")
+        messages.extend(disabling)
     for message in messages:
         await notify(session, message)
     if changes:

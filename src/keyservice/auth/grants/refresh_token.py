@@ -110,6 +110,10 @@ def _refusal(
     """Return why the token must not be honoured now, or None."""
     if revoked:
         return "refresh token family revoked"
+    if owner.tokens_revoked(parent.created_at):
+        # Its family was revoked when the owner was disabled; this also ends one written
+        # by an exchange that raced the disable (principals/service.py).
+        return "refresh token issued before the owner was disabled"
     if now >= parent.expires_at:
         return "refresh token expired"
     if bound_key is not None and bound_key.id != parent.key_id:
