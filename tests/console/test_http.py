@@ -185,6 +185,33 @@ async def test_a_new_password_ends_sessions_signed_in_with_the_old_one(
     assert (await client.get("/console/keys")).status_code == 303
 
 
+async def test_a_session_signed_in_before_a_disable_stays_over_after_re_enable(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    from tests.admin.support import past_revoked_second, refresh
+    from tests.factories import login
+
+    await create_principal(context, "root", permissions=["admin"])
+    alice = await create_principal(context, "alice", permissions=["api_keys:manage"])
+    await signed_in(client, "alice")
+    grant = await login(client, "alice")
+    async with client_for(app) as admin:
+        token = await signed_in(admin, "root")
+        for value in ("true", "false"):
+            changed = await admin.post(
+                f"/console/admin/users/{alice.id}",
+                data={"csrf_token": token, "action": "state", "disabled": value},
+            )
+            assert changed.status_code == 303, changed.text
+    response = await client.get("/console/keys")
+    assert response.status_code == 303 and response.headers["location"] == "/console/login"
+    refused = await refresh(client, grant["refresh_token"])
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # Signing in again (a second after the disable's: principals/models.py) works.
+    await past_revoked_second(context, alice.id)
+    await signed_in(client, "alice")
+
+
 async def test_an_admin_resetting_their_own_password_stays_signed_in_here_only(
     client: httpx.AsyncClient, context: AppContext, app: Any
 ) -> None:

@@ -134,6 +134,8 @@ async def current_viewer(request: Request, session: SessionDep, context: Context
         raise SignInRequired()
     if not codec(request).current(console_session, principal.password_hash):
         raise SignInRequired()  # the password changed since this session signed in
+    if principal.tokens_revoked(console_session.signed_in_at):
+        raise SignInRequired()  # signed in before the user was disabled (and re-enabled)
     viewer = Viewer(principal=principal, me=me)
     request.state.console_viewer = viewer
     return viewer

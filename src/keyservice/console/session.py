@@ -6,7 +6,8 @@ created a key (so that sending one again, as a reload does, creates nothing; see
 sealed with AES-GCM under a key derived from the server secret. Nothing is stored on the
 server, so sessions survive restarts and work across workers and replicas; in exchange a
 session cannot be revoked one by one, which is why it is short and why every request
-re-reads the principal: disabled users and lost permissions take effect at once, and a new
+re-reads the principal: disabled users and lost permissions take effect at once, a session
+signed in before its user was disabled stays over when the user is re-enabled, and a new
 password (a reset after a leak, say) ends every session signed in with the old one, as it
 ends the user's password grants' refresh tokens.
 """
@@ -22,6 +23,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -63,6 +65,11 @@ class ConsoleSession:
     @property
     def signed_in(self) -> bool:
         return self.principal_id is not None
+
+    @property
+    def signed_in_at(self) -> datetime:
+        """When this session signed in (a session keeps the expiry its sign-in set)."""
+        return datetime.fromtimestamp(self.expires_at - SESSION_SECONDS, UTC)
 
     def csrf_matches(self, token: str | None) -> bool:
         """Compare a submitted CSRF token with this session's, in constant time."""
