@@ -12,6 +12,9 @@ from keyservice.database import Base, UTCDateTime, new_id, utcnow
 
 PrincipalKind = Literal["user", "device"]
 
+_UNUSABLE = text("disabled OR deleted_at IS NOT NULL")
+_PERMISSIONS_CHANGED = text("permissions_changed_at IS NOT NULL")
+
 
 class Principal(Base):
     __tablename__ = "principal"
@@ -44,6 +47,21 @@ class Principal(Base):
             unique=True,
             sqlite_where=text("deleted_at IS NULL"),
             postgresql_where=text("deleted_at IS NULL"),
+        ),
+        # What the revocation view reloads every few seconds in every worker: the
+        # principals that cannot sign in, and recent permission changes. Few rows each,
+        # so partial indexes instead of a read of every principal.
+        Index(
+            "ix_principal_unusable",
+            "id",
+            sqlite_where=_UNUSABLE,
+            postgresql_where=_UNUSABLE,
+        ),
+        Index(
+            "ix_principal_permissions_changed_at",
+            "permissions_changed_at",
+            sqlite_where=_PERMISSIONS_CHANGED,
+            postgresql_where=_PERMISSIONS_CHANGED,
         ),
     )
 
