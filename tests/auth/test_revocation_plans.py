@@ -2,7 +2,7 @@
 
 Every worker reloads the view every `revocation_poll_seconds`; on a deployment with many
 keys and principals, a reload that reads whole tables is a steady cost that grows with
-every key ever made (migration 0005, bench/README.md "Big tables: the admin reads"). The
+every key ever made (migration 0006, bench/README.md "Big tables: the admin reads"). The
 tables here are seeded large enough, and ANALYZEd, for the planner to tell an index from a
 sequential read; the statements are the ones the code sends, captured as it runs.
 """
@@ -24,18 +24,22 @@ PRINCIPALS = 5_000
 KEYS = 20_000
 
 # Every 50th principal disabled, every 100th device deleted, every 200th had its
-# permissions changed a minute ago (the rest long ago or never). Keys: every 3rd revoked
+# permissions changed a minute ago (the rest long ago or never), every 250th had its tokens
+# cut off a minute ago (a disable, 0005; the disabled ones long ago). Keys: every 3rd revoked
 # (long ago, except every 500th, revoked a minute ago); every 200th expires within days,
 # a quarter of the rest expired days ago, the others expire in months.
 _SEED = """
 INSERT INTO principal (id, kind, name, description, password_hash, permissions, disabled,
-                       created_at, updated_at, permissions_changed_at, deleted_at)
+                       created_at, updated_at, permissions_changed_at, deleted_at,
+                       tokens_revoked_at)
 SELECT md5('p' || i)::uuid::text, CASE WHEN i % 2 = 0 THEN 'user' ELSE 'device' END,
        'principal' || i, '', NULL, '["api_keys:manage"]'::json, i % 50 = 7,
        now() - interval '400 days', now() - interval '400 days',
        CASE WHEN i % 200 = 3 THEN now() - interval '1 minute'
             WHEN i % 10 = 1 THEN now() - interval '300 days' END,
-       CASE WHEN i % 100 = 1 THEN now() - interval '30 days' END
+       CASE WHEN i % 100 = 1 THEN now() - interval '30 days' END,
+       CASE WHEN i % 250 = 9 THEN now() - interval '1 minute'
+            WHEN i % 50 = 7 THEN now() - interval '200 days' END
 FROM generate_series(0, :principals - 1) AS i;
 
 INSERT INTO api_key (id, client_id, secret_hash, principal_id, name, description, scopes,
@@ -114,9 +118,10 @@ async def test_the_revocation_reload_reads_indexes_not_whole_tables(context):
     assert len(view.revoked_clients) == KEYS // 500  # the ones revoked a minute ago
     assert len(view.disabled_principals) == PRINCIPALS // 50 + PRINCIPALS // 100
     assert len(view.permissions) == PRINCIPALS // 200
+    assert len(view.revoked_through) == PRINCIPALS // 250
 
     plans = await _plans(context, captured)
-    assert len(plans) == 4, [statement for statement, _ in plans]
+    assert len(plans) == 5, [statement for statement, _ in plans]
     for statement, scans in plans:
         assert scans, statement
         assert all(node != "Seq Scan" for node, _table, _index in scans), (statement, scans)

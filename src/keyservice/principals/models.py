@@ -14,6 +14,7 @@ PrincipalKind = Literal["user", "device"]
 
 _UNUSABLE = text("disabled OR deleted_at IS NOT NULL")
 _PERMISSIONS_CHANGED = text("permissions_changed_at IS NOT NULL")
+_TOKENS_REVOKED = text("tokens_revoked_at IS NOT NULL")
 
 
 class Principal(Base):
@@ -49,8 +50,9 @@ class Principal(Base):
             postgresql_where=text("deleted_at IS NULL"),
         ),
         # What the revocation view reloads every few seconds in every worker: the
-        # principals that cannot sign in, and recent permission changes. Few rows each,
-        # so partial indexes instead of a read of every principal.
+        # principals that cannot sign in, recent permission changes and recent cut-offs
+        # of a disabled principal's tokens. Few rows each, so partial indexes instead of a
+        # read of every principal.
         Index(
             "ix_principal_unusable",
             "id",
@@ -62,6 +64,12 @@ class Principal(Base):
             "permissions_changed_at",
             sqlite_where=_PERMISSIONS_CHANGED,
             postgresql_where=_PERMISSIONS_CHANGED,
+        ),
+        Index(
+            "ix_principal_tokens_revoked_at",
+            "tokens_revoked_at",
+            sqlite_where=_TOKENS_REVOKED,
+            postgresql_where=_TOKENS_REVOKED,
         ),
     )
 

@@ -11,17 +11,18 @@ the admin reads".
 - `api_key (revoked_at, expires_at)`: revoked keys by when (`revoked_at > horizon`), and
   unrevoked ones by expiry (`revoked_at IS NULL AND expires_at ...`: `keyservice keys
   expiring`, the status filters of GET /admin/api-keys).
-- `principal (id) WHERE disabled OR deleted_at IS NOT NULL` and
-  `principal (permissions_changed_at) WHERE permissions_changed_at IS NOT NULL`: partial,
-  as the rows they serve are few.
+- `principal (id) WHERE disabled OR deleted_at IS NOT NULL`,
+  `principal (permissions_changed_at) WHERE permissions_changed_at IS NOT NULL` and
+  `principal (tokens_revoked_at) WHERE tokens_revoked_at IS NOT NULL` (0005's cut-off of a
+  disabled principal's tokens): partial, as the rows they serve are few.
 
 Neither table is written on the token path except `api_key.last_used_at`, which no index
 covers, so those updates stay HOT. Plain CREATE INDEX, in the migration's transaction as
 the earlier migrations do: both tables are small next to the token tables (50,000 keys
 build in under 0.1 s), and CONCURRENTLY cannot run inside that transaction.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 21:00:00
 """
 
@@ -30,13 +31,14 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _UNUSABLE = sa.text("disabled OR deleted_at IS NOT NULL")
 _PERMISSIONS_CHANGED = sa.text("permissions_changed_at IS NOT NULL")
+_TOKENS_REVOKED = sa.text("tokens_revoked_at IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -59,10 +61,18 @@ def upgrade() -> None:
             sqlite_where=_PERMISSIONS_CHANGED,
             postgresql_where=_PERMISSIONS_CHANGED,
         )
+        batch_op.create_index(
+            "ix_principal_tokens_revoked_at",
+            ["tokens_revoked_at"],
+            unique=False,
+            sqlite_where=_TOKENS_REVOKED,
+            postgresql_where=_TOKENS_REVOKED,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("principal", schema=None) as batch_op:
+        batch_op.drop_index("ix_principal_tokens_revoked_at")
         batch_op.drop_index("ix_principal_permissions_changed_at")
         batch_op.drop_index("ix_principal_unusable")
     with op.batch_alter_table("api_key", schema=None) as batch_op:
