@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keyservice.cli import load_settings, validated, with_context
+from keyservice.cli import load_settings, main, validated, with_context
 
 if TYPE_CHECKING:
     from keyservice.api_keys.models import ApiKey
@@ -387,3 +387,6 @@ def register(main: click.Group) -> None:
     """Add the admin commands to the `keyservice` command."""
     for command in (keys, devices, audit, prune):
         main.add_command(command)
+
+
+register(main)

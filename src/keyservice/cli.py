@@ -404,10 +404,6 @@ def signing_keys_rotate() -> None:
     click.echo(f"new signing key {kid} is current; every replica signs with it within 5 seconds")
 
 
-def _register_admin_commands() -> None:
-    from keyservice import admin_cli
-
-    admin_cli.register(main)
-
-
-_register_admin_commands()
+# The admin commands (keys, devices, audit, prune) add themselves to `main` at the end of
+# their module, whichever of the two modules is imported first.
+import keyservice.admin_cli  # noqa: E402, F401

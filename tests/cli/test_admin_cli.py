@@ -431,3 +431,20 @@ def test_create_help_says_what_a_new_principal_needs_next():
     assert "api_keys:manage lets the user manage their own keys" in users
     devices = " ".join(CliRunner().invoke(main, ["devices", "create", "--help"]).output.split())
     assert "create its keys in the console (Devices) or the admin API" in devices
+
+
+@pytest.mark.parametrize("first", ["keyservice.admin_cli", "keyservice.cli"])
+def test_either_cli_module_may_be_imported_first(first):
+    # Documentation tools and scripts import a module on its own; the admin commands
+    # (admin_cli) and the command group (cli) import each other.
+    import subprocess
+    import sys
+
+    probe = (
+        f"import {first}; from keyservice.cli import main; print(' '.join(sorted(main.commands)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "audit", "devices", "keys", "migrate", "prune", "serve", "signing-keys", "users"
+    ]  # fmt: skip
