@@ -320,3 +320,24 @@ async def test_a_sign_in_checked_against_the_old_password_ends_with_the_change(c
         assert body["error_description"].startswith("Wrong username or password")
         refusals = [e.reason for e in await events(context, "login") if e.outcome == "failure"]
         assert refusals == ["password changed during sign-in"]
+
+
+# The revocation view reloads every 5 s (0.2 in tests): the pool is this test's alone.
+@pytest.mark.parametrize("settings_overrides", [{"revocation_poll_seconds": 5}])
+async def test_hashing_a_password_holds_no_database_connection(client, context):
+    # argon2 takes ~100 ms; on SQLite a transaction is the write lock (BEGIN IMMEDIATE), so
+    # a hash inside one stalled every exchange, refresh and sign-in meanwhile.
+    admin = await admin_token(context, client)
+    user = await create_principal(context, "patient", permissions=["api_keys:manage"])
+    for method, path, body, status in (
+        ("POST", "/admin/users", {"username": "newcomer", "password": "a-long-password"}, 201),
+        ("PATCH", f"/admin/users/{user.id}", {"password": "another-long-password"}, 200),
+    ):
+        jobs = slow_hash_jobs()
+        answer = asyncio.create_task(client.request(method, path, json=body, headers=bearer(admin)))
+        while slow_hash_jobs() == jobs:  # until the new password is being hashed
+            await asyncio.sleep(0.001)
+        assert context.database.engine.pool.checkedout() == 0, path
+        assert (await answer).status_code == status, path
+    assert (await login(client, "newcomer", "a-long-password")).get("access_token")
+    assert (await login(client, "patient", "another-long-password")).get("access_token")

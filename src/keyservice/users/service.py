@@ -76,6 +76,19 @@ def check_password(password: str) -> None:
         )
 
 
+async def _slow_password_hash(session: AsyncSession, password: str) -> str:
+    """Hash a new password with no transaction open: argon2 takes ~100 ms of CPU.
+
+    What the session read so far (the caller's checks) is only read, so its transaction
+    ends first: a pooled connection held for the hash's length, and on SQLite the write
+    lock (BEGIN IMMEDIATE) that every exchange, refresh and sign-in waits for. The hash
+    runs off the event loop, on the bounded hashing pool.
+    """
+    if session.in_transaction():
+        await session.commit()
+    return await run_slow_hash(hash_password, password)
+
+
 async def create(
     session: AsyncSession,
     *,
@@ -90,8 +103,7 @@ async def create(
     perms = await check_permissions(session, permissions)
     if await get_by_username(session, username=username) is not None:
         raise Conflict(f"The username '{username}' is taken.")
-    # argon2 takes ~100 ms of CPU: off the event loop, which it blocked here before.
-    password_hash = await run_slow_hash(hash_password, password)
+    password_hash = await _slow_password_hash(session, password)
     user = Principal(kind="user", name=username, password_hash=password_hash, permissions=perms)
     return await principals_service.insert(
         session,
@@ -182,6 +194,8 @@ async def update(
     if password is not None:
         check_password(password)
     perms = await check_permissions(session, permissions) if permissions is not None else None
+    # Before the row is locked (FOR UPDATE): the hash is slow.
+    new_hash = await _slow_password_hash(session, password) if password is not None else None
     user = await get(session, user_id=user_id, for_update=True)
     if actor_id is not None and actor_id == user.id:
         if disabled or (perms is not None and ADMIN in user.permissions and ADMIN not in perms):
@@ -190,9 +204,8 @@ async def update(
                 "ask another admin."
             )
     changes: list[str] = []
-    if password is not None:
-        # argon2 takes ~100 ms of CPU: keep it off the event loop.
-        user.password_hash = await run_slow_hash(hash_password, password)
+    if new_hash is not None:
+        user.password_hash = new_hash
         ended = await _end_password_sessions(session, ctx, user_id=user.id)
         changes.append(f"password changed; {ended} sign-in session(s) ended")  # never the password
     return await principals_service.save_update(
