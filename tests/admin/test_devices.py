@@ -116,7 +116,8 @@ async def test_device_key_endpoint_404s(client, context):
     await admin_request(client, admin, "PATCH", f"/admin/devices/{user.id}", 404, json={})
     await admin_request(client, admin, "DELETE", f"/admin/devices/{user.id}", 404)
     assert (await admin_request(client, admin, "GET", "/admin/api-keys", 200)).json() == {
-        "items": []
+        "items": [],
+        "next_cursor": None,
     }
 
 

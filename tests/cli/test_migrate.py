@@ -76,7 +76,7 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
     for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
-        assert "schema revision 0099" in line and "does not know (its newest is 0006)" in line
+        assert "schema revision 0099" in line and "does not know (its newest is 0007)" in line
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
 
@@ -102,7 +102,7 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     assert result.output.strip() == "database is up to date"
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
-        "0006",
+        "0007",
     )
 
 
@@ -160,7 +160,7 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     user_id, token = _seed_at_0003(empty_database, tmp_path)
 
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0006",)
+    assert migrations.current_revisions(empty_database) == ("0007",)
 
     async def use() -> None:
         context = AppContext(make_settings(empty_database, tmp_path))

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query, Response
 
 from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys import service
-from keyservice.api_keys.schemas import ApiKeyList, ApiKeyRead
+from keyservice.api_keys.schemas import AdminApiKeyList, ApiKeyRead
 from keyservice.database import utcnow
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 
 router = APIRouter(prefix="/admin/api-keys", tags=["admin"], route_class=TableRoute)
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/admin/api-keys", tags=["admin"], route_class=TableRo
 Status = Literal["revoked", "expired", "suspended", "valid"]
 
 
-@router.get("", response_model=ApiKeyList)
+@router.get("", response_model=AdminApiKeyList)
 async def list_keys(
     _admin: AdminPrincipal,
     session: SessionDep,
@@ -26,11 +27,20 @@ async def list_keys(
     owner_type: Literal["user", "device"] | None = None,
     owner_id: Annotated[str | None, Query(max_length=36)] = None,
     status: Status | None = None,
-) -> ApiKeyList:
-    items = await service.list_all(
-        context, session, owner_type=owner_type, owner_id=owner_id, status=status
+    limit: Limit = None,
+    cursor: Cursor = None,
+) -> AdminApiKeyList:
+    """Every key, newest first (then by id); with `limit`, paged by `next_cursor`."""
+    items, next_cursor = await service.list_all(
+        context,
+        session,
+        owner_type=owner_type,
+        owner_id=owner_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
     )
-    return ApiKeyList(items=items)
+    return AdminApiKeyList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{key_id}", response_model=ApiKeyRead)

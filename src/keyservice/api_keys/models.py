@@ -53,3 +53,9 @@ class ApiKey(Base):
         if not owner_usable:
             return "suspended"
         return "valid"
+
+
+# GET /admin/api-keys pages newest first (then by id): a page is an index range read from
+# the cursor's (created_at, id) in the list's own order, not a sort of every key, even
+# where many keys share a created_at (migration 0007).
+Index("ix_api_key_created_at_id", ApiKey.created_at.desc(), ApiKey.id)

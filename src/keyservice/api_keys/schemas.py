@@ -70,3 +70,11 @@ class ApiKeyCreated(ApiKeyRead):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKeyRead]
+
+
+class AdminApiKeyList(BaseModel):
+    items: list[ApiKeyRead]
+    next_cursor: str | None = Field(
+        description="With `limit`: the `cursor` of the next page; null on the last page "
+        "and when no `limit` was given (then `items` holds every key)."
+    )

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from keyservice import paging
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from keyservice.audit import service as audit
@@ -318,8 +319,13 @@ async def search(
     status: str | Sequence[str] | None = None,
     expires_before: datetime | None = None,
     now: datetime | None = None,
+    after: tuple[datetime, str] | None = None,
+    limit: int | None = None,
 ) -> list[tuple[ApiKey, Principal]]:
-    """Return every principal's keys matching the filters, with their owners, newest first."""
+    """Return every principal's keys matching the filters, with their owners, newest first.
+
+    `after` (created_at, id) and `limit` read one page of them (list_all).
+    """
     now = now or utcnow()
     query = select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
     if owner_type is not None:
@@ -333,8 +339,22 @@ async def search(
         query = query.where(or_(*(_status_clause(one, now) for one in statuses)))
     if expires_before is not None:
         query = query.where(ApiKey.expires_at <= expires_before)
-    rows = await session.execute(query.order_by(ApiKey.created_at.desc(), ApiKey.id))
+    if after is not None:
+        # Keyset: after (created_at, id) in this order, newest first then by id; the first
+        # condition alone is an index range (ix_api_key_created_at_id).
+        created_at, key_id = after
+        query = query.where(
+            ApiKey.created_at <= created_at,
+            or_(ApiKey.created_at < created_at, ApiKey.id > key_id),
+        )
+    query = query.order_by(ApiKey.created_at.desc(), ApiKey.id)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = await session.execute(query)
     return [(row[0], row[1]) for row in rows]
+
+
+_CURSOR_KIND = "api-keys"
 
 
 async def list_all(
@@ -344,11 +364,34 @@ async def list_all(
     owner_type: str | None = None,
     owner_id: str | None = None,
     status: str | None = None,
-) -> list[ApiKeyRead]:
-    """Return all keys (revoked ones included, listed as such) for the admin API."""
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> tuple[list[ApiKeyRead], str | None]:
+    """Return all keys (revoked ones included, listed as such) for the admin API.
+
+    Newest first; with `limit`, one page of them and the cursor of the next (paging.py).
+    """
     now = utcnow()
-    rows = await search(session, owner_type=owner_type, owner_id=owner_id, status=status, now=now)
-    return [to_read(key, owner, ctx.settings, now) for key, owner in rows]
+    limit = paging.clamp(limit)
+    after = None
+    if cursor is not None:
+        at, key_id = paging.decode(cursor, _CURSOR_KIND, 2)
+        after = (paging.decode_time(at), key_id)
+    rows = await search(
+        session,
+        owner_type=owner_type,
+        owner_id=owner_id,
+        status=status,
+        now=now,
+        after=after,
+        limit=None if limit is None else limit + 1,
+    )
+    rows, more = paging.page(rows, limit)
+    next_cursor = None
+    if more:
+        last = rows[-1][0]
+        next_cursor = paging.encode(_CURSOR_KIND, last.created_at.isoformat(), last.id)
+    return [to_read(key, owner, ctx.settings, now) for key, owner in rows], next_cursor
 
 
 async def get_any(session: AsyncSession, *, key_id: str) -> tuple[ApiKey, Principal]:

@@ -9,6 +9,7 @@ from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRotat
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
+from keyservice.paging import Cursor, Limit
 from keyservice.responses import NO_STORE
 from keyservice.routing import TableRoute
 
@@ -31,8 +32,12 @@ async def create_device(
 
 
 @router.get("", response_model=DeviceList)
-async def list_devices(_admin: AdminPrincipal, session: SessionDep) -> DeviceList:
-    return DeviceList(items=[DeviceRead.of(d) for d in await service.list_devices(session)])
+async def list_devices(
+    _admin: AdminPrincipal, session: SessionDep, limit: Limit = None, cursor: Cursor = None
+) -> DeviceList:
+    """Every device not deleted, by name (then id); with `limit`, paged by `next_cursor`."""
+    devices, next_cursor = await service.page_devices(session, limit=limit, cursor=cursor)
+    return DeviceList(items=[DeviceRead.of(d) for d in devices], next_cursor=next_cursor)
 
 
 @router.get("/{device_id}", response_model=DeviceRead)

@@ -54,3 +54,7 @@ class DeviceRead(BaseModel):
 
 class DeviceList(BaseModel):
     items: list[DeviceRead]
+    next_cursor: str | None = Field(
+        description="With `limit`: the `cursor` of the next page; null on the last page "
+        "and when no `limit` was given (then `items` holds every one)."
+    )

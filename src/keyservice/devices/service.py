@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice import paging
 from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
@@ -35,15 +36,32 @@ async def get(session: AsyncSession, *, device_id: str, for_update: bool = False
     )
 
 
-async def list_devices(session: AsyncSession) -> Sequence[Principal]:
-    """Return the devices that are not deleted, by name."""
-    return (
-        await session.scalars(
-            select(Principal)
-            .where(Principal.kind == "device", Principal.deleted_at.is_(None))
-            .order_by(Principal.name)
+_CURSOR_KIND = "devices"
+
+
+async def list_devices(session: AsyncSession) -> list[Principal]:
+    """Every one of them, in list order (the console, the CLI)."""
+    return (await page_devices(session))[0]
+
+
+async def page_devices(
+    session: AsyncSession, *, limit: int | None = None, cursor: str | None = None
+) -> tuple[list[Principal], str | None]:
+    """Return the devices that are not deleted, by name (then id); with `limit`, one page
+    and the next cursor."""
+    limit = paging.clamp(limit)
+    query = select(Principal).where(Principal.kind == "device", Principal.deleted_at.is_(None))
+    if cursor is not None:
+        name, device_id = paging.decode(cursor, _CURSOR_KIND, 2)
+        query = query.where(
+            Principal.name >= name, or_(Principal.name > name, Principal.id > device_id)
         )
-    ).all()
+    query = query.order_by(Principal.name, Principal.id)
+    if limit is not None:
+        query = query.limit(limit + 1)
+    devices, more = paging.page((await session.scalars(query)).all(), limit)
+    next_cursor = paging.encode(_CURSOR_KIND, devices[-1].name, devices[-1].id) if more else None
+    return devices, next_cursor
 
 
 async def create(

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from keyservice.admin_keys.dependencies import RequestIp
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 from keyservice.users import service
 from keyservice.users.schemas import UserCreate, UserList, UserRead, UserUpdate
@@ -32,8 +33,12 @@ async def create_user(
 
 
 @router.get("", response_model=UserList)
-async def list_users(_admin: AdminPrincipal, session: SessionDep) -> UserList:
-    return UserList(items=[UserRead.of(user) for user in await service.list_users(session)])
+async def list_users(
+    _admin: AdminPrincipal, session: SessionDep, limit: Limit = None, cursor: Cursor = None
+) -> UserList:
+    """Every user by username (then id); with `limit`, paged by `next_cursor`."""
+    users, next_cursor = await service.page_users(session, limit=limit, cursor=cursor)
+    return UserList(items=[UserRead.of(user) for user in users], next_cursor=next_cursor)
 
 
 @router.get("/{user_id}", response_model=UserRead)

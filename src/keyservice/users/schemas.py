@@ -83,3 +83,7 @@ class UserRead(BaseModel):
 
 class UserList(BaseModel):
     items: list[UserRead]
+    next_cursor: str | None = Field(
+        description="With `limit`: the `cursor` of the next page; null on the last page "
+        "and when no `limit` was given (then `items` holds every one)."
+    )
