@@ -8,6 +8,7 @@ import pytest
 from passlib.hash import argon2
 
 from keyservice.security.hashing import slow_hash_jobs
+from keyservice.users import service as users_service
 from tests.admin.support import (
     admin_request,
     admin_token,
@@ -341,3 +342,57 @@ async def test_hashing_a_password_holds_no_database_connection(client, context):
         assert (await answer).status_code == status, path
     assert (await login(client, "newcomer", "a-long-password")).get("access_token")
     assert (await login(client, "patient", "another-long-password")).get("access_token")
+
+
+async def test_two_admins_disabling_each_other_leave_one(client, context):
+    # Each is authorized at the start of its request; whichever commits second would leave
+    # no enabled admin, and nobody could sign in to the admin API or console again.
+    tokens = [await admin_token(context, client, name) for name in ("ann", "bob")]
+    ids = [(await client.get("/me", headers=bearer(t))).json()["id"] for t in tokens]
+    for change in ({"disabled": True}, {"permissions": ["api_keys:manage"]}):
+        answers = await asyncio.gather(
+            client.patch(f"/admin/users/{ids[1]}", json=change, headers=bearer(tokens[0])),
+            client.patch(f"/admin/users/{ids[0]}", json=change, headers=bearer(tokens[1])),
+        )
+        assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+        refused = next(a for a in answers if a.status_code == 409).json()
+        assert "last enabled admin" in refused["error_description"]
+        async with context.database.sessionmaker() as session:
+            left = [p for p in (await users_service.list_users(session)) if p.usable]
+        assert [p.name for p in left if "admin" in p.permissions] in (["ann"], ["bob"])
+        # Back to two admins for the next change (the admin left restores the other).
+        winner = tokens[0] if answers[0].status_code == 200 else tokens[1]
+        loser_id = ids[1] if answers[0].status_code == 200 else ids[0]
+        await admin_request(
+            client, winner, "PATCH", f"/admin/users/{loser_id}", 200,
+            json={"disabled": False, "permissions": ["admin"]},
+        )  # fmt: skip
+        loser = ids.index(loser_id)
+        if "disabled" in change:
+            await past_revoked_second(context, loser_id)
+        tokens[loser] = (await login(client, ("ann", "bob")[loser]))["access_token"]
+
+
+async def test_a_device_cannot_disable_the_last_admin(client, context):
+    # Self-lockout is refused already; a device holding `admin` is nobody who can sign in.
+    admin = await admin_token(context, client, "solo")
+    solo = (await client.get("/me", headers=bearer(admin))).json()["id"]
+    device = await admin_request(
+        client, admin, "POST", "/admin/devices", 201,
+        json={"name": "robot", "permissions": ["admin"]},
+    )  # fmt: skip
+    key = await admin_request(
+        client, admin, "POST", f"/admin/devices/{device.json()['id']}/api-keys", 201,
+        json={"name": "ops"},
+    )  # fmt: skip
+    robot = (await exchange(client, key.json()["api_key"])).json()["access_token"]
+    for change in ({"disabled": True}, {"permissions": []}):
+        answer = await admin_request(
+            client, robot, "PATCH", f"/admin/users/{solo}", 409, json=change
+        )
+        assert "last enabled admin" in answer.json()["error_description"]
+    # With a second admin user it is allowed.
+    await create_principal(context, "deputy", permissions=["admin"])
+    await admin_request(
+        client, robot, "PATCH", f"/admin/users/{solo}", 200, json={"permissions": []}
+    )

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +21,7 @@ from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, InvalidToken, NotFound
 from keyservice.principals.models import Principal, revoked_through
 from keyservice.principals.schemas import KeyWarning, MeRead
-from keyservice.scopes.models import effective_permissions
+from keyservice.scopes.models import ADMIN, effective_permissions
 
 
 async def describe(session: AsyncSession, *, principal_id: str, settings: Settings) -> MeRead:
@@ -165,6 +165,43 @@ def permissions_message(principal_id: str, permissions: Sequence[str]) -> str:
     return "principal-permissions:" + json.dumps({"id": principal_id, "held": list(permissions)})
 
 
+# Any constant: the transactions that take an admin away queue on it (PostgreSQL).
+_ADMIN_CHANGE_LOCK = 0x6B73_6164_6D69_6E  # "ksadmin"
+
+
+def _an_admin(principal: Principal) -> bool:
+    """A person who can sign in and use the admin API (a device with `admin` is not)."""
+    return principal.is_user and principal.usable and ADMIN in principal.permissions
+
+
+async def _keep_an_admin(session: AsyncSession, ctx: AppContext, principal: Principal) -> None:
+    """Refuse a change that would leave no enabled admin user.
+
+    Two admins disabling or demoting each other are each authorized when their request
+    starts, and each would see the other still an admin: these changes queue on a lock
+    (PostgreSQL; SQLite's write lock serialises them anyway), and the count below reads
+    what the one before committed.
+    """
+    if not ctx.database.is_sqlite:
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADMIN_CHANGE_LOCK}
+        )
+    others = await session.scalars(
+        select(Principal)
+        .where(
+            Principal.kind == "user",
+            Principal.id != principal.id,
+            Principal.disabled.is_(False),
+            Principal.deleted_at.is_(None),
+        )
+        .execution_options(populate_existing=True)
+    )
+    if not any(ADMIN in other.permissions for other in others):
+        raise Conflict(
+            f"'{principal.name}' is the last enabled admin: make another user an admin first."
+        )
+
+
 async def save_update(
     session: AsyncSession,
     ctx: AppContext,
@@ -181,11 +218,15 @@ async def save_update(
     reaches every replica's revocation view by NOTIFY at commit, and this process's at once.
     """
     messages: list[str] = []
+    was_admin = _an_admin(principal)
     message = set_permissions(principal, permissions)
     if message is not None:
         changes.insert(0, f"permissions: {' '.join(principal.permissions) or '(none)'}")
         messages.append(message)
     disabling = set_disabled(principal, disabled)
+    # Before anything is revoked: a refusal must leave every token as it was.
+    if was_admin and not _an_admin(principal):
+        await _keep_an_admin(session, ctx, principal)
     if disabling:
         if principal.disabled:
             ended = await end_token_sessions(session, ctx, principal_id=principal.id)
