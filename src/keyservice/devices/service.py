@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice import paging
 from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
@@ -36,9 +35,6 @@ async def get(session: AsyncSession, *, device_id: str, for_update: bool = False
     )
 
 
-_CURSOR_KIND = "devices"
-
-
 async def list_devices(session: AsyncSession) -> list[Principal]:
     """Every one of them, in list order (the console, the CLI)."""
     return (await page_devices(session))[0]
@@ -49,19 +45,7 @@ async def page_devices(
 ) -> tuple[list[Principal], str | None]:
     """Return the devices that are not deleted, by name (then id); with `limit`, one page
     and the next cursor."""
-    limit = paging.clamp(limit)
-    query = select(Principal).where(Principal.kind == "device", Principal.deleted_at.is_(None))
-    if cursor is not None:
-        name, device_id = paging.decode(cursor, _CURSOR_KIND, 2)
-        query = query.where(
-            Principal.name >= name, or_(Principal.name > name, Principal.id > device_id)
-        )
-    query = query.order_by(Principal.name, Principal.id)
-    if limit is not None:
-        query = query.limit(limit + 1)
-    devices, more = paging.page((await session.scalars(query)).all(), limit)
-    next_cursor = paging.encode(_CURSOR_KIND, devices[-1].name, devices[-1].id) if more else None
-    return devices, next_cursor
+    return await principals_service.page_live(session, kind="device", limit=limit, cursor=cursor)
 
 
 async def create(

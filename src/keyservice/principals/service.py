@@ -6,10 +6,11 @@ import json
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice import paging
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
 from keyservice.auth import service as auth_service
@@ -249,6 +250,29 @@ async def save_update(
     for message in messages:
         ctx.revocation.apply(message)
     return principal
+
+
+async def page_live(
+    session: AsyncSession, *, kind: str, limit: int | None = None, cursor: str | None = None
+) -> tuple[list[Principal], str | None]:
+    """The users or devices that are not deleted, by name (then id); with `limit`, one page
+    and the next cursor (its kind "users" or "devices": one list's cursor is refused by the
+    other). No user is ever deleted (only devices are, softly); saying so lets the
+    live-name index (kind, name) serve the keyset for both."""
+    limit = paging.clamp(limit)
+    cursor_kind = f"{kind}s"
+    query = select(Principal).where(Principal.kind == kind, Principal.deleted_at.is_(None))
+    if cursor is not None:
+        name, principal_id = paging.decode(cursor, cursor_kind, 2)
+        query = query.where(
+            Principal.name >= name, or_(Principal.name > name, Principal.id > principal_id)
+        )
+    query = query.order_by(Principal.name, Principal.id)
+    if limit is not None:
+        query = query.limit(limit + 1)
+    found, more = paging.page((await session.scalars(query)).all(), limit)
+    last = found[-1] if more else None
+    return found, paging.encode(cursor_kind, last.name, last.id) if last is not None else None
 
 
 async def get_live(

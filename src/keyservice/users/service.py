@@ -6,10 +6,9 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice import paging
 from keyservice.config import Settings
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, ValidationFailed, quoted_names
@@ -22,8 +21,7 @@ from keyservice.security.hashing import hash_password, run_slow_hash
 from keyservice.users.schemas import MIN_PASSWORD_LENGTH
 
 if TYPE_CHECKING:
-    from keyservice import paging
-from keyservice.context import AppContext
+    from keyservice.context import AppContext
 
 
 async def get_by_username(session: AsyncSession, *, username: str) -> Principal | None:
@@ -44,9 +42,6 @@ async def current_password_hash(session: AsyncSession, *, user_id: str) -> str |
     )
 
 
-_CURSOR_KIND = "users"
-
-
 async def list_users(session: AsyncSession) -> list[Principal]:
     """Every one of them, in list order (the console, the CLI)."""
     return (await page_users(session))[0]
@@ -56,21 +51,7 @@ async def page_users(
     session: AsyncSession, *, limit: int | None = None, cursor: str | None = None
 ) -> tuple[list[Principal], str | None]:
     """Return the users by name (then id); with `limit`, one page and the next cursor."""
-    limit = paging.clamp(limit)
-    # No user is ever deleted (only devices are, softly); saying so lets the live-name index
-    # (kind, name) serve the keyset, as for devices.
-    query = select(Principal).where(Principal.kind == "user", Principal.deleted_at.is_(None))
-    if cursor is not None:
-        name, user_id = paging.decode(cursor, _CURSOR_KIND, 2)
-        query = query.where(
-            Principal.name >= name, or_(Principal.name > name, Principal.id > user_id)
-        )
-    query = query.order_by(Principal.name, Principal.id)
-    if limit is not None:
-        query = query.limit(limit + 1)
-    users, more = paging.page((await session.scalars(query)).all(), limit)
-    next_cursor = paging.encode(_CURSOR_KIND, users[-1].name, users[-1].id) if more else None
-    return users, next_cursor
+    return await principals_service.page_live(session, kind="user", limit=limit, cursor=cursor)
 
 
 async def get(session: AsyncSession, *, user_id: str, for_update: bool = False) -> Principal:
