@@ -391,6 +391,8 @@ async def test_a_device_cannot_disable_the_last_admin(client, context):
             client, robot, "PATCH", f"/admin/users/{solo}", 409, json=change
         )
         assert "last enabled admin" in answer.json()["error_description"]
+    # Refused before anything changed: the admin's own session and token still work.
+    assert "admin" in (await client.get("/me", headers=bearer(admin))).json()["permissions"]
     # With a second admin user it is allowed.
     await create_principal(context, "deputy", permissions=["admin"])
     await admin_request(

@@ -219,15 +219,17 @@ async def save_update(
     reaches every replica's revocation view by NOTIFY at commit, and this process's at once.
     """
     messages: list[str] = []
-    was_admin = _an_admin(principal)
+    if _an_admin(principal) and (
+        disabled is True or (permissions is not None and ADMIN not in permissions)
+    ):
+        # Before anything changes (a page shown after the refusal reads this principal)
+        # and before anything is revoked: a refusal leaves everything as it was.
+        await _keep_an_admin(session, ctx, principal)
     message = set_permissions(principal, permissions)
     if message is not None:
         changes.insert(0, f"permissions: {' '.join(principal.permissions) or '(none)'}")
         messages.append(message)
     disabling = set_disabled(principal, disabled)
-    # Before anything is revoked: a refusal must leave every token as it was.
-    if was_admin and not _an_admin(principal):
-        await _keep_an_admin(session, ctx, principal)
     if disabling:
         if principal.disabled:
             ended = await end_token_sessions(session, ctx, principal_id=principal.id)
