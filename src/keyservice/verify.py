@@ -75,10 +75,10 @@ def _check_algorithms(algorithms: Iterable[str]) -> tuple[str, ...]:
     return algs
 
 
-def _short(value: object) -> str:
+def _short(value: object, limit: int = 40) -> str:
     # Header values come from the token's author: keep them short in messages.
     text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _claim(token: str, name: str) -> str:
@@ -91,8 +91,7 @@ def _claim(token: str, name: str) -> str:
         value = jwt.decode(token, options={"verify_signature": False}).get(name)
     except jwt.PyJWTError:  # pragma: no cover - it was decoded a moment ago
         value = None
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return _short(value, 200)
 
 
 class TokenVerifier:
