@@ -21,10 +21,21 @@ from typing import Annotated, TypeVar
 
 from fastapi import Query
 
-from keyservice.audit.service import MAX_LIMIT
 from keyservice.exceptions import ValidationFailed
 
-__all__ = ["MAX_LIMIT", "Cursor", "Limit", "clamp", "decode", "decode_time", "encode", "page"]
+__all__ = [
+    "MAX_LIMIT",
+    "Cursor",
+    "Limit",
+    "bad_cursor",
+    "clamp",
+    "decode",
+    "decode_time",
+    "encode",
+    "page",
+]
+
+MAX_LIMIT = 500  # the audit log's too
 
 T = TypeVar("T")
 
@@ -61,7 +72,8 @@ def encode(kind: str, *parts: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _refuse() -> ValidationFailed:
+def bad_cursor() -> ValidationFailed:
+    """The 422 for a cursor this service did not hand out (every paged list, the audit log)."""
     error = ValidationFailed("The cursor is not one this service returned; start over.")
     error.details = [{"loc": ["query", "cursor"], "msg": error.description}]
     return error
@@ -75,7 +87,7 @@ def decode(cursor: str, kind: str, count: int) -> list[str]:
             raise ValueError("another list's cursor")
         parts = json.loads(raw.removeprefix(f"{kind}:"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _refuse() from None
+        raise bad_cursor() from None
     if (
         not isinstance(parts, list)
         or len(parts) != count
@@ -83,7 +95,7 @@ def decode(cursor: str, kind: str, count: int) -> list[str]:
         or len(parts[-1]) > _MAX_ID
         or "\x00" in "".join(parts)  # PostgreSQL text cannot hold one
     ):
-        raise _refuse()
+        raise bad_cursor()
     return parts
 
 
@@ -92,9 +104,9 @@ def decode_time(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise _refuse() from None
+        raise bad_cursor() from None
     if moment.tzinfo is None:
-        raise _refuse()
+        raise bad_cursor()
     return moment
 
 

@@ -10,10 +10,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit.models import AuditEvent
-from keyservice.exceptions import ValidationFailed
+from keyservice.paging import MAX_LIMIT, bad_cursor, page
 
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 500
 _CURSOR_PREFIX = "seq:"
 _MAX_SEQ = 2**63 - 1  # a BIGINT
 
@@ -59,9 +58,7 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(raw)  # past the column's range, the database itself would fail
         return int(digits)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        error = ValidationFailed("The cursor is not one this service returned; start over.")
-        error.details = [{"loc": ["query", "cursor"], "msg": error.description}]
-        raise error from None
+        raise bad_cursor() from None
 
 
 async def list_events(
@@ -92,10 +89,9 @@ async def list_events(
     if since is not None:
         query = query.where(AuditEvent.at >= since)
     # One row more than asked tells whether a next page exists without an empty last page.
-    rows = list(await session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit + 1)))
-    items = rows[:limit]
-    next_cursor = encode_cursor(items[-1].seq) if len(rows) > limit else None
-    return items, next_cursor
+    rows = await session.scalars(query.order_by(AuditEvent.seq.desc()).limit(limit + 1))
+    items, more = page(rows.all(), limit)
+    return items, encode_cursor(items[-1].seq) if more else None
 
 
 async def prune(session: AsyncSession, *, before: datetime) -> int:
