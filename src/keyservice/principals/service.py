@@ -123,28 +123,39 @@ def set_disabled(principal: Principal, disabled: bool | None) -> list[str]:
     ]
 
 
-async def end_token_sessions(session: AsyncSession, ctx: AppContext, *, principal_id: str) -> int:
-    """Revoke every live refresh-token family of the principal (sign-ins and key exchanges).
+async def end_token_sessions(
+    session: AsyncSession,
+    ctx: AppContext,
+    *,
+    principal_id: str,
+    reason: str,
+    sign_ins_only: bool = False,
+) -> int:
+    """Revoke the principal's live refresh-token families and return how many were live.
 
-    The caller commits. Its access tokens are refused by `tokens_revoked_at` already.
+    Every family when it is disabled (sign-ins and key exchanges alike); with
+    `sign_ins_only`, those of its password sign-ins (a new password ends them; API keys are
+    separate credentials and keep theirs). The caller commits. Its access tokens are
+    refused by `tokens_revoked_at` (a disable) or by the families' revocation.
     Only password sign-ins are indexed by principal (migration 0003: an index entry per
-    exchange would cost the token path), so this reads the live rows (BRIN on expires_at
-    on PostgreSQL): a rare admin action pays for it, not every exchange.
+    exchange would cost the token path), so a disable reads the live rows (BRIN on
+    expires_at on PostgreSQL): a rare admin action pays for it, not every exchange.
     """
-    families = (
-        await session.scalars(
-            select(RefreshToken.family_id)
-            .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
-            .where(
-                RefreshToken.principal_id == principal_id,
-                RefreshToken.expires_at > utcnow(),
-                RevokedFamily.family_id.is_(None),
-            )
-            .distinct()
+    query = (
+        select(RefreshToken.family_id)
+        .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
+        .where(
+            RefreshToken.principal_id == principal_id,
+            RefreshToken.expires_at > utcnow(),
+            RevokedFamily.family_id.is_(None),
         )
-    ).all()
+        .distinct()
+    )
+    if sign_ins_only:
+        query = query.where(RefreshToken.key_id.is_(None))
+    families = (await session.scalars(query)).all()
     for family_id in families:
-        await auth_service.revoke_family(ctx, session, family_id=family_id, reason="owner disabled")
+        await auth_service.revoke_family(ctx, session, family_id=family_id, reason=reason)
     return len(families)
 
 
@@ -187,17 +198,15 @@ async def _keep_an_admin(session: AsyncSession, ctx: AppContext, principal: Prin
         await session.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADMIN_CHANGE_LOCK}
         )
-    others = await session.scalars(
-        select(Principal)
-        .where(
+    held = await session.scalars(
+        select(Principal.permissions).where(
             Principal.kind == "user",
             Principal.id != principal.id,
             Principal.disabled.is_(False),
             Principal.deleted_at.is_(None),
         )
-        .execution_options(populate_existing=True)
     )
-    if not any(ADMIN in other.permissions for other in others):
+    if not any(ADMIN in permissions for permissions in held):
         raise Conflict(
             f"'{principal.name}' is the last enabled admin: make another user an admin first."
         )
@@ -232,7 +241,9 @@ async def save_update(
     disabling = set_disabled(principal, disabled)
     if disabling:
         if principal.disabled:
-            ended = await end_token_sessions(session, ctx, principal_id=principal.id)
+            ended = await end_token_sessions(
+                session, ctx, principal_id=principal.id, reason="owner disabled"
+            )
             changes.append(f"disabled; {ended} token session(s) ended")
         else:
             changes.append("enabled")

@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
-from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, ValidationFailed, quoted_names
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
@@ -151,32 +150,6 @@ async def ensure_bootstrap_admin(
     return username, generated
 
 
-async def _end_password_sessions(session: AsyncSession, ctx: AppContext, *, user_id: str) -> int:
-    """Revoke the families of the user's password sign-ins: a new password ends them all.
-
-    API keys are separate credentials and keep working; their families are untouched.
-    """
-    from keyservice.auth import service as auth_service
-    from keyservice.auth.models import RefreshToken
-
-    families = (
-        await session.scalars(
-            select(RefreshToken.family_id)
-            .where(
-                RefreshToken.principal_id == user_id,
-                RefreshToken.key_id.is_(None),
-                RefreshToken.expires_at > utcnow(),
-            )
-            .distinct()
-        )
-    ).all()
-    for family_id in families:
-        await auth_service.revoke_family(
-            ctx, session, family_id=family_id, reason="password changed"
-        )
-    return len(families)
-
-
 async def update(
     session: AsyncSession,
     ctx: AppContext,
@@ -210,7 +183,9 @@ async def update(
     changes: list[str] = []
     if new_hash is not None:
         user.password_hash = new_hash
-        ended = await _end_password_sessions(session, ctx, user_id=user.id)
+        ended = await principals_service.end_token_sessions(
+            session, ctx, principal_id=user.id, reason="password changed", sign_ins_only=True
+        )
         changes.append(f"password changed; {ended} sign-in session(s) ended")  # never the password
     return await principals_service.save_update(
         session, ctx, user, changes=changes, disabled=disabled, permissions=perms,
