@@ -44,7 +44,8 @@ def _message(error: ErrorDetails) -> str:
     """A schema refusal in words for the person at the form (pydantic's are for developers).
 
     The API's JSON keeps pydantic's wording; a form shows "Use at most 100 characters.",
-    not "String should have at most 100 characters" or the name pattern's regex.
+    not "String should have at most 100 characters", and a refused name in the schemas'
+    own words (users/schemas.py `matching`) as a sentence.
     """
     kind, ctx = error.get("type"), error.get("ctx") or {}
     if kind == "string_too_short" and ctx.get("min_length") == 1:
