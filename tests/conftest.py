@@ -38,6 +38,7 @@ TABLES = [
     "principal",
     "signing_key",
     "throttle_failure",
+    "console_spent",
 ]
 TEST_SECRET = "test-secret-" + "x" * 40
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.console.models import ConsoleSpent
 from keyservice.database import new_id, utcnow
 from keyservice.maintenance import prune_all
 from tests.factories import create_principal, login
@@ -31,6 +32,9 @@ async def _seed(context):
         # Older than any token can live (7 days + 30 days at most, and a day's grace).
         session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=39)))
         session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=3)))
+        # A signed-out console session or used form: kept until its session's end.
+        for digest, ends_in in (("a", -timedelta(seconds=1)), ("b", timedelta(minutes=30))):
+            session.add(ConsoleSpent(digest=digest * 64, kind="form", expires_at=now + ends_in))
         await session.commit()
 
 
@@ -38,7 +42,7 @@ async def _counts(context):
     async with context.database.sessionmaker() as session:
         return [
             await session.scalar(select(func.count()).select_from(model))
-            for model in (RefreshToken, AuditEvent, RevokedFamily)
+            for model in (RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent)
         ]
 
 
@@ -46,7 +50,8 @@ async def test_prune_deletes_only_what_no_longer_serves(context):
     await _seed(context)
     pruned = await prune_all(context, now=utcnow())
     assert (pruned.refresh_tokens, pruned.audit_events, pruned.revoked_families) == (1, 1, 1)
-    assert await _counts(context) == [1, 1, 1]
+    assert pruned.console_ids == 1
+    assert await _counts(context) == [1, 1, 1, 1]
 
 
 async def test_prune_keeps_a_revocation_while_a_token_of_the_family_lives(context, client):
@@ -80,10 +85,10 @@ async def test_prune_keeps_a_revocation_while_a_token_of_the_family_lives(contex
 async def test_server_prunes_by_itself(app, context, settings_overrides):
     await _seed(context)
     for _ in range(50):
-        if await _counts(context) == [1, 1, 1]:
+        if await _counts(context) == [1, 1, 1, 1]:
             break
         await asyncio.sleep(0.1)
-    assert await _counts(context) == [1, 1, 1]
+    assert await _counts(context) == [1, 1, 1, 1]
 
 
 @pytest.mark.postgresql_only

@@ -366,8 +366,9 @@ def audit_tail(limit: int, event_type: str | None) -> None:
 
 @click.command()
 def prune() -> None:
-    """Delete refresh tokens expired over a day ago, audit events past retention and
-    revocations of refresh-token families whose tokens have all expired."""
+    """Delete refresh tokens expired over a day ago, audit events past retention,
+    revocations of refresh-token families whose tokens have all expired, and the console's
+    records of signed-out sessions and used key forms whose session has ended."""
     from keyservice.database import utcnow
 
     settings = load_settings()
@@ -377,9 +378,10 @@ def prune() -> None:
     result = run(lambda ctx: prune_all(ctx, now=now))
     click.echo(
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "
-        f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days "
-        f"and {result.revoked_families} refresh-token family revocation(s) older than "
-        f"{FAMILY_MARK_KEPT.days} days"
+        f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days, "
+        f"{result.revoked_families} refresh-token family revocation(s) older than "
+        f"{FAMILY_MARK_KEPT.days} days and {result.console_ids} console sign-out and form "
+        "record(s) whose session has ended"
     )
 
 

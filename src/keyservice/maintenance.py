@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.audit import service as audit_service
 from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.config import MAX_ACCESS_TOKEN_TTL, MAX_REFRESH_TOKEN_EXTRA_TTL
+from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 
@@ -30,6 +31,7 @@ class Pruned:
     refresh_tokens: int
     audit_events: int
     revoked_families: int
+    console_ids: int
 
 
 async def _delete(session: AsyncSession, statement: object) -> int:
@@ -40,7 +42,8 @@ async def _delete(session: AsyncSession, statement: object) -> int:
 
 async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
-    and family revocations older than any token of the family can be."""
+    family revocations older than any token of the family can be, and the console's
+    signed-out sessions and used forms whose session has ended."""
     settings = ctx.settings
     async with ctx.database.sessionmaker() as session:
         tokens = await _delete(
@@ -57,7 +60,17 @@ async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
         families = await _delete(
             session, delete(RevokedFamily).where(RevokedFamily.revoked_at < family_horizon)
         )
-    return Pruned(refresh_tokens=tokens, audit_events=events, revoked_families=families)
+    # Past its session's end the cookie and the form's CSRF token are refused anyway.
+    async with ctx.database.sessionmaker() as session:
+        console_ids = await _delete(
+            session, delete(ConsoleSpent).where(ConsoleSpent.expires_at < now)
+        )
+    return Pruned(
+        refresh_tokens=tokens,
+        audit_events=events,
+        revoked_families=families,
+        console_ids=console_ids,
+    )
 
 
 async def prune_periodically(ctx: AppContext) -> None:
@@ -70,10 +83,12 @@ async def prune_periodically(ctx: AppContext) -> None:
         except Exception as exc:  # the database may be down; try again next time
             log.warning("periodic prune failed: %s", type(exc).__name__)
             continue
-        if pruned.refresh_tokens or pruned.audit_events or pruned.revoked_families:
+        if any(astuple(pruned)):
             log.info(
-                "pruned %d refresh tokens, %d audit events, %d family revocations",
+                "pruned %d refresh tokens, %d audit events, %d family revocations, "
+                "%d console session/form ids",
                 pruned.refresh_tokens,
                 pruned.audit_events,
                 pruned.revoked_families,
+                pruned.console_ids,
             )

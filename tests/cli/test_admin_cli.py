@@ -23,6 +23,7 @@ from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.cli import main, with_context
+from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
 from keyservice.database import Database, new_id, utcnow
 from keyservice.principals.models import Principal
@@ -298,13 +299,17 @@ def test_prune(cli):
         AuditEvent(type="recent"),
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=40)),
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=10)),
+        ConsoleSpent(digest="a" * 64, kind="session", expires_at=now - timedelta(seconds=1)),
+        ConsoleSpent(digest="b" * 64, kind="form", expires_at=now + timedelta(minutes=5)),
     )
     result = cli("prune")
     assert result.output.strip() == (
         "deleted 1 refresh token(s) expired more than a day ago, "
-        "1 audit event(s) older than 90 days "
-        "and 1 refresh-token family revocation(s) older than 38 days"
+        "1 audit event(s) older than 90 days, "
+        "1 refresh-token family revocation(s) older than 38 days "
+        "and 1 console sign-out and form record(s) whose session has ended"
     )
+    assert cli.scalar(select(ConsoleSpent.digest)) == "b" * 64
     assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 1
     assert cli.scalar(select(func.count()).select_from(RefreshToken)) == 2
     remaining = cli.scalar(select(func.count()).select_from(AuditEvent))

@@ -76,7 +76,7 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
     for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
-        assert "schema revision 0099" in line and "does not know (its newest is 0007)" in line
+        assert "schema revision 0099" in line and "does not know (its newest is 0008)" in line
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
 
@@ -102,7 +102,7 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     assert result.output.strip() == "database is up to date"
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
-        "0007",
+        "0008",
     )
 
 
@@ -160,7 +160,7 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     user_id, token = _seed_at_0003(empty_database, tmp_path)
 
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0007",)
+    assert migrations.current_revisions(empty_database) == ("0008",)
 
     async def use() -> None:
         context = AppContext(make_settings(empty_database, tmp_path))
@@ -179,3 +179,30 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
             await context.database.dispose()
 
     asyncio.run(use())
+
+
+def _tables(database_url: str) -> set[str]:
+    async def read() -> set[str]:
+        database = Database(database_url)
+        try:
+            async with database.engine.connect() as connection:
+                return set(
+                    await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+                )
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_0008_console_spent_upgrades_downgrades_and_upgrades_again(empty_database):
+    from alembic import command
+
+    migrations.upgrade(empty_database)
+    assert "console_spent" in _tables(empty_database)
+    command.downgrade(migrations.alembic_config(empty_database), "0007")
+    assert migrations.current_revisions(empty_database) == ("0007",)
+    assert "console_spent" not in _tables(empty_database)
+    migrations.upgrade(empty_database)
+    assert migrations.current_revisions(empty_database) == ("0008",)
+    assert "console_spent" in _tables(empty_database)
