@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from keyservice.console.session import SessionCodec
 from keyservice.context import AppContext
 from keyservice.main import create_app
 from tests.factories import PASSWORD
@@ -142,3 +143,15 @@ def csrf_of(html: str) -> str:
 
 def has_secret(value: str, *pages: Any) -> bool:
     return any(value in text for text in pages)
+
+
+def seal_payload(codec: SessionCodec, payload: dict[str, Any]) -> str:
+    """A cookie sealed by `codec` around any payload (an older release's, a malformed one)."""
+    import base64
+    import json
+
+    from keyservice.console import session as session_module
+
+    nonce = b"n" * 12
+    raw = nonce + codec._aead.encrypt(nonce, json.dumps(payload).encode(), session_module._AAD)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -15,12 +16,13 @@ import pytest
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit_service
 from keyservice.console.forms import expiry_limits
+from keyservice.console.models import ConsoleSpent
 from keyservice.console.pages import CSP
 from keyservice.console.session import ConsoleSession, SessionCodec
 from keyservice.context import AppContext
 from tests.conftest import client_for
-from tests.console.conftest import csrf_of
-from tests.factories import PASSWORD, create_principal
+from tests.console.conftest import csrf_of, seal_payload
+from tests.factories import PASSWORD, audit_events, create_principal
 
 
 @pytest.fixture
@@ -549,6 +551,22 @@ async def _keys_and_events(context: AppContext, owner_id: str) -> tuple[int, dic
     return int(keys or 0), counts
 
 
+async def _spent_rows(context: AppContext) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    async with context.database.sessionmaker() as session:
+        rows = await session.execute(select(ConsoleSpent.kind, ConsoleSpent.digest))
+        return [(kind, digest) for kind, digest in rows]
+
+
+async def _spent(context: AppContext) -> set[tuple[str, bool]]:
+    """The kinds of console_spent rows, each with whether its digest is malformed."""
+    return {
+        (kind, re.fullmatch("[0-9a-f]{64}", digest) is None)
+        for kind, digest in await _spent_rows(context)
+    }
+
+
 def shown_secret(html: str) -> str | None:
     match = re.search(r'id="api-key"[^>]*>([^<]+)</textarea>', html)
     return match.group(1) if match else None
@@ -571,9 +589,9 @@ async def test_a_key_form_sent_again_creates_nothing(
     assert created.status_code == 200
     secret = shown_secret(created.text)
     assert secret and created.headers["cache-control"] == "no-store"
-    # Remembered in the session cookie, sealed like the rest of it.
-    assert "keyservice_console=" in created.headers["set-cookie"]
-    assert first_id not in created.headers["set-cookie"]
+    # Claimed on the server with the key, as a keyed digest: the id itself is nowhere.
+    assert await _spent(context) == {("form", False)}
+    assert first_id not in str(await _spent_rows(context))
     again = await client.post("/console/keys", data={**form, "form_id": first_id})
     assert again.status_code == 409, again.text
     assert again.headers["cache-control"] == "no-store"
@@ -583,7 +601,7 @@ async def test_a_key_form_sent_again_creates_nothing(
     assert shown_secret(again.text) is None and secret not in again.text
     assert await _keys_and_events(context, alice.id) == (1, {"api_key.created": 1})
 
-    # The other tab's form makes its own key, once; the first is still remembered.
+    # The other tab's form makes its own key, once; the first is still claimed.
     other = await client.post("/console/keys", data={**form, "form_id": second_id})
     assert other.status_code == 200 and shown_secret(other.text) not in (None, secret)
     for form_id in (second_id, first_id):
@@ -591,7 +609,7 @@ async def test_a_key_form_sent_again_creates_nothing(
         assert refused.status_code == 409
     assert await _keys_and_events(context, alice.id) == (2, {"api_key.created": 2})
 
-    # A form refused for its input is not remembered: sent again corrected, it makes a key.
+    # A form refused for its input is not claimed: sent again corrected, it makes a key.
     third_id = form_id_of((await client.get("/console/keys/new")).text)
     refused = await client.post("/console/keys", data={**form, "name": "", "form_id": third_id})
     assert refused.status_code == 422
@@ -665,6 +683,141 @@ async def test_device_key_forms_sent_again_create_nothing(
     again = await client.post(f"{base}/keys/{key_id.group(1)}/rotate", data=rotation)
     assert again.status_code == 409 and "<h1>Key already rotated</h1>" in again.text
     assert shown_secret(again.text) is None
+    assert await _keys_and_events(context, device.id) == (
+        2,
+        {"api_key.created": 1, "api_key.rotated": 1},
+    )
+
+
+def _with_cookie(client: httpx.AsyncClient, cookie: str) -> httpx.AsyncClient:
+    client.cookies.clear()
+    client.cookies.set("keyservice_console", cookie, domain="keyservice.test", path="/console")
+    return client
+
+
+async def test_sign_out_ends_every_copy_of_the_session_and_no_other(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    alice = await create_principal(context, "alice")
+    token = await signed_in(client, "alice")
+    cookie = client.cookies["keyservice_console"]
+    async with client_for(app) as copy, client_for(app, "10.1.2.3") as elsewhere:
+        # A copy of the cookie (another tab's storage, a stolen one) is the same session.
+        assert (await _with_cookie(copy, cookie).get("/console/keys")).status_code == 200
+        other_token = await signed_in(elsewhere, "alice")  # alice, signed in elsewhere
+
+        out = await client.post("/console/logout", data={"csrf_token": token})
+        assert out.status_code == 303 and out.headers["location"] == "/console/login"
+
+        # Every page refuses the copy, deletes it and says why on the sign-in page.
+        for path in ("/console/keys", "/console/keys/new", "/console", "/console/login"):
+            refused = await _with_cookie(copy, cookie).get(path, follow_redirects=True)
+            assert refused.url.path == "/console/login", path
+            assert refused.history[-1].headers["location"] == "/console/login?session=signed-out"
+            assert "This session was signed out, here or in another window." in refused.text
+            assert "keyservice_console" not in copy.cookies or (
+                copy.cookies["keyservice_console"] != cookie
+            )
+        # A form sent with it is not carried out, and the sign-in page says it was not saved.
+        posted = await _with_cookie(copy, cookie).post(
+            "/console/keys", data={"csrf_token": token, "name": "after", "expires_on": ""}
+        )
+        assert posted.status_code == 303
+        assert posted.headers["location"] == "/console/login?session=ended"
+        assert await _keys_and_events(context, alice.id) == (0, {})
+        # Signing out again (the copy's own button, a second click) is harmless.
+        again = await _with_cookie(copy, cookie).post("/console/logout", data={"csrf_token": token})
+        assert again.status_code == 303 and again.headers["location"] == "/console/login"
+
+        # Alice's other session is not touched.
+        assert (await elsewhere.get("/console/keys")).status_code == 200
+        created = await elsewhere.post(
+            "/console/keys", data={"csrf_token": other_token, "name": "kept", "expires_on": ""}
+        )
+        assert created.status_code == 200 and shown_secret(created.text)
+
+    # Audited once, as sign-ins are; the row holds a keyed digest, never the cookie.
+    events = await audit_events(context, "logout")
+    assert [(e.actor, e.principal_id, e.ip, e.reason) for e in events] == [
+        ("user:alice", alice.id, "127.0.0.1", "console sign-out")
+    ]
+    rows = await _spent_rows(context)
+    assert await _spent(context) == {("session", False)}
+    assert cookie not in str(rows) and token not in str(rows)
+    assert not any(cookie in str(vars(event)) for event in await audit_events(context))
+    # Signing in again makes a new session, which works.
+    await signed_in(client, "alice")
+
+
+async def test_a_cookie_from_before_session_ids_works_and_can_be_signed_out(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    from keyservice.principals.models import Principal
+
+    alice = await create_principal(context, "alice")
+    async with context.database.sessionmaker() as session:
+        stored = await session.get(Principal, alice.id)
+        assert stored is not None
+    codec = SessionCodec(context.settings.server_secret())
+    # What the previous release sealed at sign-in: no "i", form ids in "f".
+    csrf = "c" * 43
+    cookie = seal_payload(
+        codec,
+        {"p": alice.id, "e": int(time.time()) + 3000, "c": csrf,
+         "k": codec.credential(stored.password_hash), "f": []},
+    )  # fmt: skip
+    assert (await _with_cookie(client, cookie).get("/console/keys")).status_code == 200
+    async with client_for(app) as copy:
+        assert (await _with_cookie(copy, cookie).get("/console/keys")).status_code == 200
+        out = await client.post("/console/logout", data={"csrf_token": csrf})
+        assert out.status_code == 303
+        refused = await _with_cookie(copy, cookie).get("/console/keys")
+        assert refused.headers["location"] == "/console/login?session=signed-out"
+
+
+async def test_a_double_click_on_a_key_form_creates_one_key(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """Two sends of one form racing each other (the second leaves before the first is
+    answered, so the cookie cannot tell): one makes the key, the other makes nothing."""
+    root = await create_principal(context, "root", permissions=["admin", "api_keys:manage"])
+    device = await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+
+    async def double_click(path: str, form: dict[str, str], *, rotated: bool) -> None:
+        answers = await asyncio.gather(client.post(path, data=form), client.post(path, data=form))
+        made, refused = sorted(answers, key=lambda answer: answer.status_code)
+        assert (made.status_code, refused.status_code) == (200, 409), refused.text
+        assert shown_secret(made.text) and shown_secret(refused.text) is None
+        heading = "Key already rotated" if rotated else "Key already created"
+        assert f"<h1>{heading}</h1>" in refused.text
+
+    own = {"csrf_token": token, "name": "ci", "expires_on": ""}
+    own["form_id"] = form_id_of((await client.get("/console/keys/new")).text)
+    await double_click("/console/keys", own, rotated=False)
+    assert await _keys_and_events(context, root.id) == (1, {"api_key.created": 1})
+    key_id = re.search(
+        r'href="/console/keys/([^/"]+)/rotate"', (await client.get("/console/keys")).text
+    )
+    assert key_id
+    page = await client.get(f"/console/keys/{key_id.group(1)}/rotate")
+    rotation = {"csrf_token": token, "grace_seconds": "3600", "form_id": form_id_of(page.text)}
+    await double_click(f"/console/keys/{key_id.group(1)}/rotate", rotation, rotated=True)
+    assert await _keys_and_events(context, root.id) == (
+        2,
+        {"api_key.created": 1, "api_key.rotated": 1},
+    )
+
+    base = f"/console/admin/devices/{device.id}"
+    form = {"csrf_token": token, "name": "station"}
+    form["form_id"] = form_id_of((await client.get(f"{base}/keys/new")).text)
+    await double_click(f"{base}/keys", form, rotated=False)
+    assert await _keys_and_events(context, device.id) == (1, {"api_key.created": 1})
+    key_id = re.search(rf'href="{base}/keys/([^/"]+)/rotate"', (await client.get(base)).text)
+    assert key_id
+    page = await client.get(f"{base}/keys/{key_id.group(1)}/rotate")
+    rotation = {"csrf_token": token, "grace_seconds": "3600", "form_id": form_id_of(page.text)}
+    await double_click(f"{base}/keys/{key_id.group(1)}/rotate", rotation, rotated=True)
     assert await _keys_and_events(context, device.id) == (
         2,
         {"api_key.created": 1, "api_key.rotated": 1},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from keyservice.console.session import ConsoleSession, SessionCodec, new_session
+from tests.console.conftest import seal_payload
 
 
 def test_round_trip_and_fresh_csrf() -> None:
@@ -63,39 +64,33 @@ def test_the_credential_fingerprint_is_keyed_and_binds_the_password_hash() -> No
     assert not codec.current(legacy, "$argon2id$v=19$m=65536,t=3,p=4$salt$hash-one")
 
 
-def test_done_forms_are_remembered_bounded_and_the_cookie_stays_small() -> None:
-    from keyservice.console.session import DONE_FORMS, FORM_ID_PATTERN, new_form_id
+def test_each_sign_in_has_its_own_session_id_and_old_cookies_use_their_csrf_secret() -> None:
+    from keyservice.console.session import SESSION_ID_BYTES
 
     codec = SessionCodec(b"k" * 40)
     session = new_session("8c0e3c55-6d0e-4a8e-9a43-3f1c2b1d9e77", "c" * 22)
-    ids = [new_form_id() for _ in range(DONE_FORMS + 3)]
-    assert len(set(ids)) == len(ids) and all(FORM_ID_PATTERN.fullmatch(one) for one in ids)
-    for form_id in ids:
-        session = session.remembering(form_id)
-    session = session.remembering(ids[-1])  # remembered once, however often
-    # The newest DONE_FORMS are remembered (several tabs), the oldest forgotten.
-    assert session.done_forms == tuple(ids[-DONE_FORMS:])
-    assert not session.form_done(ids[0]) and session.form_done(ids[-DONE_FORMS])
+    other = new_session(session.principal_id, session.credential)
+    assert session.id == session.session_id != other.session_id
+    assert len(session.session_id) == len(other.session_id) >= SESSION_ID_BYTES
     sealed = codec.seal(session)
     opened = codec.open(sealed)
-    assert opened == session
-    assert not any(form_id in sealed for form_id in ids)  # sealed, not readable
+    assert opened == session and opened.id == session.id
+    assert session.session_id not in sealed and session.session_id not in repr(session)
     assert len(sealed) < 600, len(sealed)  # far below a cookie's 4096 bytes
 
-    # A cookie sealed before form ids existed opens with none remembered.
-    old = {"p": "p", "e": session.expires_at, "c": "csrf", "k": ""}
-    legacy = codec.open(_raw(codec, old))
-    assert legacy is not None and legacy.done_forms == ()
-    for wrong in ("abc", ["a", 1], {"a": "b"}):
-        assert codec.open(_raw(codec, {**old, "f": wrong})) is None
+    # A cookie sealed before session ids (with the form ids it then remembered) still
+    # opens; its CSRF secret, random and fixed for the session's life, is its id.
+    old = {"p": "p", "e": session.expires_at, "c": "the-csrf-secret", "k": "", "f": ["a" * 16]}
+    legacy = codec.open(seal_payload(codec, old))
+    assert legacy is not None and legacy.session_id == "" and legacy.id == "the-csrf-secret"
 
 
-def _raw(codec: SessionCodec, payload: dict[str, object]) -> str:
-    import base64
-    import json
-
-    from keyservice.console import session as session_module
-
-    nonce = b"n" * 12
-    raw = nonce + codec._aead.encrypt(nonce, json.dumps(payload).encode(), session_module._AAD)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def test_spent_digests_are_keyed_and_kept_apart_by_kind() -> None:
+    codec = SessionCodec(b"k" * 40)
+    digest = codec.spent_digest("session", "abc")
+    assert len(digest) == 64 and int(digest, 16) >= 0  # hex SHA-256: the column's width
+    assert digest == codec.spent_digest("session", "abc")
+    assert digest != codec.spent_digest("form", "abc")
+    assert digest != codec.spent_digest("session", "abd")
+    assert digest != SessionCodec(b"other" * 8).spent_digest("session", "abc")
+    assert "abc" not in digest

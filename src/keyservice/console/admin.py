@@ -38,7 +38,7 @@ from keyservice.console.forms import (
     texts,
 )
 from keyservice.console.keys import catalog_choices, key_form_page
-from keyservice.console.once import already_done, already_done_page, posted_form_id, remember
+from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import ConsoleRoute, render
 from keyservice.console.session import new_form_id
 from keyservice.database import utcnow
@@ -58,6 +58,7 @@ AUDIT_TYPES = [
     "token.refresh_reuse",
     "token.revoke",
     "login",
+    "logout",
     "api_key.created",
     "api_key.deleted",
     "api_key.rotated",
@@ -446,7 +447,7 @@ async def create_device_key(
     ip: IpDep,
 ) -> Response:
     form_id = posted_form_id(form)
-    if already_done(request, form_id):
+    if not await claim(request, session, form_id):
         return already_done_page(
             request,
             back=f"/console/admin/devices/{device_id}",
@@ -469,11 +470,9 @@ async def create_device_key(
             errors.add_service(exc, {"expires_at": "expires_on"})
         else:
             back = f"/console/admin/devices/{device_id}"
-            response = render(
+            return render(
                 request, "show_once.html", {"created": created, "back": back, "section": "devices"}
             )
-            remember(request, response, form_id)
-            return response
     return await key_form_page(
         request,
         context,
@@ -566,7 +565,7 @@ async def rotate_device_key(
     ip: IpDep,
 ) -> Response:
     form_id = posted_form_id(form)
-    if already_done(request, form_id):
+    if not await claim(request, session, form_id):
         return already_done_page(
             request,
             back=f"/console/admin/devices/{device_id}",
@@ -584,7 +583,7 @@ async def rotate_device_key(
         ip=ip,
     )
     old = await api_keys.get_owned(session, key_id=key_id, owner_id=created.owner_id)
-    response = render(
+    return render(
         request,
         "show_once.html",
         {
@@ -595,8 +594,6 @@ async def rotate_device_key(
             "section": "devices",
         },
     )
-    remember(request, response, form_id)
-    return response
 
 
 # Audit log -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from fastapi import Depends, Request, Response
 from starlette.datastructures import FormData
 
 from keyservice.console.pages import PageError, SignInRequired
+from keyservice.console.service import signed_out
 from keyservice.console.session import (
     COOKIE_NAME,
     COOKIE_PATH,
@@ -123,6 +124,9 @@ async def current_viewer(request: Request, session: SessionDep, context: Context
     console_session = read_session(request)
     if console_session is None or console_session.principal_id is None:
         raise SignInRequired()
+    if await signed_out(session, codec(request), console_session):
+        # A form posted with it was not saved: the page says so, as for an expired session.
+        raise SignInRequired(ended=request.method == "POST", signed_out=True)
     try:
         me = await describe(
             session, principal_id=console_session.principal_id, settings=context.settings

@@ -1,22 +1,27 @@
 """Forms that create a key run once: sending the same form again creates nothing.
 
 The page showing a new key's secret is the answer to the form's POST (so the secret is in
-no URL), and reloading it makes the browser send the form again, as going back to it does.
-Each such form carries a random one-time id (`form_id`, made when the form is shown); the
-session cookie remembers the ids of the last few forms that succeeded, and a form sent
-again with one of them gets a page saying the key was already made and its secret shown
-once, and creates nothing. Per session, so any worker can tell; several tabs each have
-their own id.
+no URL), and reloading it makes the browser send the form again, as going back to it does,
+and a double click sends it twice before the first answer arrives. Each such form carries
+a random one-time id (`form_id`, made when the form is shown). Sending it claims the id
+on the server (a `console_spent` row, see models.py) in the transaction that creates the
+key, so the claim stays only with the key: a form refused for its input or a limit can be
+corrected and sent again. A send whose id is already claimed, by an earlier send or one
+racing it on any worker or replica, gets a page saying the key was already made and its
+secret shown once, and creates nothing. Several tabs each have their own id.
 """
 
 from __future__ import annotations
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
-from keyservice.console.dependencies import read_session, write_session
+from keyservice.console import service
+from keyservice.console.dependencies import codec, read_session
 from keyservice.console.forms import text
+from keyservice.console.models import FORM
 from keyservice.console.pages import PageError, render
 from keyservice.console.session import FORM_ID_PATTERN
 
@@ -38,9 +43,22 @@ def posted_form_id(form: FormData) -> str | None:
     return value
 
 
-def already_done(request: Request, form_id: str | None) -> bool:
-    session = read_session(request)
-    return form_id is not None and session is not None and session.form_done(form_id)
+async def claim(request: Request, session: AsyncSession, form_id: str | None) -> bool:
+    """Claim the form's id in the open transaction; False if another send has it.
+
+    Call it before creating anything: the claim is committed with the key, and dropped
+    with everything else when the transaction is rolled back. It is kept until the
+    session's end, after which the form's CSRF token is refused anyway.
+    """
+    console = read_session(request)
+    if form_id is None or console is None:  # no session: CheckedForm refused it already
+        return True
+    return await service.spend(
+        session,
+        digest=codec(request).spent_digest(FORM, form_id),
+        kind=FORM,
+        until=console.expires_at,
+    )
 
 
 def already_done_page(
@@ -57,10 +75,3 @@ def already_done_page(
         {"back": back, "back_label": back_label, "rotated": rotated, "section": section},
         status_code=409,
     )
-
-
-def remember(request: Request, response: Response, form_id: str | None) -> None:
-    """Remember in the session cookie that the form `form_id` succeeded."""
-    session = read_session(request)
-    if form_id is not None and session is not None:
-        write_session(request, response, session.remembering(form_id))

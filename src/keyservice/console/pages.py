@@ -71,12 +71,15 @@ class SignInRequired(Exception):
     """No valid session: send the browser to the sign-in page.
 
     `ended`: a form was posted without a session (the browser drops the cookie when the
-    session's hour is over), so the sign-in page says why the form was not sent.
+    session's hour is over) or with one that was signed out, so the sign-in page says why
+    the form was not sent. `signed_out`: a page was asked for with a session that was
+    signed out (in another tab, or the cookie is a copy), which the sign-in page says.
     """
 
-    def __init__(self, *, ended: bool = False) -> None:
+    def __init__(self, *, ended: bool = False, signed_out: bool = False) -> None:
         super().__init__()
         self.ended = ended
+        self.signed_out = signed_out
 
 
 class PageError(Exception):
@@ -123,7 +126,11 @@ def error_page(request: Request, status_code: int, title: str, message: str) -> 
 
 def _answer_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, SignInRequired):
-        target = "/console/login?session=ended" if exc.ended else "/console/login"
+        target = "/console/login"
+        if exc.ended:
+            target += "?session=ended"
+        elif exc.signed_out:
+            target += "?session=signed-out"
         response: Response = RedirectResponse(target, status_code=303)
         if COOKIE_NAME in request.cookies:
             # Only a cookie that was sent and is no good: one the browser kept back (a

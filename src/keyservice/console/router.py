@@ -27,7 +27,7 @@ from keyservice.console.forms import (
     text,
 )
 from keyservice.console.keys import key_form_page
-from keyservice.console.once import already_done, already_done_page, posted_form_id, remember
+from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
 from keyservice.console.session import new_form_id, new_session
 from keyservice.database import utcnow
@@ -78,8 +78,9 @@ async def login_page(request: Request) -> Response:
     if session is None:
         # A signed-out visitor gets an anonymous session: the form needs a CSRF token.
         session = start_anonymous(request)
-    ended = request.query_params.get("session") == "ended"
-    response = render(request, "login.html", {"username": "", "ended": ended})
+    # Why the browser was sent here (pages.SignInRequired), said on the page.
+    notice = request.query_params.get("session")
+    response = render(request, "login.html", {"username": "", "notice": notice})
     if fresh:
         write_session(request, response, session)
     return response
@@ -123,7 +124,15 @@ async def login(form: CheckedForm, request: Request, context: ContextDep) -> Res
 
 
 @router.post("/logout")
-async def logout(_form: CheckedForm) -> Response:
+async def logout(_form: CheckedForm, request: Request, session: SessionDep, ip: IpDep) -> Response:
+    """End the session on the server (every copy of its cookie), then delete the cookie.
+
+    Idempotent: signing out a session already signed out (another tab's copy, a second
+    click) changes nothing and is not audited twice.
+    """
+    console = read_session(request)
+    if console is not None and console.signed_in:
+        await service.sign_out(session, codec(request), console, ip=ip)
     response = RedirectResponse("/console/login", status_code=303)
     clear_session(response)
     return response
@@ -174,7 +183,7 @@ async def create_key(
     ip: IpDep,
 ) -> Response:
     form_id = posted_form_id(form)
-    if already_done(request, form_id):
+    if not await claim(request, session, form_id):
         return already_done_page(
             request,
             back="/console/keys",
@@ -194,11 +203,7 @@ async def create_key(
                 raise
             errors.add_service(exc, {"expires_at": "expires_on"})
         else:
-            response = render(
-                request, "show_once.html", {"created": created, "back": "/console/keys"}
-            )
-            remember(request, response, form_id)
-            return response
+            return render(request, "show_once.html", {"created": created, "back": "/console/keys"})
     status = 409 if errors.general else 422
     return await key_form_page(
         request,
@@ -271,7 +276,7 @@ async def rotate_key(
     ip: IpDep,
 ) -> Response:
     form_id = posted_form_id(form)
-    if already_done(request, form_id):
+    if not await claim(request, session, form_id):
         return already_done_page(
             request,
             back="/console/keys",
@@ -289,7 +294,7 @@ async def rotate_key(
         actor=viewer.actor,
         ip=ip,
     )
-    response = render(
+    return render(
         request,
         "show_once.html",
         {
@@ -299,8 +304,6 @@ async def rotate_key(
             "old_expires": key.expires_at,
         },
     )
-    remember(request, response, form_id)
-    return response
 
 
 router.include_router(admin_router)

@@ -1,15 +1,18 @@
 """The console session: an encrypted, authenticated cookie, so any worker can read it.
 
 The cookie holds the principal id (None before sign-in), an expiry, a CSRF secret, a
-fingerprint of the user's password hash at sign-in and the ids of the last few forms that
-created a key (so that sending one again, as a reload does, creates nothing; see once.py),
-sealed with AES-GCM under a key derived from the server secret. Nothing is stored on the
-server, so sessions survive restarts and work across workers and replicas; in exchange a
-session cannot be revoked one by one, which is why it is short and why every request
-re-reads the principal: disabled users and lost permissions take effect at once, a session
-signed in before its user was disabled stays over when the user is re-enabled, and a new
-password (a reset after a leak, say) ends every session signed in with the old one, as it
-ends the user's password grants' refresh tokens.
+random session id and a fingerprint of the user's password hash at sign-in, sealed with
+AES-GCM under a key derived from the server secret. Any worker and replica can open it,
+and sessions survive restarts. The session is short (an hour, never extended), and every
+request re-reads the principal: disabled users and lost permissions take effect at once,
+a session signed in before its user was disabled stays over when the user is re-enabled,
+and a new password (a reset after a leak, say) ends every session signed in with the old
+one, as it ends the user's password grants' refresh tokens.
+
+Signing out ends the session on the server too: an HMAC of its id goes into the
+`console_spent` table (console/models.py), read with the principal on every request, so
+a copy of the cookie (another tab or machine, a stolen one) is refused from then on, on
+every worker and replica. Key forms that succeeded are recorded there as well (once.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
@@ -34,16 +37,16 @@ COOKIE_NAME = "keyservice_console"
 COOKIE_PATH = "/console"
 PURPOSE = "keyservice/console-session/v1"
 CREDENTIAL_PURPOSE = "keyservice/console-credential/v1"
+SPENT_PURPOSE = "keyservice/console-spent/v1"
 SESSION_SECONDS = 3600
 # A signed-out visitor gets a session too, so that the sign-in form carries a CSRF token.
 ANONYMOUS_SECONDS = 3600
 _NONCE_BYTES = 12
 _AAD = b"keyservice-console-session"
-# Form ids: 12 random bytes, base64url. The session remembers the last DONE_FORMS that
-# created or rotated a key, enough for several tabs, small in the cookie (~20 bytes each).
+# Form ids: 12 random bytes, base64url (once.py).
 FORM_ID_BYTES = 12
 FORM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16}")
-DONE_FORMS = 8
+SESSION_ID_BYTES = 16
 
 
 def new_form_id() -> str:
@@ -59,8 +62,8 @@ class ConsoleSession:
     # SessionCodec.credential() of the password hash the user signed in with ("" when
     # signed out): a session whose user has a new password since is over.
     credential: str = field(default="", repr=False)
-    # Ids of the last forms that created or rotated a key, oldest first.
-    done_forms: tuple[str, ...] = ()
+    # Random, fixed from sign-in to the session's end; a sign-out records it (see `id`).
+    session_id: str = field(default="", repr=False)
 
     @property
     def signed_in(self) -> bool:
@@ -77,14 +80,12 @@ class ConsoleSession:
             return False
         return hmac.compare_digest(token.encode(), self.csrf.encode())
 
-    def form_done(self, form_id: str) -> bool:
-        """Whether the form with this id already succeeded in this session."""
-        return form_id in self.done_forms
-
-    def remembering(self, form_id: str) -> ConsoleSession:
-        """This session, also remembering `form_id` (the oldest is forgotten past the bound)."""
-        kept = tuple(done for done in self.done_forms if done != form_id)
-        return replace(self, done_forms=(*kept, form_id)[-DONE_FORMS:])
+    @property
+    def id(self) -> str:
+        """What a sign-out ends: the session id, or for a cookie sealed before there were
+        ids, its CSRF secret (as random, and as fixed for the session's life), so that
+        sessions signed in before the upgrade keep working and can be signed out too."""
+        return self.session_id or self.csrf
 
 
 def new_session(principal_id: str | None, credential: str = "") -> ConsoleSession:
@@ -95,6 +96,7 @@ def new_session(principal_id: str | None, credential: str = "") -> ConsoleSessio
         expires_at=int(time.time()) + lifetime,
         csrf=secrets.token_urlsafe(32),
         credential=credential,
+        session_id=secrets.token_urlsafe(SESSION_ID_BYTES),
     )
 
 
@@ -104,6 +106,7 @@ class SessionCodec:
     def __init__(self, server_secret: bytes) -> None:
         self._aead = AESGCM(derive_key(server_secret, PURPOSE))
         self._credential_key = derive_key(server_secret, CREDENTIAL_PURPOSE)
+        self._spent_key = derive_key(server_secret, SPENT_PURPOSE)
 
     def credential(self, password_hash: str | None) -> str:
         """A keyed fingerprint of a password hash (HMAC-SHA256, 128 bits), for the cookie.
@@ -121,6 +124,10 @@ class SessionCodec:
         expected = self.credential(password_hash)
         return bool(expected) and hmac.compare_digest(session.credential, expected)
 
+    def spent_digest(self, kind: str, value: str) -> str:
+        """The key of a `console_spent` row: a hex HMAC-SHA256 of a session or form id."""
+        return hmac.digest(self._spent_key, f"{kind}:{value}".encode(), "sha256").hex()
+
     def seal(self, session: ConsoleSession) -> str:
         payload = json.dumps(
             {
@@ -128,7 +135,7 @@ class SessionCodec:
                 "e": session.expires_at,
                 "c": session.csrf,
                 "k": session.credential,
-                "f": list(session.done_forms),
+                "i": session.session_id,
             },
             separators=(",", ":"),
         ).encode()
@@ -149,7 +156,7 @@ class SessionCodec:
                 expires_at=int(data["e"]),
                 csrf=str(data["c"]),
                 credential=str(data.get("k", "")),  # a cookie sealed before it: signed out
-                done_forms=_form_ids(data.get("f", [])),
+                session_id=str(data.get("i", "")),  # none before ids: see ConsoleSession.id
             )
         except (InvalidTag, ValueError, binascii.Error, KeyError, TypeError):
             return None
@@ -158,9 +165,3 @@ class SessionCodec:
         if session.expires_at <= time.time():
             return None
         return session
-
-
-def _form_ids(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(one, str) for one in value):
-        raise ValueError("form ids")
-    return tuple(value[-DONE_FORMS:])
