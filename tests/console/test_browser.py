@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.schemas import ApiKeyCreate
@@ -343,3 +343,34 @@ async def test_reloading_the_new_key_page_creates_no_second_key(
     await page.get_by_role("button", name="Back to the API keys").click()
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     await expect(page.get_by_role("row", name="ci-bot")).to_have_count(1)
+
+
+async def test_a_cookie_saved_before_sign_out_lands_on_sign_in_elsewhere(
+    page: Page, live: LiveServer, browser: Browser
+) -> None:
+    """Sign out ends the session on the server: its cookie, copied into another browser
+    profile before the sign-out, no longer opens the console there."""
+    await create_principal(live.context, "alice")
+    await sign_in(page, "alice")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    saved = [c for c in await page.context.cookies() if c["name"] == "keyservice_console"]
+    assert len(saved) == 1
+
+    elsewhere = await browser.new_context(base_url=live.url)
+    try:
+        await elsewhere.add_cookies(saved)  # type: ignore[arg-type]
+        tab = await elsewhere.new_page()
+        await tab.goto("/console/keys")
+        await expect(tab.get_by_role("heading", name="API keys")).to_be_visible()
+
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+        await tab.goto("/console/keys")
+        await expect(tab.get_by_role("heading", name="Sign in")).to_be_visible()
+        await expect(tab.get_by_text("This session was signed out")).to_be_visible()
+        assert tab.url == f"{live.url}/console/login?session=signed-out"
+        kept = [c["value"] for c in await elsewhere.cookies() if c["name"] == "keyservice_console"]
+        assert saved[0]["value"] not in kept  # deleted; a fresh signed-out session instead
+    finally:
+        await elsewhere.close()
