@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, false, func, not_, or_, select, update
@@ -124,32 +125,71 @@ async def count_live(
     return int(await session.scalar(query) or 0)
 
 
-async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> None:
-    """409 unless `key` may be rotated: a chain of rotations holds at most two live keys.
+@dataclass(frozen=True)
+class RotationHold:
+    """Why a live key may not be rotated now, and until when (see rotation_holds)."""
+
+    replaced: bool  # True: already rotated, in its grace; False: its predecessor's still is
+    other_client_id: str  # the replacement, or the key this one replaced
+    until: datetime  # when the key in its grace period stops working
+
+
+async def rotation_holds(
+    session: AsyncSession, *, owner_id: str, now: datetime
+) -> dict[str, RotationHold]:
+    """The owner's keys that may not be rotated now, by key id: a chain of rotations holds
+    at most two live keys.
 
     A replaced key does not count towards the limit during its grace period (count_live),
     so a key may have only one live replacement, and a replacement may itself be rotated
     only once the key it replaced has expired or been deleted. Otherwise rotating again and
-    again would keep any number of keys alive past the limit.
+    again would keep any number of keys alive past the limit. Rotation refuses these keys
+    (_check_rotation) and the console does not offer to rotate them.
     """
-    live = _live(now)
-    successor = await session.scalar(
-        select(ApiKey.client_id).where(ApiKey.rotated_from_id == key.id, live).limit(1)
+    newer, older = aliased(ApiKey), aliased(ApiKey)
+    holds: dict[str, RotationHold] = {}
+    replaced = await session.execute(
+        select(older.id, older.expires_at, newer.client_id)
+        .join(newer, newer.rotated_from_id == older.id)
+        .where(
+            older.principal_id == owner_id,
+            newer.revoked_at.is_(None),
+            newer.expires_at > now,
+        )
     )
-    if successor is not None:
+    for key_id, expires_at, successor in replaced:
+        holds[key_id] = RotationHold(replaced=True, other_client_id=successor, until=expires_at)
+    replacing = await session.execute(
+        select(newer.id, older.expires_at, older.client_id)
+        .join(older, newer.rotated_from_id == older.id)
+        .where(
+            newer.principal_id == owner_id,
+            older.revoked_at.is_(None),
+            older.expires_at > now,
+        )
+    )
+    for key_id, expires_at, predecessor in replacing:
+        holds.setdefault(
+            key_id, RotationHold(replaced=False, other_client_id=predecessor, until=expires_at)
+        )
+    return holds
+
+
+async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> None:
+    """409 unless `key` may be rotated (rotation_holds)."""
+    hold = (await rotation_holds(session, owner_id=key.principal_id, now=now)).get(key.id)
+    if hold is None:
+        return
+    if hold.replaced:
         raise Conflict(
-            f"This key was already rotated: rotate its replacement ({successor}) instead."
+            f"This key was already rotated: rotate its replacement ({hold.other_client_id}) "
+            "instead."
         )
-    if key.rotated_from_id is not None:
-        predecessor = await session.scalar(
-            select(ApiKey).where(ApiKey.id == key.rotated_from_id, live)
-        )
-        if predecessor is not None:
-            until = predecessor.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            raise Conflict(
-                f"The key this one replaced ({predecessor.client_id}) is still valid until "
-                f"{until}, its grace period: delete it first, or rotate once it has expired."
-            )
+    until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    raise Conflict(
+        f"The key this one replaced ({hold.other_client_id}) is still valid until "
+        f"{until}, its grace period: delete it first, or rotate once it has expired."
+    )
 
 
 async def create(

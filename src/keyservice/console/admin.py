@@ -332,6 +332,7 @@ async def _device_page(
             "section": "devices",
             "device": device,
             "keys": keys,
+            "holds": await api_keys.rotation_holds(session, owner_id=device.id, now=utcnow()),
             "base": f"/console/admin/devices/{device.id}/keys",
             "choices": await catalog_choices(session),
             "errors": errors or FormErrors(),

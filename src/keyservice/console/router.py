@@ -155,6 +155,9 @@ async def keys_page(
             "notice": notice,
             "limit": context.settings.max_keys_per_principal,
             "base": "/console/keys",
+            "holds": await api_keys.rotation_holds(
+                session, owner_id=viewer.principal.id, now=utcnow()
+            ),
         },
     )
 
