@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -78,3 +79,15 @@ async def test_a_key_being_replaced_is_not_offered_for_rotation(
         html = (await client.get(page)).text
         assert f'href="{base}/{new_id}/rotate"' in html
         assert "Being replaced" not in html and "Replaces" not in html
+
+
+async def test_the_expiry_banner_is_a_status_not_an_alert(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    alice = await create_principal(context, "alice")
+    await _key(context, alice, "nightly", expires_at=utcnow() + timedelta(days=3))
+    await signed_in(client, "alice")
+    for path in ("/console/keys", "/console/keys/new"):
+        html = (await client.get(path)).text
+        assert '<div class="banner warn" role="status" aria-labelledby="expiry-title">' in html
+        assert 'role="alert"' not in html
