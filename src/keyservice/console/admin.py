@@ -1,4 +1,5 @@
-"""Admin pages of the console: users, devices and their keys, the audit log.
+"""Admin pages of the console: users, devices and their keys, the scope catalog, the audit
+log.
 
 Every route needs a signed-in user holding `admin`, re-checked on each request. Actions
 post a CSRF-checked form, call one service function and redirect back (post/redirect/get),
@@ -9,7 +10,7 @@ form sent again is answered by once.py, and creates nothing).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from urllib.parse import urlencode
@@ -46,7 +47,9 @@ from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
 from keyservice.exceptions import KeyServiceError
+from keyservice.scopes import service as scopes
 from keyservice.scopes.models import effective_permissions
+from keyservice.scopes.schemas import ScopeCreate
 from keyservice.users import service as users
 from keyservice.users.schemas import NAME_PATTERN, UserCreate
 
@@ -83,14 +86,16 @@ NOTICES = {
         "The device was deleted; its keys are revoked.",
     ),
     "key-deleted": ("The key was deleted.", "The key was deleted."),
+    "scope-created": ("Scope {name} added to the catalog.", "The scope was added."),
 }
 
 
-def _notice(request: Request) -> str | None:
+def _notice(request: Request, *, known: Container[str] | None = None) -> str | None:
     """The banner after an admin action, named in the redirect's query.
 
     Anyone can send an admin a link with any query: the name is shown only if it could be a
-    username or device name (no spaces, no URL), else left out, so that no sentence of a
+    username or device name (no spaces, no URL), or, given `known`, only if it is one of
+    those (a scope name may hold ':' and '/'), else left out, so that no sentence of a
     stranger's ("... sign in again at https://...") appears in a trusted banner.
     """
     templates = NOTICES.get(request.query_params.get("done", ""))
@@ -98,9 +103,11 @@ def _notice(request: Request) -> str | None:
         return None
     named, unnamed = templates
     name = request.query_params.get("name", "")
-    if len(name) > 100 or _NAME.fullmatch(name) is None:
-        return unnamed
-    return named.format(name=name)
+    if known is not None:
+        shown = name in known
+    else:
+        shown = len(name) <= 100 and _NAME.fullmatch(name) is not None
+    return named.format(name=name) if shown else unnamed
 
 
 def _back(path: str, done: str, name: str) -> RedirectResponse:
@@ -595,6 +602,70 @@ async def rotate_device_key(
             "section": "devices",
         },
     )
+
+
+# Scope catalog ---------------------------------------------------------------------------
+
+
+async def _scopes_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    values: Mapping[str, str] | None = None,
+    errors: FormErrors | None = None,
+    status_code: int = 200,
+) -> Response:
+    catalog = await scopes.list_scopes(session)
+    return render(
+        request,
+        "admin/scopes.html",
+        {
+            "section": "scopes",
+            "scopes": catalog,
+            "values": values or {"name": "", "description": ""},
+            "errors": errors or FormErrors(),
+            "notice": _notice(request, known={scope.name for scope in catalog}),
+        },
+        status_code=status_code,
+    )
+
+
+@router.get("/scopes")
+async def scopes_page(request: Request, _admin: AdminDep, session: SessionDep) -> Response:
+    return await _scopes_page(request, session)
+
+
+@router.post("/scopes")
+async def create_scope(
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    """Add a scope as POST /admin/scopes does: its schema, its service, its audit event."""
+    errors = FormErrors()
+    name, description = text(form, "name").strip(), text(form, "description")
+    try:
+        data = ScopeCreate(name=name, description=description)
+        scope = await scopes.create(
+            session, name=data.name, description=data.description, actor=admin.actor, ip=ip
+        )
+    except ValidationError as exc:
+        errors.add_validation(exc)
+    except KeyServiceError as exc:
+        if exc.status_code >= 500:
+            raise
+        if exc.status_code == 409:
+            errors.add("name", exc.description)
+        else:
+            errors.add_service(exc)
+    else:
+        context.scope_names.invalidate()  # as the API does: this process's metadata at once
+        return _back("/console/admin/scopes", "scope-created", scope.name)
+    values = {"name": name, "description": description}
+    return await _scopes_page(request, session, values=values, errors=errors, status_code=422)
 
 
 # Audit log -------------------------------------------------------------------------------
