@@ -1,12 +1,14 @@
-"""The console's admin pages and key lists over plain HTTP, on SQLite and PostgreSQL."""
+"""The console's scope catalog and all-keys pages over plain HTTP, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from html import unescape
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.models import ApiKey
@@ -15,8 +17,9 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from tests.conftest import client_for
+from tests.console.conftest import csrf_of
 from tests.console.test_http import field_error, signed_in
-from tests.factories import audit_events, create_principal, set_key
+from tests.factories import audit_events, create_principal, exchange, set_key
 
 
 async def _key(context: AppContext, owner: Principal, name: str, **fields: Any) -> tuple[str, str]:
@@ -41,6 +44,16 @@ async def _rotate(context: AppContext, owner: Principal, key_id: str, grace: int
             context, session, key=key, owner=owner, grace_seconds=grace, actor="test", ip=None
         )
     return rotated.id
+
+
+def listed_names(html: str) -> list[str]:
+    """The key names in the all-keys table, top to bottom."""
+    return re.findall(r'<th scope="row" data-label="Name">([^<]+)', html)
+
+
+def link(html: str, label: str) -> str | None:
+    match = re.search(rf'<a href="([^"]+)">{label}</a>', html)
+    return unescape(match.group(1)) if match else None
 
 
 # Scope catalog ---------------------------------------------------------------------------
@@ -119,24 +132,209 @@ async def test_a_scope_form_without_the_csrf_token_is_refused(
     assert "x:y" not in (await client.get("/console/admin/scopes")).text
 
 
-async def test_non_admins_get_neither_the_scopes_page_nor_its_link(
+# All keys --------------------------------------------------------------------------------
+
+
+async def _population(context: AppContext) -> dict[str, str]:
+    """Keys of every status, of a user and of a device; return their ids by name."""
+    alice = await create_principal(context, "alice")
+    sensor = await create_principal(context, "sensor-1", kind="device")
+    off = await create_principal(context, "off-1", kind="device", disabled=True)
+    ids = {}
+    ids["deploy"], _ = await _key(context, alice, "deploy")
+    ids["old"], _ = await _key(context, alice, "old")
+    await set_key(context, ids["old"], expires_at=utcnow() - timedelta(days=1))
+    ids["gone"], _ = await _key(context, alice, "gone")
+    await set_key(context, ids["gone"], revoked_at=utcnow())
+    ids["station"], _ = await _key(context, sensor, "station")
+    ids["paused"], _ = await _key(context, off, "paused")
+    return ids
+
+
+async def test_all_keys_page_lists_filters_and_shows_no_secret(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    ids = await _population(context)
+    carol = await create_principal(context, "carol")
+    async with context.database.sessionmaker() as session:
+        created = await api_keys.create(
+            context, session, owner=carol, data=ApiKeyCreate(name="carol-ci"), actor="t", ip=None
+        )
+    await signed_in(client, "root")
+
+    everything = await client.get("/console/admin/keys")
+    assert everything.status_code == 200
+    html = everything.text
+    assert listed_names(html) == ["carol-ci", "paused", "station", "gone", "old", "deploy"]
+    async with context.database.sessionmaker() as session:
+        stored = {key.id: key for key in (await session.scalars(select(ApiKey))).all()}
+    for key_id, key in stored.items():
+        assert key.client_id in html  # each key is named by its client id ...
+        assert key.secret_hash not in html  # ... and never by its hash
+        if key_id != ids["gone"]:
+            assert f'href="/console/admin/keys/{key_id}/revoke"' in html
+    assert created.client_secret and created.client_secret not in html
+    assert created.api_key not in html
+    assert f'href="/console/admin/keys/{ids["gone"]}/revoke"' not in html  # revoked already
+    for status in ("valid", "expired", "revoked", "suspended"):
+        assert f'<span class="status status-{status}">{status}</span>' in html
+    assert 'device <a href="/console/admin/keys?owner_id=' in html and ">sensor-1</a>" in html
+    assert 'href="/console/admin/keys" aria-current="page"' in html
+
+    async def names(**params: str) -> list[str]:
+        response = await client.get("/console/admin/keys", params=params)
+        assert response.status_code == 200, response.text
+        return listed_names(response.text)
+
+    assert await names(owner_type="device") == ["paused", "station"]
+    assert await names(owner_type="user", status="valid") == ["carol-ci", "deploy"]
+    assert await names(status="expired") == ["old"]
+    assert await names(status="revoked") == ["gone"]
+    assert await names(status="suspended") == ["paused"]
+    assert await names(owner_id=carol.id) == ["carol-ci"]
+    assert await names(owner_id="nobody") == []
+    # The chosen filters stay chosen.
+    kept = await client.get("/console/admin/keys", params={"owner_type": "device"})
+    assert '<option value="device" selected>' in kept.text
+
+    # A filter no form offers is refused in words, and the rest of the page still works.
+    for params, name, message in (
+        ({"owner_type": "robot"}, "owner_type", "Choose users or devices."),
+        ({"status": "bogus"}, "status", "Choose one of: revoked, expired, suspended, valid."),
+        ({"owner_id": "x" * 37}, "owner_id", "An owner ID has at most 36 characters."),
+    ):
+        refused = await client.get("/console/admin/keys", params=params)
+        assert refused.status_code == 422
+        assert field_error(refused.text, name) == message
+        assert len(listed_names(refused.text)) == 6
+
+
+async def test_all_keys_page_pages_with_the_api_cursor(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    await _population(context)
+    await signed_in(client, "root")
+
+    seen: list[str] = []
+    address: str | None = "/console/admin/keys?limit=2"
+    pages = 0
+    while address is not None:
+        page = await client.get(address)
+        assert page.status_code == 200, page.text
+        names = listed_names(page.text)
+        assert 1 <= len(names) <= 2
+        seen += names
+        pages += 1
+        if pages > 1:
+            assert link(page.text, "Newest keys") == "/console/admin/keys?limit=2"
+        address = link(page.text, "Older keys")
+        if address is not None:
+            assert "limit=2" in address and "cursor=" in address
+    assert pages == 3
+    assert seen == ["paused", "station", "gone", "old", "deploy"]
+
+    # Paging keeps the filters.
+    first = await client.get("/console/admin/keys", params={"owner_type": "user", "limit": "1"})
+    older = link(first.text, "Older keys")
+    assert older is not None and "owner_type=user" in older
+    assert listed_names((await client.get(older)).text) == ["old"]
+
+    bad_cursor = await client.get("/console/admin/keys", params={"cursor": "not-a-cursor"})
+    assert bad_cursor.status_code == 422
+    assert "The cursor is not one this service returned; start over." in bad_cursor.text
+    for limit in ("x", "0", "501"):
+        bad_limit = await client.get("/console/admin/keys", params={"limit": limit})
+        assert bad_limit.status_code == 422
+        assert "The page size (limit) must be a number from 1 to 500." in bad_limit.text
+        assert len(listed_names(bad_limit.text)) == 5
+
+
+async def test_admin_revokes_any_key_after_confirming(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    alice = await create_principal(context, "alice")
+    key_id, api_key = await _key(context, alice, "leaked")
+    token = await signed_in(client, "root")
+    assert (await exchange(client, api_key)).status_code == 200
+
+    listing = await client.get("/console/admin/keys", params={"owner_type": "user"})
+    revoke = re.search(r'href="(/console/admin/keys/[^"]+/revoke[^"]*)"', listing.text)
+    assert revoke
+    confirm = await client.get(unescape(revoke.group(1)))
+    assert confirm.status_code == 200
+    assert "<h1>Revoke API key leaked of user alice?</h1>" in confirm.text
+    assert "cannot be undone" in confirm.text and ">Revoke</button>" in confirm.text
+    assert api_key not in confirm.text
+    action = re.search(r'<form method="post" action="([^"]+)"', confirm.text)
+    assert action and unescape(action.group(1)) == (
+        f"/console/admin/keys/{key_id}/revoke?owner_type=user"
+    )
+    assert 'href="/console/admin/keys?owner_type=user">Cancel' in confirm.text
+
+    # Without this session's CSRF token, nothing is revoked.
+    for sent in ({}, {"csrf_token": "forged"}):
+        refused = await client.post(f"/console/admin/keys/{key_id}/revoke", data=sent)
+        assert refused.status_code == 403 and "Form refused" in refused.text
+    assert (await exchange(client, api_key)).status_code == 200
+
+    done = await client.post(unescape(action.group(1)), data={"csrf_token": csrf_of(confirm.text)})
+    assert done.status_code == 303
+    assert done.headers["location"] == "/console/admin/keys?owner_type=user&done=key-revoked"
+    after = await client.get(done.headers["location"])
+    assert "The key was revoked." in after.text
+    assert '<span class="status status-revoked">revoked</span>' in after.text
+    assert f"/console/admin/keys/{key_id}/revoke" not in after.text
+
+    refused = await exchange(client, api_key)
+    assert refused.status_code == 401, refused.text
+    events = [e for e in await audit_events(context, "api_key.deleted") if e.key_id == key_id]
+    assert [(e.actor, e.principal_id) for e in events] == [("user:root", alice.id)]
+
+    # Sent again (a second click): nothing more happens; the page says it is done.
+    again = await client.post(f"/console/admin/keys/{key_id}/revoke", data={"csrf_token": token})
+    assert again.status_code == 303
+    assert len(await audit_events(context, "api_key.deleted")) == 1
+    twice = await client.get(f"/console/admin/keys/{key_id}/revoke")
+    assert twice.status_code == 409 and "This key was revoked already." in twice.text
+    missing = await client.get("/console/admin/keys/no-such-key/revoke")
+    assert missing.status_code == 404 and "No API key with this id." in missing.text
+    posted = await client.post("/console/admin/keys/no-such-key/revoke", data={"csrf_token": token})
+    assert posted.status_code == 404
+
+
+async def test_non_admins_get_neither_page_nor_link(
     client: httpx.AsyncClient, context: AppContext, app: Any
 ) -> None:
-    await create_principal(context, "alice")
+    alice = await create_principal(context, "alice")
+    key_id, api_key = await _key(context, alice, "mine")
     token = await signed_in(client, "alice")
-    assert "/console/admin/" not in (await client.get("/console/keys")).text
-    refused = await client.get("/console/admin/scopes")
-    assert refused.status_code == 403 and "This page is for administrators." in refused.text
-    posted = await client.post(
-        "/console/admin/scopes", data={"name": "mine:all", "csrf_token": token}
-    )
-    assert posted.status_code == 403 and "This page is for administrators." in posted.text
+    keys = await client.get("/console/keys")
+    assert "/console/admin/" not in keys.text
+    for path in (
+        "/console/admin/scopes",
+        "/console/admin/keys",
+        f"/console/admin/keys/{key_id}/revoke",
+    ):
+        refused = await client.get(path)
+        assert refused.status_code == 403 and "This page is for administrators." in refused.text
+    for path, data in (
+        ("/console/admin/scopes", {"name": "mine:all"}),
+        (f"/console/admin/keys/{key_id}/revoke", {}),
+    ):
+        refused = await client.post(path, data={**data, "csrf_token": token})
+        assert refused.status_code == 403 and "This page is for administrators." in refused.text
     assert await audit_events(context, "scope.created") == []
+    assert await audit_events(context, "api_key.deleted") == []
+    assert (await exchange(client, api_key)).status_code == 200
 
     await create_principal(context, "root", permissions=["admin"])
     async with client_for(app) as admin:
         await signed_in(admin, "root")
-        assert 'href="/console/admin/scopes"' in (await admin.get("/console/keys")).text
+        nav = (await admin.get("/console/keys")).text
+    assert 'href="/console/admin/keys"' in nav and 'href="/console/admin/scopes"' in nav
 
 
 # Rotation in progress, the expiry banner -------------------------------------------------

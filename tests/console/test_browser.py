@@ -265,6 +265,53 @@ async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     await expect(page.get_by_role("row").filter(has_text="user.created")).to_have_count(0)
 
 
+async def test_admin_adds_a_scope_then_revokes_a_leaked_key(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    await create_principal(live.context, "root", permissions=["admin"])
+    alice = await create_principal(live.context, "alice")
+    leaked = await _own_key(live, alice, "leaked")
+    await sign_in(page, "root")
+    nav = page.get_by_role("navigation", name="Main")
+
+    await nav.get_by_role("link", name="Scopes").click()
+    await expect(page.get_by_role("heading", name="Scopes", exact=True)).to_be_visible()
+    await expect(page.get_by_role("row", name="admin")).to_contain_text("built-in")
+    await page.get_by_label("Name").fill("projects read")
+    await page.get_by_label("Description").fill("Read projects")
+    await page.get_by_role("button", name="Add scope").click()
+    await expect(page.get_by_text("May hold only letters, digits and _ . : / -")).to_be_visible()
+    await expect(page.get_by_label("Name")).to_have_attribute("aria-invalid", "true")
+    await expect(page.get_by_label("Name")).to_have_value("projects read")
+    await expect(page.get_by_label("Description")).to_have_value("Read projects")
+    await page.get_by_label("Name").fill("projects:read")
+    await page.get_by_role("button", name="Add scope").click()
+    await expect(page.get_by_text("Scope projects:read added to the catalog.")).to_be_visible()
+    await expect(page.get_by_role("row", name="projects:read")).to_contain_text("Read projects")
+    # Offered at once wherever permissions are chosen.
+    await nav.get_by_role("link", name="Users").click()
+    await expect(page.get_by_label("projects:read", exact=True)).to_be_visible()
+
+    assert (await exchange(http, leaked)).status_code == 200
+    await nav.get_by_role("link", name="All keys").click()
+    await expect(page.get_by_role("heading", name="All API keys")).to_be_visible()
+    await page.get_by_label("Owner type").select_option("user")
+    await page.get_by_role("button", name="Filter").click()
+    row = page.get_by_role("row", name="leaked")
+    await expect(row).to_contain_text("user alice")
+    await expect(row).to_contain_text("valid")
+    await row.get_by_role("link", name="Revoke").click()
+    heading = page.get_by_role("heading", name="Revoke API key leaked of user alice?")
+    await expect(heading).to_be_visible()
+    await page.get_by_role("button", name="Revoke").click()
+    await expect(page.get_by_text("The key was revoked.")).to_be_visible()
+    await expect(page.get_by_label("Owner type")).to_have_value("user")  # filters kept
+    row = page.get_by_role("row", name="leaked")
+    await expect(row).to_contain_text("revoked")
+    await expect(row.get_by_role("link", name="Revoke")).to_have_count(0)
+    assert (await exchange(http, leaked)).status_code == 401
+
+
 async def test_a_link_from_another_site_keeps_the_session(page: Page, live: LiveServer) -> None:
     """The SameSite=Strict cookie is not sent when a link elsewhere is followed: that visit
     must not be taken for a signed-out one, which replaced the session in every tab."""

@@ -411,6 +411,29 @@ async def list_all(
 
     Newest first; with `limit`, one page of them and the cursor of the next (paging.py).
     """
+    rows, next_cursor = await list_all_with_owners(
+        ctx,
+        session,
+        owner_type=owner_type,
+        owner_id=owner_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+    return [read for read, _owner in rows], next_cursor
+
+
+async def list_all_with_owners(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    owner_type: str | None = None,
+    owner_id: str | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> tuple[list[tuple[ApiKeyRead, Principal]], str | None]:
+    """list_all, each key with its owner (the console names them)."""
     now = utcnow()
     limit = paging.clamp(limit)
     after = None
@@ -431,7 +454,8 @@ async def list_all(
     if more:
         last = rows[-1][0]
         next_cursor = paging.encode(_CURSOR_KIND, last.created_at.isoformat(), last.id)
-    return [to_read(key, owner, ctx.settings, now) for key, owner in rows], next_cursor
+    reads = [(to_read(key, owner, ctx.settings, now), owner) for key, owner in rows]
+    return reads, next_cursor
 
 
 async def get_any(session: AsyncSession, *, key_id: str) -> tuple[ApiKey, Principal]:

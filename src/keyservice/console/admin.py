@@ -1,5 +1,5 @@
-"""Admin pages of the console: users, devices and their keys, the scope catalog, the audit
-log.
+"""Admin pages of the console: users, devices and their keys, all keys, the scope catalog,
+the audit log.
 
 Every route needs a signed-in user holding `admin`, re-checked on each request. Actions
 post a CSRF-checked form, call one service function and redirect back (post/redirect/get),
@@ -40,13 +40,14 @@ from keyservice.console.forms import (
 )
 from keyservice.console.keys import catalog_choices, key_form_page
 from keyservice.console.once import already_done_page, claim, posted_form_id
-from keyservice.console.pages import ConsoleRoute, render
+from keyservice.console.pages import ConsoleRoute, PageError, render
 from keyservice.console.session import new_form_id
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
 from keyservice.exceptions import KeyServiceError
+from keyservice.paging import MAX_LIMIT
 from keyservice.scopes import service as scopes
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import ScopeCreate
@@ -86,6 +87,7 @@ NOTICES = {
         "The device was deleted; its keys are revoked.",
     ),
     "key-deleted": ("The key was deleted.", "The key was deleted."),
+    "key-revoked": ("The key was revoked.", "The key was revoked."),
     "scope-created": ("Scope {name} added to the catalog.", "The scope was added."),
 }
 
@@ -602,6 +604,123 @@ async def rotate_device_key(
             "section": "devices",
         },
     )
+
+
+# All API keys ----------------------------------------------------------------------------
+
+KEYS_PAGE = 50
+OWNER_TYPES = {"user": "Users", "device": "Devices"}
+KEY_FILTERS = ("owner_type", "owner_id", "status", "limit", "cursor")
+
+
+def _key_filters(request: Request) -> dict[str, str]:
+    """The all-keys list's query as given (filters, page size, cursor), blanks left out."""
+    query = request.query_params
+    found = {name: query.get(name, "").strip() for name in KEY_FILTERS}
+    return {name: value for name, value in found.items() if value}
+
+
+def _keys_list(filters: Mapping[str, str], **more: str) -> str:
+    """The all-keys page's address with these filters (built here, never taken as given)."""
+    query = urlencode({**filters, **more})
+    return "/console/admin/keys" + (f"?{query}" if query else "")
+
+
+@router.get("/keys")
+async def all_keys_page(
+    request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+) -> Response:
+    """Every principal's keys, newest first, filtered and paged as GET /admin/api-keys."""
+    given = _key_filters(request)
+    errors = FormErrors()
+    owner_type, status = given.get("owner_type"), given.get("status")
+    owner_id = given.get("owner_id")
+    if owner_type is not None and owner_type not in OWNER_TYPES:
+        errors.add("owner_type", "Choose users or devices.")
+        owner_type = None
+    if status is not None and status not in api_keys.KEY_STATUSES:
+        errors.add("status", f"Choose one of: {', '.join(api_keys.KEY_STATUSES)}.")
+        status = None
+    if owner_id is not None and len(owner_id) > 36:
+        errors.add("owner_id", "An owner ID has at most 36 characters.")
+        owner_id = None
+    limit = KEYS_PAGE
+    if "limit" in given:
+        try:
+            limit = int(given["limit"])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIMIT:
+            errors.add(None, f"The page size (limit) must be a number from 1 to {MAX_LIMIT}.")
+            limit = KEYS_PAGE
+    cursor = given.get("cursor")
+    rows, next_cursor = await api_keys.list_all_with_owners(
+        context,
+        session,
+        owner_type=owner_type,
+        owner_id=owner_id,
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+    active = {name: value for name, value in given.items() if name != "cursor"}
+    return render(
+        request,
+        "admin/keys.html",
+        {
+            "section": "all-keys",
+            "rows": rows,
+            "filters": {name: given.get(name, "") for name in KEY_FILTERS},
+            "owner_types": OWNER_TYPES,
+            "statuses": api_keys.KEY_STATUSES,
+            "errors": errors,
+            "notice": _notice(request),
+            "here": urlencode(given),
+            "older": _keys_list(active, cursor=next_cursor) if next_cursor else None,
+            "newest": _keys_list(active) if cursor else None,
+        },
+        status_code=422 if errors else 200,
+    )
+
+
+@router.get("/keys/{key_id}/revoke")
+async def confirm_revoke_key(
+    key_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+) -> Response:
+    key, owner = await api_keys.get_any(session, key_id=key_id)
+    if key.revoked_at is not None:
+        raise PageError(409, "Already revoked", "This key was revoked already.")
+    here = urlencode(_key_filters(request))
+    return render(
+        request,
+        "confirm_delete.html",
+        {
+            "section": "all-keys",
+            "verb": "Revoke",
+            "heading": f"Revoke API key {key.name} of {owner.kind} {owner.name}?",
+            "key": api_keys.to_read(key, owner, context.settings, utcnow()),
+            "action": f"/console/admin/keys/{key.id}/revoke" + (f"?{here}" if here else ""),
+            "cancel": _keys_list(_key_filters(request)),
+        },
+    )
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(
+    key_id: str,
+    _form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    """Revoke any key (a leaked one, say), as DELETE /admin/api-keys/{id}; a key revoked
+    already changes nothing (a second click)."""
+    key, _owner = await api_keys.get_any(session, key_id=key_id)
+    await api_keys.revoke(context, session, key=key, actor=admin.actor, ip=ip)
+    back = _keys_list(_key_filters(request), done="key-revoked")
+    return RedirectResponse(back, status_code=303)
 
 
 # Scope catalog ---------------------------------------------------------------------------
