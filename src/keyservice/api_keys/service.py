@@ -15,7 +15,7 @@ from keyservice import paging
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from keyservice.audit import service as audit
-from keyservice.auth.revocation import notify
+from keyservice.auth.revocation import publish
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -301,9 +301,8 @@ async def revoke(
         key_id=key.id,
         ip=ip,
     )
-    await notify(session, f"client:{key.client_id}")
+    await publish(session, ctx.revocation, f"client:{key.client_id}")
     await session.commit()
-    ctx.revocation.apply(f"client:{key.client_id}")
 
 
 async def rotate(

@@ -10,7 +10,8 @@ second whose tokens that revoked (re-enabling it does not bring its old tokens b
 Checking them costs no database round trip. The view is re-read every
 `revocation_poll_seconds` as the safety net, and on PostgreSQL a LISTEN connection applies
 changes from any replica within milliseconds. A process that makes a change applies it to
-its own view at once.
+its own view as its transaction commits (`publish`), so it is in effect here before the
+request that made it answers, and a change rolled back never reaches any view.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.auth.models import RevokedFamily
@@ -204,8 +206,45 @@ class RevocationView:
         return connection
 
 
+async def publish(session: AsyncSession, view: RevocationView, message: str) -> None:
+    """Send a change (`kind:value`) to every replica's view and to `view`, this process's,
+    when `session` commits; a rollback sends nothing.
+
+    Every revocation goes through here, never `view.apply` before the commit: a
+    transaction that rolls back later (a refused check, an error, a retry) would leave
+    this process refusing tokens that nothing revoked until the next reload. NOTIFY is
+    transactional already; `view` gets the messages from the commit itself, in order.
+    Savepoints (`begin_nested`) are not used with it: one rolled back alone would not
+    take its messages back.
+    """
+    if not session.in_transaction():  # on SQLite nothing may have begun one yet
+        await session.begin()
+    await notify(session, message)
+    session.info.setdefault(_PENDING, []).append((view, message))
+
+
+_PENDING = "keyservice.revocation.pending"
+
+
+@event.listens_for(Session, "after_commit")
+def _apply_committed(session: Session) -> None:
+    if session.in_nested_transaction():  # a savepoint released: the outer one may roll back
+        return
+    for view, message in session.info.pop(_PENDING, ()):
+        view.apply(message)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_uncommitted(session: Session, transaction: Any) -> None:
+    # After `after_commit` on a commit; on a rollback or a close, what was published is
+    # dropped: the next transaction of the same session starts with nothing pending.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
 async def notify(session: AsyncSession, message: str) -> None:
-    """Tell every replica (on commit) about a revocation; a no-op on SQLite."""
+    """Tell every replica (on commit) about a change; a no-op on SQLite. Revocations go
+    through `publish`, which tells this process too."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy import func
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
 from keyservice.auth.models import RevokedFamily
-from keyservice.auth.revocation import notify
+from keyservice.auth.revocation import publish
 from keyservice.auth.store import IssueWrite, KeyRecord
 from keyservice.context import AppContext
 from keyservice.database import new_ordered_id, utcnow
@@ -334,7 +334,8 @@ async def issue(
 async def revoke_family(
     ctx: AppContext, session: AsyncSession, *, family_id: str, reason: str
 ) -> None:
-    """Mark a family revoked (idempotent) and tell every replica; the caller commits."""
+    """Mark a family revoked (idempotent); every replica, this one included, learns of it
+    when the caller commits."""
     # Every loser of a refresh race lands here at once: insert idempotently.
     dialect = session.get_bind().dialect.name
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -343,8 +344,7 @@ async def revoke_family(
         .values(family_id=family_id, revoked_at=utcnow(), reason=reason)
         .on_conflict_do_nothing(index_elements=["family_id"])
     )
-    await notify(session, f"family:{family_id}")
-    ctx.revocation.apply(f"family:{family_id}")
+    await publish(session, ctx.revocation, f"family:{family_id}")
 
 
 def invalid_client(basic: bool, description: str | None = None) -> InvalidClient:

@@ -11,7 +11,7 @@ from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
 from keyservice.audit import service as audit
-from keyservice.auth.revocation import notify
+from keyservice.auth.revocation import publish
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict
@@ -133,10 +133,8 @@ async def delete(
         reason=f"device {device.name}; {len(keys)} key(s) revoked",
     )
     for message in messages:
-        await notify(session, message)
+        await publish(session, ctx.revocation, message)
     await session.commit()
-    for message in messages:
-        ctx.revocation.apply(message)
 
 
 async def create_key(

@@ -15,7 +15,7 @@ from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
 from keyservice.auth import service as auth_service
 from keyservice.auth.models import RefreshToken, RevokedFamily
-from keyservice.auth.revocation import notify
+from keyservice.auth.revocation import publish
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -225,7 +225,7 @@ async def save_update(
     permissions: Sequence[str] | None = None,
 ) -> Principal:
     """Apply `permissions` and `disabled`, audit the changes and commit; either change
-    reaches every replica's revocation view by NOTIFY at commit, and this process's at once.
+    reaches every replica's revocation view at commit (this process's before this returns).
     """
     messages: list[str] = []
     if _an_admin(principal) and (
@@ -249,7 +249,7 @@ async def save_update(
             changes.append("enabled")
         messages.extend(disabling)
     for message in messages:
-        await notify(session, message)
+        await publish(session, ctx.revocation, message)
     if changes:
         audit.record(
             session,
@@ -260,8 +260,6 @@ async def save_update(
             reason="; ".join(changes),
         )
     await session.commit()
-    for message in messages:
-        ctx.revocation.apply(message)
     return principal
 
 
