@@ -1,17 +1,19 @@
 """The per-process revocation view: what makes a still-unexpired access token dead.
 
 Three sets, small because they only hold what was revoked within one access-token lifetime
-(older tokens have expired anyway): revoked keys (by client id), revoked refresh-token
-families (the JWT's `sid`), and disabled or deleted principals; the current permissions
-of each principal whose permissions changed within that lifetime, since a token carries the
-scopes its principal held when it was issued (one carrying a permission taken away since is
-refused); and, for each principal disabled or re-enabled within that lifetime, the last
-second whose tokens that revoked (re-enabling it does not bring its old tokens back).
-Checking them costs no database round trip. The view is re-read every
-`revocation_poll_seconds` as the safety net, and on PostgreSQL a LISTEN connection applies
-changes from any replica within milliseconds. A process that makes a change applies it to
-its own view as its transaction commits (`publish`), so it is in effect here before the
-request that made it answers, and a change rolled back never reaches any view.
+(older tokens have expired anyway: the keyring honours none for longer than the current
+lifetime from its `iat`, even one issued before the lifetime was shortened): revoked keys
+(by client id), revoked refresh-token families (the JWT's `sid`), and disabled or deleted
+principals; the current permissions of each principal whose permissions changed within
+that lifetime, since a token carries the scopes its principal held when it was issued (one
+carrying a permission taken away since is refused); and, for each principal disabled or
+re-enabled within that lifetime, the last second whose tokens that revoked (re-enabling it
+does not bring its old tokens back). Checking them costs no database round trip. The
+view is re-read every `revocation_poll_seconds` as the safety net, and on PostgreSQL a
+LISTEN connection applies changes from any replica within milliseconds. A process that
+makes a change applies it to its own view as its transaction commits (`publish`), so it
+is in effect here before the request that made it answers, and a change rolled back never
+reaches any view.
 """
 
 from __future__ import annotations

@@ -44,12 +44,14 @@ _JWS = jwt.PyJWS()
 
 
 class _Verified:
-    """A verified token's claims, and what a caller built from them (verify_as)."""
+    """A verified token's claims, until when it is honoured, and what a caller built from
+    them (verify_as)."""
 
-    __slots__ = ("build", "built", "claims")
+    __slots__ = ("build", "built", "claims", "until")
 
-    def __init__(self, claims: dict[str, Any]) -> None:
+    def __init__(self, claims: dict[str, Any], until: int) -> None:
         self.claims = claims
+        self.until = until
         self.build: Callable[[dict[str, Any]], Any] | None = None
         self.built: Any = None
 
@@ -249,7 +251,11 @@ class SigningKeyring:
     def verify(self, token: str) -> dict[str, Any]:
         """Verify one of our access tokens (RFC 9068 §4); raise TokenError with a safe reason.
 
-        No leeway: the service applies none to its own tokens (API.md).
+        No leeway: the service applies none to its own tokens (API.md). A token lives until
+        its `exp` or for the current access-token TTL from its `iat`, whichever is first:
+        a TTL shortened since it was issued shortens its life too. That is what shortening
+        it means, and the revocation view only remembers a revocation for about one current
+        TTL: a longer-lived token would outlive the memory of its key's or family's.
         """
         return self._verified_entry(token).claims
 
@@ -270,10 +276,14 @@ class SigningKeyring:
         digest = hashlib.blake2b(token.encode(), digest_size=20).digest()
         cached = self._verified.get(digest)
         if cached is not None:
-            if cached.claims["exp"] > time.time():
+            if cached.until > time.time():
                 return cached
             del self._verified[digest]
-        entry = _Verified(self._verify_uncached(token))
+        claims = self._verify_uncached(token)
+        until = min(claims["exp"], claims["iat"] + self.access_token_ttl)
+        if until <= time.time():  # as PyJWT's `exp` check, with no leeway
+            raise TokenError("The access token has expired.")
+        entry = _Verified(claims, until)
         self._verified[digest] = entry
         if len(self._verified) > _VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
@@ -312,7 +322,11 @@ class SigningKeyring:
             raise TokenError("The access token has expired.") from None
         except jwt.PyJWTError:
             raise TokenError("The access token is invalid.") from None
-        if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("exp"), int):
+        if (
+            not isinstance(claims.get("sub"), str)
+            or not isinstance(claims.get("exp"), int)
+            or not isinstance(claims.get("iat"), int)
+        ):
             raise TokenError("The access token is invalid.")
         return claims
 
