@@ -6,13 +6,13 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.console.models import ConsoleSpent
 from keyservice.database import new_id, utcnow
-from keyservice.maintenance import prune_all
+from keyservice.maintenance import PRUNE_LOCK, prune_all
 from tests.factories import create_principal, login
 
 
@@ -89,6 +89,73 @@ async def test_server_prunes_by_itself(app, context, settings_overrides):
             break
         await asyncio.sleep(0.1)
     assert await _counts(context) == [1, 1, 1, 1]
+
+
+async def _waiting_for_a_row_lock(context) -> None:
+    """Until a session of this database waits for a row lock (a prune's DELETE here)."""
+    for _ in range(100):
+        async with context.database.sessionmaker() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no prune is waiting")
+
+
+@pytest.mark.postgresql_only
+async def test_one_prune_at_a_time(context):
+    # Every worker of every replica prunes on its timer: a second prune while one runs would
+    # queue its deletes behind the first's on the same rows. It skips (a worker's timer) or
+    # waits for its turn (`keyservice prune`).
+    await _seed(context)
+    async with context.database.sessionmaker() as holder:
+        # The old audit event, locked: the first prune stops there, holding its turn.
+        await holder.execute(
+            select(AuditEvent.seq)
+            .where(AuditEvent.at < utcnow() - timedelta(days=1))
+            .with_for_update()
+        )
+        first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
+        await _waiting_for_a_row_lock(context)
+        assert await prune_all(context, now=utcnow(), wait=False) is None
+        waits: list[str] = []
+        queued = asyncio.create_task(
+            prune_all(context, now=utcnow(), waiting=lambda: waits.append("waiting"))
+        )
+        done, _ = await asyncio.wait({first, queued}, timeout=0.5)
+        assert not done and waits == ["waiting"]
+        await holder.rollback()
+    pruned = await first
+    assert (pruned.refresh_tokens, pruned.audit_events, pruned.revoked_families) == (1, 1, 1)
+    after = await queued
+    assert (after.refresh_tokens, after.audit_events, after.revoked_families) == (0, 0, 0)
+    assert await _counts(context) == [1, 1, 1]
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize("settings_overrides", [{"prune_interval_seconds": 1}])
+async def test_the_server_skips_a_round_while_another_prunes(app, context, caplog):
+    await _seed(context)
+    with caplog.at_level("DEBUG", logger="keyservice.maintenance"):
+        async with context.database.sessionmaker() as other_replica:
+            await other_replica.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": PRUNE_LOCK}
+            )
+            await asyncio.sleep(2.5)
+            assert await _counts(context) == [2, 2, 2]
+            await other_replica.rollback()
+        for _ in range(50):
+            if await _counts(context) == [1, 1, 1]:
+                break
+            await asyncio.sleep(0.1)
+    assert await _counts(context) == [1, 1, 1]
+    skipped = [r for r in caplog.records if "prune skipped" in r.getMessage()]
+    assert skipped and all(r.levelname == "DEBUG" for r in skipped)
 
 
 @pytest.mark.postgresql_only

@@ -368,14 +368,21 @@ def audit_tail(limit: int, event_type: str | None) -> None:
 def prune() -> None:
     """Delete refresh tokens expired over a day ago, audit events past retention,
     revocations of refresh-token families whose tokens have all expired, and the console's
-    records of signed-out sessions and used key forms whose session has ended."""
+    records of signed-out sessions and used key forms whose session has ended.
+
+    A prune already running (a server's own, PostgreSQL) is waited for, then this one runs.
+    """
     from keyservice.database import utcnow
 
     settings = load_settings()
     now = utcnow()
     from keyservice.maintenance import FAMILY_MARK_KEPT, prune_all
 
-    result = run(lambda ctx: prune_all(ctx, now=now))
+    def waiting() -> None:
+        click.echo("another prune is running; waiting for it to finish", err=True)
+
+    result = run(lambda ctx: prune_all(ctx, now=now, wait=True, waiting=waiting))
+    assert result is not None  # it waits for its turn
     click.echo(
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "
         f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days, "

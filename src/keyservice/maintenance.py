@@ -1,12 +1,22 @@
-"""Housekeeping that keeps tables bounded: `keyservice prune`, and the server's own timer."""
+"""Housekeeping that keeps tables bounded: `keyservice prune`, and the server's own timer.
+
+One prune runs at a time on PostgreSQL: every worker of every replica has the timer, and
+their deletes would otherwise compete for the same rows each round. A worker whose turn
+is taken skips the round; the command waits for it. On SQLite the workers of one `serve`
+share one file whose write lock queues their deletes, and the ones that come second
+find nothing left to delete: they are not kept from running.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit_service
@@ -26,6 +36,11 @@ FAMILY_MARK_KEPT = (
 )
 
 
+# Any constant: the advisory lock a prune holds while it runs (PostgreSQL).
+PRUNE_LOCK = 0x6B73_7072_756E_65  # "ksprune"
+WAIT_SECONDS = 0.5
+
+
 @dataclass(frozen=True)
 class Pruned:
     refresh_tokens: int
@@ -40,10 +55,51 @@ async def _delete(session: AsyncSession, statement: object) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def prune_all(ctx: AppContext, *, now: datetime) -> Pruned:
+@contextlib.asynccontextmanager
+async def _turn(
+    ctx: AppContext, *, wait: bool, waiting: Callable[[], None] | None
+) -> AsyncIterator[bool]:
+    """Yield whether this prune may run: on PostgreSQL, while it holds PRUNE_LOCK.
+
+    The lock is the transaction's, on a connection of its own: it ends with the
+    transaction, so a prune that fails or is cancelled cannot leave it held on a pooled
+    connection (the pool does not reset session state, database.py). A wait tries again
+    every WAIT_SECONDS rather than blocking in one statement, which the connections'
+    command timeout would cut short of a long prune.
+    """
+    if ctx.database.is_sqlite:
+        yield True
+        return
+    try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+    async with ctx.database.engine.connect() as connection, connection.begin():
+        got = await connection.scalar(try_lock, {"key": PRUNE_LOCK})
+        if not got and wait and waiting is not None:
+            waiting()
+        while not got and wait:
+            await asyncio.sleep(WAIT_SECONDS)
+            got = await connection.scalar(try_lock, {"key": PRUNE_LOCK})
+        yield bool(got)
+
+
+async def prune_all(
+    ctx: AppContext,
+    *,
+    now: datetime,
+    wait: bool = True,
+    waiting: Callable[[], None] | None = None,
+) -> Pruned | None:
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
     family revocations older than any token of the family can be, and the console's
-    signed-out sessions and used forms whose session has ended."""
+    signed-out sessions and used forms whose session has ended.
+
+    While another prune runs (PostgreSQL), wait for it to end (`waiting` is called first),
+    or with `wait=False` return None at once, having deleted nothing.
+    """
+    async with _turn(ctx, wait=wait, waiting=waiting) as mine:
+        return await _prune(ctx, now=now) if mine else None
+
+
+async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
     settings = ctx.settings
     async with ctx.database.sessionmaker() as session:
         tokens = await _delete(
@@ -79,11 +135,13 @@ async def prune_periodically(ctx: AppContext) -> None:
 
     async for _ in ticks(ctx.stopping, ctx.settings.prune_interval_seconds):
         try:
-            pruned = await prune_all(ctx, now=utcnow())
+            pruned = await prune_all(ctx, now=utcnow(), wait=False)
         except Exception as exc:  # the database may be down; try again next time
             log.warning("periodic prune failed: %s", type(exc).__name__)
             continue
-        if any(astuple(pruned)):
+        if pruned is None:
+            log.debug("periodic prune skipped: another worker or replica is pruning")
+        elif any(astuple(pruned)):
             log.info(
                 "pruned %d refresh tokens, %d audit events, %d family revocations, "
                 "%d console session/form ids",

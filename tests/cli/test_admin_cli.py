@@ -323,6 +323,46 @@ def test_prune(cli):
     assert cli.scalar(select(AuditEvent.type)) == "recent"
 
 
+@pytest.mark.postgresql_only
+def test_prune_waits_for_a_prune_in_progress(cli, database_url):
+    import threading
+    import time
+
+    import asyncpg
+
+    from keyservice.maintenance import PRUNE_LOCK
+
+    cli.add(RevokedFamily(family_id=new_id(), revoked_at=utcnow() - timedelta(days=40)))
+    held = threading.Event()
+
+    def another_prune() -> None:  # a server's, on another connection, for a second
+        async def hold() -> None:
+            dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            connection = await asyncpg.connect(dsn)
+            try:
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", PRUNE_LOCK)
+                    held.set()
+                    await asyncio.sleep(1)
+            finally:
+                await connection.close()
+
+        asyncio.run(hold())
+
+    holder = threading.Thread(target=another_prune)
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        result = cli("prune")
+        assert time.monotonic() - started > 0.5
+    finally:
+        holder.join()
+    assert result.stderr.strip() == "another prune is running; waiting for it to finish"
+    assert "1 refresh-token family revocation(s)" in result.stdout
+    assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 0
+
+
 def test_import_legacy(cli, tmp_path):
     cli.principal("ann", permissions=["api_keys:manage", "projects:read"])
     cli.principal("pump", kind="device", permissions=["projects:read"])
