@@ -57,3 +57,28 @@ async def test_a_revoked_token_stays_refused_after_the_ttl_is_shortened(client, 
                 assert "expired" in me.json()["error_description"]
             found = await http.post("/introspect", data={"token": token}, headers=bearer(admin))
             assert found.json()["active"] is (status == 200), found.text
+
+
+async def test_introspection_reports_when_a_shortened_ttl_ends_the_token(client, context):
+    # RFC 7662 `exp`: a resource server may cache an active answer until then. Reported as
+    # the token's own `exp` (2 hours), it outlived the service's refusal at iat + 5 minutes.
+    user = await user_token(context, client, "ivy", PERMS)
+    key = await create_key(client, user, name="k")
+    token = _issued_ago(
+        context, (await exchange(client, key["api_key"])).json()["access_token"], 100
+    )
+    iat = context.keyring.verify(token)["iat"]
+
+    shorter = context.settings.model_copy(update={"access_token_ttl": 300})
+    restarted = AppContext(shorter)
+    app = create_app(context=restarted)
+    async with app.router.lifespan_context(app), client_for(app) as http:
+        admin = await admin_token(restarted, http)
+        found = (
+            await http.post("/introspect", data={"token": token}, headers=bearer(admin))
+        ).json()
+        assert found["active"] is True and found["iat"] == iat
+        assert found["exp"] == iat + 300
+        # A token issued under the current TTL reports its own `exp`, as before.
+        own = (await http.post("/introspect", data={"token": admin}, headers=bearer(admin))).json()
+        assert own["exp"] == restarted.keyring.verify(admin)["exp"]

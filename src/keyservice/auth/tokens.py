@@ -88,6 +88,8 @@ async def introspect(ctx: AppContext, *, token: str) -> dict[str, Any]:
     for name in ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid"):
         if name in claims:
             result[name] = claims[name]
+    # Refused from then on, also when a shortened TTL ends it before its own `exp`.
+    result["exp"] = ctx.keyring.honoured_until(claims)
     result["principal_type"] = claims.get("principal_type")
     return result
 

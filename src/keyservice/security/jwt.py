@@ -12,7 +12,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -259,6 +259,13 @@ class SigningKeyring:
         """
         return self._verified_entry(token).claims
 
+    def honoured_until(self, claims: Mapping[str, Any]) -> int:
+        """When a verified token stops being honoured (Unix seconds): its `exp`, or the
+        current access-token TTL from its `iat` if that is earlier (verify). What
+        `/introspect` reports as `exp`, so that a resource server caching its answer until
+        then does not outlive the service's own refusal."""
+        return min(int(claims["exp"]), int(claims["iat"]) + self.access_token_ttl)
+
     def verify_as(self, token: str, build: Callable[[dict[str, Any]], T]) -> T:
         """verify(), then `build(claims)`, kept with the verification for the next time.
 
@@ -280,7 +287,7 @@ class SigningKeyring:
                 return cached
             del self._verified[digest]
         claims = self._verify_uncached(token)
-        until = min(claims["exp"], claims["iat"] + self.access_token_ttl)
+        until = self.honoured_until(claims)
         if until <= time.time():  # as PyJWT's `exp` check, with no leeway
             raise TokenError("The access token has expired.")
         entry = _Verified(claims, until)
