@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Error, Page, Route, expect
 
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.schemas import ApiKeyCreate
@@ -392,6 +394,57 @@ async def test_reloading_the_new_key_page_creates_no_second_key(
     await page.get_by_role("button", name="Back to the API keys").click()
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     await expect(page.get_by_role("row", name="ci-bot")).to_have_count(1)
+
+
+async def test_a_double_click_on_create_shows_the_one_new_key(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    """The browser shows the answer to the last send of a form: a double click's second
+    send (refused, "Key already created") would hide the first's secret for good."""
+    from sqlalchemy import func, select
+
+    from keyservice.api_keys.models import ApiKey
+
+    alice = await create_principal(live.context, "alice")
+    await sign_in(page, "alice")
+    await page.goto("/console/keys/new")
+    await page.get_by_label("Name", exact=True).fill("ci-bot")
+    # The first send is held until a second click has been made, as a slow network would.
+    posts: list[str] = []
+    second_click_made = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        posts.append(route.request.url)
+        await second_click_made.wait()
+        with contextlib.suppress(Error):  # a send the browser gave up on cannot go on
+            await route.continue_()
+
+    await page.route("**/console/keys", hold)
+    button = page.get_by_role("button", name="Create key")
+    await button.scroll_into_view_if_needed()
+    box = await button.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    await page.mouse.click(x, y)  # the mouse, not a locator: those wait for the navigation
+    for _ in range(100):
+        if posts:
+            break
+        await asyncio.sleep(0.02)
+    await page.mouse.click(x, y)
+    await asyncio.sleep(0.3)  # a second send, if any, reaches the route by then
+    second_click_made.set()
+    await expect(page.get_by_label("API key", exact=True)).to_be_visible()
+    api_key = await page.get_by_label("API key", exact=True).input_value()
+    assert len(posts) == 1
+    async with live.context.database.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(ApiKey).where(ApiKey.principal_id == alice.id)
+        )
+    assert count == 1
+    assert (await exchange(http, api_key)).status_code == 200
 
 
 async def test_a_cookie_saved_before_sign_out_lands_on_sign_in_elsewhere(

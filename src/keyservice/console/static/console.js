@@ -73,6 +73,29 @@
     if (cancel) { cancel.focus(); }
   });
 
+  // A form that creates a key goes once: a double click would send it twice, and the
+  // browser shows the second answer ("Key already created", the server creates one key),
+  // so the secret, in the first answer, would never be seen. Later sends wait for it.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form.querySelector("input[name=form_id]")) { return; }
+    if (form.hasAttribute("data-sending")) {
+      event.preventDefault();
+      return;
+    }
+    form.setAttribute("data-sending", "");
+    form.setAttribute("aria-busy", "true");
+  });
+
+  // Back to such a form from the bfcache: let it be sent, the server says what happened.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) { return; }
+    document.querySelectorAll("form[data-sending]").forEach(function (form) {
+      form.removeAttribute("data-sending");
+      form.removeAttribute("aria-busy");
+    });
+  });
+
   document.addEventListener("close", function (event) {
     var dialog = event.target;
     if (dialog.returnFocusTo) { dialog.returnFocusTo.focus(); }
