@@ -166,8 +166,10 @@ class ValidationFailed(KeyServiceError):
     status_code = 422
     default_description = "The request is not valid."
 
-    def __init__(self, description: str, *, field: str | None = None) -> None:
-        details = [{"loc": ["body", field], "msg": description}] if field else None
+    def __init__(
+        self, description: str, *, field: str | None = None, location: str = "body"
+    ) -> None:
+        details = [{"loc": [location, field], "msg": description}] if field else None
         super().__init__(description, details=details)
 
 

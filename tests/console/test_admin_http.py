@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from html import unescape
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from keyservice.api_keys import service as api_keys
@@ -16,6 +18,7 @@ from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
+from keyservice.security.tokens import parse_api_key
 from tests.conftest import client_for
 from tests.console.conftest import csrf_of
 from tests.console.test_http import field_error, signed_in
@@ -249,6 +252,74 @@ async def test_all_keys_page_pages_with_the_api_cursor(
         assert bad_limit.status_code == 422
         assert "The page size (limit) must be a number from 1 to 500." in bad_limit.text
         assert len(listed_names(bad_limit.text)) == 5
+
+
+async def test_all_keys_page_finds_a_leaked_key_by_its_client_id(
+    client: httpx.AsyncClient, context: AppContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    ids = await _population(context)
+    alice = await create_principal(context, "ann")
+    key_id, api_key = await _key(context, alice, "leaked")
+    parsed = parse_api_key(api_key)
+    assert parsed is not None
+    client_id, secret = parsed
+    await signed_in(client, "root")
+
+    async def shown(**params: str) -> httpx.Response:
+        return await client.get("/console/admin/keys", params=params)
+
+    found = await shown(client_id=client_id)
+    assert found.status_code == 200 and listed_names(found.text) == ["leaked"]
+    assert 'id="client_id" name="client_id"' in found.text
+    assert f'value="{client_id}"' in found.text  # the filter stays filled in
+    # The revoke link and the pager keep it, as the other filters.
+    revoke = f'href="/console/admin/keys/{key_id}/revoke?client_id={client_id}"'
+    assert revoke in found.text
+    assert listed_names((await shown(client_id=f"  {client_id} ")).text) == ["leaked"]
+    assert listed_names((await shown(client_id=client_id, status="valid")).text) == ["leaked"]
+    assert listed_names((await shown(client_id=client_id, owner_type="device")).text) == []
+    assert listed_names((await shown(client_id=client_id, limit="1")).text) == ["leaked"]
+    async with context.database.sessionmaker() as session:
+        station = await session.get(ApiKey, ids["station"])
+        assert station is not None
+    assert listed_names((await shown(client_id=station.client_id)).text) == ["station"]
+    unknown = await shown(client_id="kc_" + "0" * 16)
+    assert unknown.status_code == 200 and listed_names(unknown.text) == []
+    assert "No keys match." in unknown.text
+
+    # A malformed client id: the API's words, the value kept to correct, no list.
+    for bad in ("kc_short", "kc_" + "0" * 17, key_id):
+        refused = await shown(client_id=bad)
+        assert refused.status_code == 422, bad
+        assert field_error(refused.text, "client_id") == (
+            "A client ID is kc_ followed by 16 letters and digits, as the key lists show it."
+        )
+        assert listed_names(refused.text) == []
+        assert "No keys listed: correct the client ID above." in refused.text
+        assert (f'value="{bad}"' in refused.text) == (len(bad) <= 24)
+
+    # The whole key string pasted: refused as that, and it appears nowhere on the page (not
+    # the field, not a link), nor in the access log, the revoke pages included.
+    caplog.set_level(logging.DEBUG)
+    for pasted in (api_key, api_key[:25]):
+        refused = await shown(client_id=pasted, owner_type="user")
+        assert refused.status_code == 422
+        error = field_error(refused.text, "client_id")
+        assert error is not None
+        assert error.startswith("That is an API key string (it starts with ksk_)")
+        assert "give only its client ID" in error and "Treat the pasted key as leaked" in error
+        assert pasted not in refused.text and secret[:9] not in refused.text
+        assert listed_names(refused.text) == []
+    confirm = await client.get(
+        f"/console/admin/keys/{key_id}/revoke", params={"client_id": api_key}
+    )
+    assert confirm.status_code == 200 and api_key not in confirm.text
+    assert secret[:9] not in confirm.text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("keyservice")]
+    access = [r.getMessage() for r in caplog.records if r.name == "keyservice.access"]
+    assert access[0].startswith("GET /console/admin/keys 422 "), access
+    assert not [line for line in ours if secret[:9] in line or client_id[3:] in line], ours
 
 
 async def test_admin_revokes_any_key_after_confirming(

@@ -24,6 +24,15 @@ async def list_keys(
     _admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,
+    client_id: Annotated[
+        str | None,
+        Query(
+            description=(
+                "The key with this client ID (kc_...; a leaked key string's ksk_ part names "
+                "it). Never the key string itself: that is refused (422)."
+            )
+        ),
+    ] = None,
     owner_type: Literal["user", "device"] | None = None,
     owner_id: Annotated[str | None, Query(max_length=36)] = None,
     status: Status | None = None,
@@ -34,6 +43,7 @@ async def list_keys(
     items, next_cursor = await service.list_all(
         context,
         session,
+        client_id=client_id,
         owner_type=owner_type,
         owner_id=owner_id,
         status=status,

@@ -23,7 +23,13 @@ from keyservice.exceptions import Conflict, NotFound, ValidationFailed, quoted_n
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
-from keyservice.security.tokens import compose_api_key, new_client_id, new_client_secret
+from keyservice.security.tokens import (
+    compose_api_key,
+    holds_api_key,
+    is_client_id,
+    new_client_id,
+    new_client_secret,
+)
 
 
 def to_read(key: ApiKey, owner: Principal, settings: Settings, now: datetime) -> ApiKeyRead:
@@ -349,9 +355,34 @@ def _status_clause(status: str, now: datetime) -> ColumnElement[bool]:
     raise ValidationFailed(f"status must be one of: {', '.join(KEY_STATUSES)}.", field="status")
 
 
+def check_client_id(value: str) -> str:
+    """Return `value` as a client id to filter by; 422 in words for anything else.
+
+    The client id is public and is all that goes in a query string. A whole key string
+    pasted instead carries the secret (into browser history, proxy logs, screenshots): it
+    is refused as that, never quoted, and the words say to revoke it.
+    """
+    if holds_api_key(value):
+        raise ValidationFailed(
+            "That is an API key string (it starts with ksk_), which holds the key's secret: "
+            "give only its client ID, kc_ followed by the 16 letters and digits after ksk_. "
+            "Treat the pasted key as leaked: revoke it.",
+            field="client_id",
+            location="query",
+        )
+    if not is_client_id(value):
+        raise ValidationFailed(
+            "A client ID is kc_ followed by 16 letters and digits, as the key lists show it.",
+            field="client_id",
+            location="query",
+        )
+    return value
+
+
 async def search(
     session: AsyncSession,
     *,
+    client_id: str | None = None,
     owner_type: str | None = None,
     owner_id: str | None = None,
     owner_name: str | None = None,
@@ -367,6 +398,8 @@ async def search(
     """
     now = now or utcnow()
     query = select(ApiKey, Principal).join(Principal, Principal.id == ApiKey.principal_id)
+    if client_id is not None:  # unique: one row of uq_api_key_client_id at most
+        query = query.where(ApiKey.client_id == client_id)
     if owner_type is not None:
         query = query.where(Principal.kind == owner_type)
     if owner_id is not None:
@@ -400,6 +433,7 @@ async def list_all(
     ctx: AppContext,
     session: AsyncSession,
     *,
+    client_id: str | None = None,
     owner_type: str | None = None,
     owner_id: str | None = None,
     status: str | None = None,
@@ -413,6 +447,7 @@ async def list_all(
     rows, next_cursor = await list_all_with_owners(
         ctx,
         session,
+        client_id=client_id,
         owner_type=owner_type,
         owner_id=owner_id,
         status=status,
@@ -426,6 +461,7 @@ async def list_all_with_owners(
     ctx: AppContext,
     session: AsyncSession,
     *,
+    client_id: str | None = None,
     owner_type: str | None = None,
     owner_id: str | None = None,
     status: str | None = None,
@@ -433,6 +469,8 @@ async def list_all_with_owners(
     cursor: str | None = None,
 ) -> tuple[list[tuple[ApiKeyRead, Principal]], str | None]:
     """list_all, each key with its owner (the console names them)."""
+    if client_id is not None:
+        check_client_id(client_id)
     now = utcnow()
     limit = paging.clamp(limit)
     after = None
@@ -441,6 +479,7 @@ async def list_all_with_owners(
         after = (paging.decode_time(at), key_id)
     rows = await search(
         session,
+        client_id=client_id,
         owner_type=owner_type,
         owner_id=owner_id,
         status=status,

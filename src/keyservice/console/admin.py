@@ -20,6 +20,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyRead
 from keyservice.audit import service as audit_service
 from keyservice.console.dependencies import (
     AdminDep,
@@ -46,11 +47,13 @@ from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
-from keyservice.exceptions import KeyServiceError
+from keyservice.exceptions import KeyServiceError, ValidationFailed
 from keyservice.paging import MAX_LIMIT
+from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import ScopeCreate
+from keyservice.security.tokens import holds_api_key, is_client_id
 from keyservice.users import service as users
 from keyservice.users.schemas import NAME_PATTERN, UserCreate
 
@@ -610,13 +613,22 @@ async def rotate_device_key(
 
 KEYS_PAGE = 50
 OWNER_TYPES = {"user": "Users", "device": "Devices"}
-KEY_FILTERS = ("owner_type", "owner_id", "status", "limit", "cursor")
+KEY_FILTERS = ("client_id", "owner_type", "owner_id", "status", "limit", "cursor")
+# A refused client ID is shown again in its field only if this short (a client ID is 19):
+# never a key string or a secret pasted there.
+_ECHOED_CLIENT_ID = 24
 
 
 def _key_filters(request: Request) -> dict[str, str]:
-    """The all-keys list's query as given (filters, page size, cursor), blanks left out."""
+    """The all-keys list's query as given (filters, page size, cursor), blanks left out.
+
+    A client ID that is not one (a pasted key string, say) is left out too: it is refused
+    once (all_keys_page) and never carried on into the page's links and forms.
+    """
     query = request.query_params
     found = {name: query.get(name, "").strip() for name in KEY_FILTERS}
+    if not is_client_id(found["client_id"]):
+        found["client_id"] = ""
     return {name: value for name, value in found.items() if value}
 
 
@@ -635,6 +647,15 @@ async def all_keys_page(
     errors = FormErrors()
     owner_type, status = given.get("owner_type"), given.get("status")
     owner_id = given.get("owner_id")
+    client_id = request.query_params.get("client_id", "").strip()
+    typed_client_id = client_id
+    try:
+        if client_id:
+            api_keys.check_client_id(client_id)
+    except ValidationFailed as exc:
+        errors.add("client_id", exc.description)
+        if holds_api_key(client_id) or len(client_id) > _ECHOED_CLIENT_ID:
+            typed_client_id = ""
     if owner_type is not None and owner_type not in OWNER_TYPES:
         errors.add("owner_type", "Choose users or devices.")
         owner_type = None
@@ -654,15 +675,19 @@ async def all_keys_page(
             errors.add(None, f"The page size (limit) must be a number from 1 to {MAX_LIMIT}.")
             limit = KEYS_PAGE
     cursor = given.get("cursor")
-    rows, next_cursor = await api_keys.list_all_with_owners(
-        context,
-        session,
-        owner_type=owner_type,
-        owner_id=owner_id,
-        status=status,
-        limit=limit,
-        cursor=cursor,
-    )
+    rows: list[tuple[ApiKeyRead, Principal]] = []
+    next_cursor = None
+    if "client_id" not in errors.fields:  # looking for one key: any other list misleads
+        rows, next_cursor = await api_keys.list_all_with_owners(
+            context,
+            session,
+            client_id=client_id or None,
+            owner_type=owner_type,
+            owner_id=owner_id,
+            status=status,
+            limit=limit,
+            cursor=cursor,
+        )
     active = {name: value for name, value in given.items() if name != "cursor"}
     return render(
         request,
@@ -670,7 +695,8 @@ async def all_keys_page(
         {
             "section": "all-keys",
             "rows": rows,
-            "filters": {name: given.get(name, "") for name in KEY_FILTERS},
+            "filters": {name: given.get(name, "") for name in KEY_FILTERS}
+            | {"client_id": typed_client_id},
             "owner_types": OWNER_TYPES,
             "statuses": api_keys.KEY_STATUSES,
             "errors": errors,

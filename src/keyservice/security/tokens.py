@@ -90,6 +90,12 @@ def looks_like_api_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
+def holds_api_key(value: str) -> bool:
+    """Whether `value` holds an API key string (its prefix), anywhere: pasted whole, quoted,
+    or cut short; no client id, secret or refresh token contains the prefix."""
+    return KEY_PREFIX in value
+
+
 def is_client_id(value: str) -> bool:
     return _CLIENT_ID_RE.match(value) is not None
 
