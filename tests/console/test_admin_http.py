@@ -451,6 +451,65 @@ async def test_a_key_being_replaced_is_not_offered_for_rotation(
         assert "Being replaced" not in html and "Replaces" not in html
 
 
+async def test_the_rotate_page_of_a_key_being_replaced_says_why_instead_of_a_form(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    # Opened by its address (a bookmark, a tab left open from before the rotation), the
+    # Rotate page agrees with the list, which no longer offers it, and with the service.
+    root = await create_principal(context, "root", permissions=["admin", "api_keys:manage"])
+    sensor = await create_principal(context, "sensor-1", kind="device")
+    await signed_in(client, "root")
+    for owner, page, base, back in (
+        (root, "/console/keys", "/console/keys", "Back to the API keys"),
+        (
+            sensor,
+            f"/console/admin/devices/{sensor.id}",
+            f"/console/admin/devices/{sensor.id}/keys",
+            "Back to the device",
+        ),
+    ):
+        old_id, _ = await _key(context, owner, "deploy")
+        form = await client.get(f"{base}/{old_id}/rotate")
+        assert form.status_code == 200 and ">Rotate key</button>" in form.text
+        new_id = await _rotate(context, owner, old_id, 3600)
+        async with context.database.sessionmaker() as session:
+            old, new = await session.get(ApiKey, old_id), await session.get(ApiKey, new_id)
+            assert old is not None and new is not None
+        until = old.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+        back_link = f'<a class="button primary" role="button" href="{page}">{back}</a>'
+
+        replaced = await client.get(f"{base}/{old_id}/rotate")
+        assert replaced.status_code == 409
+        assert "<h1>Key already being replaced</h1>" in replaced.text
+        assert (
+            f'(<span class="mono">{old.client_id}</span>) was rotated already: it is being '
+            f'replaced by <span class="mono">{new.client_id}</span> and works until {until}. '
+            "Rotate its replacement instead."
+        ) in replaced.text
+        replacing = await client.get(f"{base}/{new_id}/rotate")
+        assert replacing.status_code == 409
+        assert "<h1>Key still replacing another</h1>" in replacing.text
+        assert (
+            f'(<span class="mono">{new.client_id}</span>) replaces <span class="mono">'
+            f"{old.client_id}</span>, which works until {until}, its grace period. Rotate this "
+            "key after that, or delete the old key first."
+        ) in replacing.text
+        for held in (replaced, replacing):
+            assert "grace_seconds" not in held.text and ">Rotate key</button>" not in held.text
+            assert back_link in held.text
+
+        # Once the old key is gone the replacement may be rotated: the form is back.
+        await set_key(context, old_id, revoked_at=utcnow())
+        again = await client.get(f"{base}/{new_id}/rotate")
+        assert again.status_code == 200 and ">Rotate key</button>" in again.text
+        # An expired key is not offered either: the page says so.
+        await set_key(context, new_id, expires_at=utcnow() - timedelta(minutes=1))
+        expired = await client.get(f"{base}/{new_id}/rotate")
+        assert expired.status_code == 409 and "<h1>Key expired</h1>" in expired.text
+        assert "An expired key cannot be rotated: generate a new one instead." in expired.text
+        assert "grace_seconds" not in expired.text and back_link in expired.text
+
+
 async def test_the_expiry_banner_is_a_status_not_an_alert(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:

@@ -31,7 +31,6 @@ from keyservice.console.dependencies import (
     write_session,
 )
 from keyservice.console.forms import (
-    GRACE_CHOICES,
     FormErrors,
     expiry_limits,
     read_grace,
@@ -39,10 +38,9 @@ from keyservice.console.forms import (
     text,
     texts,
 )
-from keyservice.console.keys import catalog_choices, key_form_page
+from keyservice.console.keys import catalog_choices, key_form_page, rotate_form_page
 from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import ConsoleRoute, PageError, render
-from keyservice.console.session import new_form_id
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
@@ -552,17 +550,14 @@ async def rotate_device_key_page(
 ) -> Response:
     device = await devices.get(session, device_id=device_id)
     key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-    return render(
+    return await rotate_form_page(
         request,
-        "rotate.html",
-        {
-            "section": "devices",
-            "key": api_keys.to_read(key, device, context.settings, utcnow()),
-            "choices": GRACE_CHOICES,
-            "action": f"/console/admin/devices/{device.id}/keys/{key.id}/rotate",
-            "cancel": f"/console/admin/devices/{device.id}",
-            "form_id": new_form_id(),
-        },
+        session,
+        key=api_keys.to_read(key, device, context.settings, utcnow()),
+        action=f"/console/admin/devices/{device.id}/keys/{key.id}/rotate",
+        back=f"/console/admin/devices/{device.id}",
+        back_label="Back to the device",
+        section="devices",
     )
 
 

@@ -1,4 +1,4 @@
-"""Pages shared by own keys and device keys: the Generate form."""
+"""Pages shared by own keys and device keys: the Generate and Rotate forms."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.console.forms import FormErrors, KeyForm, expiry_limits
+from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyRead
+from keyservice.console.forms import GRACE_CHOICES, FormErrors, KeyForm, expiry_limits
 from keyservice.console.pages import render
 from keyservice.console.session import new_form_id
 from keyservice.context import AppContext
+from keyservice.database import utcnow
 from keyservice.scopes import service as scopes_service
 
 
@@ -58,4 +61,51 @@ async def key_form_page(
             "form_id": new_form_id(),
         },
         status_code=status_code,
+    )
+
+
+async def rotate_form_page(
+    request: Request,
+    session: AsyncSession,
+    *,
+    key: ApiKeyRead,
+    action: str,
+    back: str,
+    back_label: str,
+    section: str = "keys",
+) -> HTMLResponse:
+    """Render the Rotate form, or (409) why this key cannot be rotated now.
+
+    The decision is the key lists' (their Rotate button): not an expired key, nor one that
+    rotation_holds() names, which the service refuses for the same reasons. A page opened
+    by its address, an old bookmark or a second tab, agrees with them.
+    """
+    hold = None
+    if key.status != "expired":
+        holds = await api_keys.rotation_holds(session, owner_id=key.owner_id, now=utcnow())
+        hold = holds.get(key.id)
+    if key.status == "expired" or hold is not None:
+        return render(
+            request,
+            "rotate_held.html",
+            {
+                "section": section,
+                "key": key,
+                "hold": hold,
+                "back": back,
+                "back_label": back_label,
+            },
+            status_code=409,
+        )
+    return render(
+        request,
+        "rotate.html",
+        {
+            "section": section,
+            "key": key,
+            "choices": GRACE_CHOICES,
+            "action": action,
+            "cancel": back,
+            "form_id": new_form_id(),
+        },
     )

@@ -19,17 +19,16 @@ from keyservice.console.dependencies import (
     write_session,
 )
 from keyservice.console.forms import (
-    GRACE_CHOICES,
     FormErrors,
     expiry_limits,
     read_grace,
     read_key_form,
     text,
 )
-from keyservice.console.keys import key_form_page
+from keyservice.console.keys import key_form_page, rotate_form_page
 from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
-from keyservice.console.session import new_form_id, new_session
+from keyservice.console.session import new_session
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep, client_ip
 from keyservice.exceptions import KeyServiceError, OAuthError, SlowDown
@@ -255,16 +254,13 @@ async def rotate_page(
 ) -> Response:
     key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
     read = api_keys.to_read(key, viewer.principal, context.settings, utcnow())
-    return render(
+    return await rotate_form_page(
         request,
-        "rotate.html",
-        {
-            "key": read,
-            "choices": GRACE_CHOICES,
-            "action": f"/console/keys/{read.id}/rotate",
-            "cancel": "/console/keys",
-            "form_id": new_form_id(),
-        },
+        session,
+        key=read,
+        action=f"/console/keys/{read.id}/rotate",
+        back="/console/keys",
+        back_label="Back to the API keys",
     )
 
 
