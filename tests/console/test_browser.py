@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -312,6 +313,35 @@ async def test_admin_adds_a_scope_then_revokes_a_leaked_key(
     await expect(row).to_contain_text("revoked")
     await expect(row.get_by_role("link", name="Revoke")).to_have_count(0)
     assert (await exchange(http, leaked)).status_code == 401
+
+
+async def test_a_key_string_pasted_as_client_id_never_leaves_the_browser(
+    page: Page, live: LiveServer
+) -> None:
+    await create_principal(live.context, "root", permissions=["admin"])
+    alice = await create_principal(live.context, "alice")
+    leaked = await _own_key(live, alice, "leaked")
+    await _own_key(live, alice, "other")
+    await sign_in(page, "root")
+    await page.goto("/console/admin/keys")
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url))
+
+    field = page.get_by_label("Client ID")
+    await field.fill(leaked)
+    await page.get_by_role("button", name="Filter").click()
+    # The field's pattern stops the form: the secret is in no address, no history entry.
+    assert await field.evaluate("input => input.validity.patternMismatch")
+    await expect(page).to_have_url(f"{live.url}/console/admin/keys")
+    assert not [url for url in sent if "ksk_" in url], sent
+
+    # Its client id, the part after ksk_, finds the key.
+    client_id = "kc_" + leaked.removeprefix("ksk_").split("_", 1)[0]
+    await field.fill(client_id)
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile(rf"/console/admin/keys\?.*client_id={client_id}"))
+    await expect(page.get_by_role("row", name="leaked")).to_contain_text("user alice")
+    await expect(page.get_by_role("row", name="other")).to_have_count(0)
 
 
 async def test_a_link_from_another_site_keeps_the_session(page: Page, live: LiveServer) -> None:
