@@ -33,8 +33,9 @@ async def _seed(context):
         # Older than any token can live (7 days + 30 days at most, and a day's grace).
         session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=39)))
         session.add(RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=3)))
-        # A signed-out console session or used form: kept until its session's end.
-        for digest, ends_in in (("a", -timedelta(seconds=1)), ("b", timedelta(minutes=30))):
+        # A signed-out console session or used form: kept until an hour after its session's
+        # end (other replicas' clocks may run behind), so one that ended a minute ago stays.
+        for digest, ends_in in (("a", -timedelta(minutes=61)), ("b", -timedelta(minutes=1))):
             session.add(ConsoleSpent(digest=digest * 64, kind="form", expires_at=now + ends_in))
         await session.commit()
 

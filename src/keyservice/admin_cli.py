@@ -368,7 +368,7 @@ def audit_tail(limit: int, event_type: str | None) -> None:
 def prune() -> None:
     """Delete refresh tokens expired over a day ago, audit events past retention,
     revocations of refresh-token families whose tokens have all expired, and the console's
-    records of signed-out sessions and used key forms whose session has ended.
+    records of signed-out sessions and used key forms whose session ended over an hour ago.
 
     A prune already running (a server's own, PostgreSQL) is waited for, then this one runs.
     """
@@ -388,7 +388,7 @@ def prune() -> None:
         f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days, "
         f"{result.revoked_families} refresh-token family revocation(s) older than "
         f"{FAMILY_MARK_KEPT.days} days and {result.console_ids} console sign-out and form "
-        "record(s) whose session has ended"
+        "record(s) whose session ended over an hour ago"
     )
 
 

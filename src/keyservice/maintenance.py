@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 # Expired refresh tokens are kept a day, so a late retry still reads as "expired".
 REFRESH_TOKEN_GRACE = timedelta(days=1)
+# A console sign-out or used form id is kept this long past its session's end: a replica
+# whose clock runs behind the pruning one's would otherwise accept a signed-out cookie (or
+# a used form) again for the difference.
+CONSOLE_SPENT_GRACE = timedelta(hours=1)
 # Every token of a family was issued before its revocation and lives at most this long.
 FAMILY_MARK_KEPT = (
     timedelta(seconds=MAX_ACCESS_TOKEN_TTL + MAX_REFRESH_TOKEN_EXTRA_TTL) + REFRESH_TOKEN_GRACE
@@ -90,7 +94,7 @@ async def prune_all(
 ) -> Pruned | None:
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
     family revocations older than any token of the family can be, and the console's
-    signed-out sessions and used forms whose session has ended.
+    signed-out sessions and used forms whose session ended over an hour ago.
 
     While another prune runs (PostgreSQL), wait for it to end (`waiting` is called first),
     or with `wait=False` return None at once, having deleted nothing.
@@ -119,7 +123,7 @@ async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
     # Past its session's end the cookie and the form's CSRF token are refused anyway.
     async with ctx.database.sessionmaker() as session:
         console_ids = await _delete(
-            session, delete(ConsoleSpent).where(ConsoleSpent.expires_at < now)
+            session, delete(ConsoleSpent).where(ConsoleSpent.expires_at < now - CONSOLE_SPENT_GRACE)
         )
     return Pruned(
         refresh_tokens=tokens,

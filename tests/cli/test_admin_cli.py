@@ -299,15 +299,15 @@ def test_prune(cli):
         AuditEvent(type="recent"),
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=40)),
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=10)),
-        ConsoleSpent(digest="a" * 64, kind="session", expires_at=now - timedelta(seconds=1)),
-        ConsoleSpent(digest="b" * 64, kind="form", expires_at=now + timedelta(minutes=5)),
+        ConsoleSpent(digest="a" * 64, kind="session", expires_at=now - timedelta(minutes=61)),
+        ConsoleSpent(digest="b" * 64, kind="form", expires_at=now - timedelta(minutes=5)),
     )
     result = cli("prune")
     assert result.output.strip() == (
         "deleted 1 refresh token(s) expired more than a day ago, "
         "1 audit event(s) older than 90 days, "
         "1 refresh-token family revocation(s) older than 38 days "
-        "and 1 console sign-out and form record(s) whose session has ended"
+        "and 1 console sign-out and form record(s) whose session ended over an hour ago"
     )
     assert cli.scalar(select(ConsoleSpent.digest)) == "b" * 64
     assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 1

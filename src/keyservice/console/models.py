@@ -4,7 +4,7 @@ A row per console session that signed out (its cookie, or any copy of it, is ref
 then on) and per key form that created or rotated a key (sent again, it creates nothing).
 Only an HMAC of the id is stored (SessionCodec.spent_digest), never a cookie, with the end
 of the session it belongs to: past that the cookie and the form's CSRF token are refused
-anyway, and `keyservice prune` deletes the row.
+anyway, and `keyservice prune` deletes the row an hour later (replicas' clocks differ).
 """
 
 from __future__ import annotations
