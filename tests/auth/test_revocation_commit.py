@@ -78,3 +78,32 @@ async def test_committed_revocations_are_refused_here_at_once(client, context):
         client, admin, "PATCH", f"/admin/users/{rita}", 200, json={"disabled": True}
     )
     assert (await client.get("/me", headers=bearer(user))).status_code == 401
+
+
+async def test_a_view_failing_at_commit_neither_fails_the_commit_nor_drops_the_rest(
+    client, context, monkeypatch, caplog
+):
+    token = await user_token(context, client, "rolf", PERMS)
+    key = await create_key(client, token, name="k")
+    first = _claims(context, (await exchange(client, key["api_key"])).json()["access_token"])
+    second = _claims(context, (await exchange(client, key["api_key"])).json()["access_token"])
+    apply = context.revocation.apply
+
+    def failing_once(message: str) -> None:
+        if message == f"family:{first['sid']}":
+            raise RuntimeError("view broke")
+        apply(message)
+
+    monkeypatch.setattr(context.revocation, "apply", failing_once)
+    async with context.database.sessionmaker() as session:
+        for claims in (first, second):
+            await auth_service.revoke_family(context, session, family_id=claims["sid"], reason="x")
+        await session.commit()  # does not raise
+    assert context.revocation.reason(second) == "this token's session was revoked"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "revocation family not applied at commit: RuntimeError" in warnings
+    assert not any(first["sid"] in w for w in warnings)
+    # The revocation itself was committed: the next reload applies it here too.
+    async with context.database.sessionmaker() as session:
+        await context.revocation.reload(session)
+    assert context.revocation.reason(first) == "this token's session was revoked"

@@ -233,7 +233,13 @@ def _apply_committed(session: Session) -> None:
     if session.in_nested_transaction():  # a savepoint released: the outer one may roll back
         return
     for view, message in session.info.pop(_PENDING, ()):
-        view.apply(message)
+        # The commit is done: a failure here must not turn it into an error answer or
+        # drop the messages after it. The view's next reload reads the change anyway.
+        try:
+            view.apply(message)
+        except Exception as exc:
+            kind = message.partition(":")[0]
+            log.warning("revocation %s not applied at commit: %s", kind, type(exc).__name__)
 
 
 @event.listens_for(Session, "after_transaction_end")
