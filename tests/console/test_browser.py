@@ -426,6 +426,38 @@ async def test_reloading_the_new_key_page_creates_no_second_key(
     await expect(page.get_by_role("row", name="ci-bot")).to_have_count(1)
 
 
+async def _double_click_held(page: Page, url: str, button_name: str) -> list[str]:
+    """Click a form's button twice with the first POST held until the second click is made,
+    as on a slow network; return the URLs of the POSTs the browser sent."""
+    posts: list[str] = []
+    second_click_made = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.continue_()
+            return
+        posts.append(route.request.url)
+        await second_click_made.wait()
+        with contextlib.suppress(Error):  # a send the browser gave up on cannot go on
+            await route.continue_()
+
+    await page.route(url, hold)
+    button = page.get_by_role("button", name=button_name)
+    await button.scroll_into_view_if_needed()
+    box = await button.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    await page.mouse.click(x, y)  # the mouse, not a locator: those wait for the navigation
+    for _ in range(100):
+        if posts:
+            break
+        await asyncio.sleep(0.02)
+    await page.mouse.click(x, y)
+    await asyncio.sleep(0.3)  # a second send, if any, reaches the route by then
+    second_click_made.set()
+    return posts
+
+
 async def test_a_double_click_on_create_shows_the_one_new_key(
     page: Page, live: LiveServer, http: httpx.AsyncClient
 ) -> None:
@@ -439,33 +471,7 @@ async def test_a_double_click_on_create_shows_the_one_new_key(
     await sign_in(page, "alice")
     await page.goto("/console/keys/new")
     await page.get_by_label("Name", exact=True).fill("ci-bot")
-    # The first send is held until a second click has been made, as a slow network would.
-    posts: list[str] = []
-    second_click_made = asyncio.Event()
-
-    async def hold(route: Route) -> None:
-        if route.request.method != "POST":
-            await route.continue_()
-            return
-        posts.append(route.request.url)
-        await second_click_made.wait()
-        with contextlib.suppress(Error):  # a send the browser gave up on cannot go on
-            await route.continue_()
-
-    await page.route("**/console/keys", hold)
-    button = page.get_by_role("button", name="Create key")
-    await button.scroll_into_view_if_needed()
-    box = await button.bounding_box()
-    assert box is not None
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    await page.mouse.click(x, y)  # the mouse, not a locator: those wait for the navigation
-    for _ in range(100):
-        if posts:
-            break
-        await asyncio.sleep(0.02)
-    await page.mouse.click(x, y)
-    await asyncio.sleep(0.3)  # a second send, if any, reaches the route by then
-    second_click_made.set()
+    posts = await _double_click_held(page, "**/console/keys", "Create key")
     await expect(page.get_by_label("API key", exact=True)).to_be_visible()
     api_key = await page.get_by_label("API key", exact=True).input_value()
     assert len(posts) == 1
@@ -475,6 +481,26 @@ async def test_a_double_click_on_create_shows_the_one_new_key(
         )
     assert count == 1
     assert (await exchange(http, api_key)).status_code == 200
+
+
+async def test_a_double_click_on_create_user_shows_it_created(page: Page, live: LiveServer) -> None:
+    """Any console form goes once: the second send of a new user would answer that the
+    name is taken, though the first made it."""
+    from sqlalchemy import func, select
+
+    await create_principal(live.context, "root", permissions=["admin"])
+    await sign_in(page, "root")
+    await page.goto("/console/admin/users")
+    await page.get_by_label("Username").fill("bob")
+    await page.get_by_label("Password").fill("bob's long password")
+    posts = await _double_click_held(page, "**/console/admin/users", "Create user")
+    await expect(page.get_by_text("User bob created.")).to_be_visible()
+    assert len(posts) == 1
+    async with live.context.database.sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Principal).where(Principal.name == "bob")
+        )
+    assert count == 1
 
 
 async def test_a_cookie_saved_before_sign_out_lands_on_sign_in_elsewhere(

@@ -73,12 +73,15 @@
     if (cancel) { cancel.focus(); }
   });
 
-  // A form that creates a key goes once: a double click would send it twice, and the
-  // browser shows the second answer ("Key already created", the server creates one key),
-  // so the secret, in the first answer, would never be seen. Later sends wait for it.
+  // A form goes once: a double click would send it twice, and the browser shows the answer
+  // to the second send. For a key form that is "Key already created" (the server makes one
+  // key), so the secret, in the first answer, would never be seen; for a new user or device
+  // "that name is taken", though the first send made it. Later sends wait for the answer.
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (!form.querySelector("input[name=form_id]")) { return; }
+    if (event.defaultPrevented || (form.getAttribute("method") || "").toLowerCase() !== "post") {
+      return;  // a delete's confirmation dialog opened instead, or a search form
+    }
     if (form.hasAttribute("data-sending")) {
       event.preventDefault();
       return;
