@@ -97,8 +97,14 @@ def authenticate_bearer(context: AppContext, authorization: str | None) -> Token
     if not authorization:
         raise MissingToken()
     scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        # Another scheme (Basic, a bare key) sends no bearer credentials: RFC 6750 §3.1 has
+        # no error code for that, only the challenge saying which scheme is accepted.
+        raise MissingToken(
+            "This endpoint accepts only an access token: Authorization: Bearer <JWT>."
+        )
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if not token:
         raise InvalidToken("Send the access token as: Authorization: Bearer <JWT>.")
     try:
         principal = context.keyring.verify_as(token, _principal_from_claims)

@@ -25,12 +25,31 @@ async def test_missing_malformed_and_api_key_tokens(client, context):
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
 
-    for value in ("Bearer not.a.jwt", "Bearer " + key["api_key"], "Basic abc", "Bearer "):
+    for value in ("Bearer not.a.jwt", "Bearer " + key["api_key"], "Bearer "):
         response = await client.get("/me", headers={"Authorization": value})
         assert response.status_code == 401, value
         assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"', value
     api_key_answer = await client.get("/me", headers=bearer(key["api_key"]))
     assert "exchange it at /token" in api_key_answer.json()["error_description"]
+
+
+async def test_another_scheme_gets_the_bare_bearer_challenge(client, context):
+    """RFC 6750 §3.1: a request that used an unsupported authentication method lacks
+    bearer credentials: 401 with the challenge and no error code, as when none was sent."""
+    token = await user_token(context, client, "bea", PERMS + ["introspect"])
+    key = await create_key(client, token, name="k")
+    pair = f"{key['client_id']}:{key['client_secret']}".encode()
+    for value in ("Basic " + base64.b64encode(pair).decode(), "Basic abc", key["api_key"]):
+        for method, path in (("GET", "/me"), ("POST", "/introspect")):
+            response = await client.request(
+                method, path, headers={"Authorization": value}, data={"token": token}
+            )
+            assert response.status_code == 401, (path, value)
+            assert response.headers["www-authenticate"] == "Bearer", (path, value)
+            body = response.json()
+            assert body["error"] != "invalid_token"
+            assert "Authorization: Bearer" in body["error_description"]
+            assert key["client_secret"] not in response.text
 
 
 async def test_two_authorization_headers_are_invalid_request(client, context):
