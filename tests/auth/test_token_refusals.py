@@ -4,11 +4,12 @@ every refusal of a known grant, no secret echoed, and the grant type checked fir
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 
 from tests.auth.test_token_endpoint import PERMS, assert_error, basic
-from tests.factories import audit_events, create_key, exchange, user_token
+from tests.factories import audit_events, bearer, create_key, exchange, user_token
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CC = {"grant_type": "client_credentials"}
@@ -285,3 +286,54 @@ async def test_switched_off_password_grant_is_answered_first(client):
     )
     assert_error(response, 400, "unsupported_grant_type")
     assert "switched off" in response.json()["error_description"]
+
+
+# 5. What an error says is in the characters RFC 6749 §5.2 allows.
+
+# error and error_description: %x20-21 / %x23-5B / %x5D-7E, so no quote, backslash or
+# non-ASCII character; clients may put them in a header or a log line verbatim.
+OAUTH_ERROR_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
+async def test_error_texts_use_only_the_characters_rfc_6749_allows(client, context, key):
+    token = await user_token(context, client, "olga", PERMS + ["introspect"])
+    spent = (await exchange(client, key["api_key"])).json()["refresh_token"]
+    assert (await client.post("/revoke", data={"token": spent})).status_code == 200
+    api_key = key["api_key"]
+    answers = {
+        "scope syntax": await exchange(client, api_key, scope='projects:read "x"'),
+        "scope tab": await exchange(client, api_key, scope="projects:read\tx"),
+        "scope non-ASCII": await exchange(client, api_key, scope="proj\u00e9ts"),
+        "scope not held": await exchange(client, api_key, scope="billing:write a!#$%&'()*"),
+        "grant type": await client.post("/token", data={"grant_type": "nope"}),
+        "no grant type": await client.post("/token", data={"scope": "x"}),
+        "repeated": await client.post(
+            "/token", content="grant_type=client_credentials&scope=a&scope=b", headers=FORM
+        ),
+        "query": await client.post("/token", data=CC, params={"api_key": api_key}),
+        "not a form": await client.post("/token", json=CC),
+        "not UTF-8": await client.post("/token", content=b"grant_type=%ff", headers=FORM),
+        "malformed basic": await client.post("/token", data=CC, headers=basic_raw(b"\xff:x")),
+        "no credentials": await client.post("/token", data=CC),
+        "wrong secret": await client.post(
+            "/token", data=CC, headers=basic(key["client_id"], "x" * 43)
+        ),
+        "refresh unknown": await client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": "ksr_nope"}
+        ),
+        "refresh spent": await client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": spent}
+        ),
+        "password": await client.post(
+            "/token", data={"grant_type": "password", "username": "olga", "password": "no"}
+        ),
+        "revoke without token": await client.post("/revoke", data={"x": "y"}),
+        "introspect without token": await client.post(
+            "/introspect", data={"x": "y"}, headers=bearer(token)
+        ),
+    }
+    for name, response in answers.items():
+        assert response.status_code in (400, 401), (name, response.text)
+        body = response.json()
+        assert OAUTH_ERROR_TEXT.fullmatch(body["error"]), name
+        assert OAUTH_ERROR_TEXT.fullmatch(body["error_description"]), (name, body)

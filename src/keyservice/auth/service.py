@@ -83,7 +83,8 @@ def parse_scope(value: str | None) -> frozenset[str] | None:
     for part in parts:
         if not _SCOPE_TOKEN.match(part):
             raise InvalidRequest(
-                "The scope parameter holds characters RFC 6749 §3.3 forbids.",
+                "The scope parameter holds characters RFC 6749 section 3.3 forbids: scope "
+                "names are printable ASCII without quotes or backslashes, separated by spaces.",
                 reason="malformed scope",
             )
     return frozenset(parts)
