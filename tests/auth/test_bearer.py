@@ -188,6 +188,22 @@ async def test_well_known_metadata(client):
     assert "admin" in meta["scopes_supported"]
 
 
+async def test_metadata_lists_the_token_endpoint_methods_it_accepts(client, context):
+    """RFC 8414 §2: the refresh_token and password grants are served without client
+    authentication, so "none" is among the token endpoint's methods."""
+    meta = (await client.get("/.well-known/oauth-authorization-server")).json()
+    methods = meta["token_endpoint_auth_methods_supported"]
+    assert set(methods) == {"client_secret_basic", "client_secret_post", "none"}
+    # What "none" stands for: a refresh with no client authentication at all.
+    await user_token(context, client, "nora", PERMS)
+    signed_in = await login(client, "nora")
+    refreshed = await client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": signed_in["refresh_token"]},
+    )
+    assert refreshed.status_code == 200, refreshed.text
+
+
 async def test_signing_key_rotation_keeps_old_tokens_valid(client, context):
     old = await user_token(context, client, "erin", PERMS)
     old_kid = jwt.get_unverified_header(old)["kid"]

@@ -222,7 +222,12 @@ async def metadata(context: ContextDep) -> Response:
         "introspection_endpoint": f"{issuer}/introspect",
         "grant_types_supported": grants,
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        # "none": the refresh_token and password grants take no client authentication.
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
         "revocation_endpoint_auth_methods_supported": [
             "none",
             "client_secret_basic",
