@@ -9,11 +9,19 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text, update
 
+from keyservice import migrations
 from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken, RevokedFamily
 from keyservice.console.models import ConsoleSpent
+from keyservice.context import AppContext
 from keyservice.database import new_id, utcnow
 from keyservice.maintenance import PRUNE_LOCK, prune_all
+from tests.conftest import (
+    _pg_admin,
+    create_postgres_database,
+    drop_postgres_database,
+    make_settings,
+)
 from tests.factories import create_principal, login
 
 
@@ -137,6 +145,93 @@ async def test_one_prune_at_a_time(context):
     after = await queued
     assert astuple(after) == (0, 0, 0, 0)
     assert await _counts(context) == [1, 1, 1, 1]
+
+
+@pytest.fixture
+def impatient_database(database_url):
+    """A migrated PostgreSQL database of the test's own whose server ends any session left
+    idle in a transaction for 200 ms (idle_in_transaction_session_timeout)."""
+    url = create_postgres_database("ks_prune")
+    try:
+        migrations.upgrade(url)
+        name = url.rsplit("/", 1)[1]
+        asyncio.run(
+            _pg_admin(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 200')
+        )
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+async def _advisory_locks(context) -> int:
+    async with context.database.sessionmaker() as session:
+        return int(
+            await session.scalar(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            )
+        )
+
+
+@pytest.mark.postgresql_only
+async def test_a_prune_longer_than_the_servers_idle_limit_keeps_its_turn(
+    impatient_database, tmp_path
+):
+    # The lock's transaction sits idle while the prune runs on other sessions: the server's
+    # idle_in_transaction_session_timeout would end it mid-prune, and another prune with it.
+    context = AppContext(make_settings(impatient_database, tmp_path))
+    try:
+        await _seed(context)
+        async with context.database.sessionmaker() as holder:
+            await holder.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            await holder.execute(
+                select(AuditEvent.seq)
+                .where(AuditEvent.at < utcnow() - timedelta(days=1))
+                .with_for_update()
+            )
+            first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
+            await _waiting_for_a_row_lock(context)
+            await asyncio.sleep(1)  # five times the server's limit
+            assert await prune_all(context, now=utcnow(), wait=False) is None
+            assert await _advisory_locks(context) == 1
+            await holder.rollback()
+        pruned = await first
+        assert astuple(pruned) == (1, 1, 1, 1)
+        assert await _advisory_locks(context) == 0
+        assert await _counts(context) == [1, 1, 1, 1]
+    finally:
+        await context.database.dispose()
+
+
+@pytest.mark.postgresql_only
+async def test_a_failed_prune_leaves_no_lock_held(impatient_database, tmp_path):
+    context = AppContext(make_settings(impatient_database, tmp_path))
+    try:
+        await _seed(context)
+        async with context.database.sessionmaker() as holder:
+            await holder.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            await holder.execute(
+                select(AuditEvent.seq)
+                .where(AuditEvent.at < utcnow() - timedelta(days=1))
+                .with_for_update()
+            )
+            first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
+            await _waiting_for_a_row_lock(context)
+            await asyncio.sleep(0.5)
+            # The prune's blocked DELETE is cancelled (an operator, a statement timeout).
+            await holder.execute(
+                text(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            with pytest.raises(Exception, match="cancel"):
+                await first
+            await holder.rollback()
+        assert await _advisory_locks(context) == 0
+        pruned = await prune_all(context, now=utcnow(), wait=False)
+        assert pruned is not None and pruned.audit_events == 1
+    finally:
+        await context.database.dispose()
 
 
 @pytest.mark.postgresql_only

@@ -43,6 +43,12 @@ FAMILY_MARK_KEPT = (
 # Any constant: the advisory lock a prune holds while it runs (PostgreSQL).
 PRUNE_LOCK = 0x6B73_7072_756E_65  # "ksprune"
 WAIT_SECONDS = 0.5
+# SET LOCAL of the limits that would end the lock's idle transaction; only those the
+# server has (transaction_timeout is PostgreSQL 17's).
+_NO_IDLE_LIMITS = text(
+    "SELECT set_config(name, '0', true) FROM pg_settings"
+    " WHERE name IN ('idle_in_transaction_session_timeout', 'transaction_timeout')"
+)
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,18 @@ async def _turn(
     connection (the pool does not reset session state, database.py). A wait tries again
     every WAIT_SECONDS rather than blocking in one statement, which the connections'
     command timeout would cut short of a long prune.
+
+    The transaction sits idle while the prune runs on other sessions: a server's
+    idle_in_transaction_session_timeout (or PostgreSQL 17's transaction_timeout) shorter
+    than the prune would end its session, and with it the lock, mid-prune. They are off
+    for this transaction only (SET LOCAL), so nothing of it stays on the connection.
     """
     if ctx.database.is_sqlite:
         yield True
         return
     try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
     async with ctx.database.engine.connect() as connection, connection.begin():
+        await connection.execute(_NO_IDLE_LIMITS)
         got = await connection.scalar(try_lock, {"key": PRUNE_LOCK})
         if not got and wait and waiting is not None:
             waiting()
