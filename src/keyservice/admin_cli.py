@@ -59,6 +59,22 @@ def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 250, highlight=False)
 
 
+# C0 and C1 controls (ESC starts the sequences that drive a terminal) and the bidi marks,
+# embeddings, overrides and isolates that show text in another order than it is stored.
+_UNSHOWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def cell(value: str) -> str:
+    """A stored string as a table shows it: Rich markup escaped, controls as `\\x1b`.
+
+    A key's name is its owner's text (any user with api_keys:manage names their own keys),
+    and descriptions and audit reasons are free text too: printed as they are, an escape
+    sequence among them would rewrite the operator's screen or title, or hide a row.
+    """
+    shown = _UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), value)
+    return escape(shown)
+
+
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
@@ -98,10 +114,10 @@ def _keys_table(rows: list[tuple[ApiKey, Principal]], now: datetime, title: str)
         status = key.status(owner_usable=owner.usable, now=now)
         style = {"valid": "green", "suspended": "yellow"}.get(status, "red")
         table.add_row(
-            key.id,
-            key.client_id,
-            escape(f"{owner.kind}:{owner.name}"),
-            escape(key.name) + (" (legacy)" if key.is_legacy else ""),
+            cell(key.id),
+            cell(key.client_id),
+            cell(f"{owner.kind}:{owner.name}"),
+            cell(key.name) + (" (legacy)" if key.is_legacy else ""),
             f"[{style}]{status}[/{style}]",
             when(key.expires_at),
             when(key.last_used_at),
@@ -304,12 +320,12 @@ def devices_list() -> None:
         table.add_column(column, no_wrap=column == "ID")
     for device in rows:
         table.add_row(
-            device.id,
-            escape(device.name),
-            escape(" ".join(sorted(device.permissions))) or "-",
+            cell(device.id),
+            cell(device.name),
+            cell(" ".join(sorted(device.permissions))) or "-",
             "[yellow]disabled[/yellow]" if device.disabled else "[green]enabled[/green]",
             when(device.created_at),
-            escape(device.description),
+            cell(device.description),
         )
     console().print(table)
 
@@ -346,17 +362,17 @@ def audit_tail(limit: int, event_type: str | None) -> None:
         outcome = (
             "[green]success[/green]"
             if event.outcome == "success"
-            else f"[red]{event.outcome}[/red]"
+            else f"[red]{cell(event.outcome)}[/red]"
         )
         table.add_row(
             when(event.at),
-            escape(event.type),
+            cell(event.type),
             outcome,
-            escape(event.actor or "-"),
-            event.principal_id or "-",
-            event.key_id or "-",
-            event.ip or "-",
-            escape(event.reason or ""),
+            cell(event.actor or "-"),
+            cell(event.principal_id or "-"),
+            cell(event.key_id or "-"),
+            cell(event.ip or "-"),
+            cell(event.reason or ""),
         )
     console().print(table)
 

@@ -493,3 +493,22 @@ def test_either_cli_module_may_be_imported_first(first):
     assert done.stdout.split() == [
         "audit", "devices", "keys", "migrate", "prune", "serve", "signing-keys", "users"
     ]  # fmt: skip
+
+
+def test_tables_show_control_characters_instead_of_sending_them_to_the_terminal(cli):
+    # Any user with api_keys:manage names their own keys; the admin lists them. An escape
+    # sequence in a name would clear the admin's screen, set its title, or hide a row.
+    ann = cli.principal("ann", permissions=["api_keys:manage"])
+    key = cli.key(ann, "ci\x1b[2J\x1b]0;pwned\x07\u202egnp.exe")
+    cli.add(AuditEvent(type="test.event", reason="moved\x1b[1A\x1b[2Kaway\x9b"))
+    cli.add(Principal(kind="device", name="box", description="line\rover\x1b[8m"))
+
+    listed = cli("keys", "list").output
+    assert key["id"] in listed
+    assert "ci\\x1b[2J\\x1b]0;pwned\\x07\\u202egnp.exe" in listed
+    tail = cli("audit", "tail").output
+    assert "moved\\x1b[1A\\x1b[2Kaway\\x9b" in tail
+    devices = cli("devices", "list").output
+    assert "line\\rover\\x1b[8m" in devices
+    for output in (listed, tail, devices):
+        assert not {"\x1b", "\x07", "\r", "\x9b", "\u202e"} & set(output)
