@@ -346,9 +346,22 @@ def users() -> None:
 def users_create(
     username: str, admin: bool, permissions: tuple[str, ...], password_stdin: bool
 ) -> None:
-    """Create a user; the password is prompted for (or read from stdin)."""
+    """Create a user; the password is prompted for (or read from stdin).
+
+    The password is never an argument: the command line is visible to every user of the
+    machine (ps). In a script, pipe it in: `printf '%s\\n' "$PASSWORD" | keyservice users
+    create NAME --password-stdin`.
+    """
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise click.ClickException("no password on standard input (--password-stdin)")
+    elif not sys.stdin.isatty():
+        # getpass would warn that it echoes, then read the pipe's lines as the password and
+        # its confirmation.
+        raise click.ClickException(
+            "no terminal to ask for the password on; pipe it in with --password-stdin"
+        )
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     perms = list(permissions) + (["admin"] if admin else [])

@@ -512,3 +512,18 @@ def test_tables_show_control_characters_instead_of_sending_them_to_the_terminal(
     assert "line\\rover\\x1b[8m" in devices
     for output in (listed, tail, devices):
         assert not {"\x1b", "\x07", "\r", "\x9b", "\u202e"} & set(output)
+
+
+def test_users_create_without_a_terminal_points_to_password_stdin(cli):
+    # A pipe is not a terminal: the prompt warned that the password may be echoed, took
+    # two of the pipe's lines as password and confirmation, and said only "Aborted!".
+    result = cli("users", "create", "ann", expect=1, input="long enough password\n")
+    assert result.output.strip() == (
+        "Error: no terminal to ask for the password on; pipe it in with --password-stdin"
+    )
+    empty = cli("users", "create", "ann", "--password-stdin", expect=1, input="")
+    assert empty.output.strip() == "Error: no password on standard input (--password-stdin)"
+    assert cli.scalar(select(func.count()).select_from(Principal)) == 0
+    created = cli("users", "create", "ann", "--password-stdin", input="long enough password\n")
+    assert created.output.startswith("created user ann (")
+    assert "long enough password" not in created.output
