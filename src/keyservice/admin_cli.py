@@ -1,12 +1,12 @@
 """Admin commands for operators without the console: keys, devices, audit, prune.
 
-    keyservice keys list [--owner NAME] [--owner-type T] [--status S ...]
+    keyservice keys list [--owner NAME] [--owner-type T] [--status S ...] [--json]
     keyservice keys revoke ID
-    keyservice keys expiring [--within 7d]
+    keyservice keys expiring [--within 7d] [--json]
     keyservice keys import-legacy FILE
     keyservice devices create NAME [--permission P ...] [--description D]
-    keyservice devices list
-    keyservice audit tail [--limit N] [--type T]
+    keyservice devices list [--json]
+    keyservice audit tail [--limit N] [--type T] [--json]
     keyservice prune
 
 Each command runs against the configured database (KEYSERVICE_DATABASE_URL) through the
@@ -15,12 +15,13 @@ same services as the HTTP API, and is audited with the actor `cli`.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -31,6 +32,7 @@ from keyservice.cli import load_settings, main, validated, with_context
 
 if TYPE_CHECKING:
     from keyservice.api_keys.models import ApiKey
+    from keyservice.config import Settings
     from keyservice.context import AppContext
     from keyservice.principals.models import Principal
 
@@ -75,6 +77,21 @@ def cell(value: str) -> str:
     return escape(shown)
 
 
+def as_json(option: Callable[..., Any]) -> Callable[..., Any]:
+    """The --json flag of a list command."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help='Print {"items": [...]} as JSON, the objects as the admin API shows them.',
+    )(option)
+
+
+def print_json(items: list[dict[str, Any]]) -> None:
+    """One JSON document; non-ASCII and controls \\u-escaped, so safe on any terminal."""
+    click.echo(json.dumps({"items": items}, indent=2))
+
+
 def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
 
@@ -104,6 +121,17 @@ def format_duration(value: timedelta) -> str:
 
 def _duration_option(_ctx: click.Context, _param: click.Parameter, value: str) -> timedelta:
     return parse_duration(value)
+
+
+def _keys_json(
+    rows: list[tuple[ApiKey, Principal]], settings: Settings, now: datetime
+) -> list[dict[str, Any]]:
+    from keyservice.api_keys.service import to_read
+
+    return [
+        to_read(key, owner, settings, now).model_dump(mode="json") | {"owner_name": owner.name}
+        for key, owner in rows
+    ]
 
 
 def _keys_table(rows: list[tuple[ApiKey, Principal]], now: datetime, title: str) -> Table:
@@ -145,24 +173,31 @@ def keys() -> None:
     multiple=True,
     help="Only keys with this status (repeat for several).",
 )
-def keys_list(owner: str | None, owner_type: str | None, statuses: tuple[str, ...]) -> None:
+@as_json
+def keys_list(
+    owner: str | None, owner_type: str | None, statuses: tuple[str, ...], as_json: bool
+) -> None:
     """List keys, newest first (revoked ones too, unless --status says otherwise)."""
     from keyservice.api_keys import service
     from keyservice.database import utcnow
 
     now = utcnow()
 
-    async def work(ctx: AppContext) -> list[tuple[ApiKey, Principal]]:
+    async def work(ctx: AppContext) -> tuple[list[tuple[ApiKey, Principal]], Settings]:
         async with ctx.database.sessionmaker() as session:
-            return await service.search(
+            found = await service.search(
                 session,
                 owner_name=owner,
                 owner_type=owner_type,
                 status=list(statuses) or None,
                 now=now,
             )
+            return found, ctx.settings
 
-    rows = run(work)
+    rows, settings = run(work)
+    if as_json:
+        print_json(_keys_json(rows, settings, now))
+        return
     if not rows:
         click.echo("no keys match")
         return
@@ -196,20 +231,26 @@ def keys_revoke(key_id: str) -> None:
     callback=_duration_option,
     help="How far ahead to look: 24h, 7d, 30d ...",
 )
-def keys_expiring(within: timedelta) -> None:
+@as_json
+def keys_expiring(within: timedelta, as_json: bool) -> None:
     """List usable keys that expire within the given time, soonest first."""
     from keyservice.api_keys import service
     from keyservice.database import utcnow
 
     now = utcnow()
 
-    async def work(ctx: AppContext) -> list[tuple[ApiKey, Principal]]:
+    async def work(ctx: AppContext) -> tuple[list[tuple[ApiKey, Principal]], Settings]:
         async with ctx.database.sessionmaker() as session:
-            return await service.search(
+            found = await service.search(
                 session, status=["valid", "suspended"], expires_before=now + within, now=now
             )
+            return found, ctx.settings
 
-    rows = sorted(run(work), key=lambda row: row[0].expires_at)
+    found, settings = run(work)
+    rows = sorted(found, key=lambda row: row[0].expires_at)
+    if as_json:
+        print_json(_keys_json(rows, settings, now))
+        return
     if not rows:
         click.echo(f"no key expires within {format_duration(within)}")
         return
@@ -303,15 +344,20 @@ def devices_create(name: str, permissions: tuple[str, ...], description: str) ->
 
 
 @devices.command("list")
-def devices_list() -> None:
+@as_json
+def devices_list(as_json: bool) -> None:
     """List the devices that are not deleted."""
     from keyservice.devices import service
+    from keyservice.devices.schemas import DeviceRead
 
     async def work(ctx: AppContext) -> list[Principal]:
         async with ctx.database.sessionmaker() as session:
             return list(await service.list_devices(session))
 
     rows = run(work)
+    if as_json:
+        print_json([DeviceRead.of(device).model_dump(mode="json") for device in rows])
+        return
     if not rows:
         click.echo("no devices")
         return
@@ -339,12 +385,20 @@ def audit() -> None:
 
 
 @audit.command("tail")
-@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 500),
+    default=20,
+    show_default=True,
+    help="How many of the latest events.",
+)
 @click.option("--type", "event_type", help="Only events of this type, e.g. token.exchange.")
-def audit_tail(limit: int, event_type: str | None) -> None:
+@as_json
+def audit_tail(limit: int, event_type: str | None, as_json: bool) -> None:
     """Show the latest events, oldest of them first (like tail)."""
     from keyservice.audit import service
     from keyservice.audit.models import AuditEvent
+    from keyservice.audit.schemas import AuditEventRead
 
     async def work(ctx: AppContext) -> list[AuditEvent]:
         async with ctx.database.sessionmaker() as session:
@@ -352,6 +406,9 @@ def audit_tail(limit: int, event_type: str | None) -> None:
             return items
 
     events = list(reversed(run(work)))
+    if as_json:
+        print_json([AuditEventRead.model_validate(e).model_dump(mode="json") for e in events])
+        return
     if not events:
         click.echo("no events")
         return

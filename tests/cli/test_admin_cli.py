@@ -527,3 +527,34 @@ def test_users_create_without_a_terminal_points_to_password_stdin(cli):
     created = cli("users", "create", "ann", "--password-stdin", input="long enough password\n")
     assert created.output.startswith("created user ann (")
     assert "long enough password" not in created.output
+
+
+def test_lists_print_json_for_scripts(cli):
+    # The tables are for people; a cron job reads --json: the admin API's objects.
+    ann = cli.principal("ann", permissions=["api_keys:manage"])
+    soon = cli.key(ann, "soon\x1b[2J", expires_at=utcnow() + timedelta(hours=2))
+    later = cli.key(ann, "later")
+    cli.add(Principal(kind="device", name="box", description="a box", permissions=[]))
+    cli.add(AuditEvent(type="test.event", outcome="failure", reason="why"))
+
+    def items(*args: str) -> list[dict[str, Any]]:
+        output = cli(*args, "--json").output
+        assert "\x1b" not in output
+        return json.loads(output)["items"]
+
+    listed = items("keys", "list")
+    assert [key["id"] for key in listed] == [later["id"], soon["id"]]
+    assert listed[1]["name"] == "soon\x1b[2J" and listed[1]["owner_name"] == "ann"
+    assert listed[1]["owner_id"] == ann and listed[1]["status"] == "valid"
+    assert listed[1]["expires_soon"] is True and listed[1]["client_id"] == soon["client_id"]
+    assert not {"client_secret", "api_key", "secret_hash"} & set(listed[1])
+    assert [key["id"] for key in items("keys", "expiring", "--within", "1d")] == [soon["id"]]
+    assert items("keys", "list", "--owner", "nobody") == []
+
+    (device,) = items("devices", "list")
+    assert (device["name"], device["description"], device["disabled"]) == ("box", "a box", False)
+    events = items("audit", "tail", "--type", "test.event")
+    assert [(e["type"], e["outcome"], e["reason"]) for e in events] == [
+        ("test.event", "failure", "why")
+    ]
+    assert items("audit", "tail", "--type", "none") == []
