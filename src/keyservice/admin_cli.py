@@ -437,7 +437,7 @@ def audit_tail(limit: int, event_type: str | None, as_json: bool) -> None:
 # prune ---------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(short_help="Delete expired tokens, old audit events and spent records.")
 def prune() -> None:
     """Delete refresh tokens expired over a day ago, audit events past retention,
     revocations of refresh-token families whose tokens have all expired, and the console's

@@ -228,7 +228,10 @@ def _say_issuer(settings: Settings) -> None:
     "--host", default=None, help="Address to bind (default KEYSERVICE_HOST, else 127.0.0.1)."
 )
 @click.option(
-    "--port", type=int, default=None, help="Port to bind (default KEYSERVICE_PORT, else 8000)."
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to bind (default KEYSERVICE_PORT, else 8000).",
 )
 @click.option(
     "--workers",

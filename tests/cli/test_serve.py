@@ -93,6 +93,16 @@ def test_a_bad_token_commit_value_stops_serve_naming_the_variable(served, monkey
     assert served == {}  # nothing served
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_a_port_out_of_range_is_refused_as_the_option(served, port):
+    # It was passed on as KEYSERVICE_PORT, and the error named the variable, not --port.
+    result = CliRunner().invoke(main, ["serve", "--port", port])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "KEYSERVICE_PORT" not in result.output.split("Error:")[1]
+    assert served == {}
+
+
 def test_a_port_in_use_is_one_line_before_anything_is_done(served, tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
