@@ -1,0 +1,212 @@
+"""Every console page passes axe-core's WCAG 2.0/2.1 A and AA rules in real Chromium.
+
+axe-playwright-python bundles Deque's axe-core and injects it with `page.evaluate` (not a
+<script> tag, so the console's Content-Security-Policy does not stand in the way). Pages are
+checked with data on them: keys (one expiring soon, so the warning banner shows), a device
+with a key, an added scope and audit events; forms also with their errors shown.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Page, expect
+
+from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.database import utcnow
+from keyservice.principals.models import Principal
+from tests.console.conftest import LiveServer, sign_in
+from tests.factories import add_scope, create_principal
+
+pytestmark = pytest.mark.browser
+
+WCAG_A_AA = {
+    "runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+    "resultTypes": ["violations"],  # passing elements are not listed in full: faster
+}
+
+# Rules switched off for one page only, each with the reason. Keep this empty unless a rule
+# is a false positive there for a reason that is written down.
+DISABLED_RULES: dict[str, list[str]] = {}
+
+DESKTOP = (1280, 720)  # Playwright's default viewport
+PHONE = (375, 740)
+MAX_NODES = 5  # failing elements listed per rule and page
+
+axe = Axe()
+
+
+def report(page_name: str, violations: list[dict[str, Any]]) -> str:
+    """One readable block per page: each rule broken, its impact, help, and where."""
+    lines = [f"{page_name}:"]
+    for violation in violations:
+        lines.append(
+            f"  {violation['id']} ({violation['impact']}): {violation['help']}"
+            f"  [{violation['helpUrl']}]"
+        )
+        nodes = violation["nodes"]
+        for node in nodes[:MAX_NODES]:
+            target = " ".join(str(part) for part in node["target"])
+            lines.append(f"    - {target}")
+            summary = node.get("failureSummary")
+            if summary:
+                lines.extend(f"        {line}" for line in summary.splitlines())
+        if len(nodes) > MAX_NODES:
+            lines.append(f"    ... and {len(nodes) - MAX_NODES} more elements")
+    return "\n".join(lines)
+
+
+class Audit:
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.checked: list[str] = []
+        self.failures: list[str] = []
+
+    async def check(self, name: str) -> None:
+        options: dict[str, Any] = dict(WCAG_A_AA)
+        disabled = DISABLED_RULES.get(name)
+        if disabled:
+            options["rules"] = {rule: {"enabled": False} for rule in disabled}
+        self.checked.append(name)
+        # At desktop width, then at phone width, where tables turn into cards.
+        for width, height in (DESKTOP, PHONE):
+            await self.page.set_viewport_size({"width": width, "height": height})
+            results = await axe.run(self.page, options=options)
+            violations = results.response["violations"]
+            if violations:
+                where = f"{name}, {width}px wide ({self.page.url})"
+                self.failures.append(report(where, violations))
+        await self.page.set_viewport_size({"width": DESKTOP[0], "height": DESKTOP[1]})
+
+    def assert_clean(self) -> None:
+        assert self.checked
+        if self.failures:
+            pytest.fail(
+                f"axe-core found accessibility violations in {len(self.failures)} checks of "
+                f"{len(self.checked)} pages:\n\n" + "\n\n".join(self.failures),
+                pytrace=False,
+            )
+
+
+async def _key(live: LiveServer, owner: Principal, name: str, **fields: object) -> str:
+    async with live.context.database.sessionmaker() as session:
+        created = await api_keys.create(
+            live.context,
+            session,
+            owner=owner,
+            data=ApiKeyCreate(name=name, **fields),  # type: ignore[arg-type]
+            actor="test",
+            ip=None,
+        )
+    return str(created.id)
+
+
+async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> None:
+    await add_scope(live.context, "projects:read", "Read projects")
+    await add_scope(live.context, "sensors:write", "Send readings")
+    root = await create_principal(
+        live.context, "root", permissions=["admin", "api_keys:manage", "projects:read"]
+    )
+    await create_principal(live.context, "alice")
+    deploy = await _key(live, root, "deploy", description="Deploys the site")
+    await _key(live, root, "nightly", expires_at=utcnow() + timedelta(days=3))
+    reader = await _key(live, root, "reader", scopes=["projects:read"], allowed_ips=["10.0.0.0/8"])
+    device = await create_principal(
+        live.context, "sensor-1", kind="device", permissions=["sensors:write"]
+    )
+    await _key(live, device, "station")
+    audit = Audit(page)
+
+    # Signed out.
+    await page.goto("/console/login")
+    await audit.check("sign-in")
+    await page.goto("/console/login?session=ended")
+    await audit.check("sign-in after the session ended")
+    await sign_in(page, "root", "not the password")
+    await expect(page.get_by_text("Wrong username or password")).to_be_visible()
+    await audit.check("sign-in with an error")
+
+    await sign_in(page, "root")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    await expect(page.get_by_role("status", name="API keys that need attention")).to_be_visible()
+    await audit.check("own keys")
+
+    await page.get_by_role("row", name="deploy").get_by_role("button", name="Delete").click()
+    await expect(page.get_by_role("dialog")).to_be_visible()
+    await audit.check("own keys, delete dialog open")
+    await page.keyboard.press("Escape")
+
+    await page.goto("/console/keys/new")
+    await audit.check("new key form")
+    await page.get_by_label("Name", exact=True).fill("")
+    await page.get_by_label("Allowed IPs").fill("not-an-address")
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.get_by_label("Allowed IPs")).to_have_attribute("aria-invalid", "true")
+    await audit.check("new key form with errors")
+    await page.get_by_label("Name", exact=True).fill("ci-bot")
+    await page.get_by_label("projects:read", exact=True).check()
+    await page.get_by_label("Allowed IPs").fill("127.0.0.1/32")
+    await page.get_by_role("button", name="Create key").click()
+    await expect(page.get_by_label("API key", exact=True)).to_be_visible()
+    await audit.check("show-once new key")
+    await page.reload()  # the form sent again: answered, nothing created
+    await expect(page.get_by_role("heading", name="Key already created")).to_be_visible()
+    await audit.check("form already sent")
+
+    await page.goto(f"/console/keys/{reader}/rotate")
+    await expect(page.get_by_role("heading", name="Rotate API key")).to_be_visible()
+    await audit.check("rotate")
+    await page.get_by_role("button", name="Rotate key").click()
+    await expect(page.get_by_role("heading", name="Your rotated API key")).to_be_visible()
+    await audit.check("show-once rotated key")
+    await page.goto(f"/console/keys/{reader}/rotate")
+    await expect(page.get_by_role("heading", name="Key already being replaced")).to_be_visible()
+    await audit.check("rotate refused: key being replaced")
+
+    await page.goto(f"/console/keys/{deploy}/delete")
+    await audit.check("delete confirmation")
+    await page.get_by_role("button", name="Delete").click()
+    await expect(page.get_by_text("The key was deleted.")).to_be_visible()
+    await audit.check("own keys with a notice")
+
+    # Administration.
+    await page.goto("/console/admin/users")
+    await audit.check("users")
+    alice = page.get_by_role("row", name="alice")
+    await alice.get_by_role("link", name="Edit").click()
+    await expect(page.get_by_role("heading", name="User alice")).to_be_visible()
+    await audit.check("user")
+    await page.goto(f"/console/admin/users/{root.id}")
+    await audit.check("user (self)")
+    await page.goto("/console/admin/devices")
+    await audit.check("devices")
+    await page.goto(f"/console/admin/devices/{device.id}")
+    await audit.check("device")
+    await page.goto(f"/console/admin/devices/{device.id}/keys/new")
+    await audit.check("device key form")
+    await page.goto("/console/admin/keys")
+    await audit.check("all keys")
+    await page.goto("/console/admin/keys?client_id=nope")
+    await audit.check("all keys with a filter error")
+    await page.goto("/console/admin/scopes")
+    await audit.check("scopes")
+    await page.goto("/console/admin/audit")
+    await expect(page.get_by_role("row").filter(has_text="api_key.created").first).to_be_visible()
+    await audit.check("audit log")
+
+    response = await page.goto("/console/no-such-page")
+    assert response is not None and response.status == 404
+    await audit.check("404")
+
+    await page.goto("/console/keys")
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, "alice")
+    response = await page.goto("/console/admin/users")
+    assert response is not None and response.status == 403
+    await audit.check("403")
+
+    audit.assert_clean()
