@@ -8,6 +8,7 @@
     keyservice devices list [--json]
     keyservice audit tail [--limit N] [--type T] [--json]
     keyservice prune
+    keyservice signing-keys list [--json]
 
 Each command runs against the configured database (KEYSERVICE_DATABASE_URL) through the
 same services as the HTTP API, and is audited with the actor `cli`.
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keyservice.cli import load_settings, main, validated, with_context
+from keyservice.cli import load_settings, main, signing_keys, validated, with_context
 
 if TYPE_CHECKING:
     from keyservice.api_keys.models import ApiKey
@@ -463,6 +464,106 @@ def prune() -> None:
         f"{FAMILY_MARK_KEPT.days} days and {result.console_ids} console sign-out and form "
         "record(s) whose session ended over an hour ago"
     )
+
+
+# signing keys --------------------------------------------------------------------------
+
+
+def signing_key_schedule(
+    keys: list[Any], now: datetime, published_after_retirement: timedelta
+) -> list[dict[str, Any]]:
+    """Each key's state (signing, pending, retired: still published, unpublished), when it
+    signs from and until, and until when it is published; newest first."""
+    from keyservice.security.jwt import signing_order
+
+    order = signing_order(keys, now)
+    items = []
+    for key in sorted(keys, key=lambda k: (k.created_at, k.kid), reverse=True):
+        published_until = (
+            key.retired_at + published_after_retirement if key.retired_at is not None else None
+        )
+        signs_from = None
+        if key in order:
+            position = order.index(key)
+            state = "signing" if position == 0 else "pending"
+            if position:
+                signs_from = order[position - 1].retired_at
+        else:
+            state = "retired" if published_until and published_until > now else "unpublished"
+        items.append(
+            {
+                "kid": key.kid,
+                "algorithm": key.algorithm,
+                "state": state,
+                "created_at": key.created_at,
+                "signs_from": signs_from,
+                "signs_until": key.retired_at,
+                "published_until": published_until,
+            }
+        )
+    return items
+
+
+@signing_keys.command("list")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"items": [...]} as JSON.',
+)
+def signing_keys_list(as_json: bool) -> None:
+    """Show the signing keys: which one signs, which is pending and from when, and until
+    when each retired one stays published."""
+    from sqlalchemy import select
+
+    from keyservice.auth.models import SigningKey
+    from keyservice.database import utcnow
+
+    async def work(ctx: AppContext) -> tuple[list[SigningKey], timedelta]:
+        async with ctx.database.sessionmaker() as session:
+            rows = list(await session.scalars(select(SigningKey)))
+        return rows, ctx.keyring.published_after_retirement
+
+    rows, published = run(work)
+    items = signing_key_schedule(rows, utcnow(), published)
+    if as_json:
+        print_json(
+            [
+                {
+                    name: value.isoformat() if isinstance(value, datetime) else value
+                    for name, value in item.items()
+                }
+                for item in items
+            ]
+        )
+        return
+    if not items:
+        click.echo("no signing keys (the server makes one when it starts)")
+        return
+    table = Table(title=f"{len(items)} signing key(s)", title_justify="left")
+    for column in (
+        "KID",
+        "ALG",
+        "STATE",
+        "CREATED",
+        "SIGNS FROM",
+        "SIGNS UNTIL",
+        "PUBLISHED UNTIL",
+    ):
+        table.add_column(column, no_wrap=column == "KID")
+    styles = {"signing": "green", "pending": "yellow"}
+    for item in items:
+        style = styles.get(item["state"], "red")
+        table.add_row(
+            cell(item["kid"]),
+            cell(item["algorithm"]),
+            f"[{style}]{item['state']}[/{style}]",
+            when(item["created_at"]),
+            when(item["signs_from"]),
+            when(item["signs_until"]),
+            when(item["published_until"]),
+        )
+    console().print(table)
 
 
 def register(main: click.Group) -> None:

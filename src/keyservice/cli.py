@@ -403,21 +403,52 @@ def signing_keys() -> None:
 
 
 @signing_keys.command("rotate")
-def signing_keys_rotate() -> None:
-    """Make a new signing key current; the old one stays published until its tokens expire."""
-    settings = load_settings()
+@click.option(
+    "--now",
+    "at_once",
+    is_flag=True,
+    help=(
+        "For a compromised key: sign with the new key at once. Resource servers holding a "
+        "cached JWKS (max-age 60 s) refuse the new tokens until they fetch it again, unless "
+        "they refetch on an unknown kid. The old key is retired but stays published, so "
+        "the tokens it signed (and any forged with it) stay valid, for the access-token TTL "
+        "+ 60 s unless revoked (keys revoke, or disabling the principal); no command "
+        "unpublishes it sooner, a lower KEYSERVICE_ACCESS_TOKEN_TTL on every replica does."
+    ),
+)
+def signing_keys_rotate(at_once: bool) -> None:
+    """Make a new signing key and publish it in the JWKS; it signs once every cached JWKS
+    can know it (80 s), the old one signing until then. The old key stays published until
+    the tokens it signed have expired (the access-token TTL after the handover)."""
+    from keyservice.security.jwt import SIGNING_KEY_ACTIVATION_SECONDS
 
-    async def work(context: Any) -> str:
+    settings = load_settings()
+    delay = 0 if at_once else SIGNING_KEY_ACTIVATION_SECONDS
+
+    async def work(context: Any) -> tuple[str, bool]:
         from keyservice.auth.revocation import notify
 
         async with context.database.sessionmaker() as session:
-            kid = await context.keyring.create_key(session, retire_current=True)
+            kid = await context.keyring.create_key(session, retire_current=True, delay=delay)
             await notify(session, "signing-keys")
             await session.commit()
-            return str(kid)
+            await context.keyring.load(session)
+            return str(kid), context.keyring.current_kid == kid
 
-    kid = with_context(settings, work)
-    click.echo(f"new signing key {kid} is current; every replica signs with it within 5 seconds")
+    kid, signs = with_context(settings, work)
+    if not signs:
+        click.echo(
+            f"new signing key {kid} is published; every replica signs with it in "
+            f"{SIGNING_KEY_ACTIVATION_SECONDS} seconds (see: keyservice signing-keys list)"
+        )
+    elif at_once:
+        click.echo(
+            f"new signing key {kid} is current; every replica signs with it within "
+            "5 seconds; resource servers with a cached JWKS refuse its tokens for up to 60 "
+            "seconds"
+        )
+    else:
+        click.echo(f"new signing key {kid} is current (there was no other)")
 
 
 # The admin commands (keys, devices, audit, prune) add themselves to `main` at the end of

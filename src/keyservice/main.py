@@ -40,6 +40,7 @@ from keyservice.exceptions import (
 )
 from keyservice.responses import NO_STORE, JSONResponse
 from keyservice.routing import ExactPaths, TableRoute
+from keyservice.security.jwt import SIGNING_KEY_RELOAD_SECONDS
 
 log = logging.getLogger("keyservice")
 access_log = logging.getLogger("keyservice.access")
@@ -50,8 +51,6 @@ _NO_STORE_HEADERS = [
     (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in NO_STORE.items()
 ]
 MAX_BODY_BYTES = 1024 * 1024
-# How often each process re-reads the signing keys (NOTIFY makes it immediate on PostgreSQL).
-SIGNING_KEY_RELOAD_SECONDS = 5
 MAX_HEADER_BYTES = 32 * 1024
 MAX_HEADER_COUNT = 100
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -558,3 +558,61 @@ def test_lists_print_json_for_scripts(cli):
         ("test.event", "failure", "why")
     ]
     assert items("audit", "tail", "--type", "none") == []
+
+
+def signing_keys_listed(cli: Cli) -> dict[str, dict[str, Any]]:
+    items = json.loads(cli("signing-keys", "list", "--json").output)["items"]
+    return {item["kid"]: item for item in items}
+
+
+def test_signing_keys_rotate_publishes_first_and_list_shows_the_handover(cli):
+    from keyservice.security.jwt import SIGNING_KEY_ACTIVATION_SECONDS
+
+    assert "no signing keys" in cli("signing-keys", "list").output
+    # A fresh install: the only key signs at once.
+    first = cli("signing-keys", "rotate").output
+    assert "is current (there was no other)" in first
+    (old,) = signing_keys_listed(cli)
+
+    rotated = cli("signing-keys", "rotate").output
+    assert f"signs with it in {SIGNING_KEY_ACTIVATION_SECONDS} seconds" in rotated
+    listed = signing_keys_listed(cli)
+    (new,) = set(listed) - {old}
+    assert listed[old]["state"] == "signing"
+    assert listed[new]["state"] == "pending"
+    handover = listed[old]["signs_until"]
+    assert listed[new]["signs_from"] == handover
+    created = datetime.fromisoformat(listed[new]["created_at"])
+    assert datetime.fromisoformat(handover) == created + timedelta(
+        seconds=SIGNING_KEY_ACTIVATION_SECONDS
+    )
+    ttl = make_settings(cli.database_url, cli.tmp_path).access_token_ttl
+    published_until = datetime.fromisoformat(listed[old]["published_until"])
+    assert published_until == datetime.fromisoformat(handover) + timedelta(seconds=ttl + 60)
+
+    # What this process signs with, from what it loads.
+    async def signer(ctx: AppContext) -> str | None:
+        return ctx.keyring.current_kid
+
+    assert cli.run(signer) == old
+
+    table = cli("signing-keys", "list").output
+    assert "signing" in table and "pending" in table and new in table
+
+    # --now: the new key signs at once, the others are retired and still published.
+    at_once = cli("signing-keys", "rotate", "--now").output
+    assert "is current; every replica signs with it within 5 seconds" in at_once
+    listed = signing_keys_listed(cli)
+    (newest,) = set(listed) - {old, new}
+    assert listed[newest]["state"] == "signing"
+    assert listed[old]["state"] == listed[new]["state"] == "retired"
+    assert cli.run(signer) == newest
+
+
+def test_signing_keys_rotate_help_describes_now(cli):
+    from keyservice.security.jwt import SIGNING_KEY_ACTIVATION_SECONDS
+
+    shown = " ".join(cli("signing-keys", "rotate", "--help").output.split())
+    assert f"({SIGNING_KEY_ACTIVATION_SECONDS} s)" in shown
+    assert "--now" in shown and "compromised" in shown
+    assert "refuse the new tokens" in shown and "unless revoked" in shown

@@ -156,7 +156,7 @@ def test_serve_login_verify_rotate(tmp_path, server_env):
             assert head.content == b""
             assert head.headers["content-type"] == "application/json"
 
-        rotated = server.cli("signing-keys", "rotate")
+        rotated = server.cli("signing-keys", "rotate", "--now")
         assert rotated.returncode == 0, rotated.stderr
         old_kid = jwt.get_unverified_header(old)["kid"]
         deadline = time.monotonic() + 15

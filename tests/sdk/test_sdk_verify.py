@@ -211,7 +211,7 @@ def test_rotated_signing_key_is_fetched_once(server: Server, tokens: dict[str, A
         old_kid = parts(tokens["access_token"])[0]["kid"]
         verifier.verify(tokens["access_token"])
         subprocess.run(
-            [str(BIN / "keyservice"), "signing-keys", "rotate"],
+            [str(BIN / "keyservice"), "signing-keys", "rotate", "--now"],
             env=server.env,
             check=True,
             capture_output=True,

@@ -31,6 +31,7 @@ from keyservice.exceptions import (
 from keyservice.responses import JSONResponse
 from keyservice.routing import TableRoute
 from keyservice.scopes.models import INTROSPECT
+from keyservice.security.jwt import JWKS_MAX_AGE_SECONDS
 
 router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
@@ -204,7 +205,9 @@ async def introspect(
 
 @router.get("/.well-known/jwks.json")
 async def jwks(context: ContextDep) -> Response:
-    return JSONResponse(context.keyring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+    # A rotated-in key signs only once a copy cached for this long has expired.
+    cache = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
+    return JSONResponse(context.keyring.jwks(), headers={"Cache-Control": cache})
 
 
 @router.get("/.well-known/oauth-authorization-server")

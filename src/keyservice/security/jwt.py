@@ -3,6 +3,12 @@
 Private keys are stored encrypted (AES-256-GCM, key derived from the server secret), so
 every replica signs and verifies with the same keys. Loaded key objects are kept in memory:
 parsing a PEM per request would cost more than signing (PERF-NOTES).
+
+A rotated-in key is published first and signs only later (SIGNING_KEY_ACTIVATION_SECONDS):
+a resource server that cached the JWKS just before the rotation must not meet a `kid` it
+does not know. Rotation stores the handover as the old key's `retired_at`, in the future;
+the signing key is the oldest key not retired yet (`signing_order`), so every replica
+switches at the same moment, from what it has already loaded.
 """
 
 from __future__ import annotations
@@ -12,10 +18,10 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar, cast
 
 import jwt
 import orjson
@@ -69,6 +75,34 @@ class UnknownKeyError(TokenError):
 
 
 _RELOAD_INTERVAL = 5.0
+# How long a client may cache /.well-known/jwks.json (its Cache-Control max-age).
+JWKS_MAX_AGE_SECONDS = 60
+# How often each process re-reads the signing keys (NOTIFY makes it immediate on PostgreSQL).
+SIGNING_KEY_RELOAD_SECONDS = 5
+# How long a rotated-in key is published before it signs: every replica has reloaded and
+# served it (reload), every JWKS cached before that has expired (max-age), with a margin
+# for clock skew between hosts and a slow reload.
+SIGNING_KEY_ACTIVATION_SECONDS = JWKS_MAX_AGE_SECONDS + SIGNING_KEY_RELOAD_SECONDS + 15
+
+
+class _Dated(Protocol):
+    @property
+    def kid(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def retired_at(self) -> datetime | None: ...
+
+
+D = TypeVar("D", bound=_Dated)
+
+
+def signing_order(keys: Iterable[D], now: datetime) -> list[D]:
+    """The keys not retired at `now`, in the order they sign: the first signs now, each next
+    one from when the one before it retires (a rotation sets that to the moment the new key
+    takes over). On a fresh install the only key signs at once."""
+    live = (k for k in keys if k.retired_at is None or k.retired_at > now)
+    return sorted(live, key=lambda k: (k.created_at, k.kid))
 
 
 @dataclass(frozen=True)
@@ -119,8 +153,15 @@ class SigningKeyring:
         self.access_token_ttl = access_token_ttl
         self._keys: dict[str, LoadedKey] = {}
         self._current: LoadedKey | None = None
+        # When `_current` retires (Unix seconds): issue() looks for the next key from then.
+        self._handover = float("inf")
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._last_reload = 0.0
+
+    @property
+    def published_after_retirement(self) -> timedelta:
+        """How long a retired key stays published: until every token it signed expired."""
+        return timedelta(seconds=self.access_token_ttl + 60)
 
     # Storage -------------------------------------------------------------------------
 
@@ -139,8 +180,20 @@ class SigningKeyring:
                 "secret: it is not the secret this database was set up with"
             ) from None
 
-    async def create_key(self, session: AsyncSession, *, retire_current: bool) -> str:
-        """Store a new key and make it current; the old one stays published (not committed)."""
+    async def create_key(
+        self,
+        session: AsyncSession,
+        *,
+        retire_current: bool,
+        delay: float = SIGNING_KEY_ACTIVATION_SECONDS,
+    ) -> str:
+        """Store a new key, published at once; with `retire_current`, it takes over signing
+        `delay` seconds from now: the keys not retired by then retire then (not committed).
+
+        A retirement already due sooner is kept: a second rotation before the first took
+        over lets the first new key sign in between, and `delay=0` (a compromised key)
+        retires every other key at once.
+        """
         private_key = _generate(self.algorithm)
         kid = uuid.uuid4().hex
         der = private_key.private_bytes(
@@ -150,8 +203,11 @@ class SigningKeyring:
         )
         now = utcnow()
         if retire_current:
+            handover = now + timedelta(seconds=delay)
             await session.execute(
-                update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=now)
+                update(SigningKey)
+                .where(SigningKey.retired_at.is_(None) | (SigningKey.retired_at > handover))
+                .values(retired_at=handover)
             )
         session.add(
             SigningKey(
@@ -177,7 +233,7 @@ class SigningKeyring:
 
     async def load(self, session: AsyncSession) -> None:
         """Read every published key; decrypt each private key once."""
-        horizon = utcnow() - timedelta(seconds=self.access_token_ttl + 60)
+        horizon = utcnow() - self.published_after_retirement
         rows = (
             await session.scalars(
                 select(SigningKey).where(
@@ -204,10 +260,16 @@ class SigningKeyring:
                 created_at=row.created_at,
                 retired_at=row.retired_at,
             )
-        live = [k for k in keys.values() if k.retired_at is None]
         self._keys = keys
-        self._current = max(live, key=lambda k: (k.created_at, k.kid)) if live else None
+        self._choose(time.time())
         self._last_reload = time.monotonic()
+
+    def _choose(self, now: float) -> None:
+        """Pick the signing key as of `now` and note when it hands over."""
+        order = signing_order(self._keys.values(), datetime.fromtimestamp(now, UTC))
+        self._current = order[0] if order else None
+        retires = self._current.retired_at if self._current is not None else None
+        self._handover = retires.timestamp() if retires is not None else float("inf")
 
     # Tokens --------------------------------------------------------------------------
 
@@ -216,6 +278,9 @@ class SigningKeyring:
 
     @property
     def current_kid(self) -> str | None:
+        """The `kid` issue() signs with now."""
+        if time.time() >= self._handover:
+            self._choose(time.time())
         return self._current.kid if self._current else None
 
     def reload_allowed(self) -> bool:
@@ -224,10 +289,12 @@ class SigningKeyring:
 
     def issue(self, claims: dict[str, Any], *, now: int | None = None) -> tuple[str, int]:
         """Sign an access token; return it with its `exp`."""
+        iat = int(time.time()) if now is None else now
+        if iat >= self._handover:  # the loaded keys say when; no database read
+            self._choose(iat)
         key = self._current
         if key is None:
             raise RuntimeError("no signing key loaded")
-        iat = int(time.time()) if now is None else now
         exp = iat + self.access_token_ttl
         payload = {
             "iss": self.issuer,
