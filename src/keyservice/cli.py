@@ -64,10 +64,15 @@ def configure_logging(level: str) -> None:
 
 
 async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    from keyservice import migrations
     from keyservice.context import AppContext
 
     context = AppContext(settings)
     try:
+        # Before anything is read or written: an empty schema, or one behind or ahead of
+        # this code's, is refused in the line `serve --no-migrate` gives (a raw "no such
+        # table" at the first query otherwise, or a write the schema is not made for).
+        await migrations.check_engine(context.database.engine)
         # Reading the signing keys proves the secret: a command run with another one would
         # write what the deployment cannot read (a signing key, a legacy key's hash).
         async with context.database.sessionmaker() as session:
@@ -78,9 +83,15 @@ async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]])
 
 
 def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `work(context)` against the configured database."""
+    """Run `work(context)` against the configured database, refused unless it is migrated.
+
+    A SQLite file that is not there is refused before the data folder or the file is made.
+    """
+    from keyservice import migrations
     from keyservice.security.jwt import WrongSecretError
 
+    with database_errors(settings.effective_database_url):
+        migrations.check_file(settings.effective_database_url)
     prepare_data_dir(settings)
     with database_errors(settings.effective_database_url):
         try:

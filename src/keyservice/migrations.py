@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -36,6 +40,27 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+async def _heads(engine: AsyncEngine) -> tuple[str, ...]:
+    async with engine.connect() as connection:
+        return tuple(
+            await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_heads()
+            )
+        )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # A look, not a migration: without Alembic's "Context impl ..." lines at INFO.
+    announcer = logging.getLogger("alembic.runtime.migration")
+    level = announcer.level
+    announcer.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        announcer.setLevel(level)
+
+
 def current_revisions(database_url: str) -> tuple[str, ...]:
     """The revisions the database is stamped with (none for an empty database)."""
     from keyservice.database import Database
@@ -43,23 +68,12 @@ def current_revisions(database_url: str) -> tuple[str, ...]:
     async def read() -> tuple[str, ...]:
         database = Database(database_url)
         try:
-            async with database.engine.connect() as connection:
-                return tuple(
-                    await connection.run_sync(
-                        lambda sync: MigrationContext.configure(sync).get_current_heads()
-                    )
-                )
+            return await _heads(database.engine)
         finally:
             await database.dispose()
 
-    # A look, not a migration: without Alembic's "Context impl ..." lines at INFO.
-    announcer = logging.getLogger("alembic.runtime.migration")
-    level = announcer.level
-    announcer.setLevel(max(level, logging.WARNING))
-    try:
+    with _quiet():
         return asyncio.run(read())
-    finally:
-        announcer.setLevel(level)
 
 
 def _unknown(script: ScriptDirectory, revisions: tuple[str, ...]) -> list[str]:
@@ -91,11 +105,8 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
-def check_current(database_url: str) -> None:
-    """Raise SchemaMismatch unless the database is at this version's newest revision."""
-    script = ScriptDirectory.from_config(alembic_config(database_url))
+def _check(script: ScriptDirectory, current: tuple[str, ...]) -> None:
     head = script.get_current_head()
-    current = current_revisions(database_url)
     unknown = _unknown(script, current)
     if unknown:
         raise _newer(unknown, head)
@@ -105,3 +116,37 @@ def check_current(database_url: str) -> None:
             f"the database is {where}, and this version of keyservice needs {head}: "
             "run `keyservice migrate` first (or serve without --no-migrate)"
         )
+
+
+def check_current(database_url: str) -> None:
+    """Raise SchemaMismatch unless the database is at this version's newest revision."""
+    _check(
+        ScriptDirectory.from_config(alembic_config(database_url)), current_revisions(database_url)
+    )
+
+
+def check_file(database_url: str) -> None:
+    """Raise SchemaMismatch, as check_current would, for a SQLite file that does not exist.
+
+    Without opening it: SQLite would create the file (an empty database) just to look.
+    """
+    url = make_url(database_url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if url.query.get("uri") or path.startswith("file:"):
+        return  # a URI names its file its own way; opening it reads what is there
+    try:
+        Path(path).stat()
+    except FileNotFoundError:
+        _check(ScriptDirectory.from_config(alembic_config(database_url)), ())
+    except OSError:
+        return  # a file where a folder should be, no permission: using it says which
+
+
+async def check_engine(engine: AsyncEngine) -> None:
+    """check_current on a database already open (the admin commands' own engine)."""
+    script = ScriptDirectory.from_config(alembic_config(engine.url.render_as_string()))
+    with _quiet():
+        current = await _heads(engine)
+    _check(script, current)

@@ -93,6 +93,83 @@ def test_serve_no_migrate_refuses_a_schema_behind_the_code(empty_database, tmp_p
     assert migrations.current_revisions(empty_database) == ((revision,) if revision else ())
 
 
+ADMIN_COMMANDS = [
+    ["keys", "list"],
+    ["keys", "revoke", "kc_0123456789abcdef"],
+    ["keys", "expiring"],
+    ["keys", "import-legacy", "keys.jsonl"],
+    ["devices", "create", "box"],
+    ["devices", "list"],
+    ["audit", "tail"],
+    ["prune"],
+    ["users", "create", "ann", "--password-stdin"],
+    ["signing-keys", "rotate"],
+]
+
+
+@pytest.mark.parametrize("revision", [None, "0007", "0099"], ids=["empty", "0007", "newer"])
+def test_admin_commands_refuse_a_schema_not_the_codes_as_serve_does(
+    empty_database, tmp_path, revision
+):
+    # They said "no such table" (or wrote to a schema behind the code) from the first
+    # query; now each refuses before doing anything, in the line `serve --no-migrate` gives.
+    if revision == "0099":
+        migrations.upgrade(empty_database)
+        stamp(empty_database, revision)
+    elif revision is not None:
+        migrations.upgrade(empty_database, revision)
+    (tmp_path / "keys.jsonl").write_text("")
+    env = {
+        "KEYSERVICE_DATABASE_URL": empty_database,
+        "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+        "KEYSERVICE_DATA_DIR": str(tmp_path),
+    }
+    lines = {}
+    for command in ADMIN_COMMANDS:
+        command = [str(tmp_path / part) if part.endswith(".jsonl") else part for part in command]
+        result = CliRunner().invoke(main, command, env=env, input="long enough password\n")
+        assert isinstance(result.exception, SystemExit), (command, result.output, result.exception)
+        assert result.exit_code == 1, (command, result.output)
+        lines[" ".join(command[:2])] = one_line(result)
+    if revision is None and empty_database.startswith("sqlite"):  # not opened: not made empty
+        assert not Path(empty_database.split("///", 1)[1]).exists()
+    serve = keyservice(
+        "serve", "--no-migrate", database_url=empty_database, tmp_path=tmp_path, expect=1
+    )
+    assert set(lines.values()) == {one_line(serve)}, lines
+    if revision is None:
+        assert migrations.current_revisions(empty_database) == ()
+        return
+    assert migrations.current_revisions(empty_database) == (revision,)
+
+    async def count() -> int:
+        database = Database(empty_database)
+        try:
+            async with database.engine.connect() as connection:
+                rows = 0
+                for table in ("principal", "signing_key", "audit_event"):
+                    query = sa.text(f"SELECT count(*) FROM {table}")  # noqa: S608
+                    rows += (await connection.execute(query)).scalar_one()
+                return rows
+        finally:
+            await database.dispose()
+
+    assert asyncio.run(count()) == 0  # no user, device, signing key or event written
+
+
+def test_an_admin_command_on_no_embedded_database_makes_no_data_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
+    data = tmp_path / "fresh" / ".keyservice"
+    result = CliRunner().invoke(main, ["keys", "list"], env={"KEYSERVICE_DATA_DIR": str(data)})
+    assert result.exit_code == 1, result.output
+    assert one_line(result) == (
+        "Error: the database is empty, and this version of keyservice needs 0008: "
+        "run `keyservice migrate` first (or serve without --no-migrate)"
+    )
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
     monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
