@@ -1,7 +1,7 @@
 """Admin commands for operators without the console: keys, devices, audit, prune.
 
     keyservice keys list [--owner NAME] [--owner-type T] [--status S ...] [--json]
-    keyservice keys revoke ID
+    keyservice keys revoke ID_OR_CLIENT_ID
     keyservice keys expiring [--within 7d] [--json]
     keyservice keys import-legacy FILE
     keyservice devices create NAME [--permission P ...] [--description D]
@@ -206,14 +206,36 @@ def keys_list(
 
 
 @keys.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", metavar="ID_OR_CLIENT_ID")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key for good (a leaked one, say); its tokens stop working within seconds."""
+    """Revoke a key for good (a leaked one, say); its tokens stop working within seconds.
+
+    Give the key's id or its client id (kc_..., the 16 letters and digits after ksk_ in
+    the key string). Never the key string itself: the command line is visible to every
+    user of the machine (ps) and kept in shell history.
+    """
     from keyservice.api_keys import service
+    from keyservice.exceptions import KeyServiceError, NotFound
+    from keyservice.security.tokens import CLIENT_ID_PREFIX, holds_api_key
+
+    # Refused in the API's words, never quoted, before anything is read: the secret in it
+    # is to be treated as leaked (and this revokes nothing for it: the client id does).
+    by_client_id = key_id.startswith(CLIENT_ID_PREFIX) or holds_api_key(key_id)
+    if by_client_id:
+        try:
+            service.check_client_id(key_id)
+        except KeyServiceError as exc:
+            raise click.ClickException(exc.description) from None
 
     async def work(ctx: AppContext) -> tuple[str, bool]:
         async with ctx.database.sessionmaker() as session:
-            key, owner = await service.get_any(session, key_id=key_id)
+            if by_client_id:
+                found = await service.search(session, client_id=key_id)
+                if not found:
+                    raise NotFound("No API key with this client id.")
+                key, owner = found[0]
+            else:
+                key, owner = await service.get_any(session, key_id=key_id)
             label = f"{key.id} ({key.client_id}) of {owner.kind} {owner.name}"
             if key.revoked_at is not None:
                 return label, False

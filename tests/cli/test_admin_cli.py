@@ -231,6 +231,49 @@ def test_keys_revoke(cli):
     assert "No API key with this id" in unknown.output
 
 
+def test_keys_revoke_by_client_id(cli):
+    # An operator holding a leaked key string knows its client id (ksk_<body>_... is
+    # kc_<body>), not the key's id.
+    ann = cli.principal("ann")
+    key = cli.key(ann, "leaked")
+    other = cli.key(ann, "kept")
+    result = cli("keys", "revoke", key["client_id"])
+    assert result.output.strip() == (f"revoked key {key['id']} ({key['client_id']}) of user ann")
+    assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key["id"])) is not None
+    assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == other["id"])) is None
+    event = cli.scalar(select(AuditEvent).where(AuditEvent.type == "api_key.deleted"))
+    assert (event.actor, event.key_id, event.principal_id) == ("cli", key["id"], ann)
+
+    again = cli("keys", "revoke", key["client_id"])
+    assert "was already revoked" in again.output
+    unknown = cli("keys", "revoke", "kc_0123456789abcdef", expect=1)
+    assert unknown.output.strip() == "Error: No API key with this client id."
+    malformed = cli("keys", "revoke", "kc_short", expect=1)
+    assert malformed.output.strip() == (
+        "Error: A client ID is kc_ followed by 16 letters and digits, as the key lists show it."
+    )
+
+
+def test_keys_revoke_refuses_the_key_string_without_quoting_it(cli):
+    # The command line is in `ps` and shell history: the key string is refused in the
+    # API's words (it is leaked now), never echoed, and nothing is revoked for it.
+    ann = cli.principal("ann")
+    key = cli.key(ann, "pasted")
+    secret = key["api_key"].rsplit("_", 1)[1]
+    for pasted in (key["api_key"], f"'{key['api_key']}'", key["api_key"][:30]):
+        result = cli("keys", "revoke", pasted, expect=1)
+        assert result.output.strip() == (
+            "Error: That is an API key string (it starts with ksk_), which holds the key's "
+            "secret: give only its client ID, kc_ followed by the 16 letters and digits after "
+            "ksk_. Treat the pasted key as leaked: revoke it."
+        )
+        assert secret[:12] not in result.output
+    assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key["id"])) is None
+    assert cli.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.type == "api_key.deleted"
+    )) == 0  # fmt: skip
+
+
 def test_keys_expiring(cli):
     ann = cli.principal("ann")
     now = utcnow()
