@@ -366,6 +366,27 @@ def users_create(
     machine (ps). In a script, pipe it in: `printf '%s\\n' "$PASSWORD" | keyservice users
     create NAME --password-stdin`.
     """
+    perms = list(permissions) + (["admin"] if admin else [])
+    settings = load_settings()
+    from keyservice.exceptions import KeyServiceError
+    from keyservice.users import service
+    from keyservice.users.schemas import UserCreate
+
+    # What POST /admin/users accepts, no more: names end up in audit actors and tables.
+    # The name and permissions first, with a stand-in password (checked below), so that
+    # nobody types a password for a name the API would refuse.
+    early = validated(UserCreate, username=username, password="-", permissions=perms)
+
+    async def check(context: Any) -> None:
+        async with context.database.sessionmaker() as session:
+            await service.check_new(session, username=early.username, permissions=early.permissions)
+
+    # The database answers, is migrated, and the name is free: before the password too.
+    try:
+        with_context(settings, check)
+    except KeyServiceError as exc:
+        raise click.ClickException(exc.description) from None
+
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
@@ -378,17 +399,12 @@ def users_create(
         )
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    perms = list(permissions) + (["admin"] if admin else [])
-    settings = load_settings()
-    from keyservice.users.schemas import UserCreate
-
-    # What POST /admin/users accepts, no more: names end up in audit actors and tables.
     data = validated(UserCreate, username=username, password=password, permissions=perms)
 
     async def work(context: Any) -> str:
-        from keyservice.users import service
-
         async with context.database.sessionmaker() as session:
+            # Checks the name again: another user of that name may have been made while
+            # the password was typed (the same 409, here or at the insert).
             user = await service.create(
                 session,
                 username=data.username,
@@ -398,8 +414,6 @@ def users_create(
                 ip=None,
             )
             return str(user.id)
-
-    from keyservice.exceptions import KeyServiceError
 
     try:
         user_id = with_context(settings, work)

@@ -7,6 +7,7 @@ way, in a fresh context per `with_context` call.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,7 @@ class Cli:
             "KEYSERVICE_DATA_DIR": str(tmp_path),
         }
 
-    def __call__(self, *args: str, expect: int = 0, input: str | None = None, **env: str) -> Result:
+    def __call__(self, *args: str, expect: int = 0, input: Any = None, **env: str) -> Result:
         result = CliRunner().invoke(main, list(args), env={**self.env, **env}, input=input)
         assert result.exit_code == expect, (result.output, result.exception)
         return result
@@ -659,3 +660,48 @@ def test_signing_keys_rotate_help_describes_now(cli):
     assert f"({SIGNING_KEY_ACTIVATION_SECONDS} s)" in shown
     assert "--now" in shown and "compromised" in shown
     assert "refuse the new tokens" in shown and "unless revoked" in shown
+
+
+def test_users_create_checks_the_name_and_permissions_before_the_password(cli):
+    # A taken name or an unknown permission was said only after the password was typed
+    # twice; now before it is asked for (or read from stdin: none is given here).
+    cli.principal("ann")
+    for args in (("users", "create", "ann"), ("users", "create", "ann", "--password-stdin")):
+        result = cli(*args, expect=1, input="")
+        assert result.output.strip() == "Error: The username 'ann' is taken."
+    unknown = cli("users", "create", "bob", "--permission", "nope:read", expect=1, input="")
+    assert "Unknown permission(s): nope:read" in unknown.output
+    assert cli.scalar(select(func.count()).select_from(Principal)) == 1
+
+
+def test_users_create_says_so_when_the_name_was_taken_while_the_password_was_typed(cli):
+    # The early check passed; another operator made the user before the password came.
+    class Meanwhile(io.BytesIO):
+        made = False
+
+        def _first(self) -> None:
+            if not self.made:
+                self.made = True
+                cli.principal("ann")
+
+        def read(self, *args: Any) -> bytes:
+            self._first()
+            return super().read(*args)
+
+        def read1(self, *args: Any) -> bytes:
+            self._first()
+            return super().read1(*args)
+
+        def readinto(self, buffer: Any) -> int:
+            self._first()
+            return super().readinto(buffer)
+
+        def readline(self, *args: Any) -> bytes:
+            self._first()
+            return super().readline(*args)
+
+    stdin = Meanwhile(b"long enough password\n")
+    result = cli("users", "create", "ann", "--password-stdin", expect=1, input=stdin)
+    assert stdin.made
+    assert result.output.strip() == "Error: The username 'ann' is taken."
+    assert cli.scalar(select(func.count()).select_from(Principal)) == 1

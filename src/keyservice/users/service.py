@@ -92,6 +92,24 @@ async def _slow_password_hash(session: AsyncSession, password: str) -> str:
     return await run_slow_hash(hash_password, password)
 
 
+def _taken(username: str) -> str:
+    return f"The username '{username}' is taken."
+
+
+async def check_new(
+    session: AsyncSession, *, username: str, permissions: Sequence[str]
+) -> list[str]:
+    """What `create` reads first: 422 for an unknown permission, 409 for a taken name.
+
+    A read only, so `keyservice users create` asks it before the password; a user made
+    meanwhile is still the same 409 at the insert.
+    """
+    perms = await check_permissions(session, permissions)
+    if await get_by_username(session, username=username) is not None:
+        raise Conflict(_taken(username))
+    return perms
+
+
 async def create(
     session: AsyncSession,
     *,
@@ -103,16 +121,14 @@ async def create(
 ) -> Principal:
     """Create a user (409 if the username is taken) and commit."""
     check_password(password)
-    perms = await check_permissions(session, permissions)
-    if await get_by_username(session, username=username) is not None:
-        raise Conflict(f"The username '{username}' is taken.")
+    perms = await check_new(session, username=username, permissions=permissions)
     password_hash = await _slow_password_hash(session, password)
     user = Principal(kind="user", name=username, password_hash=password_hash, permissions=perms)
     return await principals_service.insert(
         session,
         user,
         event="user.created",
-        taken=f"The username '{username}' is taken.",
+        taken=_taken(username),
         actor=actor,
         ip=ip,
     )
