@@ -429,26 +429,31 @@ def signing_keys() -> None:
 
 @signing_keys.command("rotate")
 @click.option(
-    "--now",
-    "at_once",
-    is_flag=True,
+    "--publish-first/--now",
+    "publish_first",
+    default=False,
     help=(
-        "For a compromised key: sign with the new key at once. Resource servers holding a "
-        "cached JWKS (max-age 60 s) refuse the new tokens until they fetch it again, unless "
-        "they refetch on an unknown kid. The old key is retired but stays published, so "
-        "the tokens it signed (and any forged with it) stay valid, for the access-token TTL "
-        "+ 60 s unless revoked (keys revoke, or disabling the principal); no command "
-        "unpublishes it sooner, a lower KEYSERVICE_ACCESS_TOKEN_TTL on every replica does."
+        "--publish-first (a planned rotation): publish the new key in the JWKS at once and "
+        "sign with it later (80 s), when every JWKS cached before (max-age 60 s) has expired, "
+        "the old key signing until then; no resource server meets an unknown kid. --now "
+        "(the default, API.md: the new key is current for every replica within seconds; "
+        "for a compromised key): resource servers holding a cached JWKS refuse the new "
+        "tokens until they fetch it again, unless they refetch on an unknown kid. The old "
+        "key is retired but stays published, so the tokens it signed (and any forged with "
+        "it) stay valid, for the access-token TTL + 60 s unless revoked (keys revoke, or "
+        "disabling the principal); no command unpublishes it sooner, a lower "
+        "KEYSERVICE_ACCESS_TOKEN_TTL on every replica does."
     ),
 )
-def signing_keys_rotate(at_once: bool) -> None:
-    """Make a new signing key and publish it in the JWKS; it signs once every cached JWKS
-    can know it (80 s), the old one signing until then. The old key stays published until
-    the tokens it signed have expired (the access-token TTL after the handover)."""
+def signing_keys_rotate(publish_first: bool) -> None:
+    """Make a new signing key, publish it in the JWKS and make it current for every replica
+    (within seconds; with --publish-first 80 s later, the old one signing until then). The
+    old key stays published until the tokens it signed have expired (the access-token TTL
+    after the handover)."""
     from keyservice.security.jwt import SIGNING_KEY_ACTIVATION_SECONDS
 
     settings = load_settings()
-    delay = 0 if at_once else SIGNING_KEY_ACTIVATION_SECONDS
+    delay = SIGNING_KEY_ACTIVATION_SECONDS if publish_first else 0
 
     async def work(context: Any) -> tuple[str, bool]:
         from keyservice.auth.revocation import notify
@@ -466,11 +471,11 @@ def signing_keys_rotate(at_once: bool) -> None:
             f"new signing key {kid} is published; every replica signs with it in "
             f"{SIGNING_KEY_ACTIVATION_SECONDS} seconds (see: keyservice signing-keys list)"
         )
-    elif at_once:
+    elif not publish_first:
         click.echo(
             f"new signing key {kid} is current; every replica signs with it within "
-            "5 seconds; resource servers with a cached JWKS refuse its tokens for up to 60 "
-            "seconds"
+            "5 seconds (a resource server holding a cached JWKS refuses its tokens until it "
+            "fetches the JWKS again, at most 60 s; --publish-first avoids that)"
         )
     else:
         click.echo(f"new signing key {kid} is current (there was no other)")

@@ -1,9 +1,10 @@
-"""Signing-key rotation: a new key is published before it signs (API.md, Access tokens).
+"""Signing-key rotation published before it signs (`signing-keys rotate --publish-first`).
 
 A resource server may hold the JWKS for its max-age, fetched from a replica that had not
 reloaded yet: a token signed with a `kid` it does not know would be refused there. So the
-old key keeps signing until SIGNING_KEY_ACTIVATION_SECONDS after the rotation, while the
-new one is already in the JWKS; `delay=0` (`rotate --now`) switches at once.
+old key can keep signing until SIGNING_KEY_ACTIVATION_SECONDS after the rotation, while
+the new one is already in the JWKS; `delay=0` (plain `rotate`, as API.md has it: the new
+key current for every replica at once) switches at once.
 """
 
 from __future__ import annotations

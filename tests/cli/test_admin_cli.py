@@ -614,11 +614,11 @@ def test_signing_keys_rotate_publishes_first_and_list_shows_the_handover(cli):
 
     assert "no signing keys" in cli("signing-keys", "list").output
     # A fresh install: the only key signs at once.
-    first = cli("signing-keys", "rotate").output
+    first = cli("signing-keys", "rotate", "--publish-first").output
     assert "is current (there was no other)" in first
     (old,) = signing_keys_listed(cli)
 
-    rotated = cli("signing-keys", "rotate").output
+    rotated = cli("signing-keys", "rotate", "--publish-first").output
     assert f"signs with it in {SIGNING_KEY_ACTIVATION_SECONDS} seconds" in rotated
     listed = signing_keys_listed(cli)
     (new,) = set(listed) - {old}
@@ -651,6 +651,22 @@ def test_signing_keys_rotate_publishes_first_and_list_shows_the_handover(cli):
     assert listed[newest]["state"] == "signing"
     assert listed[old]["state"] == listed[new]["state"] == "retired"
     assert cli.run(signer) == newest
+
+
+def test_signing_keys_rotate_makes_the_new_key_current_at_once_by_default(cli):
+    # API.md: `signing-keys rotate` makes a new signing key current for every replica;
+    # publishing first and switching later is the opt-in --publish-first.
+    async def signer(ctx: AppContext) -> str | None:
+        return ctx.keyring.current_kid
+
+    cli("signing-keys", "rotate")
+    (old,) = signing_keys_listed(cli)
+    rotated = cli("signing-keys", "rotate").output
+    assert "is current; every replica signs with it within 5 seconds" in rotated
+    listed = signing_keys_listed(cli)
+    (new,) = set(listed) - {old}
+    assert listed[new]["state"] == "signing" and listed[old]["state"] == "retired"
+    assert cli.run(signer) == new
 
 
 def test_signing_keys_rotate_help_describes_now(cli):
