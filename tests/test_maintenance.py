@@ -11,11 +11,11 @@ from sqlalchemy import func, select, text, update
 
 from keyservice import migrations
 from keyservice.audit.models import AuditEvent
-from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
 from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
 from keyservice.database import new_id, utcnow
-from keyservice.maintenance import PRUNE_LOCK, prune_all
+from keyservice.maintenance import PRUNE_LOCK, SIGNING_KEY_GRACE, prune_all
 from tests.conftest import (
     _pg_admin,
     create_postgres_database,
@@ -24,8 +24,37 @@ from tests.conftest import (
 )
 from tests.factories import create_principal, login
 
+# Rows of RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent and SigningKey.
+SEEDED = [2, 2, 2, 2, 4]
+KEPT = [1, 1, 1, 1, 3]
+
+
+async def _seed_signing_keys(context) -> dict[str, str]:
+    """The signing key and a pending one (a staged rotation), a retired key unpublished a
+    little under a day and one unpublished a little over: the last is the one to prune."""
+    keyring = context.keyring
+    unpublished = utcnow() - keyring.published_after_retirement
+    kids = {}
+    async with context.database.sessionmaker() as session:
+        await keyring.ensure_key(session)
+        kids["signing"] = keyring.current_kid
+        for name, retired_at in (
+            ("old", unpublished - SIGNING_KEY_GRACE - timedelta(minutes=1)),
+            ("recent", unpublished - SIGNING_KEY_GRACE + timedelta(minutes=1)),
+        ):
+            kids[name] = await keyring.create_key(session, retire_current=False)
+            await session.execute(
+                update(SigningKey).where(SigningKey.kid == kids[name]).values(retired_at=retired_at)
+            )
+        kids["pending"] = await keyring.create_key(session, retire_current=True)
+        await session.commit()
+        await keyring.load(session)
+    assert keyring.current_kid == kids["signing"]
+    return kids
+
 
 async def _seed(context):
+    await _seed_signing_keys(context)
     owner = await create_principal(context, "old-timer")
     now = utcnow()
     async with context.database.sessionmaker() as session:
@@ -52,7 +81,7 @@ async def _counts(context):
     async with context.database.sessionmaker() as session:
         return [
             await session.scalar(select(func.count()).select_from(model))
-            for model in (RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent)
+            for model in (RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent, SigningKey)
         ]
 
 
@@ -61,7 +90,33 @@ async def test_prune_deletes_only_what_no_longer_serves(context):
     pruned = await prune_all(context, now=utcnow())
     assert (pruned.refresh_tokens, pruned.audit_events, pruned.revoked_families) == (1, 1, 1)
     assert pruned.console_ids == 1
-    assert await _counts(context) == [1, 1, 1, 1]
+    assert pruned.signing_keys == 1
+    assert await _counts(context) == KEPT
+
+
+async def test_prune_deletes_only_signing_keys_unpublished_over_a_day(context):
+    kids = await _seed_signing_keys(context)
+    keyring = context.keyring
+    token, _ = keyring.issue({"sub": "someone", "client_id": "c", "scope": ""})
+    jwks_before = keyring.jwks()
+    assert {k["kid"] for k in jwks_before["keys"]} == {kids["signing"], kids["pending"]}
+
+    pruned = await prune_all(context, now=utcnow())
+
+    assert pruned.signing_keys == 1
+    async with context.database.sessionmaker() as session:
+        left = set(await session.scalars(select(SigningKey.kid)))
+        assert left == {kids["signing"], kids["pending"], kids["recent"]}
+        await keyring.load(session)
+    # What is published and what signs are unchanged.
+    assert keyring.jwks() == jwks_before
+    assert keyring.current_kid == kids["signing"]
+    assert keyring.verify(token)["sub"] == "someone"
+    # A second prune finds nothing more: the recent key stays until a day has passed.
+    again = await prune_all(context, now=utcnow())
+    assert again.signing_keys == 0
+    later = await prune_all(context, now=utcnow() + timedelta(minutes=2))
+    assert later.signing_keys == 1
 
 
 async def test_prune_keeps_a_revocation_while_a_token_of_the_family_lives(context, client):
@@ -95,10 +150,10 @@ async def test_prune_keeps_a_revocation_while_a_token_of_the_family_lives(contex
 async def test_server_prunes_by_itself(app, context, settings_overrides):
     await _seed(context)
     for _ in range(50):
-        if await _counts(context) == [1, 1, 1, 1]:
+        if await _counts(context) == KEPT:
             break
         await asyncio.sleep(0.1)
-    assert await _counts(context) == [1, 1, 1, 1]
+    assert await _counts(context) == KEPT
 
 
 async def _waiting_for_a_row_lock(context) -> None:
@@ -141,10 +196,10 @@ async def test_one_prune_at_a_time(context):
         assert not done and waits == ["waiting"]
         await holder.rollback()
     pruned = await first
-    assert astuple(pruned) == (1, 1, 1, 1)
+    assert astuple(pruned) == (1, 1, 1, 1, 1)
     after = await queued
-    assert astuple(after) == (0, 0, 0, 0)
-    assert await _counts(context) == [1, 1, 1, 1]
+    assert astuple(after) == (0, 0, 0, 0, 0)
+    assert await _counts(context) == KEPT
 
 
 @pytest.fixture
@@ -195,9 +250,9 @@ async def test_a_prune_longer_than_the_servers_idle_limit_keeps_its_turn(
             assert await _advisory_locks(context) == 1
             await holder.rollback()
         pruned = await first
-        assert astuple(pruned) == (1, 1, 1, 1)
+        assert astuple(pruned) == (1, 1, 1, 1, 1)
         assert await _advisory_locks(context) == 0
-        assert await _counts(context) == [1, 1, 1, 1]
+        assert await _counts(context) == KEPT
     finally:
         await context.database.dispose()
 
@@ -244,13 +299,13 @@ async def test_the_server_skips_a_round_while_another_prunes(app, context, caplo
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": PRUNE_LOCK}
             )
             await asyncio.sleep(2.5)
-            assert await _counts(context) == [2, 2, 2, 2]
+            assert await _counts(context) == SEEDED
             await other_replica.rollback()
         for _ in range(50):
-            if await _counts(context) == [1, 1, 1, 1]:
+            if await _counts(context) == KEPT:
                 break
             await asyncio.sleep(0.1)
-    assert await _counts(context) == [1, 1, 1, 1]
+    assert await _counts(context) == KEPT
     skipped = [r for r in caplog.records if "prune skipped" in r.getMessage()]
     assert skipped and all(r.levelname == "DEBUG" for r in skipped)
 

@@ -464,7 +464,8 @@ def audit_tail(limit: int, event_type: str | None, as_json: bool) -> None:
 def prune() -> None:
     """Delete refresh tokens expired over a day ago, audit events past retention,
     revocations of refresh-token families whose tokens have all expired, and the console's
-    records of signed-out sessions and used key forms whose session ended over an hour ago.
+    records of signed-out sessions and used key forms whose session ended over an hour ago,
+    and retired signing keys unpublished for over a day (their encrypted private keys).
 
     A prune already running (a server's own, PostgreSQL) is waited for, then this one runs.
     """
@@ -483,8 +484,9 @@ def prune() -> None:
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "
         f"{result.audit_events} audit event(s) older than {settings.audit_retention_days} days, "
         f"{result.revoked_families} refresh-token family revocation(s) older than "
-        f"{FAMILY_MARK_KEPT.days} days and {result.console_ids} console sign-out and form "
-        "record(s) whose session ended over an hour ago"
+        f"{FAMILY_MARK_KEPT.days} days, {result.console_ids} console sign-out and form "
+        "record(s) whose session ended over an hour ago and "
+        f"{result.signing_keys} retired signing key(s) unpublished for over a day"
     )
 
 
@@ -535,7 +537,7 @@ def signing_key_schedule(
 )
 def signing_keys_list(as_json: bool) -> None:
     """Show the signing keys: which one signs, which is pending and from when, and until
-    when each retired one stays published."""
+    when each retired one stays published (`keyservice prune` deletes it a day later)."""
     from sqlalchemy import select
 
     from keyservice.auth.models import SigningKey

@@ -20,7 +20,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit_service
-from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
 from keyservice.config import MAX_ACCESS_TOKEN_TTL, MAX_REFRESH_TOKEN_EXTRA_TTL
 from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
@@ -34,6 +34,10 @@ REFRESH_TOKEN_GRACE = timedelta(days=1)
 # whose clock runs behind the pruning one's would otherwise accept a signed-out cookie (or
 # a used form) again for the difference.
 CONSOLE_SPENT_GRACE = timedelta(hours=1)
+# A retired signing key is deleted this long after it stopped being published: the
+# encrypted private key serves nothing by then, and a replica whose clock runs behind or
+# whose access-token TTL is a little longer still finds the key it publishes.
+SIGNING_KEY_GRACE = timedelta(days=1)
 # Every token of a family was issued before its revocation and lives at most this long.
 FAMILY_MARK_KEPT = (
     timedelta(seconds=MAX_ACCESS_TOKEN_TTL + MAX_REFRESH_TOKEN_EXTRA_TTL) + REFRESH_TOKEN_GRACE
@@ -57,6 +61,7 @@ class Pruned:
     audit_events: int
     revoked_families: int
     console_ids: int
+    signing_keys: int
 
 
 async def _delete(session: AsyncSession, statement: object) -> int:
@@ -106,7 +111,8 @@ async def prune_all(
 ) -> Pruned | None:
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
     family revocations older than any token of the family can be, and the console's
-    signed-out sessions and used forms whose session ended over an hour ago.
+    signed-out sessions and used forms whose session ended over an hour ago, and retired
+    signing keys unpublished for over a day.
 
     While another prune runs (PostgreSQL), wait for it to end (`waiting` is called first),
     or with `wait=False` return None at once, having deleted nothing.
@@ -137,11 +143,22 @@ async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
         console_ids = await _delete(
             session, delete(ConsoleSpent).where(ConsoleSpent.expires_at < now - CONSOLE_SPENT_GRACE)
         )
+    # Only a key retired in the past can be this old: the signing key and a pending one
+    # have no `retired_at`, or one still ahead (a staged handover).
+    signing_horizon = now - ctx.keyring.published_after_retirement - SIGNING_KEY_GRACE
+    async with ctx.database.sessionmaker() as session:
+        signing_keys = await _delete(
+            session,
+            delete(SigningKey).where(
+                SigningKey.retired_at.is_not(None), SigningKey.retired_at < signing_horizon
+            ),
+        )
     return Pruned(
         refresh_tokens=tokens,
         audit_events=events,
         revoked_families=families,
         console_ids=console_ids,
+        signing_keys=signing_keys,
     )
 
 
@@ -160,9 +177,10 @@ async def prune_periodically(ctx: AppContext) -> None:
         elif any(astuple(pruned)):
             log.info(
                 "pruned %d refresh tokens, %d audit events, %d family revocations, "
-                "%d console session/form ids",
+                "%d console session/form ids, %d unpublished signing keys",
                 pruned.refresh_tokens,
                 pruned.audit_events,
                 pruned.revoked_families,
                 pruned.console_ids,
+                pruned.signing_keys,
             )

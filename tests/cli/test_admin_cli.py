@@ -22,7 +22,7 @@ from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.audit.models import AuditEvent
-from keyservice.auth.models import RefreshToken, RevokedFamily
+from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
 from keyservice.cli import main, with_context
 from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
@@ -345,14 +345,25 @@ def test_prune(cli):
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=10)),
         ConsoleSpent(digest="a" * 64, kind="session", expires_at=now - timedelta(minutes=61)),
         ConsoleSpent(digest="b" * 64, kind="form", expires_at=now - timedelta(minutes=5)),
-    )
+        # Unpublished 2 h 1 min after retiring (the default TTL), deleted a day after that.
+        *(
+            SigningKey(
+                kid=kid, algorithm="ES256", private_key_encrypted=b"sealed", public_jwk={},
+                created_at=now - timedelta(days=30), retired_at=now - retired_ago,
+            )
+            for kid, retired_ago in (("gone", timedelta(hours=27)), ("kept", timedelta(hours=25)))
+        ),
+    )  # fmt: skip
     result = cli("prune")
     assert result.output.strip() == (
         "deleted 1 refresh token(s) expired more than a day ago, "
         "1 audit event(s) older than 90 days, "
-        "1 refresh-token family revocation(s) older than 38 days "
-        "and 1 console sign-out and form record(s) whose session ended over an hour ago"
+        "1 refresh-token family revocation(s) older than 38 days, "
+        "1 console sign-out and form record(s) whose session ended over an hour ago "
+        "and 1 retired signing key(s) unpublished for over a day"
     )
+    assert cli.scalar(select(func.count()).where(SigningKey.kid.in_(["gone", "kept"]))) == 1
+    assert cli.scalar(select(SigningKey.kid).where(SigningKey.kid == "kept")) == "kept"
     assert cli.scalar(select(ConsoleSpent.digest)) == "b" * 64
     assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 1
     assert cli.scalar(select(func.count()).select_from(RefreshToken)) == 2
