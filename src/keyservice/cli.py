@@ -21,7 +21,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
     )
     raise SystemExit(2) from None
 
-from keyservice.config import SECRET_KEY_FILE, Settings, masked_url
+from keyservice.config import SECRET_KEY_FILE, Settings, configuration_errors, masked_url
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -32,12 +32,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"])
-            name = f"KEYSERVICE_{field.upper()}" if field else "configuration"
-            lines.append(f"  {name}: {error['msg']}")
-        raise click.ClickException("invalid configuration:\n" + "\n".join(lines)) from None
+        lines = "".join(f"\n  {line}" for line in configuration_errors(exc))
+        raise click.ClickException("invalid configuration:" + lines) from None
 
 
 def configure_logging(level: str) -> None:

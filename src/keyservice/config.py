@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyservice.security.ip import parse_cidrs
@@ -194,19 +194,25 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        # Each message starts with the variable to change (configuration_errors).
         if self.key_default_ttl_days > self.key_max_ttl_days:
             raise ValueError(
-                "KEYSERVICE_KEY_DEFAULT_TTL_DAYS must not exceed KEYSERVICE_KEY_MAX_TTL_DAYS"
+                f"KEYSERVICE_KEY_DEFAULT_TTL_DAYS: {self.key_default_ttl_days} must not exceed "
+                f"KEYSERVICE_KEY_MAX_TTL_DAYS ({self.key_max_ttl_days})"
             )
         if self.database_url is not None and self.secret_key is None:
             raise ValueError(
-                "KEYSERVICE_SECRET_KEY must be set when KEYSERVICE_DATABASE_URL is set: every "
-                "replica of a deployment needs the same value"
+                "KEYSERVICE_SECRET_KEY: must be set when KEYSERVICE_DATABASE_URL is set, to the "
+                "same value on every replica of the deployment"
             )
         if (self.bootstrap_admin_username is None) != (self.bootstrap_admin_password is None):
+            missing, given = (
+                ("PASSWORD", "USERNAME") if self.bootstrap_admin_password is None else
+                ("USERNAME", "PASSWORD")
+            )  # fmt: skip
             raise ValueError(
-                "set both KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME and "
-                "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD, or neither"
+                f"KEYSERVICE_BOOTSTRAP_ADMIN_{missing}: must be set with "
+                f"KEYSERVICE_BOOTSTRAP_ADMIN_{given} (set both or neither)"
             )
         return self
 
@@ -269,6 +275,52 @@ class Settings(BaseSettings):
 
 
 _URL_FIELDS = ("database_url", "redis_url")
+
+# Pydantic's own messages, in the words of the rest ("must ..."); its `msg` otherwise.
+_CONSTRAINTS = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "literal_error": "must be {expected}",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "datetime_parsing": "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z",
+    "datetime_from_date_parsing": (
+        "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z"
+    ),
+    "datetime_type": "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z",
+}
+
+
+def configuration_errors(exc: ValidationError) -> list[str]:
+    """One line per error of Settings(): "KEYSERVICE_NAME: what is wrong".
+
+    Not pydantic's text: no "Value error," and no documentation URL, and never the value
+    (the model hides inputs, and only our messages and pydantic's `msg` are used here).
+    """
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        ctx = {  # a bound of a float field reads 0, not 0.0
+            name: int(value) if isinstance(value, float) and value.is_integer() else value
+            for name, value in (error.get("ctx") or {}).items()
+        }
+        if error["type"] == "value_error" and "error" in ctx:
+            message = str(ctx["error"])  # ours, as raised by a validator
+        elif error["type"] in _CONSTRAINTS:
+            message = _CONSTRAINTS[error["type"]].format(**ctx)
+        else:
+            message = error["msg"].replace("Input should be", "must be")
+        message = " ".join(message.splitlines())
+        field = ".".join(str(part) for part in error["loc"])
+        # A check across fields (_consistent) names its variable itself.
+        lines.append(f"KEYSERVICE_{field.upper()}: {message}" if field else message)
+    return lines
 
 
 def masked_url(url: str, unreadable: str = "***") -> str:

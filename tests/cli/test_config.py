@@ -18,7 +18,13 @@ BAD_VALUES = [
     ("REDIS_URL", "127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
     ("ISSUER", "keys.example.com", "must be an http(s) URL"),
     ("ISSUER", "https://keys.example.com/?tenant=1", "without query or fragment"),
-    ("AUDIT_RETENTION_DAYS", "1000000", "less than or equal to 36500"),
+    ("AUDIT_RETENTION_DAYS", "1000000", "must be at most 36500"),
+    ("ACCESS_TOKEN_TTL", "-5", "must be at least 1"),
+    ("REVOCATION_POLL_SECONDS", "0", "must be more than 0"),
+    ("TOKEN_COMMIT", "fast", "must be 'durable' or 'async'"),
+    ("PASSWORD_GRANT_ENABLED", "maybe", "must be true or false"),
+    ("LEGACY_KEYS_UNTIL", "tomorrow", "needs an RFC 3339 date-time with an offset"),
+    ("SECRET_KEY", "pw-in-url-but-too-short", "must be a random value of at least 32"),
     ("BOOTSTRAP_ADMIN_PASSWORD", "short", "must have at least 8 characters"),
     ("BOOTSTRAP_ADMIN_USERNAME", "first admin", "must be 1-100 letters, digits"),
     ("BOOTSTRAP_ADMIN_USERNAME", "root\n", "must be 1-100 letters, digits"),
@@ -58,7 +64,49 @@ def test_a_bad_value_stops_start_up_naming_the_variable(monkeypatch, tmp_path, n
         assert len(lines) == 2 and lines[1].startswith(f"  KEYSERVICE_{name}: "), lines
         assert says in lines[1], lines
         assert "pw-in-url" not in result.output
+        # In words: not pydantic's "Value error, ..." or "Input should be ...", nor its URLs.
+        assert "Value error" not in lines[1] and "Input should" not in lines[1], lines
+        assert "pydantic" not in result.output, lines
     assert not (tmp_path / "data").exists()
+
+
+CROSS_FIELD = [
+    (
+        {"KEYSERVICE_DATABASE_URL": "postgresql+asyncpg://ops:pw-in-url@127.0.0.1/ks"},
+        "KEYSERVICE_SECRET_KEY: must be set when KEYSERVICE_DATABASE_URL is set, to the same "
+        "value on every replica of the deployment",
+    ),
+    (
+        {"KEYSERVICE_KEY_DEFAULT_TTL_DAYS": "400"},
+        "KEYSERVICE_KEY_DEFAULT_TTL_DAYS: 400 must not exceed KEYSERVICE_KEY_MAX_TTL_DAYS (365)",
+    ),
+    (
+        {"KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD": None},
+        "KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD: must be set with "
+        "KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME (set both or neither)",
+    ),
+    (
+        {"KEYSERVICE_SECRET_KEY": "pw-in-url-too-short"},
+        "KEYSERVICE_SECRET_KEY: must be a random value of at least 32 characters (e.g. "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`)",
+    ),
+    ({"KEYSERVICE_PORT": "99999"}, "KEYSERVICE_PORT: must be at most 65535"),
+    ({"KEYSERVICE_PORT": "eighty"}, "KEYSERVICE_PORT: must be a whole number"),
+]
+
+
+@pytest.mark.parametrize(("env", "line"), CROSS_FIELD)
+@pytest.mark.usefixtures("nothing_served")
+def test_the_error_is_one_line_naming_the_variable(monkeypatch, env, line):
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["migrate"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == ["Error: invalid configuration:", f"  {line}"]
+    assert "pw-in-url" not in result.output and "bootstrap-password" not in result.output
 
 
 @pytest.mark.parametrize(
