@@ -15,7 +15,7 @@ from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
 from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
 from keyservice.database import new_id, utcnow
-from keyservice.maintenance import PRUNE_LOCK, SIGNING_KEY_GRACE, prune_all
+from keyservice.maintenance import PRUNE_LOCK, SIGNING_KEY_KEPT, prune_all
 from tests.conftest import (
     _pg_admin,
     create_postgres_database,
@@ -30,17 +30,18 @@ KEPT = [1, 1, 1, 1, 3]
 
 
 async def _seed_signing_keys(context) -> dict[str, str]:
-    """The signing key and a pending one (a staged rotation), a retired key unpublished a
-    little under a day and one unpublished a little over: the last is the one to prune."""
+    """The signing key and a pending one (a staged rotation), a retired key a little inside
+    SIGNING_KEY_KEPT (the longest TTL any replica may publish it for, and a day) and one a
+    little past it: the last is the one to prune."""
     keyring = context.keyring
-    unpublished = utcnow() - keyring.published_after_retirement
+    horizon = utcnow() - SIGNING_KEY_KEPT
     kids = {}
     async with context.database.sessionmaker() as session:
         await keyring.ensure_key(session)
         kids["signing"] = keyring.current_kid
         for name, retired_at in (
-            ("old", unpublished - SIGNING_KEY_GRACE - timedelta(minutes=1)),
-            ("recent", unpublished - SIGNING_KEY_GRACE + timedelta(minutes=1)),
+            ("old", horizon - timedelta(minutes=1)),
+            ("recent", horizon + timedelta(minutes=1)),
         ):
             kids[name] = await keyring.create_key(session, retire_current=False)
             await session.execute(

@@ -465,7 +465,8 @@ def prune() -> None:
     """Delete refresh tokens expired over a day ago, audit events past retention,
     revocations of refresh-token families whose tokens have all expired, and the console's
     records of signed-out sessions and used key forms whose session ended over an hour ago,
-    and retired signing keys unpublished for over a day (their encrypted private keys).
+    and signing keys retired over 8 days ago (the longest TTL any replica publishes them
+    for, and a day).
 
     A prune already running (a server's own, PostgreSQL) is waited for, then this one runs.
     """
@@ -486,7 +487,7 @@ def prune() -> None:
         f"{result.revoked_families} refresh-token family revocation(s) older than "
         f"{FAMILY_MARK_KEPT.days} days, {result.console_ids} console sign-out and form "
         "record(s) whose session ended over an hour ago and "
-        f"{result.signing_keys} retired signing key(s) unpublished for over a day"
+        f"{result.signing_keys} retired signing key(s) retired over 8 days ago"
     )
 
 

@@ -34,10 +34,12 @@ REFRESH_TOKEN_GRACE = timedelta(days=1)
 # whose clock runs behind the pruning one's would otherwise accept a signed-out cookie (or
 # a used form) again for the difference.
 CONSOLE_SPENT_GRACE = timedelta(hours=1)
-# A retired signing key is deleted this long after it stopped being published: the
-# encrypted private key serves nothing by then, and a replica whose clock runs behind or
-# whose access-token TTL is a little longer still finds the key it publishes.
+# A retired signing key is deleted this long after its retirement: longer than any
+# replica publishes it (the longest access-token TTL allowed + 60 s, whatever this
+# process's own TTL is) and a day for clocks running behind; its encrypted private key
+# serves nothing by then.
 SIGNING_KEY_GRACE = timedelta(days=1)
+SIGNING_KEY_KEPT = timedelta(seconds=MAX_ACCESS_TOKEN_TTL + 60) + SIGNING_KEY_GRACE
 # Every token of a family was issued before its revocation and lives at most this long.
 FAMILY_MARK_KEPT = (
     timedelta(seconds=MAX_ACCESS_TOKEN_TTL + MAX_REFRESH_TOKEN_EXTRA_TTL) + REFRESH_TOKEN_GRACE
@@ -112,7 +114,7 @@ async def prune_all(
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
     family revocations older than any token of the family can be, and the console's
     signed-out sessions and used forms whose session ended over an hour ago, and retired
-    signing keys unpublished for over a day.
+    signing keys retired longer ago than any replica publishes them (SIGNING_KEY_KEPT).
 
     While another prune runs (PostgreSQL), wait for it to end (`waiting` is called first),
     or with `wait=False` return None at once, having deleted nothing.
@@ -145,7 +147,7 @@ async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
         )
     # Only a key retired in the past can be this old: the signing key and a pending one
     # have no `retired_at`, or one still ahead (a staged handover).
-    signing_horizon = now - ctx.keyring.published_after_retirement - SIGNING_KEY_GRACE
+    signing_horizon = now - SIGNING_KEY_KEPT
     async with ctx.database.sessionmaker() as session:
         signing_keys = await _delete(
             session,

@@ -345,13 +345,15 @@ def test_prune(cli):
         RevokedFamily(family_id=new_id(), revoked_at=now - timedelta(days=10)),
         ConsoleSpent(digest="a" * 64, kind="session", expires_at=now - timedelta(minutes=61)),
         ConsoleSpent(digest="b" * 64, kind="form", expires_at=now - timedelta(minutes=5)),
-        # Unpublished 2 h 1 min after retiring (the default TTL), deleted a day after that.
+        # Kept 7 days (the longest TTL) + 60 s + a day after retiring, then deleted.
         *(
             SigningKey(
                 kid=kid, algorithm="ES256", private_key_encrypted=b"sealed", public_jwk={},
                 created_at=now - timedelta(days=30), retired_at=now - retired_ago,
             )
-            for kid, retired_ago in (("gone", timedelta(hours=27)), ("kept", timedelta(hours=25)))
+            for kid, retired_ago in (
+                ("gone", timedelta(days=8, minutes=2)), ("kept", timedelta(days=8))
+            )
         ),
     )  # fmt: skip
     result = cli("prune")
@@ -360,7 +362,7 @@ def test_prune(cli):
         "1 audit event(s) older than 90 days, "
         "1 refresh-token family revocation(s) older than 38 days, "
         "1 console sign-out and form record(s) whose session ended over an hour ago "
-        "and 1 retired signing key(s) unpublished for over a day"
+        "and 1 retired signing key(s) retired over 8 days ago"
     )
     assert cli.scalar(select(func.count()).where(SigningKey.kid.in_(["gone", "kept"]))) == 1
     assert cli.scalar(select(SigningKey.kid).where(SigningKey.kid == "kept")) == "kept"
