@@ -173,6 +173,16 @@ async def _waiting_for_a_row_lock(context) -> None:
     raise AssertionError("no prune is waiting")
 
 
+async def _lock_the_old_audit_event(holder, *, idle_limit_off: bool = False) -> None:
+    """Row-lock the seeded old audit event in `holder`'s transaction: a prune's DELETE of it
+    waits there, holding its turn, until `holder` ends."""
+    if idle_limit_off:  # the holder itself outlives an impatient server's idle limit
+        await holder.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+    await holder.execute(
+        select(AuditEvent.seq).where(AuditEvent.at < utcnow() - timedelta(days=1)).with_for_update()
+    )
+
+
 @pytest.mark.postgresql_only
 async def test_one_prune_at_a_time(context):
     # Every worker of every replica prunes on its timer: a second prune while one runs would
@@ -181,11 +191,7 @@ async def test_one_prune_at_a_time(context):
     await _seed(context)
     async with context.database.sessionmaker() as holder:
         # The old audit event, locked: the first prune stops there, holding its turn.
-        await holder.execute(
-            select(AuditEvent.seq)
-            .where(AuditEvent.at < utcnow() - timedelta(days=1))
-            .with_for_update()
-        )
+        await _lock_the_old_audit_event(holder)
         first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
         await _waiting_for_a_row_lock(context)
         assert await prune_all(context, now=utcnow(), wait=False) is None
@@ -238,12 +244,7 @@ async def test_a_prune_longer_than_the_servers_idle_limit_keeps_its_turn(
     try:
         await _seed(context)
         async with context.database.sessionmaker() as holder:
-            await holder.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
-            await holder.execute(
-                select(AuditEvent.seq)
-                .where(AuditEvent.at < utcnow() - timedelta(days=1))
-                .with_for_update()
-            )
+            await _lock_the_old_audit_event(holder, idle_limit_off=True)
             first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
             await _waiting_for_a_row_lock(context)
             await asyncio.sleep(1)  # five times the server's limit
@@ -264,12 +265,7 @@ async def test_a_failed_prune_leaves_no_lock_held(impatient_database, tmp_path):
     try:
         await _seed(context)
         async with context.database.sessionmaker() as holder:
-            await holder.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
-            await holder.execute(
-                select(AuditEvent.seq)
-                .where(AuditEvent.at < utcnow() - timedelta(days=1))
-                .with_for_update()
-            )
+            await _lock_the_old_audit_event(holder, idle_limit_off=True)
             first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
             await _waiting_for_a_row_lock(context)
             await asyncio.sleep(0.5)
