@@ -790,7 +790,12 @@ async def create_scope(
     try:
         data = ScopeCreate(name=name, description=description)
         scope = await scopes.create(
-            session, name=data.name, description=data.description, actor=admin.actor, ip=ip
+            session,
+            name=data.name,
+            description=data.description,
+            actor=admin.actor,
+            ip=ip,
+            names=context.scope_names,
         )
     except ValidationError as exc:
         errors.add_validation(exc)
@@ -802,7 +807,6 @@ async def create_scope(
         else:
             errors.add_service(exc)
     else:
-        context.scope_names.invalidate()  # as the API does: this process's metadata at once
         return _back("/console/admin/scopes", "scope-created", scope.name)
     values = {"name": name, "description": description}
     return await _scopes_page(request, session, values=values, errors=errors, status_code=422)

@@ -33,6 +33,6 @@ async def create_scope(
         description=data.description,
         actor=await audit_actor(session, admin),
         ip=ip,
+        names=context.scope_names,
     )
-    context.scope_names.invalidate()  # in this process's metadata at once; others within ttl
     return ScopeRead.model_validate(scope)

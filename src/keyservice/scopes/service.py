@@ -32,9 +32,16 @@ async def unknown(session: AsyncSession, *, names: Iterable[str]) -> list[str]:
 
 
 async def create(
-    session: AsyncSession, *, name: str, description: str, actor: str | None, ip: str | None
+    session: AsyncSession,
+    *,
+    name: str,
+    description: str,
+    actor: str | None,
+    ip: str | None,
+    names: CatalogNames,
 ) -> Scope:
-    """Add a scope to the catalog (409 if the name exists) and commit."""
+    """Add a scope to the catalog (409 if the name exists) and commit; `names`, this
+    process's copy for the metadata, has it at once (other processes' within their ttl)."""
     if await session.get(Scope, name) is not None:
         raise Conflict(f"The scope '{name}' already exists.")
     scope = Scope(name=name, description=description)
@@ -45,6 +52,7 @@ async def create(
     except IntegrityError:
         await session.rollback()
         raise Conflict(f"The scope '{name}' already exists.") from None
+    names.invalidate()
     return scope
 
 
