@@ -74,9 +74,11 @@ def encode(kind: str, *parts: str) -> str:
 
 def bad_cursor() -> ValidationFailed:
     """The 422 for a cursor this service did not hand out (every paged list, the audit log)."""
-    error = ValidationFailed("The cursor is not one this service returned; start over.")
-    error.details = [{"loc": ["query", "cursor"], "msg": error.description}]
-    return error
+    return ValidationFailed(
+        "The cursor is not one this service returned; start over.",
+        field="cursor",
+        location="query",
+    )
 
 
 def decode(cursor: str, kind: str, count: int) -> list[str]:
