@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
 from keyservice.context import AppContext
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
@@ -86,6 +88,14 @@ async def create_key(
     assert response.status_code == expect, response.text
     created: dict[str, Any] = response.json()
     return created
+
+
+async def service_key(ctx: AppContext, owner: Principal, name: str, **fields: Any) -> ApiKeyCreated:
+    """A key of `owner`'s made through the service (no HTTP), as its creation answers it."""
+    async with ctx.database.sessionmaker() as session:
+        return await api_keys.create(
+            ctx, session, owner=owner, data=ApiKeyCreate(name=name, **fields), actor="test", ip=None
+        )
 
 
 async def exchange(client: httpx.AsyncClient, api_key: str, **extra: str) -> httpx.Response:

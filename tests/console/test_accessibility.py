@@ -15,12 +15,9 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page, expect
 
-from keyservice.api_keys import service as api_keys
-from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.database import utcnow
-from keyservice.principals.models import Principal
 from tests.console.conftest import LiveServer, sign_in
-from tests.factories import add_scope, create_principal
+from tests.factories import add_scope, create_principal, service_key
 
 pytestmark = pytest.mark.browser
 
@@ -92,19 +89,6 @@ class Audit:
             )
 
 
-async def _key(live: LiveServer, owner: Principal, name: str, **fields: object) -> str:
-    async with live.context.database.sessionmaker() as session:
-        created = await api_keys.create(
-            live.context,
-            session,
-            owner=owner,
-            data=ApiKeyCreate(name=name, **fields),  # type: ignore[arg-type]
-            actor="test",
-            ip=None,
-        )
-    return str(created.id)
-
-
 async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> None:
     await add_scope(live.context, "projects:read", "Read projects")
     await add_scope(live.context, "sensors:write", "Send readings")
@@ -112,13 +96,17 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
         live.context, "root", permissions=["admin", "api_keys:manage", "projects:read"]
     )
     await create_principal(live.context, "alice")
-    deploy = await _key(live, root, "deploy", description="Deploys the site")
-    await _key(live, root, "nightly", expires_at=utcnow() + timedelta(days=3))
-    reader = await _key(live, root, "reader", scopes=["projects:read"], allowed_ips=["10.0.0.0/8"])
+    deploy = (await service_key(live.context, root, "deploy", description="Deploys the site")).id
+    await service_key(live.context, root, "nightly", expires_at=utcnow() + timedelta(days=3))
+    reader = (
+        await service_key(
+            live.context, root, "reader", scopes=["projects:read"], allowed_ips=["10.0.0.0/8"]
+        )
+    ).id
     device = await create_principal(
         live.context, "sensor-1", kind="device", permissions=["sensors:write"]
     )
-    await _key(live, device, "station")
+    await service_key(live.context, device, "station")
     audit = Audit(page)
 
     # Signed out.

@@ -22,20 +22,12 @@ from keyservice.security.tokens import parse_api_key
 from tests.conftest import client_for
 from tests.console.conftest import csrf_of
 from tests.console.test_http import field_error, signed_in
-from tests.factories import audit_events, create_principal, exchange, set_key
+from tests.factories import audit_events, create_principal, exchange, service_key, set_key
 
 
 async def _key(context: AppContext, owner: Principal, name: str, **fields: Any) -> tuple[str, str]:
     """Create a key through the service; return its id and its key string."""
-    async with context.database.sessionmaker() as session:
-        created = await api_keys.create(
-            context,
-            session,
-            owner=owner,
-            data=ApiKeyCreate(name=name, **fields),
-            actor="test",
-            ip=None,
-        )
+    created = await service_key(context, owner, name, **fields)
     return created.id, created.api_key
 
 

@@ -12,12 +12,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Error, Page, Route, expect
 
-from keyservice.api_keys import service as api_keys
-from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from tests.console.conftest import LiveServer, sign_in
-from tests.factories import PASSWORD, add_scope, create_principal
+from tests.factories import PASSWORD, add_scope, create_principal, service_key
 
 pytestmark = pytest.mark.browser
 
@@ -140,26 +138,13 @@ async def test_generate_copy_download_exchange_then_delete(
     assert (await exchange(http, api_key)).status_code == 401
 
 
-async def _own_key(live: LiveServer, owner: Principal, name: str, **fields: object) -> str:
-    async with live.context.database.sessionmaker() as session:
-        created = await api_keys.create(
-            live.context,
-            session,
-            owner=owner,
-            data=ApiKeyCreate(name=name, **fields),  # type: ignore[arg-type]
-            actor="test",
-            ip=None,
-        )
-    return created.api_key
-
-
 async def test_rotate_and_expiry_warning(
     page: Page, live: LiveServer, http: httpx.AsyncClient
 ) -> None:
     alice = await create_principal(live.context, "alice")
-    old_key = await _own_key(live, alice, "deploy")
-    await _own_key(live, alice, "nightly", expires_at=utcnow() + timedelta(days=3))
-    await _own_key(live, alice, "yearly")
+    old_key = (await service_key(live.context, alice, "deploy")).api_key
+    await service_key(live.context, alice, "nightly", expires_at=utcnow() + timedelta(days=3))
+    await service_key(live.context, alice, "yearly")
     await sign_in(page, "alice")
 
     # Every page after sign-in warns about the key that expires within 7 days, only that one,
@@ -273,7 +258,7 @@ async def test_admin_adds_a_scope_then_revokes_a_leaked_key(
 ) -> None:
     await create_principal(live.context, "root", permissions=["admin"])
     alice = await create_principal(live.context, "alice")
-    leaked = await _own_key(live, alice, "leaked")
+    leaked = (await service_key(live.context, alice, "leaked")).api_key
     await sign_in(page, "root")
     nav = page.get_by_role("navigation", name="Main")
 
@@ -320,8 +305,8 @@ async def test_a_key_string_pasted_as_client_id_never_leaves_the_browser(
 ) -> None:
     await create_principal(live.context, "root", permissions=["admin"])
     alice = await create_principal(live.context, "alice")
-    leaked = await _own_key(live, alice, "leaked")
-    await _own_key(live, alice, "other")
+    leaked = (await service_key(live.context, alice, "leaked")).api_key
+    await service_key(live.context, alice, "other")
     await sign_in(page, "root")
     await page.goto("/console/admin/keys")
     sent: list[str] = []
