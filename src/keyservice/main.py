@@ -255,11 +255,12 @@ def install_error_handlers(app: FastAPI) -> None:
             # field errors that follow ("Input should be a valid dictionary") would not say so.
             return _error_response(UnsupportedMediaType())
         # Never echo `input`: it may hold a password or a secret; nor a name in `loc` that
-        # is no field name (a key of a JSON object the client made up).
+        # is no field name (a key of a JSON object the client made up). A validator's own
+        # sentence without pydantic's "Value error, " in front, as the console shows it.
         details = [
             {
                 "loc": quoted_loc(err.get("loc", ())),
-                "msg": err.get("msg", ""),
+                "msg": str(err.get("msg", "")).removeprefix("Value error, "),
                 "type": err.get("type"),
             }
             for err in exc.errors()

@@ -231,3 +231,22 @@ async def test_errors_never_echo_the_input(client, admin_headers):
     )
     assert response.status_code == 422
     assert secret not in response.text
+
+
+async def test_a_validators_refusal_reads_in_its_own_words(client, admin_headers):
+    """Not pydantic's "Value error, ..." in front of the sentence the schema wrote."""
+    response = await client.post(
+        "/api-keys",
+        json={"name": "k", "scopes": [], "allowed_ips": ["10.0.0.1/8"]},
+        headers=admin_headers,
+    )
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error_description"] == (
+        "scopes: give at least one scope, or omit scopes to inherit permissions"
+    )
+    assert [detail["msg"] for detail in body["details"]] == [
+        "give at least one scope, or omit scopes to inherit permissions",
+        "10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network or 10.0.0.1/32 "
+        "for the one address",
+    ]
