@@ -1,4 +1,5 @@
-"""README's configuration table says what config.Settings does: every variable, every default."""
+"""The docs say what the code does: README's configuration table (every variable, every
+default) and prune's horizon for signing keys."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 from pydantic_core import PydanticUndefined
 
 from keyservice.config import Settings
+from keyservice.maintenance import SIGNING_KEY_KEPT
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def documented() -> dict[str, str]:
@@ -56,3 +59,10 @@ def test_every_documented_default_is_the_code_default():
             assert rows[name] in ("none", "the issuer") or " " in rows[name], (name, rows[name])
         else:
             assert rows[name] == shown(default), (name, rows[name], default)
+
+
+def test_prune_horizon_of_signing_keys_is_the_codes():
+    """Where the README says when prune deletes a retired signing key, it says the code's."""
+    said = re.findall(r"retired over (\d+) days ago", README.read_text())
+    assert len(said) >= 2, said  # the prune row and the signing-keys row
+    assert set(said) == {str(SIGNING_KEY_KEPT.days)}, said

@@ -538,7 +538,8 @@ def signing_key_schedule(
 )
 def signing_keys_list(as_json: bool) -> None:
     """Show the signing keys: which one signs, which is pending and from when, and until
-    when each retired one stays published (`keyservice prune` deletes it a day later)."""
+    when each retired one stays published (`keyservice prune` deletes it 8 days after its
+    retirement)."""
     from sqlalchemy import select
 
     from keyservice.auth.models import SigningKey
