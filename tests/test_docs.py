@@ -1,5 +1,5 @@
 """The docs say what the code does: README's configuration table (every variable, every
-default) and prune's horizon for signing keys."""
+default), the variables the other documents name, the container's probes and prune's horizon."""
 
 from __future__ import annotations
 
@@ -14,6 +14,24 @@ from keyservice.maintenance import SIGNING_KEY_KEPT
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# What a newcomer reads first, and the files they copy settings from.
+DOCUMENTS = [
+    README,
+    ROOT / "SECURITY.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "examples").glob("*.py")),
+    ROOT / "Dockerfile",
+    ROOT / "docker-compose.yml",
+]
+# KEYSERVICE_ variables that are not the service's settings: the SDK's and the examples'
+# (keyservice.client, examples/) and the test suite's (tests/conftest.py).
+NOT_SETTINGS = {
+    "API_KEY",
+    "TOKEN_URL",
+    "URL",
+    "TEST_POSTGRES_URL",
+    "TEST_SKIP_POSTGRES",
+}
 
 
 def documented() -> dict[str, str]:
@@ -59,6 +77,34 @@ def test_every_documented_default_is_the_code_default():
             assert rows[name] in ("none", "the issuer") or " " in rows[name], (name, rows[name])
         else:
             assert rows[name] == shown(default), (name, rows[name], default)
+
+
+def test_every_variable_the_documents_name_is_a_setting():
+    """A KEYSERVICE_ variable in a document or a deployment file is one Settings reads."""
+    settings = {name.upper() for name in Settings.model_fields}
+    for path in DOCUMENTS:
+        named = set(re.findall(r"KEYSERVICE_([A-Z][A-Z_]*[A-Z])", path.read_text(encoding="utf-8")))
+        unknown = named - settings - NOT_SETTINGS
+        assert not unknown, (path.name, sorted(unknown))
+
+
+def test_the_containers_probe_and_port_are_the_services(tmp_path):
+    """The image's and compose's health checks ask the port `serve` binds, on a real path."""
+    from keyservice.main import create_app
+
+    app = create_app(Settings(data_dir=tmp_path))
+    paths = {getattr(route, "path", None) for route in app.routes}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    port = re.search(r'CMD \["keyservice", "serve", .*"--port", "(\d+)"', dockerfile)
+    assert port, "the image's CMD runs keyservice serve --port N"
+    assert re.search(rf"^EXPOSE {port.group(1)}$", dockerfile, re.MULTILINE)
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for text in (dockerfile, compose):
+        probes = re.findall(r"urlopen\('http://127\.0\.0\.1:(\d+)(/[a-z]+)'", text)
+        assert probes, "a health check probing the service"
+        for probe_port, path in probes:
+            assert probe_port == port.group(1) and path in paths, (probe_port, path)
+    assert f'"127.0.0.1:{port.group(1)}:{port.group(1)}"' in compose
 
 
 def test_prune_horizon_of_signing_keys_is_the_codes():
