@@ -3,8 +3,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# make run HOST=... PORT=...; unset, serve reads KEYSERVICE_HOST/PORT (else 127.0.0.1:8000).
+HOST ?=
+PORT ?=
 
 .PHONY: run test lint fmt typecheck bench bench-smoke services lock clean
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $@ $(VENV)/.installed-server
 
 run: $(VENV)/.installed-server
-	$(BIN)/keyservice serve --host $(HOST) --port $(PORT)
+	$(BIN)/keyservice serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 services:
 	@bash scripts/ensure-services.sh
