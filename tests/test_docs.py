@@ -1,5 +1,6 @@
 """The docs say what the code does: README's configuration table (every variable, every
-default), the variables the other documents name, the container's probes and prune's horizon."""
+default) and command table (every command, every option shown), the variables the other
+documents name, the container's probes and prune's horizon."""
 
 from __future__ import annotations
 
@@ -112,3 +113,41 @@ def test_prune_horizon_of_signing_keys_is_the_codes():
     said = re.findall(r"retired over (\d+) days ago", README.read_text())
     assert len(said) >= 2, said  # the prune row and the signing-keys row
     assert set(said) == {str(SIGNING_KEY_KEPT.days)}, said
+
+
+def _command(words: list[str]) -> tuple[Any, list[str]] | None:
+    """The click command a README span names (`keyservice keys list ...`), and the rest."""
+    import click
+
+    from keyservice.cli import main
+
+    if words and words[0] == "keyservice":
+        words = words[1:]
+    command: Any = main
+    used = 0
+    while isinstance(command, click.Group) and used < len(words):
+        sub = command.commands.get(words[used])
+        if sub is None:
+            break
+        command, used = sub, used + 1
+    if used == 0 or isinstance(command, click.Group):
+        return None
+    return command, words[used:]
+
+
+def test_the_command_table_names_real_commands_and_options():
+    """Each command of README's "Command line" table exists, with the options shown."""
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    commands = 0
+    for span in re.findall(r"`([^`]+)`", section):
+        found = _command(span.replace("\\|", "|").split())
+        if found is None:
+            continue
+        commands += 1
+        command, rest = found
+        options = {name for param in command.params for name in param.opts}
+        for word in rest:
+            option = word.strip("[]").split("=")[0]
+            if option.startswith("--"):
+                assert option in options, (span, option, sorted(options))
+    assert commands >= 14, commands  # every row's commands were found
