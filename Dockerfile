@@ -1,7 +1,7 @@
 # keyservice: production image. Build: docker build -t keyservice .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini constraints.txt ./
+COPY pyproject.toml README.md LICENSE alembic.ini constraints.txt ./
 COPY src ./src
 COPY migrations ./migrations
 # The exact versions make test passed with (constraints.txt, `make lock`).
