@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice.database import Base, UTCDateTime, new_id, utcnow
+
+_SCOPES_CHANGED = text("scopes_changed_at IS NOT NULL")
 
 
 class ApiKey(Base):
@@ -29,6 +31,9 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_used_ip: Mapped[str | None] = mapped_column(String(45), default=None)
     rotated_from_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    # When `scopes` last changed (PATCH): the revocation view then refuses the key's access
+    # tokens that carry a scope it no longer has (auth/revocation.py).
+    scopes_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # Keys imported from an older store: a passlib hash of the whole old key string, and an
     # HMAC of that string (set at import when known, or after the first successful use) so
     # later exchanges find the row without trying every slow hash.
@@ -42,6 +47,13 @@ class ApiKey(Base):
         # worker) and unrevoked ones by expiry (`keys expiring`, the status filters):
         # without it both read every key.
         Index("ix_api_key_revoked_at_expires_at", "revoked_at", "expires_at"),
+        # Keys whose scopes changed lately, for the same reload: few rows, so partial.
+        Index(
+            "ix_api_key_scopes_changed_at",
+            "scopes_changed_at",
+            sqlite_where=_SCOPES_CHANGED,
+            postgresql_where=_SCOPES_CHANGED,
+        ),
     )
 
     def status(self, *, owner_usable: bool, now: datetime) -> str:

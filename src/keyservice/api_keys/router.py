@@ -13,6 +13,7 @@ from keyservice.api_keys.schemas import (
     ApiKeyList,
     ApiKeyRead,
     ApiKeyRotate,
+    ApiKeyUpdate,
 )
 from keyservice.database import utcnow
 from keyservice.dependencies import (
@@ -86,6 +87,22 @@ async def get_key(
 ) -> ApiKeyRead:
     key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
     return service.to_read(key, user, context.settings, utcnow())
+
+
+@router.patch("/{key_id}", response_model=ApiKeyRead)
+async def update_key(
+    key_id: str,
+    data: ApiKeyUpdate,
+    user: UserDep,
+    actor: ActorDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+) -> ApiKeyRead:
+    """Change the key's settings (only the fields sent); its secret stays the same."""
+    return await service.update(
+        context, session, owner=user, key_id=key_id, data=data, actor=actor, ip=ip
+    )
 
 
 @router.delete("/{key_id}", status_code=204)

@@ -1,40 +1,84 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from keyservice.security.ip import parse_cidrs
 from keyservice.timestamps import Timestamp
 
 
+def _name_not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the name must not be blank")
+    return value.strip()
+
+
+def _scopes_not_empty(value: list[str] | None) -> list[str] | None:
+    if value is not None and not value:
+        raise ValueError("give at least one scope, or omit scopes to inherit permissions")
+    return value
+
+
+def _cidrs(value: list[str]) -> list[str]:
+    return [str(net) for net in parse_cidrs(value, strict=True)]
+
+
+# A key's settings as a body gives them, checked the same way at creation and at an edit.
+KeyName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_name_not_blank)]
+KeyDescription = Annotated[str, Field(max_length=1000)]
+KeyScopes = Annotated[list[str] | None, Field(max_length=100), AfterValidator(_scopes_not_empty)]
+KeyAllowedIps = Annotated[list[str], Field(max_length=100), AfterValidator(_cidrs)]
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=1000)
-    scopes: list[str] | None = Field(default=None, max_length=100)
+    name: KeyName
+    description: KeyDescription = ""
+    scopes: KeyScopes = None
     expires_at: Timestamp | None = None
-    allowed_ips: list[str] = Field(default_factory=list, max_length=100)
+    allowed_ips: KeyAllowedIps = Field(default_factory=list)
 
-    @field_validator("name")
-    @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the name must not be blank")
-        return value.strip()
 
-    @field_validator("scopes")
+# What an edit may change, in the order its audit event names them.
+UPDATABLE = ("name", "description", "scopes", "expires_at", "allowed_ips")
+
+
+def _update_schema(schema: dict[str, Any]) -> None:
+    # Only `scopes` takes null; an empty body changes nothing (422).
+    for name, field in schema["properties"].items():
+        if name != "scopes":
+            field.pop("default", None)
+            branches = [one for one in field.pop("anyOf", ()) if one.get("type") != "null"]
+            for branch in branches:
+                field.update(branch)
+    schema["minProperties"] = 1
+
+
+class ApiKeyUpdate(BaseModel):
+    """An edit of a key's settings: only the fields sent change (`model_fields_set`).
+
+    `scopes: null` makes the key inherit its owner's permissions; the other fields take no
+    null (leave one out to keep it).
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_update_schema)
+
+    name: KeyName | None = None
+    description: KeyDescription | None = None
+    scopes: KeyScopes = None
+    expires_at: Timestamp | None = None
+    allowed_ips: KeyAllowedIps | None = None
+
+    @field_validator("name", "description", "expires_at", "allowed_ips")
     @classmethod
-    def _scopes_not_empty(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("give at least one scope, or omit scopes to inherit permissions")
+    def _not_null(cls, value: object) -> object:
+        # A None here was sent (a default is not validated): only scopes has a null.
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep its value")
         return value
-
-    @field_validator("allowed_ips")
-    @classmethod
-    def _cidrs(cls, value: list[str]) -> list[str]:
-        return [str(net) for net in parse_cidrs(value, strict=True)]
 
 
 class ApiKeyRotate(BaseModel):

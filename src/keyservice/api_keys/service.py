@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, false, func, not_, or_, select, update
+from sqlalchemy import and_, false, func, not_, or_, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from keyservice import paging
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
+from keyservice.api_keys.schemas import (
+    UPDATABLE,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    ApiKeyUpdate,
+)
 from keyservice.audit import service as audit
 from keyservice.auth.revocation import publish
 from keyservice.config import Settings
@@ -274,9 +283,16 @@ async def list_for_owner(
     return [to_read(key, owner, ctx.settings, now) for key in keys]
 
 
-async def get_owned(session: AsyncSession, *, key_id: str, owner_id: str) -> ApiKey:
-    """Return the owner's live key; another principal's or a revoked key is 404."""
-    key = await session.get(ApiKey, key_id)
+async def get_owned(
+    session: AsyncSession, *, key_id: str, owner_id: str, for_update: bool = False
+) -> ApiKey:
+    """Return the owner's live key; another principal's or a revoked key is 404.
+
+    `for_update` locks the row (PostgreSQL; SQLite serialises writers) and reads it afresh.
+    """
+    key = await session.get(
+        ApiKey, key_id, with_for_update=for_update or None, populate_existing=for_update
+    )
     if key is None or key.principal_id != owner_id or key.revoked_at is not None:
         raise NotFound("No API key with this id.")
     return key
@@ -292,7 +308,7 @@ async def revoke(
     # double click) read before either committed, one is recorded and the others change
     # nothing (PostgreSQL re-checks the row once the first commits; SQLite serialises).
     revoked = await session.execute(
-        update(ApiKey)
+        sql_update(ApiKey)
         .where(ApiKey.id == key.id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
@@ -335,6 +351,91 @@ async def rotate(
     )
     key.expires_at = min(key.expires_at, now + timedelta(seconds=grace_seconds))
     return await create(ctx, session, owner=owner, data=data, actor=actor, ip=ip, rotated_from=key)
+
+
+def scopes_message(client_id: str, scopes: Sequence[str] | None) -> str:
+    """The revocation view's message for a key's new scopes (None: it inherits)."""
+    return "key-scopes:" + json.dumps({"client_id": client_id, "scopes": scopes})
+
+
+async def update(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    owner: Principal,
+    key_id: str,
+    data: ApiKeyUpdate,
+    actor: str,
+    ip: str | None,
+) -> ApiKeyRead:
+    """Change the settings `data` sets (`model_fields_set`) of one of `owner`'s keys, audit
+    it and commit; the secret stays the same.
+
+    Sent values are checked as at creation, those equal to the stored ones not again (a
+    form sending the whole key back works when the owner has lost one of its scopes since,
+    as rotation does). New settings apply at the key's next exchange and refresh; its
+    access tokens carrying a scope it no longer has are refused within seconds everywhere.
+    """
+    if not data.model_fields_set:
+        raise ValidationFailed(
+            "Nothing to change: give at least one of " + ", ".join(UPDATABLE) + "."
+        )
+    settings = ctx.settings
+    now = utcnow()
+    # The key's row lock makes concurrent edits apply in turn, each to the row as the last
+    # one committed it. The owner's lock, as create and rotate take it, makes an edit and a
+    # rotation of the key one after the other (one that leaves the old key's expiry as it
+    # is writes only the new key). In this order: a rotation writes the old key's row
+    # before it locks the owner, and the reverse order deadlocked against it (PostgreSQL).
+    key = await get_owned(session, key_id=key_id, owner_id=owner.id, for_update=True)
+    await _lock_owner(session, owner.id)
+    if now >= key.expires_at:
+        raise Conflict(
+            "This key has expired, and an edit cannot bring it back: that would get around "
+            f"the limit of {settings.max_keys_per_principal} keys that are neither revoked "
+            "nor expired. Create a new key instead."
+        )
+    changed: dict[str, Any] = {}
+    fields = data.model_fields_set
+    if "name" in fields and data.name != key.name:
+        changed["name"] = data.name
+    if "description" in fields and data.description != key.description:
+        changed["description"] = data.description
+    if "scopes" in fields:
+        scopes = None if data.scopes is None else sorted(set(data.scopes))
+        if scopes != (None if key.scopes is None else sorted(set(key.scopes))):
+            changed["scopes"] = _check_scopes(scopes, owner)
+    if "expires_at" in fields and data.expires_at != key.expires_at:
+        changed["expires_at"] = _check_expiry(data.expires_at, settings, now)
+        hold = (await rotation_holds(session, owner_id=owner.id, now=now)).get(key.id)
+        if hold is not None and hold.replaced:
+            until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise Conflict(
+                f"This key is being replaced: it was rotated to {hold.other_client_id} and "
+                f"stays valid only until {until}, the end of its grace period, which an "
+                "edit cannot move. Delete it to end it sooner; its other settings may change."
+            )
+    if "allowed_ips" in fields and data.allowed_ips != key.allowed_ips:
+        changed["allowed_ips"] = data.allowed_ips
+    if not changed:  # every value sent is the stored one: nothing to write or audit
+        await session.commit()  # ends the transaction and its locks; objects stay loaded
+        return to_read(key, owner, settings, now)
+    for name, value in changed.items():
+        setattr(key, name, value)
+    if "scopes" in changed:
+        key.scopes_changed_at = now
+        await publish(session, ctx.revocation, scopes_message(key.client_id, key.scopes))
+    audit.record(
+        session,
+        type="api_key.updated",
+        actor=actor,
+        principal_id=owner.id,
+        key_id=key.id,
+        ip=ip,
+        reason="changed: " + ", ".join(name for name in UPDATABLE if name in changed),
+    )
+    await session.commit()
+    return to_read(key, owner, settings, now)
 
 
 KEY_STATUSES = ("revoked", "expired", "suspended", "valid")

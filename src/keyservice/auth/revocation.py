@@ -6,7 +6,9 @@ lifetime from its `iat`, even one issued before the lifetime was shortened): rev
 (by client id), revoked refresh-token families (the JWT's `sid`), and disabled or deleted
 principals; the current permissions of each principal whose permissions changed within
 that lifetime, since a token carries the scopes its principal held when it was issued (one
-carrying a permission taken away since is refused); and, for each principal disabled or
+carrying a permission taken away since is refused); likewise the current scopes of each
+key whose scopes were edited within that lifetime (by client id; a key switched to inherit
+its owner's permissions has none of its own to check); and, for each principal disabled or
 re-enabled within that lifetime, the last second whose tokens that revoked (re-enabling it
 does not bring its old tokens back). Checking them costs no database round trip. The
 view is re-read every `revocation_poll_seconds` as the safety net, and on PostgreSQL a
@@ -51,6 +53,9 @@ class RevocationView:
         # principal id -> the permissions it holds now (as held: `admin` implies the other
         # built-ins), for principals whose permissions changed within the horizon.
         self.permissions: dict[str, frozenset[str]] = {}
+        # client id -> the scopes the key has now, for keys whose scopes changed within the
+        # horizon and that have scopes of their own (an inheriting key restricts nothing).
+        self.key_scopes: dict[str, frozenset[str]] = {}
         # principal id -> the last second (a JWT `iat`) whose tokens its last disable or
         # re-enable revoked (Principal.tokens_revoked_at), for those within the horizon.
         self.revoked_through: dict[str, int] = {}
@@ -81,6 +86,15 @@ class RevocationView:
             scope = claims.get("scope")
             if held is not None and isinstance(scope, str) and not held.issuperset(scope.split()):
                 return "a permission it carries has since been taken away; get a new token"
+        if self.key_scopes:
+            allowed = self.key_scopes.get(str(claims.get("client_id")))
+            scope = claims.get("scope")
+            if (
+                allowed is not None
+                and isinstance(scope, str)
+                and not allowed.issuperset(scope.split())
+            ):
+                return "its API key no longer has a scope it carries; get a new token"
         return None
 
     async def reload(self, session: AsyncSession) -> None:
@@ -113,6 +127,13 @@ class RevocationView:
                     )
                 )
             ).all()
+            edited = (
+                await session.execute(
+                    select(ApiKey.client_id, ApiKey.scopes).where(
+                        ApiKey.scopes_changed_at > horizon
+                    )
+                )
+            ).all()
             cut = (
                 await session.execute(
                     select(Principal.id, Principal.tokens_revoked_at).where(
@@ -126,6 +147,9 @@ class RevocationView:
         self.revoked_families = families
         self.disabled_principals = principals
         self.permissions = {id_: effective_permissions(held) for id_, held in changed}
+        self.key_scopes = {
+            client_id: frozenset(scopes) for client_id, scopes in edited if scopes is not None
+        }
         self.revoked_through = {id_: revoked_through(at) for id_, at in cut if at is not None}
         for message in self._during_reload:
             self._apply(message)
@@ -157,6 +181,12 @@ class RevocationView:
         elif kind == "principal-permissions":
             change = json.loads(value)
             self.permissions[change["id"]] = effective_permissions(change["held"])
+        elif kind == "key-scopes":
+            change = json.loads(value)
+            if change["scopes"] is None:
+                self.key_scopes.pop(change["client_id"], None)
+            else:
+                self.key_scopes[change["client_id"]] = frozenset(change["scopes"])
 
     async def run(
         self, database: Database, stop: asyncio.Event, on_signing_keys: Any = None

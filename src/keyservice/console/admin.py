@@ -67,6 +67,7 @@ AUDIT_TYPES = [
     "api_key.created",
     "api_key.deleted",
     "api_key.rotated",
+    "api_key.updated",
     "user.created",
     "user.updated",
     "device.created",

@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from keyservice.admin_keys.dependencies import AdminUser, RequestIp
-from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRotate
+from keyservice.api_keys.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyRead,
+    ApiKeyRotate,
+    ApiKeyUpdate,
+)
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
@@ -96,6 +102,28 @@ async def create_device_key(
         context,
         session,
         device_id=device_id,
+        data=data,
+        actor=await audit_actor(session, admin),
+        ip=ip,
+    )
+
+
+@router.patch("/{device_id}/api-keys/{key_id}", response_model=ApiKeyRead)
+async def update_device_key(
+    device_id: str,
+    key_id: str,
+    data: ApiKeyUpdate,
+    admin: AdminUser,
+    session: SessionDep,
+    context: ContextDep,
+    ip: RequestIp,
+) -> ApiKeyRead:
+    """Change a device key's settings (only the fields sent); its secret stays the same."""
+    return await service.update_key(
+        context,
+        session,
+        device_id=device_id,
+        key_id=key_id,
         data=data,
         actor=await audit_actor(session, admin),
         ip=ip,

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys import service as keys_service
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ApiKeyUpdate
 from keyservice.audit import service as audit
 from keyservice.auth.revocation import publish
 from keyservice.context import AppContext
@@ -172,4 +172,21 @@ async def rotate_key(
         grace_seconds=grace_seconds,
         actor=actor,
         ip=ip,
+    )
+
+
+async def update_key(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    device_id: str,
+    key_id: str,
+    data: ApiKeyUpdate,
+    actor: str,
+    ip: str | None,
+) -> ApiKeyRead:
+    """Edit one of a device's keys (api_keys.service.update); 404 unless both ids match."""
+    device = await get(session, device_id=device_id, for_update=True)
+    return await keys_service.update(
+        ctx, session, owner=device, key_id=key_id, data=data, actor=actor, ip=ip
     )
