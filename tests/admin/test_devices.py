@@ -15,7 +15,7 @@ from tests.admin.support import (
     refresh,
     token_for,
 )
-from tests.factories import add_scope, bearer, create_principal, exchange, login
+from tests.factories import add_scope, bearer, create_key, create_principal, exchange, login
 
 
 async def test_device_crud(client, context):
@@ -271,3 +271,89 @@ async def test_admin_password_login_is_not_a_device_key(client, context):
         client, admin, "GET", "/admin/api-keys", 200, params={"owner_id": user.id}
     )
     assert listed.json()["items"] == []
+
+
+async def test_edit_a_device_key(client, context):
+    admin = await admin_token(context, client)
+    await add_scope(context, "metrics:write")
+    await add_scope(context, "metrics:read")
+    device = await create_device(client, admin, "sensor-3", ["metrics:write", "metrics:read"])
+    key = await create_device_key(client, admin, device["id"], name="uplink")
+    both = await token_for(client, key["api_key"])
+    assert both["scope"] == "metrics:read metrics:write"
+    path = f"/admin/devices/{device['id']}/api-keys/{key['id']}"
+
+    edited = await admin_request(
+        client,
+        admin,
+        "PATCH",
+        path,
+        200,
+        json={"name": "uplink-2", "scopes": ["metrics:write"], "allowed_ips": ["127.0.0.1"]},
+    )
+    body = edited.json()
+    assert (
+        body == (await admin_request(client, admin, "GET", f"/admin/api-keys/{key['id']}")).json()
+    )
+    assert (body["name"], body["scopes"], body["allowed_ips"]) == (
+        "uplink-2",
+        ["metrics:write"],
+        ["127.0.0.1/32"],
+    )
+    assert "client_secret" not in body and "api_key" not in body
+    # The same key string, narrower tokens; one carrying the removed scope is refused.
+    assert (await token_for(client, key["api_key"]))["scope"] == "metrics:write"
+    await me_within(client, both["access_token"], 401)
+    assert (await refresh(client, both["refresh_token"])).json()["scope"] == "metrics:write"
+
+    # Checked as at creation: the device's permissions, not the admin's.
+    refused = await admin_request(client, admin, "PATCH", path, 422, json={"scopes": ["admin"]})
+    assert "admin" in refused.json()["error_description"]
+    await admin_request(client, admin, "PATCH", path, 422, json={})
+    await admin_request(client, admin, "PATCH", path, 422, json={"owner_id": "other"})
+    [event] = await events(context, "api_key.updated")
+    assert (event.actor, event.principal_id, event.key_id, event.reason) == (
+        "user:root",
+        device["id"],
+        key["id"],
+        "changed: name, scopes, allowed_ips",
+    )
+
+
+async def test_device_key_edit_404s_and_403s(client, context):
+    admin = await admin_token(context, client)
+    user = await create_principal(context, "henry", permissions=["api_keys:manage", "admin"])
+    device = await create_device(client, admin, "box", ["admin"])
+    other = await create_device(client, admin, "crate")
+    key = await create_device_key(client, admin, device["id"], name="k")
+    user_key = await create_key(client, (await login(client, "henry"))["access_token"], name="u")
+    for device_id, key_id in (
+        ("no-such-id", key["id"]),  # not a device
+        (user.id, user_key["id"]),  # a user is not a device, even for its own key
+        (other["id"], key["id"]),  # a key of another device
+        (device["id"], "no-such-key"),
+        (device["id"], user_key["id"]),
+    ):
+        await admin_request(
+            client,
+            admin,
+            "PATCH",
+            f"/admin/devices/{device_id}/api-keys/{key_id}",
+            404,
+            json={"name": "taken"},
+        )
+    await admin_request(client, admin, "DELETE", f"/admin/api-keys/{key['id']}", 204)
+    path = f"/admin/devices/{device['id']}/api-keys/{key['id']}"
+    await admin_request(client, admin, "PATCH", path, 404, json={"name": "back"})
+
+    live = await create_device_key(client, admin, device["id"], name="live")
+    path = f"/admin/devices/{device['id']}/api-keys/{live['id']}"
+    await create_principal(context, "ursula", permissions=["api_keys:manage"])
+    ursula = (await login(client, "ursula"))["access_token"]
+    assert (await client.patch(path, json={"name": "x"}, headers=bearer(ursula))).status_code == 403
+    # A device's token is refused even holding admin, as for the other key routes.
+    robot = (await token_for(client, live["api_key"]))["access_token"]
+    refused = await client.patch(path, json={"name": "x"}, headers=bearer(robot))
+    assert refused.status_code == 403
+    assert refused.json()["error_description"].startswith("Only a user admin can create")
+    assert await events(context, "api_key.updated") == []

@@ -67,7 +67,9 @@ async def test_name_and_description_change_and_the_secret_stays(client, context,
 
 async def test_scopes_change_at_the_next_exchange(client, context, owner):
     key = await create_key(client, owner, name="ci", scopes=BOTH)
-    assert (await exchange(client, key["api_key"])).json()["scope"] == "projects:read projects:write"
+    assert (await exchange(client, key["api_key"])).json()[
+        "scope"
+    ] == "projects:read projects:write"
 
     narrowed = (await patch(client, owner, key["id"], scopes=["projects:read"])).json()
     assert narrowed["scopes"] == ["projects:read"] and narrowed["inherits_permissions"] is False

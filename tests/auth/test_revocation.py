@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import timedelta
 
 from keyservice.context import AppContext
 from keyservice.main import create_app
@@ -220,6 +221,77 @@ async def test_tokens_carrying_a_permission_taken_away_are_refused(client, conte
         client, root, "PATCH", f"/admin/users/{dora}", 200, json={"permissions": ["admin"]}
     )
     assert (await client.get("/admin/users", headers=bearer(demoted))).status_code == 200
+
+
+async def test_tokens_carrying_a_scope_their_key_lost_are_refused_everywhere(client, context):
+    from tests.admin.support import status_within
+    from tests.factories import add_scope
+
+    for scope in ("projects:read", "projects:write"):
+        await add_scope(context, scope)
+    token = await user_token(context, client, "fern", [*PERMS, "projects:write"])
+    key = await create_key(client, token, name="k", scopes=["projects:read", "projects:write"])
+    other = await create_key(client, token, name="other", scopes=["projects:read"])
+    both = (await exchange(client, key["api_key"])).json()
+    narrow = (await exchange(client, key["api_key"], scope="projects:read")).json()
+    unrelated = (await exchange(client, other["api_key"])).json()
+
+    replica = create_app(context=AppContext(context.settings))
+    async with replica.router.lifespan_context(replica), client_for(replica) as peer:
+        assert (await peer.get("/me", headers=bearer(both["access_token"]))).status_code == 200
+        edited = await client.patch(
+            f"/api-keys/{key['id']}", json={"scopes": ["projects:read"]}, headers=bearer(token)
+        )
+        assert edited.status_code == 200, edited.text
+        for app_client in (client, peer):
+            refused = await status_within(app_client, "/me", both["access_token"], 401)
+            assert "no longer has a scope" in refused.json()["error_description"]
+            for kept in (narrow, unrelated):
+                answer = await app_client.get("/me", headers=bearer(kept["access_token"]))
+                assert answer.status_code == 200
+    # A process started after the edit reads the key's scopes from the database.
+    later = create_app(context=AppContext(context.settings))
+    async with later.router.lifespan_context(later), client_for(later) as fresh:
+        assert (await fresh.get("/me", headers=bearer(both["access_token"]))).status_code == 401
+        assert (await fresh.get("/me", headers=bearer(narrow["access_token"]))).status_code == 200
+
+
+async def test_the_view_reloads_edited_key_scopes_from_the_database(client, context):
+    from keyservice.auth.revocation import RevocationView
+    from keyservice.database import utcnow
+    from tests.factories import add_scope, set_key
+
+    await add_scope(context, "projects:read")
+    token = await user_token(context, client, "gus", PERMS)
+    narrowed = await create_key(client, token, name="narrowed")
+    inheriting = await create_key(client, token, name="inheriting", scopes=["projects:read"])
+    untouched = await create_key(client, token, name="untouched", scopes=["projects:read"])
+    for key, scopes in ((narrowed, ["projects:read"]), (inheriting, None)):
+        edited = await client.patch(
+            f"/api-keys/{key['id']}", json={"scopes": scopes}, headers=bearer(token)
+        )
+        assert edited.status_code == 200, edited.text
+
+    def view() -> RevocationView:
+        return RevocationView(access_token_ttl=context.settings.access_token_ttl, poll_seconds=60)
+
+    replica = view()
+    async with context.database.sessionmaker() as session:
+        await replica.reload(session)
+    # An inheriting key has no scopes of its own to check; an untouched one is not listed.
+    assert replica.key_scopes == {narrowed["client_id"]: frozenset({"projects:read"})}
+    assert untouched["client_id"] not in replica.key_scopes
+    claims = {"sub": narrowed["owner_id"], "client_id": narrowed["client_id"]}
+    assert replica.reason({**claims, "scope": "projects:read"}) is None
+    assert "no longer has a scope" in replica.reason({**claims, "scope": "api_keys:manage"})
+
+    # An edit older than one access-token lifetime is out of the horizon: its tokens expired.
+    long_ago = utcnow() - timedelta(seconds=context.settings.access_token_ttl + 120)
+    await set_key(context, narrowed["id"], scopes_changed_at=long_ago)
+    older = view()
+    async with context.database.sessionmaker() as session:
+        await older.reload(session)
+    assert older.key_scopes == {}
 
 
 async def test_re_enabling_does_not_bring_old_tokens_back(client, context, backend):

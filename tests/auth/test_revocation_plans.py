@@ -27,7 +27,8 @@ KEYS = 20_000
 # permissions changed a minute ago (the rest long ago or never), every 250th had its tokens
 # cut off a minute ago (a disable, 0005; the disabled ones long ago). Keys: every 3rd revoked
 # (long ago, except every 500th, revoked a minute ago); every 200th expires within days,
-# a quarter of the rest expired days ago, the others expire in months.
+# a quarter of the rest expired days ago, the others expire in months; every 400th had its
+# scopes edited a minute ago (every 40th long ago, the rest never).
 _SEED = """
 INSERT INTO principal (id, kind, name, description, password_hash, permissions, disabled,
                        created_at, updated_at, permissions_changed_at, deleted_at,
@@ -43,16 +44,20 @@ SELECT md5('p' || i)::uuid::text, CASE WHEN i % 2 = 0 THEN 'user' ELSE 'device' 
 FROM generate_series(0, :principals - 1) AS i;
 
 INSERT INTO api_key (id, client_id, secret_hash, principal_id, name, description, scopes,
-                     allowed_ips, created_at, expires_at, revoked_at, is_legacy)
+                     allowed_ips, created_at, expires_at, revoked_at, is_legacy,
+                     scopes_changed_at)
 SELECT md5('k' || i)::uuid::text, 'ks_' || substr(md5('c' || i), 1, 24), NULL,
-       md5('p' || (i % :principals))::uuid::text, 'key ' || i, '', NULL, '[]'::json,
+       md5('p' || (i % :principals))::uuid::text, 'key ' || i, '',
+       CASE WHEN i % 40 = 7 THEN '["api_keys:manage"]'::json END, '[]'::json,
        now() - interval '300 days',
        CASE WHEN i % 200 = 5 THEN now() + interval '2 days'
             WHEN i % 4 = 1 THEN now() - interval '10 days'
             ELSE now() + interval '60 days' + make_interval(days => i % 300) END,
        CASE WHEN i % 500 = 0 THEN now() - interval '1 minute'
             WHEN i % 3 = 0 THEN now() - interval '100 days' END,
-       false
+       false,
+       CASE WHEN i % 400 = 7 THEN now() - interval '1 minute'
+            WHEN i % 40 = 7 THEN now() - interval '300 days' END
 FROM generate_series(0, :keys - 1) AS i;
 """
 
@@ -119,9 +124,10 @@ async def test_the_revocation_reload_reads_indexes_not_whole_tables(context):
     assert len(view.disabled_principals) == PRINCIPALS // 50 + PRINCIPALS // 100
     assert len(view.permissions) == PRINCIPALS // 200
     assert len(view.revoked_through) == PRINCIPALS // 250
+    assert len(view.key_scopes) == KEYS // 400
 
     plans = await _plans(context, captured)
-    assert len(plans) == 5, [statement for statement, _ in plans]
+    assert len(plans) == 6, [statement for statement, _ in plans]
     for statement, scans in plans:
         assert scans, statement
         assert all(node != "Seq Scan" for node, _table, _index in scans), (statement, scans)

@@ -76,7 +76,7 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
     for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
-        assert "schema revision 0099" in line and "does not know (its newest is 0008)" in line
+        assert "schema revision 0099" in line and "does not know (its newest is 0009)" in line
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
 
@@ -164,7 +164,7 @@ def test_an_admin_command_on_no_embedded_database_makes_no_data_folder(tmp_path,
     result = CliRunner().invoke(main, ["keys", "list"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 1, result.output
     assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0008: "
+        "Error: the database is empty, and this version of keyservice needs 0009: "
         "run `keyservice migrate` first (or serve without --no-migrate)"
     )
     assert not (tmp_path / "fresh").exists()
@@ -179,7 +179,7 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     assert result.output.strip() == "database is up to date"
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
-        "0008",
+        "0009",
     )
 
 
@@ -237,7 +237,7 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     user_id, token = _seed_at_0003(empty_database, tmp_path)
 
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0008",)
+    assert migrations.current_revisions(empty_database) == ("0009",)
 
     async def use() -> None:
         context = AppContext(make_settings(empty_database, tmp_path))
@@ -281,5 +281,41 @@ def test_0008_console_spent_upgrades_downgrades_and_upgrades_again(empty_databas
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
     migrations.upgrade(empty_database)
-    assert migrations.current_revisions(empty_database) == ("0008",)
+    assert migrations.current_revisions(empty_database) == ("0009",)
     assert "console_spent" in _tables(empty_database)
+
+
+def _key_columns_and_indexes(database_url: str) -> tuple[set[str], set[str]]:
+    async def read() -> tuple[set[str], set[str]]:
+        database = Database(database_url)
+        try:
+            async with database.engine.connect() as connection:
+
+                def inspect(sync: sa.Connection) -> tuple[set[str], set[str]]:
+                    inspector = sa.inspect(sync)
+                    columns = {c["name"] for c in inspector.get_columns("api_key")}
+                    indexes = {i["name"] for i in inspector.get_indexes("api_key")}
+                    return columns, indexes
+
+                return await connection.run_sync(inspect)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_0009_key_scopes_changed_at_upgrades_downgrades_and_upgrades_again(empty_database):
+    from alembic import command
+
+    migrations.upgrade(empty_database)
+    columns, indexes = _key_columns_and_indexes(empty_database)
+    assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
+    command.downgrade(migrations.alembic_config(empty_database), "0008")
+    assert migrations.current_revisions(empty_database) == ("0008",)
+    columns, indexes = _key_columns_and_indexes(empty_database)
+    assert "scopes_changed_at" not in columns and "ix_api_key_scopes_changed_at" not in indexes
+    assert "console_spent" in _tables(empty_database)  # 0008's table stays
+    migrations.upgrade(empty_database)
+    assert migrations.current_revisions(empty_database) == ("0009",)
+    columns, indexes = _key_columns_and_indexes(empty_database)
+    assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
