@@ -1,4 +1,4 @@
-"""API keys: create, list, get, revoke, rotate — for one's own keys and devices' keys."""
+"""API keys: create, list, get, edit, revoke, rotate — for one's own keys and devices' keys."""
 
 from __future__ import annotations
 
