@@ -180,8 +180,16 @@ def migrate() -> None:
 
     prepare_data_dir(settings)  # the embedded database's folder, as serve makes it
     with database_errors(settings.effective_database_url):
-        migrations.upgrade(settings.effective_database_url)
-    click.echo("database is up to date")
+        upgraded = migrations.upgrade(settings.effective_database_url)
+    at = ", ".join(upgraded.current)
+    if not upgraded.applied:
+        click.echo(f"the database is already up to date at {at}")
+        return
+    count = len(upgraded.applied)
+    click.echo(
+        f"applied {count} migration{'s' if count > 1 else ''} "
+        f"({', '.join(upgraded.applied)}); the database is up to date at {at}"
+    )
 
 
 async def _prepare(context: Any) -> tuple[str, str | None] | None:

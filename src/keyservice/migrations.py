@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from alembic import command
 from alembic.config import Config
@@ -91,7 +92,12 @@ def _newer(unknown: list[str], head: str | None) -> SchemaMismatch:
     )
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+class Upgraded(NamedTuple):
+    applied: tuple[str, ...]  # oldest first; none if the database was there already
+    current: tuple[str, ...]  # the revisions the database is stamped with now
+
+
+def upgrade(database_url: str, revision: str = "head") -> Upgraded:
     """Bring the database to `revision` (blocking; not for use inside a running loop).
 
     Raises SchemaMismatch, changing nothing, if the database was migrated past what this
@@ -99,10 +105,18 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     """
     config = alembic_config(database_url)
     script = ScriptDirectory.from_config(config)
-    unknown = _unknown(script, current_revisions(database_url))
+    before = current_revisions(database_url)
+    unknown = _unknown(script, before)
     if unknown:
         raise _newer(unknown, script.get_current_head())
     command.upgrade(config, revision)
+    after = current_revisions(database_url)
+    if after == before:
+        return Upgraded((), after)
+    # Read back rather than foretold: what the database went through, from one stamp to
+    # the other (iterate_revisions walks down from the newest, the older end excluded).
+    steps = script.iterate_revisions(after, before or "base")
+    return Upgraded(tuple(step.revision for step in reversed(list(steps))), after)
 
 
 def _check(script: ScriptDirectory, current: tuple[str, ...]) -> None:

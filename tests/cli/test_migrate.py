@@ -176,10 +176,39 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     data = tmp_path / "fresh" / ".keyservice"
     result = CliRunner().invoke(main, ["migrate"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "database is up to date"
+    assert result.output.strip().startswith("applied 8 migrations")
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
         "0009",
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "applied"),
+    [
+        (None, "applied 8 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008)"),
+        ("0005", "applied 3 migrations (0006, 0007, 0008)"),
+        ("0007", "applied 1 migration (0008)"),
+    ],
+    ids=["empty", "0005", "0007"],
+)
+def test_migrate_says_which_migrations_it_applied(empty_database, tmp_path, start, applied):
+    # It said "database is up to date" whether it had just applied all of them or none.
+    if start is not None:
+        migrations.upgrade(empty_database, start)
+    result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0008"]
+    again = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert again.output.splitlines() == ["the database is already up to date at 0008"]
+    assert migrations.current_revisions(empty_database) == ("0008",)
+
+
+def test_upgrade_returns_what_it_applied(empty_database):
+    assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
+    assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
+    assert migrations.upgrade(empty_database) == (
+        ("0003", "0004", "0005", "0006", "0007", "0008"),
+        ("0008",),
     )
 
 
