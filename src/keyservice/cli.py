@@ -275,9 +275,12 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    prepare_data_dir(settings)
     from keyservice import migrations
 
+    if no_migrate:  # refused before the data folder, the secret or an empty file is made
+        with database_errors(settings.effective_database_url):
+            migrations.check_file(settings.effective_database_url)
+    prepare_data_dir(settings)
     with database_errors(settings.effective_database_url):
         if no_migrate:  # a schema older or newer than this code's fails later, and worse
             migrations.check_current(settings.effective_database_url)

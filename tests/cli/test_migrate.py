@@ -25,6 +25,7 @@ from keyservice.main import create_app
 from keyservice.security.tokens import new_refresh_token
 from tests.conftest import TEST_SECRET, client_for, make_settings
 from tests.factories import PASSWORD, _password_hash, audit_events, login
+from tests.reliability.support import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -210,6 +211,30 @@ def test_upgrade_returns_what_it_applied(empty_database):
         ("0003", "0004", "0005", "0006", "0007", "0008"),
         ("0008",),
     )
+
+
+@pytest.mark.parametrize("folder", ["missing", "present"])
+def test_serve_no_migrate_on_no_embedded_database_makes_nothing(tmp_path, monkeypatch, folder):
+    # It made the data folder, the secret and an empty database file, then refused.
+    monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
+    data = tmp_path / "fresh" / ".keyservice"
+    if folder == "present":
+        data.mkdir(parents=True)
+    port = str(free_port(21000))  # not 8000, which something else may hold
+    result = CliRunner().invoke(
+        main, ["serve", "--no-migrate", "--port", port], env={"KEYSERVICE_DATA_DIR": str(data)}
+    )
+    assert isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert result.exit_code == 1, result.output
+    assert one_line(result) == (
+        "Error: the database is empty, and this version of keyservice needs 0008: "
+        "run `keyservice migrate` first (or serve without --no-migrate)"
+    )
+    if folder == "missing":
+        assert not (tmp_path / "fresh").exists()
+    else:
+        assert list(data.iterdir()) == []  # no keyservice.db, no secret_key
 
 
 def _seed_at_0003(database_url: str, tmp_path: Path) -> tuple[str, str]:
