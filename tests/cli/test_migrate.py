@@ -187,29 +187,29 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("start", "applied"),
     [
-        (None, "applied 8 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008)"),
-        ("0005", "applied 3 migrations (0006, 0007, 0008)"),
-        ("0007", "applied 1 migration (0008)"),
+        (None, "applied 9 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009)"),
+        ("0005", "applied 4 migrations (0006, 0007, 0008, 0009)"),
+        ("0008", "applied 1 migration (0009)"),
     ],
-    ids=["empty", "0005", "0007"],
+    ids=["empty", "0005", "0008"],
 )
 def test_migrate_says_which_migrations_it_applied(empty_database, tmp_path, start, applied):
     # It said "database is up to date" whether it had just applied all of them or none.
     if start is not None:
         migrations.upgrade(empty_database, start)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0008"]
+    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0009"]
     again = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert again.output.splitlines() == ["the database is already up to date at 0008"]
-    assert migrations.current_revisions(empty_database) == ("0008",)
+    assert again.output.splitlines() == ["the database is already up to date at 0009"]
+    assert migrations.current_revisions(empty_database) == ("0009",)
 
 
 def test_upgrade_returns_what_it_applied(empty_database):
     assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
     assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
     assert migrations.upgrade(empty_database) == (
-        ("0003", "0004", "0005", "0006", "0007", "0008"),
-        ("0008",),
+        ("0003", "0004", "0005", "0006", "0007", "0008", "0009"),
+        ("0009",),
     )
 
 
@@ -228,7 +228,7 @@ def test_serve_no_migrate_on_no_embedded_database_makes_nothing(tmp_path, monkey
     assert isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert result.exit_code == 1, result.output
     assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0008: "
+        "Error: the database is empty, and this version of keyservice needs 0009: "
         "run `keyservice migrate` first (or serve without --no-migrate)"
     )
     if folder == "missing":
