@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from keyservice.api_keys import service as api_keys
-from keyservice.api_keys.schemas import ApiKeyRead
+from keyservice.api_keys.schemas import ApiKeyRead, ApiKeyUpdate
 from keyservice.audit import service as audit_service
 from keyservice.console.dependencies import (
     AdminDep,
@@ -38,7 +38,14 @@ from keyservice.console.forms import (
     text,
     texts,
 )
-from keyservice.console.keys import catalog_choices, key_form_page, rotate_form_page
+from keyservice.console.keys import (
+    catalog_choices,
+    edit_form_page,
+    edit_key_answer,
+    key_form_page,
+    key_notice,
+    rotate_form_page,
+)
 from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import ConsoleRoute, PageError, render
 from keyservice.database import utcnow
@@ -347,7 +354,7 @@ async def _device_page(
             "base": f"/console/admin/devices/{device.id}/keys",
             "choices": await catalog_choices(session),
             "errors": errors or FormErrors(),
-            "notice": _notice(request),
+            "notice": key_notice(request, keys) or _notice(request),
             "limit": context.settings.max_keys_per_principal,
         },
         status_code=status_code,
@@ -538,6 +545,73 @@ async def delete_device_key(
     key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
     await api_keys.revoke(context, session, key=key, actor=admin.actor, ip=ip)
     return _back(f"/console/admin/devices/{device_id}", "key-deleted", name)
+
+
+@router.get("/devices/{device_id}/keys/{key_id}/edit")
+async def edit_device_key_page(
+    device_id: str,
+    key_id: str,
+    request: Request,
+    _admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    device = await devices.get(session, device_id=device_id)
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
+    return await edit_form_page(
+        request,
+        context,
+        session,
+        key=api_keys.to_read(key, device, context.settings, utcnow()),
+        permissions=effective_permissions(device.permissions),
+        action=f"/console/admin/devices/{device.id}/keys/{key.id}/edit",
+        back=f"/console/admin/devices/{device.id}",
+        back_label="Back to the device",
+        owner_label=f"device {device.name}",
+        section="devices",
+    )
+
+
+@router.post("/devices/{device_id}/keys/{key_id}/edit")
+async def edit_device_key(
+    device_id: str,
+    key_id: str,
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    """Save what the Edit form changed, as PATCH /admin/devices/{id}/api-keys/{key_id}."""
+    device = await devices.get(session, device_id=device_id)
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
+
+    async def save(data: ApiKeyUpdate) -> object:
+        return await devices.update_key(
+            context,
+            session,
+            device_id=device.id,
+            key_id=key.id,
+            data=data,
+            actor=admin.actor,
+            ip=ip,
+        )
+
+    return await edit_key_answer(
+        request,
+        context,
+        session,
+        form=form,
+        key=api_keys.to_read(key, device, context.settings, utcnow()),
+        save=save,
+        permissions=effective_permissions(device.permissions),
+        action=f"/console/admin/devices/{device.id}/keys/{key.id}/edit",
+        back=f"/console/admin/devices/{device.id}",
+        back_label="Back to the device",
+        owner_label=f"device {device.name}",
+        section="devices",
+    )
 
 
 @router.get("/devices/{device_id}/keys/{key_id}/rotate")

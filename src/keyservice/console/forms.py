@@ -10,9 +10,10 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.datastructures import FormData
 
-from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyRead, ApiKeyUpdate
 from keyservice.config import Settings
 from keyservice.exceptions import KeyServiceError
+from keyservice.security.ip import parse_cidrs
 
 # Form field name for each schema field, where they differ.
 KEY_FIELDS = {"expires_at": "expires_on"}
@@ -138,18 +139,7 @@ def read_key_form(
     )
     expires_at: datetime | None = None
     if values.expires_on:
-        try:
-            day = date.fromisoformat(values.expires_on)
-            expires_at = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        except ValueError:
-            errors.add("expires_on", "Enter a date such as 2027-01-31.")
-        else:
-            if not limits.minimum <= day <= limits.maximum:
-                errors.add(
-                    "expires_on",
-                    f"Choose a day from {limits.minimum.isoformat()} "
-                    f"to {limits.maximum.isoformat()}.",
-                )
+        expires_at = _expiry_day(values.expires_on, errors, limits)
     try:
         data = ApiKeyCreate(
             name=values.name,
@@ -158,6 +148,97 @@ def read_key_form(
             expires_at=expires_at,
             allowed_ips=addresses(values.allowed_ips),
         )
+    except ValidationError as exc:
+        errors.add_validation(exc, KEY_FIELDS)
+        return values, None
+    if errors:
+        return values, None
+    return values, data
+
+
+def _expiry_day(text_day: str, errors: FormErrors, limits: ExpiryLimits) -> datetime | None:
+    """The expiry a form's day gives (00:00 UTC that day); None with an error recorded."""
+    try:
+        day = date.fromisoformat(text_day)
+    except ValueError:
+        errors.add("expires_on", "Enter a date such as 2027-01-31.")
+        return None
+    if not limits.minimum <= day <= limits.maximum:
+        errors.add(
+            "expires_on",
+            f"Choose a day from {limits.minimum.isoformat()} to {limits.maximum.isoformat()}.",
+        )
+        return None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def key_values(key: ApiKeyRead) -> KeyForm:
+    """The Edit form filled with the key's settings as stored."""
+    return KeyForm(
+        name=key.name,
+        description=key.description,
+        scopes=list(key.scopes or []),
+        expires_on=key.expires_at.astimezone(UTC).date().isoformat(),
+        allowed_ips="\n".join(key.allowed_ips),
+    )
+
+
+def _lines(value: str) -> str:
+    # A browser sends a textarea's line breaks as CRLF, whatever the stored text holds.
+    return value.replace("\r\n", "\n")
+
+
+def _same_cidrs(typed: list[str], stored: list[str]) -> bool:
+    try:
+        return [str(net) for net in parse_cidrs(typed, strict=True)] == stored
+    except ValueError:
+        return False  # not the stored list: the schema says what is wrong with it
+
+
+def read_edit_form(
+    form: FormData,
+    errors: FormErrors,
+    limits: ExpiryLimits,
+    key: ApiKeyRead,
+    *,
+    expiry_fixed: bool,
+) -> tuple[KeyForm, ApiKeyUpdate | None]:
+    """Parse the Edit form into an ApiKeyUpdate holding only what differs from `key`.
+
+    A field the person left as shown is not sent, so the service neither checks it again
+    nor sees a change: the expiry shown as a day is the stored moment unless another day is
+    chosen (then 00:00 UTC that day, as at creation), which matters for a key being
+    replaced, whose expiry cannot change (`expiry_fixed`: the field is not editable, and
+    whatever is posted for it is ignored). On a problem, record it and return no update.
+    """
+    stored = key_values(key)
+    values = KeyForm(
+        name=text(form, "name"),
+        description=text(form, "description"),
+        scopes=texts(form, "scopes"),
+        expires_on=stored.expires_on if expiry_fixed else text(form, "expires_on").strip(),
+        allowed_ips=text(form, "allowed_ips"),
+    )
+    changed: dict[str, object] = {}
+    if values.name.strip() != key.name:
+        changed["name"] = values.name
+    if _lines(values.description) != _lines(key.description):
+        changed["description"] = values.description
+    scopes = sorted(set(values.scopes)) or None
+    if scopes != (None if key.scopes is None else sorted(set(key.scopes))):
+        changed["scopes"] = scopes
+    if values.expires_on != stored.expires_on:
+        if not values.expires_on:
+            errors.add("expires_on", "Enter a date such as 2027-01-31.")
+        else:
+            expires_at = _expiry_day(values.expires_on, errors, limits)
+            if expires_at is not None:
+                changed["expires_at"] = expires_at
+    typed_ips = addresses(values.allowed_ips)
+    if not _same_cidrs(typed_ips, key.allowed_ips):
+        changed["allowed_ips"] = typed_ips
+    try:
+        data = ApiKeyUpdate.model_validate(changed)
     except ValidationError as exc:
         errors.add_validation(exc, KEY_FIELDS)
         return values, None

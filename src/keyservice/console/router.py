@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from keyservice.api_keys import service as api_keys
+from keyservice.api_keys.schemas import ApiKeyUpdate
 from keyservice.console import service
 from keyservice.console.admin import router as admin_router
 from keyservice.console.dependencies import (
@@ -25,7 +26,13 @@ from keyservice.console.forms import (
     read_key_form,
     text,
 )
-from keyservice.console.keys import key_form_page, rotate_form_page
+from keyservice.console.keys import (
+    edit_form_page,
+    edit_key_answer,
+    key_form_page,
+    key_notice,
+    rotate_form_page,
+)
 from keyservice.console.once import already_done_page, claim, posted_form_id
 from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
 from keyservice.console.session import new_session
@@ -145,7 +152,8 @@ async def keys_page(
     request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
 ) -> Response:
     keys = await api_keys.list_for_owner(context, session, owner=viewer.principal)
-    notice = {"deleted": "The key was deleted."}.get(request.query_params.get("done", ""))
+    done = request.query_params.get("done", "")
+    notice = key_notice(request, keys) or {"deleted": "The key was deleted."}.get(done)
     return render(
         request,
         "keys.html",
@@ -246,6 +254,60 @@ async def delete_key(
     key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
     await api_keys.revoke(context, session, key=key, actor=viewer.actor, ip=ip)
     return RedirectResponse("/console/keys?done=deleted", status_code=303)
+
+
+@router.get("/keys/{key_id}/edit")
+async def edit_key_page(
+    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+) -> Response:
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+    return await edit_form_page(
+        request,
+        context,
+        session,
+        key=api_keys.to_read(key, viewer.principal, context.settings, utcnow()),
+        permissions=viewer.permissions,
+        action=f"/console/keys/{key.id}/edit",
+        back="/console/keys",
+        back_label="Back to the API keys",
+    )
+
+
+@router.post("/keys/{key_id}/edit")
+async def edit_key(
+    key_id: str,
+    form: CheckedForm,
+    request: Request,
+    viewer: KeyManagerDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
+
+    async def save(data: ApiKeyUpdate) -> object:
+        return await api_keys.update(
+            context,
+            session,
+            owner=viewer.principal,
+            key_id=key.id,
+            data=data,
+            actor=viewer.actor,
+            ip=ip,
+        )
+
+    return await edit_key_answer(
+        request,
+        context,
+        session,
+        form=form,
+        key=api_keys.to_read(key, viewer.principal, context.settings, utcnow()),
+        save=save,
+        permissions=viewer.permissions,
+        action=f"/console/keys/{key.id}/edit",
+        back="/console/keys",
+        back_label="Back to the API keys",
+    )
 
 
 @router.get("/keys/{key_id}/rotate")
