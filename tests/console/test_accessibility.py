@@ -17,7 +17,7 @@ from playwright.async_api import Page, expect
 
 from keyservice.database import utcnow
 from tests.console.conftest import LiveServer, sign_in
-from tests.factories import add_scope, create_principal, service_key
+from tests.factories import add_scope, create_principal, service_key, set_key
 
 pytestmark = pytest.mark.browser
 
@@ -103,10 +103,12 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
             live.context, root, "reader", scopes=["projects:read"], allowed_ips=["10.0.0.0/8"]
         )
     ).id
+    lapsed = (await service_key(live.context, root, "lapsed")).id
+    await set_key(live.context, lapsed, expires_at=utcnow() - timedelta(hours=1))
     device = await create_principal(
         live.context, "sensor-1", kind="device", permissions=["sensors:write"]
     )
-    await service_key(live.context, device, "station")
+    station = (await service_key(live.context, device, "station")).id
     audit = Audit(page)
 
     # Signed out.
@@ -145,6 +147,17 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     await expect(page.get_by_role("heading", name="Key already created")).to_be_visible()
     await audit.check("form already sent")
 
+    await page.goto(f"/console/keys/{deploy}/edit")
+    await expect(page.get_by_role("heading", name="Edit API key")).to_be_visible()
+    await audit.check("edit key form")
+    await page.get_by_label("Name", exact=True).fill("")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
+    await audit.check("edit key form with errors")
+    await page.goto(f"/console/keys/{lapsed}/edit")
+    await expect(page.get_by_role("heading", name="Key expired")).to_be_visible()
+    await audit.check("edit refused: key expired")
+
     await page.goto(f"/console/keys/{reader}/rotate")
     await expect(page.get_by_role("heading", name="Rotate API key")).to_be_visible()
     await audit.check("rotate")
@@ -154,6 +167,9 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     await page.goto(f"/console/keys/{reader}/rotate")
     await expect(page.get_by_role("heading", name="Key already being replaced")).to_be_visible()
     await audit.check("rotate refused: key being replaced")
+    await page.goto(f"/console/keys/{reader}/edit")
+    await expect(page.get_by_text("cannot be moved")).to_be_visible()
+    await audit.check("edit key form, key being replaced")
 
     await page.goto(f"/console/keys/{deploy}/delete")
     await audit.check("delete confirmation")
@@ -176,6 +192,8 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     await audit.check("device")
     await page.goto(f"/console/admin/devices/{device.id}/keys/new")
     await audit.check("device key form")
+    await page.goto(f"/console/admin/devices/{device.id}/keys/{station}/edit")
+    await audit.check("device key edit form")
     await page.goto("/console/admin/keys")
     await audit.check("all keys")
     await page.goto("/console/admin/keys?client_id=nope")

@@ -193,6 +193,40 @@ async def test_rotate_and_expiry_warning(
     await expect(rows.filter(has_text="valid")).to_have_count(1)
 
 
+async def test_edit_a_keys_name_and_scopes(
+    page: Page, live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    await add_scope(live.context, "projects:read", "Read projects")
+    await add_scope(live.context, "projects:write", "Change projects")
+    alice = await create_principal(
+        live.context, "alice", permissions=["api_keys:manage", "projects:read", "projects:write"]
+    )
+    key = await service_key(live.context, alice, "ci", scopes=["projects:read"])
+    await sign_in(page, "alice")
+
+    await page.get_by_role("row", name="ci").get_by_role("link", name="Edit").click()
+    await expect(page.get_by_role("heading", name="Edit API key")).to_be_visible()
+    name = page.get_by_label("Name", exact=True)
+    await expect(name).to_have_value("ci")
+    await expect(page.get_by_label("projects:read", exact=True)).to_be_checked()
+    await expect(page.get_by_label("projects:write", exact=True)).not_to_be_checked()
+    await expect(page.get_by_label("Expires on")).to_have_value(key.expires_at.date().isoformat())
+    await name.fill("deploy")
+    await page.get_by_label("projects:read", exact=True).uncheck()
+    await page.get_by_label("projects:write", exact=True).check()
+    await page.get_by_role("button", name="Save changes").click()
+
+    await expect(page).to_have_url(re.compile(r"/console/keys\?done=updated"))
+    await expect(page.get_by_text("Key deploy was updated.")).to_be_visible()
+    await expect(page.get_by_role("rowheader", name="ci", exact=True)).to_have_count(0)
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="deploy"))
+    await expect(row).to_contain_text("projects:write")
+    await expect(row).not_to_contain_text("projects:read")
+    # The same key string, with its new scopes at the next exchange.
+    exchanged = await exchange(http, key.api_key)
+    assert exchanged.status_code == 200 and exchanged.json()["scope"] == "projects:write"
+
+
 async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     page: Page, live: LiveServer, http: httpx.AsyncClient
 ) -> None:
