@@ -31,6 +31,7 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import quoted_loc, quoted_names
 from keyservice.principals.models import Principal
+from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
@@ -211,6 +212,23 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
             hashes[number] = entry.key_hash
 
     async with ctx.database.sessionmaker() as session:
+        # The scopes were checked in the first transaction: keep them in the catalog until
+        # this one commits, and refuse the import if one left it meanwhile (scopes/service.py).
+        gone = await scopes_service.hold(
+            session, names={scope for _, entry in entries for scope in entry.scopes or ()}
+        )
+        if gone:
+            raise ImportFailed(
+                [
+                    LineError(
+                        number,
+                        "scopes deleted from the catalog meanwhile: "
+                        + quoted_names(sorted(set(entry.scopes) & set(gone)), SCOPE_NAME),
+                    )
+                    for number, entry in entries
+                    if entry.scopes is not None and set(entry.scopes) & set(gone)
+                ]
+            )
         touched: dict[str, tuple[str, str]] = {}
         for number, entry in entries:
             owner = owners[(entry.owner_type, entry.owner)]

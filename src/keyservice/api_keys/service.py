@@ -30,6 +30,7 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound, ValidationFailed, quoted_names
 from keyservice.principals.models import Principal
+from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.tokens import (
@@ -90,6 +91,18 @@ def _check_scopes(scopes: list[str] | None, owner: Principal) -> list[str] | Non
             field="scopes",
         )
     return sorted(set(scopes))
+
+
+async def _hold_scopes(
+    session: AsyncSession, scopes: Sequence[str] | None, *, rotating: bool = False
+) -> None:
+    """Keep the key's scopes in the catalog until the commit: a concurrent deletion of one
+    waits, then counts this key (scopes/service.py). A scope the owner held when it was
+    checked may have left the catalog meanwhile: 422. Not for a rotation, which copies the
+    scopes as they are (the old key, unrevoked, kept them in the catalog)."""
+    missing = await scopes_service.hold(session, names=scopes or ())
+    if missing and not rotating:
+        raise scopes_service.not_in_catalog(missing, field="scopes")
 
 
 async def _lock_owner(session: AsyncSession, owner_id: str) -> None:
@@ -225,6 +238,7 @@ async def create(
     scopes = data.scopes if rotated_from is not None else _check_scopes(data.scopes, owner)
     expires_at = _check_expiry(data.expires_at, settings, now)
     await _lock_owner(session, owner.id)
+    await _hold_scopes(session, scopes, rotating=rotated_from is not None)
     if rotated_from is not None:
         await _check_rotation(session, rotated_from, now)
     live = await count_live(
@@ -405,6 +419,7 @@ async def update(
         scopes = None if data.scopes is None else sorted(set(data.scopes))
         if scopes != (None if key.scopes is None else sorted(set(key.scopes))):
             changed["scopes"] = _check_scopes(scopes, owner)
+            await _hold_scopes(session, changed["scopes"])
     if "expires_at" in fields and data.expires_at != key.expires_at:
         changed["expires_at"] = _check_expiry(data.expires_at, settings, now)
         hold = (await rotation_holds(session, owner_id=owner.id, now=now)).get(key.id)

@@ -22,6 +22,7 @@ from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, InvalidToken, NotFound
 from keyservice.principals.models import Principal, revoked_through
 from keyservice.principals.schemas import KeyWarning, MeRead
+from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN, effective_permissions
 
 
@@ -73,8 +74,11 @@ async def insert(
     """Store a new user or device with its audit event and commit.
 
     The name was checked before; a concurrent create can still take it first, which the
-    unique index reports at the INSERT: that is the 409 `taken` too, not a 500.
+    unique index reports at the INSERT: that is the 409 `taken` too, not a 500. The
+    permissions were checked too, maybe in an earlier transaction (before a slow password
+    hash): they are held here, in the one that writes them (scopes/service.py).
     """
+    await _hold_permissions(session, principal.permissions)
     session.add(principal)
     try:
         await session.flush()
@@ -91,6 +95,14 @@ async def insert(
         await session.rollback()
         raise Conflict(taken) from None
     return principal
+
+
+async def _hold_permissions(session: AsyncSession, permissions: Sequence[str]) -> None:
+    """Keep the permissions in the catalog until the commit (422 if one left it meanwhile):
+    a concurrent deletion of one waits, then counts this principal (scopes/service.py)."""
+    missing = await scopes_service.hold(session, names=permissions)
+    if missing:
+        raise scopes_service.not_in_catalog(missing, field="permissions")
 
 
 def set_disabled(principal: Principal, disabled: bool | None) -> list[str]:
@@ -228,6 +240,8 @@ async def save_update(
     reaches every replica's revocation view at commit (this process's before this returns).
     """
     messages: list[str] = []
+    if permissions is not None:
+        await _hold_permissions(session, permissions)
     if _an_admin(principal) and (
         disabled is True or (permissions is not None and ADMIN not in permissions)
     ):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from keyservice.admin_keys.dependencies import RequestIp
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
 from keyservice.routing import TableRoute
 from keyservice.scopes import service
-from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead
+from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead, ScopeUpdate
 
 router = APIRouter(prefix="/admin/scopes", tags=["admin"], route_class=TableRoute)
 
@@ -36,3 +36,32 @@ async def create_scope(
         names=context.scope_names,
     )
     return ScopeRead.model_validate(scope)
+
+
+# `:path`: a scope name may hold '/' (`files/read`), sent as it is or as %2F.
+@router.patch("/{name:path}", response_model=ScopeRead)
+async def update_scope(
+    name: str, data: ScopeUpdate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
+) -> ScopeRead:
+    scope = await service.update(
+        session,
+        name=name,
+        description=data.description,
+        actor=await audit_actor(session, admin),
+        ip=ip,
+    )
+    return ScopeRead.model_validate(scope)
+
+
+@router.delete("/{name:path}", status_code=204)
+async def delete_scope(
+    name: str, admin: AdminPrincipal, session: SessionDep, ip: RequestIp, context: ContextDep
+) -> Response:
+    await service.delete(
+        session,
+        name=name,
+        actor=await audit_actor(session, admin),
+        ip=ip,
+        names=context.scope_names,
+    )
+    return Response(status_code=204)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyservice.users.schemas import matching
 
 # A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
 SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
 SCOPE_NAME = re.compile(SCOPE_NAME_PATTERN)
+ScopeDescription = Annotated[str, Field(max_length=1000)]
 
 
 class ScopeCreate(BaseModel):
@@ -24,7 +25,32 @@ class ScopeCreate(BaseModel):
         matching(SCOPE_NAME_PATTERN, "may hold only letters, digits and _ . : / -, and must "
                  "start with a letter or digit"),
     ]  # fmt: skip
-    description: str = Field(default="", max_length=1000)
+    description: ScopeDescription = ""
+
+
+def _update_schema(schema: dict[str, Any]) -> None:
+    # `description` takes no null; an empty body changes nothing (422).
+    field = schema["properties"]["description"]
+    field.pop("default", None)
+    for branch in [one for one in field.pop("anyOf", ()) if one.get("type") != "null"]:
+        field.update(branch)
+    schema["minProperties"] = 1
+
+
+class ScopeUpdate(BaseModel):
+    """An edit of a scope: its description (the name is what principals and keys hold)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_update_schema)
+
+    description: ScopeDescription | None = None
+
+    @field_validator("description")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str | None:
+        # A None here was sent (a default is not validated).
+        if value is None:
+            raise ValueError('cannot be null: give the new description ("" for none)')
+        return value
 
 
 class ScopeRead(BaseModel):

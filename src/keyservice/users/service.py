@@ -10,12 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.config import Settings
-from keyservice.exceptions import Conflict, ValidationFailed, quoted_names
+from keyservice.exceptions import Conflict, ValidationFailed
 from keyservice.principals import service as principals_service
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
-from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import hash_password, run_slow_hash
 from keyservice.users.schemas import MIN_PASSWORD_LENGTH
 
@@ -64,11 +63,7 @@ async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -
     """Return the permissions deduplicated; 422 naming any that is not in the catalog."""
     missing = await scopes_service.unknown(session, names=permissions)
     if missing:
-        raise ValidationFailed(
-            f"Unknown permission(s): {quoted_names(missing, SCOPE_NAME)}. Add them to the "
-            "scope catalog first (POST /admin/scopes, as an admin).",
-            field="permissions",
-        )
+        raise scopes_service.not_in_catalog(missing, field="permissions")
     return sorted(set(permissions))
 
 
