@@ -22,7 +22,14 @@ from keyservice.security.tokens import parse_api_key
 from tests.conftest import client_for
 from tests.console.conftest import csrf_of
 from tests.console.test_http import field_error, signed_in
-from tests.factories import audit_events, create_principal, exchange, service_key, set_key
+from tests.factories import (
+    add_scope,
+    audit_events,
+    create_principal,
+    exchange,
+    service_key,
+    set_key,
+)
 
 
 async def _key(context: AppContext, owner: Principal, name: str, **fields: Any) -> tuple[str, str]:
@@ -125,6 +132,154 @@ async def test_a_scope_form_without_the_csrf_token_is_refused(
         assert refused.status_code == 403 and "Form refused" in refused.text
     assert await audit_events(context, "scope.created") == []
     assert "x:y" not in (await client.get("/console/admin/scopes")).text
+
+
+def banner_errors(html: str) -> list[str]:
+    """The messages of the page's error banner, as a person reads them."""
+    found = re.search(r'<div class="banner error"[^>]*>(.*?)</div>', html, re.S)
+    return [unescape(m) for m in re.findall(r"<p>([^<]*)</p>", found.group(1))] if found else []
+
+
+async def test_admin_edits_a_scope_description(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    await add_scope(context, "files/read", "Read filez")
+    token = await signed_in(client, "root")
+    page = await client.get("/console/admin/scopes")
+    assert '<input type="hidden" name="name" value="files/read">' in page.text
+    assert ">Read filez</textarea>" in page.text
+    saved = await client.post(
+        "/console/admin/scopes/edit",
+        data={"csrf_token": token, "name": "files/read", "description": "Read files"},
+    )
+    assert saved.status_code == 303, saved.text
+    shown = await client.get(saved.headers["location"])
+    assert "The description of files/read was saved." in shown.text
+    assert ">Read files</textarea>" in shown.text
+    events = await audit_events(context, "scope.updated")
+    assert [(e.actor, e.reason) for e in events] == [("user:root", "scope files/read: description")]
+
+    # Refusals in words above the table, with what was typed kept in its row.
+    too_long = await client.post(
+        "/console/admin/scopes/edit",
+        data={"csrf_token": token, "name": "files/read", "description": "d" * 1001},
+    )
+    assert too_long.status_code == 422
+    assert banner_errors(too_long.text) == [
+        "The description was not saved: Use at most 1000 characters."
+    ]
+    assert ">" + "d" * 1001 + "</textarea>" in too_long.text
+    gone = await client.post(
+        "/console/admin/scopes/edit",
+        data={"csrf_token": token, "name": "files/write", "description": "x"},
+    )
+    assert gone.status_code == 404
+    assert banner_errors(gone.text) == [
+        "The description was not saved: The scope 'files/write' is not in the catalog."
+    ]
+    for sent in ({}, {"csrf_token": "forged"}):
+        refused = await client.post(
+            "/console/admin/scopes/edit", data={**sent, "name": "files/read", "description": "x"}
+        )
+        assert refused.status_code == 403 and "Form refused" in refused.text
+    assert len(await audit_events(context, "scope.updated")) == 1
+
+
+async def test_admin_deletes_a_scope_after_a_confirmation(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    await add_scope(context, "typo:raed", "Oops")
+    token = await signed_in(client, "root")
+    page = await client.get("/console/admin/scopes")
+    # Delete leads to a confirmation page; the built-ins offer no Delete.
+    assert page.text.count('action="/console/admin/scopes/delete"') == 1
+    confirm = await client.get("/console/admin/scopes/delete", params={"name": "typo:raed"})
+    assert confirm.status_code == 200
+    assert "<h1>Delete scope typo:raed?</h1>" in confirm.text
+    assert 'method="post" action="/console/admin/scopes/delete"' in confirm.text
+    assert "/.well-known" not in confirm.text
+
+    refused = await client.post("/console/admin/scopes/delete", data={"name": "typo:raed"})
+    assert refused.status_code == 403 and "Form refused" in refused.text
+    deleted = await client.post(
+        "/console/admin/scopes/delete", data={"csrf_token": token, "name": "typo:raed"}
+    )
+    assert deleted.status_code == 303, deleted.text
+    shown = await client.get(deleted.headers["location"])
+    assert "The scope was deleted." in shown.text and "typo:raed" not in shown.text
+    metadata = await client.get("/.well-known/oauth-authorization-server")
+    assert "typo:raed" not in metadata.json()["scopes_supported"]
+    events = await audit_events(context, "scope.deleted")
+    assert [(e.actor, e.reason) for e in events] == [("user:root", "scope typo:raed")]
+
+    # Deleted meanwhile (another tab): said in words; the confirmation is a 404.
+    again = await client.post(
+        "/console/admin/scopes/delete", data={"csrf_token": token, "name": "typo:raed"}
+    )
+    assert again.status_code == 404
+    assert banner_errors(again.text) == [
+        "The scope was not deleted: The scope 'typo:raed' is not in the catalog."
+    ]
+    missing = await client.get("/console/admin/scopes/delete", params={"name": "typo:raed"})
+    assert missing.status_code == 404
+    # The audit page's type filter offers the new event types.
+    audit = await client.get("/console/admin/audit")
+    for kind in ("scope.updated", "scope.deleted"):
+        assert f'<option value="{kind}"' in audit.text, kind
+
+
+async def test_a_scope_in_use_or_built_in_is_not_deleted_and_the_page_says_why(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    root = await create_principal(context, "root", permissions=["admin", "projects:read"])
+    await create_principal(context, "box", kind="device", permissions=["projects:read"])
+    await service_key(context, root, "reader", scopes=["projects:read"])
+    token = await signed_in(client, "root")
+    in_use = (
+        "The scope 'projects:read' is in use: held by 1 user, 1 device and 1 API key that is "
+        "not revoked. Take it away first (edit those users' and devices' permissions, edit "
+        "those keys' scopes or delete the keys), then delete it."
+    )
+    # The confirmation page says so up front and offers no Delete.
+    confirm = await client.get("/console/admin/scopes/delete", params={"name": "projects:read"})
+    assert banner_errors(confirm.text) == [in_use]
+    assert 'method="post"' not in confirm.text.split("<main", 1)[1]
+    # A form posted anyway (or held since another admin granted it): 409, the same words.
+    refused = await client.post(
+        "/console/admin/scopes/delete", data={"csrf_token": token, "name": "projects:read"}
+    )
+    assert refused.status_code == 409
+    assert banner_errors(refused.text) == [in_use]
+    builtin = await client.post(
+        "/console/admin/scopes/delete", data={"csrf_token": token, "name": "introspect"}
+    )
+    assert builtin.status_code == 409
+    assert banner_errors(builtin.text) == [
+        "The scope 'introspect' is built in: the service itself checks it, so it cannot be deleted."
+    ]
+    assert await audit_events(context, "scope.deleted") == []
+    page = await client.get("/console/admin/scopes")
+    assert '<span class="mono">projects:read</span>' in page.text
+
+
+async def test_non_admins_can_neither_edit_nor_delete_scopes(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    await add_scope(context, "projects:read", "Read projects")
+    token = await signed_in(client, "alice")
+    refused = await client.get("/console/admin/scopes/delete", params={"name": "projects:read"})
+    assert refused.status_code == 403 and "This page is for administrators." in refused.text
+    for path, data in (
+        ("/console/admin/scopes/edit", {"name": "projects:read", "description": "mine"}),
+        ("/console/admin/scopes/delete", {"name": "projects:read"}),
+    ):
+        refused = await client.post(path, data={**data, "csrf_token": token})
+        assert refused.status_code == 403 and "This page is for administrators." in refused.text
+    assert await audit_events(context, "scope.updated") == []
+    assert await audit_events(context, "scope.deleted") == []
 
 
 # All keys --------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ from keyservice.exceptions import KeyServiceError, ValidationFailed
 from keyservice.paging import MAX_LIMIT
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes
-from keyservice.scopes.models import effective_permissions
-from keyservice.scopes.schemas import ScopeCreate
+from keyservice.scopes.models import Scope, effective_permissions
+from keyservice.scopes.schemas import ScopeCreate, ScopeUpdate
 from keyservice.security.tokens import holds_api_key, is_client_id
 from keyservice.users import service as users
 from keyservice.users.schemas import NAME_PATTERN, UserCreate
@@ -81,6 +81,8 @@ AUDIT_TYPES = [
     "device.updated",
     "device.deleted",
     "scope.created",
+    "scope.updated",
+    "scope.deleted",
 ]
 AUDIT_PAGE = 50
 _NAME = re.compile(NAME_PATTERN)
@@ -98,6 +100,9 @@ NOTICES = {
     "key-deleted": ("The key was deleted.", "The key was deleted."),
     "key-revoked": ("The key was revoked.", "The key was revoked."),
     "scope-created": ("Scope {name} added to the catalog.", "The scope was added."),
+    "scope-updated": ("The description of {name} was saved.", "The description was saved."),
+    # A deleted name is no longer one `known` can vouch for: the banner names none.
+    "scope-deleted": ("The scope was deleted.", "The scope was deleted."),
 }
 
 
@@ -828,8 +833,12 @@ async def _scopes_page(
     *,
     values: Mapping[str, str] | None = None,
     errors: FormErrors | None = None,
+    edit_errors: FormErrors | None = None,
+    edited: Mapping[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
+    """The catalog with a description form a row; `errors` are the add form's, `edit_errors`
+    a refused edit's (above the table), `edited` the description typed there, kept."""
     catalog = await scopes.list_scopes(session)
     return render(
         request,
@@ -839,6 +848,8 @@ async def _scopes_page(
             "scopes": catalog,
             "values": values or {"name": "", "description": ""},
             "errors": errors or FormErrors(),
+            "edit_errors": edit_errors or FormErrors(),
+            "edited": edited or {},
             "notice": _notice(request, known={scope.name for scope in catalog}),
         },
         status_code=status_code,
@@ -885,6 +896,95 @@ async def create_scope(
         return _back("/console/admin/scopes", "scope-created", scope.name)
     values = {"name": name, "description": description}
     return await _scopes_page(request, session, values=values, errors=errors, status_code=422)
+
+
+# A scope name may hold '/' and '.', so it travels in the form or the query, not the path.
+@router.post("/scopes/edit")
+async def edit_scope(
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    ip: IpDep,
+) -> Response:
+    """Change a scope's description as PATCH /admin/scopes/{name} does."""
+    name, description = text(form, "name"), text(form, "description")
+    errors = FormErrors()
+    try:
+        data = ScopeUpdate(description=description)
+        scope = await scopes.update(
+            session, name=name, description=data.description, actor=admin.actor, ip=ip
+        )
+    except ValidationError as exc:
+        errors.add_validation(exc)
+        status_code = 422
+    except KeyServiceError as exc:
+        if exc.status_code >= 500:
+            raise
+        errors.add_service(exc)
+        status_code = exc.status_code
+    else:
+        return _back("/console/admin/scopes", "scope-updated", scope.name)
+    # The refusal in words above the table, with what was typed kept in that row.
+    messages = [*errors.general, *errors.fields.values()]
+    shown = FormErrors(general=[f"The description was not saved: {m}" for m in messages])
+    return await _scopes_page(
+        request, session, edit_errors=shown, edited={name: description}, status_code=status_code
+    )
+
+
+def _delete_page(
+    request: Request, scope: Scope, *, refusal: str | None = None, status_code: int = 200
+) -> Response:
+    return render(
+        request,
+        "admin/scope_delete.html",
+        {"section": "scopes", "scope": scope, "refusal": refusal},
+        status_code=status_code,
+    )
+
+
+async def _refusal(session: SessionDep, scope: Scope) -> str | None:
+    """Why a deletion would be refused now, in the API's words (None: it would not be)."""
+    try:
+        scopes.check_deletable(scope, await scopes.usage(session, name=scope.name))
+    except KeyServiceError as exc:
+        return exc.description
+    return None
+
+
+@router.get("/scopes/delete")
+async def confirm_delete_scope(
+    request: Request, _admin: AdminDep, session: SessionDep, name: str = ""
+) -> Response:
+    """The confirmation, or, for a scope that is built in or held, why it cannot go."""
+    scope = await scopes.get(session, name=name)
+    return _delete_page(request, scope, refusal=await _refusal(session, scope))
+
+
+@router.post("/scopes/delete")
+async def delete_scope(
+    form: CheckedForm,
+    request: Request,
+    admin: AdminDep,
+    session: SessionDep,
+    context: ContextDep,
+    ip: IpDep,
+) -> Response:
+    """Delete a scope as DELETE /admin/scopes/{name} does; a refusal (409) in its words."""
+    name = text(form, "name")
+    try:
+        await scopes.delete(session, name=name, actor=admin.actor, ip=ip, names=context.scope_names)
+    except KeyServiceError as exc:
+        if exc.status_code not in (404, 409):
+            raise
+        await session.rollback()
+        if exc.status_code == 404:  # deleted meanwhile (another tab, another admin)
+            shown = FormErrors(general=[f"The scope was not deleted: {exc.description}"])
+            return await _scopes_page(request, session, edit_errors=shown, status_code=404)
+        scope = await scopes.get(session, name=name)
+        return _delete_page(request, scope, refusal=exc.description, status_code=409)
+    return _back("/console/admin/scopes", "scope-deleted", name)
 
 
 # Audit log -------------------------------------------------------------------------------
