@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, text
 
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyUpdate
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, ValidationFailed
@@ -29,7 +29,7 @@ from tests.admin.support import (
     set_key_fields,
 )
 from tests.conftest import client_for, make_settings
-from tests.factories import add_scope, create_principal, user_token
+from tests.factories import add_scope, create_principal, service_key, user_token
 
 
 async def test_list_and_create_scopes(client, context):
@@ -321,9 +321,23 @@ async def test_granting_a_deleted_scope_is_refused(client, context):
     admin = await admin_token(context, client)
     await add_scope(context, "billing:read")
     jo = await create_principal(context, "jo", permissions=["billing:read"])
+    inheriting = await service_key(context, jo, "inherits")
     async with context.database.sessionmaker() as session:
         await session.execute(delete(Scope).where(Scope.name == "billing:read"))
         await session.commit()
+    # A key edit that gives the key the scope of its own.
+    async with context.database.sessionmaker() as session:
+        owner = await session.get(Principal, jo.id)
+        with pytest.raises(ValidationFailed, match="Unknown scope\\(s\\): billing:read"):
+            await api_keys.update(
+                context,
+                session,
+                owner=owner,
+                key_id=inheriting.id,
+                data=ApiKeyUpdate(scopes=["billing:read"]),
+                actor="test",
+                ip=None,
+            )
     # The key create checks the owner's permissions (still listing it), then the catalog.
     async with context.database.sessionmaker() as session:
         owner = await session.get(Principal, jo.id)

@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from keyservice.api_keys.legacy_import import ImportFailed, import_lines
 from keyservice.api_keys.models import ApiKey
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.main import create_app
+from keyservice.scopes.models import Scope
 from keyservice.security.hashing import slow_hash_jobs
 from tests.admin.support import events
 from tests.conftest import client_for, make_settings
@@ -184,6 +185,27 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     assert not any("k-" in message or PLAIN in message for message in messages.values())
     assert await _count_keys(context) == 0
     assert await events(context, "api_key.created") == []
+
+
+async def test_scopes_that_left_the_catalog_before_the_writes_are_refused(context):
+    """The lines are checked in one transaction and written in another (after the slow
+    hashes): a scope deleted in between is refused there, not imported (scopes/service.py)."""
+    await _population(context)
+    async with context.database.sessionmaker() as session:
+        # As a deletion between the two would leave it (zoe's permission was taken away
+        # first; here only the catalog row goes, so the first check still passes).
+        await session.execute(delete(Scope).where(Scope.name == "projects:read"))
+        await session.commit()
+    lines = [
+        _line(owner="zoe", owner_type="user", name="a", scopes=None, key="k-1"),
+        _line(owner="zoe", owner_type="user", name="b", scopes=["projects:read"], key="k-2"),
+    ]
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, lines, actor="test")
+    assert [str(error) for error in failed.value.errors] == [
+        "line 2: scopes deleted from the catalog meanwhile: projects:read"
+    ]
+    assert await _count_keys(context) == 0
 
 
 async def test_reimport_is_refused(context):
