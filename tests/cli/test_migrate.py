@@ -177,7 +177,7 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     data = tmp_path / "fresh" / ".keyservice"
     result = CliRunner().invoke(main, ["migrate"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 0, result.output
-    assert result.output.strip().startswith("applied 8 migrations")
+    assert result.output.strip().startswith("applied 9 migrations")
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
         "0009",
