@@ -8,6 +8,7 @@ from sqlalchemy.engine import make_url
 
 from keyservice.cli import main
 from tests.conftest import POSTGRES_URL, SKIP_POSTGRES, TEST_SECRET, refused_port
+from tests.reliability.support import free_port
 
 PASSWORD = "s3cret-Pw"
 COMMANDS = [
@@ -40,6 +41,8 @@ def never_serve(monkeypatch):
 
 
 def run(command: list[str], database_url: str, tmp_path) -> str:
+    if command[0] == "serve":  # never 8000: another server on the machine may hold it
+        command = [*command, "--port", str(free_port(21000))]
     env = {
         "KEYSERVICE_DATABASE_URL": database_url,
         "KEYSERVICE_SECRET_KEY": TEST_SECRET,
