@@ -88,6 +88,29 @@ async def test_scope_refusals(client, context):
         await admin_request(client, admin, "POST", "/admin/scopes", 422, json={"name": bad})
 
 
+async def test_a_name_a_url_would_rewrite_is_refused_in_words(client, context):
+    # `a/..` or `a/./b` was created, but clients resolve dot parts out of a URL path (and
+    # `a//b` or `a/` are other paths): PATCH and DELETE /admin/scopes/{name} never got there.
+    admin = await admin_token(context, client)
+    for bad in ("files/..", "files/.", "files/./read", "files/../admin", "files//read", "files/"):
+        response = await admin_request(
+            client, admin, "POST", "/admin/scopes", 422, json={"name": bad}
+        )
+        assert response.json()["error_description"] == (
+            "name: may not end with /, nor have an empty, . or .. part between slashes: a URL "
+            "would lose it, and the scope could not be edited or deleted"
+        ), bad
+    assert await events(context, "scope.created") == []
+    # Dots inside a part are no path step: such a name is made, edited and deleted.
+    for good in ("files/.hidden", "files/read..all", "v1.2/read"):
+        await admin_request(client, admin, "POST", "/admin/scopes", 201, json={"name": good})
+        edited = await admin_request(
+            client, admin, "PATCH", f"/admin/scopes/{good}", 200, json={"description": "d"}
+        )
+        assert edited.json()["name"] == good
+        await admin_request(client, admin, "DELETE", f"/admin/scopes/{good}", 204)
+
+
 METADATA = "/.well-known/oauth-authorization-server"
 
 

@@ -93,6 +93,10 @@ async def test_admin_adds_a_scope_and_refusals_keep_the_input(
         ("projects:read", "The scope 'projects:read' already exists."),
         ("projects read", "May hold only letters, digits and _ . : / -, and must start"),
         ("-projects", "May hold only letters, digits and _ . : / -, and must start"),
+        # A URL would lose these: the API could never edit or delete such a scope.
+        ("projects/..", "May not end with /, nor have an empty, . or .. part between"),
+        ("projects/./read", "May not end with /, nor have an empty, . or .. part between"),
+        ("projects//read", "May not end with /, nor have an empty, . or .. part between"),
         ("", "This field is required."),
         ("p" * 101, "Use at most 100 characters."),
     ]

@@ -13,6 +13,14 @@ from keyservice.users.schemas import matching
 # A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
 SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
 SCOPE_NAME = re.compile(SCOPE_NAME_PATTERN)
+# A new name must also be slash-separated parts, none empty, "." or "..": HTTP clients
+# resolve dot parts out of `/admin/scopes/{name}` (RFC 3986 §5.2.4), and proxies may merge
+# `//` or drop a final `/`, so PATCH and DELETE could never reach such a scope. Only
+# creation checks it: names made before stay valid (the console sends names as form fields).
+NEW_SCOPE_NAME_PATTERN = (
+    r"^(?!.*/\.\.?(?:/|$))"  # no "." or ".." part
+    r"[A-Za-z0-9][A-Za-z0-9_.:-]*(?:/[A-Za-z0-9_.:-]+)*$"
+)
 ScopeDescription = Annotated[str, Field(max_length=1000)]
 
 
@@ -21,9 +29,12 @@ class ScopeCreate(BaseModel):
 
     name: Annotated[
         str,
-        Field(min_length=1, max_length=100, json_schema_extra={"pattern": SCOPE_NAME_PATTERN}),
+        Field(min_length=1, max_length=100, json_schema_extra={"pattern": NEW_SCOPE_NAME_PATTERN}),
         matching(SCOPE_NAME_PATTERN, "may hold only letters, digits and _ . : / -, and must "
                  "start with a letter or digit"),
+        matching(NEW_SCOPE_NAME_PATTERN, "may not end with /, nor have an empty, . or .. part "
+                 "between slashes: a URL would lose it, and the scope could not be edited or "
+                 "deleted"),
     ]  # fmt: skip
     description: ScopeDescription = ""
 
