@@ -138,6 +138,12 @@ async def test_a_scope_form_without_the_csrf_token_is_refused(
     assert "x:y" not in (await client.get("/console/admin/scopes")).text
 
 
+def notice(html: str) -> str | None:
+    """The text of the page's success banner, if any."""
+    found = re.search(r'<p class="banner ok" role="status">([^<]*)</p>', html)
+    return unescape(found.group(1)) if found else None
+
+
 def banner_errors(html: str) -> list[str]:
     """The messages of the page's error banner, as a person reads them."""
     found = re.search(r'<div class="banner error"[^>]*>(.*?)</div>', html, re.S)
@@ -212,7 +218,9 @@ async def test_admin_deletes_a_scope_after_a_confirmation(
     )
     assert deleted.status_code == 303, deleted.text
     shown = await client.get(deleted.headers["location"])
-    assert "The scope was deleted." in shown.text and "typo:raed" not in shown.text
+    # Named, though no longer in the catalog `known` checks (it said "The scope was deleted.").
+    assert notice(shown.text) == "Scope typo:raed deleted from the catalog."
+    assert "typo:raed" not in listed_names(shown.text)
     metadata = await client.get("/.well-known/oauth-authorization-server")
     assert "typo:raed" not in metadata.json()["scopes_supported"]
     events = await audit_events(context, "scope.deleted")
@@ -228,6 +236,19 @@ async def test_admin_deletes_a_scope_after_a_confirmation(
     ]
     missing = await client.get("/console/admin/scopes/delete", params={"name": "typo:raed"})
     assert missing.status_code == 404
+    # A crafted link: only what a 404 would quote (echoable) is named, never a sentence of a
+    # stranger's nor anything that may be a secret.
+    for crafted, said in [
+        ("files/read", "Scope files/read deleted from the catalog."),
+        ("Sign in again at evil.example", "The scope was deleted."),
+        ("kc_0123456789abcdefXYZ", "The scope was deleted."),
+        ("x" * 65, "The scope was deleted."),
+        ("", "The scope was deleted."),
+    ]:
+        page = await client.get(
+            "/console/admin/scopes", params={"done": "scope-deleted", "name": crafted}
+        )
+        assert notice(page.text) == said, crafted
     # The audit page's type filter offers the new event types.
     audit = await client.get("/console/admin/audit")
     for kind in ("scope.updated", "scope.deleted"):

@@ -52,12 +52,12 @@ from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
-from keyservice.exceptions import KeyServiceError, ValidationFailed
+from keyservice.exceptions import KeyServiceError, ValidationFailed, echoable
 from keyservice.paging import MAX_LIMIT
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes
 from keyservice.scopes.models import Scope, effective_permissions
-from keyservice.scopes.schemas import ScopeCreate, ScopeUpdate
+from keyservice.scopes.schemas import SCOPE_NAME, ScopeCreate, ScopeUpdate
 from keyservice.security.tokens import holds_api_key, is_client_id
 from keyservice.users import service as users
 from keyservice.users.schemas import NAME_PATTERN, UserCreate
@@ -101,9 +101,11 @@ NOTICES = {
     "key-revoked": ("The key was revoked.", "The key was revoked."),
     "scope-created": ("Scope {name} added to the catalog.", "The scope was added."),
     "scope-updated": ("The description of {name} was saved.", "The description was saved."),
-    # A deleted name is no longer one `known` can vouch for: the banner names none.
-    "scope-deleted": ("The scope was deleted.", "The scope was deleted."),
+    # A deleted name is no longer one `known` can vouch for: named if echoable() allows it.
+    "scope-deleted": ("Scope {name} deleted from the catalog.", "The scope was deleted."),
 }
+# done= whose name is checked as an error message quoting it is (a name in no list).
+_ECHOED = {"scope-deleted": SCOPE_NAME}
 
 
 def _notice(request: Request, *, known: Container[str] | None = None) -> str | None:
@@ -112,14 +114,18 @@ def _notice(request: Request, *, known: Container[str] | None = None) -> str | N
     Anyone can send an admin a link with any query: the name is shown only if it could be a
     username or device name (no spaces, no URL), or, given `known`, only if it is one of
     those (a scope name may hold ':' and '/'), else left out, so that no sentence of a
-    stranger's ("... sign in again at https://...") appears in a trusted banner.
+    stranger's ("... sign in again at https://...") appears in a trusted banner. A name
+    no longer anywhere (a deleted scope) is shown only as a 404 would quote it: echoable().
     """
-    templates = NOTICES.get(request.query_params.get("done", ""))
+    done = request.query_params.get("done", "")
+    templates = NOTICES.get(done)
     if templates is None:
         return None
     named, unnamed = templates
     name = request.query_params.get("name", "")
-    if known is not None:
+    if done in _ECHOED:
+        shown = echoable(name, _ECHOED[done])
+    elif known is not None:
         shown = name in known
     else:
         shown = len(name) <= 100 and _NAME.fullmatch(name) is not None
