@@ -236,11 +236,12 @@ async def test_admin_deletes_a_scope_after_a_confirmation(
     ]
     missing = await client.get("/console/admin/scopes/delete", params={"name": "typo:raed"})
     assert missing.status_code == 404
-    # A crafted link: only what a 404 would quote (echoable) is named, never a sentence of a
-    # stranger's nor anything that may be a secret.
+    # A crafted link: only a name that could be created today is named, never a sentence of a
+    # stranger's, an address, nor anything that may be a secret.
     for crafted, said in [
         ("files/read", "Scope files/read deleted from the catalog."),
         ("Sign in again at evil.example", "The scope was deleted."),
+        ("https://evil.example/login", "The scope was deleted."),
         ("kc_0123456789abcdefXYZ", "The scope was deleted."),
         ("x" * 65, "The scope was deleted."),
         ("", "The scope was deleted."),

@@ -57,7 +57,7 @@ from keyservice.paging import MAX_LIMIT
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes
 from keyservice.scopes.models import Scope, effective_permissions
-from keyservice.scopes.schemas import SCOPE_NAME, ScopeCreate, ScopeUpdate
+from keyservice.scopes.schemas import NEW_SCOPE_NAME, ScopeCreate, ScopeUpdate
 from keyservice.security.tokens import holds_api_key, is_client_id
 from keyservice.users import service as users
 from keyservice.users.schemas import NAME_PATTERN, UserCreate
@@ -105,7 +105,9 @@ NOTICES = {
     "scope-deleted": ("Scope {name} deleted from the catalog.", "The scope was deleted."),
 }
 # done= whose name is checked as an error message quoting it is (a name in no list).
-_ECHOED = {"scope-deleted": SCOPE_NAME}
+# A deleted scope is named only if it could be created today: that rule refuses "//", so a
+# crafted link cannot make the banner announce an address ("Scope https://... deleted").
+_ECHOED = {"scope-deleted": NEW_SCOPE_NAME}
 
 
 def _notice(request: Request, *, known: Container[str] | None = None) -> str | None:

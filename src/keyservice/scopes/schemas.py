@@ -21,6 +21,7 @@ NEW_SCOPE_NAME_PATTERN = (
     r"^(?!.*/\.\.?(?:/|$))"  # no "." or ".." part
     r"[A-Za-z0-9][A-Za-z0-9_.:-]*(?:/[A-Za-z0-9_.:-]+)*$"
 )
+NEW_SCOPE_NAME = re.compile(NEW_SCOPE_NAME_PATTERN)
 ScopeDescription = Annotated[str, Field(max_length=1000)]
 
 
