@@ -8,7 +8,10 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
+from keyservice.api_keys import service as api_keys
 from keyservice.database import utcnow
+from keyservice.exceptions import NotFound
+from keyservice.principals.models import Principal
 from tests.conftest import client_for
 from tests.factories import (
     add_scope,
@@ -365,3 +368,42 @@ async def test_an_edit_racing_a_rotation_does_not_outlive_the_grace(client, cont
         expires = _at((await shown(client, owner, key["id"]))["expires_at"])
         assert expires <= utcnow() + timedelta(seconds=60)
         await client.delete(f"/api-keys/{rotation.json()['id']}", headers=bearer(owner))
+
+
+@pytest.mark.postgresql_only
+async def test_a_rotation_that_read_the_key_before_an_edit_rotates_the_edited_key(
+    client, context, owner
+):
+    # The rotate route reads the key before the rotation writes it; an edit or a deletion
+    # can commit in between (PostgreSQL: no lock is held yet; SQLite serialises the two).
+    key = await create_key(client, owner, name="ci", scopes=BOTH)
+    soon = utcnow().replace(microsecond=0) + timedelta(hours=1)
+    async with context.database.sessionmaker() as rotating:
+        alice = await rotating.get(Principal, key["owner_id"])
+        assert alice is not None
+        read = await api_keys.get_owned(rotating, key_id=key["id"], owner_id=alice.id)
+        await patch(client, owner, key["id"], expires_at=_rfc3339(soon), scopes=["projects:read"])
+        new = await api_keys.rotate(
+            context, rotating, key=read, owner=alice, grace_seconds=86400, actor="t", ip=None
+        )
+    # The edit's earlier expiry stands (the grace period never extends a key) and the
+    # replacement has the edited scopes.
+    assert _at((await shown(client, owner, key["id"]))["expires_at"]) == soon
+    assert new.scopes == ["projects:read"]
+
+
+@pytest.mark.postgresql_only
+async def test_a_rotation_that_read_the_key_before_its_deletion_is_404(client, context, owner):
+    gone = await create_key(client, owner, name="leaked")
+    async with context.database.sessionmaker() as rotating:
+        alice = await rotating.get(Principal, gone["owner_id"])
+        assert alice is not None
+        read = await api_keys.get_owned(rotating, key_id=gone["id"], owner_id=alice.id)
+        deleted = await client.delete(f"/api-keys/{gone['id']}", headers=bearer(owner))
+        assert deleted.status_code == 204
+        with pytest.raises(NotFound):
+            await api_keys.rotate(
+                context, rotating, key=read, owner=alice, grace_seconds=60, actor="t", ip=None
+            )
+    listed = (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
+    assert listed == []

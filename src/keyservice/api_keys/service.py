@@ -352,6 +352,10 @@ async def rotate(
     ip: str | None,
 ) -> ApiKeyCreated:
     """Issue a new key with the same settings; the old one expires after the grace period."""
+    # The key's row locked and read afresh, as an edit takes it (`update`), before anything
+    # is copied or computed from it: `key` may have been read before an edit or a deletion
+    # committed, whose expiry this would overwrite, or which this would rotate (404).
+    key = await get_owned(session, key_id=key.id, owner_id=owner.id, for_update=True)
     now = utcnow()
     if now >= key.expires_at:
         raise Conflict("This key has expired; create a new one instead of rotating it.")
@@ -397,10 +401,11 @@ async def update(
     settings = ctx.settings
     now = utcnow()
     # The key's row lock makes concurrent edits apply in turn, each to the row as the last
-    # one committed it. The owner's lock, as create and rotate take it, makes an edit and a
-    # rotation of the key one after the other (one that leaves the old key's expiry as it
-    # is writes only the new key). In this order: a rotation writes the old key's row
-    # before it locks the owner, and the reverse order deadlocked against it (PostgreSQL).
+    # one committed it, and a rotation (which takes it first too) copies the edited key.
+    # The owner's lock, as create and rotate take it, orders an edit with the owner's
+    # rotations, whose keys rotation_holds reads. In this order: a rotation locks the old
+    # key's row before it locks the owner, and the reverse order deadlocked against it
+    # (PostgreSQL).
     key = await get_owned(session, key_id=key_id, owner_id=owner.id, for_update=True)
     await _lock_owner(session, owner.id)
     if now >= key.expires_at:
