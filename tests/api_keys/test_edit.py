@@ -407,3 +407,20 @@ async def test_a_rotation_that_read_the_key_before_its_deletion_is_404(client, c
             )
     listed = (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
     assert listed == []
+
+
+async def test_many_long_scopes_are_saved_past_the_notify_payload_limit(client, context):
+    # The key-scopes message for ~90 scope names of ~96 characters is longer than the 8000
+    # bytes PostgreSQL takes for a NOTIFY payload: the edit failed with a 500. It is saved,
+    # this process refuses the key's wider tokens at once, other replicas at their reload.
+    long = [f"scope{i:02d}:" + "x" * 88 for i in range(90)]
+    for scope in [*BOTH, *long]:
+        await add_scope(context, scope)
+    token = await user_token(context, client, "alice", [*PERMS, *long])
+    key = await create_key(client, token, name="ci", scopes=BOTH)
+    issued = (await exchange(client, key["api_key"])).json()["access_token"]
+
+    edited = (await patch(client, token, key["id"], scopes=long)).json()
+    assert edited["scopes"] == sorted(long)
+    me = await client.get("/me", headers=bearer(issued))
+    assert me.status_code == 401, me.text

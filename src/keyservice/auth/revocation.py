@@ -41,6 +41,8 @@ from keyservice.scopes.models import effective_permissions
 
 log = logging.getLogger(__name__)
 CHANNEL = "keyservice_revocation"
+# PostgreSQL's limit on a NOTIFY payload is 8000 bytes (less than the page size by default).
+NOTIFY_PAYLOAD_MAX = 7999
 
 
 class RevocationView:
@@ -284,6 +286,11 @@ async def notify(session: AsyncSession, message: str) -> None:
     """Tell every replica (on commit) about a change; a no-op on SQLite. Revocations go
     through `publish`, which tells this process too."""
     if session.get_bind().dialect.name == "postgresql":
+        if len(message.encode()) > NOTIFY_PAYLOAD_MAX:
+            # PostgreSQL refuses a longer payload, which would fail the whole change (a key
+            # or principal given ~100 long scope names). The other replicas read it at their
+            # next reload instead (every `revocation_poll_seconds`, 2 by default).
+            return
         from sqlalchemy import func
 
         await session.execute(select(func.pg_notify(CHANNEL, message)))
