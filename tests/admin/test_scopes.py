@@ -484,3 +484,19 @@ async def test_a_grant_waits_for_a_deletion_in_progress_and_is_refused(client, c
     assert (await _device(client, admin, "box"))["permissions"] == []
     async with context.database.sessionmaker() as session:
         assert await session.scalar(select(func.count()).select_from(ApiKey)) == 0
+
+
+@pytest.mark.postgresql_only
+async def test_a_description_edit_does_not_wait_for_a_grant_holding_the_scope(client, context):
+    # `hold` takes FOR KEY SHARE so that a grant in progress does not block an edit of the
+    # description; the edit locked the row FOR UPDATE, which waits for every key-share lock.
+    await add_scope(context, "billing:read")
+    async with context.database.sessionmaker() as granting:
+        assert await scopes_service.hold(granting, names=["billing:read"]) == []
+        async with context.database.sessionmaker() as editing:
+            await editing.execute(text("SET LOCAL lock_timeout = '5s'"))  # a wait fails, not hangs
+            scope = await scopes_service.update(
+                editing, name="billing:read", description="Read invoices", actor="t", ip=None
+            )
+            assert scope.description == "Read invoices"
+        await granting.commit()

@@ -130,7 +130,13 @@ async def update(
     """
     if description is None:
         raise ValidationFailed('Nothing to change: give a description ("" for none).')
-    scope = await get(session, name=name, for_update=True)
+    # FOR NO KEY UPDATE: concurrent edits apply in turn, and the grants holding the row FOR
+    # KEY SHARE (`hold`) neither wait for it nor make it wait.
+    scope = await session.get(
+        Scope, name, with_for_update={"key_share": True}, populate_existing=True
+    )
+    if scope is None:
+        raise _no_such_scope(name)
     if description == scope.description:  # nothing to write or audit
         await session.commit()
         return scope
