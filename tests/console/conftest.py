@@ -141,6 +141,13 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+def textarea_value(written: str) -> str:
+    """A textarea's value as a browser parses it from the page: CR and CRLF read as LF, and
+    a line break right after the start tag dropped (HTML, "textarea" in the parser rules)."""
+    value = written.replace("\r\n", "\n").replace("\r", "\n")
+    return value.removeprefix("\n")
+
+
 def has_secret(value: str, *pages: Any) -> bool:
     return any(value in text for text in pages)
 

@@ -16,6 +16,7 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from tests.conftest import client_for
+from tests.console.conftest import textarea_value
 from tests.console.test_admin_http import _rotate
 from tests.console.test_http import field_error, signed_in
 from tests.factories import (
@@ -60,9 +61,9 @@ def shown_form(html: str) -> dict[str, Any]:
     assert name and description and ips
     form: dict[str, Any] = {
         "name": name.group(1),
-        "description": description.group(1),
+        "description": textarea_value(description.group(1)),
         "scopes": re.findall(r'name="scopes" value="([^"]+)" checked', text),
-        "allowed_ips": ips.group(1).replace("\n", "\r\n"),
+        "allowed_ips": textarea_value(ips.group(1)).replace("\n", "\r\n"),
     }
     if day:
         form["expires_on"] = day.group(1)
@@ -133,6 +134,29 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     assert events[-1].reason == "changed: scopes, expires_at"
     scope = (await exchange(client, key.api_key)).json()["scope"].split()
     assert {READ, WRITE} <= set(scope)
+
+
+async def test_a_description_that_starts_with_a_line_break_or_holds_a_cr_is_kept(
+    client: httpx.AsyncClient, context: AppContext, alice: Principal
+) -> None:
+    # As the API may set it: a browser drops a line break right after <textarea>, and sends
+    # a lone CR back as CRLF; renaming the key must not rewrite its description.
+    text = "\nindented\rold Mac line break"
+    key = await service_key(context, alice, "ci", description=text)
+    token = await signed_in(client, "alice")
+    page = await client.get(f"/console/keys/{key.id}/edit")
+    form = shown_form(page.text)
+    assert form["description"] == "\nindented\nold Mac line break"
+    form["description"] = form["description"].replace("\n", "\r\n")
+    url = f"/console/keys/{key.id}/edit"
+    same = await client.post(url, data={**form, "csrf_token": token})
+    assert same.headers["location"] == f"/console/keys?done=unchanged&key={key.id}"
+    renamed = await client.post(url, data={**form, "name": "deploy", "csrf_token": token})
+    assert renamed.status_code == 303
+    row = await stored(context, key.id)
+    assert (row.name, row.description) == ("deploy", text)
+    [event] = await audit_events(context, "api_key.updated")
+    assert event.reason == "changed: name"
 
 
 async def test_a_key_being_replaced_can_be_renamed_and_its_expiry_is_shown_fixed(

@@ -183,9 +183,12 @@ def key_values(key: ApiKeyRead) -> KeyForm:
     )
 
 
-def _lines(value: str) -> str:
-    # A browser sends a textarea's line breaks as CRLF, whatever the stored text holds.
-    return value.replace("\r\n", "\n")
+def lines(value: str) -> str:
+    """The text with its line breaks as LF, to compare a textarea's text with a stored one.
+
+    A browser shows a stored CR, LF or CRLF as a line break and sends each as CRLF.
+    """
+    return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _same_cidrs(typed: list[str], stored: list[str]) -> bool:
@@ -222,7 +225,7 @@ def read_edit_form(
     changed: dict[str, object] = {}
     if values.name.strip() != key.name:
         changed["name"] = values.name
-    if _lines(values.description) != _lines(key.description):
+    if lines(values.description) != lines(key.description):
         changed["description"] = values.description
     scopes = sorted(set(values.scopes)) or None
     if scopes != (None if key.scopes is None else sorted(set(key.scopes))):

@@ -57,6 +57,13 @@ def _day(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d")
 
 
+def _textarea(value: str) -> str:
+    """A textarea's text as written in the page. The HTML parser drops a line break right
+    after <textarea>: a text that starts with one (a description the API set) gets another
+    in front, so that the form shows, and sends back, the text as stored."""
+    return "\n" + value if value.startswith(("\n", "\r")) else value
+
+
 environment = Environment(
     loader=FileSystemLoader(TEMPLATES),
     autoescape=select_autoescape(["html"]),
@@ -65,6 +72,7 @@ environment = Environment(
 )
 environment.filters["when"] = _when
 environment.filters["day"] = _day
+environment.filters["textarea"] = _textarea
 
 
 class SignInRequired(Exception):
