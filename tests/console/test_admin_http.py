@@ -18,9 +18,10 @@ from keyservice.api_keys.schemas import ApiKeyCreate
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
+from keyservice.scopes import service as scopes
 from keyservice.security.tokens import parse_api_key
 from tests.conftest import client_for
-from tests.console.conftest import csrf_of
+from tests.console.conftest import csrf_of, textarea_value
 from tests.console.test_http import field_error, signed_in
 from tests.factories import (
     add_scope,
@@ -177,7 +178,7 @@ async def test_admin_edits_a_scope_description(
     )
     assert too_long.status_code == 422
     assert banner_errors(too_long.text) == [
-        "The description was not saved: Use at most 1000 characters."
+        "The description of files/read was not saved: Use at most 1000 characters."
     ]
     assert ">" + "d" * 1001 + "</textarea>" in too_long.text
     gone = await client.post(
@@ -194,6 +195,52 @@ async def test_admin_edits_a_scope_description(
         )
         assert refused.status_code == 403 and "Form refused" in refused.text
     assert len(await audit_events(context, "scope.updated")) == 1
+
+
+def row_description(html: str, name: str) -> str:
+    """The description a scope's row holds, as a browser reads the textarea (test_edit_http)."""
+    rows = re.findall(r'name="name" value="([^"]*)">\s*<label[^>]*>[^<]*</label>\s*'
+                      r"<textarea ([^>]*)>([^<]*)</textarea>", html)  # fmt: skip
+    [written] = [text for row, _, text in rows if unescape(row) == name]
+    return textarea_value(unescape(written))
+
+
+async def test_a_scope_row_saved_as_shown_changes_nothing_and_a_refused_one_is_named(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    # As the API may set it: LF line breaks (a browser sends CRLF), a first line break (the
+    # HTML parser drops one right after <textarea>), 1000 characters with the LFs.
+    text = "\nFiles:\n" + "r" * 992
+    assert len(text) == 1000
+    await add_scope(context, "files/read", text)
+    for n in range(30):
+        await add_scope(context, f"other:{n:02}", "")
+    token = await signed_in(client, "root")
+    page = await client.get("/console/admin/scopes")
+    shown = row_description(page.text, "files/read")
+    assert shown == text
+    sent = {"csrf_token": token, "name": "files/read", "description": shown.replace("\n", "\r\n")}
+    saved = await client.post("/console/admin/scopes/edit", data=sent)
+    assert saved.status_code == 303, banner_errors(saved.text)
+    assert await audit_events(context, "scope.updated") == []
+    async with context.database.sessionmaker() as session:
+        assert (await scopes.get(session, name="files/read")).description == text
+
+    # Among many rows, a refusal says which, and marks that row's field (it gets the focus).
+    refused = await client.post(
+        "/console/admin/scopes/edit",
+        data={"csrf_token": token, "name": "other:17", "description": "d" * 1001},
+    )
+    assert refused.status_code == 422
+    assert banner_errors(refused.text) == [
+        "The description of other:17 was not saved: Use at most 1000 characters."
+    ]
+    marked = re.findall(r'<textarea id="(description-\d+)"[^>]* aria-invalid="true"', refused.text)
+    assert len(marked) == 1
+    assert f'<label for="{marked[0]}" class="sr-only">Description of other:17</label>' in (
+        refused.text
+    )
 
 
 async def test_admin_deletes_a_scope_after_a_confirmation(

@@ -33,6 +33,7 @@ from keyservice.console.dependencies import (
 from keyservice.console.forms import (
     FormErrors,
     expiry_limits,
+    lines,
     read_grace,
     read_key_form,
     text,
@@ -918,8 +919,14 @@ async def edit_scope(
     """Change a scope's description as PATCH /admin/scopes/{name} does."""
     name, description = text(form, "name"), text(form, "description")
     errors = FormErrors()
+    # The row as shown is the stored text with a browser's CRLF line breaks: not an edit
+    # (no audit event, and a stored text of 1000 characters is not refused as too long).
+    current = await session.get(Scope, name)
+    sent = description
+    if current is not None and lines(description) == lines(current.description):
+        sent = current.description
     try:
-        data = ScopeUpdate(description=description)
+        data = ScopeUpdate(description=sent)
         scope = await scopes.update(
             session, name=name, description=data.description, actor=admin.actor, ip=ip
         )
@@ -933,9 +940,12 @@ async def edit_scope(
         status_code = exc.status_code
     else:
         return _back("/console/admin/scopes", "scope-updated", scope.name)
-    # The refusal in words above the table, with what was typed kept in that row.
+    # The refusal in words above the table, with what was typed kept in that row (marked
+    # invalid, so that it gets the focus), named if it is in the catalog: among many rows,
+    # the admin sees which one. A name not in it is not quoted (the 404 does, if echoable).
     messages = [*errors.general, *errors.fields.values()]
-    shown = FormErrors(general=[f"The description was not saved: {m}" for m in messages])
+    which = f"The description of {current.name}" if current is not None else "The description"
+    shown = FormErrors(general=[f"{which} was not saved: {m}" for m in messages])
     return await _scopes_page(
         request, session, edit_errors=shown, edited={name: description}, status_code=status_code
     )
