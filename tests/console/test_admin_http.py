@@ -317,7 +317,10 @@ async def test_a_scope_in_use_or_built_in_is_not_deleted_and_the_page_says_why(
     )
     # The confirmation page says so up front and offers no Delete.
     confirm = await client.get("/console/admin/scopes/delete", params={"name": "projects:read"})
+    assert confirm.status_code == 409  # as the Rotate and Edit pages of a key they refuse
     assert banner_errors(confirm.text) == [in_use]
+    built_in = await client.get("/console/admin/scopes/delete", params={"name": "introspect"})
+    assert built_in.status_code == 409 and 'method="post"' not in built_in.text.split("<main")[1]
     assert 'method="post"' not in confirm.text.split("<main", 1)[1]
     # A form posted anyway (or held since another admin granted it): 409, the same words.
     refused = await client.post(

@@ -975,9 +975,11 @@ async def _refusal(session: SessionDep, scope: Scope) -> str | None:
 async def confirm_delete_scope(
     request: Request, _admin: AdminDep, session: SessionDep, name: str = ""
 ) -> Response:
-    """The confirmation, or, for a scope that is built in or held, why it cannot go."""
+    """The confirmation, or, for a scope that is built in or held, why it cannot go (409, as
+    the Rotate and Edit pages answer for a key they cannot act on)."""
     scope = await scopes.get(session, name=name)
-    return _delete_page(request, scope, refusal=await _refusal(session, scope))
+    refusal = await _refusal(session, scope)
+    return _delete_page(request, scope, refusal=refusal, status_code=409 if refusal else 200)
 
 
 @router.post("/scopes/delete")
