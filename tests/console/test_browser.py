@@ -227,6 +227,27 @@ async def test_edit_a_keys_name_and_scopes(
     assert exchanged.status_code == 200 and exchanged.json()["scope"] == "projects:write"
 
 
+async def test_renaming_a_key_keeps_a_description_as_the_api_set_it(
+    page: Page, live: LiveServer
+) -> None:
+    """Chromium drops a line break right after <textarea> and sends line breaks as CRLF:
+    the Edit form must still leave a description it was not asked to change as stored."""
+    from keyservice.api_keys.models import ApiKey
+
+    alice = await create_principal(live.context, "alice")
+    text = "\nindented\rold Mac\nunix"
+    key = await service_key(live.context, alice, "ci", description=text)
+    await sign_in(page, "alice")
+    await page.goto(f"/console/keys/{key.id}/edit")
+    await expect(page.get_by_label("Description")).to_have_value("\nindented\nold Mac\nunix")
+    await page.get_by_label("Name", exact=True).fill("deploy")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.get_by_text("Key deploy was updated.")).to_be_visible()
+    async with live.context.database.sessionmaker() as session:
+        row = await session.get(ApiKey, key.id)
+        assert row is not None and row.description == text
+
+
 async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     page: Page, live: LiveServer, http: httpx.AsyncClient
 ) -> None:
