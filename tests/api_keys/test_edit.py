@@ -424,3 +424,27 @@ async def test_many_long_scopes_are_saved_past_the_notify_payload_limit(client, 
     assert edited["scopes"] == sorted(long)
     me = await client.get("/me", headers=bearer(issued))
     assert me.status_code == 401, me.text
+
+
+async def test_a_scope_the_owner_lost_may_stay_while_others_change(client, context, owner):
+    # The whole new list was checked against the owner's permissions, so once alice lost
+    # projects:write, dropping projects:read from a key that had both was refused ("not
+    # held: projects:write"); a scope the key keeps grants nothing the owner lacks anyway.
+    root = await user_token(context, client, "root", ["admin"])
+    key = await create_key(client, owner, name="ci", scopes=BOTH)
+    alice = (await client.get("/me", headers=bearer(owner))).json()["id"]
+    taken = await client.patch(
+        f"/admin/users/{alice}",
+        json={"permissions": ["api_keys:manage", "projects:read"]},
+        headers=bearer(root),
+    )
+    assert taken.status_code == 200, taken.text
+    owner = (await login(client, "alice"))["access_token"]
+
+    kept = (await patch(client, owner, key["id"], scopes=["projects:write"])).json()
+    assert kept["scopes"] == ["projects:write"]
+    # Adding one the owner does not hold is still refused.
+    refused = await patch(client, owner, key["id"], 422, scopes=["projects:write", "admin"])
+    assert "not held: admin." in refused.text, refused.text
+    # And the kept scope gives nothing while the owner lacks it.
+    assert (await exchange(client, key["api_key"], scope="projects:write")).status_code == 400

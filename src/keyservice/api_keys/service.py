@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,11 +78,15 @@ def _check_expiry(expires_at: datetime | None, settings: Settings, now: datetime
     return expires_at
 
 
-def _check_scopes(scopes: list[str] | None, owner: Principal) -> list[str] | None:
+def _check_scopes(
+    scopes: list[str] | None, owner: Principal, *, kept: Iterable[str] = ()
+) -> list[str] | None:
+    """The scopes sorted, each a permission the owner holds, or among `kept` (those an edit
+    leaves on the key: the exchange grants a scope only while the owner holds it anyway)."""
     if scopes is None:
         return None
     held = effective_permissions(owner.permissions)
-    missing = sorted(set(scopes) - held)
+    missing = sorted(set(scopes) - held - set(kept))
     if missing:
         raise ValidationFailed(
             "A key's scopes must be permissions its owner holds; not held: "
@@ -423,7 +427,7 @@ async def update(
     if "scopes" in fields:
         scopes = None if data.scopes is None else sorted(set(data.scopes))
         if scopes != (None if key.scopes is None else sorted(set(key.scopes))):
-            changed["scopes"] = _check_scopes(scopes, owner)
+            changed["scopes"] = _check_scopes(scopes, owner, kept=key.scopes or ())
             await _hold_scopes(session, changed["scopes"])
     if "expires_at" in fields and data.expires_at != key.expires_at:
         changed["expires_at"] = _check_expiry(data.expires_at, settings, now)
