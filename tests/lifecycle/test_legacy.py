@@ -10,11 +10,14 @@ import bcrypt
 import pytest
 from sqlalchemy import delete, func, select
 
+from keyservice.api_keys import legacy_import
 from keyservice.api_keys.legacy_import import ImportFailed, import_lines
 from keyservice.api_keys.models import ApiKey
 from keyservice.context import AppContext
 from keyservice.database import utcnow
+from keyservice.devices import service as devices_service
 from keyservice.main import create_app
+from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
 from keyservice.security.hashing import slow_hash_jobs
 from tests.admin.support import events
@@ -206,6 +209,44 @@ async def test_scopes_that_left_the_catalog_before_the_writes_are_refused(contex
         "line 2: scopes deleted from the catalog meanwhile: projects:read"
     ]
     assert await _count_keys(context) == 0
+
+
+async def test_an_owner_deleted_before_the_writes_is_refused(context, monkeypatch):
+    """A device deleted between the check and the writes (while the keys are hashed) gets
+    no key: its deletion revoked its keys, an unrevoked one written after it would live on.
+    The whole import is refused, naming the lines, never a key."""
+    await _population(context)
+    async with context.database.sessionmaker() as session:
+        pump = await session.scalar(select(Principal).where(Principal.name == "pump-7"))
+    assert pump is not None
+    real_hash, hashed = legacy_import.run_slow_hash, []
+
+    async def delete_pump_first(func, *args):
+        # The first transaction has ended and the second not begun: delete it as an admin.
+        if not hashed:
+            async with context.database.sessionmaker() as session:
+                await devices_service.delete(
+                    session, context, device_id=pump.id, actor="admin", ip=None
+                )
+        hashed.append(True)
+        return await real_hash(func, *args)
+
+    monkeypatch.setattr(legacy_import, "run_slow_hash", delete_pump_first)
+    lines = [
+        _line(owner="zoe", owner_type="user", name="a", scopes=None, key="k-1"),
+        _line(owner="pump-7", owner_type="device", name="b", scopes=None, key="k-2"),
+        _line(owner="pump-7", owner_type="device", name="c", scopes=["projects:read"], key="k-3"),
+    ]
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, lines, actor="test")
+    assert [str(error) for error in failed.value.errors] == [
+        "line 2: device 'pump-7' was deleted meanwhile",
+        "line 3: device 'pump-7' was deleted meanwhile",
+    ]
+    assert "k-" not in str(failed.value)
+    assert await _count_keys(context) == 0
+    assert await events(context, "api_key.created") == []
+    assert len(await events(context, "device.deleted")) == 1
 
 
 async def test_reimport_is_refused(context):

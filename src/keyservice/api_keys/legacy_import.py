@@ -212,6 +212,28 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
             hashes[number] = entry.key_hash
 
     async with ctx.database.sessionmaker() as session:
+        # The owners were found live in the first transaction: lock their rows (by id, as a
+        # device deletion and a key creation do) until this one commits, and refuse the
+        # import if one was deleted meanwhile (its deletion revoked its keys; one written
+        # now would live on). A deletion after this waits, then revokes what it wrote.
+        # Disabled owners are not refused: their keys are suspended, as on creation.
+        found = {owner.id for owner in owners.values() if owner is not None}
+        undeleted = set(
+            await session.scalars(
+                select(Principal.id)
+                .where(Principal.id.in_(found), Principal.deleted_at.is_(None))
+                .order_by(Principal.id)
+                .with_for_update()
+            )
+        )
+        deleted = [
+            LineError(number, f"{entry.owner_type} '{entry.owner}' was deleted meanwhile")
+            for number, entry in entries
+            if (owner := owners[(entry.owner_type, entry.owner)]) is not None
+            and owner.id not in undeleted
+        ]
+        if deleted:
+            raise ImportFailed(deleted)
         # The scopes were checked in the first transaction: keep them in the catalog until
         # this one commits, and refuse the import if one left it meanwhile (scopes/service.py).
         gone = await scopes_service.hold(
