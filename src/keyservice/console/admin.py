@@ -37,6 +37,7 @@ from keyservice.console.forms import (
     read_grace,
     read_key_form,
     text,
+    textarea,
     texts,
 )
 from keyservice.console.keys import (
@@ -319,7 +320,7 @@ async def register_device(
     form: CheckedForm, request: Request, admin: AdminDep, session: SessionDep, ip: IpDep
 ) -> Response:
     errors = FormErrors()
-    name, description = text(form, "name").strip(), text(form, "description")
+    name, description = text(form, "name").strip(), textarea(form, "description")
     permissions = texts(form, "permissions")
     try:
         data = DeviceCreate(name=name, description=description, permissions=permissions)
@@ -881,7 +882,7 @@ async def create_scope(
 ) -> Response:
     """Add a scope as POST /admin/scopes does: its schema, its service, its audit event."""
     errors = FormErrors()
-    name, description = text(form, "name").strip(), text(form, "description")
+    name, description = text(form, "name").strip(), textarea(form, "description")
     try:
         data = ScopeCreate(name=name, description=description)
         scope = await scopes.create(
@@ -917,10 +918,10 @@ async def edit_scope(
     ip: IpDep,
 ) -> Response:
     """Change a scope's description as PATCH /admin/scopes/{name} does."""
-    name, description = text(form, "name"), text(form, "description")
+    name, description = text(form, "name"), textarea(form, "description")
     errors = FormErrors()
-    # The row as shown is the stored text with a browser's CRLF line breaks: not an edit
-    # (no audit event, and a stored text of 1000 characters is not refused as too long).
+    # The row as shown is the stored text with its line breaks read as LF: not an edit (no
+    # audit event, and a stored CR or CRLF stays as the API set it).
     current = await session.get(Scope, name)
     sent = description
     if current is not None and lines(description) == lines(current.description):

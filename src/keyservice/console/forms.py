@@ -30,6 +30,16 @@ def text(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def textarea(form: FormData, name: str) -> str:
+    """A textarea's text with its line breaks as LF, as the API would have it.
+
+    A browser sends a textarea's line breaks as CRLF and counts each as one character
+    against `maxlength`: read as sent, a description typed in the console was stored with
+    CRLF, and one of 1000 characters with line breaks refused as too long.
+    """
+    return lines(text(form, name))
+
+
 def texts(form: FormData, name: str) -> list[str]:
     return [value for value in form.getlist(name) if isinstance(value, str)]
 
@@ -132,10 +142,10 @@ def read_key_form(
     """
     values = KeyForm(
         name=text(form, "name"),
-        description=text(form, "description"),
+        description=textarea(form, "description"),
         scopes=texts(form, "scopes"),
         expires_on=text(form, "expires_on").strip(),
-        allowed_ips=text(form, "allowed_ips"),
+        allowed_ips=textarea(form, "allowed_ips"),
     )
     expires_at: datetime | None = None
     if values.expires_on:
@@ -184,7 +194,8 @@ def key_values(key: ApiKeyRead) -> KeyForm:
 
 
 def lines(value: str) -> str:
-    """The text with its line breaks as LF, to compare a textarea's text with a stored one.
+    """The text with its line breaks as LF: how the console reads a textarea's text, and
+    compares it with a stored one.
 
     A browser shows a stored CR, LF or CRLF as a line break and sends each as CRLF.
     """
@@ -217,10 +228,10 @@ def read_edit_form(
     stored = key_values(key)
     values = KeyForm(
         name=text(form, "name"),
-        description=text(form, "description"),
+        description=textarea(form, "description"),
         scopes=texts(form, "scopes"),
         expires_on=stored.expires_on if expiry_fixed else text(form, "expires_on").strip(),
-        allowed_ips=text(form, "allowed_ips"),
+        allowed_ips=textarea(form, "allowed_ips"),
     )
     changed: dict[str, object] = {}
     if values.name.strip() != key.name:
