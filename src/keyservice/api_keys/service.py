@@ -207,6 +207,15 @@ async def rotation_holds(
     return holds
 
 
+async def replacement_hold(
+    session: AsyncSession, *, owner_id: str, key_id: str, now: datetime
+) -> RotationHold | None:
+    """The hold of a key being replaced (its grace period's end fixes its expiry), if any:
+    an edit may not move that expiry, and the console's Edit form shows it read-only."""
+    hold = (await rotation_holds(session, owner_id=owner_id, now=now)).get(key_id)
+    return hold if hold is not None and hold.replaced else None
+
+
 async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> None:
     """409 unless `key` may be rotated (rotation_holds)."""
     hold = (await rotation_holds(session, owner_id=key.principal_id, now=now)).get(key.id)
@@ -431,8 +440,8 @@ async def update(
             await _hold_scopes(session, changed["scopes"])
     if "expires_at" in fields and data.expires_at != key.expires_at:
         changed["expires_at"] = _check_expiry(data.expires_at, settings, now)
-        hold = (await rotation_holds(session, owner_id=owner.id, now=now)).get(key.id)
-        if hold is not None and hold.replaced:
+        hold = await replacement_hold(session, owner_id=owner.id, key_id=key.id, now=now)
+        if hold is not None:
             until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
             raise Conflict(
                 f"This key is being replaced: it was rotated to {hold.other_client_id} and "

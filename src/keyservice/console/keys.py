@@ -145,9 +145,9 @@ async def expiry_hold(session: AsyncSession, key: ApiKeyRead) -> api_keys.Rotati
     The service refuses to move the end of a replaced key's grace period; the Edit form
     shows that expiry read-only instead of offering a change it would refuse.
     """
-    holds = await api_keys.rotation_holds(session, owner_id=key.owner_id, now=utcnow())
-    hold = holds.get(key.id)
-    return hold if hold is not None and hold.replaced else None
+    return await api_keys.replacement_hold(
+        session, owner_id=key.owner_id, key_id=key.id, now=utcnow()
+    )
 
 
 async def edit_form_page(
