@@ -45,6 +45,12 @@ CHANNEL = "keyservice_revocation"
 NOTIFY_PAYLOAD_MAX = 7999
 
 
+def _beyond(allowed: frozenset[str] | None, claims: Mapping[str, Any]) -> bool:
+    """Whether the token carries a scope outside `allowed` (None: nothing to check)."""
+    scope = claims.get("scope")
+    return allowed is not None and isinstance(scope, str) and not allowed.issuperset(scope.split())
+
+
 class RevocationView:
     def __init__(self, *, access_token_ttl: int, poll_seconds: float) -> None:
         self.access_token_ttl = access_token_ttl
@@ -83,20 +89,10 @@ class RevocationView:
             return "this token's session was revoked"
         if claims.get("client_id") in self.revoked_clients:
             return "the API key behind this token was revoked"
-        if self.permissions:
-            held = self.permissions.get(str(claims.get("sub")))
-            scope = claims.get("scope")
-            if held is not None and isinstance(scope, str) and not held.issuperset(scope.split()):
-                return "a permission it carries has since been taken away; get a new token"
-        if self.key_scopes:
-            allowed = self.key_scopes.get(str(claims.get("client_id")))
-            scope = claims.get("scope")
-            if (
-                allowed is not None
-                and isinstance(scope, str)
-                and not allowed.issuperset(scope.split())
-            ):
-                return "its API key no longer has a scope it carries; get a new token"
+        if self.permissions and _beyond(self.permissions.get(str(claims.get("sub"))), claims):
+            return "a permission it carries has since been taken away; get a new token"
+        if self.key_scopes and _beyond(self.key_scopes.get(str(claims.get("client_id"))), claims):
+            return "its API key no longer has a scope it carries; get a new token"
         return None
 
     async def reload(self, session: AsyncSession) -> None:
