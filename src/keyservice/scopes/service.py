@@ -103,14 +103,16 @@ def _no_such_scope(name: str) -> NotFound:
     return NotFound("No scope with this name is in the catalog.")
 
 
-async def get(session: AsyncSession, *, name: str, for_update: bool = False) -> Scope:
+async def get(
+    session: AsyncSession, *, name: str, for_update: bool = False, key_share: bool = False
+) -> Scope:
     """Return the catalog's scope of this name; 404 if there is none.
 
-    `for_update` locks the row (PostgreSQL; SQLite serialises writers) and reads it afresh.
+    `for_update` locks the row (PostgreSQL; SQLite serialises writers) and reads it afresh;
+    with `key_share` as FOR NO KEY UPDATE, which `hold`'s FOR KEY SHARE does not conflict with.
     """
-    scope = await session.get(
-        Scope, name, with_for_update=for_update or None, populate_existing=for_update
-    )
+    lock = {"key_share": key_share} if for_update else None
+    scope = await session.get(Scope, name, with_for_update=lock, populate_existing=for_update)
     if scope is None:
         raise _no_such_scope(name)
     return scope
@@ -132,11 +134,7 @@ async def update(
         raise ValidationFailed('Nothing to change: give a description ("" for none).')
     # FOR NO KEY UPDATE: concurrent edits apply in turn, and the grants holding the row FOR
     # KEY SHARE (`hold`) neither wait for it nor make it wait.
-    scope = await session.get(
-        Scope, name, with_for_update={"key_share": True}, populate_existing=True
-    )
-    if scope is None:
-        raise _no_such_scope(name)
+    scope = await get(session, name=name, for_update=True, key_share=True)
     if description == scope.description:  # nothing to write or audit
         await session.commit()
         return scope
