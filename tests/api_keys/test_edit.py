@@ -158,6 +158,9 @@ async def test_tokens_carrying_a_removed_scope_are_refused(client, context, owne
 
     assert await introspect(both["access_token"]) == {"active": False}
     assert (await introspect(narrow["access_token"]))["active"] is True
+    # The refresh token is still good, for what the key has now: introspection says so.
+    described = await introspect(both["refresh_token"])
+    assert described["active"] is True and described["scope"] == "projects:read"
 
     # A refresh carries what the key has now, never more.
     refreshed = await client.post(

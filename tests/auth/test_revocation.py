@@ -141,6 +141,33 @@ async def test_introspect(client, context):
         assert body == {"active": False}
 
 
+async def test_introspected_refresh_token_has_the_scope_a_refresh_would_get(client, context):
+    from tests.factories import set_principal
+
+    admin_token = await user_token(context, client, "root", ["admin"])
+    token = await user_token(context, client, "fay", [*PERMS, "projects:write"])
+    me = (await client.get("/me", headers=bearer(token))).json()
+    key = await create_key(client, token, name="inherits")  # no scopes: the owner's
+    tokens = (await exchange(client, key["api_key"])).json()
+    assert tokens["scope"] == "api_keys:manage projects:read projects:write"
+
+    async def described() -> dict:
+        answer = await client.post(
+            "/introspect", data={"token": tokens["refresh_token"]}, headers=bearer(admin_token)
+        )
+        return answer.json()
+
+    assert (await described())["scope"] == "api_keys:manage projects:read projects:write"
+    await set_principal(context, me["id"], permissions=["projects:read", "projects:write"])
+    now = await described()
+    assert now["active"] is True and now["scope"] == "projects:read projects:write"
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    assert refreshed.json()["scope"] == now["scope"]
+
+
 async def test_disabled_owner_tokens_are_refused(client, context):
     from tests.factories import set_principal
 

@@ -22,7 +22,15 @@ from keyservice.scopes.models import Scope
 from keyservice.security.hashing import slow_hash_jobs
 from tests.admin.support import events
 from tests.conftest import client_for, make_settings
-from tests.factories import add_scope, bearer, create_key, create_principal, exchange, login
+from tests.factories import (
+    add_scope,
+    bearer,
+    create_key,
+    create_principal,
+    exchange,
+    login,
+    user_token,
+)
 
 PLAIN = "legacy-Key_0001-plaintext"
 HASHED = "another old key, known only by its hash"
@@ -81,6 +89,7 @@ async def test_import_then_exchange_then_refused_after_cutoff(client, context, t
     response = await exchange(client, PLAIN)
     assert response.status_code == 200, response.text
     assert response.json()["scope"] == "projects:read"
+    legacy_refresh = response.json()["refresh_token"]
     me = await client.get("/me", headers=bearer(response.json()["access_token"]))
     assert me.json()["username"] == "zoe"
     # A key known only by its hash works too (its first use records the fast lookup).
@@ -108,6 +117,12 @@ async def test_import_then_exchange_then_refused_after_cutoff(client, context, t
             assert refused.status_code == 401
             assert refused.json()["error"] == "invalid_client"
             assert "create a new API key" in refused.json()["error_description"]
+        # Its refresh tokens are no longer active either: a refresh would be refused.
+        root = await user_token(later, other, "root", ["admin"])
+        described = await other.post(
+            "/introspect", data={"token": legacy_refresh}, headers=bearer(root)
+        )
+        assert described.json() == {"active": False}
         # New keys are unaffected by the cut-off.
         token = (await login(other, "zoe"))["access_token"]
         fresh = await create_key(other, token, name="new")

@@ -132,6 +132,18 @@ def key_refusal(
     *, key: ApiKey, owner: Principal, caller: Caller, now: datetime, legacy_until: datetime | None
 ) -> str | None:
     """Return the precise reason a key cannot be used now, or None (API.md check order)."""
+    unusable = key_unusable(key=key, owner=owner, now=now, legacy_until=legacy_until)
+    if unusable is not None:
+        return unusable
+    if not ipmod.ip_allowed(caller.ip, _networks(tuple(key.allowed_ips))):
+        return "ip not allowed"
+    return None
+
+
+def key_unusable(
+    *, key: ApiKey, owner: Principal, now: datetime, legacy_until: datetime | None
+) -> str | None:
+    """Return why a key cannot be used now by anyone, wherever they call from, or None."""
     if key.revoked_at is not None:
         return "key revoked"
     if now >= key.expires_at:
@@ -140,8 +152,6 @@ def key_refusal(
         return "legacy keys no longer accepted"
     if not owner.usable:
         return "owner disabled" if owner.deleted_at is None else "owner deleted"
-    if not ipmod.ip_allowed(caller.ip, _networks(tuple(key.allowed_ips))):
-        return "ip not allowed"
     return None
 
 

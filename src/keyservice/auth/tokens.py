@@ -113,14 +113,19 @@ async def _introspect_refresh(ctx: AppContext, token: str) -> dict[str, Any] | N
         return None
     if not owner.usable or owner.tokens_revoked(refresh.created_at):
         return None
-    if key is not None and (key.revoked_at is not None or now >= key.expires_at):
-        return None
     if refresh.key_id is not None and key is None:
         return None
+    if key is not None and service.key_unusable(
+        key=key, owner=owner, now=now, legacy_until=ctx.settings.legacy_keys_until
+    ):
+        return None
+    # What a refresh would carry now: the key's scopes and the owner's permissions may have
+    # narrowed since the token was issued (the grant never widens past its first scope).
+    scope = service.available_scopes(owner=owner, key=key, ceiling=frozenset(refresh.scope.split()))
     result: dict[str, Any] = {
         "active": True,
         "token_type": "refresh_token",
-        "scope": refresh.scope,
+        "scope": service.format_scope(scope),
         "sub": owner.id,
         "exp": int(refresh.expires_at.timestamp()),
         "iat": int(refresh.created_at.timestamp()),
