@@ -44,12 +44,13 @@ TEST_SECRET = "test-secret-" + "x" * 40
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Drop the SQLite variants of tests about PostgreSQL-only features (not a skip)."""
+    """Drop the other backend's variants of tests about one backend's features (not a skip)."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("database_url") == "sqlite"
-        (dropped if on_sqlite and item.get_closest_marker("postgresql_only") else kept).append(item)
+        backend = callspec.params.get("database_url") if callspec is not None else None
+        other = {"sqlite": "postgresql_only", "postgresql": "sqlite_only"}.get(backend or "")
+        (dropped if other and item.get_closest_marker(other) else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
