@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event
 
 from tests.admin.support import (
     admin_request,
@@ -178,6 +179,47 @@ async def test_disabling_a_device_suspends_its_keys(client, context):
     await past_revoked_second(context, device["id"])
     again = await token_for(client, key["api_key"])
     await me_within(client, again["access_token"], 200)
+
+
+async def test_disabling_a_busy_device_is_one_change_however_many_sessions_it_has(client, context):
+    # Every exchange starts a refresh-token family: a device exchanging once a second has
+    # ~10,000 live ones. The disable ends them all by its cut-off, not one row and one
+    # NOTIFY each (seconds in one transaction, and every replica's view holding them).
+    admin = await admin_token(context, client)
+    engine = context.database.engine.sync_engine
+
+    async def disable(sessions: int) -> tuple[int, list[dict]]:
+        device = await create_device(client, admin, f"busy-{sessions}")
+        key = await create_device_key(client, admin, device["id"])
+        issued = [await token_for(client, key["api_key"]) for _ in range(sessions)]
+        statements: list[str] = []
+
+        def capture(_conn, _cursor, statement, *_rest) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            await admin_request(
+                client, admin, "PATCH", f"/admin/devices/{device['id']}", 200,
+                json={"disabled": True},
+            )  # fmt: skip
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        [audited] = [
+            e for e in await events(context, "device.updated") if e.principal_id == device["id"]
+        ]
+        assert audited.reason == f"disabled; {sessions} token session(s) ended"
+        return len(statements), issued
+
+    few, _ = await disable(2)
+    families = len(context.revocation.revoked_families)
+    many, issued = await disable(25)
+    assert many == few
+    assert len(context.revocation.revoked_families) == families
+    for tokens in issued:  # each session is over all the same, both halves of it
+        await me_within(client, tokens["access_token"], 401)
+        refused = await refresh(client, tokens["refresh_token"])
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
 
 
 async def test_deleting_a_device_revokes_its_keys(client, context):

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -143,15 +143,19 @@ async def end_token_sessions(
     reason: str,
     sign_ins_only: bool = False,
 ) -> int:
-    """Revoke the principal's live refresh-token families and return how many were live.
+    """End the principal's live refresh-token families and return how many were live.
 
-    Every family when it is disabled (sign-ins and key exchanges alike); with
-    `sign_ins_only`, those of its password sign-ins (a new password ends them; API keys are
-    separate credentials and keep theirs). The caller commits. Its access tokens are
-    refused by `tokens_revoked_at` (a disable) or by the families' revocation.
-    Only password sign-ins are indexed by principal (migration 0003: an index entry per
-    exchange would cost the token path), so a disable reads the live rows (BRIN on
-    expires_at on PostgreSQL): a rare admin action pays for it, not every exchange.
+    With `sign_ins_only`, those of its password sign-ins, each revoked (a new password ends
+    them; API keys are separate credentials and keep theirs): their access tokens are
+    refused by the families' revocation. Otherwise (a disable, which `set_disabled` has
+    applied) every family, sign-ins and key exchanges alike, is only counted: the disable's
+    `tokens_revoked_at` already refuses every token issued up to it, refresh and access
+    tokens, on every replica. Revoking each family too cost a row and a NOTIFY per family,
+    in one transaction holding the principal's lock: a device exchanging once a second has
+    ~10,000 live families, and each replica's revocation view would hold them all. The
+    caller commits. Only password sign-ins are indexed by principal (migration 0003: an
+    index entry per exchange would cost the token path), so a disable reads the live rows
+    (BRIN on expires_at on PostgreSQL): a rare admin action pays for it, not every exchange.
     """
     query = (
         select(RefreshToken.family_id)
@@ -163,8 +167,9 @@ async def end_token_sessions(
         )
         .distinct()
     )
-    if sign_ins_only:
-        query = query.where(RefreshToken.key_id.is_(None))
+    if not sign_ins_only:
+        return await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    query = query.where(RefreshToken.key_id.is_(None))
     families = (await session.scalars(query)).all()
     for family_id in families:
         await auth_service.revoke_family(ctx, session, family_id=family_id, reason=reason)
