@@ -13,10 +13,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# Any constant: the advisory lock an upgrade holds on PostgreSQL, so that replicas started
+# together on an empty database (each `serve` migrates) or two `keyservice migrate` run
+# one after the other instead of both creating the same tables.
+MIGRATION_LOCK = 0x6B73_6D69_6772_61  # "ksmigra"
+LOCK_WAIT_SECONDS = 0.2
 
 
 class SchemaMismatch(Exception):
@@ -43,11 +49,7 @@ def alembic_config(database_url: str) -> Config:
 
 async def _heads(engine: AsyncEngine) -> tuple[str, ...]:
     async with engine.connect() as connection:
-        return tuple(
-            await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_heads()
-            )
-        )
+        return await _connection_heads(connection)
 
 
 @contextlib.contextmanager
@@ -101,16 +103,65 @@ def upgrade(database_url: str, revision: str = "head") -> Upgraded:
     """Bring the database to `revision` (blocking; not for use inside a running loop).
 
     Raises SchemaMismatch, changing nothing, if the database was migrated past what this
-    version knows.
+    version knows. On PostgreSQL one upgrade runs at a time: another one waits for it,
+    then finds the database migrated and applies nothing.
     """
     config = alembic_config(database_url)
     script = ScriptDirectory.from_config(config)
+    if make_url(database_url).get_backend_name() == "postgresql":
+        return asyncio.run(_upgrade_locked(database_url, config, script, revision))
     before = current_revisions(database_url)
     unknown = _unknown(script, before)
     if unknown:
         raise _newer(unknown, script.get_current_head())
     command.upgrade(config, revision)
-    after = current_revisions(database_url)
+    return _upgraded(script, before, current_revisions(database_url))
+
+
+async def _upgrade_locked(
+    database_url: str, config: Config, script: ScriptDirectory, revision: str
+) -> Upgraded:
+    """upgrade() on PostgreSQL: the look, the migrations and the look after, in one
+    transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not)."""
+    from keyservice.database import Database
+
+    def migrate(connection: Connection) -> None:
+        config.attributes["connection"] = connection  # env.py runs on it
+        command.upgrade(config, revision)
+
+    database = Database(database_url)
+    try:
+        async with database.engine.connect() as connection:
+            await _lock(connection)
+            with _quiet():
+                before = await _connection_heads(connection)
+            unknown = _unknown(script, before)
+            if unknown:
+                raise _newer(unknown, script.get_current_head())
+            await connection.run_sync(migrate)
+            with _quiet():
+                after = await _connection_heads(connection)
+            await connection.commit()
+    finally:
+        await database.dispose()
+    return _upgraded(script, before, after)
+
+
+async def _lock(connection: AsyncConnection) -> None:
+    # Tried again and again rather than waited for in one statement, which the
+    # connections' command timeout would cut short of a long migration.
+    try_lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+    while not await connection.scalar(try_lock, {"key": MIGRATION_LOCK}):
+        await asyncio.sleep(LOCK_WAIT_SECONDS)
+
+
+async def _connection_heads(connection: AsyncConnection) -> tuple[str, ...]:
+    return tuple(
+        await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads())
+    )
+
+
+def _upgraded(script: ScriptDirectory, before: tuple[str, ...], after: tuple[str, ...]) -> Upgraded:
     if after == before:
         return Upgraded((), after)
     # Read back rather than foretold: what the database went through, from one stamp to

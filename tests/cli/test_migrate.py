@@ -8,6 +8,10 @@ its migration) by every command that would use it, in one line.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,7 +27,14 @@ from keyservice.context import AppContext
 from keyservice.database import Database, UTCDateTime, new_id, utcnow
 from keyservice.main import create_app
 from keyservice.security.tokens import new_refresh_token
-from tests.conftest import TEST_SECRET, client_for, make_settings
+from tests.conftest import (
+    BACKENDS,
+    TEST_SECRET,
+    client_for,
+    create_postgres_database,
+    drop_postgres_database,
+    make_settings,
+)
 from tests.factories import PASSWORD, _password_hash, audit_events, login
 from tests.reliability.support import free_port
 
@@ -204,6 +215,42 @@ def test_migrate_says_which_migrations_it_applied(empty_database, tmp_path, star
     again = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
     assert again.output.splitlines() == ["the database is already up to date at 0009"]
     assert migrations.current_revisions(empty_database) == ("0009",)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_migrations_run_at_once_on_postgresql_apply_once(tmp_path, backend):
+    # Replicas started together on an empty database each migrate it (serve does): all but
+    # one failed with a traceback (duplicate "alembic_version"), and their servers with it.
+    url = create_postgres_database("ks_cli")
+    env = {
+        **os.environ,
+        "KEYSERVICE_DATABASE_URL": url,
+        "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+        "KEYSERVICE_DATA_DIR": str(tmp_path),
+    }
+    # Each starts migrating at the same moment, its imports done.
+    start = time.time() + 5
+    begin = (
+        "import time; from keyservice import migrations; from keyservice.cli import main; "
+        f"time.sleep(max(0, {start} - time.time())); main()"
+    )
+    command = [sys.executable, "-c", begin, "migrate"]
+    try:
+        runs = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for _ in range(3)
+        ]
+        outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+        assert migrations.current_revisions(url) == ("0009",)
+    finally:
+        drop_postgres_database(url)
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    assert sorted(output.strip() for output in outputs) == [
+        "applied 9 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009); "
+        "the database is up to date at 0009",
+        "the database is already up to date at 0009",
+        "the database is already up to date at 0009",
+    ]
 
 
 def test_upgrade_returns_what_it_applied(empty_database):
