@@ -9,10 +9,14 @@ key current for every replica at once) switches at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import jwt
+import pytest
 from sqlalchemy import select, update
 
 from keyservice.auth.models import SigningKey
@@ -22,6 +26,7 @@ from keyservice.security.jwt import (
     JWKS_MAX_AGE_SECONDS,
     SIGNING_KEY_ACTIVATION_SECONDS,
     SIGNING_KEY_RELOAD_SECONDS,
+    SigningKeyring,
 )
 from tests.factories import bearer, login, user_token
 
@@ -182,3 +187,74 @@ async def test_a_fresh_install_signs_with_its_only_key_at_once(client, context):
     token = await user_token(context, client, "kit", PERMS)
     assert kid(token) == only
     assert (await client.get("/me", headers=bearer(token))).status_code == 200
+
+
+def meeting(count: int) -> Callable[[], Awaitable[None]]:
+    """Wait until `count` callers arrived, or a second (one may be queued on a lock)."""
+    arrived = 0
+    everyone = asyncio.Event()
+
+    async def meet() -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == count:
+            everyone.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(everyone.wait(), 1)
+
+    return meet
+
+
+async def live_keys(context: AppContext) -> list[SigningKey]:
+    now = utcnow()
+    return [k for k in (await keys(context)).values() if k.retired_at is None or k.retired_at > now]
+
+
+@pytest.mark.postgresql_only
+async def test_replicas_starting_together_make_one_first_key(context, monkeypatch):
+    # Each replica found no key and made one: two keys that never retire, each replica
+    # signing with its own until it reloaded.
+    meet = meeting(2)
+    create_key = SigningKeyring.create_key
+
+    async def in_step(self: SigningKeyring, *args: Any, **kwargs: Any) -> str:
+        await meet()  # both found no key before either made one
+        return await create_key(self, *args, **kwargs)
+
+    monkeypatch.setattr(SigningKeyring, "create_key", in_step)
+    replicas = [AppContext(context.settings) for _ in range(2)]
+
+    async def start(replica: AppContext) -> None:
+        async with replica.database.sessionmaker() as session:
+            await replica.keyring.ensure_key(session)
+
+    try:
+        await asyncio.gather(*(start(replica) for replica in replicas))
+    finally:
+        for replica in replicas:
+            await replica.database.dispose()
+    (only,) = await live_keys(context)
+    assert [replica.keyring.current_kid for replica in replicas] == [only.kid, only.kid]
+
+
+@pytest.mark.postgresql_only
+async def test_two_rotations_at_once_leave_one_key_to_sign(context, monkeypatch):
+    async with context.database.sessionmaker() as session:
+        await context.keyring.ensure_key(session)
+    meet = meeting(2)
+    create_key = SigningKeyring.create_key
+
+    async def in_step(self: SigningKeyring, *args: Any, **kwargs: Any) -> str:
+        kid = await create_key(self, *args, **kwargs)
+        await meet()  # both rotated before either committed
+        return kid
+
+    monkeypatch.setattr(SigningKeyring, "create_key", in_step)
+    operators = [AppContext(context.settings) for _ in range(2)]
+    try:
+        made = await asyncio.gather(*(rotate(operator, delay=0) for operator in operators))
+    finally:
+        for operator in operators:
+            await operator.database.dispose()
+    (signing,) = await live_keys(context)
+    assert signing.kid in made

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.auth.models import SigningKey
@@ -83,6 +83,10 @@ SIGNING_KEY_RELOAD_SECONDS = 5
 # served it (reload), every JWKS cached before that has expired (max-age), with a margin
 # for clock skew between hosts and a slow reload.
 SIGNING_KEY_ACTIVATION_SECONDS = JWKS_MAX_AGE_SECONDS + SIGNING_KEY_RELOAD_SECONDS + 15
+# Any constant: the transactions that add a signing key queue on it (PostgreSQL), so that
+# replicas starting together on a new database make one first key, not one each, and two
+# rotations at once leave one key to sign after them.
+SIGNING_KEY_LOCK = 0x6B73_7369_676E_6B  # "kssignk"
 
 
 class _Dated(Protocol):
@@ -114,6 +118,21 @@ class LoadedKey:
     jwk: dict[str, Any]
     created_at: datetime
     retired_at: datetime | None
+
+
+async def _current(session: AsyncSession) -> str | None:
+    """A key not retired (nor due to retire), if there is one."""
+    return await session.scalar(
+        select(SigningKey.kid).where(SigningKey.retired_at.is_(None)).limit(1)
+    )
+
+
+async def _queue(session: AsyncSession) -> None:
+    """Hold SIGNING_KEY_LOCK until the transaction ends, waiting for it if need be: what is
+    read after it includes what the holder before committed. PostgreSQL only: an embedded
+    SQLite file has one server, which makes its first key before its workers start."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SIGNING_KEY_LOCK})
 
 
 def _generate(algorithm: str) -> PrivateKey:
@@ -194,6 +213,7 @@ class SigningKeyring:
         over lets the first new key sign in between, and `delay=0` (a compromised key)
         retires every other key at once.
         """
+        await _queue(session)
         private_key = _generate(self.algorithm)
         kid = uuid.uuid4().hex
         der = private_key.private_bytes(
@@ -223,11 +243,11 @@ class SigningKeyring:
 
     async def ensure_key(self, session: AsyncSession) -> None:
         """Create the first key of a new deployment, then load the keyring."""
-        current = await session.scalar(
-            select(SigningKey.kid).where(SigningKey.retired_at.is_(None)).limit(1)
-        )
-        if current is None:
-            await self.create_key(session, retire_current=False)
+        if await _current(session) is None:
+            await _queue(session)
+            # Read again once in turn: another replica may have made it meanwhile.
+            if await _current(session) is None:
+                await self.create_key(session, retire_current=False)
             await session.commit()
         await self.load(session)
 
