@@ -39,7 +39,7 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    database = Database(_url())
+    database = Database(_url(), bounded=False)  # a migration may outlast a request
     try:
         async with database.engine.connect() as connection:
             await connection.run_sync(_configure)

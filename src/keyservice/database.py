@@ -122,7 +122,10 @@ _SQLALCHEMY_ONLY = {"prepared_statement_cache_size", "prepared_statement_name_fu
 class Database:
     """One engine and session factory per app (tests run several side by side)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, bounded: bool = True) -> None:
+        """`bounded=False` lifts COMMAND_TIMEOUT_SECONDS, for migrations: building an index
+        on a big table, or waiting for a lock a long transaction holds, takes longer than
+        a request may, and a migration cut short can never complete."""
         self.url = url
         # No pre-ping: it would cost a round trip per checkout on the token path. A
         # connection that died with its server fails once; SQLAlchemy then invalidates the
@@ -146,7 +149,7 @@ class Database:
                 pool_timeout=POOL_TIMEOUT_SECONDS,
                 connect_args={
                     "timeout": CONNECT_TIMEOUT_SECONDS,
-                    "command_timeout": COMMAND_TIMEOUT_SECONDS,
+                    "command_timeout": COMMAND_TIMEOUT_SECONDS if bounded else None,
                 },
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -129,7 +129,7 @@ async def _upgrade_locked(
         config.attributes["connection"] = connection  # env.py runs on it
         command.upgrade(config, revision)
 
-    database = Database(database_url)
+    database = Database(database_url, bounded=False)
     try:
         async with database.engine.connect() as connection:
             await _lock(connection)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from keyservice.security.tokens import new_refresh_token
 from tests.conftest import (
     BACKENDS,
     TEST_SECRET,
+    _asyncpg_dsn,
     client_for,
     create_postgres_database,
     drop_postgres_database,
@@ -251,6 +253,42 @@ def test_migrations_run_at_once_on_postgresql_apply_once(tmp_path, backend):
         "the database is already up to date at 0009",
         "the database is already up to date at 0009",
     ]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypatch):
+    # Statements of the app are cut off after COMMAND_TIMEOUT_SECONDS; a migration's were
+    # too, so one building an index on a big table, or waiting for a long transaction's
+    # lock, failed every time it was tried. Here 0009's ALTER TABLE waits 1.5 s for a lock.
+    import asyncpg
+
+    from keyservice import database as database_module
+
+    url = create_postgres_database("ks_cli")
+    try:
+        migrations.upgrade(url, "0008")
+        monkeypatch.setattr(database_module, "COMMAND_TIMEOUT_SECONDS", 0.3)
+        holding = threading.Event()
+
+        async def hold() -> None:
+            connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+            try:
+                async with connection.transaction():
+                    await connection.execute("LOCK TABLE api_key IN ACCESS SHARE MODE")
+                    holding.set()
+                    await asyncio.sleep(1.5)
+            finally:
+                await connection.close()
+
+        holder = threading.Thread(target=asyncio.run, args=(hold(),))
+        holder.start()
+        try:
+            assert holding.wait(10)
+            assert migrations.upgrade(url) == (("0009",), ("0009",))
+        finally:
+            holder.join()
+    finally:
+        drop_postgres_database(url)
 
 
 def test_upgrade_returns_what_it_applied(empty_database):
