@@ -47,6 +47,9 @@ REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
 # RFC 9068 §2.1: `at+jwt`; §4 asks verifiers to accept the full media type as well.
 _ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _HEADER_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+# A Cache-Control directive (RFC 9111 §5.2) and the delta-seconds of max-age and Age.
+_DIRECTIVE = re.compile(r'\s*([A-Za-z-]+)\s*(?:=\s*"?([^"]*)"?)?\s*')
+_SECONDS = re.compile(r"[0-9]{1,10}")
 
 
 class InvalidTokenError(Exception):
@@ -75,6 +78,29 @@ def _check_algorithms(algorithms: Iterable[str]) -> tuple[str, ...]:
     return algs
 
 
+def _freshness(headers: httpx.Headers) -> float | None:
+    """How long a JWKS response says it may be cached, in seconds; None if it does not say.
+
+    Its `Cache-Control` `max-age` (`no-store` / `no-cache`: not at all) less its `Age` (the
+    time it already spent in a shared cache on the way), as a private cache would keep it
+    (RFC 9111 §4.2). A directive that does not parse says nothing.
+    """
+    lifetime: float | None = None
+    for directive in ",".join(headers.get_list("Cache-Control")).split(","):
+        match = _DIRECTIVE.fullmatch(directive)
+        if match is None:
+            continue
+        name, value = match.group(1).lower(), (match.group(2) or "").strip()
+        if name in ("no-store", "no-cache"):
+            return 0.0
+        if name == "max-age" and _SECONDS.fullmatch(value):
+            lifetime = float(value) if lifetime is None else min(lifetime, float(value))
+    if lifetime is None:
+        return None
+    age = headers.get("Age", "").strip()
+    return max(0.0, lifetime - float(age)) if _SECONDS.fullmatch(age) else lifetime
+
+
 def _short(value: object, limit: int = 40) -> str:
     # Header values come from the token's author: keep them short in messages.
     text = repr(value)
@@ -97,7 +123,9 @@ def _claim(token: str, name: str) -> str:
 class TokenVerifier:
     """Verify access tokens against the issuer's JWKS, optionally confirming by introspection.
 
-    The JWKS is cached for ``jwks_ttl`` seconds and fetched again at once for an unknown
+    The JWKS is cached for as long as its ``Cache-Control: max-age`` says (the service
+    says 60 seconds), at most ``jwks_ttl`` seconds, so a key the issuer withdrew is not
+    trusted for longer than it intends. It is fetched again at once for an unknown
     ``kid`` (a rotated key), but never more often than every ``jwks_refetch_interval``
     seconds, so a flood of junk tokens cannot turn into a flood of JWKS requests. Key
     URLs in token headers (``jku``, ``jwk``, ``x5u``) are ignored: keys come only from
@@ -151,6 +179,7 @@ class TokenVerifier:
         self._async_http_client = async_http_client
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None  # last successful JWKS fetch (monotonic)
+        self._max_age: float | None = None  # how long that JWKS said it may be cached
         self._attempted_at: float | None = None  # last fetch attempt, for the rate limit
         self._last_fetch_failed = False
         self._lock = threading.Lock()
@@ -268,7 +297,8 @@ class TokenVerifier:
         """Return the cached key for kid and whether a JWKS fetch should happen now."""
         now = time.monotonic()
         key = self._keys.get(kid)
-        fresh = self._fetched_at is not None and now - self._fetched_at < self.jwks_ttl
+        ttl = self.jwks_ttl if self._max_age is None else min(self.jwks_ttl, self._max_age)
+        fresh = self._fetched_at is not None and now - self._fetched_at < ttl
         if key is not None and fresh:
             return key, False
         may_fetch = (
@@ -287,7 +317,7 @@ class TokenVerifier:
             if fetch:
                 self._attempted_at = time.monotonic()
                 try:
-                    self._store(self._sync_get_jwks())
+                    self._store(*self._sync_get_jwks())
                 except (httpx.HTTPError, ValueError) as exc:
                     self._fetch_failed(exc, stale_key=key)
                 key = self._keys.get(kid)
@@ -308,7 +338,7 @@ class TokenVerifier:
                 if fetch:
                     self._attempted_at = time.monotonic()
                     try:
-                        self._store(await self._async_get_jwks())
+                        self._store(*await self._async_get_jwks())
                     except (httpx.HTTPError, ValueError) as exc:
                         self._fetch_failed(exc, stale_key=key)
                     key = self._keys.get(kid)
@@ -343,7 +373,7 @@ class TokenVerifier:
             raise VerifierUnavailableError("the JWKS could not be fetched") from None
         # A key we already trusted stays usable while the JWKS endpoint is down.
 
-    def _store(self, document: Any) -> None:
+    def _store(self, document: Any, max_age: float | None) -> None:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError("the JWKS document has no 'keys' list")
         keys: dict[str, jwt.PyJWK] = {}
@@ -361,25 +391,26 @@ class TokenVerifier:
                 keys[entry["kid"]] = key
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self._max_age = max_age
         self._last_fetch_failed = False
 
-    def _sync_get_jwks(self) -> Any:
+    def _sync_get_jwks(self) -> tuple[Any, float | None]:
         if self._http_client is not None:
             response = self._http_client.get(self.jwks_url)
         else:
             with httpx.Client(timeout=self._timeout) as client:
                 response = client.get(self.jwks_url)
         response.raise_for_status()
-        return response.json()
+        return response.json(), _freshness(response.headers)
 
-    async def _async_get_jwks(self) -> Any:
+    async def _async_get_jwks(self) -> tuple[Any, float | None]:
         if self._async_http_client is not None:
             response = await self._async_http_client.get(self.jwks_url)
         else:
             async with httpx.AsyncClient(timeout=self._timeout) as client:
                 response = await client.get(self.jwks_url)
         response.raise_for_status()
-        return response.json()
+        return response.json(), _freshness(response.headers)
 
     # -- introspection (RFC 7662) ----------------------------------------------------------
 

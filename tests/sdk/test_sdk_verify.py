@@ -10,6 +10,7 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import Depends, FastAPI
 
+import keyservice.verify
 from keyservice.client import KeyServiceAuth
 from keyservice.verify import (
     InvalidTokenError,
@@ -229,6 +231,32 @@ def test_rotated_signing_key_is_fetched_once(server: Server, tokens: dict[str, A
         assert verifier.verify(token)["client_id"] == tokens["client_id"]
         assert verifier.verify(token)["client_id"] == tokens["client_id"]
         assert len(fetches) == 2  # the cached JWKS, then one refetch for the new kid
+
+
+def test_the_service_jwks_max_age_bounds_the_cache(
+    server: Server, tokens: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's JWKS says max-age=60: a verifier keeping it 300 s (the default cap)
+    would trust a withdrawn key for 4 minutes longer than the service intends."""
+    fetches: list[httpx.Response] = []
+    skew = [0.0]  # the verifier's clock runs ahead by this much; no test waits a minute
+    clock = SimpleNamespace(monotonic=lambda: time.monotonic() + skew[0])
+    monkeypatch.setattr(keyservice.verify, "time", clock)
+    with httpx.Client(event_hooks={"response": [fetches.append]}) as http:
+        verifier = TokenVerifier(
+            server.jwks_url, issuer=server.url, audience=server.url, http_client=http
+        )
+        verifier.verify(tokens["access_token"])
+        assert fetches[0].headers["Cache-Control"] == "public, max-age=60"
+        skew[0] = 59
+        verifier.verify(tokens["access_token"])
+        assert len(fetches) == 1
+        skew[0] = 61
+        verifier.verify(tokens["access_token"])
+        assert len(fetches) == 2
+        skew[0] = 62  # fresh again for 60 s from the refetch
+        verifier.verify(tokens["access_token"])
+        assert len(fetches) == 2
 
 
 def test_jku_and_jwk_headers_are_ignored(server: Server, tokens: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ class Issuer:
     keys: dict[str, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
     jwks_requests: int = 0
     jwks_status: int = 200
+    jwks_headers: dict[str, str] = field(default_factory=dict)  # e.g. Cache-Control
     active: bool = True
     introspections: list[dict[str, str]] = field(default_factory=list)
 
@@ -72,21 +73,24 @@ class Issuer:
             del header["kid"]  # a token without any kid
         return jwt.encode(payload, self.keys[kid], algorithm="ES256", headers=header)
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, path: str, body: bytes
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         if method == "GET" and path == "/.well-known/jwks.json":
             self.jwks_requests += 1
-            return self.jwks_status, self.jwks() if self.jwks_status == 200 else {}
+            document = self.jwks() if self.jwks_status == 200 else {}
+            return self.jwks_status, document, self.jwks_headers
         if method == "POST" and path == "/introspect":
             form = dict(httpx.QueryParams(body.decode()))
             self.introspections.append(form)
-            return 200, {"active": self.active}
-        return 404, {}
+            return 200, {"active": self.active}, {}
+        return 404, {}, {}
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length)
-        status, document = self.handle(environ["REQUEST_METHOD"], environ["PATH_INFO"], body)
-        start_response(f"{status} X", [("Content-Type", "application/json")])
+        status, document, extra = self.handle(environ["REQUEST_METHOD"], environ["PATH_INFO"], body)
+        start_response(f"{status} X", [("Content-Type", "application/json"), *extra.items()])
         return [json.dumps(document).encode()]
 
     async def asgi(self, scope: Any, receive: Any, send: Any) -> None:
@@ -97,8 +101,9 @@ class Issuer:
             if not message.get("more_body"):
                 break
         await asyncio.sleep(0)  # a network round trip: other tasks run meanwhile
-        status, document = self.handle(scope["method"], scope["path"], body)
+        status, document, extra = self.handle(scope["method"], scope["path"], body)
         headers = [(b"content-type", b"application/json")]
+        headers += [(name.encode(), value.encode()) for name, value in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": json.dumps(document).encode()})
 
@@ -192,6 +197,69 @@ def test_jwks_ttl_expiry_refetches(issuer: Issuer, http: httpx.Client) -> None:
     assert issuer.jwks_requests == 1
     time.sleep(0.25)
     verifier.verify(issuer.sign())
+    assert issuer.jwks_requests == 2
+
+
+def test_jwks_max_age_bounds_the_cache(issuer: Issuer, http: httpx.Client) -> None:
+    # The issuer says 1 s; the verifier's own cap (the default 300 s) must not stretch it.
+    issuer.jwks_headers = {"Cache-Control": "public, max-age=1"}
+    verifier = make_verifier(http, jwks_refetch_interval=0)
+    k1_token = issuer.sign()
+    verifier.verify(k1_token)
+    verifier.verify(k1_token)
+    assert issuer.jwks_requests == 1
+    # The issuer withdraws k1: past the max-age, the verifier no longer trusts it.
+    issuer.add_key("k2")
+    del issuer.keys["k1"]
+    time.sleep(1.1)
+    with pytest.raises(InvalidTokenError, match="unknown key"):
+        verifier.verify(k1_token)
+    assert issuer.jwks_requests == 2
+    verifier.verify(issuer.sign("k2"))
+    assert issuer.jwks_requests == 2
+
+
+def test_jwks_ttl_caps_a_longer_max_age(issuer: Issuer, http: httpx.Client) -> None:
+    issuer.jwks_headers = {"Cache-Control": "max-age=3600"}
+    verifier = make_verifier(http, jwks_ttl=0.2, jwks_refetch_interval=0)
+    verifier.verify(issuer.sign())
+    time.sleep(0.25)
+    verifier.verify(issuer.sign())
+    assert issuer.jwks_requests == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "fetches"),
+    [
+        ({"Cache-Control": "no-store"}, 3),
+        ({"Cache-Control": "no-cache, max-age=600"}, 3),
+        ({"Cache-Control": "max-age=600", "Age": "600"}, 3),  # spent in a shared cache
+        ({"Cache-Control": "max-age=600", "Age": "590"}, 1),
+        ({"Cache-Control": "max-age=600, max-age=0"}, 3),  # conflicting: the shorter
+        ({"Cache-Control": 'max-age="600"'}, 1),
+        ({"Cache-Control": "max-age=soon"}, 1),  # unreadable: jwks_ttl alone
+        ({"Cache-Control": "max-age=-5"}, 1),
+    ],
+)
+def test_jwks_cache_directives(
+    issuer: Issuer, http: httpx.Client, headers: dict[str, str], fetches: int
+) -> None:
+    issuer.jwks_headers = headers
+    verifier = make_verifier(http, jwks_refetch_interval=0)
+    for _ in range(3):
+        verifier.verify(issuer.sign())
+    assert issuer.jwks_requests == fetches
+
+
+async def test_averify_honours_the_jwks_max_age(issuer: Issuer) -> None:
+    issuer.jwks_headers = {"Cache-Control": "max-age=0"}
+    transport = httpx.ASGITransport(app=issuer.asgi)
+    async with httpx.AsyncClient(transport=transport) as client:
+        verifier = TokenVerifier(
+            JWKS_URL, ISSUER, ISSUER, async_http_client=client, jwks_refetch_interval=0
+        )
+        await verifier.averify(issuer.sign())
+        await verifier.averify(issuer.sign())
     assert issuer.jwks_requests == 2
 
 
