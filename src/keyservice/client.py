@@ -49,6 +49,10 @@ _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 # A Retry-After is honoured up to this long; a longer one (a misconfigured proxy) would
 # otherwise lock the auth object out of the token endpoint for that long.
 _MAX_RETRY_AFTER = 300.0
+# After a token request failed for a passing reason while the held token is still alive,
+# no new one is sent for this long: requests use the held token meanwhile, rather than each
+# sending a token request (and logging a warning) to an endpoint that is down or struggling.
+_OUTAGE_PAUSE = 5.0
 # Failures that happen before a request leaves: the service never saw it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -308,7 +312,8 @@ class KeyServiceAuth(httpx.Auth):
         A caller that waited for the lock while another caller's token request failed
         shares that failure instead of repeating the request, so N callers on a refused key
         or an unreachable endpoint make one request, not N in a row (each waiting out its
-        own timeout). Nobody asks again before a Retry-After has passed.
+        own timeout). Nobody asks again before a Retry-After has passed, nor, while a live
+        token bridges a passing failure, for _OUTAGE_PAUSE seconds after it.
         """
         token = self._current(stale)
         if token is not None:
@@ -317,17 +322,22 @@ class KeyServiceAuth(httpx.Auth):
         if failure is None:
             return None
         now = time.monotonic()
+        held = self._held(failure, stale)
         if failure.at < arrived and now >= failure.retry_at:
-            return None
-        held = self._held(failure, stale, now)
+            # A held token bridging an outage is used for a moment before asking again.
+            return held if held is not None and now < failure.at + _OUTAGE_PAUSE else None
         if held is None:
             raise failure.again(now)
         return held
 
-    def _held(self, failure: _Failure, stale: _Token | None, now: float) -> _Token | None:
+    def _held(self, failure: _Failure, stale: _Token | None) -> _Token | None:
         """Return the held token if it may bridge this failure: a passing one, token alive."""
+        return self._alive(stale) if failure.transient else None
+
+    def _alive(self, stale: _Token | None) -> _Token | None:
+        """Return the held token if it has not expired and is not the one refused."""
         token = self._token
-        if not failure.transient or token is None or token.refused(stale) or not token.live(now):
+        if token is None or token.refused(stale) or not token.live(time.monotonic()):
             return None
         return token
 
@@ -339,7 +349,7 @@ class KeyServiceAuth(httpx.Auth):
         """Record a failed token request; return the held token if it may still be used."""
         now = time.monotonic()
         self._failure = failure = _Failure.of(exc, now)
-        held = self._held(failure, stale, now)
+        held = self._held(failure, stale)
         if held is not None:
             # The early refresh failed for a passing reason: the token has `leeway` seconds
             # left, so requests need not fail yet.
@@ -356,7 +366,14 @@ class KeyServiceAuth(httpx.Auth):
         if token is not None:
             return token
         arrived = time.monotonic()
-        with self._thread_lock:
+        if not self._thread_lock.acquire(blocking=False):
+            # Another caller is renewing the token: one still alive (due for its early
+            # refresh) is used meanwhile rather than waiting, perhaps a timeout, for that.
+            token = self._alive(stale)
+            if token is not None:
+                return token
+            self._thread_lock.acquire()
+        try:
             # Another thread may have refreshed (or failed to) while this one waited.
             token = self._settled(stale, arrived)
             if token is not None:
@@ -368,13 +385,21 @@ class KeyServiceAuth(httpx.Auth):
                 if token is None:
                     raise
                 return token
+        finally:
+            self._thread_lock.release()
 
     async def _async_token(self, *, stale: _Token | None) -> _Token:
         token = self._current(stale)
         if token is not None:
             return token
         arrived = time.monotonic()
-        async with self._async_lock():
+        lock = self._async_lock()
+        if lock.locked() or self._thread_lock.locked():
+            # Another caller is renewing the token: one still alive is used meanwhile.
+            token = self._alive(stale)
+            if token is not None:
+                return token
+        async with lock:
             token = self._settled(stale, arrived)
             if token is not None:
                 return token

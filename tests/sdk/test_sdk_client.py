@@ -167,6 +167,46 @@ async def test_twenty_concurrent_tasks_on_a_due_token_refresh_once(
     assert len(presented) == len(set(presented)), "a refresh token was presented twice"
 
 
+class HoldingTransport(httpx.HTTPTransport):
+    """Token requests to the real server, with refreshes held until released (a hang)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if b"grant_type=refresh_token" in request.read():
+            self.entered.set()
+            self.release.wait(5)
+        return super().handle_request(request)
+
+
+def test_threads_with_a_live_token_do_not_wait_for_a_hung_refresh(
+    server: Server, api_key: str
+) -> None:
+    transport = HoldingTransport()
+    with httpx.Client(transport=transport, timeout=10) as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            assert c.get("/me").status_code == 200
+            held = auth._token
+            assert held is not None
+            # Due for its early refresh, still alive for a while (the server's TTL is 3 s).
+            auth._token = dataclasses.replace(held, refresh_at=float("-inf"))
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                renewing = pool.submit(c.get, "/me")
+                assert transport.entered.wait(10)
+                started = time.monotonic()
+                statuses = [c.get("/me").status_code for _ in range(3)]
+                waited = time.monotonic() - started
+                assert not renewing.done()
+                transport.release.set()
+                assert renewing.result(timeout=10).status_code == 200
+    assert statuses == [200] * 3
+    assert waited < 1, "callers holding a live token waited for the hung refresh"
+
+
 def test_threads_and_event_loops_share_one_exchange(server: Server) -> None:
     """Sync threads and tasks on several event loops (one per thread) share one token."""
     key = server.create_key()

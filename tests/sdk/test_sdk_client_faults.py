@@ -7,6 +7,7 @@ refuses connections the way a network would.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -33,14 +34,19 @@ class Faulty(httpx.AsyncBaseTransport):
         self.presented: list[str] = []  # refresh tokens sent to /token
         self.lose_answer: Callable[[str], bool] = lambda _grant: False
         self.down = False
+        self.refused = 0  # connections refused while down
+        self.hold: asyncio.Event | None = None  # refresh requests wait for it
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         form = parse_qs((await request.aread()).decode())
         grant = form.get("grant_type", ["?"])[0]
         if self.down:
+            self.refused += 1
             raise httpx.ConnectError("connection refused", request=request)
         self.grants.append(grant)
         self.presented += form.get("refresh_token", [])
+        if self.hold is not None and grant == "refresh_token":
+            await self.hold.wait()  # a hung token endpoint
         response = await self.inner.handle_async_request(request)
         if self.lose_answer(grant):
             # The service did the work; the answer never arrives.
@@ -131,8 +137,15 @@ async def test_an_early_refresh_failing_in_an_outage_keeps_the_live_token(
             # Due for its early refresh (`leeway` before expiry), not expired.
             auth._token = dataclasses.replace(held, refresh_at=float("-inf"))
             faulty.down = True
+            for _ in range(10):
+                assert (await c.get("/me")).status_code == 200
+            # One attempt and one warning, not one per request to an endpoint that is down.
+            assert faulty.refused == 1
+            # Once the pause has passed, the next request tries again.
+            assert auth._failure is not None
+            auth._failure = dataclasses.replace(auth._failure, at=auth._failure.at - 5)
             assert (await c.get("/me")).status_code == 200
-            assert (await c.get("/me")).status_code == 200
+            assert faulty.refused == 2
             # Once it has expired, nothing can bridge the outage.
             assert auth._token is not None
             auth._token = dataclasses.replace(auth._token, expires_at=float("-inf"))
@@ -146,6 +159,30 @@ async def test_an_early_refresh_failing_in_an_outage_keeps_the_live_token(
     assert len(warnings) == 2 and all("(ConnectError)" in w for w in warnings)
     for secret in (key["api_key"], held.access_token, held.refresh_token):
         assert all(secret not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_hung_early_refresh_does_not_hold_up_callers_with_a_live_token(
+    app: Any, key: dict[str, Any], faulty: Faulty
+) -> None:
+    async with httpx.AsyncClient(transport=faulty) as token_client:
+        auth = KeyServiceAuth(key["api_key"], TOKEN_URL, async_token_client=token_client)
+        async with api(app, auth) as c:
+            assert (await c.get("/me")).status_code == 200
+            held = auth._token
+            assert held is not None
+            auth._token = dataclasses.replace(held, refresh_at=float("-inf"))  # due, alive
+            faulty.hold = asyncio.Event()
+            renewing = asyncio.create_task(c.get("/me"))
+            while "refresh_token" not in faulty.grants:
+                await asyncio.sleep(0.01)
+            # The refresh hangs; the others go on with the live token meanwhile.
+            others = await asyncio.wait_for(asyncio.gather(*(c.get("/me") for _ in range(5))), 5)
+            assert [r.status_code for r in others] == [200] * 5
+            assert not renewing.done()
+            faulty.hold.set()
+            assert (await renewing).status_code == 200
+            assert auth._token is not None and auth._token.access_token != held.access_token
+    assert faulty.grants == ["client_credentials", "refresh_token"]
 
 
 @pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 2}])
