@@ -55,6 +55,11 @@ _MAX_RETRY_AFTER = 300.0
 _OUTAGE_PAUSE = 5.0
 # Failures that happen before a request leaves: the service never saw it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_BLOCKED_LOOP = (
+    "a synchronous request needs an access token while a task of this thread's event loop "
+    "is getting one; waiting would block that event loop for good. In async code, use "
+    "httpx.AsyncClient with this KeyServiceAuth"
+)
 
 
 class TokenExchangeError(Exception):
@@ -256,6 +261,8 @@ class KeyServiceAuth(httpx.Auth):
         self._sunset_warned = False
         # Serialises token requests across threads (and across event loops in threads).
         self._thread_lock = threading.Lock()
+        # The thread whose event loop holds _thread_lock across an await, if one does.
+        self._async_holder: int | None = None
         # An asyncio.Lock belongs to one event loop: keep one per loop, made on first use.
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
         self._async_locks = weakref.WeakKeyDictionary()
@@ -372,6 +379,8 @@ class KeyServiceAuth(httpx.Auth):
             token = self._alive(stale)
             if token is not None:
                 return token
+            if self._async_holder == threading.get_ident():
+                raise RuntimeError(_BLOCKED_LOOP)
             self._thread_lock.acquire()
         try:
             # Another thread may have refreshed (or failed to) while this one waited.
@@ -408,6 +417,7 @@ class KeyServiceAuth(httpx.Auth):
             # Polling rather than a blocking acquire keeps the event loop running.
             while not self._thread_lock.acquire(blocking=False):
                 await asyncio.sleep(0.005)
+            self._async_holder = threading.get_ident()
             try:
                 token = self._settled(stale, arrived)
                 if token is not None:
@@ -420,6 +430,7 @@ class KeyServiceAuth(httpx.Auth):
                         raise
                     return token
             finally:
+                self._async_holder = None
                 self._thread_lock.release()
 
     def _async_lock(self) -> asyncio.Lock:

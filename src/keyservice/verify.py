@@ -183,6 +183,8 @@ class TokenVerifier:
         self._attempted_at: float | None = None  # last fetch attempt, for the rate limit
         self._last_fetch_failed = False
         self._lock = threading.Lock()
+        # The thread whose event loop holds _lock across an await (a JWKS fetch), if one does.
+        self._async_holder: int | None = None
         # An asyncio.Lock belongs to one event loop: keep one per loop, made on first use.
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
         self._async_locks = weakref.WeakKeyDictionary()
@@ -312,7 +314,17 @@ class TokenVerifier:
             return key
         # A kid not in the cache waits for a fetch already in flight (on a cold cache, or
         # after a rotation, it may bring that very key) rather than being judged without it.
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            if self._async_holder == threading.get_ident():
+                if key is not None:
+                    return key  # known, if not fresh: fine while the task refreshes it
+                raise RuntimeError(
+                    "verify() needs the JWKS while a task of this thread's event loop is "
+                    "fetching it; waiting would block that event loop for good. In async "
+                    "code, use averify()"
+                )
+            self._lock.acquire()
+        try:
             key, fetch = self._lookup(kid)
             if fetch:
                 self._attempted_at = time.monotonic()
@@ -321,6 +333,8 @@ class TokenVerifier:
                 except (httpx.HTTPError, ValueError) as exc:
                     self._fetch_failed(exc, stale_key=key)
                 key = self._keys.get(kid)
+        finally:
+            self._lock.release()
         return self._known(key)
 
     async def _async_key(self, kid: str) -> jwt.PyJWK:
@@ -333,6 +347,7 @@ class TokenVerifier:
             # event loop running.
             while not self._lock.acquire(blocking=False):
                 await asyncio.sleep(0.005)
+            self._async_holder = threading.get_ident()
             try:
                 key, fetch = self._lookup(kid)
                 if fetch:
@@ -343,6 +358,7 @@ class TokenVerifier:
                         self._fetch_failed(exc, stale_key=key)
                     key = self._keys.get(kid)
             finally:
+                self._async_holder = None
                 self._lock.release()
         return self._known(key)
 

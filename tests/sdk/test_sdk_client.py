@@ -131,6 +131,37 @@ async def test_concurrent_tasks_share_one_timeout(silent_port: int) -> None:
     assert len(requests) == 1
 
 
+def test_a_sync_request_inside_the_event_loop_of_a_token_request_raises(
+    silent_port: int,
+) -> None:
+    """Waiting for the lock a task of the caller's own event loop holds would never end."""
+    outcome: list[object] = []
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=3) as token_client:
+            auth = KeyServiceAuth(
+                "ksk_" + "A" * 16 + "_" + "B" * 49,
+                f"http://127.0.0.1:{silent_port}/token",
+                async_token_client=token_client,
+            )
+            async with httpx.AsyncClient(base_url="http://127.0.0.1:9", auth=auth) as c:
+                hung = asyncio.create_task(c.get("/me"))
+                await asyncio.sleep(0.2)  # the task now waits for the token endpoint
+                with httpx.Client(base_url="http://127.0.0.1:9", auth=auth) as blocking:
+                    try:
+                        blocking.get("/me")  # a blocking call in async code
+                    except RuntimeError as exc:
+                        outcome.append(exc)
+                with pytest.raises(httpx.ReadTimeout):
+                    await hung
+
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the event loop deadlocked"
+    assert len(outcome) == 1 and "httpx.AsyncClient" in str(outcome[0])
+
+
 def test_twenty_threads_on_a_cold_client_exchange_once(
     server: Server, api_key: str, token_log: TokenLog
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -261,6 +262,33 @@ async def test_averify_honours_the_jwks_max_age(issuer: Issuer) -> None:
         await verifier.averify(issuer.sign())
         await verifier.averify(issuer.sign())
     assert issuer.jwks_requests == 2
+
+
+def test_verify_inside_the_event_loop_of_a_jwks_fetch_raises(silent_port: int) -> None:
+    """Waiting for the lock a task of the caller's own event loop holds would never end."""
+    issuer = Issuer()
+    issuer.add_key("k1")
+    token = issuer.sign()
+    outcome: list[object] = []
+
+    async def scenario() -> None:
+        verifier = TokenVerifier(
+            f"http://127.0.0.1:{silent_port}/jwks.json", ISSUER, ISSUER, timeout=2
+        )
+        hung = asyncio.create_task(verifier.averify(token))
+        await asyncio.sleep(0.2)  # the task now waits for the JWKS
+        try:
+            verifier.verify(token)  # a blocking call in async code
+        except RuntimeError as exc:
+            outcome.append(exc)
+        with pytest.raises(VerifierUnavailableError):
+            await hung
+
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the event loop deadlocked"
+    assert len(outcome) == 1 and "averify" in str(outcome[0])
 
 
 def test_jwks_outage(issuer: Issuer, http: httpx.Client) -> None:
