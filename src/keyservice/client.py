@@ -267,12 +267,29 @@ class KeyServiceAuth(httpx.Auth):
         self._async_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
         self._async_locks = weakref.WeakKeyDictionary()
         self._async_locks_guard = threading.Lock()
+        _INSTANCES.add(self)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(api_key={self._masked_key!r}, "
             f"token_url={self.token_url!r}, scope={self.scope!r})"
         )
+
+    def _after_fork(self) -> None:
+        """In a forked child: keep the access token, forget the refresh token, new locks.
+
+        Parent and child would otherwise both present the one single-use refresh token,
+        which the service takes for a replay (it revokes the family, the parent's next
+        token with it, and raises a token.refresh_reuse alarm): the child gets its next
+        token from the key. A lock another thread held at the fork stays held for good.
+        """
+        if self._token is not None:
+            self._token = self._token.without_refresh_token(refused=False)
+        self._failure = None
+        self._thread_lock = threading.Lock()
+        self._async_holder = None
+        self._async_locks = weakref.WeakKeyDictionary()
+        self._async_locks_guard = threading.Lock()
 
     # -- httpx.Auth -------------------------------------------------------------------
 
@@ -615,3 +632,17 @@ class KeyServiceAuth(httpx.Auth):
             self._masked_key,
             sunset[:100],
         )
+
+
+# The auth objects of this process, for a forked child to forget their refresh tokens
+# (a web server forking its workers after the app used its auth object at start-up).
+_INSTANCES: weakref.WeakSet[KeyServiceAuth] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for auth in list(_INSTANCES):
+        auth._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +239,55 @@ def test_threads_with_a_live_token_do_not_wait_for_a_hung_refresh(
                 assert renewing.result(timeout=10).status_code == 200
     assert statuses == [200] * 3
     assert waited < 1, "callers holding a live token waited for the hung refresh"
+
+
+FORK_SCRIPT = """
+import dataclasses, json, os, sys
+import httpx
+from keyservice.client import KeyServiceAuth
+
+url, api_key = sys.argv[1], sys.argv[2]
+grants = []
+hook = lambda r: grants.append(dict(httpx.QueryParams(r.content.decode()))["grant_type"])
+token_client = httpx.Client(timeout=10, event_hooks={"request": [hook]})
+auth = KeyServiceAuth(api_key, url + "/token", token_client=token_client)
+client = httpx.Client(base_url=url, auth=auth, timeout=10)
+statuses = [client.get("/me").status_code]  # at start-up, before the workers fork
+
+def renew():  # due for the early refresh, as a while later
+    auth._token = dataclasses.replace(auth._token, refresh_at=float("-inf"))
+    del grants[:]
+    return client.get("/me").status_code
+
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    os.write(write, json.dumps({"status": renew(), "grants": grants}).encode())
+    os._exit(0)
+os.close(write)
+os.waitpid(pid, 0)
+child = json.loads(os.read(read, 65536))
+print(json.dumps({"child": child, "parent": {"status": renew(), "grants": grants}}))
+"""
+
+
+def test_a_forked_child_does_not_present_the_parents_refresh_token(server: Server) -> None:
+    """A worker forked after start-up used the auth object gets its own token from the key."""
+    key = server.create_key()
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, server.url, key["api_key"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["child"] == {"status": 200, "grants": ["client_credentials"]}
+    assert result["parent"] == {"status": 200, "grants": ["refresh_token"]}
+    types = audit_types(server, key["id"])
+    assert "token.refresh_reuse" not in types
+    assert types.count("token.refresh") == 1
 
 
 def test_threads_and_event_loops_share_one_exchange(server: Server) -> None:
