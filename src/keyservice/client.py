@@ -145,6 +145,14 @@ def plain_http_off_host(url: str) -> bool:
     return parsed.scheme == "http" and parsed.host not in _LOOPBACK
 
 
+def shown_url(url: str) -> str:
+    """url as a log line or repr shows it: a password in it (user:password@) hidden."""
+    parsed = httpx.URL(url)
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(username=parsed.username, password="***"))
+
+
 def mask_api_key(api_key: str) -> str:
     """Return the API key with everything but its public client-id part hidden."""
     match = _PUBLIC_PART.match(api_key)
@@ -245,7 +253,7 @@ class KeyServiceAuth(httpx.Auth):
         if plain_http_off_host(url):
             logger.warning(
                 "token URL %s is plain HTTP: the API key would cross the network unencrypted",
-                url,
+                shown_url(url),
             )
         self._api_key = key
         self._masked_key = mask_api_key(key)
@@ -272,7 +280,7 @@ class KeyServiceAuth(httpx.Auth):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(api_key={self._masked_key!r}, "
-            f"token_url={self.token_url!r}, scope={self.scope!r})"
+            f"token_url={shown_url(self.token_url)!r}, scope={self.scope!r})"
         )
 
     def _after_fork(self) -> None:

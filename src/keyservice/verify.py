@@ -31,7 +31,7 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from keyservice.client import TokenExchangeError, plain_http_off_host
+from keyservice.client import TokenExchangeError, plain_http_off_host, shown_url
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -158,12 +158,13 @@ class TokenVerifier:
         if plain_http_off_host(jwks_url):
             # Whoever can alter the JWKS in transit can sign tokens this verifier accepts.
             logger.warning(
-                "JWKS URL %s is plain HTTP: its keys could be swapped in transit", jwks_url
+                "JWKS URL %s is plain HTTP: its keys could be swapped in transit",
+                shown_url(jwks_url),
             )
         if introspect_url is not None and plain_http_off_host(introspect_url):
             logger.warning(
                 "introspection URL %s is plain HTTP: tokens would cross the network unencrypted",
-                introspect_url,
+                shown_url(introspect_url),
             )
         self.jwks_url = jwks_url
         self.issuer = issuer
@@ -192,7 +193,7 @@ class TokenVerifier:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(jwks_url={self.jwks_url!r}, issuer={self.issuer!r}, "
+            f"{type(self).__name__}(jwks_url={shown_url(self.jwks_url)!r}, issuer={self.issuer!r}, "
             f"audience={self.audience!r}, algorithms={self.algorithms!r})"
         )
 
@@ -382,7 +383,11 @@ class TokenVerifier:
         raise InvalidTokenError("token is signed with an unknown key (kid)")
 
     def _fetch_failed(self, exc: Exception, *, stale_key: jwt.PyJWK | None) -> None:
-        logger.warning("fetching the JWKS from %s failed: %s", self.jwks_url, exc)
+        # An HTTPStatusError's message repeats the URL in full: the status says enough.
+        reason = (
+            f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else exc
+        )
+        logger.warning("fetching the JWKS from %s failed: %s", shown_url(self.jwks_url), reason)
         self._last_fetch_failed = True
         if stale_key is None:
             # Not the token's fault: a new key may be in use that we cannot see.

@@ -469,6 +469,15 @@ def test_plain_http_token_url_is_warned_about(caplog: pytest.LogCaptureFixture) 
     assert "plain HTTP" in record.getMessage() and "secret" not in record.getMessage()
 
 
+def test_a_password_in_the_token_url_is_not_shown(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="keyservice.client")
+    auth = KeyServiceAuth("ksk_" + "A" * 16 + "_secret", "http://gw:pass-w0rd@keys.example.com/t")
+    [record] = caplog.records
+    for text in (record.getMessage(), repr(auth), str(auth)):
+        assert "pass-w0rd" not in text and "http://gw:***@keys.example.com/t" in text
+    assert auth.token_url == "http://gw:pass-w0rd@keys.example.com/t"  # still used as given
+
+
 def test_key_and_token_url_from_the_environment(
     server: Server, api_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -416,6 +416,28 @@ def test_plain_http_jwks_or_introspection_url_is_warned_about(
     assert all("intro-token-value" not in m for m in messages)
 
 
+def test_a_password_in_the_jwks_url_is_not_shown(
+    issuer: Issuer, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keyservice.verify")
+    issuer.jwks_status = 503
+    verifier = TokenVerifier(
+        "http://gw:pass-w0rd@issuer.test/.well-known/jwks.json",
+        ISSUER,
+        ISSUER,
+        introspect_url="http://gw:pass-w0rd@issuer.test/introspect",
+        introspect_token="intro-token-value",
+        http_client=http,
+    )
+    with pytest.raises(VerifierUnavailableError) as caught:
+        verifier.verify(issuer.sign())
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 3  # two plain-HTTP warnings, the failed fetch
+    assert "HTTP 503" in messages[2]
+    for text in (*messages, repr(verifier), str(caught.value)):
+        assert "pass-w0rd" not in text and "intro-token-value" not in text
+
+
 def test_a_wrong_issuer_or_audience_names_both_values(issuer: Issuer, http: httpx.Client) -> None:
     # A verifier set up with the issuer URL plus a slash refused every token with "token
     # comes from another issuer", which did not say which value to change.
