@@ -267,7 +267,15 @@ class TokenVerifier:
                 options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.ExpiredSignatureError:
-            raise InvalidTokenError("token has expired") from None
+            raise InvalidTokenError(f"token has expired{self._skew(token, 'exp', 'ago')}") from None
+        except jwt.ImmatureSignatureError as exc:
+            # PyJWT names the claim: "The token is not yet valid (iat)" or "(nbf)".
+            name = "nbf" if "(nbf)" in str(exc) else "iat"
+            raise InvalidTokenError(
+                f"token is not valid yet: its {name!r} is in the future"
+                f"{self._skew(token, name, 'ahead')}; check this machine's clock and the "
+                "service's"
+            ) from None
         except jwt.InvalidAudienceError:
             raise InvalidTokenError(
                 f"token is meant for audience {_claim(token, 'aud')}, not {self.audience!r} "
@@ -293,6 +301,20 @@ class TokenVerifier:
         if not isinstance(claims.get("scope", ""), str):
             raise InvalidTokenError("token claim 'scope' is not a space-separated string")
         return claims
+
+    def _skew(self, token: str, name: str, direction: str) -> str:
+        """How far the (verified) token's time claim is from this machine's clock, for a message.
+
+        A clock set wrong shows as tokens that expired long ago or are not valid yet.
+        """
+        try:
+            value = jwt.decode(token, options={"verify_signature": False}).get(name)
+        except jwt.PyJWTError:  # pragma: no cover - it was decoded a moment ago
+            value = None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return ""
+        seconds = abs(value - time.time())
+        return f" ({seconds:.0f} s {direction} by this machine's clock; leeway {self.leeway:g} s)"
 
     # -- JWKS cache ------------------------------------------------------------------------
 

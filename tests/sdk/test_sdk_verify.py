@@ -240,7 +240,7 @@ def test_the_service_jwks_max_age_bounds_the_cache(
     would trust a withdrawn key for 4 minutes longer than the service intends."""
     fetches: list[httpx.Response] = []
     skew = [0.0]  # the verifier's clock runs ahead by this much; no test waits a minute
-    clock = SimpleNamespace(monotonic=lambda: time.monotonic() + skew[0])
+    clock = SimpleNamespace(monotonic=lambda: time.monotonic() + skew[0], time=time.time)
     monkeypatch.setattr(keyservice.verify, "time", clock)
     with httpx.Client(event_hooks={"response": [fetches.append]}) as http:
         verifier = TokenVerifier(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -161,6 +162,20 @@ def test_rejects_odd_headers_and_claims(issuer: Issuer, http: httpx.Client) -> N
     for junk in ("", "   ", "a.b", "a.b.c", "Bearer " + issuer.sign()):
         with pytest.raises(InvalidTokenError):
             verifier.verify(junk)
+
+
+def test_a_skewed_clock_is_named_in_the_message(issuer: Issuer, http: httpx.Client) -> None:
+    verifier = make_verifier(http)
+    now = int(time.time())
+    with pytest.raises(InvalidTokenError) as caught:
+        verifier.verify(issuer.sign(iat=now + 120))
+    message = str(caught.value)
+    assert "not valid yet" in message and "'iat'" in message and "clock" in message
+    assert re.search(r"\b1[12]\d s ahead", message), message
+    with pytest.raises(InvalidTokenError, match=r"'nbf' is in the future \(\d+ s ahead"):
+        verifier.verify(issuer.sign(nbf=now + 600))
+    with pytest.raises(InvalidTokenError, match=r"expired \(\d+ s ago by this machine's clock"):
+        verifier.verify(issuer.sign(exp=now - 300))
 
 
 def test_rejects_a_key_whose_algorithm_differs(issuer: Issuer, http: httpx.Client) -> None:
