@@ -53,6 +53,9 @@ _MAX_RETRY_AFTER = 300.0
 # no new one is sent for this long: requests use the held token meanwhile, rather than each
 # sending a token request (and logging a warning) to an endpoint that is down or struggling.
 _OUTAGE_PAUSE = 5.0
+# A token obtained because an API answered 401 is not replaced for the same reason within
+# this long: one renewal per API request an API refuses would be the token endpoint's load.
+_PAUSE_AFTER_401 = 30.0
 # Failures that happen before a request leaves: the service never saw it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _BLOCKED_LOOP = (
@@ -108,6 +111,8 @@ class _Token:
     expires_at: float
     refresh_token_usable_until: float | None
     scope: str | None
+    # When it replaced a token an API answered 401 to (monotonic), if it did.
+    after_401_at: float | None = None
 
     def due(self, now: float) -> bool:
         return now >= self.refresh_at
@@ -118,6 +123,15 @@ class _Token:
 
     def live(self, now: float) -> bool:
         return now < self.expires_at
+
+    def renewable_after_401(self, now: float) -> bool:
+        """Whether a 401 to this token is worth a new token.
+
+        Not when this one was itself obtained after a 401 moments ago: an API refusing a
+        fresh token (its clock or audience set wrong) refuses the next one too, and a
+        renewal per request would load the token endpoint with one per request.
+        """
+        return self.after_401_at is None or now >= self.after_401_at + _PAUSE_AFTER_401
 
     def without_refresh_token(self, *, refused: bool) -> _Token:
         """This token with its refresh token forgotten (and, if refused, its access token)."""
@@ -308,7 +322,7 @@ class KeyServiceAuth(httpx.Auth):
         token = self._sync_token(stale=None)
         request.headers["Authorization"] = f"Bearer {token.access_token}"
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or not token.renewable_after_401(time.monotonic()):
             return
         token = self._sync_token(stale=token)
         if _replayable(request):
@@ -322,7 +336,7 @@ class KeyServiceAuth(httpx.Auth):
         token = await self._async_token(stale=None)
         request.headers["Authorization"] = f"Bearer {token.access_token}"
         response = yield request
-        if response.status_code != 401:
+        if response.status_code != 401 or not token.renewable_after_401(time.monotonic()):
             return
         token = await self._async_token(stale=token)
         if _replayable(request):
@@ -373,7 +387,9 @@ class KeyServiceAuth(httpx.Auth):
             return None
         return token
 
-    def _renewed(self, token: _Token) -> _Token:
+    def _renewed(self, token: _Token, stale: _Token | None) -> _Token:
+        if stale is not None:
+            token = replace(token, after_401_at=time.monotonic())
         self._token, self._failure = token, None
         return token
 
@@ -413,7 +429,7 @@ class KeyServiceAuth(httpx.Auth):
             if token is not None:
                 return token
             try:
-                return self._renewed(self._sync_obtain(stale))
+                return self._renewed(self._sync_obtain(stale), stale)
             except Exception as exc:
                 token = self._after_failure(exc, stale)
                 if token is None:
@@ -448,7 +464,7 @@ class KeyServiceAuth(httpx.Auth):
                 if token is not None:
                     return token
                 try:
-                    return self._renewed(await self._async_obtain(stale))
+                    return self._renewed(await self._async_obtain(stale), stale)
                 except Exception as exc:
                     token = self._after_failure(exc, stale)
                     if token is None:

@@ -445,6 +445,47 @@ async def test_401_twice_returns_the_401_after_one_retry(
     assert (token_log.exchanges, token_log.refreshes) == (1, 1)
 
 
+async def test_an_api_refusing_fresh_tokens_gets_no_renewal_per_request(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    async def always_401(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        transport = httpx.ASGITransport(app=always_401)
+        async with httpx.AsyncClient(
+            base_url="http://downstream", transport=transport, auth=auth
+        ) as c:
+            statuses = [(await c.get("/anything")).status_code for _ in range(10)]
+            assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+            # Once the pause is over, a 401 is worth one more renewal.
+            assert auth._token is not None and auth._token.after_401_at is not None
+            auth._token = dataclasses.replace(
+                auth._token, after_401_at=auth._token.after_401_at - 30
+            )
+            statuses.append((await c.get("/anything")).status_code)
+    assert statuses == [401] * 11
+    assert (token_log.exchanges, token_log.refreshes) == (1, 2)
+
+
+def test_an_api_refusing_fresh_tokens_gets_no_renewal_per_request_sync(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    def always_401(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("401 Unauthorized", [])
+        return [b""]
+
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        transport = httpx.WSGITransport(app=always_401)
+        with httpx.Client(base_url="http://downstream", transport=transport, auth=auth) as c:
+            statuses = [c.get("/anything").status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+
+
 def test_repr_masks_the_key(server: Server, api_key: str) -> None:
     auth = KeyServiceAuth(api_key, server.token_url)
     text = repr(auth)
