@@ -53,8 +53,9 @@ _MAX_RETRY_AFTER = 300.0
 # no new one is sent for this long: requests use the held token meanwhile, rather than each
 # sending a token request (and logging a warning) to an endpoint that is down or struggling.
 _OUTAGE_PAUSE = 5.0
-# A token obtained because an API answered 401 is not replaced for the same reason within
-# this long: one renewal per API request an API refuses would be the token endpoint's load.
+# A token obtained because an API answered 401, and never accepted since, is not replaced
+# for the same reason within this long: an API that refuses fresh tokens would otherwise
+# cost the token endpoint one renewal per API request.
 _PAUSE_AFTER_401 = 30.0
 # Failures that happen before a request leaves: the service never saw it.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -102,6 +103,14 @@ def _rebuild_error(
     return TokenExchangeError(error, description, status_code=status_code, retry_after=retry_after)
 
 
+@dataclass(slots=True)
+class _After401:
+    """How a token obtained because an API answered 401 has fared since."""
+
+    at: float  # when it was obtained (monotonic)
+    accepted: bool = False  # whether an API has accepted it since
+
+
 @dataclass(frozen=True, slots=True)
 class _Token:
     access_token: str = field(repr=False)
@@ -111,8 +120,8 @@ class _Token:
     expires_at: float
     refresh_token_usable_until: float | None
     scope: str | None
-    # When it replaced a token an API answered 401 to (monotonic), if it did.
-    after_401_at: float | None = None
+    # Set if it replaced a token an API answered 401 to.
+    after_401: _After401 | None = None
 
     def due(self, now: float) -> bool:
         return now >= self.refresh_at
@@ -123,15 +132,6 @@ class _Token:
 
     def live(self, now: float) -> bool:
         return now < self.expires_at
-
-    def renewable_after_401(self, now: float) -> bool:
-        """Whether a 401 to this token is worth a new token.
-
-        Not when this one was itself obtained after a 401 moments ago: an API refusing a
-        fresh token (its clock or audience set wrong) refuses the next one too, and a
-        renewal per request would load the token endpoint with one per request.
-        """
-        return self.after_401_at is None or now >= self.after_401_at + _PAUSE_AFTER_401
 
     def without_refresh_token(self, *, refused: bool) -> _Token:
         """This token with its refresh token forgotten (and, if refused, its access token)."""
@@ -322,12 +322,13 @@ class KeyServiceAuth(httpx.Auth):
         token = self._sync_token(stale=None)
         request.headers["Authorization"] = f"Bearer {token.access_token}"
         response = yield request
-        if response.status_code != 401 or not token.renewable_after_401(time.monotonic()):
+        if not self._answered(response, token):
             return
         token = self._sync_token(stale=token)
         if _replayable(request):
             request.headers["Authorization"] = f"Bearer {token.access_token}"
-            yield request
+            response = yield request
+            self._answered(response, token)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -336,12 +337,31 @@ class KeyServiceAuth(httpx.Auth):
         token = await self._async_token(stale=None)
         request.headers["Authorization"] = f"Bearer {token.access_token}"
         response = yield request
-        if response.status_code != 401 or not token.renewable_after_401(time.monotonic()):
+        if not self._answered(response, token):
             return
         token = await self._async_token(stale=token)
         if _replayable(request):
             request.headers["Authorization"] = f"Bearer {token.access_token}"
-            yield request
+            response = yield request
+            self._answered(response, token)
+
+    def _answered(self, response: httpx.Response, token: _Token) -> bool:
+        """Note an API's answer to a request with this token; True if it calls for a new one.
+
+        A 401 does, unless the token itself replaced a refused one moments ago and no API
+        has accepted it since: an API refusing fresh tokens (its clock or audience set
+        wrong) refuses the next one too.
+        """
+        after_401 = token.after_401
+        if response.status_code != 401:
+            if after_401 is not None:
+                after_401.accepted = True
+            return False
+        return (
+            after_401 is None
+            or after_401.accepted
+            or time.monotonic() >= after_401.at + _PAUSE_AFTER_401
+        )
 
     # -- token state --------------------------------------------------------------------
 
@@ -389,7 +409,7 @@ class KeyServiceAuth(httpx.Auth):
 
     def _renewed(self, token: _Token, stale: _Token | None) -> _Token:
         if stale is not None:
-            token = replace(token, after_401_at=time.monotonic())
+            token = replace(token, after_401=_After401(time.monotonic()))
         self._token, self._failure = token, None
         return token
 

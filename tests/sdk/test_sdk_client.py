@@ -461,10 +461,8 @@ async def test_an_api_refusing_fresh_tokens_gets_no_renewal_per_request(
             statuses = [(await c.get("/anything")).status_code for _ in range(10)]
             assert (token_log.exchanges, token_log.refreshes) == (1, 1)
             # Once the pause is over, a 401 is worth one more renewal.
-            assert auth._token is not None and auth._token.after_401_at is not None
-            auth._token = dataclasses.replace(
-                auth._token, after_401_at=auth._token.after_401_at - 30
-            )
+            assert auth._token is not None and auth._token.after_401 is not None
+            auth._token.after_401.at -= 30
             statuses.append((await c.get("/anything")).status_code)
     assert statuses == [401] * 11
     assert (token_log.exchanges, token_log.refreshes) == (1, 2)
@@ -484,6 +482,24 @@ def test_an_api_refusing_fresh_tokens_gets_no_renewal_per_request_sync(
             statuses = [c.get("/anything").status_code for _ in range(10)]
     assert statuses == [401] * 10
     assert (token_log.exchanges, token_log.refreshes) == (1, 1)
+
+
+async def test_a_token_renewed_after_a_401_and_accepted_is_renewed_after_the_next(
+    server: Server, api_key: str, token_log: TokenLog
+) -> None:
+    """Its session revoked twice in a row, the caller still sees no 401."""
+    async with token_log.async_client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
+        async with httpx.AsyncClient(base_url=server.url, auth=auth) as c:
+            assert (await c.get("/me")).status_code == 200
+            for exchanges in (2, 3):
+                assert auth._token is not None and auth._token.refresh_token is not None
+                async with httpx.AsyncClient(base_url=server.url) as plain:
+                    form = {"token": auth._token.refresh_token}
+                    assert (await plain.post("/revoke", data=form)).status_code == 200
+                response = await c.get("/me")  # 401, renewed from the key, retried
+                assert response.status_code == 200, response.text
+                assert token_log.count("client_credentials", 200) == exchanges
 
 
 def test_repr_masks_the_key(server: Server, api_key: str) -> None:
