@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # exchanges and sign-ins are answered before that flush (auth/store.py); claims of a
     # refresh token always wait for it.
     token_commit: Literal["durable", "async"] = "durable"
+    # PostgreSQL only: connections per pool and process (database.py, DEFAULT_POOL_SIZE).
+    database_pool_size: int = Field(default=10, ge=1, le=100)
     # 100 years: a cut-off date before that is no date at all.
     audit_retention_days: int = Field(default=90, ge=1, le=36500)
     prune_interval_seconds: int = Field(default=3600, ge=0)

@@ -51,7 +51,9 @@ class LastUsedTracker:
 class AppContext:
     def __init__(self, settings: Settings, database: Database | None = None) -> None:
         self.settings = settings
-        self.database = database or Database(settings.effective_database_url)
+        self.database = database or Database(
+            settings.effective_database_url, pool_size=settings.database_pool_size
+        )
         secret = settings.server_secret()
         self.hasher = SecretHasher(derive_key(secret, "keyservice/api-key-pepper/v1"))
         self.keyring = SigningKeyring(

@@ -96,7 +96,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 CONNECT_TIMEOUT_SECONDS = 3
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
-RAW_POOL_SIZE = 10
+# Connections a process keeps per pool (KEYSERVICE_DATABASE_POOL_SIZE): SQLAlchemy's pool
+# may add as many again for a burst, the token path has a pool of its own, and the
+# revocation view one LISTEN connection: at most 3 x this + 1 per process.
+DEFAULT_POOL_SIZE = 10
 # A token-path connection kept (see Database.raw_connection) but unused for this long goes
 # back to the pool, whose own idle limit (300 s) then closes it: a burst's connections do
 # not stay open for ever. The app's lifespan checks every RAW_IDLE_CHECK_SECONDS.
@@ -122,11 +125,19 @@ _SQLALCHEMY_ONLY = {"prepared_statement_cache_size", "prepared_statement_name_fu
 class Database:
     """One engine and session factory per app (tests run several side by side)."""
 
-    def __init__(self, url: str, *, echo: bool = False, bounded: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        bounded: bool = True,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
         """`bounded=False` lifts COMMAND_TIMEOUT_SECONDS, for migrations: building an index
         on a big table, or waiting for a lock a long transaction holds, takes longer than
         a request may, and a migration cut short can never complete."""
         self.url = url
+        self.pool_size = pool_size
         # No pre-ping: it would cost a round trip per checkout on the token path. A
         # connection that died with its server fails once; SQLAlchemy then invalidates the
         # whole pool (every older connection is replaced at checkout) and the request
@@ -143,8 +154,8 @@ class Database:
             # 503 within seconds instead of hanging (dead connections are replaced once the
             # server is back: see above).
             kwargs.update(
-                pool_size=10,
-                max_overflow=10,
+                pool_size=pool_size,
+                max_overflow=pool_size,
                 pool_recycle=1800,
                 pool_timeout=POOL_TIMEOUT_SECONDS,
                 connect_args={
@@ -195,7 +206,7 @@ class Database:
                         dsn.render_as_string(hide_password=False),
                         ssl=ssl,
                         min_size=1,
-                        max_size=RAW_POOL_SIZE,
+                        max_size=self.pool_size,
                         timeout=CONNECT_TIMEOUT_SECONDS,
                         command_timeout=COMMAND_TIMEOUT_SECONDS,
                         max_inactive_connection_lifetime=300,

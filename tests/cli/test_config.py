@@ -22,6 +22,7 @@ BAD_VALUES = [
     ("ACCESS_TOKEN_TTL", "-5", "must be at least 1"),
     ("REVOCATION_POLL_SECONDS", "0", "must be more than 0"),
     ("TOKEN_COMMIT", "fast", "must be 'durable' or 'async'"),
+    ("DATABASE_POOL_SIZE", "0", "must be at least 1"),
     ("PASSWORD_GRANT_ENABLED", "maybe", "must be true or false"),
     ("LEGACY_KEYS_UNTIL", "tomorrow", "needs an RFC 3339 date-time with an offset"),
     ("SECRET_KEY", "pw-in-url-but-too-short", "must be a random value of at least 32"),
