@@ -125,11 +125,11 @@ def database_errors(database_url: str) -> Iterator[None]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from keyservice.main import _is_db_outage
-    from keyservice.migrations import SchemaMismatch
+    from keyservice.migrations import MigrationBlocked, SchemaMismatch
 
     try:
         yield
-    except SchemaMismatch as exc:
+    except (SchemaMismatch, MigrationBlocked) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         unreachable = _is_db_outage(exc)
@@ -180,7 +180,9 @@ def migrate() -> None:
 
     prepare_data_dir(settings)  # the embedded database's folder, as serve makes it
     with database_errors(settings.effective_database_url):
-        upgraded = migrations.upgrade(settings.effective_database_url)
+        upgraded = migrations.upgrade(
+            settings.effective_database_url, waiting=lambda line: click.echo(line, err=True)
+        )
     at = ", ".join(upgraded.current)
     if not upgraded.applied:
         click.echo(f"the database is already up to date at {at}")
@@ -285,7 +287,9 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         if no_migrate:  # a schema older or newer than this code's fails later, and worse
             migrations.check_current(settings.effective_database_url)
         else:
-            migrations.upgrade(settings.effective_database_url)
+            migrations.upgrade(
+                settings.effective_database_url, waiting=logging.getLogger("keyservice").warning
+            )
     created = with_context(settings, _prepare)
     if created is not None:
         username, generated = created

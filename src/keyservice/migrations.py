@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from alembic import command
 from alembic.config import Config
@@ -15,7 +16,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+if TYPE_CHECKING:
+    from keyservice.database import Database
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Any constant: the advisory lock an upgrade holds on PostgreSQL, so that replicas started
@@ -23,10 +28,25 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # one after the other instead of both creating the same tables.
 MIGRATION_LOCK = 0x6B73_6D69_6772_61  # "ksmigra"
 LOCK_WAIT_SECONDS = 0.2
+# How long a migration's statement waits for a table's lock (PostgreSQL's lock_timeout)
+# before the upgrade rolls back and tries again. While an ALTER TABLE waits for a lock a
+# long transaction holds, every query of the running servers on that table queues behind
+# it: waited for in one go, a rolling upgrade stalled the service for as long as the
+# transaction lasted (for ever, one left idle), its requests failing after 10 s.
+TABLE_LOCK_TIMEOUT_SECONDS = 2.0
+TABLE_LOCK_PAUSE_SECONDS = 1.0  # between tries: the queued requests go through
+TABLE_LOCK_PATIENCE_SECONDS = 600.0  # then the upgrade gives up, changing nothing
+TABLE_LOCK_SAY_EVERY_SECONDS = 30.0
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 class SchemaMismatch(Exception):
     """The database's schema is not the one this version of keyservice works with."""
+
+
+class MigrationBlocked(Exception):
+    """Other transactions kept a table locked for TABLE_LOCK_PATIENCE_SECONDS; nothing
+    was changed."""
 
 
 def _script_location() -> Path:
@@ -99,17 +119,21 @@ class Upgraded(NamedTuple):
     current: tuple[str, ...]  # the revisions the database is stamped with now
 
 
-def upgrade(database_url: str, revision: str = "head") -> Upgraded:
+def upgrade(
+    database_url: str, revision: str = "head", *, waiting: Callable[[str], None] | None = None
+) -> Upgraded:
     """Bring the database to `revision` (blocking; not for use inside a running loop).
 
     Raises SchemaMismatch, changing nothing, if the database was migrated past what this
     version knows. On PostgreSQL one upgrade runs at a time: another one waits for it,
-    then finds the database migrated and applies nothing.
+    then finds the database migrated and applies nothing. A table another transaction
+    keeps locked is waited for in short tries (see TABLE_LOCK_TIMEOUT_SECONDS), each
+    wait told to `waiting`; MigrationBlocked after TABLE_LOCK_PATIENCE_SECONDS.
     """
     config = alembic_config(database_url)
     script = ScriptDirectory.from_config(config)
     if make_url(database_url).get_backend_name() == "postgresql":
-        return asyncio.run(_upgrade_locked(database_url, config, script, revision))
+        return asyncio.run(_upgrade_patiently(database_url, config, script, revision, waiting))
     before = current_revisions(database_url)
     unknown = _unknown(script, before)
     if unknown:
@@ -118,32 +142,94 @@ def upgrade(database_url: str, revision: str = "head") -> Upgraded:
     return _upgraded(script, before, current_revisions(database_url))
 
 
+async def _upgrade_patiently(
+    database_url: str,
+    config: Config,
+    script: ScriptDirectory,
+    revision: str,
+    waiting: Callable[[str], None] | None,
+) -> Upgraded:
+    """_upgrade_locked, tried again while other transactions keep a table locked."""
+    from keyservice.database import Database
+
+    database = Database(database_url, bounded=False)
+    try:
+        started = time.monotonic()
+        said = -TABLE_LOCK_SAY_EVERY_SECONDS
+        while True:
+            try:
+                return await _upgrade_locked(database, config, script, revision)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                    raise
+            waited = time.monotonic() - started
+            holders = await _long_transactions(database)
+            if waited >= TABLE_LOCK_PATIENCE_SECONDS:
+                raise MigrationBlocked(
+                    f"the migration waited {waited:.0f} s for a table that other "
+                    f"transactions keep locked ({holders}), and gave up: nothing was "
+                    "changed. End those transactions (pg_terminate_backend(pid)) and run "
+                    "`keyservice migrate` again"
+                ) from None
+            if waiting is not None and waited - said >= TABLE_LOCK_SAY_EVERY_SECONDS:
+                said = waited
+                waiting(
+                    f"the migration is waiting for a table that other transactions keep "
+                    f"locked ({holders}); it tries again every "
+                    f"{TABLE_LOCK_TIMEOUT_SECONDS + TABLE_LOCK_PAUSE_SECONDS:g} s (each try "
+                    f"holds up queries on that table for up to {TABLE_LOCK_TIMEOUT_SECONDS:g} "
+                    f"s) and gives up after {TABLE_LOCK_PATIENCE_SECONDS:g} s, changing nothing"
+                )
+            await asyncio.sleep(TABLE_LOCK_PAUSE_SECONDS)
+    finally:
+        await database.dispose()
+
+
+async def _long_transactions(database: Database) -> str:
+    """The other transactions on this database open longer than a try waits, oldest first:
+    who most likely holds the lock (its pid, program, state and age; never its query)."""
+    query = text(
+        "SELECT pid, application_name, state, "
+        "EXTRACT(EPOCH FROM clock_timestamp() - xact_start)::int AS age "
+        "FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+        "AND xact_start < clock_timestamp() - make_interval(secs => :seconds) "
+        "ORDER BY xact_start LIMIT 3"
+    )
+    async with database.engine.connect() as connection:
+        rows = (await connection.execute(query, {"seconds": TABLE_LOCK_TIMEOUT_SECONDS})).all()
+    if not rows:
+        return "none open now"
+    return ", ".join(
+        f"pid {pid}: {name or 'no application name'}, {state}, open for {age} s"
+        for pid, name, state, age in rows
+    )
+
+
 async def _upgrade_locked(
-    database_url: str, config: Config, script: ScriptDirectory, revision: str
+    database: Database, config: Config, script: ScriptDirectory, revision: str
 ) -> Upgraded:
     """upgrade() on PostgreSQL: the look, the migrations and the look after, in one
-    transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not)."""
-    from keyservice.database import Database
+    transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not).
+    A statement waiting over TABLE_LOCK_TIMEOUT_SECONDS for a lock fails it all."""
 
     def migrate(connection: Connection) -> None:
         config.attributes["connection"] = connection  # env.py runs on it
         command.upgrade(config, revision)
 
-    database = Database(database_url, bounded=False)
-    try:
-        async with database.engine.connect() as connection:
-            await _lock(connection)
-            with _quiet():
-                before = await _connection_heads(connection)
-            unknown = _unknown(script, before)
-            if unknown:
-                raise _newer(unknown, script.get_current_head())
-            await connection.run_sync(migrate)
-            with _quiet():
-                after = await _connection_heads(connection)
-            await connection.commit()
-    finally:
-        await database.dispose()
+    async with database.engine.connect() as connection:
+        await _lock(connection)
+        timeout_ms = int(TABLE_LOCK_TIMEOUT_SECONDS * 1000)
+        await connection.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+        with _quiet():
+            before = await _connection_heads(connection)
+        unknown = _unknown(script, before)
+        if unknown:
+            raise _newer(unknown, script.get_current_head())
+        await connection.run_sync(migrate)
+        with _quiet():
+            after = await _connection_heads(connection)
+        await connection.commit()
     return _upgraded(script, before, after)
 
 

@@ -291,6 +291,111 @@ def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypat
         drop_postgres_database(url)
 
 
+class HeldTable:
+    """A transaction of another program that keeps `api_key` locked (ACCESS SHARE, what any
+    read takes) for `seconds`, as a long report or an idle psql session does."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        self.url, self.seconds = url, seconds
+        self.pid: int | None = None
+        self.holding = threading.Event()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._hold(),))
+
+    async def _hold(self) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(_asyncpg_dsn(self.url), timeout=5)
+        try:
+            self.pid = connection.get_server_pid()
+            async with connection.transaction():
+                await connection.execute("LOCK TABLE api_key IN ACCESS SHARE MODE")
+                self.holding.set()
+                await asyncio.sleep(self.seconds)
+        finally:
+            await connection.close()
+
+    def __enter__(self) -> HeldTable:
+        self.thread.start()
+        assert self.holding.wait(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.thread.join()
+
+
+def read_api_keys(url: str) -> float:
+    """Seconds a read of `api_key` by another connection (a running server's) takes."""
+
+    async def read() -> float:
+        import asyncpg
+
+        connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+        try:
+            started = time.monotonic()
+            await connection.fetchval("SELECT count(*) FROM api_key")
+            return time.monotonic() - started
+        finally:
+            await connection.close()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def quick_lock_tries(monkeypatch):
+    monkeypatch.setattr(migrations, "TABLE_LOCK_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(migrations, "TABLE_LOCK_PAUSE_SECONDS", 0.2)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_migration_waiting_for_a_lock_does_not_stall_the_running_servers(
+    tmp_path, backend, quick_lock_tries
+):
+    # A migration's ALTER TABLE waiting for a long transaction's lock made every query of
+    # the servers still running on that table queue behind it: a rolling upgrade stalled
+    # the service as long as the transaction lasted (for ever, one left idle in psql), its
+    # requests failing after 10 s. It now waits in short tries and says for whom.
+    url = create_postgres_database("ks_cli")
+    try:
+        migrations.upgrade(url, "0008")  # 0009 alters api_key
+        said: list[str] = []
+        outcome: list[migrations.Upgraded] = []
+        with HeldTable(url, 3.0) as held:
+            upgrading = threading.Thread(
+                target=lambda: outcome.append(migrations.upgrade(url, waiting=said.append))
+            )
+            upgrading.start()
+            time.sleep(0.5)  # the migration is waiting now
+            assert read_api_keys(url) < 1.5  # behind a 0.3 s try at most, not the 3 s
+            upgrading.join(20)
+        assert outcome == [(("0009",), ("0009",))]
+        assert len(said) == 1, said  # once, not at every try
+        assert f"pid {held.pid}: " in said[0] and "locked" in said[0], said
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
+def test_a_migration_locked_out_too_long_gives_up_in_one_line_changing_nothing(
+    tmp_path, backend, quick_lock_tries, monkeypatch
+):
+    url = create_postgres_database("ks_cli")
+    try:
+        migrations.upgrade(url, "0007")  # 0008 adds a table, 0009 alters api_key
+        monkeypatch.setattr(migrations, "TABLE_LOCK_PATIENCE_SECONDS", 1.0)
+        with HeldTable(url, 3.0) as held:
+            result = keyservice("migrate", database_url=url, tmp_path=tmp_path, expect=1)
+        lines = result.output.strip().splitlines()
+        assert lines[0].startswith("the migration is waiting for a table"), lines
+        assert lines[-1].startswith("Error: the migration waited") and "gave up" in lines[-1]
+        assert f"pid {held.pid}: " in lines[-1] and "nothing was changed" in lines[-1]
+        assert migrations.current_revisions(url) == ("0007",)  # 0008 rolled back with 0009
+        # Once the transaction is over, the same command goes through.
+        result = keyservice("migrate", database_url=url, tmp_path=tmp_path, expect=0)
+        assert "applied 2 migrations (0008, 0009)" in result.output
+    finally:
+        drop_postgres_database(url)
+
+
 def test_upgrade_returns_what_it_applied(empty_database):
     assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
     assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
