@@ -173,24 +173,42 @@ def main() -> None:
 
 
 @main.command()
-def migrate() -> None:
+@click.option(
+    "--to",
+    "revision",
+    metavar="REVISION",
+    help="Migrate to this schema revision instead of the newest, back down to it if the "
+    "database is past it: before running an older release again (the newest revision "
+    "that release knows). Undoing a migration drops what it added.",
+)
+def migrate(revision: str | None) -> None:
     """Apply pending database migrations."""
     settings = load_settings()
     from keyservice import migrations
 
     prepare_data_dir(settings)  # the embedded database's folder, as serve makes it
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
     with database_errors(settings.effective_database_url):
-        upgraded = migrations.upgrade(
-            settings.effective_database_url, waiting=lambda line: click.echo(line, err=True)
-        )
-    at = ", ".join(upgraded.current)
+        if revision is None:
+            upgraded = migrations.upgrade(settings.effective_database_url, waiting=say)
+        else:
+            moved = migrations.migrate_to(settings.effective_database_url, revision, waiting=say)
+            if isinstance(moved, migrations.Downgraded):
+                count = len(moved.undone)
+                click.echo(
+                    f"undid {count} migration{'s' if count > 1 else ''} "
+                    f"({', '.join(moved.undone)}); the database is at {', '.join(moved.current)}"
+                )
+                return
+            upgraded = moved
+    at = ("up to date at " if revision is None else "at ") + ", ".join(upgraded.current)
     if not upgraded.applied:
-        click.echo(f"the database is already up to date at {at}")
+        click.echo(f"the database is already {at}")
         return
     count = len(upgraded.applied)
     click.echo(
         f"applied {count} migration{'s' if count > 1 else ''} "
-        f"({', '.join(upgraded.applied)}); the database is up to date at {at}"
+        f"({', '.join(upgraded.applied)}); the database is {at}"
     )
 
 

@@ -119,6 +119,11 @@ class Upgraded(NamedTuple):
     current: tuple[str, ...]  # the revisions the database is stamped with now
 
 
+class Downgraded(NamedTuple):
+    undone: tuple[str, ...]  # newest first
+    current: tuple[str, ...]
+
+
 def upgrade(
     database_url: str, revision: str = "head", *, waiting: Callable[[str], None] | None = None
 ) -> Upgraded:
@@ -130,16 +135,51 @@ def upgrade(
     keeps locked is waited for in short tries (see TABLE_LOCK_TIMEOUT_SECONDS), each
     wait told to `waiting`; MigrationBlocked after TABLE_LOCK_PATIENCE_SECONDS.
     """
+    result = _migrate(database_url, revision, waiting, back=False)
+    assert isinstance(result, Upgraded)
+    return result
+
+
+def migrate_to(
+    database_url: str, revision: str, *, waiting: Callable[[str], None] | None = None
+) -> Upgraded | Downgraded:
+    """Bring the database to `revision`, one of this version's: up as upgrade() does, or
+    back down to it, undoing the later migrations (for a rollback to an older release,
+    whose newest revision it is). SchemaMismatch, changing nothing, for a revision this
+    version does not know."""
+    script = ScriptDirectory.from_config(alembic_config(database_url))
+    known = [step.revision for step in script.walk_revisions()]
+    if revision not in known:
+        raise SchemaMismatch(
+            f"{revision} is not a schema revision this version of keyservice knows "
+            f"({known[-1]} to {known[0]})"
+        )
+    return _migrate(database_url, revision, waiting, back=True)
+
+
+def _migrate(
+    database_url: str, revision: str, waiting: Callable[[str], None] | None, *, back: bool
+) -> Upgraded | Downgraded:
     config = alembic_config(database_url)
     script = ScriptDirectory.from_config(config)
     if make_url(database_url).get_backend_name() == "postgresql":
-        return asyncio.run(_upgrade_patiently(database_url, config, script, revision, waiting))
+        return asyncio.run(
+            _upgrade_patiently(database_url, config, script, revision, waiting, back=back)
+        )
     before = current_revisions(database_url)
     unknown = _unknown(script, before)
     if unknown:
         raise _newer(unknown, script.get_current_head())
-    command.upgrade(config, revision)
-    return _upgraded(script, before, current_revisions(database_url))
+    down = back and _behind(script, before, revision)
+    (command.downgrade if down else command.upgrade)(config, revision)
+    return _result(script, before, current_revisions(database_url), down=down)
+
+
+def _behind(script: ScriptDirectory, current: tuple[str, ...], revision: str) -> bool:
+    """Whether `revision` is older than the database's: reached by undoing migrations."""
+    if not current or revision in current:
+        return False
+    return revision in {step.revision for step in script.iterate_revisions(current, "base")}
 
 
 async def _upgrade_patiently(
@@ -148,7 +188,9 @@ async def _upgrade_patiently(
     script: ScriptDirectory,
     revision: str,
     waiting: Callable[[str], None] | None,
-) -> Upgraded:
+    *,
+    back: bool,
+) -> Upgraded | Downgraded:
     """_upgrade_locked, tried again while other transactions keep a table locked."""
     from keyservice.database import Database
 
@@ -158,7 +200,7 @@ async def _upgrade_patiently(
         said = -TABLE_LOCK_SAY_EVERY_SECONDS
         while True:
             try:
-                return await _upgrade_locked(database, config, script, revision)
+                return await _upgrade_locked(database, config, script, revision, back=back)
             except DBAPIError as exc:
                 if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                     raise
@@ -207,15 +249,15 @@ async def _long_transactions(database: Database) -> str:
 
 
 async def _upgrade_locked(
-    database: Database, config: Config, script: ScriptDirectory, revision: str
-) -> Upgraded:
+    database: Database, config: Config, script: ScriptDirectory, revision: str, *, back: bool
+) -> Upgraded | Downgraded:
     """upgrade() on PostgreSQL: the look, the migrations and the look after, in one
     transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not).
     A statement waiting over TABLE_LOCK_TIMEOUT_SECONDS for a lock fails it all."""
 
-    def migrate(connection: Connection) -> None:
+    def migrate(connection: Connection, down: bool) -> None:
         config.attributes["connection"] = connection  # env.py runs on it
-        command.upgrade(config, revision)
+        (command.downgrade if down else command.upgrade)(config, revision)
 
     async with database.engine.connect() as connection:
         await _lock(connection)
@@ -226,11 +268,12 @@ async def _upgrade_locked(
         unknown = _unknown(script, before)
         if unknown:
             raise _newer(unknown, script.get_current_head())
-        await connection.run_sync(migrate)
+        down = back and _behind(script, before, revision)
+        await connection.run_sync(migrate, down)
         with _quiet():
             after = await _connection_heads(connection)
         await connection.commit()
-    return _upgraded(script, before, after)
+    return _result(script, before, after, down=down)
 
 
 async def _lock(connection: AsyncConnection) -> None:
@@ -247,7 +290,11 @@ async def _connection_heads(connection: AsyncConnection) -> tuple[str, ...]:
     )
 
 
-def _upgraded(script: ScriptDirectory, before: tuple[str, ...], after: tuple[str, ...]) -> Upgraded:
+def _result(
+    script: ScriptDirectory, before: tuple[str, ...], after: tuple[str, ...], *, down: bool
+) -> Upgraded | Downgraded:
+    if down:  # from the newest undone down to `after`, which stays
+        return Downgraded(tuple(s.revision for s in script.iterate_revisions(before, after)), after)
     if after == before:
         return Upgraded((), after)
     # Read back rather than foretold: what the database went through, from one stamp to

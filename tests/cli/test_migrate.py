@@ -504,6 +504,48 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     asyncio.run(use())
 
 
+def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
+    empty_database, tmp_path
+):
+    # An older release refuses a schema a newer one migrated (serve, with or without
+    # --no-migrate): a rollback after `keyservice migrate` had no way back but a restore.
+    migrations.upgrade(empty_database, "0003")
+    user_id, _token = _seed_at_0003(empty_database, tmp_path)
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+
+    result = keyservice(
+        "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
+    )
+    assert result.output.strip() == "undid 2 migrations (0009, 0008); the database is at 0007"
+    assert migrations.current_revisions(empty_database) == ("0007",)
+    assert "console_spent" not in _tables(empty_database)
+
+    async def users() -> list[str]:
+        database = Database(empty_database)
+        try:
+            async with database.engine.connect() as connection:
+                return list(await connection.scalars(sa.text("SELECT id FROM principal")))
+        finally:
+            await database.dispose()
+
+    assert user_id in asyncio.run(users())  # the data stays; only what 0008/0009 added goes
+    result = keyservice(
+        "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
+    )
+    assert result.output.strip() == "the database is already at 0007"
+    for unknown in ("0099", "base", "000"):
+        result = keyservice(
+            "migrate", "--to", unknown, database_url=empty_database, tmp_path=tmp_path, expect=1
+        )
+        assert one_line(result) == (
+            f"Error: {unknown} is not a schema revision this version of keyservice knows "
+            "(0001 to 0009)"
+        )
+    assert migrations.current_revisions(empty_database) == ("0007",)
+    result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert "applied 2 migrations (0008, 0009)" in result.output
+
+
 def _tables(database_url: str) -> set[str]:
     async def read() -> set[str]:
         database = Database(database_url)
