@@ -110,7 +110,8 @@ def _newer(unknown: list[str], head: str | None) -> SchemaMismatch:
     return SchemaMismatch(
         f"the database is at schema revision {', '.join(unknown)}, which this version of "
         f"keyservice does not know (its newest is {head}): a newer release migrated it. "
-        "Run that release, or restore the database from before its migration"
+        f"Run that release, or take the database back with its `keyservice migrate --to "
+        f"{head}` (README: Upgrading)"
     )
 
 

@@ -93,6 +93,9 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
         assert "schema revision 0099" in line and "does not know (its newest is 0009)" in line
+        assert line.endswith(
+            "take the database back with its `keyservice migrate --to 0009` (README: Upgrading)"
+        )
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
 
