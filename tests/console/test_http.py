@@ -457,6 +457,20 @@ async def test_a_form_sent_after_the_session_ended_says_so(
     assert "You have no API keys yet." in (await client.get("/console/keys")).text
 
 
+async def test_the_sign_in_page_says_why_in_its_own_words_only(
+    client: httpx.AsyncClient,
+) -> None:
+    """The `session` query picks one of the page's sentences; its value is never shown, so
+    a link cannot put a stranger's words (a fake instruction) on the sign-in page."""
+    ended = await client.get("/console/login", params={"session": "ended"})
+    assert "Your session had ended" in ended.text
+    assert ">ended<" not in ended.text and "banner ok" not in ended.text
+    lure = "Your password expired: mail it to help@example.com"
+    planted = await client.get("/console/login", params={"session": lure})
+    assert planted.status_code == 200
+    assert "help@example.com" not in planted.text and "banner" not in planted.text
+
+
 async def test_a_visit_from_another_site_neither_sets_nor_deletes_the_cookie(
     client: httpx.AsyncClient,
 ) -> None:

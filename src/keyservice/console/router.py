@@ -84,9 +84,11 @@ async def login_page(request: Request) -> Response:
     if session is None:
         # A signed-out visitor gets an anonymous session: the form needs a CSRF token.
         session = start_anonymous(request)
-    # Why the browser was sent here (pages.SignInRequired), said on the page.
-    notice = request.query_params.get("session")
-    response = render(request, "login.html", {"username": "", "notice": notice})
+    # Why the browser was sent here (pages.SignInRequired), said on the page in its own
+    # words: not as `notice`, which base.html would show as written, so that a link's
+    # query could put a stranger's words on the sign-in page.
+    reason = request.query_params.get("session")
+    response = render(request, "login.html", {"username": "", "session_reason": reason})
     if fresh:
         write_session(request, response, session)
     return response
