@@ -185,3 +185,38 @@ async def test_audit_names_the_key_whose_token_managed_keys(client, context):
         ("api_key.deleted", made["id"]): by_key,
         ("api_key.created", by_person["id"]): "user:gil",
     }
+
+
+async def test_a_refused_exchange_of_the_right_key_says_why(client, context):
+    """Once the secret checks out, the refusal says what to do about it; a wrong secret or
+    an unknown client id still gets the generic answer (nothing learned about client ids)."""
+    from tests.factories import set_key
+
+    token = await user_token(context, client, "fay", PERMS)
+    office = await create_key(client, token, name="office", allowed_ips=["192.0.2.0/24"])
+    refused = await exchange(client, office["api_key"])
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    said = refused.json()["error_description"]
+    assert "may not be used from 127.0.0.1" in said and "allowed IPs" in said
+    assert office["client_secret"] not in said and "192.0.2" not in said
+
+    old = await create_key(client, token, name="old")
+    await set_key(context, old["id"], expires_at=utcnow() - timedelta(days=1))
+    expired = (await exchange(client, old["api_key"])).json()["error_description"]
+    assert expired.startswith("This API key expired at ") and "Generate a new key" in expired
+
+    gone = await create_key(client, token, name="gone")
+    deleting = await client.delete(f"/api-keys/{gone['id']}", headers=bearer(token))
+    assert deleting.status_code == 204
+    deleted = (await exchange(client, gone["api_key"])).json()["error_description"]
+    assert deleted == "This API key was deleted. Generate a new key and use it instead."
+
+    wrong = await client.post(
+        "/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": office["client_id"],
+            "client_secret": "x" * 43,
+        },
+    )
+    assert wrong.json()["error_description"] == "Client authentication failed."

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NoReturn
 
@@ -137,6 +137,30 @@ def key_refusal(
         return unusable
     if not ipmod.ip_allowed(caller.ip, _networks(tuple(key.allowed_ips))):
         return "ip not allowed"
+    return None
+
+
+def describe_key_refusal(reason: str, *, key: ApiKey, caller: Caller) -> str | None:
+    """Say why a key was refused, to a caller that proved it holds the key (or one of its
+    refresh tokens); None leaves the generic description.
+
+    Only after the secret checked out: whoever reads this already has the key, so it tells
+    nothing about which client ids exist, and "Client authentication failed" sent people
+    hunting for a typo in a key that was simply expired or used from another network.
+    """
+    if reason == "ip not allowed":
+        where = f" from {caller.ip_text}" if caller.ip_text else " from this address"
+        return (
+            f"This API key may not be used{where}: the address is not in its allowed IPs. "
+            "Call from an allowed address, or have the key's allowed IPs changed."
+        )
+    if reason == "key expired":
+        when = key.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"This API key expired at {when}. Generate a new key and use it instead."
+    if reason == "key revoked":
+        return "This API key was deleted. Generate a new key and use it instead."
+    if reason == "legacy keys no longer accepted":
+        return "Legacy keys are no longer accepted: create a new API key and use it instead."
     return None
 
 

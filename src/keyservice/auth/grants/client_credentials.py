@@ -105,11 +105,7 @@ async def handle(
         legacy_until=ctx.settings.legacy_keys_until,
     )
     if refusal is not None:
-        description = None
-        if refusal == "legacy keys no longer accepted":
-            description = (
-                "Legacy keys are no longer accepted: create a new API key and use it instead."
-            )
+        description = service.describe_key_refusal(refusal, key=key, caller=caller)
         await service.refuse(
             ctx,
             service.invalid_client(creds.basic, description),
