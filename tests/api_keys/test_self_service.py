@@ -220,3 +220,23 @@ async def test_a_refused_exchange_of_the_right_key_says_why(client, context):
         },
     )
     assert wrong.json()["error_description"] == "Client authentication failed."
+
+
+async def test_me_names_the_replacement_of_a_rotated_key(client, context):
+    """A key in its rotation grace expires soon, and /me says which key replaces it: it
+    cannot be rotated again, and the console's banner must not ask for that."""
+    token = await user_token(context, client, "gil", PERMS)
+    old = await create_key(client, token, name="rotated")
+    soon = await create_key(
+        client, token, name="soon", expires_at=(utcnow() + timedelta(days=3)).isoformat()
+    )
+    rotated = await client.post(
+        f"/api-keys/{old['id']}/rotate", json={"grace_seconds": 3600}, headers=bearer(token)
+    )
+    assert rotated.status_code == 201
+    me = (await client.get("/me", headers=bearer(token))).json()
+    warned = {w["key_id"]: w for w in me["warnings"]}
+    assert set(warned) == {old["id"], soon["id"]}
+    assert warned[old["id"]]["status"] == "expires_soon"
+    assert warned[old["id"]]["replaced_by"] == rotated.json()["client_id"]
+    assert warned[soon["id"]]["replaced_by"] is None

@@ -743,3 +743,33 @@ async def test_the_expiry_banner_is_a_status_not_an_alert(
         html = (await client.get(path)).text
         assert '<div class="banner warn" role="status" aria-labelledby="expiry-title">' in html
         assert 'role="alert"' not in html
+
+
+def _banner(html: str) -> str:
+    """The expiry banner's text, from its title to its end."""
+    return html.split('id="expiry-title"')[1].split("</div>")[0]
+
+
+async def test_the_expiry_banner_does_not_ask_to_rotate_a_rotated_key(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """A key in its rotation grace expires soon, but rotating it again is refused: the
+    banner names its replacement instead of asking for a rotation."""
+    alice = await create_principal(context, "alice")
+    deploy_id, _ = await _key(context, alice, "deploy")
+    successor_id = await _rotate(context, alice, deploy_id, 3600)
+    async with context.database.sessionmaker() as session:
+        replacement = await session.get(ApiKey, successor_id)
+        assert replacement is not None
+        successor = replacement.client_id
+    await signed_in(client, "alice")
+    banner = _banner((await client.get("/console/keys")).text)
+    assert "was rotated: it works until" in banner
+    assert f'then only <span class="mono">{successor}</span> does' in banner
+    assert "Rotate a key that still works" not in banner
+    assert "Put the replacement in use before then" in banner
+
+    await _key(context, alice, "nightly", expires_at=utcnow() + timedelta(days=3))
+    both = _banner((await client.get("/console/keys")).text)
+    assert "Rotate a key that still works" in both
+    assert "A rotated key needs nothing more once its replacement is in use." in both

@@ -11,6 +11,9 @@ class KeyWarning(BaseModel):
     name: str
     expires_at: datetime
     status: str
+    # The client id of the key that replaces this one (it was rotated and is in its grace
+    # period): nothing is left to do but put that key in place before this one stops.
+    replaced_by: str | None = None
 
 
 class MeRead(BaseModel):

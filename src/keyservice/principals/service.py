@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice import paging
+from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit import service as audit
 from keyservice.auth import service as auth_service
@@ -52,6 +53,14 @@ async def describe(session: AsyncSession, *, principal_id: str, settings: Settin
         )
         for key in keys
     ]
+    if any(warning.status == "expires_soon" for warning in warnings):
+        # A key already rotated expires at the end of its grace period: say by which key,
+        # so that it is not taken for one still to rotate (it cannot be rotated again).
+        holds = await api_keys.rotation_holds(session, owner_id=principal.id, now=now)
+        for warning in warnings:
+            hold = holds.get(warning.key_id)
+            if warning.status == "expires_soon" and hold is not None and hold.replaced:
+                warning.replaced_by = hold.other_client_id
     return MeRead(
         id=principal.id,
         type=principal.kind,
