@@ -465,6 +465,8 @@ async def test_the_sign_in_page_says_why_in_its_own_words_only(
     ended = await client.get("/console/login", params={"session": "ended"})
     assert "Your session had ended" in ended.text
     assert ">ended<" not in ended.text and "banner ok" not in ended.text
+    # There is no self-service password change: the page says who changes a password.
+    assert "Ask an administrator: they set passwords" in ended.text
     lure = "Your password expired: mail it to help@example.com"
     planted = await client.get("/console/login", params={"session": lure})
     assert planted.status_code == 200
