@@ -140,6 +140,12 @@ class InsufficientScope(BearerError):
         )
 
 
+class Forbidden(KeyServiceError):
+    error = "forbidden"
+    status_code = 403
+    default_description = "This is not allowed."
+
+
 class NotFound(KeyServiceError):
     error = "not_found"
     status_code = 404

@@ -208,6 +208,14 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     await page.goto("/console/admin/audit")
     await expect(page.get_by_role("row").filter(has_text="api_key.created").first).to_be_visible()
     await audit.check("audit log")
+    await page.goto("/console/password")
+    await audit.check("password form")
+    await page.get_by_label("Current password").fill("not the password")
+    await page.get_by_label("New password", exact=True).fill("a new and longer passphrase")
+    await page.get_by_label("New password again").fill("a new and longer passphrase")
+    await page.get_by_role("button", name="Change password").click()
+    await expect(page.get_by_role("alert")).to_contain_text("The current password is wrong.")
+    await audit.check("password form with an error")
 
     response = await page.goto("/console/no-such-page")
     assert response is not None and response.status == 404

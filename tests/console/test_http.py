@@ -465,8 +465,8 @@ async def test_the_sign_in_page_says_why_in_its_own_words_only(
     ended = await client.get("/console/login", params={"session": "ended"})
     assert "Your session had ended" in ended.text
     assert ">ended<" not in ended.text and "banner ok" not in ended.text
-    # There is no self-service password change: the page says who changes a password.
-    assert "Ask an administrator: they set passwords" in ended.text
+    # A forgotten password is the administrators'; a known one is changed after signing in.
+    assert "Ask an administrator to set a new one" in ended.text
     lure = "Your password expired: mail it to help@example.com"
     planted = await client.get("/console/login", params={"session": lure})
     assert planted.status_code == 200
@@ -838,3 +838,49 @@ async def test_a_double_click_on_a_key_form_creates_one_key(
         2,
         {"api_key.created": 1, "api_key.rotated": 1},
     )
+
+
+async def test_a_user_changes_their_password_in_the_console(
+    client: httpx.AsyncClient, context: AppContext, app: Any
+) -> None:
+    new = "a new and longer passphrase"
+    await create_principal(context, "pat")
+    csrf = await signed_in(client, "pat")
+    async with client_for(app) as elsewhere:  # the same user signed in on another machine
+        await signed_in(elsewhere, "pat")
+        page = await client.get("/console/password")
+        assert page.status_code == 200 and 'aria-current="page">Password' in page.text
+
+        def form(current: str, again: str = new, token: str = csrf) -> dict[str, str]:
+            return {
+                "csrf_token": token,
+                "current_password": current,
+                "new_password": new,
+                "confirm_password": again,
+            }
+
+        differ = await client.post("/console/password", data=form(PASSWORD, again=new + "!"))
+        assert differ.status_code == 400 and "The two new passwords differ" in differ.text
+        wrong = await client.post("/console/password", data=form("not it"))
+        assert wrong.status_code == 403 and "The current password is wrong." in wrong.text
+        assert new not in wrong.text and "not it" not in wrong.text  # nothing typed echoed
+        forged = await client.post("/console/password", data=form(PASSWORD, token="forged"))
+        assert forged.status_code == 403 and "Form refused" in forged.text
+
+        changed = await client.post("/console/password", data=form(PASSWORD))
+        assert changed.status_code == 303
+        assert changed.headers["location"] == "/console/password?done=1"
+        done = await client.get(changed.headers["location"])
+        assert "Your password was changed" in done.text
+        # This session goes on; the other one, signed in with the old password, is over.
+        assert (await client.get("/console/password")).status_code == 200
+        ended = await elsewhere.get("/console/password", follow_redirects=False)
+        assert ended.status_code == 303 and ended.headers["location"].startswith("/console/login")
+
+    fresh = await client.post(
+        "/token", data={"grant_type": "password", "username": "pat", "password": new}
+    )
+    assert fresh.status_code == 200, fresh.text
+    reasons = [(e.type, e.outcome, e.reason) for e in await audit_events(context)]
+    assert ("login", "failure", "console: password change: wrong username or password") in reasons
+    assert ("user.updated", "success", "password changed; 0 sign-in session(s) ended") in reasons

@@ -13,6 +13,7 @@ from keyservice.console.dependencies import (
     CheckedForm,
     IpDep,
     KeyManagerDep,
+    ViewerDep,
     clear_session,
     codec,
     read_session,
@@ -38,7 +39,14 @@ from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
 from keyservice.console.session import new_session
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep, client_ip
-from keyservice.exceptions import KeyServiceError, OAuthError, SlowDown
+from keyservice.exceptions import (
+    Forbidden,
+    KeyServiceError,
+    OAuthError,
+    SlowDown,
+    ValidationFailed,
+)
+from keyservice.users import own_password
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
 
@@ -144,6 +152,70 @@ async def logout(_form: CheckedForm, request: Request, session: SessionDep, ip: 
     response = RedirectResponse("/console/login", status_code=303)
     clear_session(response)
     return response
+
+
+# Own password ----------------------------------------------------------------------------
+
+PASSWORD_CHANGED = "Your password was changed. Every other sign-in with the old one has ended."
+
+
+@router.get("/password")
+async def password_page(request: Request, _viewer: ViewerDep) -> Response:
+    notice = PASSWORD_CHANGED if request.query_params.get("done") == "1" else None
+    return render(request, "password.html", {"section": "password", "notice": notice})
+
+
+@router.post("/password")
+async def change_password(
+    form: CheckedForm,
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    context: ContextDep,
+) -> Response:
+    """Change the signed-in user's password; this session goes on, every other one ends."""
+    current = text(form, "current_password")
+    new = text(form, "new_password")
+
+    def refused(message: str, status_code: int, field: str | None = None) -> Response:
+        return render(
+            request,
+            "password.html",
+            {"section": "password", "error": message, "field": field},
+            status_code=status_code,
+        )
+
+    if not current or not new:
+        return refused("Enter your current password and the new one, twice.", 400)
+    if new != text(form, "confirm_password"):
+        return refused("The two new passwords differ: type the same one twice.", 400, "new")
+    try:
+        user = await own_password.change(
+            context,
+            session,
+            user_id=viewer.principal.id,
+            current=current,
+            new=new,
+            ip=client_ip(request, context),
+            via="console: ",
+        )
+    except SlowDown as exc:
+        wait = exc.headers.get("Retry-After", "60")
+        response = refused(
+            f"Too many failed attempts. Wait {wait} seconds, then try again.", 429, "current"
+        )
+        response.headers["Retry-After"] = wait
+        return response
+    except Forbidden as exc:
+        return refused(exc.description, 403, "current")
+    except ValidationFailed as exc:
+        return refused(exc.description, 422, "new")
+    redirect = RedirectResponse("/console/password?done=1", status_code=303)
+    # The session's credential was the old password's: this one goes on with the new one.
+    write_session(
+        request, redirect, new_session(user.id, codec(request).credential(user.password_hash))
+    )
+    return redirect
 
 
 # Own API keys ----------------------------------------------------------------------------

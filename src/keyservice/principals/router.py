@@ -1,14 +1,17 @@
-"""GET /me: the caller and warnings about its keys; GET /me/token: what its token carries."""
+"""GET /me: the caller and warnings about its keys; GET /me/token: what its token carries;
+POST /me/password: a user changes their own password."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
-from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep
+from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep, client_ip
+from keyservice.exceptions import Forbidden
 from keyservice.principals import service
-from keyservice.principals.schemas import MeRead, TokenRead
+from keyservice.principals.schemas import MeRead, PasswordChange, TokenRead
 from keyservice.responses import JSONResponse
 from keyservice.routing import TableRoute
+from keyservice.users import own_password
 
 router = APIRouter(tags=["me"], route_class=TableRoute)
 
@@ -37,3 +40,36 @@ async def me_token(principal: CurrentPrincipal) -> JSONResponse:
             "iat": claims["iat"],
         }
     )
+
+
+@router.post("/me/password", status_code=204)
+async def change_password(
+    body: PasswordChange,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    context: ContextDep,
+    request: Request,
+) -> Response:
+    """Change the caller's own password, the current one first.
+
+    Only a person signed in with the password (a password-grant token): an API key's token
+    is refused, so a leaked key is no way to the account's password. A wrong current
+    password counts as a failed sign-in (throttled, audited as `login`). Every sign-in
+    session of the user ends, this one included: sign in again with the new password.
+    """
+    if principal.type != "user":
+        raise Forbidden("Only users have a password; a device signs in with its API keys.")
+    if principal.client_id is not None:
+        raise Forbidden(
+            "A password is changed by its owner signed in with it (the password grant or "
+            "the console), not with an API key's token."
+        )
+    await own_password.change(
+        context,
+        session,
+        user_id=principal.id,
+        current=body.current_password,
+        new=body.new_password,
+        ip=client_ip(request, context),
+    )
+    return Response(status_code=204)

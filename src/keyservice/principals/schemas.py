@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class KeyWarning(BaseModel):
@@ -33,3 +33,12 @@ class TokenRead(BaseModel):
     sid: str | None
     exp: int
     iat: int
+
+
+class PasswordChange(BaseModel):
+    """POST /me/password: the current password, then the new one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024, repr=False)
+    new_password: str = Field(min_length=1, max_length=1024, repr=False)

@@ -67,10 +67,10 @@ async def check_permissions(session: AsyncSession, permissions: Sequence[str]) -
     return sorted(set(permissions))
 
 
-def check_password(password: str) -> None:
+def check_password(password: str, *, field: str = "password") -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(
-            f"The password must have at least {MIN_PASSWORD_LENGTH} characters.", field="password"
+            f"The password must have at least {MIN_PASSWORD_LENGTH} characters.", field=field
         )
 
 
