@@ -38,12 +38,33 @@ def _configure(connection: Connection) -> None:
         context.run_migrations()
 
 
+def _sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Turn SQLite's foreign-key enforcement on or off for this connection.
+
+    Off while migrating, as Alembic advises for batch mode: SQLite alters a table by copying
+    it to a new one and dropping the old, and with enforcement on, dropping `principal`
+    deleted every API key through api_key's ON DELETE CASCADE (undoing 0005, say). The
+    PRAGMA is ignored inside a transaction, so it is set on the driver's connection before
+    the migrations' transaction begins.
+    """
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
+
+
 async def _run_online() -> None:
     database = Database(_url(), bounded=False)  # a migration may outlast a request
     try:
         async with database.engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                await connection.run_sync(_sqlite_foreign_keys, on=False)
             await connection.run_sync(_configure)
             await connection.commit()
+            if sqlite:
+                await connection.run_sync(_sqlite_foreign_keys, on=True)
     finally:
         await database.dispose()
 

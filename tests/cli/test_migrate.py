@@ -610,3 +610,52 @@ def test_0009_key_scopes_changed_at_upgrades_downgrades_and_upgrades_again(empty
     assert migrations.current_revisions(empty_database) == ("0009",)
     columns, indexes = _key_columns_and_indexes(empty_database)
     assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
+
+
+def _count_keys(database_url: str) -> int:
+    async def read() -> int:
+        database = Database(database_url)
+        try:
+            async with database.engine.connect() as connection:
+                return int(await connection.scalar(sa.text("SELECT count(*) FROM api_key")))
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_migrate_to_an_older_revision_keeps_every_api_key(empty_database, tmp_path):
+    # Undoing 0005 and 0004 rebuilds the principal table on SQLite (batch mode: copy, drop,
+    # rename). With foreign keys enforced, dropping the old table deleted every API key
+    # through api_key's ON DELETE CASCADE: a rollback wiped all keys of every owner.
+    from tests.factories import create_principal, service_key
+
+    migrations.upgrade(empty_database)
+    context = AppContext(make_settings(empty_database, tmp_path))
+
+    async def seed() -> str:
+        try:
+            owner = await create_principal(context, "keeper")
+            return (await service_key(context, owner, "kept")).client_id
+        finally:
+            await context.database.dispose()
+
+    client_id = asyncio.run(seed())
+    assert _count_keys(empty_database) == 1
+    result = keyservice(
+        "migrate", "--to", "0003", database_url=empty_database, tmp_path=tmp_path, expect=0
+    )
+    assert "the database is at 0003" in result.output
+    assert _count_keys(empty_database) == 1
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert migrations.current_revisions(empty_database) == ("0009",)
+
+    async def client_ids() -> list[str]:
+        database = Database(empty_database)
+        try:
+            async with database.engine.connect() as connection:
+                return list(await connection.scalars(sa.text("SELECT client_id FROM api_key")))
+        finally:
+            await database.dispose()
+
+    assert asyncio.run(client_ids()) == [client_id]
