@@ -339,3 +339,45 @@ async def test_an_admin_edits_a_device_key(client: httpx.AsyncClient, context: A
     assert (await client.get(f"{base}/keys/{foreign.id}/edit")).status_code == 404
     assert (await client.post(f"{base}/keys/{foreign.id}/edit", data=sent)).status_code == 404
     assert (await stored(context, foreign.id)).name == "elsewhere"
+
+
+def shown_stamp(html: str) -> dict[str, str]:
+    """The Edit form's hidden stamp of the settings it shows, as a browser sends it."""
+    found = re.search(r'<input type="hidden" name="shown" value="([0-9a-f]+)">', html)
+    return {"shown": found.group(1)} if found else {}
+
+
+async def test_a_form_shown_before_another_edit_does_not_undo_it(
+    client: httpx.AsyncClient, context: AppContext, alice: Principal
+) -> None:
+    # Two tabs (or two admins) open the Edit form. One takes a scope away; the other then
+    # renames the key with the form as it was shown, the scope still ticked. Compared with
+    # the key as stored then, the scope looked like a change of its own and came back.
+    key = await service_key(context, alice, "ci", scopes=[READ, WRITE])
+    token = await signed_in(client, "alice")
+    address = f"/console/keys/{key.id}/edit"
+    first = await client.get(address)
+    stale = {**shown_form(first.text), **shown_stamp(first.text), "csrf_token": token}
+    second = await client.get(address)
+    narrowed = {**shown_form(second.text), **shown_stamp(second.text)}
+    narrowed.update(scopes=[READ], csrf_token=token)
+    taken = await client.post(address, data=narrowed)
+    assert taken.headers["location"] == f"/console/keys?done=updated&key={key.id}"
+    # That form sent twice (a double click): nothing left to change, no refusal either.
+    again = await client.post(address, data=narrowed)
+    assert again.headers["location"] == f"/console/keys?done=unchanged&key={key.id}"
+
+    refused = await client.post(address, data={**stale, "name": "deploy"})
+    assert refused.status_code == 409
+    assert "were changed since this page was shown" in unescape(refused.text)
+    row = await stored(context, key.id)
+    assert (row.name, row.scopes) == ("ci", [READ])
+    assert len(await audit_events(context, "api_key.updated")) == 1
+    # Shown again as the key is now: saving the rename from there keeps the scope away.
+    current = shown_form(refused.text)
+    assert current["scopes"] == [READ] and current["name"] == "ci"
+    fresh = {**current, **shown_stamp(refused.text), "csrf_token": token}
+    renamed = await client.post(address, data={**fresh, "name": "deploy"})
+    assert renamed.headers["location"] == f"/console/keys?done=updated&key={key.id}"
+    row = await stored(context, key.id)
+    assert (row.name, row.scopes) == ("deploy", [READ])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -191,6 +193,28 @@ def key_values(key: ApiKeyRead) -> KeyForm:
         expires_on=key.expires_at.astimezone(UTC).date().isoformat(),
         allowed_ips="\n".join(key.allowed_ips),
     )
+
+
+# The Edit form's hidden field holding settings_stamp() of the key as the form showed it.
+SHOWN_FIELD = "shown"
+
+
+def settings_stamp(key: ApiKeyRead) -> str:
+    """A digest of the key's editable settings, which the Edit form carries as it showed them.
+
+    The form sends what differs from the key as stored when it is posted: a form shown
+    before another edit (a second tab, another admin) would send that edit's change back
+    as its own and undo it, a scope taken away given back. The stamp tells that the key
+    changed since the form was shown (edit_key_answer).
+    """
+    settings = [
+        key.name,
+        key.description,
+        None if key.scopes is None else sorted(set(key.scopes)),
+        key.expires_at.astimezone(UTC).isoformat(),
+        key.allowed_ips,
+    ]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:32]
 
 
 def lines(value: str) -> str:

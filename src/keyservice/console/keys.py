@@ -14,12 +14,15 @@ from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.schemas import ApiKeyRead, ApiKeyUpdate
 from keyservice.console.forms import (
     GRACE_CHOICES,
+    SHOWN_FIELD,
     ExpiryLimits,
     FormErrors,
     KeyForm,
     expiry_limits,
     key_values,
     read_edit_form,
+    settings_stamp,
+    text,
 )
 from keyservice.console.pages import render
 from keyservice.console.session import new_form_id
@@ -165,12 +168,15 @@ async def edit_form_page(
     values: KeyForm | None = None,
     errors: FormErrors | None = None,
     status_code: int = 200,
+    shown: str | None = None,
 ) -> HTMLResponse:
     """Render the Edit form filled with the key's settings, or (409) why an expired key
     cannot be edited (the key lists offer no Edit for it; its address still leads here).
 
     The scopes offered are the permissions the owner holds and those the key has (one the
     owner lost since stays ticked, and the service accepts it unchanged; unticking drops it).
+    `shown`: the stamp of the settings the form first showed, kept when it is shown again
+    with the person's input (settings_stamp; the key's own when None).
     """
     if key.status == "expired":
         return render(
@@ -205,6 +211,7 @@ async def edit_form_page(
             "values": values or stored,
             "errors": errors or FormErrors(),
             "form_id": None,
+            "shown": shown or settings_stamp(key),
         },
         status_code=status_code,
     )
@@ -231,10 +238,13 @@ async def edit_key_answer(
 
     Sent twice, the form changes nothing the second time (its values are the stored ones
     then), so it needs no one-time id. An expired key gets the page saying why it cannot be
-    edited (the service would refuse it: 409).
+    edited (the service would refuse it: 409). A form shown before the key's settings
+    changed (another tab, another admin, the API) is refused (409) and shown again with the
+    key as it is now: saved, it would have undone that change, a scope taken away given back.
     """
     errors = FormErrors()
     values = None
+    shown = text(form, SHOWN_FIELD) or None  # none from a page served before it was added
     if key.status != "expired":
         values, data = read_edit_form(
             form,
@@ -245,7 +255,15 @@ async def edit_key_answer(
         )
         if data is not None:
             done = "unchanged"
-            if data.model_fields_set:
+            if data.model_fields_set and shown is not None and shown != settings_stamp(key):
+                errors.add(
+                    None,
+                    "This key's settings were changed since this page was shown (in another "
+                    "window, or by someone else), so nothing was saved: the form now shows the "
+                    "key as it is. Make your changes again.",
+                )
+                values, shown = None, None
+            elif data.model_fields_set:
                 try:
                     await save(data)
                 except KeyServiceError as exc:
@@ -269,4 +287,5 @@ async def edit_key_answer(
         values=values,
         errors=errors,
         status_code=409 if errors.general else 422,
+        shown=shown,
     )
