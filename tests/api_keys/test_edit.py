@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
 import pytest
@@ -451,3 +451,18 @@ async def test_a_scope_the_owner_lost_may_stay_while_others_change(client, conte
     assert "not held: admin." in refused.text, refused.text
     # And the kept scope gives nothing while the owner lacks it.
     assert (await exchange(client, key["api_key"], scope="projects:write")).status_code == 400
+
+
+async def test_an_expiry_sent_with_an_offset_is_answered_in_utc_as_the_key_is_read(client, owner):
+    # The create and edit answers gave expires_at back with the offset it was sent with,
+    # while GET (the stored moment) gives it in UTC: one key, two spellings of its expiry.
+    moment = (utcnow() + timedelta(days=30)).replace(microsecond=0)
+    east = moment.astimezone(timezone(timedelta(hours=5))).isoformat()
+    key = await create_key(client, owner, name="ci", expires_at=east)
+    assert key["expires_at"] == _rfc3339(moment)
+    assert (await shown(client, owner, key["id"]))["expires_at"] == _rfc3339(moment)
+    later = moment + timedelta(days=1)
+    west = later.astimezone(timezone(timedelta(hours=-7, minutes=-30))).isoformat()
+    edited = (await patch(client, owner, key["id"], expires_at=west)).json()
+    assert edited["expires_at"] == _rfc3339(later)
+    assert (await shown(client, owner, key["id"]))["expires_at"] == _rfc3339(later)

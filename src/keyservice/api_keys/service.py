@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, false, func, not_, or_, select
@@ -75,7 +75,9 @@ def _check_expiry(expires_at: datetime | None, settings: Settings, now: datetime
             f"ahead (between now and {latest.strftime('%Y-%m-%dT%H:%M:%SZ')}).",
             field="expires_at",
         )
-    return expires_at
+    # In UTC, as it is stored and read back: the answer to a create or an edit gave back
+    # the offset it was sent with (+05:00), GET the same moment in UTC.
+    return expires_at.astimezone(UTC)
 
 
 def _check_scopes(
