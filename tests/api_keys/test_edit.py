@@ -85,6 +85,34 @@ async def test_scopes_change_at_the_next_exchange(client, context, owner):
     assert (await exchange(client, key["api_key"])).json()["scope"] == " ".join(sorted(PERMS))
 
 
+async def test_an_edit_keeps_a_secret_no_longer_than_the_longest_key_lifetime(
+    client, context, owner
+):
+    # At most 365 days ahead at each edit would keep one secret for good, edit after edit;
+    # the limit is the secret's: 365 days from the key's creation, then a rotation.
+    key = await create_key(client, owner, name="old")
+    created = utcnow().replace(microsecond=0) - timedelta(days=300)
+    await set_key(context, key["id"], created_at=created)
+    latest = created + timedelta(days=365)
+    refused = await patch(
+        client, owner, key["id"], 422, expires_at=_rfc3339(latest + timedelta(days=1))
+    )
+    description = refused.json()["error_description"]
+    assert "at most 365 days after the key was created" in description
+    assert _rfc3339(latest) in description and "Rotate the key" in description
+    assert (await shown(client, owner, key["id"]))["expires_at"] == key["expires_at"]
+    edited = (await patch(client, owner, key["id"], expires_at=_rfc3339(latest))).json()
+    assert _at(edited["expires_at"]) == latest
+    # A new key (a rotation's too) starts its own 365 days.
+    rotated = await client.post(
+        f"/api-keys/{key['id']}/rotate", json={"grace_seconds": 0}, headers=bearer(owner)
+    )
+    assert rotated.status_code == 201, rotated.text
+    far = utcnow().replace(microsecond=0) + timedelta(days=360)
+    moved = await patch(client, owner, rotated.json()["id"], expires_at=_rfc3339(far))
+    assert _at(moved.json()["expires_at"]) == far
+
+
 async def test_expiry_moves_earlier_and_later_at_exchange_and_refresh(client, context, owner):
     key = await create_key(client, owner, name="ci")
     first = await exchange(client, key["api_key"])

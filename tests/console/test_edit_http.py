@@ -381,3 +381,30 @@ async def test_a_form_shown_before_another_edit_does_not_undo_it(
     assert renamed.headers["location"] == f"/console/keys?done=updated&key={key.id}"
     row = await stored(context, key.id)
     assert (row.name, row.scopes) == ("deploy", [READ])
+
+
+async def test_the_expiry_offered_ends_where_the_keys_secret_must(
+    client: httpx.AsyncClient, context: AppContext, alice: Principal
+) -> None:
+    """The date field stops at 365 days from the key's creation (a secret lives no longer),
+    and a later day sent anyway is refused in the form, saying why."""
+    await signed_in(client, "alice")
+    key = await service_key(context, alice, "old", scopes=[READ])
+    created = utcnow().replace(microsecond=0) - timedelta(days=300)
+    await set_key(context, key.id, created_at=created, expires_at=odd_moment(30))
+    key = await stored(context, key.id)
+    latest = (created + timedelta(days=365)).date()
+    page = await client.get(f"/console/keys/{key.id}/edit")
+    assert f'max="{latest.isoformat()}"' in page.text
+    assert f"up to {latest.isoformat()}" in page.text
+
+    form = shown_form(page.text) | {"expires_on": (latest + timedelta(days=1)).isoformat()}
+    form["csrf_token"] = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    for hidden in ("form_id", "shown"):
+        found = re.search(rf'name="{hidden}" value="([^"]*)"', page.text)
+        if found:
+            form[hidden] = unescape(found.group(1))
+    refused = await client.post(f"/console/keys/{key.id}/edit", data=form)
+    assert refused.status_code == 422, refused.status_code
+    assert "at most 365 days after the key was created" in unescape(refused.text)
+    assert (await stored(context, key.id)).expires_at == key.expires_at

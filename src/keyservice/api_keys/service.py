@@ -65,16 +65,37 @@ def to_read(key: ApiKey, owner: Principal, settings: Settings, now: datetime) ->
     )
 
 
-def _check_expiry(expires_at: datetime | None, settings: Settings, now: datetime) -> datetime:
-    latest = now + timedelta(days=settings.key_max_ttl_days)
+def latest_expiry(settings: Settings, created_at: datetime) -> datetime:
+    """The latest a key made at `created_at` may expire: its secret lives at most
+    KEYSERVICE_KEY_MAX_TTL_DAYS, at creation and after any edit; longer takes a rotation."""
+    return created_at + timedelta(days=settings.key_max_ttl_days)
+
+
+def _check_expiry(
+    expires_at: datetime | None,
+    settings: Settings,
+    now: datetime,
+    created_at: datetime | None = None,
+) -> datetime:
+    """A new key's expiry (`created_at` None), or an existing key's new one."""
+    latest = latest_expiry(settings, created_at or now)
     if expires_at is None:
         return now + timedelta(days=settings.key_default_ttl_days)
     if expires_at <= now or expires_at > latest:
-        raise ValidationFailed(
-            f"expires_at must be in the future and at most {settings.key_max_ttl_days} days "
-            f"ahead (between now and {latest.strftime('%Y-%m-%dT%H:%M:%SZ')}).",
-            field="expires_at",
-        )
+        by = latest.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if created_at is None:
+            message = (
+                f"expires_at must be in the future and at most {settings.key_max_ttl_days} "
+                f"days ahead (between now and {by})."
+            )
+        else:
+            # An edit moving the expiry on and on would keep one secret for good.
+            message = (
+                f"expires_at must be in the future and at most {settings.key_max_ttl_days} "
+                f"days after the key was created (by {by}): a key's secret lives no longer. "
+                "Rotate the key for a new secret to go on past that."
+            )
+        raise ValidationFailed(message, field="expires_at")
     # In UTC, as it is stored and read back: the answer to a create or an edit gave back
     # the offset it was sent with (+05:00), GET the same moment in UTC.
     return expires_at.astimezone(UTC)
@@ -441,7 +462,7 @@ async def update(
             changed["scopes"] = _check_scopes(scopes, owner, kept=key.scopes or ())
             await _hold_scopes(session, changed["scopes"])
     if "expires_at" in fields and data.expires_at != key.expires_at:
-        changed["expires_at"] = _check_expiry(data.expires_at, settings, now)
+        changed["expires_at"] = _check_expiry(data.expires_at, settings, now, key.created_at)
         hold = await replacement_hold(session, owner_id=owner.id, key_id=key.id, now=now)
         if hold is not None:
             until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -191,9 +191,9 @@ async def edit_form_page(
     stored = key_values(key)
     day = key.expires_at.astimezone(UTC).date()
     # The key's own day is always a value the date field accepts (one today, say).
-    offered = ExpiryLimits(
-        minimum=min(limits.minimum, day), maximum=max(limits.maximum, day), default=day
-    )
+    # No later than the key's secret may live (api_keys.latest_expiry).
+    latest = min(limits.maximum, api_keys.latest_expiry(context.settings, key.created_at).date())
+    offered = ExpiryLimits(minimum=min(limits.minimum, day), maximum=max(latest, day), default=day)
     return render(
         request,
         "key_form.html",
