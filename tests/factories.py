@@ -104,8 +104,10 @@ async def exchange(client: httpx.AsyncClient, api_key: str, **extra: str) -> htt
     )
 
 
-async def audit_events(ctx: AppContext, type: str | None = None) -> list[Any]:
-    """Read audit rows straight from the database, oldest first."""
+async def audit_events(
+    ctx: AppContext, type: str | None = None, *, outcome: str | None = None
+) -> list[Any]:
+    """Read audit rows straight from the database, oldest first; of one outcome if given."""
     from sqlalchemy import select
 
     from keyservice.audit.models import AuditEvent
@@ -114,6 +116,8 @@ async def audit_events(ctx: AppContext, type: str | None = None) -> list[Any]:
         query = select(AuditEvent).order_by(AuditEvent.seq)
         if type is not None:
             query = query.where(AuditEvent.type == type)
+        if outcome is not None:
+            query = query.where(AuditEvent.outcome == outcome)
         return list((await session.scalars(query)).all())
 
 

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice.audit.refusals import CALLER
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.exceptions import InsufficientScope, InvalidToken, MissingToken
@@ -136,15 +137,18 @@ async def get_current_principal(request: Request) -> TokenPrincipal:
     context = await get_context(request)
     authorization = request.headers.get("authorization")
     try:
-        return authenticate_bearer(context, authorization)
+        principal = authenticate_bearer(context, authorization)
     except UnknownSigningKey:
         if not context.keyring.reload_allowed():
             raise InvalidToken(
                 "The access token was not signed by a key of this service."
             ) from None
-    async with context.database.sessionmaker() as session:
-        await context.keyring.load(session)
-    return authenticate_bearer(context, authorization)
+        async with context.database.sessionmaker() as session:
+            await context.keyring.load(session)
+        principal = authenticate_bearer(context, authorization)
+    # Who is refused, should this request be (audit/refusals.py): one dict entry.
+    request.scope[CALLER] = principal
+    return principal
 
 
 class UnknownSigningKey(InvalidToken):

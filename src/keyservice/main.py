@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyservice import __version__
 from keyservice import database as database_module
+from keyservice.audit import refusals
 from keyservice.auth.router import token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
@@ -241,19 +242,20 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KeyServiceError)
-    async def _service_error(_request: Request, exc: KeyServiceError) -> Response:
+    async def _service_error(request: Request, exc: KeyServiceError) -> Response:
+        await refusals.record(request, status=exc.status_code, description=exc.description)
         return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         unreadable = _unreadable_body(exc.__cause__)
         if unreadable is not None:
-            return _error_response(unreadable)
+            return await _service_error(request, unreadable)
         if isinstance(exc.body, bytes):
             # FastAPI hands a body over as bytes only when its Content-Type is not JSON
             # (`curl -d` sends form encoding; `requests.post(data=...)` sends none): the
             # field errors that follow ("Input should be a valid dictionary") would not say so.
-            return _error_response(UnsupportedMediaType())
+            return await _service_error(request, UnsupportedMediaType())
         # Never echo `input`: it may hold a password or a secret; nor a name in `loc` that
         # is no field name (a key of a JSON object the client made up). A validator's own
         # sentence without pydantic's "Value error, " in front, as the console shows it.
@@ -267,11 +269,9 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid"}
         where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-        body = {
-            "error": "validation_error",
-            "error_description": f"{where}: {first['msg']}",
-            "details": details,
-        }
+        description = f"{where}: {first['msg']}"
+        body = {"error": "validation_error", "error_description": description, "details": details}
+        await refusals.record(request, status=422, description=description)
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

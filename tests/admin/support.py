@@ -78,12 +78,16 @@ async def set_key_fields(ctx: AppContext, key_id: str, **values: Any) -> None:
         await session.commit()
 
 
-async def events(ctx: AppContext, type: str | None = None) -> list[AuditEvent]:
-    """Audit rows straight from the database, oldest first."""
+async def events(
+    ctx: AppContext, type: str | None = None, *, outcome: str | None = None
+) -> list[AuditEvent]:
+    """Audit rows straight from the database, oldest first; of one outcome if given."""
     async with ctx.database.sessionmaker() as session:
         query = select(AuditEvent).order_by(AuditEvent.seq)
         if type is not None:
             query = query.where(AuditEvent.type == type)
+        if outcome is not None:
+            query = query.where(AuditEvent.outcome == outcome)
         return list((await session.scalars(query)).all())
 
 

@@ -163,7 +163,7 @@ async def test_admin_revokes_any_key(client, context):
     await admin_request(client, admin, "DELETE", f"/admin/api-keys/{key['id']}", 204)
     await admin_request(client, admin, "DELETE", "/admin/api-keys/no-such-key", 404)
 
-    [event] = await events(context, "api_key.deleted")
+    [event] = await events(context, "api_key.deleted", outcome="success")
     assert event.key_id == key["id"]
     assert event.actor == "user:root"
 
@@ -179,7 +179,7 @@ async def test_concurrent_revocations_of_one_key_record_one(client, context):
         *(client.delete(f"/api-keys/{key['id']}", headers=bearer(token)) for _ in range(6)),
     )
     assert {r.status_code for r in responses} <= {204, 404}, [r.text for r in responses]
-    [event] = await events(context, "api_key.deleted")
+    [event] = await events(context, "api_key.deleted", outcome="success")
     assert event.key_id == key["id"]
     got = await admin_request(client, admin, "GET", f"/admin/api-keys/{key['id']}", 200)
     assert got.json()["status"] == "revoked"

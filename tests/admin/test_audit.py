@@ -8,7 +8,14 @@ from datetime import timedelta
 from keyservice.audit.models import AuditEvent
 from keyservice.database import utcnow
 from tests.admin.support import admin_request, admin_token, create_device, create_device_key
-from tests.factories import bearer, create_key, exchange, login
+from tests.factories import (
+    audit_events,
+    bearer,
+    create_key,
+    exchange,
+    login,
+    user_token,
+)
 
 FIELDS = {"id", "at", "type", "actor", "principal_id", "key_id", "ip", "outcome", "reason"}
 
@@ -208,3 +215,99 @@ async def test_no_secret_in_any_event(client, context):
     assert "user.updated" in everything and "api_key.rotated" in everything
     for secret in secrets:
         assert secret not in everything
+
+
+def _fields(event):
+    return {name: getattr(event, name) for name in ("actor", "principal_id", "key_id", "ip")}
+
+
+async def test_refused_admin_writes_are_audited(client, context):
+    admin = await admin_token(context, client)
+    root = (await admin_request(client, admin, "GET", "/me", 200)).json()
+    mallory = await user_token(context, client, "mallory")
+    device = await create_device(client, admin, "sensor")
+    key = await create_device_key(client, admin, device["id"])
+    before = len(await audit_events(context))
+
+    # Not an admin: 403, in the name of who tried.
+    await admin_request(
+        client, mallory, "POST", "/admin/users", 403,
+        json={"username": "eve", "password": "a long password", "permissions": ["admin"]},
+    )  # fmt: skip
+    # An admin refused: 409, 404, 422 (the service's and the body's checks).
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{root['id']}", 409, json={"disabled": True}
+    )
+    unknown = "00000000-0000-7000-8000-000000000000"
+    await admin_request(client, admin, "DELETE", f"/admin/devices/{unknown}", 404)
+    await admin_request(
+        client, admin, "POST", "/admin/devices", 422, json={"name": "a b", "permissions": []}
+    )
+    await admin_request(
+        client, admin, "POST", f"/admin/devices/{device['id']}/api-keys/{key['id']}/rotate",
+        422, json={"grace_seconds": -1},
+    )  # fmt: skip
+    # A key string pasted where an id goes is not copied into the event.
+    await admin_request(client, admin, "DELETE", f"/admin/api-keys/{key['api_key']}", 404)
+    # Nobody authenticated: nothing to attribute, nothing recorded.
+    anonymous = await client.post("/admin/scopes", json={"name": "x", "description": ""})
+    assert anonymous.status_code == 401
+
+    refused = (await audit_events(context))[before:]
+    assert [(e.type, e.outcome) for e in refused] == [
+        ("user.created", "failure"),
+        ("user.updated", "failure"),
+        ("device.deleted", "failure"),
+        ("device.created", "failure"),
+        ("api_key.rotated", "failure"),
+        ("api_key.deleted", "failure"),
+    ]
+    forbidden, last_admin, gone, bad_name, bad_grace, pasted = refused
+    assert _fields(forbidden) == {
+        "actor": "user:mallory", "principal_id": None, "key_id": None, "ip": "127.0.0.1"
+    }  # fmt: skip
+    assert forbidden.reason.startswith("refused (403): This needs the permission 'admin'")
+    assert _fields(last_admin) == {
+        "actor": "user:root", "principal_id": root["id"], "key_id": None, "ip": "127.0.0.1"
+    }  # fmt: skip
+    assert last_admin.reason.startswith("refused (409): ")
+    assert (gone.principal_id, gone.reason) == (unknown, "refused (404): No device with this id.")
+    assert bad_name.reason.startswith("refused (422): name: may hold only letters")
+    assert (bad_grace.principal_id, bad_grace.key_id) == (device["id"], key["id"])
+    assert bad_grace.reason.startswith("refused (422): grace_seconds: ")
+    assert (pasted.actor, pasted.key_id) == ("user:root", None)
+    everything = str((await _page(client, admin, limit=500))["items"])
+    assert key["api_key"] not in everything and key["client_secret"] not in everything
+    # Readable through the API and its filters.
+    by_type = await _page(client, admin, type="user.updated")
+    assert by_type["items"][0]["outcome"] == "failure"
+    assert by_type["items"][0]["reason"] == last_admin.reason
+    assert [e["id"] for e in (await _page(client, admin, key_id=key["id"]))["items"]][0] == (
+        bad_grace.id
+    )
+
+
+async def test_refused_self_service_writes_are_audited(client, context):
+    owner = await user_token(context, client, "olga")
+    other = await user_token(context, client, "oscar")
+    olgas = await create_key(client, owner, name="ci")
+    oscar_id = (await client.get("/me", headers=bearer(other))).json()["id"]
+    before = len(await audit_events(context))
+
+    # Another user's key id: 404, as for an unknown id; the probe is on record.
+    probe = await client.delete(f"/api-keys/{olgas['id']}", headers=bearer(other))
+    assert probe.status_code == 404
+    edit = await client.patch(
+        f"/api-keys/{olgas['id']}", json={"scopes": ["admin"]}, headers=bearer(owner)
+    )
+    assert edit.status_code == 422
+    # Reads are not recorded.
+    assert (await client.get(f"/api-keys/{olgas['id']}", headers=bearer(other))).status_code == 404
+
+    refused = (await audit_events(context))[before:]
+    assert [(e.type, e.outcome, e.actor, e.principal_id, e.key_id) for e in refused] == [
+        ("api_key.deleted", "failure", "user:oscar", oscar_id, olgas["id"]),
+        ("api_key.updated", "failure", "user:olga", olgas["owner_id"], olgas["id"]),
+    ]
+    assert refused[0].reason == "refused (404): No API key with this id."
+    assert refused[1].reason.startswith("refused (422): ")

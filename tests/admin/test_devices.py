@@ -66,8 +66,16 @@ async def test_device_crud(client, context):
     # The name is free again once the device is deleted.
     await create_device(client, admin, "sensor-1")
 
-    types = [event.type for event in await events(context) if event.type.startswith("device.")]
-    assert types == ["device.created", "device.updated", "device.deleted", "device.created"]
+    types = [(e.type, e.outcome) for e in await events(context) if e.type.startswith("device.")]
+    assert types == [
+        ("device.created", "success"),
+        ("device.created", "failure"),  # 409, the name taken
+        ("device.created", "failure"),  # 422, an unknown permission
+        ("device.updated", "success"),
+        ("device.deleted", "success"),
+        ("device.deleted", "failure"),  # the second DELETE, 404
+        ("device.created", "success"),
+    ]
 
 
 async def test_device_keys_and_their_tokens(client, context):
@@ -243,7 +251,7 @@ async def test_deleting_a_device_revokes_its_keys(client, context):
     )
     assert sorted(item["status"] for item in listed.json()["items"]) == ["revoked", "revoked"]
     await create_device_key(client, admin, device["id"], 404)
-    deleted = await events(context, "api_key.deleted")
+    deleted = await events(context, "api_key.deleted", outcome="success")
     assert {event.key_id for event in deleted} == {key["id"] for key in keys}
     assert all(event.reason == "device deleted" for event in deleted)
 
@@ -296,7 +304,7 @@ async def test_rotate_a_device_key(client, context, grace):
     assert (await token_for(client, new["api_key"]))["access_token"]
     old_exchange = await exchange(client, old["api_key"])
     assert old_exchange.status_code == (200 if grace is None else 401)
-    [event] = await events(context, "api_key.rotated")
+    [event] = await events(context, "api_key.rotated", outcome="success")
     assert event.key_id == new["id"] and old["id"] in (event.reason or "")
 
 
@@ -353,7 +361,7 @@ async def test_edit_a_device_key(client, context):
     assert "admin" in refused.json()["error_description"]
     await admin_request(client, admin, "PATCH", path, 422, json={})
     await admin_request(client, admin, "PATCH", path, 422, json={"owner_id": "other"})
-    [event] = await events(context, "api_key.updated")
+    [event] = await events(context, "api_key.updated", outcome="success")
     assert (event.actor, event.principal_id, event.key_id, event.reason) == (
         "user:root",
         device["id"],
@@ -398,4 +406,4 @@ async def test_device_key_edit_404s_and_403s(client, context):
     refused = await client.patch(path, json={"name": "x"}, headers=bearer(robot))
     assert refused.status_code == 403
     assert refused.json()["error_description"].startswith("Only a user admin can create")
-    assert await events(context, "api_key.updated") == []
+    assert await events(context, "api_key.updated", outcome="success") == []

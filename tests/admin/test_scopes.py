@@ -57,7 +57,7 @@ async def test_list_and_create_scopes(client, context):
         ]
     ]
     assert "billing:write" in names and names == sorted(names)
-    [event] = await events(context, "scope.created")
+    [event] = await events(context, "scope.created", outcome="success")
     assert event.reason == "scope billing:write"
 
     # The new scope can be granted right away.
@@ -100,7 +100,7 @@ async def test_a_name_a_url_would_rewrite_is_refused_in_words(client, context):
             "name: may not end with /, nor have an empty, . or .. part between slashes: a URL "
             "would lose it, and the scope could not be edited or deleted"
         ), bad
-    assert await events(context, "scope.created") == []
+    assert await events(context, "scope.created", outcome="success") == []
     # Dots inside a part are no path step: such a name is made, edited and deleted.
     for good in ("files/.hidden", "files/read..all", "v1.2/read"):
         await admin_request(client, admin, "POST", "/admin/scopes", 201, json={"name": good})
@@ -161,7 +161,7 @@ async def test_patch_changes_the_description_only(client, context):
     assert {"name": "billing:write", "description": "Change invoices"}.items() <= next(
         item for item in listed if item["name"] == "billing:write"
     ).items()
-    [event] = await events(context, "scope.updated")
+    [event] = await events(context, "scope.updated", outcome="success")
     assert event.reason == "scope billing:write: description" and event.actor == "user:root"
 
     # The same description again changes nothing and records nothing.
@@ -173,7 +173,7 @@ async def test_patch_changes_the_description_only(client, context):
         200,
         json={"description": "Change invoices"},
     )
-    assert len(await events(context, "scope.updated")) == 1
+    assert len(await events(context, "scope.updated", outcome="success")) == 1
     # A built-in's description may be worded better too; "" clears it.
     cleared = await admin_request(
         client, admin, "PATCH", "/admin/scopes/introspect", 200, json={"description": ""}
@@ -202,7 +202,7 @@ async def test_patch_refusals(client, context):
     )
     assert missing.json()["error_description"] == "The scope 'nope:read' is not in the catalog."
     await admin_request(client, admin, "DELETE", "/admin/scopes/nope:read", 404)
-    assert len(await events(context, "scope.updated")) == 1
+    assert len(await events(context, "scope.updated", outcome="success")) == 1
 
 
 async def test_editing_and_deleting_need_admin(client, context):
@@ -214,7 +214,7 @@ async def test_editing_and_deleting_need_admin(client, context):
     )
     await admin_request(client, user, "DELETE", "/admin/scopes/billing:read", 403)
     assert (await client.delete("/admin/scopes/billing:read")).status_code == 401
-    assert not await events(context, "scope.deleted")
+    assert not await events(context, "scope.deleted", outcome="success")
 
 
 async def test_deleting_an_unused_scope(client, context):
@@ -226,7 +226,7 @@ async def test_deleting_an_unused_scope(client, context):
     assert "typo:raed" not in await _names(client, admin)
     # This process's copy for the metadata is renewed at once, as after a create.
     assert "typo:raed" not in (await client.get(METADATA)).json()["scopes_supported"]
-    [event] = await events(context, "scope.deleted")
+    [event] = await events(context, "scope.deleted", outcome="success")
     assert event.reason == "scope typo:raed" and event.actor == "user:root"
     # Gone: a second delete is 404, and it can no longer be granted.
     await admin_request(client, admin, "DELETE", "/admin/scopes/typo:raed", 404)
@@ -250,7 +250,7 @@ async def test_built_in_scopes_cannot_be_deleted(client, context):
         response = await admin_request(client, admin, "DELETE", f"/admin/scopes/{name}", 409)
         assert "built in" in response.json()["error_description"]
     assert {"admin", "api_keys:manage", "introspect"} <= set(await _names(client, admin))
-    assert not await events(context, "scope.deleted")
+    assert not await events(context, "scope.deleted", outcome="success")
 
 
 async def _refusal(client, admin, name: str) -> str:
@@ -273,7 +273,7 @@ async def test_a_scope_a_user_holds_is_not_deleted_until_taken_away(client, cont
         "not revoked. Take it away first (edit those users' and devices' permissions, edit "
         "those keys' scopes or delete the keys), then delete it."
     )
-    assert not await events(context, "scope.deleted")
+    assert not await events(context, "scope.deleted", outcome="success")
     await admin_request(
         client,
         admin,

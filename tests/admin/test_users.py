@@ -62,7 +62,7 @@ async def test_create_list_get_user(client, context):
 
     # The new user can sign in with the password the admin set.
     assert (await login(client, "carol", "long enough password"))["access_token"]
-    [event] = await events(context, "user.created")
+    [event] = await events(context, "user.created", outcome="success")
     assert event.principal_id == user["id"]
     # Named as sign-ins, self-service and the console name the same admin.
     assert event.actor == "user:root"
@@ -264,7 +264,7 @@ async def test_disabling_a_user_suspends_keys_and_refuses_tokens(client, context
     await me_within(client, again["access_token"], 200)
 
     # The password sign-ins (user_token's and login's) and the key exchange's.
-    reasons = [event.reason for event in await events(context, "user.updated")]
+    reasons = [event.reason for event in await events(context, "user.updated", outcome="success")]
     assert reasons == ["disabled; 3 token session(s) ended", "enabled"]
 
 
@@ -286,7 +286,7 @@ async def test_password_change_ends_sign_in_sessions_but_not_keys(client, contex
     assert (await client.get("/me", headers=bearer(key_tokens["access_token"]))).status_code == 200
     assert (await exchange(client, key["api_key"])).status_code == 200
     assert (await login(client, "rotator", password="a-brand-new-password"))["access_token"]
-    reasons = [e.reason for e in await events(context, "user.updated")]
+    reasons = [e.reason for e in await events(context, "user.updated", outcome="success")]
     assert any("1 sign-in session(s) ended" in (r or "") for r in reasons)
     assert not any("a-brand-new-password" in (r or "") for r in reasons)
 

@@ -250,7 +250,7 @@ async def test_bad_input_is_422_and_changes_nothing(client, context, owner, body
     assert fragment in response.text
     assert key["client_secret"] not in response.text
     assert await shown(client, owner, key["id"]) == before
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
 async def test_a_body_that_is_not_an_object_is_refused(client, context, owner):
@@ -274,7 +274,7 @@ async def test_an_expired_key_cannot_be_edited_back_into_use(client, context, ow
         assert "Create a new key" in response.json()["error_description"]
     assert (await shown(client, owner, key["id"]))["name"] == "old"
     assert (await shown(client, owner, key["id"]))["status"] == "expired"
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
 async def test_a_key_in_its_rotation_grace_keeps_its_expiry(client, context, owner):
@@ -309,7 +309,7 @@ async def test_other_principals_and_revoked_keys_are_404(client, context, owner)
     assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(owner))).status_code == 204
     assert (await client.get(f"/api-keys/{key['id']}", headers=bearer(owner))).status_code == 404
     await patch(client, owner, key["id"], 404, name="back")
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
 async def test_callers_without_api_keys_manage_are_403(client, context, owner):
@@ -333,7 +333,7 @@ async def test_an_edit_is_one_audit_event_naming_the_fields_changed(client, cont
         description="same",  # sent, but not a change
         name="deploy",
     )
-    [event] = await audit_events(context, "api_key.updated")
+    [event] = await audit_events(context, "api_key.updated", outcome="success")
     assert (event.actor, event.principal_id, event.key_id, event.ip, event.outcome) == (
         "user:alice",
         key["owner_id"],
@@ -347,13 +347,13 @@ async def test_an_edit_is_one_audit_event_naming_the_fields_changed(client, cont
     # Values sent as they are stored change nothing and record nothing.
     same = await patch(client, owner, key["id"], name="deploy", scopes=["projects:read"])
     assert same.json() == await shown(client, owner, key["id"])
-    assert len(await audit_events(context, "api_key.updated")) == 1
+    assert len(await audit_events(context, "api_key.updated", outcome="success")) == 1
 
     # Done with a token from an API key, the event names that key, as create does.
     automation = await create_key(client, owner, name="automation")
     key_token = (await exchange(client, automation["api_key"])).json()["access_token"]
     await patch(client, key_token, key["id"], expires_at=_rfc3339(utcnow() + timedelta(days=9)))
-    events = await audit_events(context, "api_key.updated")
+    events = await audit_events(context, "api_key.updated", outcome="success")
     assert (events[-1].actor, events[-1].reason) == (
         f"key:{automation['client_id']}",
         "changed: expires_at",
@@ -379,7 +379,7 @@ async def test_concurrent_edits_each_apply(client, context, owner):
         ["192.0.2.0/24"],
         ["projects:read"],
     )
-    assert len(await audit_events(context, "api_key.updated")) == len(bodies)
+    assert len(await audit_events(context, "api_key.updated", outcome="success")) == len(bodies)
 
 
 async def test_an_edit_racing_a_rotation_does_not_outlive_the_grace(client, context, owner):

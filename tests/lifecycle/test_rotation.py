@@ -48,7 +48,7 @@ async def test_rotate_with_grace_keeps_both_keys_usable(client, context):
         response = await exchange(client, key["api_key"])
         assert response.status_code == 200, response.text
         assert response.json()["scope"] == "projects:read"
-    [event] = await events(context, "api_key.rotated")
+    [event] = await events(context, "api_key.rotated", outcome="success")
     assert event.key_id == new["id"] and event.reason == f"rotated from {old['id']}"
 
     # When the grace period is over, only the new key works.
@@ -149,7 +149,7 @@ async def test_concurrent_rotations_of_one_key_make_one_replacement(client, cont
     )
     listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
     assert sorted(item["id"] for item in listed) == sorted([key["id"], winner["id"]])
-    assert len(await events(context, "api_key.rotated")) == 1
+    assert len(await events(context, "api_key.rotated", outcome="success")) == 1
 
 
 async def test_a_key_with_a_scope_its_owner_lost_rotates_with_its_scopes(client, context):
@@ -171,5 +171,5 @@ async def test_a_key_with_a_scope_its_owner_lost_rotates_with_its_scopes(client,
     await admin_request(client, admin, "PATCH", path, 200, json={"permissions": perms})
     regained = (await exchange(client, new["api_key"])).json()["scope"]
     assert regained == "projects:read projects:write"
-    [event] = await events(context, "api_key.rotated")
+    [event] = await events(context, "api_key.rotated", outcome="success")
     assert event.key_id == new["id"]
