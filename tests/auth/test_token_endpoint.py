@@ -275,7 +275,9 @@ async def test_invalid_request_cases(client, key):
 
 
 async def test_password_grant(client, context):
-    await create_principal(context, "carol", permissions=["api_keys:manage", "projects:read"])
+    carol = await create_principal(
+        context, "carol", permissions=["api_keys:manage", "projects:read"]
+    )
     body = await login(client, "carol", scope="projects:read")
     assert body["scope"] == "projects:read"
     wrong = await client.post(
@@ -293,9 +295,20 @@ async def test_password_grant(client, context):
     )
     assert_error(refused, 400, "invalid_grant")
     assert refused.json() == wrong.json()
-    reasons = [(e.reason, e.principal_id) for e in await audit_events(context, "login")]
-    assert ("wrong username or password", None) in reasons
-    assert ("user disabled", disabled.id) in reasons
+    unknown = await client.post(
+        "/token", data={"grant_type": "password", "username": "nobody", "password": "nope-nope"}
+    )
+    assert unknown.json() == wrong.json()
+    # The same answer; the audit log says which, and on whose account a password was tried.
+    reasons = [
+        (e.reason, e.principal_id, e.actor)
+        for e in await audit_events(context, "login", outcome="failure")
+    ]
+    assert reasons == [
+        ("wrong password", carol.id, None),
+        ("user disabled", disabled.id, "user:dave"),
+        ("unknown username", None, None),
+    ]
 
 
 @pytest.mark.parametrize("settings_overrides", [{"password_grant_enabled": False}])

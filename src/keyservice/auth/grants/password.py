@@ -19,12 +19,21 @@ EVENT = "login"
 WRONG = "Wrong username or password, or the account is disabled."
 
 
-async def authenticate_user(ctx: AppContext, *, username: str, password: str) -> Principal | None:
-    """Return the user for these credentials; same work for an unknown user."""
+async def check_password(
+    ctx: AppContext, *, username: str, password: str
+) -> tuple[Principal | None, bool]:
+    """Return the user of this name (None if there is none) and whether the password is
+    theirs; the same work for an unknown user."""
     async with ctx.database.sessionmaker() as session:
         user = await users_service.get_by_username(session, username=username)
     stored = user.password_hash if user is not None else None
     ok = await run_slow_hash(verify_password, password, stored)
+    return user, ok and user is not None
+
+
+async def authenticate_user(ctx: AppContext, *, username: str, password: str) -> Principal | None:
+    """Return the user for these credentials; same work for an unknown user."""
+    user, ok = await check_password(ctx, username=username, password=password)
     return user if ok else None
 
 
@@ -41,9 +50,17 @@ async def sign_in(
     await _enforce(ctx, subject, username=username, caller=caller)  # no queueing once locked
     async with ctx.throttle.turn(subject):
         await _enforce(ctx, subject, username=username, caller=caller)
-        user = await authenticate_user(ctx, username=username, password=password)
-        if user is None or not user.usable:
-            reason = "wrong username or password" if user is None else "user disabled"
+        user, ok = await check_password(ctx, username=username, password=password)
+        if user is None or not ok or not user.usable:
+            # The answer is the same for all three; the audit log, for admins, says which,
+            # and names the account a wrong password was tried on (never the password, nor
+            # an unknown name: people type their password into the username field).
+            if user is None:
+                reason = "unknown username"
+            elif not ok:
+                reason = "wrong password"
+            else:
+                reason = "user disabled"
             await service.refuse(
                 ctx,
                 InvalidGrant(WRONG),
@@ -51,7 +68,8 @@ async def sign_in(
                 reason=reason_prefix + reason,
                 caller=caller,
                 principal_id=user.id if user is not None else None,
-                actor=f"user:{user.name}" if user is not None else None,
+                # Only a right password says who is acting.
+                actor=f"user:{user.name}" if user is not None and ok else None,
                 throttle_subject=subject,
             )
     try:
