@@ -61,6 +61,7 @@ async def test_reuse_revokes_the_whole_family(client, context, key):
     assert me.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     reuse = await audit_events(context, "token.refresh_reuse")
     assert len(reuse) == 1 and reuse[0].key_id == key["id"]
+    assert reuse[0].actor == f"key:{key['client_id']}"  # as the refreshes it follows
     # Another family of the same key is untouched.
     other = (await exchange(client, key["api_key"])).json()
     assert (await client.get("/me", headers=bearer(other["access_token"]))).status_code == 200

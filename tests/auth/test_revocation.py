@@ -55,6 +55,14 @@ async def test_revoke_endpoint_kills_the_family(client, context):
     assert again.json()["error"] == "invalid_grant"
     unknown = await client.post("/revoke", data={"token": "ksr_whatever"})
     assert unknown.status_code == 200
+    # Without client authentication the event names the token's holder: its key, or the
+    # user of a password sign-in.
+    session = await login(client, "bob")
+    assert (await client.post("/revoke", data={"token": session["refresh_token"]})).is_success
+    by_key, by_user = await audit_events(context, "token.revoke")
+    assert (by_key.actor, by_key.key_id) == (f"key:{key['client_id']}", key["id"])
+    assert (by_user.actor, by_user.key_id) == ("user:bob", None)
+    assert by_user.principal_id == key["owner_id"]
 
 
 async def test_revoke_with_another_keys_credentials_changes_nothing(client, context):
@@ -67,6 +75,15 @@ async def test_revoke_with_another_keys_credentials_changes_nothing(client, cont
     )
     assert response.status_code == 200
     assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+    # The client learns nothing; the audit log has who tried, on which key's token.
+    [event] = await audit_events(context, "token.revoke")
+    assert (event.outcome, event.actor, event.key_id, event.principal_id) == (
+        "failure",
+        f"key:{theirs['client_id']}",
+        mine["id"],
+        mine["owner_id"],
+    )
+    assert event.reason == "token of another key; not revoked"
 
 
 async def test_revoke_with_the_tokens_own_key_and_its_audit_events(client, context):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NoReturn
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -185,6 +186,22 @@ def actor_for(*, key: ApiKey | None, owner: Principal | None) -> str | None:
     if owner is not None:
         return f"{owner.kind}:{owner.name}"
     return None
+
+
+async def family_holder(
+    session: AsyncSession, *, key_id: str | None, principal_id: str
+) -> str | None:
+    """Who presents a family's tokens, as exchanges and refreshes name them: its key
+    (`key:<client id>`), or the user of a password sign-in (`user:<username>`)."""
+    if key_id is not None:
+        client_id = await session.scalar(select(ApiKey.client_id).where(ApiKey.id == key_id))
+        return f"key:{client_id}" if client_id is not None else None
+    owner = (
+        await session.execute(
+            select(Principal.kind, Principal.name).where(Principal.id == principal_id)
+        )
+    ).first()
+    return f"{owner.kind}:{owner.name}" if owner is not None else None
 
 
 async def refuse(

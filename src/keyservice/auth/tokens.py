@@ -57,15 +57,28 @@ async def revoke(
     if found is None:
         return
     family_id, key_id, principal_id = found
-    if key is not None and key.id != key_id:
-        # Not this client's token: refuse silently, revealing nothing about it.
-        return
     async with ctx.database.sessionmaker() as session:
+        if key is not None and key.id != key_id:
+            # Not this client's token: refuse silently, revealing nothing about it; the
+            # audit log names the key that tried and the token's key and owner.
+            audit.record(
+                session,
+                type="token.revoke",
+                outcome="failure",
+                actor=service.actor_for(key=key, owner=None),
+                principal_id=principal_id,
+                key_id=key_id,
+                ip=caller.ip_text,
+                reason="token of another key; not revoked",
+            )
+            await session.commit()
+            return
         await service.revoke_family(ctx, session, family_id=family_id, reason="revoked")
         audit.record(
             session,
             type="token.revoke",
-            actor=service.actor_for(key=key, owner=None),
+            actor=service.actor_for(key=key, owner=None)
+            or await service.family_holder(session, key_id=key_id, principal_id=principal_id),
             principal_id=principal_id,
             key_id=key_id,
             ip=caller.ip_text,

@@ -142,6 +142,7 @@ async def _reused(ctx: AppContext, *, parent: RefreshToken, caller: Caller) -> N
             session,
             type="token.refresh_reuse",
             outcome="failure",
+            actor=await service.family_holder(session, key_id=key_id, principal_id=principal_id),
             principal_id=principal_id,
             key_id=key_id,
             ip=caller.ip_text,
