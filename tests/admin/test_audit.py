@@ -311,3 +311,42 @@ async def test_refused_self_service_writes_are_audited(client, context):
     ]
     assert refused[0].reason == "refused (404): No API key with this id."
     assert refused[1].reason.startswith("refused (422): ")
+
+
+async def test_a_secret_pasted_into_a_name_is_not_recorded(client, context):
+    """Names are quoted in events (`user:<name>`, `device <name>`, `scope <name>`); a key
+    string, refresh token or client secret pasted as one must not be."""
+    admin = await admin_token(context, client)
+    owner = await user_token(context, client, "paula")
+    key = await create_key(client, owner, name="ci")
+    session = await login(client, "paula")
+    names = [key["api_key"], session["refresh_token"], key["client_secret"]]
+    for name in names:
+        device = await create_device(client, admin, name)
+        await admin_request(client, admin, "DELETE", f"/admin/devices/{device['id']}", 204)
+        await admin_request(
+            client, admin, "POST", "/admin/scopes", 201, json={"name": name, "description": ""}
+        )
+        await admin_request(client, admin, "DELETE", f"/admin/scopes/{name}", 204)
+    await admin_request(
+        client, admin, "POST", "/admin/users", 201,
+        json={"username": key["api_key"], "password": "a long password", "permissions": []},
+    )  # fmt: skip
+    pasted = await login(client, key["api_key"], "a long password")
+    assert (await exchange(client, key["api_key"])).status_code == 200
+
+    everything = str((await _page(client, admin, limit=500))["items"])
+    for secret in [*names, pasted["refresh_token"]]:
+        assert secret not in everything
+        assert secret[:24] not in everything and secret[-24:] not in everything
+    deleted = await audit_events(context, "device.deleted")
+    assert [e.reason for e in deleted] == ["device (secret not recorded); 0 key(s) revoked"] * 3
+    assert {e.reason for e in await audit_events(context, "scope.created")} == {
+        "scope (secret not recorded)"
+    }
+    [signed_in] = [e for e in await audit_events(context, "login") if e.principal_id and
+                   e.actor and "secret" in e.actor]  # fmt: skip
+    assert signed_in.actor == "user:(secret not recorded)"
+    # Client ids and ordinary names as they are.
+    assert f"'actor': 'key:{key['client_id']}'" in everything
+    assert "'actor': 'user:paula'" in everything and "'actor': 'user:root'" in everything

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 
 from sqlalchemy import delete, select
@@ -13,6 +14,16 @@ from keyservice.audit.models import AuditEvent
 from keyservice.paging import MAX_LIMIT, bad_cursor, page
 
 DEFAULT_LIMIT = 100
+# What an event must never hold, should a name or a description quoted in `actor` or
+# `reason` carry it (a key string pasted as a device or scope name, say): an API key string
+# or refresh token, whole or in part (security/tokens.py), a JWT, or a run of 32 or more
+# letters and digits such as a bare client secret (43). Client ids (16) and ids pass.
+_SECRET_LIKE = re.compile(
+    r"[A-Za-z0-9_-]*(?:ksk_|ksr_)[A-Za-z0-9_-]*"
+    r"|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*"
+    r"|[A-Za-z0-9_-]*[A-Za-z0-9]{32}[A-Za-z0-9_-]*"
+)
+REDACTED = "(secret not recorded)"
 _CURSOR_PREFIX = "seq:"
 _MAX_SEQ = 2**63 - 1  # a BIGINT
 
@@ -32,14 +43,22 @@ def record(
     event = AuditEvent(
         type=type,
         outcome=outcome,
-        actor=actor,
+        actor=without_secrets(actor),
         principal_id=principal_id,
         key_id=key_id,
         ip=ip,
-        reason=reason,
+        reason=without_secrets(reason),
     )
     session.add(event)
     return event
+
+
+def without_secrets(text: str | None) -> str | None:
+    """`text` with anything shaped like a credential replaced (see _SECRET_LIKE); every
+    event's `actor` and `reason` go through it."""
+    if text is None or (len(text) < 32 and "ks" not in text and "eyJ" not in text):
+        return text  # the token path's `key:kc_...` and fixed reasons: no regex
+    return _SECRET_LIKE.sub(REDACTED, text)
 
 
 def encode_cursor(seq: int) -> str:

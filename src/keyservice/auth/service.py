@@ -355,7 +355,8 @@ async def issue(
         rt_expires=now + timedelta(seconds=settings.refresh_token_ttl),
         au_id=new_ordered_id(),
         event=event,
-        actor=actor_for(key=key, owner=owner),
+        # Written by the batch writer (store.py) without audit.record(): scrubbed here.
+        actor=audit.without_secrets(actor_for(key=key, owner=owner)),
         ip=caller.ip_text,
         last_used=key is not None and ctx.last_used.due(key.id),
     )
