@@ -26,7 +26,8 @@ from tests.factories import create_principal, login
 
 # Rows of RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent and SigningKey.
 SEEDED = [2, 2, 2, 2, 4]
-KEPT = [1, 1, 1, 1, 3]
+# Audit: the recent event, and the prune's own `audit.pruned`.
+KEPT = [1, 2, 1, 1, 3]
 
 
 async def _seed_signing_keys(context) -> dict[str, str]:
@@ -93,6 +94,10 @@ async def test_prune_deletes_only_what_no_longer_serves(context):
     assert pruned.console_ids == 1
     assert pruned.signing_keys == 1
     assert await _counts(context) == KEPT
+    async with context.database.sessionmaker() as session:
+        event = await session.scalar(select(AuditEvent).where(AuditEvent.type == "audit.pruned"))
+    assert (event.actor, event.outcome) == ("server", "success")
+    assert event.reason.startswith("1 event(s) recorded before ")
 
 
 async def test_prune_deletes_only_signing_keys_unpublished_over_a_day(context):

@@ -479,7 +479,7 @@ def prune() -> None:
     def waiting() -> None:
         click.echo("another prune is running; waiting for it to finish", err=True)
 
-    result = run(lambda ctx: prune_all(ctx, now=now, wait=True, waiting=waiting))
+    result = run(lambda ctx: prune_all(ctx, now=now, wait=True, waiting=waiting, actor=ACTOR))
     assert result is not None  # it waits for its turn
     click.echo(
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "

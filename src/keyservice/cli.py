@@ -485,11 +485,21 @@ def signing_keys_rotate(publish_first: bool) -> None:
     delay = SIGNING_KEY_ACTIVATION_SECONDS if publish_first else 0
 
     async def work(context: Any) -> tuple[str, bool]:
+        from keyservice.audit import service as audit
         from keyservice.auth.revocation import notify
 
         async with context.database.sessionmaker() as session:
             kid = await context.keyring.create_key(session, retire_current=True, delay=delay)
             await notify(session, "signing-keys")
+            # Key material changed: who did it and when is for the audit log, in the same
+            # transaction (the kid is public: it is in the JWKS and every token's header).
+            audit.record(
+                session,
+                type="signing_key.rotated",
+                actor="cli",
+                reason=f"new signing key {kid}; "
+                + (f"signs in {delay} s (--publish-first)" if delay else "signs at once"),
+            )
             await session.commit()
             await context.keyring.load(session)
             return str(kid), context.keyring.current_kid == kid

@@ -110,20 +110,22 @@ async def prune_all(
     now: datetime,
     wait: bool = True,
     waiting: Callable[[], None] | None = None,
+    actor: str = "server",
 ) -> Pruned | None:
     """Delete what no longer serves: long-expired refresh tokens, audit past retention,
     family revocations older than any token of the family can be, and the console's
     signed-out sessions and used forms whose session ended over an hour ago, and retired
     signing keys retired longer ago than any replica publishes them (SIGNING_KEY_KEPT).
+    Audit events deleted are counted in an `audit.pruned` event naming `actor`.
 
     While another prune runs (PostgreSQL), wait for it to end (`waiting` is called first),
     or with `wait=False` return None at once, having deleted nothing.
     """
     async with _turn(ctx, wait=wait, waiting=waiting) as mine:
-        return await _prune(ctx, now=now) if mine else None
+        return await _prune(ctx, now=now, actor=actor) if mine else None
 
 
-async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
+async def _prune(ctx: AppContext, *, now: datetime, actor: str) -> Pruned:
     settings = ctx.settings
     async with ctx.database.sessionmaker() as session:
         tokens = await _delete(
@@ -131,7 +133,12 @@ async def _prune(ctx: AppContext, *, now: datetime) -> Pruned:
         )
     async with ctx.database.sessionmaker() as session:
         retention = timedelta(days=settings.audit_retention_days)
-        events = await audit_service.prune(session, before=now - retention)
+        events = await audit_service.prune(
+            session,
+            before=now - retention,
+            actor=actor,
+            retention_days=settings.audit_retention_days,
+        )
     # A revoked family's unused refresh token is refused only by its family's mark, so the
     # mark stays as long as any token of the family can live: tokens issued before a
     # shorter lifetime was configured keep the longer one they were given, up to the bound.

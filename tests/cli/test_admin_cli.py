@@ -90,6 +90,13 @@ class Cli:
 
         return self.run(work)
 
+    def scalars(self, query: Any) -> list[Any]:
+        async def work(ctx: AppContext) -> list[Any]:
+            async with ctx.database.sessionmaker() as session:
+                return list(await session.scalars(query))
+
+        return self.run(work)
+
     def add(self, *rows: Any) -> None:
         async def work(ctx: AppContext) -> None:
             async with ctx.database.sessionmaker() as session:
@@ -369,15 +376,24 @@ def test_prune(cli):
     assert cli.scalar(select(ConsoleSpent.digest)) == "b" * 64
     assert cli.scalar(select(func.count()).select_from(RevokedFamily)) == 1
     assert cli.scalar(select(func.count()).select_from(RefreshToken)) == 2
-    remaining = cli.scalar(select(func.count()).select_from(AuditEvent))
-    assert remaining == 2
+    # The two kept, and the prune itself: a gap in the log is told from a loss.
+    kept = cli.scalars(select(AuditEvent.type).order_by(AuditEvent.seq))
+    assert kept == ["old", "recent", "audit.pruned"]
+    pruned = cli.scalar(select(AuditEvent).where(AuditEvent.type == "audit.pruned"))
+    assert (pruned.actor, pruned.outcome) == ("cli", "success")
+    assert pruned.reason.startswith("1 event(s) recorded before ")
+    assert pruned.reason.endswith(" deleted (90-day retention)")
 
     again = cli("prune", KEYSERVICE_AUDIT_RETENTION_DAYS="5")
     assert (
         "0 refresh token(s)" in again.output
         and "1 audit event(s) older than 5 days" in again.output
     )
-    assert cli.scalar(select(AuditEvent.type)) == "recent"
+    kept = cli.scalars(select(AuditEvent.type).order_by(AuditEvent.seq))
+    assert kept == ["recent", "audit.pruned", "audit.pruned"]
+    # Nothing to delete, nothing recorded.
+    cli("prune")
+    assert len(cli.scalars(select(AuditEvent.type))) == 3
 
 
 @pytest.mark.postgresql_only
@@ -680,6 +696,15 @@ def test_signing_keys_rotate_makes_the_new_key_current_at_once_by_default(cli):
     (new,) = set(listed) - {old}
     assert listed[new]["state"] == "signing" and listed[old]["state"] == "retired"
     assert cli.run(signer) == new
+    # Key material changed: on record, by whom, which key.
+    cli("signing-keys", "rotate", "--publish-first")
+    (staged,) = set(signing_keys_listed(cli)) - {old, new}
+    events = json.loads(cli("audit", "tail", "--type", "signing_key.rotated", "--json").output)
+    assert [(e["actor"], e["outcome"], e["reason"]) for e in events["items"]] == [
+        ("cli", "success", f"new signing key {old}; signs at once"),
+        ("cli", "success", f"new signing key {new}; signs at once"),
+        ("cli", "success", f"new signing key {staged}; signs in 80 s (--publish-first)"),
+    ]
 
 
 def test_signing_keys_rotate_help_describes_now(cli):

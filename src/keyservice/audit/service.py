@@ -16,12 +16,13 @@ from keyservice.paging import MAX_LIMIT, bad_cursor, page
 DEFAULT_LIMIT = 100
 # What an event must never hold, should a name or a description quoted in `actor` or
 # `reason` carry it (a key string pasted as a device or scope name, say): an API key string
-# or refresh token, whole or in part (security/tokens.py), a JWT, or a run of 32 or more
-# letters and digits such as a bare client secret (43). Client ids (16) and ids pass.
+# or refresh token, whole or in part (security/tokens.py), a JWT, or a run of 40 or more
+# letters and digits such as a bare client secret (43). Client ids (16), ids and signing
+# key ids (32, public) pass.
 _SECRET_LIKE = re.compile(
     r"[A-Za-z0-9_-]*(?:ksk_|ksr_)[A-Za-z0-9_-]*"
     r"|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*"
-    r"|[A-Za-z0-9_-]*[A-Za-z0-9]{32}[A-Za-z0-9_-]*"
+    r"|[A-Za-z0-9_-]*[A-Za-z0-9]{40}[A-Za-z0-9_-]*"
 )
 REDACTED = "(secret not recorded)"
 _CURSOR_PREFIX = "seq:"
@@ -56,7 +57,7 @@ def record(
 def without_secrets(text: str | None) -> str | None:
     """`text` with anything shaped like a credential replaced (see _SECRET_LIKE); every
     event's `actor` and `reason` go through it."""
-    if text is None or (len(text) < 32 and "ks" not in text and "eyJ" not in text):
+    if text is None or (len(text) < 40 and "ks" not in text and "eyJ" not in text):
         return text  # the token path's `key:kc_...` and fixed reasons: no regex
     return _SECRET_LIKE.sub(REDACTED, text)
 
@@ -113,8 +114,23 @@ async def list_events(
     return items, encode_cursor(items[-1].seq) if more else None
 
 
-async def prune(session: AsyncSession, *, before: datetime) -> int:
-    """Delete the events recorded before `before`; return how many, and commit."""
+async def prune(
+    session: AsyncSession, *, before: datetime, actor: str = "server", retention_days: int = 0
+) -> int:
+    """Delete the events recorded before `before`; return how many, and commit.
+
+    Deleting any is itself an event (`audit.pruned`, in the same transaction), so that a
+    reader of the log can tell events that aged out from events that were never written.
+    """
     result = await session.execute(delete(AuditEvent).where(AuditEvent.at < before))
+    deleted = int(getattr(result, "rowcount", 0) or 0)
+    if deleted:
+        record(
+            session,
+            type="audit.pruned",
+            actor=actor,
+            reason=f"{deleted} event(s) recorded before {before.isoformat()} deleted "
+            f"({retention_days}-day retention)",
+        )
     await session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+    return deleted
