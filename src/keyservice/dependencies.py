@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyservice.audit.refusals import CALLER
+from keyservice.audit.refusals import CALLER, REQUEST_SESSION
 from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.exceptions import InsufficientScope, InvalidToken, MissingToken
@@ -38,11 +38,13 @@ async def get_settings_dep(context: ContextDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-async def get_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
+async def get_session(request: Request, context: ContextDep) -> AsyncIterator[AsyncSession]:
     # aclosing: when the endpoint raises, the inner generator must still run its cleanup
     # now (rollback, return the connection), not whenever it is garbage-collected.
     async with contextlib.aclosing(context.database.session()) as sessions:
         async for session in sessions:
+            # For the console's refusals, recorded while it is still open (audit/refusals.py).
+            request.scope[REQUEST_SESSION] = session
             yield session
 
 

@@ -86,7 +86,7 @@ async def test_admin_adds_a_scope_and_refusals_keep_the_input(
     # As POST /admin/scopes: in the catalog, in this process's metadata at once, audited.
     listed = await client.get("/.well-known/oauth-authorization-server")
     assert "projects:read" in listed.json()["scopes_supported"]
-    events = await audit_events(context, "scope.created")
+    events = await audit_events(context, "scope.created", outcome="success")
     assert [(e.actor, e.reason) for e in events] == [("user:root", "scope projects:read")]
 
     # The API's words, next to the field, with what was typed kept.
@@ -117,7 +117,7 @@ async def test_admin_adds_a_scope_and_refusals_keep_the_input(
         data={"csrf_token": token, "name": "projects:write", "description": "d" * 1001},
     )
     assert field_error(too_long.text, "description") == "Use at most 1000 characters."
-    assert len(await audit_events(context, "scope.created")) == 1
+    assert len(await audit_events(context, "scope.created", outcome="success")) == 1
 
     # A crafted link cannot put a stranger's words into the banner: only a catalog name.
     crafted = await client.get(
@@ -135,7 +135,7 @@ async def test_a_scope_form_without_the_csrf_token_is_refused(
     for sent in ({}, {"csrf_token": "forged"}):
         refused = await client.post("/console/admin/scopes", data={**sent, "name": "x:y"})
         assert refused.status_code == 403 and "Form refused" in refused.text
-    assert await audit_events(context, "scope.created") == []
+    assert await audit_events(context, "scope.created", outcome="success") == []
     assert "x:y" not in (await client.get("/console/admin/scopes")).text
 
 
@@ -168,7 +168,7 @@ async def test_admin_edits_a_scope_description(
     shown = await client.get(saved.headers["location"])
     assert "The description of files/read was saved." in shown.text
     assert ">Read files</textarea>" in shown.text
-    events = await audit_events(context, "scope.updated")
+    events = await audit_events(context, "scope.updated", outcome="success")
     assert [(e.actor, e.reason) for e in events] == [("user:root", "scope files/read: description")]
 
     # Refusals in words above the table, with what was typed kept in its row.
@@ -194,7 +194,7 @@ async def test_admin_edits_a_scope_description(
             "/console/admin/scopes/edit", data={**sent, "name": "files/read", "description": "x"}
         )
         assert refused.status_code == 403 and "Form refused" in refused.text
-    assert len(await audit_events(context, "scope.updated")) == 1
+    assert len(await audit_events(context, "scope.updated", outcome="success")) == 1
 
 
 def row_description(html: str, name: str) -> str:
@@ -223,7 +223,7 @@ async def test_a_scope_row_saved_as_shown_changes_nothing_and_a_refused_one_is_n
     sent = {"csrf_token": token, "name": "files/read", "description": shown.replace("\n", "\r\n")}
     saved = await client.post("/console/admin/scopes/edit", data=sent)
     assert saved.status_code == 303, banner_errors(saved.text)
-    assert await audit_events(context, "scope.updated") == []
+    assert await audit_events(context, "scope.updated", outcome="success") == []
     async with context.database.sessionmaker() as session:
         assert (await scopes.get(session, name="files/read")).description == text
 
@@ -270,7 +270,7 @@ async def test_admin_deletes_a_scope_after_a_confirmation(
     assert "typo:raed" not in listed_names(shown.text)
     metadata = await client.get("/.well-known/oauth-authorization-server")
     assert "typo:raed" not in metadata.json()["scopes_supported"]
-    events = await audit_events(context, "scope.deleted")
+    events = await audit_events(context, "scope.deleted", outcome="success")
     assert [(e.actor, e.reason) for e in events] == [("user:root", "scope typo:raed")]
 
     # Deleted meanwhile (another tab): said in words; the confirmation is a 404.
@@ -335,7 +335,7 @@ async def test_a_scope_in_use_or_built_in_is_not_deleted_and_the_page_says_why(
     assert banner_errors(builtin.text) == [
         "The scope 'introspect' is built in: the service itself checks it, so it cannot be deleted."
     ]
-    assert await audit_events(context, "scope.deleted") == []
+    assert await audit_events(context, "scope.deleted", outcome="success") == []
     page = await client.get("/console/admin/scopes")
     assert '<span class="mono">projects:read</span>' in page.text
 
@@ -354,8 +354,8 @@ async def test_non_admins_can_neither_edit_nor_delete_scopes(
     ):
         refused = await client.post(path, data={**data, "csrf_token": token})
         assert refused.status_code == 403 and "This page is for administrators." in refused.text
-    assert await audit_events(context, "scope.updated") == []
-    assert await audit_events(context, "scope.deleted") == []
+    assert await audit_events(context, "scope.updated", outcome="success") == []
+    assert await audit_events(context, "scope.deleted", outcome="success") == []
 
 
 # All keys --------------------------------------------------------------------------------
@@ -590,7 +590,7 @@ async def test_admin_revokes_any_key_after_confirming(
     # Sent again (a second click): nothing more happens; the page says it is done.
     again = await client.post(f"/console/admin/keys/{key_id}/revoke", data={"csrf_token": token})
     assert again.status_code == 303
-    assert len(await audit_events(context, "api_key.deleted")) == 1
+    assert len(await audit_events(context, "api_key.deleted", outcome="success")) == 1
     twice = await client.get(f"/console/admin/keys/{key_id}/revoke")
     assert twice.status_code == 409 and "This key was revoked already." in twice.text
     missing = await client.get("/console/admin/keys/no-such-key/revoke")
@@ -620,8 +620,8 @@ async def test_non_admins_get_neither_page_nor_link(
     ):
         refused = await client.post(path, data={**data, "csrf_token": token})
         assert refused.status_code == 403 and "This page is for administrators." in refused.text
-    assert await audit_events(context, "scope.created") == []
-    assert await audit_events(context, "api_key.deleted") == []
+    assert await audit_events(context, "scope.created", outcome="success") == []
+    assert await audit_events(context, "api_key.deleted", outcome="success") == []
     assert (await exchange(client, api_key)).status_code == 200
 
     await create_principal(context, "root", permissions=["admin"])
@@ -773,3 +773,64 @@ async def test_the_expiry_banner_does_not_ask_to_rotate_a_rotated_key(
     both = _banner((await client.get("/console/keys")).text)
     assert "Rotate a key that still works" in both
     assert "A rotated key needs nothing more once its replacement is in use." in both
+
+
+# Refused changes are audited as the API's are ----------------------------------------------
+
+
+async def test_refused_console_changes_are_audited(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    root = await create_principal(context, "root", permissions=["admin"])
+    token = await signed_in(client, "root")
+    added = await client.post(
+        "/console/admin/scopes", data={"csrf_token": token, "name": "projects:read"}
+    )
+    assert added.status_code == 303
+    again = await client.post(
+        "/console/admin/scopes", data={"csrf_token": token, "name": "projects:read"}
+    )
+    assert again.status_code == 422
+    myself = await client.post(
+        f"/console/admin/users/{root.id}",
+        data={"csrf_token": token, "action": "state", "disabled": "true"},
+    )
+    assert myself.status_code == 409
+    unknown = "00000000-0000-7000-8000-000000000000"
+    gone = await client.post(f"/console/admin/devices/{unknown}/delete", data={"csrf_token": token})
+    assert gone.status_code == 404
+
+    refused = [e for e in await audit_events(context) if e.outcome == "failure"]
+    assert [(e.type, e.actor, e.principal_id, e.ip) for e in refused] == [
+        ("scope.created", "user:root", None, "127.0.0.1"),
+        ("user.updated", "user:root", root.id, "127.0.0.1"),
+        ("device.deleted", "user:root", unknown, "127.0.0.1"),
+    ]
+    assert refused[0].reason == "refused (422): The scope 'projects:read' already exists."
+    assert refused[1].reason.startswith("refused (409): ")
+    assert refused[2].reason.startswith("refused (404): ")
+
+
+async def test_refused_console_key_changes_are_audited(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    owner = await create_principal(context, "kim", permissions=["api_keys:manage"])
+    token = await signed_in(client, "kim")
+    # Not an admin: the admin pages' forms are refused, and on record.
+    forbidden = await client.post(
+        "/console/admin/users",
+        data={"csrf_token": token, "username": "eve", "password": "a long password"},
+    )
+    assert forbidden.status_code == 403
+    bad = await client.post(
+        "/console/keys", data={"csrf_token": token, "name": "", "expires": "", "allowed_ips": ""}
+    )
+    assert bad.status_code == 422
+
+    refused = [e for e in await audit_events(context) if e.outcome == "failure"]
+    assert [(e.type, e.actor, e.principal_id) for e in refused] == [
+        ("user.created", "user:kim", None),
+        ("api_key.created", "user:kim", owner.id),
+    ]
+    assert refused[0].reason == "refused (403): This page is for administrators."
+    assert refused[1].reason.startswith("refused (422): ")

@@ -105,7 +105,7 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     same = await client.post(f"/console/keys/{key.id}/edit", data={**form, "csrf_token": token})
     assert same.status_code == 303
     assert same.headers["location"] == f"/console/keys?done=unchanged&key={key.id}"
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
     sent = {**form, "name": "deploy", "scopes": [READ, WRITE], "csrf_token": token}
     saved = await client.post(f"/console/keys/{key.id}/edit", data=sent)
@@ -118,7 +118,7 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     # Not touched: the expiry to the second (not rounded to the day shown), the rest as is.
     assert row.expires_at == expires
     assert (row.description, row.allowed_ips) == ("line one\nline two", ["127.0.0.1/32"])
-    [event] = await audit_events(context, "api_key.updated")
+    [event] = await audit_events(context, "api_key.updated", outcome="success")
     assert (event.actor, event.reason) == ("user:alice", "changed: name, scopes")
     assert (await exchange(client, key.api_key)).json()["scope"] == f"{READ} {WRITE}"
 
@@ -130,7 +130,7 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     row = await stored(context, key.id)
     assert row.scopes is None
     assert row.expires_at == datetime(day.year, day.month, day.day, tzinfo=UTC)
-    events = await audit_events(context, "api_key.updated")
+    events = await audit_events(context, "api_key.updated", outcome="success")
     assert events[-1].reason == "changed: scopes, expires_at"
     scope = (await exchange(client, key.api_key)).json()["scope"].split()
     assert {READ, WRITE} <= set(scope)
@@ -155,7 +155,7 @@ async def test_a_description_that_starts_with_a_line_break_or_holds_a_cr_is_kept
     assert renamed.status_code == 303
     row = await stored(context, key.id)
     assert (row.name, row.description) == ("deploy", text)
-    [event] = await audit_events(context, "api_key.updated")
+    [event] = await audit_events(context, "api_key.updated", outcome="success")
     assert event.reason == "changed: name"
 
 
@@ -231,7 +231,7 @@ async def test_refusals_show_the_form_again_with_the_input(
 
     row = await stored(context, key.id)
     assert (row.name, row.description, row.scopes) == ("ci", "kept", [READ])
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
 async def test_a_scope_the_owner_lost_is_kept_until_unticked(
@@ -297,7 +297,7 @@ async def test_csrf_another_users_key_and_an_expired_key_are_refused(
     sent = await client.post(f"/console/keys/{old.id}/edit", data={**form, "expires_on": later})
     assert sent.status_code == 409 and "<h1>Key expired</h1>" in sent.text
     assert (await stored(context, old.id)).name == "old"
-    assert await audit_events(context, "api_key.updated") == []
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
 async def test_an_admin_edits_a_device_key(client: httpx.AsyncClient, context: AppContext) -> None:
@@ -326,7 +326,7 @@ async def test_an_admin_edits_a_device_key(client: httpx.AsyncClient, context: A
     assert "Key station two was updated." in shown.text
     row = await stored(context, key.id)
     assert (row.name, row.scopes) == ("station two", ["sensors:write"])
-    [event] = await audit_events(context, "api_key.updated")
+    [event] = await audit_events(context, "api_key.updated", outcome="success")
     assert (event.actor, event.principal_id) == ("user:root", device.id)
     assert (await exchange(client, key.api_key)).json()["scope"] == "sensors:write"
 

@@ -552,7 +552,8 @@ def form_id_of(html: str) -> str:
 
 
 async def _keys_and_events(context: AppContext, owner_id: str) -> tuple[int, dict[str, int]]:
-    """The owner's keys (all of them, revoked and expired too) and their key audit events."""
+    """The owner's keys (all of them, revoked and expired too) and the key changes audited
+    (refusals, such as a form sent again, are events too: not counted)."""
     from sqlalchemy import func, select
 
     async with context.database.sessionmaker() as session:
@@ -562,7 +563,7 @@ async def _keys_and_events(context: AppContext, owner_id: str) -> tuple[int, dic
         events, _ = await audit_service.list_events(session, principal_id=owner_id)
     counts: dict[str, int] = {}
     for event in events:
-        if event.type.startswith("api_key."):
+        if event.type.startswith("api_key.") and event.outcome == "success":
             counts[event.type] = counts.get(event.type, 0) + 1
     return int(keys or 0), counts
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
 
@@ -48,6 +50,31 @@ EVENT_TYPES: dict[tuple[str, str], str] = {
     ("POST", "/api-keys/{key_id}/rotate"): "api_key.rotated",
 }
 
+# The console's forms for the same changes (audited with the same types), under /console.
+CONSOLE_EVENT_TYPES: dict[str, str] = {
+    "/keys": "api_key.created",
+    "/keys/{key_id}/delete": "api_key.deleted",
+    "/keys/{key_id}/edit": "api_key.updated",
+    "/keys/{key_id}/rotate": "api_key.rotated",
+    "/admin/users": "user.created",
+    "/admin/users/{user_id}": "user.updated",
+    "/admin/devices": "device.created",
+    "/admin/devices/{device_id}": "device.updated",
+    "/admin/devices/{device_id}/delete": "device.deleted",
+    "/admin/devices/{device_id}/keys": "api_key.created",
+    "/admin/devices/{device_id}/keys/{key_id}/delete": "api_key.deleted",
+    "/admin/devices/{device_id}/keys/{key_id}/edit": "api_key.updated",
+    "/admin/devices/{device_id}/keys/{key_id}/rotate": "api_key.rotated",
+    "/admin/keys/{key_id}/revoke": "api_key.deleted",
+    "/admin/scopes": "scope.created",
+    "/admin/scopes/edit": "scope.updated",
+    "/admin/scopes/delete": "scope.deleted",
+}
+# Where get_session leaves the request's session.
+REQUEST_SESSION = "keyservice.session"
+# Where the console's render() leaves what a refused form's page says.
+CONSOLE_REFUSAL = "keyservice.console_refusal"
+
 # Ids as this service makes them; anything else in a path (a typo, a pasted key string)
 # is not copied into the event.
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -59,30 +86,69 @@ def _path_id(request: Request, name: str) -> str | None:
 
 
 async def record(request: Request, *, status: int, description: str) -> None:
-    """Record the refusal of an audited write by a verified caller; nothing otherwise.
-
-    Written in its own transaction (the request's was rolled back). A failure to write it
-    is logged and does not change the answer.
-    """
+    """Record the refusal of an audited API write by a verified caller; nothing otherwise."""
     caller: TokenPrincipal | None = request.scope.get(CALLER)
-    route = request.scope.get("route")
-    path = getattr(route, "path", None)
-    event = EVENT_TYPES.get((request.method, path or ""))
+    path = getattr(request.scope.get("route"), "path", "")
+    event = EVENT_TYPES.get((request.method, path))
     if caller is None or event is None or not 400 <= status < 500:
         return
-    from keyservice.dependencies import audit_actor, request_ip
+    from keyservice.dependencies import audit_actor
+
+    async def actor(session: AsyncSession) -> str:
+        return await audit_actor(session, caller)
+
+    own = caller.id if path.startswith("/api-keys") else None  # self-service: own keys
+    await _write(request, event, actor, own=own, status=status, description=description)
+
+
+async def record_console(request: Request, *, status: int) -> None:
+    """Record the refusal of a console form that makes an audited change, by a signed-in
+    user; the reason is what the page said (render() leaves it in the request's scope)."""
+    viewer = getattr(request.state, "console_viewer", None)
+    # The route's own path: the admin pages' routes carry their router's prefix only.
+    path = getattr(request.scope.get("route"), "path", "").removeprefix("/console")
+    event = CONSOLE_EVENT_TYPES.get(path)
+    if viewer is None or event is None or request.method != "POST" or not 400 <= status < 500:
+        return
+    # From `me` (read at the request's start): the handler may have rolled back its
+    # session, expiring the ORM principal, whose attributes would then need a read.
+    name = f"user:{viewer.me.username}"
+
+    async def actor(_session: AsyncSession) -> str:
+        return name
+
+    own = viewer.me.id if path.startswith("/keys") else None
+    # The page is rendered, the request's session still open (its dependency ends after
+    # the answer): end its transaction, whose reads would hold off SQLite's write below.
+    request_session: AsyncSession | None = request.scope.get(REQUEST_SESSION)
+    if request_session is not None:
+        await request_session.rollback()
+    description = request.scope.get(CONSOLE_REFUSAL) or "the form was refused"
+    await _write(request, event, actor, own=own, status=status, description=description)
+
+
+async def _write(
+    request: Request,
+    event: str,
+    actor: Callable[[AsyncSession], Awaitable[str]],
+    *,
+    own: str | None,
+    status: int,
+    description: str,
+) -> None:
+    """Write the event in its own transaction (the request's was rolled back). A failure
+    to write it is logged and does not change the answer."""
+    from keyservice.dependencies import request_ip
 
     context: AppContext = request.app.state.context
-    principal_id = _path_id(request, "user_id") or _path_id(request, "device_id")
-    if principal_id is None and path is not None and path.startswith("/api-keys"):
-        principal_id = caller.id  # self-service: the caller's own keys
+    principal_id = _path_id(request, "user_id") or _path_id(request, "device_id") or own
     try:
         async with context.database.sessionmaker() as session:
             audit.record(
                 session,
                 type=event,
                 outcome="failure",
-                actor=await audit_actor(session, caller),
+                actor=await actor(session),
                 principal_id=principal_id,
                 key_id=_path_id(request, "key_id"),
                 ip=await request_ip(request, context),
@@ -90,4 +156,4 @@ async def record(request: Request, *, status: int, description: str) -> None:
             )
             await session.commit()
     except Exception as exc:  # the refusal is answered all the same
-        log.warning("could not record the refusal of %s %s: %s", request.method, path, exc)
+        log.warning("could not record a refused %s: %s", event, exc)

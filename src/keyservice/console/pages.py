@@ -21,6 +21,9 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from keyservice.audit import refusals
+from keyservice.audit.refusals import CONSOLE_REFUSAL
+from keyservice.console.forms import FormErrors
 from keyservice.console.session import COOKIE_NAME, COOKIE_PATH, ConsoleSession
 from keyservice.exceptions import KeyServiceError
 
@@ -114,8 +117,18 @@ def render(
         "csrf_token": _csrf_token(request),
     }
     values.update(context or {})
+    if status_code >= 400:
+        # What a refused form says, for its audit event (audit/refusals.py).
+        request.scope[CONSOLE_REFUSAL] = _refusal(values)
     html = environment.get_template(template).render(values)
     return HTMLResponse(html, status_code=status_code)
+
+
+def _refusal(values: Mapping[str, Any]) -> str:
+    errors = values.get("errors")
+    if isinstance(errors, FormErrors) and errors:
+        return "; ".join([*errors.general, *errors.fields.values()])
+    return str(values.get("message") or "")
 
 
 def _csrf_token(request: Request) -> str:
@@ -225,6 +238,8 @@ class ConsoleRoute(APIRoute):
                         "Try again shortly",
                         "The database is not answering; try again shortly.",
                     )
+            if request.method == "POST" and 400 <= response.status_code < 500:
+                await refusals.record_console(request, status=response.status_code)
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             if response.media_type == "text/html" or response.status_code in (302, 303):
