@@ -80,8 +80,11 @@ async def test_a_wrong_current_password_is_refused_and_counted_as_a_failed_sign_
     throttled = await change(client, token, PASSWORD, NEW, 429)
     assert int(throttled.headers["Retry-After"]) >= 1
     refusals = [e.reason for e in await audit_events(context, "login") if e.outcome == "failure"]
-    assert refusals[:3] == ["password change: wrong username or password"] * 3
-    assert (await audit_events(context, "user.updated")) == []
+    assert refusals[:3] == ["password change: wrong password"] * 3
+    changes = await audit_events(context, "user.updated")
+    assert [e.outcome for e in changes] == ["failure"] * 4  # refused, each on record
+    assert changes[0].reason == "refused (403): The current password is wrong."
+    assert changes[-1].reason.startswith("refused (429): ")
     # Nothing changed: the session that asked goes on.
     assert (await client.get("/me", headers=bearer(token))).status_code == 200
 
@@ -93,6 +96,9 @@ async def test_only_a_person_signed_in_with_the_password_changes_it(client, cont
     from_key = (await exchange(client, key["api_key"])).json()["access_token"]
     refused = await change(client, from_key, PASSWORD, NEW, 403)
     assert "not with an API key's token" in refused.json()["error_description"]
+    [tried] = await audit_events(context, "user.updated")  # a key trying is on record
+    assert (tried.outcome, tried.actor) == ("failure", f"key:{key['client_id']}")
+    assert tried.principal_id is not None and tried.reason.startswith("refused (403): ")
 
     device = await create_principal(context, "pump", kind="device", permissions=[])
     from tests.factories import service_key

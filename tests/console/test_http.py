@@ -883,5 +883,5 @@ async def test_a_user_changes_their_password_in_the_console(
     )
     assert fresh.status_code == 200, fresh.text
     reasons = [(e.type, e.outcome, e.reason) for e in await audit_events(context)]
-    assert ("login", "failure", "console: password change: wrong username or password") in reasons
+    assert ("login", "failure", "console: password change: wrong password") in reasons
     assert ("user.updated", "success", "password changed; 0 sign-in session(s) ended") in reasons

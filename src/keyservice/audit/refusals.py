@@ -48,6 +48,7 @@ EVENT_TYPES: dict[tuple[str, str], str] = {
     ("PATCH", "/api-keys/{key_id}"): "api_key.updated",
     ("DELETE", "/api-keys/{key_id}"): "api_key.deleted",
     ("POST", "/api-keys/{key_id}/rotate"): "api_key.rotated",
+    ("POST", "/me/password"): "user.updated",
 }
 
 # The console's forms for the same changes (audited with the same types), under /console.
@@ -69,6 +70,7 @@ CONSOLE_EVENT_TYPES: dict[str, str] = {
     "/admin/scopes": "scope.created",
     "/admin/scopes/edit": "scope.updated",
     "/admin/scopes/delete": "scope.deleted",
+    "/password": "user.updated",
 }
 # Where get_session leaves the request's session.
 REQUEST_SESSION = "keyservice.session"
@@ -97,7 +99,8 @@ async def record(request: Request, *, status: int, description: str) -> None:
     async def actor(session: AsyncSession) -> str:
         return await audit_actor(session, caller)
 
-    own = caller.id if path.startswith("/api-keys") else None  # self-service: own keys
+    # Self-service: one's own keys, or one's own password.
+    own = caller.id if path.startswith(("/api-keys", "/me/")) else None
     await _write(request, event, actor, own=own, status=status, description=description)
 
 
@@ -117,7 +120,7 @@ async def record_console(request: Request, *, status: int) -> None:
     async def actor(_session: AsyncSession) -> str:
         return name
 
-    own = viewer.me.id if path.startswith("/keys") else None
+    own = viewer.me.id if path.startswith(("/keys", "/password")) else None
     # The page is rendered, the request's session still open (its dependency ends after
     # the answer): end its transaction, whose reads would hold off SQLite's write below.
     request_session: AsyncSession | None = request.scope.get(REQUEST_SESSION)
