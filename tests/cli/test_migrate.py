@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -523,15 +524,8 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
 
-    async def users() -> list[str]:
-        database = Database(empty_database)
-        try:
-            async with database.engine.connect() as connection:
-                return list(await connection.scalars(sa.text("SELECT id FROM principal")))
-        finally:
-            await database.dispose()
-
-    assert user_id in asyncio.run(users())  # the data stays; only what 0008/0009 added goes
+    # The data stays; only what 0008/0009 added goes.
+    assert user_id in _column(empty_database, "SELECT id FROM principal")
     result = keyservice(
         "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
     )
@@ -612,16 +606,22 @@ def test_0009_key_scopes_changed_at_upgrades_downgrades_and_upgrades_again(empty
     assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
 
 
-def _count_keys(database_url: str) -> int:
-    async def read() -> int:
+def _column(database_url: str, sql: str) -> list[Any]:
+    """The one column `sql` reads, from a connection of its own."""
+
+    async def read() -> list[Any]:
         database = Database(database_url)
         try:
             async with database.engine.connect() as connection:
-                return int(await connection.scalar(sa.text("SELECT count(*) FROM api_key")))
+                return list(await connection.scalars(sa.text(sql)))
         finally:
             await database.dispose()
 
     return asyncio.run(read())
+
+
+def _count_keys(database_url: str) -> int:
+    return len(_column(database_url, "SELECT id FROM api_key"))
 
 
 def test_migrate_to_an_older_revision_keeps_every_api_key(empty_database, tmp_path):
@@ -650,12 +650,4 @@ def test_migrate_to_an_older_revision_keeps_every_api_key(empty_database, tmp_pa
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
     assert migrations.current_revisions(empty_database) == ("0009",)
 
-    async def client_ids() -> list[str]:
-        database = Database(empty_database)
-        try:
-            async with database.engine.connect() as connection:
-                return list(await connection.scalars(sa.text("SELECT client_id FROM api_key")))
-        finally:
-            await database.dispose()
-
-    assert asyncio.run(client_ids()) == [client_id]
+    assert _column(empty_database, "SELECT client_id FROM api_key") == [client_id]
