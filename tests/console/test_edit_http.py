@@ -372,7 +372,9 @@ async def test_a_form_shown_before_another_edit_does_not_undo_it(
     assert "were changed since this page was shown" in unescape(refused.text)
     row = await stored(context, key.id)
     assert (row.name, row.scopes) == ("ci", [READ])
-    assert len(await audit_events(context, "api_key.updated")) == 1
+    updates = await audit_events(context, "api_key.updated")
+    assert [e.outcome for e in updates] == ["success", "failure"]  # the refusal on record
+    assert updates[1].reason.startswith("refused (409): This key's settings were changed")
     # Shown again as the key is now: saving the rename from there keeps the scope away.
     current = shown_form(refused.text)
     assert current["scopes"] == [READ] and current["name"] == "ci"
