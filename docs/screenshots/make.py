@@ -48,7 +48,14 @@ async def seed(ctx: AppContext) -> None:
             ("projects:write", "Create and change projects"),
             ("billing:read", "Read invoices"),
         ]:
-            await scopes.create(session, name=name, description=description, actor=None, ip=None)
+            await scopes.create(
+                session,
+                name=name,
+                description=description,
+                actor=None,
+                ip=None,
+                names=ctx.scope_names,
+            )
         admin = await users.create(
             session,
             username="ada",
@@ -157,6 +164,16 @@ async def main() -> None:
                 )
                 await page.get_by_role("dialog").wait_for()
                 await shoot(page, "delete-dialog")
+                await page.keyboard.press("Escape")
+                await (
+                    page.get_by_role("row", name="ci-deploy")
+                    .get_by_role("link", name="Edit")
+                    .click()
+                )
+                await page.get_by_role("button", name="Save changes").wait_for()
+                await shoot(page, "edit-key")
+                await page.goto("/console/password")
+                await shoot(page, "password")
                 await page.goto("/console/admin/users")
                 await shoot(page, "admin-users")
                 await page.goto("/console/admin/devices")
