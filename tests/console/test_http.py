@@ -885,3 +885,26 @@ async def test_a_user_changes_their_password_in_the_console(
     reasons = [(e.type, e.outcome, e.reason) for e in await audit_events(context)]
     assert ("login", "failure", "console: password change: wrong password") in reasons
     assert ("user.updated", "success", "password changed; 0 sign-in session(s) ended") in reasons
+
+
+async def test_a_user_who_may_not_manage_keys_lands_on_their_password_page(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """Sign-in leads to the keys page; without `api_keys:manage` that was a 403 page and
+    the nav offered it. Such a user lands on Password, the one page that is theirs."""
+    await create_principal(context, "reader", permissions=["projects:read"])
+    page = await client.get("/console/login")
+    signed = await client.post(
+        "/console/login",
+        data={"username": "reader", "password": PASSWORD, "csrf_token": csrf_of(page.text)},
+    )
+    assert signed.headers["location"] == "/console/keys"
+    keys = await client.get("/console/keys")
+    assert keys.status_code == 303 and keys.headers["location"] == "/console/password"
+    landed = await client.get("/console/password")
+    assert landed.status_code == 200
+    assert 'href="/console/keys"' not in landed.text  # no nav entry leading to a 403
+    assert 'aria-current="page">Password' in landed.text
+    # The key pages themselves still say why, opened by their address.
+    new = await client.get("/console/keys/new")
+    assert new.status_code == 403 and "api_keys:manage" in new.text

@@ -223,8 +223,12 @@ async def change_password(
 
 @router.get("/keys")
 async def keys_page(
-    request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
+    request: Request, viewer: ViewerDep, session: SessionDep, context: ContextDep
 ) -> Response:
+    if not viewer.can_manage_keys:
+        # Where sign-in lands: a user who may not manage keys has only their password here
+        # (a 403 page was all they got after signing in).
+        return RedirectResponse("/console/password", status_code=303)
     keys = await api_keys.list_for_owner(context, session, owner=viewer.principal)
     done = request.query_params.get("done", "")
     notice = key_notice(request, keys) or {"deleted": "The key was deleted."}.get(done)
