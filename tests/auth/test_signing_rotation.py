@@ -28,7 +28,7 @@ from keyservice.security.jwt import (
     SIGNING_KEY_RELOAD_SECONDS,
     SigningKeyring,
 )
-from tests.factories import bearer, login, user_token
+from tests.factories import audit_events, bearer, login, user_token
 
 PERMS = ["api_keys:manage", "projects:read"]
 CLAIMS = {"sub": "s", "scope": "", "principal_type": "user", "sid": "f"}
@@ -235,6 +235,19 @@ async def test_replicas_starting_together_make_one_first_key(context, monkeypatc
             await replica.database.dispose()
     (only,) = await live_keys(context)
     assert [replica.keyring.current_kid for replica in replicas] == [only.kid, only.kid]
+    [created] = await audit_events(context, "signing_key.created")
+    assert created.reason == f"first signing key {only.kid}; signs at once"
+
+
+async def test_the_first_signing_key_is_on_record_once(context):
+    # Rotations were audited; the key a new deployment makes at its first start was not.
+    for _ in range(2):  # a second start finds the key and makes none
+        async with context.database.sessionmaker() as session:
+            await context.keyring.ensure_key(session)
+    (only,) = await live_keys(context)
+    [created] = await audit_events(context, "signing_key.created")
+    assert (created.actor, created.outcome) == ("server", "success")
+    assert created.reason == f"first signing key {only.kid}; signs at once"
 
 
 @pytest.mark.postgresql_only

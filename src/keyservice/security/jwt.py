@@ -33,6 +33,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyservice.audit import service as audit
 from keyservice.auth.models import SigningKey
 from keyservice.database import utcnow
 from keyservice.security.tokens import looks_like_api_key
@@ -247,7 +248,14 @@ class SigningKeyring:
             await _queue(session)
             # Read again once in turn: another replica may have made it meanwhile.
             if await _current(session) is None:
-                await self.create_key(session, retire_current=False)
+                kid = await self.create_key(session, retire_current=False)
+                # Key material came to be: on record, as a rotation is (the kid is public).
+                audit.record(
+                    session,
+                    type="signing_key.created",
+                    actor="server",
+                    reason=f"first signing key {kid}; signs at once",
+                )
             await session.commit()
         await self.load(session)
 
