@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -422,23 +424,34 @@ def test_401_refreshes_once_and_retries(server: Server, api_key: str, token_log:
     assert seen[1] != seen[2]
 
 
+@contextlib.asynccontextmanager
+async def refusing_api(
+    auth: KeyServiceAuth, bodies: list[bytes] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a downstream API that answers 401 to every token (its clock or audience
+    set wrong); the bodies it was sent go to `bodies` when given."""
+
+    async def always_401(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        if bodies is not None:
+            bodies.append(message["body"])
+        await send({"type": "http.response.start", "status": 401, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=always_401)
+    async with httpx.AsyncClient(
+        base_url="http://downstream", transport=transport, auth=auth
+    ) as client:
+        yield client
+
+
 async def test_401_twice_returns_the_401_after_one_retry(
     server: Server, api_key: str, token_log: TokenLog
 ) -> None:
     bodies: list[bytes] = []
-
-    async def always_401(scope: Any, receive: Any, send: Any) -> None:
-        """A downstream API that refuses every token (e.g. its clock is wrong)."""
-        bodies.append((await receive())["body"])
-        await send({"type": "http.response.start", "status": 401, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
     async with token_log.async_client() as token_client:
         auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
-        transport = httpx.ASGITransport(app=always_401)
-        async with httpx.AsyncClient(
-            base_url="http://downstream", transport=transport, auth=auth
-        ) as c:
+        async with refusing_api(auth, bodies) as c:
             response = await c.post("/anything", json={"n": 1})
     assert response.status_code == 401
     assert bodies == [b'{"n":1}', b'{"n":1}']  # the body was replayed on the retry
@@ -448,16 +461,9 @@ async def test_401_twice_returns_the_401_after_one_retry(
 async def test_an_api_refusing_fresh_tokens_gets_no_renewal_per_request(
     server: Server, api_key: str, token_log: TokenLog
 ) -> None:
-    async def always_401(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 401, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
     async with token_log.async_client() as token_client:
         auth = KeyServiceAuth(api_key, server.token_url, async_token_client=token_client)
-        transport = httpx.ASGITransport(app=always_401)
-        async with httpx.AsyncClient(
-            base_url="http://downstream", transport=transport, auth=auth
-        ) as c:
+        async with refusing_api(auth) as c:
             statuses = [(await c.get("/anything")).status_code for _ in range(10)]
             assert (token_log.exchanges, token_log.refreshes) == (1, 1)
             # Once the pause is over, a 401 is worth one more renewal.
