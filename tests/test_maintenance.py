@@ -25,9 +25,10 @@ from tests.conftest import (
 from tests.factories import create_principal, login
 
 # Rows of RefreshToken, AuditEvent, RevokedFamily, ConsoleSpent and SigningKey.
-SEEDED = [2, 2, 2, 2, 4]
-# Audit: the recent event, and the prune's own `audit.pruned`.
-KEPT = [1, 2, 1, 1, 3]
+# Audit: the two seeded logins and the first signing key's `signing_key.created`.
+SEEDED = [2, 3, 2, 2, 4]
+# Audit: the recent login, the key's creation, and the prune's own `audit.pruned`.
+KEPT = [1, 3, 1, 1, 3]
 
 
 async def _seed_signing_keys(context) -> dict[str, str]:

@@ -45,8 +45,8 @@ async def test_events_newest_first_with_fields(client, context):
     assert first["outcome"] == "success"
     assert first["ip"] == "127.0.0.1"
     assert first["at"].endswith("Z") or first["at"].endswith("+00:00")
-    # The admin's own login came before.
-    assert [item["type"] for item in body["items"]][1:] == ["login"]
+    # The admin's own login came before, and the first signing key before that.
+    assert [item["type"] for item in body["items"]][1:] == ["login", "signing_key.created"]
 
 
 async def test_filters(client, context):
@@ -93,7 +93,9 @@ async def test_filters(client, context):
 async def test_cursor_paging_stays_correct_while_events_are_written(client, context):
     admin = await admin_token(context, client)
     await _write(context, 25)
-    expected = [f"test.event {n}" for n in reversed(range(25))] + [None]  # + the login
+    # + the login, and the first signing key the app made at start-up.
+    first_key = f"first signing key {context.keyring.current_kid}; signs at once"
+    expected = [f"test.event {n}" for n in reversed(range(25))] + [None, first_key]
 
     seen = []
     cursor = None
@@ -123,7 +125,7 @@ async def test_limit_is_clamped_and_cursor_checked(client, context):
     assert len(body["items"]) == 500
     assert body["next_cursor"] is not None
     rest = await _page(client, admin, limit=1000, cursor=body["next_cursor"])
-    assert len(rest["items"]) == 6 and rest["next_cursor"] is None
+    assert len(rest["items"]) == 7 and rest["next_cursor"] is None  # + login, first key
     default = await _page(client, admin)
     assert len(default["items"]) == 100
 
