@@ -8,6 +8,7 @@
     keyservice devices list [--json]
     keyservice audit tail [--limit N] [--type T] [--json]
     keyservice prune
+    keyservice backup FILE
     keyservice signing-keys list [--json]
 
 Each command runs against the configured database (KEYSERVICE_DATABASE_URL) through the
@@ -491,6 +492,48 @@ def prune() -> None:
     )
 
 
+# backup --------------------------------------------------------------------------------
+
+
+@click.command(short_help="Copy the embedded SQLite database, consistently, while it serves.")
+@click.argument("file", type=click.Path(path_type=Path))
+def backup(file: Path) -> None:
+    """Write a consistent copy of the embedded SQLite database to FILE, while the server
+    runs (SQLite's online backup: one moment's snapshot, never a torn copy).
+
+    FILE must not exist: a backup never overwrites. Given a folder, the copy is named
+    keyservice-YYYYMMDDTHHMMSSZ.db in it (for a cron job). The copy is one file, mode 0600.
+    The server secret is not in it: keep it too, stored apart, or the copy's API keys,
+    refresh tokens and signing keys cannot be used. PostgreSQL: use pg_dump.
+    """
+    from keyservice.backup import BackupError, backup_sqlite, sqlite_path
+    from keyservice.database import utcnow
+
+    settings = load_settings()
+    try:
+        source = sqlite_path(settings.effective_database_url)
+        if file.is_dir():
+            file = file / f"keyservice-{utcnow():%Y%m%dT%H%M%SZ}.db"
+        made = backup_sqlite(source, file)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"backed up the database (schema revision {made.revision}, "
+        f"{made.size / 1_000_000:.1f} MB) to {made.path}"
+    )
+    if settings.secret_key is not None:
+        where = "KEYSERVICE_SECRET_KEY"
+    else:
+        from keyservice.config import SECRET_KEY_FILE
+
+        where = f"a copy of {(settings.data_dir / SECRET_KEY_FILE).resolve()}"
+    click.echo(
+        f"The server secret is not in the backup: keep {where} too, stored apart from it. "
+        "Without the secret the backup's API keys, refresh tokens and signing keys cannot be "
+        "used; whoever holds both can."
+    )
+
+
 # signing keys --------------------------------------------------------------------------
 
 
@@ -594,7 +637,7 @@ def signing_keys_list(as_json: bool) -> None:
 
 def register(main: click.Group) -> None:
     """Add the admin commands to the `keyservice` command."""
-    for command in (keys, devices, audit, prune):
+    for command in (keys, devices, audit, prune, backup):
         main.add_command(command)
 
 
