@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import re
 import time
 
 import pytest
 
-from keyservice.logbuffer import BatchingStreamHandler
+from keyservice.logbuffer import BatchingStreamHandler, JsonFormatter
 
 
 @pytest.fixture
@@ -97,3 +99,36 @@ async def test_the_app_writes_waiting_lines_when_it_shuts_down(context):
     finally:
         root.removeHandler(handler)
         access.setLevel(previous)
+
+
+def _record(name: str, msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if exc:
+        try:
+            raise ValueError("the database said no")
+        except ValueError:
+            import sys
+
+            exc_info = sys.exc_info()
+    return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, exc_info)
+
+
+def test_json_lines_are_one_object_each_with_the_access_logs_fields():
+    formatter = JsonFormatter()
+    access = json.loads(
+        formatter.format(_record("keyservice.access", "%s %s %s %.1fms", "GET", "/me", 200, 1.26))
+    )
+    assert access["logger"] == "keyservice.access" and access["level"] == "INFO"
+    assert access["message"] == "GET /me 200 1.3ms"
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/me", 200)
+    assert access["duration_ms"] == 1.3
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", access["time"])
+
+    # A message with a newline (a forged second record in text) stays one line.
+    text = formatter.format(_record("keyservice", "name %s", "x\n2026 INFO forged: line"))
+    assert "\n" not in text and json.loads(text)["message"] == "name x\n2026 INFO forged: line"
+    assert "method" not in json.loads(text)
+
+    failed = json.loads(formatter.format(_record("keyservice", "boom", exc=True)))
+    assert failed["message"] == "boom"
+    assert "ValueError: the database said no" in failed["exception"]

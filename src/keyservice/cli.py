@@ -36,8 +36,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise click.ClickException("invalid configuration:" + lines) from None
 
 
-def configure_logging(level: str) -> None:
-    from keyservice.logbuffer import BatchingStreamHandler
+def configure_logging(level: str, log_format: str = "text") -> None:
+    from keyservice.logbuffer import BatchingStreamHandler, JsonFormatter
 
     # What our format never shows, not worked out for every record (the logging HOWTO's
     # "Optimization"): the caller's file and line, thread, process and process names.
@@ -46,11 +46,12 @@ def configure_logging(level: str) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
 
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[BatchingStreamHandler(sys.stderr)],
-    )
+    handler = BatchingStreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
     # Alembic announces each of its plugins at INFO: noise on every start.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # aiosqlite's DEBUG lines name each call with its arguments: every statement of the
@@ -285,7 +286,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     if port is not None:
         os.environ["KEYSERVICE_PORT"] = str(port)
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     _say_token_commit(settings)
     _say_issuer(settings)
     from keyservice.workers import check_address
@@ -321,7 +322,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
                 err=True,
             )
         else:
-            click.echo(f"created the bootstrap admin '{username}'", err=True)
+            logging.getLogger("keyservice").info("created the bootstrap admin '%s'", username)
 
     import uvicorn
 
@@ -335,6 +336,10 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 20,
     }
+    if settings.log_format == "json":
+        # uvicorn's own lines ("Started server process", errors) through our handler as
+        # JSON too, instead of its text handler: one format on the stream.
+        options["log_config"] = None
     try:
         import uvloop  # noqa: F401
 
@@ -354,7 +359,13 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     # connections over them (uvicorn's own supervisor shares one socket: see workers.py).
     from keyservice.workers import Supervisor
 
-    supervisor = Supervisor(options, host=settings.host, port=settings.port, workers=workers)
+    supervisor = Supervisor(
+        options,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_format=settings.log_format,
+    )
     sys.exit(supervisor.run())
 
 

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=90, ge=1, le=36500)
     prune_interval_seconds: int = Field(default=3600, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one line per record for people; json: one object per line for log shippers.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -70,7 +70,7 @@ def check_address(host: str, port: int) -> None:
     listening_socket(host, port, reuse_port=False).close()
 
 
-def _worker(options: dict[str, Any], host: str, port: int) -> None:
+def _worker(options: dict[str, Any], host: str, port: int, log_format: str = "text") -> None:
     """One worker process: its own socket, then uvicorn's server on it until told to stop."""
     import uvicorn
 
@@ -79,7 +79,7 @@ def _worker(options: dict[str, Any], host: str, port: int) -> None:
     config = uvicorn.Config(APP, **options)  # also configures uvicorn's logging here
     # Our own loggers (the access log, warnings) as `serve --workers 1` configures them:
     # a spawned worker starts with none of the parent's logging set up.
-    configure_logging(str(options.get("log_level", "info")).upper())
+    configure_logging(str(options.get("log_level", "info")).upper(), log_format)
     try:
         sock = listening_socket(host, port)
     except OSError as exc:
@@ -94,8 +94,17 @@ def _worker(options: dict[str, Any], host: str, port: int) -> None:
 
 
 class Supervisor:
-    def __init__(self, options: dict[str, Any], *, host: str, port: int, workers: int) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        *,
+        host: str,
+        port: int,
+        workers: int,
+        log_format: str = "text",
+    ) -> None:
         self.options = options
+        self.log_format = log_format
         self.host = host
         self.port = port
         self.workers = workers
@@ -104,7 +113,9 @@ class Supervisor:
 
     def _start_one(self) -> SpawnProcess:
         process = _spawn.Process(
-            target=_worker, args=(self.options, self.host, self.port), name="keyservice-worker"
+            target=_worker,
+            args=(self.options, self.host, self.port, self.log_format),
+            name="keyservice-worker",
         )
         process.start()
         log.info("started worker process [%s]", process.pid)

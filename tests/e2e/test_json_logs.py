@@ -1,0 +1,71 @@
+"""`KEYSERVICE_LOG_FORMAT=json`: every line the server writes is one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.test_server import KEYSERVICE, base_env, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
+    password = "json-logs-password-123"
+    env = base_env(
+        KEYSERVICE_LOG_FORMAT="json",
+        KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME="root",
+        KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD=password,
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [KEYSERVICE, "serve", "--port", str(port), "--workers", workers],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert httpx.get(url + "/healthz").status_code == 200
+        signed_in = httpx.post(
+            url + "/token",
+            data={"grant_type": "password", "username": "root", "password": password},
+        )
+        assert signed_in.status_code == 200
+        token = signed_in.json()["access_token"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+    text = log.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # each one parses
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    messages = [line["message"] for line in lines]
+    assert "created the bootstrap admin 'root'" in messages
+    assert any(line["logger"].startswith("uvicorn") for line in lines), messages  # its own too
+    (health,) = [line for line in lines if line.get("path") == "/healthz"]
+    assert (health["method"], health["status"]) == ("GET", 200)
+    assert isinstance(health["duration_ms"], float)
+    assert any(line.get("path") == "/token" and line["status"] == 200 for line in lines)
+    assert password not in text and token not in text
