@@ -11,6 +11,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError, ValidationException
@@ -129,14 +130,21 @@ def _is_db_outage(exc: BaseException) -> bool:
 # A path segment holding a credential-like run (exceptions.CREDENTIAL_LIKE): ids are UUIDs,
 # whose runs are shorter, and no route answers a credential in its path.
 _CREDENTIAL_SEGMENT = re.compile(r"[^/]*[0-9A-Za-z]{16}[^/]*")
+# Characters that would end a log line or drive a terminal (a path's %0A, %1B), and the
+# Unicode line and paragraph separators: written back percent-encoded.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def loggable_path(path: str) -> str:
     """The request path for a log line, any segment that may be a credential withheld.
 
     A key string where its id goes (`DELETE /api-keys/ksk_...`) would otherwise be in the
-    access log, which every request reaches (the query string never is).
+    access log, which every request reaches (the query string never is). The path is
+    percent-decoded: a control character in it is encoded again, so that `GET /%0A...`
+    cannot write a line of its own into the log (or colour an operator's terminal).
     """
+    if _UNPRINTABLE.search(path) is not None:
+        path = _UNPRINTABLE.sub(lambda found: quote(found.group(), safe=""), path)
     if CREDENTIAL_LIKE.search(path) is None:
         return path
     return _CREDENTIAL_SEGMENT.sub("(not logged)", path)

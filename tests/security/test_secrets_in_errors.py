@@ -281,6 +281,21 @@ async def test_the_access_log_leaves_out_a_path_segment_that_may_be_a_credential
     assert lines[2].startswith("GET /console/keys/(not logged)/rotate "), lines
 
 
+async def test_a_path_cannot_write_a_log_line_of_its_own(client, caplog):
+    # The path arrives percent-decoded: %0A was a newline in the access log, so a request
+    # could append a forged line ("... INFO keyservice: admin signed in"), and %1B an
+    # escape sequence for the terminal an operator tails it on.
+    caplog.set_level(logging.INFO, logger="keyservice.access")
+    forged = "/x%0A2026-12-07 06:00:00,000 INFO keyservice: forged%1B[2J%E2%80%A8end"
+    answered = await client.get(forged)
+    assert answered.status_code == 404
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "keyservice.access"]
+    assert line.startswith(
+        "GET /x%0A2026-12-07 06:00:00,000 INFO keyservice: forged%1B[2J%E2%80%A8end 404 "
+    ), line
+    assert not any(ch in line for ch in "\n\r\x1b\u2028")
+
+
 RESPONSE_SECRET = "Zt4mW8pQ2nX6cV1bK7sD3fG9hJ5lA0eR"
 
 
