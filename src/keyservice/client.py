@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import math
 import os
 import re
 import ssl
+import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -97,6 +99,29 @@ class TokenExchangeError(Exception):
         )
 
 
+def _elapsed_clock() -> Callable[[], float]:
+    """The clock of the SDK's deadlines: seconds that go on counting while the machine sleeps.
+
+    `time.monotonic` stops in a system suspend on Linux and macOS: a laptop waking from a
+    night's sleep held a token it took for fresh, expired hours ago by every other clock,
+    and bridged a failed renewal with it. CLOCK_BOOTTIME (Linux) and macOS's
+    CLOCK_MONOTONIC count the sleep and, like `monotonic`, never jump with the wall clock.
+    """
+    clock_id = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock_id is None and sys.platform == "darwin":
+        clock_id = getattr(time, "CLOCK_MONOTONIC", None)
+    if clock_id is not None:
+        try:
+            time.clock_gettime(clock_id)
+        except OSError:  # pragma: no cover - a kernel without it
+            return time.monotonic
+        return functools.partial(time.clock_gettime, clock_id)
+    return time.monotonic  # pragma: no cover - Windows: its monotonic counts sleep
+
+
+elapsed = _elapsed_clock()
+
+
 def _rebuild_error(
     error: str, description: str | None, status_code: int | None, retry_after: float | None
 ) -> TokenExchangeError:
@@ -107,7 +132,7 @@ def _rebuild_error(
 class _After401:
     """How a token obtained because an API answered 401 has fared since."""
 
-    at: float  # when it was obtained (monotonic)
+    at: float  # when it was obtained (elapsed())
     accepted: bool = False  # whether an API has accepted it since
 
 
@@ -115,7 +140,8 @@ class _After401:
 class _Token:
     access_token: str = field(repr=False)
     refresh_token: str | None = field(repr=False)
-    # Deadlines on the monotonic clock, so wall-clock jumps cannot stretch a token's life.
+    # Deadlines on `elapsed()`, so wall-clock jumps cannot stretch a token's life and a
+    # suspend cannot freeze it.
     refresh_at: float
     expires_at: float
     refresh_token_usable_until: float | None
@@ -190,7 +216,7 @@ class _Failure:
     """A failed token request, shared with the callers that waited for it."""
 
     error: Exception
-    at: float  # when it failed (monotonic)
+    at: float  # when it failed (elapsed())
     retry_at: float  # no new request before this (Retry-After); `at` if none was given
     transient: bool  # the endpoint or the network, not the key: the held token may bridge it
 
@@ -358,9 +384,7 @@ class KeyServiceAuth(httpx.Auth):
                 after_401.accepted = True
             return False
         return (
-            after_401 is None
-            or after_401.accepted
-            or time.monotonic() >= after_401.at + _PAUSE_AFTER_401
+            after_401 is None or after_401.accepted or elapsed() >= after_401.at + _PAUSE_AFTER_401
         )
 
     # -- token state --------------------------------------------------------------------
@@ -368,7 +392,7 @@ class KeyServiceAuth(httpx.Auth):
     def _current(self, stale: _Token | None) -> _Token | None:
         """Return the held token if it can be used as is (not due, not the rejected one)."""
         token = self._token
-        if token is None or token.refused(stale) or token.due(time.monotonic()):
+        if token is None or token.refused(stale) or token.due(elapsed()):
             return None
         return token
 
@@ -387,7 +411,7 @@ class KeyServiceAuth(httpx.Auth):
         failure = self._failure
         if failure is None:
             return None
-        now = time.monotonic()
+        now = elapsed()
         held = self._held(failure, stale)
         if failure.at < arrived and now >= failure.retry_at:
             # A held token bridging an outage is used for a moment before asking again.
@@ -403,19 +427,19 @@ class KeyServiceAuth(httpx.Auth):
     def _alive(self, stale: _Token | None) -> _Token | None:
         """Return the held token if it has not expired and is not the one refused."""
         token = self._token
-        if token is None or token.refused(stale) or not token.live(time.monotonic()):
+        if token is None or token.refused(stale) or not token.live(elapsed()):
             return None
         return token
 
     def _renewed(self, token: _Token, stale: _Token | None) -> _Token:
         if stale is not None:
-            token = replace(token, after_401=_After401(time.monotonic()))
+            token = replace(token, after_401=_After401(elapsed()))
         self._token, self._failure = token, None
         return token
 
     def _after_failure(self, exc: Exception, stale: _Token | None) -> _Token | None:
         """Record a failed token request; return the held token if it may still be used."""
-        now = time.monotonic()
+        now = elapsed()
         self._failure = failure = _Failure.of(exc, now)
         held = self._held(failure, stale)
         if held is not None:
@@ -433,7 +457,7 @@ class KeyServiceAuth(httpx.Auth):
         token = self._current(stale)
         if token is not None:
             return token
-        arrived = time.monotonic()
+        arrived = elapsed()
         if not self._thread_lock.acquire(blocking=False):
             # Another caller is renewing the token: one still alive (due for its early
             # refresh) is used meanwhile rather than waiting, perhaps a timeout, for that.
@@ -462,7 +486,7 @@ class KeyServiceAuth(httpx.Auth):
         token = self._current(stale)
         if token is not None:
             return token
-        arrived = time.monotonic()
+        arrived = elapsed()
         lock = self._async_lock()
         if lock.locked() or self._thread_lock.locked():
             # Another caller is renewing the token: one still alive is used meanwhile.
@@ -504,7 +528,7 @@ class KeyServiceAuth(httpx.Auth):
 
     def _sync_obtain(self, stale: _Token | None) -> _Token:
         current = self._token
-        if current is not None and current.can_refresh(time.monotonic()):
+        if current is not None and current.can_refresh(elapsed()):
             try:
                 return self._sync_request(self._refresh_form(current))
             except BaseException as exc:
@@ -514,7 +538,7 @@ class KeyServiceAuth(httpx.Auth):
 
     async def _async_obtain(self, stale: _Token | None) -> _Token:
         current = self._token
-        if current is not None and current.can_refresh(time.monotonic()):
+        if current is not None and current.can_refresh(elapsed()):
             try:
                 return await self._async_request(self._refresh_form(current))
             except BaseException as exc:  # CancelledError too: the answer is lost
@@ -561,7 +585,7 @@ class KeyServiceAuth(httpx.Auth):
     _HEADERS = {"Accept": "application/json"}
 
     def _sync_request(self, form: dict[str, str]) -> _Token:
-        started = time.monotonic()
+        started = elapsed()
         # Redirects are not followed: the key must reach the configured URL or nowhere.
         if self._token_client is not None:
             response = self._token_client.post(
@@ -575,7 +599,7 @@ class KeyServiceAuth(httpx.Auth):
         return self._parse(response, started)
 
     async def _async_request(self, form: dict[str, str]) -> _Token:
-        started = time.monotonic()
+        started = elapsed()
         if self._async_token_client is not None:
             response = await self._async_token_client.post(
                 self.token_url, data=form, headers=self._HEADERS, follow_redirects=False

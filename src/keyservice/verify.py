@@ -31,7 +31,7 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from keyservice.client import TokenExchangeError, plain_http_off_host, shown_url
+from keyservice.client import TokenExchangeError, elapsed, plain_http_off_host, shown_url
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -179,7 +179,7 @@ class TokenVerifier:
         self._http_client = http_client
         self._async_http_client = async_http_client
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None  # last successful JWKS fetch (monotonic)
+        self._fetched_at: float | None = None  # last successful JWKS fetch (elapsed())
         self._max_age: float | None = None  # how long that JWKS said it may be cached
         self._attempted_at: float | None = None  # last fetch attempt, for the rate limit
         self._last_fetch_failed = False
@@ -320,7 +320,7 @@ class TokenVerifier:
 
     def _lookup(self, kid: str) -> tuple[jwt.PyJWK | None, bool]:
         """Return the cached key for kid and whether a JWKS fetch should happen now."""
-        now = time.monotonic()
+        now = elapsed()
         key = self._keys.get(kid)
         ttl = self.jwks_ttl if self._max_age is None else min(self.jwks_ttl, self._max_age)
         fresh = self._fetched_at is not None and now - self._fetched_at < ttl
@@ -350,7 +350,7 @@ class TokenVerifier:
         try:
             key, fetch = self._lookup(kid)
             if fetch:
-                self._attempted_at = time.monotonic()
+                self._attempted_at = elapsed()
                 try:
                     self._store(*self._sync_get_jwks())
                 except (httpx.HTTPError, ValueError) as exc:
@@ -374,7 +374,7 @@ class TokenVerifier:
             try:
                 key, fetch = self._lookup(kid)
                 if fetch:
-                    self._attempted_at = time.monotonic()
+                    self._attempted_at = elapsed()
                     try:
                         self._store(*await self._async_get_jwks())
                     except (httpx.HTTPError, ValueError) as exc:
@@ -433,7 +433,7 @@ class TokenVerifier:
             if key.algorithm_name in self.algorithms:
                 keys[entry["kid"]] = key
         self._keys = keys
-        self._fetched_at = time.monotonic()
+        self._fetched_at = elapsed()
         self._max_age = max_age
         self._last_fetch_failed = False
 

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+import keyservice.client
+import keyservice.verify
 from keyservice.client import KeyServiceAuth, TokenExchangeError
 
 from .support import ACCESS_TOKEN_TTL, Server, TokenLog, no_secret_hook
@@ -630,3 +632,29 @@ def test_token_exchange_error_survives_pickling() -> None:
         3.0,
     )
     assert str(copy) == str(error)
+
+
+def test_the_sdks_deadlines_count_a_system_suspend() -> None:
+    # `time.monotonic` stops while Linux (or macOS) is suspended: after a night's sleep the
+    # client took a token that had expired hours before for fresh.
+    if sys.platform.startswith("linux"):
+        assert keyservice.client.elapsed.args == (time.CLOCK_BOOTTIME,)  # type: ignore[attr-defined]
+        assert abs(keyservice.client.elapsed() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1
+    assert keyservice.verify.elapsed is keyservice.client.elapsed  # the JWKS cache's too
+
+
+def test_a_client_waking_from_sleep_renews_before_sending_its_token(
+    server: Server, api_key: str, token_log: TokenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = keyservice.client.elapsed
+    slept = [0.0]  # what the suspend-counting clock reports on waking, and monotonic not
+    monkeypatch.setattr(keyservice.client, "elapsed", lambda: real() + slept[0])
+    with token_log.client() as token_client:
+        auth = KeyServiceAuth(api_key, server.token_url, token_client=token_client)
+        with httpx.Client(base_url=server.url, auth=auth) as c:
+            assert c.get("/me").status_code == 200
+            assert (token_log.exchanges, token_log.refreshes) == (1, 0)
+            slept[0] = 8 * 3600.0  # the token, and its refresh token, are long gone
+            assert c.get("/me").status_code == 200
+    assert token_log.exchanges == 2  # exchanged again before the request, not after a 401
+    assert all(status == 200 for _, status, _, _ in token_log.responses)
