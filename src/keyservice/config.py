@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1, le=100)
     # 100 years: a cut-off date before that is no date at all.
     audit_retention_days: int = Field(default=90, ge=1, le=36500)
+    # Every committed audit event also a log line (logger keyservice.audit), for shipping.
+    audit_log: bool = False
     prune_interval_seconds: int = Field(default=3600, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # text: one line per record for people; json: one object per line for log shippers.

@@ -52,7 +52,9 @@ class AppContext:
     def __init__(self, settings: Settings, database: Database | None = None) -> None:
         self.settings = settings
         self.database = database or Database(
-            settings.effective_database_url, pool_size=settings.database_pool_size
+            settings.effective_database_url,
+            pool_size=settings.database_pool_size,
+            log_audit_events=settings.audit_log,
         )
         secret = settings.server_secret()
         self.hasher = SecretHasher(derive_key(secret, "keyservice/api-key-pepper/v1"))

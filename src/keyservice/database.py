@@ -122,6 +122,10 @@ _TOKEN_PATH_PLANNING = {"plan_cache_mode": "force_generic_plan", "enable_seqscan
 _SQLALCHEMY_ONLY = {"prepared_statement_cache_size", "prepared_statement_name_func"}
 
 
+# A session's `info` key: its audit events are logged once committed (audit/service.py).
+LOG_AUDIT_EVENTS = "keyservice.audit.log"
+
+
 class Database:
     """One engine and session factory per app (tests run several side by side)."""
 
@@ -132,12 +136,15 @@ class Database:
         echo: bool = False,
         bounded: bool = True,
         pool_size: int = DEFAULT_POOL_SIZE,
+        log_audit_events: bool = False,
     ) -> None:
         """`bounded=False` lifts COMMAND_TIMEOUT_SECONDS, for migrations: building an index
         on a big table, or waiting for a lock a long transaction holds, takes longer than
         a request may, and a migration cut short can never complete."""
         self.url = url
         self.pool_size = pool_size
+        # KEYSERVICE_AUDIT_LOG: every committed audit event is a log line too (audit/service).
+        self.log_audit_events = log_audit_events
         # No pre-ping: it would cost a round trip per checkout on the token path. A
         # connection that died with its server fails once; SQLAlchemy then invalidates the
         # whole pool (every older connection is replaced at checkout) and the request
@@ -173,7 +180,8 @@ class Database:
         self._raw_held: list[tuple[Any, float, int]] = []
         if self.is_sqlite:
             _configure_sqlite(self.engine)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        info = {LOG_AUDIT_EVENTS: True} if log_audit_events else None
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, info=info)
         # The token path writes with single statements: on PostgreSQL they run in
         # autocommit, which saves the BEGIN and COMMIT round trips; SQLite keeps its
         # serialising write transactions.
@@ -183,6 +191,7 @@ class Database:
             else async_sessionmaker(
                 self.engine.execution_options(isolation_level="AUTOCOMMIT"),
                 expire_on_commit=False,
+                info=info,
             )
         )
 

@@ -85,6 +85,10 @@ class JsonFormatter(logging.Formatter):
         ):
             line.update(zip(_ACCESS_FIELDS, record.args, strict=True))
             line["duration_ms"] = round(float(line["duration_ms"]), 1)  # type: ignore[arg-type]
+        audit = getattr(record, "audit", None)
+        if isinstance(audit, dict):  # KEYSERVICE_AUDIT_LOG: the event's fields, as fields
+            line["message"] = f"audit event {audit.get('type')}"
+            line["audit"] = audit
         if record.exc_info:
             record.exc_text = record.exc_text or self.formatException(record.exc_info)
         if record.exc_text:

@@ -535,6 +535,20 @@ class PgTokenStore(TokenStore):
         for write, future in batch:
             if not future.done():
                 future.set_result(write.rt_id in written)
+        if self.database.log_audit_events:
+            for write, _ in batch:
+                if write.rt_id in written:
+                    audit.log_event(
+                        id=write.au_id,
+                        at=write.now,
+                        type=write.event,
+                        outcome="success",
+                        actor=write.actor,
+                        principal_id=write.principal_id,
+                        key_id=write.key_id,
+                        ip=write.ip,
+                        reason=None,
+                    )
 
     async def _execute(self, batch: Sequence[tuple[IssueWrite, asyncio.Future[bool]]]) -> set[str]:
         columns: list[list[Any]] = [[] for _ in range(15)]
