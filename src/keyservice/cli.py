@@ -90,6 +90,10 @@ def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     with database_errors(settings.effective_database_url):
         migrations.check_file(settings.effective_database_url)
     prepare_data_dir(settings)
+    if settings.audit_log and not logging.getLogger().handlers:
+        # The events this command records are log lines too, as the server's are (on
+        # stderr, written out at exit): KEYSERVICE_AUDIT_LOG promises every one of them.
+        configure_logging(settings.log_level, settings.log_format)
     with database_errors(settings.effective_database_url):
         try:
             return asyncio.run(_with_context(settings, work))

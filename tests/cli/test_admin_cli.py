@@ -564,7 +564,8 @@ def test_either_cli_module_may_be_imported_first(first):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "audit", "devices", "keys", "migrate", "prune", "serve", "signing-keys", "users"
+        "audit", "backup", "devices", "keys", "migrate", "prune", "serve", "signing-keys",
+        "users",
     ]  # fmt: skip
 
 

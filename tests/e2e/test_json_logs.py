@@ -69,3 +69,23 @@ def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
     assert isinstance(health["duration_ms"], float)
     assert any(line.get("path") == "/token" and line["status"] == 200 for line in lines)
     assert password not in text and token not in text
+
+
+def test_a_commands_audit_events_are_log_lines_too(tmp_path):
+    env = base_env(KEYSERVICE_AUDIT_LOG="true", KEYSERVICE_LOG_FORMAT="json")
+    migrated = subprocess.run(
+        [KEYSERVICE, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    created = subprocess.run(
+        [KEYSERVICE, "devices", "create", "sensor-7"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    lines = [json.loads(line) for line in created.stderr.splitlines() if line.strip()]
+    events = [line["audit"] for line in lines if line["logger"] == "keyservice.audit"]
+    assert [(e["type"], e["actor"]) for e in events] == [("device.created", "cli")]
