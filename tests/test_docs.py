@@ -151,3 +151,29 @@ def test_the_command_table_names_real_commands_and_options():
             if option.startswith("--"):
                 assert option in options, (span, option, sorted(options))
     assert commands >= 14, commands  # every row's commands were found
+
+
+def test_the_probe_endpoints_are_documented():
+    """A platform engineer wiring a load balancer or orchestrator finds the probe paths the
+    image uses in the README, not only in the Dockerfile."""
+    readme = README.read_text(encoding="utf-8")
+    for path in ("Dockerfile", "docker-compose.yml"):
+        text = (ROOT / path).read_text()
+        for probe in re.findall(r"urlopen\('http://127\.0\.0\.1:\d+(/[a-z]+)'", text):
+            assert f"`GET {probe}`" in readme, (path, probe)
+    assert "`GET /healthz`" in readme
+
+
+def test_prune_is_named_as_the_command_it_is():
+    """`prune` is a command of its own (`keyservice prune`), not a `signing-keys` one."""
+    from keyservice.cli import main
+
+    signing_keys: Any = main.commands["signing-keys"]
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if "`keyservice signing-keys" in line)
+    for span in re.findall(r"`([^`]+)`", row):
+        words = span.split()
+        if words[0] in ("keyservice", "signing-keys") or words[0] in signing_keys.commands:
+            continue
+        # A bare command word in this row would read as `keyservice signing-keys WORD`.
+        assert words[0] not in main.commands, (span, "write `keyservice " + words[0] + "`")
