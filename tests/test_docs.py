@@ -177,3 +177,20 @@ def test_prune_is_named_as_the_command_it_is():
             continue
         # A bare command word in this row would read as `keyservice signing-keys WORD`.
         assert words[0] not in main.commands, (span, "write `keyservice " + words[0] + "`")
+
+
+def test_commands_that_run_the_repositorys_files_use_its_venv():
+    """`make run` installs into .venv, not on PATH: a command the docs give for running a
+    file of this checkout (an example, a script) names .venv's interpreter, as the
+    keyservice commands name .venv/bin/keyservice, so that it works as written."""
+    commands = 0
+    for path in (README, *sorted((ROOT / "docs").glob("*.md"))):
+        for span in re.findall(r"`([^`\n]+)`", path.read_text(encoding="utf-8")):
+            words = span.split()
+            for program, target in zip(words, words[1:], strict=False):
+                if program.rsplit("/", 1)[-1] not in ("python", "python3", "uvicorn"):
+                    continue
+                if target.endswith(".py") or target.endswith(":app"):
+                    commands += 1
+                    assert "/.venv/bin/" in f"/{program}", (path.name, span)
+    assert commands >= 3, commands  # the two examples and the screenshots script
