@@ -475,7 +475,7 @@ def prune() -> None:
 
     settings = load_settings()
     now = utcnow()
-    from keyservice.maintenance import FAMILY_MARK_KEPT, prune_all
+    from keyservice.maintenance import FAMILY_MARK_KEPT, SIGNING_KEY_KEPT, prune_all
 
     def waiting() -> None:
         click.echo("another prune is running; waiting for it to finish", err=True)
@@ -488,7 +488,7 @@ def prune() -> None:
         f"{result.revoked_families} refresh-token family revocation(s) older than "
         f"{FAMILY_MARK_KEPT.days} days, {result.console_ids} console sign-out and form "
         "record(s) whose session ended over an hour ago and "
-        f"{result.signing_keys} retired signing key(s) retired over 8 days ago"
+        f"{result.signing_keys} signing key(s) retired over {SIGNING_KEY_KEPT.days} days ago"
     )
 
 
@@ -596,15 +596,10 @@ def signing_keys_list(as_json: bool) -> None:
     rows, published = run(work)
     items = signing_key_schedule(rows, utcnow(), published)
     if as_json:
-        print_json(
-            [
-                {
-                    name: value.isoformat() if isinstance(value, datetime) else value
-                    for name, value in item.items()
-                }
-                for item in items
-            ]
-        )
+        # Times as the other --json lists write them (the admin API's: UTC with a Z).
+        from pydantic import TypeAdapter
+
+        print_json(TypeAdapter(list[dict[str, Any]]).dump_python(items, mode="json"))
         return
     if not items:
         click.echo("no signing keys (the server makes one when it starts)")

@@ -493,7 +493,7 @@ def signing_keys_rotate(publish_first: bool) -> None:
     """Make a new signing key, publish it in the JWKS and make it current for every replica
     (within seconds; with --publish-first 80 s later, the old one signing until then). The
     old key stays published until the tokens it signed have expired (the access-token TTL
-    after the handover)."""
+    and a minute after the handover)."""
     from keyservice.security.jwt import SIGNING_KEY_ACTIVATION_SECONDS
 
     settings = load_settings()

@@ -369,7 +369,7 @@ def test_prune(cli):
         "1 audit event(s) older than 90 days, "
         "1 refresh-token family revocation(s) older than 38 days, "
         "1 console sign-out and form record(s) whose session ended over an hour ago "
-        "and 1 retired signing key(s) retired over 8 days ago"
+        "and 1 signing key(s) retired over 8 days ago"
     )
     assert cli.scalar(select(func.count()).where(SigningKey.kid.in_(["gone", "kept"]))) == 1
     assert cli.scalar(select(SigningKey.kid).where(SigningKey.kid == "kept")) == "kept"
@@ -661,6 +661,10 @@ def test_signing_keys_rotate_publishes_first_and_list_shows_the_handover(cli):
         seconds=SIGNING_KEY_ACTIVATION_SECONDS
     )
     ttl = make_settings(cli.database_url, cli.tmp_path).access_token_ttl
+    # Times as the other --json lists (and the admin API) write them: UTC with a Z.
+    for item in listed.values():
+        for name in ("created_at", "signs_from", "signs_until", "published_until"):
+            assert item[name] is None or item[name].endswith("Z"), (name, item[name])
     published_until = datetime.fromisoformat(listed[old]["published_until"])
     assert published_until == datetime.fromisoformat(handover) + timedelta(seconds=ttl + 60)
 
@@ -715,6 +719,11 @@ def test_signing_keys_rotate_help_describes_now(cli):
     assert f"({SIGNING_KEY_ACTIVATION_SECONDS} s)" in shown
     assert "--now" in shown and "compromised" in shown
     assert "refuse the new tokens" in shown and "unless revoked" in shown
+    # The old key stays published the access-token TTL and a minute after the handover
+    # (Keyring.published_after_retirement): both the command's text and the option's say so.
+    assert "the access-token TTL after the handover" not in shown
+    assert shown.count("the access-token TTL and a minute after the handover") == 1
+    assert "for the access-token TTL + 60 s unless revoked" in shown
 
 
 def test_users_create_checks_the_name_and_permissions_before_the_password(cli):
