@@ -1,6 +1,7 @@
 """The docs say what the code does: README's configuration table (every variable, every
-default) and command table (every command, every option shown), the variables the other
-documents name, the container's probes and prune's horizon."""
+default, every bound) and command table (every command, every option shown), the variables
+the other documents and the --help texts name, the container's probes, prune's horizon,
+the SDK's constructor and the commands that run the checkout's files."""
 
 from __future__ import annotations
 
@@ -194,3 +195,111 @@ def test_commands_that_run_the_repositorys_files_use_its_venv():
                     commands += 1
                     assert "/.venv/bin/" in f"/{program}", (path.name, span)
     assert commands >= 3, commands  # the two examples and the screenshots script
+
+
+def _rows() -> dict[str, str]:
+    """{field name: the whole README table row} for each KEYSERVICE_ variable it names."""
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1]
+    rows: dict[str, str] = {}
+    for line in section.split("\n## ", 1)[0].splitlines():
+        if line.startswith("| `KEYSERVICE_"):
+            names_cell = line.split(" | ")[0]
+            for name in re.findall(r"`KEYSERVICE_([A-Z_]+)`", names_cell):
+                rows[name.lower()] = line
+    return rows
+
+
+def test_every_bounded_setting_documents_the_codes_bounds():
+    """A setting with an upper bound says its range in the table, and it is the code's: a
+    value past it stops start-up, so the reader should not find out from that."""
+    rows = _rows()
+    for name, field in Settings.model_fields.items():
+        bounds = {
+            kind.capitalize(): getattr(m, kind)
+            for m in field.metadata
+            for kind in ("ge", "gt", "le")
+            if hasattr(m, kind)
+        }
+        if "Le" not in bounds or name == "port":  # the port's bounds are TCP's
+            continue
+        upper = shown(bounds["Le"])
+        if "Ge" in bounds:
+            said = re.search(r"\((\d+) to (\d+)\b", rows[name])
+            assert said, (name, "no (low to high) range in the README row")
+            assert said.groups() == (shown(bounds["Ge"]), upper), (name, said.groups(), bounds)
+        else:  # more than zero, at most N
+            assert f"(≤ {upper})" in rows[name], (name, bounds)
+
+
+def test_every_command_is_in_the_command_table():
+    """The reverse of the table's check: no command of `keyservice --help` is missing."""
+    import click
+
+    from keyservice.cli import main
+
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([^`]+)`", section))
+
+    def leaves(group: click.Group, prefix: str) -> list[str]:
+        found = []
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found += leaves(command, f"{prefix}{name} ")
+            else:
+                found.append(f"{prefix}{name}")
+        return found
+
+    for command in leaves(main, ""):
+        group, _, word = command.rpartition(" ")
+        # `keyservice keys list ...`, or `keys revoke ...` / `list` after its group in a row.
+        spoken = (f"keyservice {command}", command, word if group else command)
+        assert any(span.split(" [")[0].startswith(spoken) for span in named), command
+
+
+def test_the_cli_help_names_only_real_settings():
+    """The variables `--help` texts name (serve's --host, import-legacy's cut-off, ...)
+    are settings, as for the documents."""
+    from click.testing import CliRunner
+
+    from keyservice.cli import main
+
+    settings = {name.upper() for name in Settings.model_fields}
+    runner = CliRunner()
+    seen: set[str] = set()
+    stack: list[list[str]] = [[]]
+    while stack:
+        words = stack.pop()
+        result = runner.invoke(main, [*words, "--help"])
+        assert result.exit_code == 0, (words, result.output)
+        seen |= set(re.findall(r"KEYSERVICE_([A-Z][A-Z_]*[A-Z])", result.output))
+        command: Any = main
+        for word in words:
+            command = command.commands[word]
+        stack += [[*words, name] for name in getattr(command, "commands", {})]
+    assert seen, "the help texts name some settings"
+    assert not seen - settings, sorted(seen - settings)
+
+
+def test_the_sdk_signature_and_arguments_are_the_codes():
+    """docs/sdk.md's KeyServiceAuth(...) line is the constructor's, and every argument of
+    KeyServiceAuth and TokenVerifier is described there."""
+    import inspect
+
+    from keyservice.client import KeyServiceAuth
+    from keyservice.verify import TokenVerifier
+
+    sdk = (ROOT / "docs" / "sdk.md").read_text(encoding="utf-8")
+    said = re.search(r"`(KeyServiceAuth\([^`]*\))`:", sdk)
+    assert said, "the constructor's signature is in docs/sdk.md"
+    parts = []
+    star = False
+    for param in list(inspect.signature(KeyServiceAuth.__init__).parameters.values())[1:]:
+        if param.kind is param.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(f"{param.name}={param.default!r}")
+    assert " ".join(said.group(1).split()) == f"KeyServiceAuth({', '.join(parts)})"
+    for cls in (KeyServiceAuth, TokenVerifier):
+        for name in list(inspect.signature(cls.__init__).parameters)[1:]:
+            # Described (`leeway`), or shown in the example (issuer=...).
+            assert f"`{name}`" in sdk or f"{name}=" in sdk, (cls.__name__, name)
