@@ -78,3 +78,13 @@ class AppContext:
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
         # Set at shutdown: background loops finish their current step and return.
         self.stopping = asyncio.Event()
+
+    async def reload_signing_keys(self) -> bool:
+        """Reload the signing keys for a token naming a `kid` not loaded here yet; False if
+        the rate limit refused (SigningKeyring.reload_for_unknown_kid)."""
+
+        async def load() -> None:
+            async with self.database.sessionmaker() as session:
+                await self.keyring.load(session)
+
+        return await self.keyring.reload_for_unknown_kid(load)

@@ -141,12 +141,10 @@ async def get_current_principal(request: Request) -> TokenPrincipal:
     try:
         principal = authenticate_bearer(context, authorization)
     except UnknownSigningKey:
-        if not context.keyring.reload_allowed():
+        if not await context.reload_signing_keys():
             raise InvalidToken(
                 "The access token was not signed by a key of this service."
             ) from None
-        async with context.database.sessionmaker() as session:
-            await context.keyring.load(session)
         principal = authenticate_bearer(context, authorization)
     # Who is refused, should this request be (audit/refusals.py): one dict entry.
     request.scope[CALLER] = principal

@@ -6,6 +6,8 @@ import asyncio
 import base64
 from datetime import timedelta
 
+import jwt
+
 from keyservice.context import AppContext
 from keyservice.main import create_app
 from tests.conftest import client_for
@@ -480,3 +482,57 @@ def test_the_cut_off_second_is_refused_whole():
     assert view.reason({**claims, "sub": "p2"}) is None
     view.apply("principal-tokens:p1:990")  # an older message arriving late moves nothing
     assert view.reason(claims) is not None
+
+
+async def _replica_signs(context: AppContext, claims: dict[str, object]) -> str:
+    """A token signed by a key another replica has just made (not loaded here yet)."""
+    replica = AppContext(context.settings)
+    try:
+        async with replica.database.sessionmaker() as session:
+            await replica.keyring.ensure_key(session)
+            await replica.keyring.create_key(session, retire_current=True, delay=0)
+            await session.commit()
+            await replica.keyring.load(session)
+        token, _ = replica.keyring.issue(claims)
+    finally:
+        await replica.database.dispose()
+    loaded = {jwk["kid"] for jwk in context.keyring.jwks()["keys"]}
+    assert jwt.get_unverified_header(token)["kid"] not in loaded
+    context.keyring._last_reload = 0  # the reload rate limit would otherwise apply
+    return token
+
+
+async def _family_tokens(context: AppContext, client, name: str) -> tuple[dict, dict]:
+    """An exchange's tokens and the claims another replica would sign for that family."""
+    token = await user_token(context, client, name, PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    kept = ("sub", "scope", "principal_type", "sid", "client_id")
+    return tokens, {name: claims[name] for name in kept}
+
+
+# Right after `signing-keys rotate` on another replica, its tokens name a `kid` this process
+# has not loaded yet: /introspect said inactive, and /revoke answered 200 having revoked
+# nothing, until this process's next periodic reload of the keys.
+
+
+async def test_introspect_knows_another_replicas_new_signing_key(client, context):
+    admin_token = await user_token(context, client, "root", ["admin"])
+    _tokens, claims = await _family_tokens(context, client, "gus")
+    token = await _replica_signs(context, claims)
+    body = (
+        await client.post("/introspect", data={"token": token}, headers=bearer(admin_token))
+    ).json()
+    assert body["active"] is True and body["sid"] == claims["sid"]
+
+
+async def test_revoke_knows_another_replicas_new_signing_key(client, context):
+    tokens, claims = await _family_tokens(context, client, "gus")
+    token = await _replica_signs(context, claims)
+    assert (await client.post("/revoke", data={"token": token})).status_code == 200
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401

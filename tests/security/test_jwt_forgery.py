@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -187,4 +188,32 @@ async def test_every_forged_token_is_refused(client, context, listener):
         assert introspect.status_code == 401, name
     assert listener.requests == [], "the service fetched a URL named in a token header"
     # The real tokens still work: nothing above poisoned a cache.
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200
+
+
+async def test_a_burst_of_unknown_kids_reads_the_signing_keys_once(client, context):
+    # An unknown `kid` may be another replica's new key, so it reloads the keys, at most
+    # once every few seconds. Concurrent junk tokens all passed that check before the first
+    # reload finished, and each read the keys from the database.
+    token = await user_token(context, client, "mallory", ["api_keys:manage"])
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    claims = jwt.decode(token, options={"verify_signature": False})
+    junk = [
+        jwt.encode(claims, attacker, algorithm="ES256", headers={"typ": "at+jwt", "kid": f"k{i}"})
+        for i in range(20)
+    ]
+    loads = 0
+    load = context.keyring.load
+
+    async def counted(session: Any) -> None:
+        nonlocal loads
+        loads += 1
+        await load(session)
+
+    context.keyring.load = counted  # type: ignore[method-assign]
+    context.keyring._last_reload = 0  # as if the last reload was long ago
+    responses = await asyncio.gather(*(client.get("/me", headers=bearer(t)) for t in junk))
+    assert {r.status_code for r in responses} == {401}
+    assert all(r.json()["error"] == "invalid_token" for r in responses)
+    assert loads == 1
     assert (await client.get("/me", headers=bearer(token))).status_code == 200

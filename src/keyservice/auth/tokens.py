@@ -16,8 +16,24 @@ from keyservice.auth.service import Caller
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
-from keyservice.security.jwt import TokenError
+from keyservice.security.jwt import TokenError, UnknownKeyError
 from keyservice.security.tokens import is_refresh_token
+
+
+async def _verified(ctx: AppContext, token: str) -> dict[str, Any] | None:
+    """The claims of one of our access tokens, or None; as the Bearer check does, a `kid`
+    not loaded yet (another replica's new key) reloads the keys first."""
+    try:
+        return ctx.keyring.verify(token)
+    except UnknownKeyError:
+        if not await ctx.reload_signing_keys():
+            return None
+    except TokenError:
+        return None
+    try:
+        return ctx.keyring.verify(token)
+    except TokenError:
+        return None
 
 
 async def _family_of(ctx: AppContext, token: str) -> tuple[str, str | None, str] | None:
@@ -32,9 +48,8 @@ async def _family_of(ctx: AppContext, token: str) -> tuple[str, str | None, str]
                 )
             ).first()
         return (row.family_id, row.key_id, row.principal_id) if row is not None else None
-    try:
-        claims = ctx.keyring.verify(token)
-    except TokenError:
+    claims = await _verified(ctx, token)
+    if claims is None:
         return None
     sid = claims.get("sid")
     if not isinstance(sid, str):
@@ -91,9 +106,8 @@ async def introspect(ctx: AppContext, *, token: str) -> dict[str, Any]:
     inactive: dict[str, Any] = {"active": False}
     if is_refresh_token(token):
         return await _introspect_refresh(ctx, token) or inactive
-    try:
-        claims = ctx.keyring.verify(token)
-    except TokenError:
+    claims = await _verified(ctx, token)
+    if claims is None:
         return inactive
     if ctx.revocation.reason(claims) is not None:
         return inactive

@@ -13,12 +13,13 @@ switches at the same moment, from what it has already loaded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
@@ -177,6 +178,8 @@ class SigningKeyring:
         self._handover = float("inf")
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._last_reload = 0.0
+        # The reload an unknown `kid` started, while it runs (reload_for_unknown_kid).
+        self._kid_reload: asyncio.Future[None] | None = None
 
     @property
     def published_after_retirement(self) -> timedelta:
@@ -314,6 +317,28 @@ class SigningKeyring:
     def reload_allowed(self) -> bool:
         """Rate-limit reloads caused by unknown `kid`s, so junk tokens cannot hammer the DB."""
         return time.monotonic() - self._last_reload >= _RELOAD_INTERVAL
+
+    async def reload_for_unknown_kid(self, load: Callable[[], Awaitable[None]]) -> bool:
+        """Reload the keys (`load`) because a token names a `kid` not loaded: another
+        replica's new key, or junk. False if the rate limit refuses it.
+
+        One reload at a time: requests meeting an unknown `kid` while one runs wait for it
+        rather than each starting their own (the rate limit is only checked, and
+        `_last_reload` only set, around a whole reload, so a concurrent burst of junk
+        tokens passed the check together and read the keys once each).
+        """
+        running = self._kid_reload
+        if running is None:
+            if not self.reload_allowed():
+                return False
+            running = self._kid_reload = asyncio.ensure_future(load())
+            running.add_done_callback(self._kid_reload_done)
+        await asyncio.shield(running)  # a waiter going away does not cancel it for the rest
+        return True
+
+    def _kid_reload_done(self, done: asyncio.Future[None]) -> None:
+        if self._kid_reload is done:
+            self._kid_reload = None
 
     def issue(self, claims: dict[str, Any], *, now: int | None = None) -> tuple[str, int]:
         """Sign an access token; return it with its `exp`."""
