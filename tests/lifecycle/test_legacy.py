@@ -320,3 +320,37 @@ async def test_checking_hashed_legacy_keys_holds_no_connection(client, context):
     async with context.database.sessionmaker() as session:
         found = await session.scalar(select(ApiKey.legacy_lookup).where(ApiKey.name == "old"))
     assert found == context.hasher.hash("legacy:" + HASHED)
+
+
+async def _hashed_legacy_key(context) -> None:
+    """A legacy key known only by its hash and never used (so it has no lookup yet)."""
+    await _population(context)
+    digest = bcrypt.hashpw(HASHED.encode(), bcrypt.gensalt(rounds=4)).decode()
+    line = _line(owner="pump-7", owner_type="device", name="old", scopes=None, key_hash=digest)
+    await import_lines(context, [line], actor="test")
+
+
+# Any string at /token's `api_key` that is not a key of this service is checked against
+# every legacy key known only by its hash, one slow hash each, unauthenticated: only
+# against those that could still be accepted.
+
+
+@pytest.mark.parametrize("settings_overrides", [{"legacy_keys_until": "2001-01-01T00:00:00Z"}])
+async def test_no_slow_hash_for_legacy_keys_after_the_cutoff(client, context):
+    await _hashed_legacy_key(context)
+    jobs = slow_hash_jobs()
+    for sent in ("not a key of this service", HASHED):
+        refused = await exchange(client, sent)
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    assert slow_hash_jobs() == jobs
+
+
+async def test_no_slow_hash_for_expired_legacy_keys(client, context):
+    await _hashed_legacy_key(context)
+    async with context.database.sessionmaker() as session:
+        key = await session.scalar(select(ApiKey).where(ApiKey.name == "old"))
+        key.expires_at = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    jobs = slow_hash_jobs()
+    assert (await exchange(client, "not a key of this service")).status_code == 401
+    assert slow_hash_jobs() == jobs

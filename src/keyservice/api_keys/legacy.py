@@ -7,6 +7,7 @@ from sqlalchemy import select, update
 from keyservice.api_keys.models import ApiKey
 from keyservice.auth.service import load_key
 from keyservice.context import AppContext
+from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 
@@ -36,10 +37,20 @@ async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
         )
         if client_id is not None:
             return client_id
+        now = utcnow()
+        legacy_until = ctx.settings.legacy_keys_until
+        if legacy_until is not None and now >= legacy_until:
+            # No legacy key is accepted any more: verifying the unused ones, a slow hash
+            # each, for every string anyone sends would be work for nothing, and the
+            # cheapest way to load the hashing pool that sign-ins need.
+            return None
         candidates = (
             await session.execute(
                 select(ApiKey.id, ApiKey.client_id, ApiKey.legacy_hash).where(
-                    ApiKey.is_legacy, ApiKey.legacy_lookup.is_(None), ApiKey.revoked_at.is_(None)
+                    ApiKey.is_legacy,
+                    ApiKey.legacy_lookup.is_(None),
+                    ApiKey.revoked_at.is_(None),
+                    ApiKey.expires_at > now,  # an expired key is refused anyway
                 )
             )
         ).all()
