@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from keyservice.context import AppContext
-from tests.factories import bearer, create_key, exchange, user_token
+from tests.factories import bearer, create_key, exchange, login, user_token
 
 
 def b64(data: bytes) -> str:
@@ -217,3 +218,77 @@ async def test_a_burst_of_unknown_kids_reads_the_signing_keys_once(client, conte
     assert all(r.json()["error"] == "invalid_token" for r in responses)
     assert loads == 1
     assert (await client.get("/me", headers=bearer(token))).status_code == 200
+
+
+async def test_tokens_with_headers_or_claims_the_service_never_signs_are_refused(client, context):
+    """Signed with the service's own key, yet refused: what verification checks beyond the
+    signature (RFC 7515 §4.1.11 crit, RFC 7519 nbf/iat, the key's curve and algorithm)."""
+    token = await user_token(context, client, "mallory", ["api_keys:manage"])
+    header, claims, _signature = unverified(token)
+    key = context.keyring._keys[header["kid"]]
+    now = int(time.time())
+
+    def signed(payload: dict[str, Any], **headers: Any) -> str:
+        h = {"typ": "at+jwt", "kid": header["kid"], **headers}
+        return jwt.encode(payload, key.private_key, algorithm="ES256", headers=h)
+
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    refresh = (await login(client, "mallory"))["refresh_token"]
+    forged = {
+        "crit-unknown": signed(claims, crit=["exp"]),
+        "crit-b64": signed(claims, crit=["b64"], b64=True),
+        "nbf-future": signed({**claims, "nbf": now + 3600}),
+        "iat-future": signed({**claims, "iat": now + 3600, "exp": now + 7200}),
+        "iat-float": signed({**claims, "iat": now + 0.5}),
+        "sub-not-string": signed({**claims, "sub": 1}),
+        "p384-key-our-kid": jwt.encode(
+            claims, p384, algorithm="ES384", headers={"typ": "at+jwt", "kid": header["kid"]}
+        ),
+        # JSON keeps the last of a repeated name: {"alg": "ES256", "alg": "none"}.
+        "alg-repeated": b64(
+            f'{{"alg":"ES256","alg":"none","typ":"at+jwt","kid":"{header["kid"]}"}}'.encode()
+        )
+        + f".{b64json(claims)}.",
+        "refresh-token": refresh,
+        "bearer-in-token": "Bearer " + token,
+    }
+    for name, value in forged.items():
+        response = await client.get("/me", headers=bearer(value))
+        assert response.status_code == 401, (name, response.text)
+        assert response.json()["error"] == "invalid_token", name
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200
+
+
+async def test_a_key_retired_past_its_publication_verifies_nothing(client, context):
+    token = await user_token(context, client, "mallory", ["api_keys:manage"])
+    header, claims, _signature = unverified(token)
+    old = context.keyring._keys[header["kid"]]
+    async with context.database.sessionmaker() as session:
+        await context.keyring.create_key(session, retire_current=True, delay=0)
+        await session.commit()
+        await context.keyring.load(session)
+    now = int(time.time())
+    fresh = {**claims, "iat": now, "exp": now + 60, "jti": "j2"}
+    by_old = jwt.encode(fresh, old.private_key, algorithm="ES256", headers=header)
+    # Retired, still published (its tokens have not all expired): accepted.
+    assert (await client.get("/me", headers=bearer(by_old))).status_code == 200
+
+    from sqlalchemy import update
+
+    from keyservice.auth.models import SigningKey
+
+    gone = now - context.settings.access_token_ttl - 120
+    async with context.database.sessionmaker() as session:
+        await session.execute(
+            update(SigningKey)
+            .where(SigningKey.kid == header["kid"])
+            .values(retired_at=datetime.fromtimestamp(gone, UTC))
+        )
+        await session.commit()
+        await context.keyring.load(session)
+    assert header["kid"] not in {jwk["kid"] for jwk in context.keyring.jwks()["keys"]}
+    context.keyring.forget_verified()
+    context.keyring._last_reload = 0  # the unknown kid may reload: it stays unknown
+    for value in (by_old, jwt.encode({**fresh, "jti": "j3"}, old.private_key, "ES256", header)):
+        response = await client.get("/me", headers=bearer(value))
+        assert response.status_code == 401 and response.json()["error"] == "invalid_token"
