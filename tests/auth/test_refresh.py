@@ -186,3 +186,45 @@ async def test_refresh_is_refused_once_its_key_or_owner_row_is_gone(client, cont
         assert response.status_code == 400 and response.json()["error"] == "invalid_grant"
     reasons = [e.reason for e in await audit_events(context, "token.refresh")]
     assert reasons[-2:] == ["key deleted", "unknown refresh token"], reasons
+
+
+async def test_a_refresh_token_is_no_client_secret_and_an_api_key_no_refresh_token(client, key):
+    tokens = (await exchange(client, key["api_key"])).json()
+    grant = {"grant_type": "client_credentials"}
+    for credentials in (
+        {"client_id": key["client_id"], "client_secret": tokens["refresh_token"]},
+        {"api_key": tokens["refresh_token"]},
+    ):
+        refused = await client.post("/token", data={**grant, **credentials})
+        assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    for value in (key["api_key"], key["client_secret"], tokens["access_token"]):
+        refused = await refresh(client, value)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # None of that spent or revoked the real refresh token.
+    assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+
+
+async def test_a_used_refresh_token_past_its_expiry_still_revokes_its_family(client, context, key):
+    # The family lives on in its newest token; the old one's own expiry does not make its
+    # replay harmless (a thief who refreshed first holds that newest token).
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from keyservice.auth.models import RefreshToken
+    from keyservice.database import utcnow
+
+    first = (await exchange(client, key["api_key"])).json()
+    second = (await refresh(client, first["refresh_token"])).json()
+    async with context.database.sessionmaker() as session:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.token_hash == context.hasher.hash(first["refresh_token"]))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+        await session.commit()
+    replayed = await refresh(client, first["refresh_token"])
+    assert replayed.status_code == 400 and replayed.json()["error"] == "invalid_grant"
+    assert (await refresh(client, second["refresh_token"])).json()["error"] == "invalid_grant"
+    assert (await client.get("/me", headers=bearer(second["access_token"]))).status_code == 401
+    assert len(await audit_events(context, "token.refresh_reuse")) == 1
