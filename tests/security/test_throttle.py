@@ -22,7 +22,14 @@ from keyservice.auth.throttle_models import ThrottleFailure
 from keyservice.context import AppContext
 from keyservice.exceptions import SlowDown
 from tests.conftest import client_for
-from tests.factories import PASSWORD, audit_events, create_key, create_principal, user_token
+from tests.factories import (
+    PASSWORD,
+    audit_events,
+    create_key,
+    create_principal,
+    login,
+    user_token,
+)
 
 REDIS_URL = os.environ.get("KEYSERVICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LIMITS: dict[str, Any] = {"client_limit": 3, "ip_limit": 5, "window_seconds": 60, "key": b"k" * 32}
@@ -298,3 +305,15 @@ async def test_concurrent_wrong_passwords_are_tried_only_up_to_the_limit(client,
     assert _statuses(guesses) == [400] * limit + [429] * 7 * limit
     assert guessed.status_code == 429
     assert slow_hash_jobs() - before == limit
+
+
+async def test_failed_client_ids_do_not_count_against_a_username(client, context):
+    # Failures are counted per subject: a client id as sent, a username as "user:<name>".
+    # A client id sent as "user:dora" (no client id can look like that) was counted as
+    # dora's failed sign-ins and locked her out, through refusals of token.exchange that
+    # name no user, where the audit log gave no clue of the cause.
+    await create_principal(context, "dora", permissions=["api_keys:manage"])
+    bogus = {"grant_type": "client_credentials", "client_id": "user:dora", "client_secret": "x"}
+    for _ in range(context.settings.throttle_client_failures + 1):
+        assert (await client.post("/token", data=bogus)).status_code == 401
+    await login(client, "dora")  # asserts 200

@@ -29,16 +29,20 @@ async def authenticate(
         assert creds.client_id is not None and creds.secret is not None
         client_id, secret = creds.client_id, creds.secret
     found = None
-    if is_client_id(client_id):  # anything else cannot exist; it may not even be storable
+    # Anything but a client id cannot exist (it may not even be storable), and has no
+    # lock-out of its own: counted per client, "user:dora" would be dora's sign-ins.
+    subject = ""
+    if is_client_id(client_id):
         found = await ctx.tokens.fetch_key(client_id)
+        subject = client_id
     # Checked once the key is read, so that a throttled refusal names it in the audit log.
     try:
-        await ctx.throttle.check(client=client_id, ip=caller.ip_text)
+        await ctx.throttle.check(client=subject, ip=caller.ip_text)
         authentic = service.authenticate_secret(ctx, found, secret)
         if authentic:
             # Concurrent attempts all passed the check before any of them failed: past the
             # limit even the right secret is refused, as it is after a lock-out.
-            ctx.throttle.check_local(client=client_id, ip=caller.ip_text)
+            ctx.throttle.check_local(client=subject, ip=caller.ip_text)
     except SlowDown as exc:
         await service.refuse(
             ctx,
@@ -60,7 +64,7 @@ async def authenticate(
             key_id=found.key_id if found is not None else None,
             principal_id=found.principal_id if found is not None else None,
             actor=f"key:{client_id}" if found is not None else None,
-            throttle_subject=client_id,
+            throttle_subject=subject,
         )
     assert found is not None
     return found.objects()
