@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import click
@@ -22,6 +22,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
     raise SystemExit(2) from None
 
 from keyservice.config import SECRET_KEY_FILE, Settings, configuration_errors, masked_url
+
+if TYPE_CHECKING:
+    from keyservice.metrics import WorkerMetrics
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -300,6 +303,20 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"
         raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if settings.metrics_port is not None:
+        # prometheus_client reads these once, when imported: set by an operator, either
+        # would make a single process's metrics files that nobody reads. The parent of
+        # several workers sets its own for them (keyservice.metrics.WorkerMetrics).
+        for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+            os.environ.pop(name, None)
+        try:
+            check_address(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            raise click.ClickException(
+                f"cannot listen on {where} for the metrics: {exc.strerror or exc}; "
+                "check KEYSERVICE_METRICS_HOST and KEYSERVICE_METRICS_PORT"
+            ) from None
     from keyservice import migrations
 
     if no_migrate:  # refused before the data folder, the secret or an empty file is made
@@ -328,8 +345,6 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         else:
             logging.getLogger("keyservice").info("created the bootstrap admin '%s'", username)
 
-    import uvicorn
-
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -356,9 +371,38 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         options["http"] = "httptools"
     except ModuleNotFoundError:  # pragma: no cover
         pass
+    if settings.metrics_port is None or workers == 1:
+        # One process: the app serves its own metrics, if on (main.lifespan).
+        sys.exit(_run_workers(options, settings, workers, None))
+    # Several: the parent serves the sum of the workers' (keyservice.metrics).
+    from keyservice.metrics import WorkerMetrics
+
+    try:
+        metrics = WorkerMetrics(host=settings.metrics_host, port=settings.metrics_port)
+    except OSError as exc:
+        where = f"{settings.metrics_host}:{settings.metrics_port}"
+        raise click.ClickException(
+            f"cannot listen on {where} for the metrics: {exc.strerror or exc}"
+        ) from None
+    logging.getLogger("keyservice").info(
+        "metrics at http://%s:%d/metrics", settings.metrics_host, metrics.port
+    )
+    try:
+        status = _run_workers(options, settings, workers, metrics)
+    finally:
+        metrics.close()
+    sys.exit(status)
+
+
+def _run_workers(
+    options: dict[str, Any], settings: Settings, workers: int, metrics: WorkerMetrics | None
+) -> int:
+    """Serve with `workers` processes until stopped; the exit status."""
+    import uvicorn
+
     if not _own_sockets(workers):
         uvicorn.run("keyservice.main:create_app", workers=workers, **options)
-        return
+        return 0
     # Several workers: each with its own SO_REUSEPORT socket, so that the kernel spreads
     # connections over them (uvicorn's own supervisor shares one socket: see workers.py).
     from keyservice.workers import Supervisor
@@ -369,8 +413,9 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         port=settings.port,
         workers=workers,
         log_format=settings.log_format,
+        metrics=metrics,
     )
-    sys.exit(supervisor.run())
+    return supervisor.run()
 
 
 def validated(schema: type[M], **values: Any) -> M:

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # text: one line per record for people; json: one object per line for log shippers.
     log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics (keyservice/metrics.py): off unless a port is given; served on a
+    # listener of their own, never on the API's port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -210,6 +214,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KEYSERVICE_SECRET_KEY: must be set when KEYSERVICE_DATABASE_URL is set, to the "
                 "same value on every replica of the deployment"
+            )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(
+                f"KEYSERVICE_METRICS_PORT: must differ from KEYSERVICE_PORT ({self.port}): "
+                "the metrics have a listener of their own, apart from the API"
             )
         if (self.bootstrap_admin_username is None) != (self.bootstrap_admin_password is None):
             missing, given = (

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keyservice.auth.revocation import RevocationView
 from keyservice.auth.store import make_token_store
@@ -15,6 +16,9 @@ from keyservice.database import Database
 from keyservice.scopes.service import CatalogNames
 from keyservice.security.hashing import SecretHasher, derive_key
 from keyservice.security.jwt import SigningKeyring
+
+if TYPE_CHECKING:
+    from keyservice.metrics import Metrics
 
 
 async def ticks(stop: asyncio.Event, seconds: float) -> AsyncIterator[None]:
@@ -76,6 +80,8 @@ class AppContext:
         # The revocation view's staleness is short enough for discovery documents too.
         self.scope_names = CatalogNames(ttl=settings.revocation_poll_seconds)
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
+        # The Prometheus metrics when KEYSERVICE_METRICS_PORT is set (create_app).
+        self.metrics: Metrics | None = None
         # Set at shutdown: background loops finish their current step and return.
         self.stopping = asyncio.Event()
 

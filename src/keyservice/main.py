@@ -10,7 +10,8 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
@@ -28,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyservice import __version__
 from keyservice import database as database_module
 from keyservice.audit import refusals
-from keyservice.auth.router import token
+from keyservice.auth.router import answer_token, parse_form, token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
 from keyservice.exceptions import (
@@ -43,6 +44,9 @@ from keyservice.exceptions import (
 from keyservice.responses import NO_STORE, JSONResponse
 from keyservice.routing import ExactPaths, TableRoute
 from keyservice.security.jwt import SIGNING_KEY_RELOAD_SECONDS
+
+if TYPE_CHECKING:
+    from keyservice.metrics import Metrics, MetricsListener
 
 log = logging.getLogger("keyservice")
 access_log = logging.getLogger("keyservice.access")
@@ -306,11 +310,35 @@ async def _fast_token(scope: Scope, receive: Receive, send: Send) -> None:
     (bench/README.md). Errors get the same answers as the app's exception handlers give.
     """
     request = Request(scope, receive)
+    context: AppContext = scope["app"].state.context
+    if context.metrics is not None:
+        await _observed_token(request, context, context.metrics, send)
+        return
     try:
-        response = await token(request, scope["app"].state.context)
+        response = await token(request, context)
     except Exception as exc:
         response = error_response(request, exc)
     await response(scope, receive, send)
+
+
+async def _observed_token(
+    request: Request, context: AppContext, metrics: Metrics, send: Send
+) -> None:
+    """`_fast_token` with the metrics on: the same answers, counted and timed."""
+    started = time.perf_counter()
+    grant_type = None
+    refused: Exception | None = None
+    try:
+        form, repeated = await parse_form(request)
+        grant_type = form.get("grant_type")
+        response = await answer_token(request, context, form, repeated)
+    except Exception as exc:
+        refused = exc
+        response = error_response(request, exc)
+    try:
+        await response(request.scope, request.receive, send)
+    finally:
+        metrics.token(grant_type, time.perf_counter() - started, refused)
 
 
 # PostgreSQL text cannot hold NUL and no identifier, name or secret of ours contains one:
@@ -342,11 +370,20 @@ def _two_authorizations(path: str) -> Response:
     return JSONResponse(body, status_code=400, headers=headers)
 
 
+def _route_of(scope: Scope) -> str:
+    """The template of the route that answered (never the path), for the metrics."""
+    if scope["path"] == "/token" and scope["method"] == "POST":
+        return "/token"  # answered by _fast_token, past the routing that sets "route"
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
 class EdgeMiddleware:
     """Pure-ASGI edge: size limits, security headers, an access log without query strings."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -432,6 +469,8 @@ class EdgeMiddleware:
             else:
                 await self.app(scope, limited_receive, send_with_headers)
         finally:
+            if self.metrics is not None:
+                self.metrics.http(_route_of(scope), status)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s %s %.1fms",
@@ -464,6 +503,27 @@ async def release_idle_connections(context: AppContext) -> None:
             log.warning("releasing idle token-path connections failed: %s", type(exc).__name__)
 
 
+def _counter(context: AppContext, task: str) -> Callable[[], None] | None:
+    """What a background task calls when a round of it fails: a count, if metrics are on."""
+    metrics = context.metrics
+    return None if metrics is None else lambda: metrics.background_failure(task)
+
+
+def _metrics_listener(context: AppContext) -> MetricsListener | None:
+    """The metrics' own listener, when this process is the whole server (not one of the
+    workers of `serve --workers N`, whose parent serves the sum: keyservice.metrics)."""
+    metrics, settings = context.metrics, context.settings
+    if metrics is None or metrics.multiprocess or settings.metrics_port is None:
+        return None
+    from keyservice.metrics import MetricsListener
+
+    listener = MetricsListener(
+        metrics.registry, host=settings.metrics_host, port=settings.metrics_port
+    )
+    log.info("metrics at http://%s:%d/metrics", settings.metrics_host, listener.port)
+    return listener
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: AppContext = app.state.context
@@ -488,10 +548,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(Exception):
                 await reload_signing_keys()
 
+    listener = _metrics_listener(context)  # first: a port taken leaves nothing running
     context.stopping.clear()
     tasks = [
         asyncio.create_task(
-            context.revocation.run(context.database, context.stopping, reload_signing_keys)
+            context.revocation.run(
+                context.database,
+                context.stopping,
+                reload_signing_keys,
+                on_failure=_counter(context, "revocation_reload"),
+            )
         ),
         asyncio.create_task(keep_signing_keys_fresh()),
     ]
@@ -505,6 +571,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if listener is not None:
+            listener.close()
         gc.unfreeze()  # what startup made is collectable again (tests run many apps)
         context.stopping.set()
         _done, pending = await asyncio.wait(tasks, timeout=10)
@@ -537,12 +605,16 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         # integration; it also saves the per-request provider check (~3 us).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    if context.metrics is None and context.settings.metrics_port is not None:
+        from keyservice.metrics import Metrics
+
+        context.metrics = Metrics()
     app.state.context = context
     # FastAPI's own routes (the OpenAPI document and the docs pages), put in the table by
     # FastAPI() itself: moved to its end below.
     framework_routes = list(app.router.routes)
     install_error_handlers(app)
-    app.add_middleware(EdgeMiddleware)
+    app.add_middleware(EdgeMiddleware, metrics=context.metrics)
 
     # First in the route table: FastAPI matches a path against the routes in order, and
     # after all nine routers a probe paid ~80 us of matching, most of a bare request

@@ -180,6 +180,8 @@ async def prune_periodically(ctx: AppContext) -> None:
             pruned = await prune_all(ctx, now=utcnow(), wait=False)
         except Exception as exc:  # the database may be down; try again next time
             log.warning("periodic prune failed: %s", type(exc).__name__)
+            if ctx.metrics is not None:
+                ctx.metrics.background_failure("prune")
             continue
         if pruned is None:
             log.debug("periodic prune skipped: another worker or replica is pruning")

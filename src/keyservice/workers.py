@@ -26,9 +26,12 @@ import sys
 import threading
 import time
 from multiprocessing.context import SpawnProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.config import STARTUP_FAILURE
+
+if TYPE_CHECKING:
+    from keyservice.metrics import WorkerMetrics
 
 log = logging.getLogger("uvicorn.error")
 _spawn = multiprocessing.get_context("spawn")
@@ -102,9 +105,11 @@ class Supervisor:
         port: int,
         workers: int,
         log_format: str = "text",
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.options = options
         self.log_format = log_format
+        self.metrics = metrics  # the workers' metrics directory, told of each that ends
         self.host = host
         self.port = port
         self.workers = workers
@@ -147,6 +152,9 @@ class Supervisor:
             if process.is_alive():
                 continue
             process.join()
+            replaced = process.exitcode != STARTUP_FAILURE and not self.stop.is_set()
+            if self.metrics is not None:
+                self.metrics.worker_exited(process.pid, replaced=replaced)
             if process.exitcode == STARTUP_FAILURE:
                 log.error("worker process [%s] could not start; stopping", process.pid)
                 return STARTUP_FAILURE
@@ -172,3 +180,5 @@ class Supervisor:
                 log.error("worker process [%s] did not stop in time; killing it", process.pid)
                 process.kill()
                 process.join()
+            if self.metrics is not None and not process.is_alive():
+                self.metrics.worker_exited(process.pid, replaced=False)

@@ -179,3 +179,48 @@ def test_serve_help_says_where_the_defaults_come_from():
     assert "default KEYSERVICE_HOST, else 127.0.0.1" in text
     assert "default KEYSERVICE_PORT, else 8000" in text
     assert "one per core" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nine-thousand", "must be a whole number"),
+        ("0", "must be at least 1"),
+        ("70000", "must be at most 65535"),
+    ],
+)
+def test_a_bad_metrics_port_stops_serve_naming_the_variable(served, monkeypatch, value, message):
+    monkeypatch.setenv("KEYSERVICE_METRICS_PORT", value)
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", "8000"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: invalid configuration:",
+        f"  KEYSERVICE_METRICS_PORT: {message}",
+    ]
+    assert served == {}
+
+
+def test_the_metrics_port_cannot_be_the_api_port(served, monkeypatch):
+    port = str(free_port(21000))
+    monkeypatch.setenv("KEYSERVICE_METRICS_PORT", port)
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", port])
+    assert result.exit_code == 1, result.output
+    assert f"KEYSERVICE_METRICS_PORT: must differ from KEYSERVICE_PORT ({port})" in result.output
+    assert served == {}
+
+
+def test_a_metrics_port_in_use_is_one_line_before_anything_is_done(served, monkeypatch, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        monkeypatch.setenv("KEYSERVICE_METRICS_PORT", str(taken))
+        port = str(free_port(21000))
+        result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", port])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{taken} for the metrics: Address already in use; "
+        "check KEYSERVICE_METRICS_HOST and KEYSERVICE_METRICS_PORT"
+    ]
+    assert not (tmp_path / "data").exists()  # not migrated, no admin created
+    assert served == {}

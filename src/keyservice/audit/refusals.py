@@ -160,3 +160,5 @@ async def _write(
             await session.commit()
     except Exception as exc:  # the refusal is answered all the same
         log.warning("could not record a refused %s: %s", event, exc)
+        if context.metrics is not None:
+            context.metrics.audit_write_failure()

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -187,9 +187,17 @@ class RevocationView:
                 self.key_scopes[change["client_id"]] = frozenset(change["scopes"])
 
     async def run(
-        self, database: Database, stop: asyncio.Event, on_signing_keys: Any = None
+        self,
+        database: Database,
+        stop: asyncio.Event,
+        on_signing_keys: Any = None,
+        *,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
-        """Keep the view fresh until `stop`: LISTEN on PostgreSQL, polling everywhere."""
+        """Keep the view fresh until `stop`: LISTEN on PostgreSQL, polling everywhere.
+
+        `on_failure` is called for each reload that failed (the metrics count them).
+        """
         from keyservice.context import ticks
 
         listener = None
@@ -202,6 +210,8 @@ class RevocationView:
                         await self.reload(session)
                 except Exception as exc:  # the database may be restarting; keep the last view
                     log.warning("revocation view reload failed: %s", type(exc).__name__)
+                    if on_failure is not None:
+                        on_failure()
                 if not database.is_sqlite and (listener is None or listener.is_closed()):
                     listener = await self._listen(database, on_signing_keys)
         finally:

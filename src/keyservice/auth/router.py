@@ -129,6 +129,14 @@ async def token(request: Request, context: ContextDep) -> Response:
     event, here when the grant did not (the form, the client authentication method).
     """
     form, repeated = await parse_form(request)
+    return await answer_token(request, context, form, repeated)
+
+
+async def answer_token(
+    request: Request, context: AppContext, form: dict[str, str], repeated: list[str]
+) -> Response:
+    """The token endpoint's answer to a parsed form (`token`; metrics read the grant type
+    from the form in between, main._observed_token)."""
     if "grant_type" in repeated:
         raise _repeat_refusal("grant_type")
     grant_type = form.get("grant_type")
