@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.context import AppContext
@@ -43,8 +44,6 @@ async def sensor(context: AppContext) -> Principal:
 
 
 async def live_keys(context: AppContext, owner_id: str) -> list[str]:
-    from sqlalchemy import select
-
     async with context.database.sessionmaker() as session:
         names = await session.scalars(
             select(ApiKey.name).where(ApiKey.principal_id == owner_id, ApiKey.revoked_at.is_(None))
@@ -271,3 +270,37 @@ async def signed_in_elsewhere(client: httpx.AsyncClient, username: str) -> str:
     data = {"username": username, "password": PASSWORD, "csrf_token": csrf_of(page.text)}
     assert (await client.post("/console/login", data=data)).status_code == 303
     return csrf_of((await client.get("/console/password")).text)
+
+
+async def test_every_key_page_marks_its_own_menu_entry(
+    client: httpx.AsyncClient, context: AppContext, sensor: Principal
+) -> None:
+    """The page showing a new or rotated key and the delete confirmation mark the menu entry
+    they belong to (aria-current), as the key forms do: API keys for one's own, Devices for
+    a device's."""
+    await create_principal(context, "boss", permissions=["admin", "api_keys:manage"])
+    token = await signed_in(client, "boss")
+    for base, entry in (
+        ("/console/keys", "/console/keys"),
+        (f"/console/admin/devices/{sensor.id}/keys", "/console/admin/devices"),
+    ):
+        new = await client.get(f"{base}/new")
+        assert current_section(new.text) == [entry]
+        created = await client.post(base, data={"csrf_token": token, "name": "k"})
+        assert created.status_code == 200 and "Your new API key" in created.text
+        assert current_section(created.text) == [entry]
+        key_id = re.search(r'<dt>Client ID</dt><dd class="mono">([^<]+)</dd>', created.text)
+        assert key_id
+        async with context.database.sessionmaker() as session:
+            found = await session.scalar(
+                select(ApiKey.id).where(ApiKey.client_id == key_id.group(1))
+            )
+        for page in ("edit", "rotate", "delete"):
+            shown = await client.get(f"{base}/{found}/{page}")
+            assert shown.status_code == 200
+            assert current_section(shown.text) == [entry], page
+        rotated = await client.post(
+            f"{base}/{found}/rotate", data={"csrf_token": token, "grace_seconds": "0"}
+        )
+        assert rotated.status_code == 200 and "Your rotated API key" in rotated.text
+        assert current_section(rotated.text) == [entry]

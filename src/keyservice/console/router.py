@@ -291,7 +291,11 @@ async def create_key(
                 raise
             errors.add_service(exc, {"expires_at": "expires_on"})
         else:
-            return render(request, "show_once.html", {"created": created, "back": "/console/keys"})
+            return render(
+                request,
+                "show_once.html",
+                {"created": created, "back": "/console/keys", "section": "keys"},
+            )
     status = 409 if errors.general else 422
     return await key_form_page(
         request,
@@ -316,7 +320,12 @@ async def confirm_delete_page(
     return render(
         request,
         "confirm_delete.html",
-        {"key": read, "action": f"/console/keys/{read.id}/delete", "cancel": "/console/keys"},
+        {
+            "section": "keys",
+            "key": read,
+            "action": f"/console/keys/{read.id}/delete",
+            "cancel": "/console/keys",
+        },
     )
 
 
@@ -441,6 +450,7 @@ async def rotate_key(
             "back": "/console/keys",
             "rotated": True,
             "old_expires": key.expires_at,
+            "section": "keys",
         },
     )
 
