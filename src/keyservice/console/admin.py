@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Container, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
+from typing import ClassVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
@@ -20,7 +21,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from keyservice.api_keys import service as api_keys
-from keyservice.api_keys.schemas import ApiKeyRead, ApiKeyUpdate
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, ApiKeyUpdate
 from keyservice.audit import service as audit_service
 from keyservice.console.dependencies import (
     AdminDep,
@@ -32,23 +33,12 @@ from keyservice.console.dependencies import (
 )
 from keyservice.console.forms import (
     FormErrors,
-    expiry_limits,
     lines,
-    read_grace,
-    read_key_form,
     text,
     textarea,
     texts,
 )
-from keyservice.console.keys import (
-    catalog_choices,
-    edit_form_page,
-    edit_key_answer,
-    key_form_page,
-    key_notice,
-    rotate_form_page,
-)
-from keyservice.console.once import already_done_page, claim, posted_form_id
+from keyservice.console.keys import Holder, KeyPlace, add_key_routes, catalog_choices, key_notice
 from keyservice.console.pages import ConsoleRoute, PageError, render
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep
@@ -136,8 +126,13 @@ def _notice(request: Request, *, known: Container[str] | None = None) -> str | N
     return named.format(name=name) if shown else unnamed
 
 
+def _after(path: str, done: str, name: str) -> str:
+    """The address of `path` with the banner for `done` naming `name` (_notice)."""
+    return f"{path}?{urlencode({'done': done, 'name': name})}"
+
+
 def _back(path: str, done: str, name: str) -> RedirectResponse:
-    return RedirectResponse(f"{path}?{urlencode({'done': done, 'name': name})}", status_code=303)
+    return RedirectResponse(_after(path, done, name), status_code=303)
 
 
 def _flag(form_value: str) -> bool | None:
@@ -453,245 +448,88 @@ async def delete_device(
     return _back("/console/admin/devices", "device-deleted", name)
 
 
-@router.get("/devices/{device_id}/keys/new")
-async def new_device_key(
-    device_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
-) -> Response:
-    device = await devices.get(session, device_id=device_id)
-    return await key_form_page(
-        request,
-        context,
-        session,
-        permissions=effective_permissions(device.permissions),
-        action=f"/console/admin/devices/{device.id}/keys",
-        cancel=f"/console/admin/devices/{device.id}",
-        owner_label=f"device {device.name}",
-        section="devices",
-    )
+@dataclass(frozen=True)
+class DeviceKeys(KeyPlace):
+    """A device's keys, managed by an admin on the device's page. The changes go through
+    the device services (devices.create_key, ...), which lock the device as the API does."""
 
+    device_id: str
+    section: ClassVar[str] = "devices"
+    back_label: ClassVar[str] = "Back to the device"
 
-@router.post("/devices/{device_id}/keys")
-async def create_device_key(
-    device_id: str,
-    form: CheckedForm,
-    request: Request,
-    admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    form_id = posted_form_id(form)
-    if not await claim(request, session, form_id):
-        return already_done_page(
-            request,
-            back=f"/console/admin/devices/{device_id}",
-            back_label="Back to the device",
-            rotated=False,
-            section="devices",
+    @property
+    def home(self) -> str:
+        return f"/console/admin/devices/{self.device_id}"
+
+    @property
+    def base(self) -> str:
+        return f"{self.home}/keys"
+
+    async def owner(self) -> Principal:
+        return await devices.get(self.session, device_id=self.device_id)
+
+    def holder(self, owner: Principal) -> Holder:
+        permissions = effective_permissions(owner.permissions)
+        return Holder(permissions=permissions, label=f"device {owner.name}")
+
+    def deleted(self, owner: Principal) -> str:
+        return _after(self.home, "key-deleted", owner.name)
+
+    async def create(self, data: ApiKeyCreate, ip: str | None) -> ApiKeyCreated:
+        device_id, actor = self.device_id, self.viewer.actor
+        return await devices.create_key(
+            self.context, self.session, device_id=device_id, data=data, actor=actor, ip=ip
         )
-    device = await devices.get(session, device_id=device_id)
-    permissions, name = effective_permissions(device.permissions), device.name
-    errors = FormErrors()
-    values, data = read_key_form(form, errors, expiry_limits(context.settings))
-    if data is not None:
-        try:
-            created = await devices.create_key(
-                context, session, device_id=device_id, data=data, actor=admin.actor, ip=ip
-            )
-        except KeyServiceError as exc:
-            if exc.status_code >= 500 or exc.status_code == 404:
-                raise
-            errors.add_service(exc, {"expires_at": "expires_on"})
-        else:
-            back = f"/console/admin/devices/{device_id}"
-            return render(
-                request, "show_once.html", {"created": created, "back": back, "section": "devices"}
-            )
-    return await key_form_page(
-        request,
-        context,
-        session,
-        permissions=permissions,
-        action=f"/console/admin/devices/{device_id}/keys",
-        cancel=f"/console/admin/devices/{device_id}",
-        owner_label=f"device {name}",
-        section="devices",
-        values=values,
-        errors=errors,
-        status_code=409 if errors.general else 422,
-    )
 
-
-@router.get("/devices/{device_id}/keys/{key_id}/delete")
-async def confirm_delete_device_key(
-    device_id: str,
-    key_id: str,
-    request: Request,
-    _admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-) -> Response:
-    device = await devices.get(session, device_id=device_id)
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-    return render(
-        request,
-        "confirm_delete.html",
-        {
-            "section": "devices",
-            "key": api_keys.to_read(key, device, context.settings, utcnow()),
-            "action": f"/console/admin/devices/{device.id}/keys/{key.id}/delete",
-            "cancel": f"/console/admin/devices/{device.id}",
-        },
-    )
-
-
-@router.post("/devices/{device_id}/keys/{key_id}/delete")
-async def delete_device_key(
-    device_id: str,
-    key_id: str,
-    _form: CheckedForm,
-    admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    device = await devices.get(session, device_id=device_id)
-    name = device.name
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-    await api_keys.revoke(context, session, key=key, actor=admin.actor, ip=ip)
-    return _back(f"/console/admin/devices/{device_id}", "key-deleted", name)
-
-
-@router.get("/devices/{device_id}/keys/{key_id}/edit")
-async def edit_device_key_page(
-    device_id: str,
-    key_id: str,
-    request: Request,
-    _admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-) -> Response:
-    device = await devices.get(session, device_id=device_id)
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-    return await edit_form_page(
-        request,
-        context,
-        session,
-        key=api_keys.to_read(key, device, context.settings, utcnow()),
-        permissions=effective_permissions(device.permissions),
-        action=f"/console/admin/devices/{device.id}/keys/{key.id}/edit",
-        back=f"/console/admin/devices/{device.id}",
-        back_label="Back to the device",
-        owner_label=f"device {device.name}",
-        section="devices",
-    )
-
-
-@router.post("/devices/{device_id}/keys/{key_id}/edit")
-async def edit_device_key(
-    device_id: str,
-    key_id: str,
-    form: CheckedForm,
-    request: Request,
-    admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    """Save what the Edit form changed, as PATCH /admin/devices/{id}/api-keys/{key_id}."""
-    device = await devices.get(session, device_id=device_id)
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-
-    async def save(data: ApiKeyUpdate) -> object:
+    async def update(self, key_id: str, data: ApiKeyUpdate, ip: str | None) -> object:
+        """As PATCH /admin/devices/{id}/api-keys/{key_id}."""
         return await devices.update_key(
-            context,
-            session,
-            device_id=device.id,
-            key_id=key.id,
+            self.context,
+            self.session,
+            device_id=self.device_id,
+            key_id=key_id,
             data=data,
-            actor=admin.actor,
+            actor=self.viewer.actor,
             ip=ip,
         )
 
-    return await edit_key_answer(
-        request,
-        context,
-        session,
-        form=form,
-        key=api_keys.to_read(key, device, context.settings, utcnow()),
-        save=save,
-        permissions=effective_permissions(device.permissions),
-        action=f"/console/admin/devices/{device.id}/keys/{key.id}/edit",
-        back=f"/console/admin/devices/{device.id}",
-        back_label="Back to the device",
-        owner_label=f"device {device.name}",
-        section="devices",
-    )
-
-
-@router.get("/devices/{device_id}/keys/{key_id}/rotate")
-async def rotate_device_key_page(
-    device_id: str,
-    key_id: str,
-    request: Request,
-    _admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-) -> Response:
-    device = await devices.get(session, device_id=device_id)
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=device.id)
-    return await rotate_form_page(
-        request,
-        session,
-        key=api_keys.to_read(key, device, context.settings, utcnow()),
-        action=f"/console/admin/devices/{device.id}/keys/{key.id}/rotate",
-        back=f"/console/admin/devices/{device.id}",
-        back_label="Back to the device",
-        section="devices",
-    )
-
-
-@router.post("/devices/{device_id}/keys/{key_id}/rotate")
-async def rotate_device_key(
-    device_id: str,
-    key_id: str,
-    form: CheckedForm,
-    request: Request,
-    admin: AdminDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    form_id = posted_form_id(form)
-    if not await claim(request, session, form_id):
-        return already_done_page(
-            request,
-            back=f"/console/admin/devices/{device_id}",
-            back_label="Back to the device",
-            rotated=True,
-            section="devices",
+    async def rotate(
+        self, key_id: str, grace_seconds: int, ip: str | None
+    ) -> tuple[ApiKeyCreated, datetime]:
+        created = await devices.rotate_key(
+            self.context,
+            self.session,
+            device_id=self.device_id,
+            key_id=key_id,
+            grace_seconds=grace_seconds,
+            actor=self.viewer.actor,
+            ip=ip,
         )
-    created = await devices.rotate_key(
-        context,
-        session,
-        device_id=device_id,
-        key_id=key_id,
-        grace_seconds=read_grace(form),
-        actor=admin.actor,
-        ip=ip,
-    )
-    old = await api_keys.get_owned(session, key_id=key_id, owner_id=created.owner_id)
-    return render(
-        request,
-        "show_once.html",
-        {
-            "created": created,
-            "back": f"/console/admin/devices/{device_id}",
-            "rotated": True,
-            "old_expires": old.expires_at,
-            "section": "devices",
-        },
-    )
+        old = await api_keys.get_owned(self.session, key_id=key_id, owner_id=created.owner_id)
+        return created, old.expires_at
+
+
+async def device_keys(
+    device_id: str, admin: AdminDep, session: SessionDep, context: ContextDep
+) -> DeviceKeys:
+    return DeviceKeys(admin, session, context, device_id)
+
+
+add_key_routes(
+    router,
+    "/devices/{device_id}/keys",
+    device_keys,
+    {
+        "new": "new_device_key",
+        "create": "create_device_key",
+        "confirm_delete": "confirm_delete_device_key",
+        "delete": "delete_device_key",
+        "edit_page": "edit_device_key_page",
+        "edit": "edit_device_key",
+        "rotate_page": "rotate_device_key_page",
+        "rotate": "rotate_device_key",
+    },
+)
 
 
 # All API keys ----------------------------------------------------------------------------

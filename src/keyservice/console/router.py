@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
 from keyservice.api_keys import service as api_keys
-from keyservice.api_keys.schemas import ApiKeyUpdate
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate
 from keyservice.console import service
 from keyservice.console.admin import router as admin_router
 from keyservice.console.dependencies import (
@@ -20,32 +24,14 @@ from keyservice.console.dependencies import (
     start_anonymous,
     write_session,
 )
-from keyservice.console.forms import (
-    FormErrors,
-    expiry_limits,
-    read_grace,
-    read_key_form,
-    text,
-)
-from keyservice.console.keys import (
-    edit_form_page,
-    edit_key_answer,
-    key_form_page,
-    key_notice,
-    rotate_form_page,
-)
-from keyservice.console.once import already_done_page, claim, posted_form_id
+from keyservice.console.forms import text
+from keyservice.console.keys import Holder, KeyPlace, add_key_routes, key_notice
 from keyservice.console.pages import STATIC, ConsoleRoute, PageError, render
 from keyservice.console.session import new_session
 from keyservice.database import utcnow
 from keyservice.dependencies import ContextDep, SessionDep, client_ip
-from keyservice.exceptions import (
-    Forbidden,
-    KeyServiceError,
-    OAuthError,
-    SlowDown,
-    ValidationFailed,
-)
+from keyservice.exceptions import Forbidden, OAuthError, SlowDown, ValidationFailed
+from keyservice.principals.models import Principal
 from keyservice.users import own_password
 
 router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schema=False)
@@ -247,213 +233,79 @@ async def keys_page(
     )
 
 
-@router.get("/keys/new")
-async def new_key_page(
-    request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
-) -> Response:
-    return await key_form_page(
-        request,
-        context,
-        session,
-        permissions=viewer.permissions,
-        action="/console/keys",
-        cancel="/console/keys",
-    )
+@dataclass(frozen=True)
+class OwnKeys(KeyPlace):
+    """The signed-in user's own keys, for those holding `api_keys:manage`."""
 
+    section: ClassVar[str] = "keys"
+    back_label: ClassVar[str] = "Back to the API keys"
 
-@router.post("/keys")
-async def create_key(
-    form: CheckedForm,
-    request: Request,
-    viewer: KeyManagerDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    form_id = posted_form_id(form)
-    if not await claim(request, session, form_id):
-        return already_done_page(
-            request,
-            back="/console/keys",
-            back_label="Back to the API keys",
-            rotated=False,
-            section="keys",
+    @property
+    def home(self) -> str:
+        return "/console/keys"
+
+    @property
+    def base(self) -> str:
+        return "/console/keys"
+
+    async def owner(self) -> Principal:
+        return self.viewer.principal
+
+    def holder(self, _owner: Principal) -> Holder:
+        # The permissions as `me` read them at the request's start.
+        return Holder(permissions=self.viewer.permissions, label=None)
+
+    def deleted(self, _owner: Principal) -> str:
+        return "/console/keys?done=deleted"
+
+    async def create(self, data: ApiKeyCreate, ip: str | None) -> ApiKeyCreated:
+        owner, actor = self.viewer.principal, self.viewer.actor
+        return await api_keys.create(
+            self.context, self.session, owner=owner, data=data, actor=actor, ip=ip
         )
-    errors = FormErrors()
-    values, data = read_key_form(form, errors, expiry_limits(context.settings))
-    if data is not None:
-        try:
-            created = await api_keys.create(
-                context, session, owner=viewer.principal, data=data, actor=viewer.actor, ip=ip
-            )
-        except KeyServiceError as exc:
-            if exc.status_code >= 500:
-                raise
-            errors.add_service(exc, {"expires_at": "expires_on"})
-        else:
-            return render(
-                request,
-                "show_once.html",
-                {"created": created, "back": "/console/keys", "section": "keys"},
-            )
-    status = 409 if errors.general else 422
-    return await key_form_page(
-        request,
-        context,
-        session,
-        permissions=viewer.permissions,
-        action="/console/keys",
-        cancel="/console/keys",
-        values=values,
-        errors=errors,
-        status_code=status,
-    )
 
-
-@router.get("/keys/{key_id}/delete")
-async def confirm_delete_page(
-    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
-) -> Response:
-    """The confirmation page for browsers without JavaScript (others use a dialog)."""
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-    read = api_keys.to_read(key, viewer.principal, context.settings, utcnow())
-    return render(
-        request,
-        "confirm_delete.html",
-        {
-            "section": "keys",
-            "key": read,
-            "action": f"/console/keys/{read.id}/delete",
-            "cancel": "/console/keys",
-        },
-    )
-
-
-@router.post("/keys/{key_id}/delete")
-async def delete_key(
-    key_id: str,
-    _form: CheckedForm,
-    viewer: KeyManagerDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-    await api_keys.revoke(context, session, key=key, actor=viewer.actor, ip=ip)
-    return RedirectResponse("/console/keys?done=deleted", status_code=303)
-
-
-@router.get("/keys/{key_id}/edit")
-async def edit_key_page(
-    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
-) -> Response:
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-    return await edit_form_page(
-        request,
-        context,
-        session,
-        key=api_keys.to_read(key, viewer.principal, context.settings, utcnow()),
-        permissions=viewer.permissions,
-        action=f"/console/keys/{key.id}/edit",
-        back="/console/keys",
-        back_label="Back to the API keys",
-    )
-
-
-@router.post("/keys/{key_id}/edit")
-async def edit_key(
-    key_id: str,
-    form: CheckedForm,
-    request: Request,
-    viewer: KeyManagerDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-
-    async def save(data: ApiKeyUpdate) -> object:
+    async def update(self, key_id: str, data: ApiKeyUpdate, ip: str | None) -> object:
+        owner, actor = self.viewer.principal, self.viewer.actor
         return await api_keys.update(
-            context,
-            session,
-            owner=viewer.principal,
-            key_id=key.id,
-            data=data,
-            actor=viewer.actor,
+            self.context, self.session, owner=owner, key_id=key_id, data=data, actor=actor, ip=ip
+        )
+
+    async def rotate(
+        self, key_id: str, grace_seconds: int, ip: str | None
+    ) -> tuple[ApiKeyCreated, datetime]:
+        owner, actor = self.viewer.principal, self.viewer.actor
+        key = await api_keys.get_owned(self.session, key_id=key_id, owner_id=owner.id)
+        created = await api_keys.rotate(
+            self.context,
+            self.session,
+            key=key,
+            owner=owner,
+            grace_seconds=grace_seconds,
+            actor=actor,
             ip=ip,
         )
-
-    return await edit_key_answer(
-        request,
-        context,
-        session,
-        form=form,
-        key=api_keys.to_read(key, viewer.principal, context.settings, utcnow()),
-        save=save,
-        permissions=viewer.permissions,
-        action=f"/console/keys/{key.id}/edit",
-        back="/console/keys",
-        back_label="Back to the API keys",
-    )
+        return created, key.expires_at  # the old key's, as the rotation cut it short
 
 
-@router.get("/keys/{key_id}/rotate")
-async def rotate_page(
-    key_id: str, request: Request, viewer: KeyManagerDep, session: SessionDep, context: ContextDep
-) -> Response:
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-    read = api_keys.to_read(key, viewer.principal, context.settings, utcnow())
-    return await rotate_form_page(
-        request,
-        session,
-        key=read,
-        action=f"/console/keys/{read.id}/rotate",
-        back="/console/keys",
-        back_label="Back to the API keys",
-    )
+async def own_keys(viewer: KeyManagerDep, session: SessionDep, context: ContextDep) -> OwnKeys:
+    return OwnKeys(viewer, session, context)
 
 
-@router.post("/keys/{key_id}/rotate")
-async def rotate_key(
-    key_id: str,
-    form: CheckedForm,
-    request: Request,
-    viewer: KeyManagerDep,
-    session: SessionDep,
-    context: ContextDep,
-    ip: IpDep,
-) -> Response:
-    form_id = posted_form_id(form)
-    if not await claim(request, session, form_id):
-        return already_done_page(
-            request,
-            back="/console/keys",
-            back_label="Back to the API keys",
-            rotated=True,
-            section="keys",
-        )
-    key = await api_keys.get_owned(session, key_id=key_id, owner_id=viewer.principal.id)
-    created = await api_keys.rotate(
-        context,
-        session,
-        key=key,
-        owner=viewer.principal,
-        grace_seconds=read_grace(form),
-        actor=viewer.actor,
-        ip=ip,
-    )
-    return render(
-        request,
-        "show_once.html",
-        {
-            "created": created,
-            "back": "/console/keys",
-            "rotated": True,
-            "old_expires": key.expires_at,
-            "section": "keys",
-        },
-    )
-
+add_key_routes(
+    router,
+    "/keys",
+    own_keys,
+    {
+        "new": "new_key_page",
+        "create": "create_key",
+        "confirm_delete": "confirm_delete_page",
+        "delete": "delete_key",
+        "edit_page": "edit_key_page",
+        "edit": "edit_key",
+        "rotate_page": "rotate_page",
+        "rotate": "rotate_key",
+    },
+)
 
 router.include_router(admin_router)
 
