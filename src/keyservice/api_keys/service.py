@@ -157,9 +157,12 @@ async def count_live(
     again, or deleting replacements and rotating again would keep any number of keys alive.
     """
     successor = aliased(ApiKey)
+    # A replacement is its key's owner's (rotate): said so, the owner's index finds it,
+    # where `rotated_from_id` alone (no index) read every live key of every owner.
     superseded = (
         select(successor.id)
         .where(
+            successor.principal_id == owner_id,
             successor.rotated_from_id == ApiKey.id,
             successor.revoked_at.is_(None),
             successor.expires_at > now,
@@ -208,6 +211,7 @@ async def rotation_holds(
         .join(newer, newer.rotated_from_id == older.id)
         .where(
             older.principal_id == owner_id,
+            newer.principal_id == owner_id,  # as in count_live: the owner's index finds it
             newer.revoked_at.is_(None),
             newer.expires_at > now,
         )
