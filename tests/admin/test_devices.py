@@ -407,3 +407,38 @@ async def test_device_key_edit_404s_and_403s(client, context):
     assert refused.status_code == 403
     assert refused.json()["error_description"].startswith("Only a user admin can create")
     assert await events(context, "api_key.updated", outcome="success") == []
+
+
+async def test_a_device_is_found_by_its_name(client, context):
+    # A fleet script whose POST /admin/devices lost its answer sends it again and gets 409:
+    # it finds the device's id by name, not by reading every device. The filter was
+    # ignored, as unknown parameters are, and answered every device instead.
+    admin = await admin_token(context, client)
+    for name in ("dev-1", "dev-10", "DEV-1", "adev-1"):
+        await create_device(client, admin, name)
+    gone = await create_device(client, admin, "dev-2")
+    await admin_request(client, admin, "DELETE", f"/admin/devices/{gone['id']}", 204)
+    again = await create_device(client, admin, "dev-2")
+    await admin_request(
+        client, admin, "POST", "/admin/devices", 409, json={"name": "dev-1", "permissions": []}
+    )
+
+    async def named(name, **params):
+        body = (
+            await admin_request(
+                client, admin, "GET", "/admin/devices", 200, params={"name": name, **params}
+            )
+        ).json()
+        return [item["name"] for item in body["items"]], body["next_cursor"]
+
+    assert await named("dev-1") == (["dev-1"], None)  # exact: not dev-10, DEV-1, adev-1
+    assert await named("dev-1", limit=1) == (["dev-1"], None)
+    assert await named("nothing") == ([], None)
+    found = (
+        await admin_request(client, admin, "GET", "/admin/devices", 200, params={"name": "dev-2"})
+    ).json()["items"]
+    assert [item["id"] for item in found] == [again["id"]]  # the live one, not the deleted
+    too_long = await admin_request(
+        client, admin, "GET", "/admin/devices", 422, params={"name": "d" * 101}
+    )
+    assert "name" in too_long.json()["error_description"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys.schemas import (
@@ -39,10 +41,25 @@ async def create_device(
 
 @router.get("", response_model=DeviceList)
 async def list_devices(
-    _admin: AdminPrincipal, session: SessionDep, limit: Limit = None, cursor: Cursor = None
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    name: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description=(
+                "Only the device with exactly this name (none or one: live names are "
+                "unique), e.g. to find the id of a device whose create answered 409."
+            ),
+        ),
+    ] = None,
 ) -> DeviceList:
     """Every device not deleted, by name (then id); with `limit`, paged by `next_cursor`."""
-    devices, next_cursor = await service.page_devices(session, limit=limit, cursor=cursor)
+    devices, next_cursor = await service.page_devices(
+        session, limit=limit, cursor=cursor, name=name
+    )
     return DeviceList(items=[DeviceRead.of(d) for d in devices], next_cursor=next_cursor)
 
 

@@ -41,11 +41,17 @@ async def list_devices(session: AsyncSession) -> list[Principal]:
 
 
 async def page_devices(
-    session: AsyncSession, *, limit: int | None = None, cursor: str | None = None
+    session: AsyncSession,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+    name: str | None = None,
 ) -> tuple[list[Principal], str | None]:
     """Return the devices that are not deleted, by name (then id); with `limit`, one page
-    and the next cursor."""
-    return await principals_service.page_live(session, kind="device", limit=limit, cursor=cursor)
+    and the next cursor; with `name`, only the live device of that name, if any."""
+    return await principals_service.page_live(
+        session, kind="device", limit=limit, cursor=cursor, name=name
+    )
 
 
 async def create(

@@ -292,15 +292,23 @@ async def save_update(
 
 
 async def page_live(
-    session: AsyncSession, *, kind: str, limit: int | None = None, cursor: str | None = None
+    session: AsyncSession,
+    *,
+    kind: str,
+    limit: int | None = None,
+    cursor: str | None = None,
+    name: str | None = None,
 ) -> tuple[list[Principal], str | None]:
     """The users or devices that are not deleted, by name (then id); with `limit`, one page
     and the next cursor (its kind "users" or "devices": one list's cursor is refused by the
     other). No user is ever deleted (only devices are, softly); saying so lets the
-    live-name index (kind, name) serve the keyset for both."""
+    live-name index (kind, name) serve the keyset for both. `name`: only the one so named
+    (exactly; live names are unique), if any."""
     limit = paging.clamp(limit)
     cursor_kind = f"{kind}s"
     query = select(Principal).where(Principal.kind == kind, Principal.deleted_at.is_(None))
+    if name is not None:
+        query = query.where(Principal.name == name)
     if cursor is not None:
         name, principal_id = paging.decode(cursor, cursor_kind, 2)
         query = query.where(
