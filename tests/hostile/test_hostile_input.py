@@ -250,3 +250,27 @@ async def test_a_validators_refusal_reads_in_its_own_words(client, admin_headers
         "10.0.0.1/8 has host bits set: write 10.0.0.0/8 for the network or 10.0.0.1/32 "
         "for the one address",
     ]
+
+
+async def test_an_empty_scope_name_is_refused_as_empty_not_as_an_unknown_scope(
+    client, admin_headers
+):
+    """An empty string among permissions or scopes (a template left blank, a trailing comma
+    split) was an unknown scope, quoted as "1 more not quoted, as it may be a secret" after
+    nothing, and the admin was told to add it to the scope catalog."""
+    device = await client.post(
+        "/admin/devices", json={"name": "d-1", "permissions": []}, headers=admin_headers
+    )
+    refusals = [
+        ("POST", "/admin/devices", {"name": "d-2", "permissions": ["admin", ""]}, "permissions.1"),
+        ("PATCH", f"/admin/devices/{device.json()['id']}", {"permissions": [""]}, "permissions.0"),
+        ("POST", "/admin/users", {"username": "u", "password": "x" * 12, "permissions": [""]},
+         "permissions.0"),
+        ("POST", "/api-keys", {"name": "k", "scopes": [""]}, "scopes.0"),
+    ]  # fmt: skip
+    for method, path, body, field in refusals:
+        response = await client.request(method, path, json=body, headers=admin_headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["error_description"] == (
+            f"{field}: String should have at least 1 character"
+        ), (path, response.text)

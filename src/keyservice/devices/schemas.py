@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
-from keyservice.users.schemas import Name
+from keyservice.users.schemas import Name, ScopeRef
 
 
 class DeviceCreate(BaseModel):
@@ -15,7 +15,7 @@ class DeviceCreate(BaseModel):
 
     name: Name
     description: str = Field(default="", max_length=1000)
-    permissions: list[str] = Field(default_factory=list, max_length=100)
+    permissions: list[ScopeRef] = Field(default_factory=list, max_length=100)
 
 
 class DeviceUpdate(BaseModel):
@@ -25,7 +25,7 @@ class DeviceUpdate(BaseModel):
 
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
-    permissions: list[str] | None = Field(default=None, max_length=100)
+    permissions: list[ScopeRef] | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=1000)
 
 

@@ -41,12 +41,18 @@ Name = Annotated[
 ]  # fmt: skip
 
 
+# A scope name in a list of permissions or of a key's scopes. Whether the catalog holds it
+# is the service's to say; an empty one (a blank left in a template) is refused as empty,
+# rather than as an unknown scope the admin should add to the catalog.
+ScopeRef = Annotated[str, Field(min_length=1)]
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: Name
     password: str = Field(min_length=1, max_length=1024, repr=False)
-    permissions: list[str] = Field(default_factory=list, max_length=100)
+    permissions: list[ScopeRef] = Field(default_factory=list, max_length=100)
 
 
 class UserUpdate(BaseModel):
@@ -56,7 +62,7 @@ class UserUpdate(BaseModel):
 
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
-    permissions: list[str] | None = Field(default=None, max_length=100)
+    permissions: list[ScopeRef] | None = Field(default=None, max_length=100)
     password: str | None = Field(default=None, min_length=1, max_length=1024, repr=False)
 
 
