@@ -203,7 +203,15 @@ async def test_disabling_a_busy_device_is_one_change_however_many_sessions_it_ha
         statements: list[str] = []
 
         def capture(_conn, _cursor, statement, *_rest) -> None:
-            statements.append(statement)
+            # Its writes only: the app's background reads (the revocation view's poll, the
+            # signing keys') run on the same engine meanwhile, more of them on a busy machine.
+            words = statement.lstrip().split(None, 1)
+            if (
+                words
+                and words[0].upper() in ("INSERT", "UPDATE", "DELETE")
+                or ("notify" in statement.lower())
+            ):
+                statements.append(statement)
 
         event.listen(engine, "before_cursor_execute", capture)
         try:
@@ -222,7 +230,7 @@ async def test_disabling_a_busy_device_is_one_change_however_many_sessions_it_ha
     few, _ = await disable(2)
     families = len(context.revocation.revoked_families)
     many, issued = await disable(25)
-    assert many == few
+    assert many == few > 0  # the principal's update and its event, whatever the sessions
     assert len(context.revocation.revoked_families) == families
     for tokens in issued:  # each session is over all the same, both halves of it
         await me_within(client, tokens["access_token"], 401)
