@@ -4,13 +4,18 @@ and an index that finds a route with a fixed path without walking the table."""
 from __future__ import annotations
 
 import copy
+import email.message
 import inspect
+import json
 import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import params
+from fastapi.datastructures import DefaultPlaceholder
 from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
@@ -89,7 +94,7 @@ class TableRoute(APIRoute):
         before. FastAPI's own telemetry is off in this app (main.create_app) and is not
         reported for these routes.
         """
-        full = super().get_route_handler()
+        full = _unambiguous_json(self, super().get_route_handler())
         if not self._building:
             # FastAPI asks again for each inclusion of the route's router under another
             # (include_router()), with the inclusion's own view of the route set aside for
@@ -118,6 +123,114 @@ class TableRoute(APIRoute):
     def direct(self) -> bool:
         """Whether this route's own handler is the direct one (see get_route_handler)."""
         return self._direct
+
+
+def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
+    """`handler`, refusing first a JSON body that gives an object the same key twice.
+
+    JSON leaves the meaning of a repeated key open (RFC 8259 §4) and Python's parser keeps
+    the last: `{"scopes": ["a"], "scopes": null}` made an inheriting key, where the client,
+    a proxy or a log reader may have read the first. Such a body is a 422 naming the key,
+    at any depth, before FastAPI reads the body as it would (`request.json()`, which then
+    returns what was parsed here). Only routes with a JSON body parameter are wrapped;
+    `/token` and the other form-encoded endpoints are not.
+    """
+    body_field = route.body_field
+    if body_field is None or isinstance(body_field.field_info, params.Form):
+        return handler
+    strict = route.strict_content_type
+    if isinstance(strict, DefaultPlaceholder):
+        strict = strict.value
+
+    async def checked(request: Request) -> Response:
+        if _json_content_type(request.headers.get("content-type"), strict=bool(strict)):
+            body = await request.body()
+            if body:
+                parsed = _parse_json(body)
+                if parsed is not _UNREADABLE:
+                    # Starlette's Request.json() parses once and keeps the value here.
+                    request._json = parsed
+        return await handler(request)
+
+    return checked
+
+
+def _json_content_type(value: str | None, *, strict: bool) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON (get_request_handler)."""
+    if not value:
+        return not strict
+    message = email.message.Message()
+    message["content-type"] = value
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object in which some keys came more than once (`repeated`, in order)."""
+
+    repeated: list[str]
+
+
+_UNREADABLE = object()
+_REPEATED_MESSAGE = (
+    "given more than once in the same object; send each key once "
+    "(JSON does not say which of the values would count)"
+)
+
+
+def _parse_json(body: bytes) -> Any:
+    """The body as JSON; `_UNREADABLE` for one FastAPI's own parse refuses in its words.
+
+    Raises RequestValidationError (422) for an object with a repeated key, one entry per
+    key, located by its path in the body.
+    """
+    repeated = False
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        value = dict(pairs)
+        if len(value) == len(pairs):
+            return value
+        repeated = True
+        ambiguous = _Repeated(value)
+        seen: set[str] = set()
+        ambiguous.repeated = []
+        for key, _ in pairs:
+            if key in seen and key not in ambiguous.repeated:
+                ambiguous.repeated.append(key)
+            seen.add(key)
+        return ambiguous
+
+    try:
+        parsed = json.loads(body, object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
+        return _UNREADABLE
+    if not repeated:
+        return parsed
+    errors = [
+        {"type": "json_duplicate_key", "loc": ("body", *path), "msg": _REPEATED_MESSAGE}
+        for path in _repeated_paths(parsed)
+    ]
+    raise RequestValidationError(errors)
+
+
+def _repeated_paths(value: Any) -> list[tuple[int | str, ...]]:
+    """The path of each repeated key in a parsed body, in the body's order."""
+    found: list[tuple[int | str, ...]] = []
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), value)]
+    while stack:  # no recursion: the body may be nested as deep as json.loads allows
+        path, node = stack.pop()
+        children: list[tuple[tuple[int | str, ...], Any]] = []
+        if isinstance(node, dict):
+            if isinstance(node, _Repeated):
+                found += [(*path, key) for key in node.repeated]
+            children = [((*path, key), child) for key, child in node.items()]
+        elif isinstance(node, list):
+            children = [((*path, index), child) for index, child in enumerate(node)]
+        stack += reversed(children)
+    return found
 
 
 @dataclass(frozen=True)

@@ -274,3 +274,67 @@ async def test_an_empty_scope_name_is_refused_as_empty_not_as_an_unknown_scope(
         assert response.json()["error_description"] == (
             f"{field}: String should have at least 1 character"
         ), (path, response.text)
+async def test_a_key_given_twice_in_a_json_object_is_422_naming_it(client, context, admin_headers):
+    """JSON leaves a repeated key's meaning open and Python keeps the last value: the body
+    `{"scopes": ["a"], "scopes": null}` made an inheriting key. Refused, at any depth."""
+    owner = await user_token(context, client, "rita")
+    key = (await client.post("/api-keys", json={"name": "ci"}, headers=bearer(owner))).json()
+    device = (
+        await client.post("/admin/devices", json={"name": "edge-1"}, headers=admin_headers)
+    ).json()
+    unknown = "00000000-0000-0000-0000-000000000000"
+    # Every JSON body endpoint; the body is refused before the route looks at the id.
+    endpoints = [
+        *[(method, path) for method, path, content_type in ENDPOINTS if content_type is JSON],
+        ("PATCH", f"/api-keys/{key['id']}"),
+        ("POST", f"/api-keys/{key['id']}/rotate"),
+        ("PATCH", f"/admin/devices/{device['id']}"),
+        ("POST", f"/admin/devices/{device['id']}/api-keys"),
+        ("PATCH", f"/admin/devices/{device['id']}/api-keys/{unknown}"),
+        ("POST", f"/admin/devices/{device['id']}/api-keys/{unknown}/rotate"),
+        ("PATCH", "/admin/scopes/api_keys:manage"),
+        ("POST", "/me/password"),
+    ]
+    secret = "ksk_" + "Q" * 16 + "_" + "s" * 49
+    cases = [
+        ('{"name": "k", "scopes": ["a"], "scopes": null}', [["body", "scopes"]]),
+        ('{"name": "k", "name": "k"}', [["body", "name"]]),
+        (
+            '{"name": "k", "x": {"a": 1, "b": [{"c": 1, "c": 2}], "a": 2}}',
+            [["body", "x", "a"], ["body", "x", "b", 0, "c"]],
+        ),
+        (f'{{"{secret}": 1, "{secret}": 2}}', [["body", "(not quoted)"]]),
+    ]
+    for method, path in endpoints:
+        for body, locations in cases:
+            caller = bearer(owner) if path.startswith(("/api-keys", "/me")) else admin_headers
+            response = await client.request(
+                method, path, content=body.encode(), headers={**JSON, **caller}
+            )
+            assert response.status_code == 422, (method, path, body, response.text)
+            answer = response.json()
+            assert answer["error"] == "validation_error"
+            assert [detail["loc"] for detail in answer["details"]] == locations
+            assert {detail["type"] for detail in answer["details"]} == {"json_duplicate_key"}
+            where = ".".join(str(part) for part in locations[0][1:])
+            assert answer["error_description"] == (
+                f"{where}: given more than once in the same object; send each key once "
+                "(JSON does not say which of the values would count)"
+            )
+            assert secret not in response.text
+    # Nothing was created or changed.
+    listed = (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
+    assert [(item["name"], item["scopes"]) for item in listed] == [("ci", None)]
+    devices = (await client.get("/admin/devices", headers=admin_headers)).json()["items"]
+    assert [item["name"] for item in devices] == ["edge-1"]
+    # The same keys once each are fine, and the form-encoded token endpoint is untouched:
+    # a JSON body there is still its own invalid_request.
+    created = await client.post(
+        "/api-keys", content=b'{"name": "k", "scopes": ["api_keys:manage"]}',
+        headers={**JSON, **bearer(owner)},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    token = await client.post(
+        "/token", content=b'{"grant_type": "password", "grant_type": "x"}', headers=JSON
+    )
+    assert token.status_code == 400 and token.json()["error"] == "invalid_request"
