@@ -179,6 +179,21 @@ class _Token:
         )
 
 
+def seconds_option(name: str, value: float, *, zero: bool = False) -> float:
+    """Return a constructor's duration option, or raise ValueError saying what it must be.
+
+    A negative, NaN or infinite number of seconds (NaN compares false with everything)
+    would be taken silently and make caches and timers misbehave later, far from the
+    mistake; a bool is refused too (True is 1 to Python, surely not what was meant).
+    """
+    wanted = "zero or more" if zero else "more than zero"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds ({wanted}), not {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise ValueError(f"{name} must be a finite number of seconds, {wanted}; got {value!r}")
+    return value
+
+
 def plain_http_off_host(url: str) -> bool:
     """Whether url is plain http:// to anything but the local machine."""
     parsed = httpx.URL(url)
@@ -288,8 +303,8 @@ class KeyServiceAuth(httpx.Auth):
         url = token_url if token_url is not None else os.environ.get(TOKEN_URL_ENV)
         if not url:
             raise ValueError(f"no token URL: pass token_url or set {TOKEN_URL_ENV}")
-        if leeway < 0:
-            raise ValueError("leeway must not be negative")
+        leeway = seconds_option("leeway", leeway, zero=True)
+        timeout = seconds_option("timeout", timeout)
         if plain_http_off_host(url):
             logger.warning(
                 "token URL %s is plain HTTP: the API key would cross the network unencrypted",

@@ -31,7 +31,13 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from keyservice.client import TokenExchangeError, elapsed, plain_http_off_host, shown_url
+from keyservice.client import (
+    TokenExchangeError,
+    elapsed,
+    plain_http_off_host,
+    seconds_option,
+    shown_url,
+)
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -153,6 +159,12 @@ class TokenVerifier:
         http_client: httpx.Client | None = None,
         async_http_client: httpx.AsyncClient | None = None,
     ) -> None:
+        leeway = seconds_option("leeway", leeway, zero=True)
+        jwks_ttl = seconds_option("jwks_ttl", jwks_ttl)
+        jwks_refetch_interval = seconds_option(
+            "jwks_refetch_interval", jwks_refetch_interval, zero=True
+        )
+        timeout = seconds_option("timeout", timeout)
         if introspect_url is not None and introspect_token is None:
             raise ValueError("introspect_url needs introspect_token (the introspect scope)")
         if plain_http_off_host(jwks_url):
