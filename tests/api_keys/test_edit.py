@@ -494,3 +494,53 @@ async def test_an_expiry_sent_with_an_offset_is_answered_in_utc_as_the_key_is_re
     edited = (await patch(client, owner, key["id"], expires_at=west)).json()
     assert edited["expires_at"] == _rfc3339(later)
     assert (await shown(client, owner, key["id"]))["expires_at"] == _rfc3339(later)
+
+
+LOOKS_LIKE_A_SECRET = (
+    "looks like a secret (an API key, client secret, refresh token or access token): "
+    "names and descriptions are shown to others, so keep secrets out of them"
+)
+
+
+async def test_a_secret_pasted_as_a_name_or_description_is_refused(client, context, owner):
+    """Lists and the console show names and descriptions to everyone who reads them (only
+    audit events hid a credential in one): a key string, client secret, refresh token or
+    JWT there is a 422 in words, at creation and at an edit, and nothing is stored."""
+    key = await create_key(client, owner, name="ci", description="old")
+    session = await login(client, "alice")
+    shorter = [
+        key["api_key"],
+        key["client_secret"],
+        session["refresh_token"],
+        f"prod {key['api_key'][:28]}",  # cut short, after a word
+    ]
+    pasted = [
+        *[("name", value) for value in shorter],
+        *[("description", value) for value in shorter],
+        ("description", session["access_token"]),  # longer than a name may be
+        ("description", f"use Authorization: Bearer {owner}"),
+    ]
+    for field, value in pasted:
+        for response in (
+            await client.post("/api-keys", json={"name": "k", field: value}, headers=bearer(owner)),
+            await patch(client, owner, key["id"], 422, **{field: value}),
+        ):
+            assert response.status_code == 422, (field, response.text)
+            answer = response.json()
+            assert answer["error_description"] == f"{field}: {LOOKS_LIKE_A_SECRET}"
+            assert [(d["loc"], d["type"]) for d in answer["details"]] == [
+                (["body", field], "looks_like_secret")
+            ]
+            assert value[8:40] not in response.text
+    listed = (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
+    assert [(item["name"], item["description"]) for item in listed] == [("ci", "old")]
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
+    # Public values and words that only look alike are names like any other.
+    fine = {
+        "name": f"ci for {key['client_id']}",
+        "description": f"key {key['id']} of the surveyJobs runner",
+    }
+    created = await client.post("/api-keys", json=fine, headers=bearer(owner))
+    assert created.status_code == 201, created.text
+    edited = await patch(client, owner, key["id"], **fine)
+    assert (edited.json()["name"], edited.json()["description"]) == tuple(fine.values())

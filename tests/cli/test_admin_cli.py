@@ -162,8 +162,9 @@ def test_devices_create_and_list(cli):
         ("", "String should have at least 1 character"),
         ("two words", "may hold only letters, digits and . _ @ + -"),
         ("bell\x07", "may hold only letters, digits and . _ @ + -"),
+        ("ksk_" + "Q" * 16 + "_" + "s" * 49, "looks like a secret (an API key, client secret"),
     ],
-    ids=["too-long", "empty", "space", "control"],
+    ids=["too-long", "empty", "space", "control", "secret"],
 )
 def test_create_refuses_the_names_the_api_refuses(cli, name, says):
     # As POST /admin/users and /admin/devices do: one line, nothing created (a name too
@@ -532,6 +533,25 @@ def test_import_legacy_quotes_no_key_pasted_into_a_scope_or_a_field_name(cli, tm
         failed.stderr
     )
     assert "line 2: (not quoted): Extra inputs are not permitted" in failed.stderr
+
+
+def test_import_legacy_refuses_a_secret_as_a_name_or_description(cli, tmp_path):
+    """Imported keys are listed like any other: a key string as its name would be shown."""
+    cli.principal("ann")
+    line = {"owner": "ann", "owner_type": "user", "name": "a", "key": "ann-old-key-1"}
+    secret = "ksk_" + "Q" * 16 + "_" + "s" * 49
+    lines = tmp_path / "keys.jsonl"
+    lines.write_text(
+        json.dumps({**line, "name": secret})
+        + "\n"
+        + json.dumps({**line, "key": "ann-old-key-2", "description": f"was {secret}"})
+        + "\n"
+    )
+    failed = cli("keys", "import-legacy", str(lines), expect=1)
+    assert "line 1: name: looks like a secret (an API key, client secret" in failed.stderr
+    assert "line 2: description: looks like a secret (an API key, client" in failed.stderr
+    assert secret[8:40] not in failed.output
+    assert cli.scalar(select(func.count()).select_from(ApiKey)) == 0
 
 
 def test_import_legacy_help_gives_the_file_format():

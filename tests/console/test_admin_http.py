@@ -210,8 +210,9 @@ async def test_a_scope_row_saved_as_shown_changes_nothing_and_a_refused_one_is_n
 ) -> None:
     await create_principal(context, "root", permissions=["admin"])
     # As the API may set it: LF line breaks (a browser sends CRLF), a first line break (the
-    # HTML parser drops one right after <textarea>), 1000 characters with the LFs.
-    text = "\nFiles:\n" + "r" * 992
+    # HTML parser drops one right after <textarea>), 1000 characters with the LFs, in words
+    # (a run of 40 letters would be refused as shaped like a secret).
+    text = "\nFiles:\n" + ("r" * 31 + " ") * 31
     assert len(text) == 1000
     await add_scope(context, "files/read", text)
     for n in range(30):

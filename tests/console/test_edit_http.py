@@ -234,6 +234,27 @@ async def test_refusals_show_the_form_again_with_the_input(
     assert await audit_events(context, "api_key.updated", outcome="success") == []
 
 
+async def test_a_secret_typed_into_the_edit_form_is_refused_with_the_input_kept(
+    client: httpx.AsyncClient, context: AppContext, alice: Principal
+) -> None:
+    key = await service_key(context, alice, "ci", description="kept", scopes=[READ])
+    token = await signed_in(client, "alice")
+    url = f"/console/keys/{key.id}/edit"
+    form = {**shown_form((await client.get(url)).text), "csrf_token": token}
+    secret = "ksk_" + "Q" * 16 + "_" + "s" * 49
+    for field in ("name", "description"):
+        refused = await client.post(url, data={**form, field: f"prod {secret}"})
+        assert refused.status_code == 422
+        assert field_error(refused.text, field) == (
+            "Looks like a secret (an API key, client secret, refresh token or access token): "
+            "names and descriptions are shown to others, so keep secrets out of them."
+        )
+        assert secret in refused.text  # in the field, to be corrected
+    row = await stored(context, key.id)
+    assert (row.name, row.description) == ("ci", "kept")
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
+
+
 async def test_a_scope_the_owner_lost_is_kept_until_unticked(
     client: httpx.AsyncClient, context: AppContext, alice: Principal
 ) -> None:

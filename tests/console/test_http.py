@@ -431,6 +431,42 @@ async def test_form_refusals_are_in_words_and_keep_the_input(
         assert created.status_code == 200 and 'id="api-key"' in created.text
 
 
+SHAPED_KEY = "ksk_" + "Q" * 16 + "_" + "s" * 49  # shaped as a key string (security/tokens.py)
+SHAPED_SECRET = "R" * 43  # shaped as a client secret
+LOOKS_LIKE_A_SECRET = (
+    "Looks like a secret (an API key, client secret, refresh token or access token): "
+    "names and descriptions are shown to others, so keep secrets out of them."
+)
+
+
+async def test_a_secret_typed_as_a_name_or_description_is_refused_in_the_form(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """As the API refuses it (tests/api_keys/test_edit.py): next to the field, the input
+    kept for the person to correct, on a page no cache keeps; nothing is made."""
+    await create_principal(context, "root", permissions=["admin", "api_keys:manage"])
+    token = await signed_in(client, "root")
+    forms = [
+        ("/console/keys", {"name": "ci", "description": "kept"}, "name"),
+        ("/console/keys", {"name": "ci", "description": "kept"}, "description"),
+        ("/console/admin/devices", {"name": "edge-1", "description": "kept"}, "name"),
+        ("/console/admin/devices", {"name": "edge-1", "description": "kept"}, "description"),
+        ("/console/admin/users", {"password": "a long password"}, "username"),
+        ("/console/admin/scopes", {"name": "projects:read", "description": "kept"}, "name"),
+        ("/console/admin/scopes", {"name": "projects:read"}, "description"),
+    ]
+    for secret in (SHAPED_KEY, SHAPED_SECRET):
+        for path, sent, field in forms:
+            refused = await client.post(path, data={"csrf_token": token, **sent, field: secret})
+            assert refused.status_code == 422, (path, field)
+            assert field_error(refused.text, field) == LOOKS_LIKE_A_SECRET, (path, field)
+            assert refused.headers["cache-control"] == "no-store"
+            assert f'value="{secret}"' in refused.text or f">{secret}</textarea>" in refused.text
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text
+    for kind in ("api_key.created", "device.created", "user.created", "scope.created"):
+        assert await audit_events(context, kind, outcome="success") == [], kind
+
+
 async def test_a_form_sent_after_the_session_ended_says_so(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:

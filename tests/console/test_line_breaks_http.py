@@ -23,8 +23,9 @@ from tests.console.test_http import field_error, signed_in
 from tests.factories import add_scope, create_principal, service_key
 
 SHORT = "First line\nsecond line\n\nafter an empty one"
-# 1000 characters, 9 of them line breaks: 1009 as a browser sends it.
-LONG = "\n".join(["d" * 99] * 10) + "."
+# 1000 characters, 9 of them line breaks: 1009 as a browser sends it. In words: a run of 40
+# letters is refused as shaped like a secret.
+LONG = "\n".join([("d" * 32 + " ") * 3] * 10) + "."
 assert len(LONG) == 1000
 
 

@@ -274,6 +274,8 @@ async def test_an_empty_scope_name_is_refused_as_empty_not_as_an_unknown_scope(
         assert response.json()["error_description"] == (
             f"{field}: String should have at least 1 character"
         ), (path, response.text)
+
+
 async def test_a_key_given_twice_in_a_json_object_is_422_naming_it(client, context, admin_headers):
     """JSON leaves a repeated key's meaning open and Python keeps the last value: the body
     `{"scopes": ["a"], "scopes": null}` made an inheriting key. Refused, at any depth."""

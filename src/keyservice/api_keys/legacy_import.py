@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select
@@ -37,6 +37,7 @@ from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security.hashing import LEGACY_KEYS, run_slow_hash
 from keyservice.security.tokens import new_client_id, parse_api_key
 from keyservice.timestamps import Timestamp
+from keyservice.users.schemas import NoSecret
 
 DEFAULT_TTL = timedelta(days=365)
 HASH_SCHEMES = ("bcrypt", "argon2")
@@ -47,8 +48,8 @@ class LegacyKeyLine(BaseModel):
 
     owner: str = Field(min_length=1, max_length=100)
     owner_type: Literal["user", "device"]
-    name: str = Field(min_length=1, max_length=100)
-    description: str = Field(default="", max_length=1000)
+    name: Annotated[str, Field(min_length=1, max_length=100), NoSecret]
+    description: Annotated[str, Field(max_length=1000), NoSecret] = ""
     scopes: list[str] | None = Field(default=None, max_length=100)
     key: str | None = Field(
         default=None, min_length=1, max_length=MAX_LEGACY_KEY_LENGTH, repr=False

@@ -7,7 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, fi
 
 from keyservice.security.ip import parse_cidrs
 from keyservice.timestamps import Timestamp
-from keyservice.users.schemas import ScopeRef
+from keyservice.users.schemas import NoSecret, ScopeRef
 
 
 def _name_not_blank(value: str) -> str:
@@ -27,8 +27,10 @@ def _cidrs(value: list[str]) -> list[str]:
 
 
 # A key's settings as a body gives them, checked the same way at creation and at an edit.
-KeyName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_name_not_blank)]
-KeyDescription = Annotated[str, Field(max_length=1000)]
+KeyName = Annotated[
+    str, Field(min_length=1, max_length=100), AfterValidator(_name_not_blank), NoSecret
+]
+KeyDescription = Annotated[str, Field(max_length=1000), NoSecret]
 KeyScopes = Annotated[
     list[ScopeRef] | None, Field(max_length=100), AfterValidator(_scopes_not_empty)
 ]

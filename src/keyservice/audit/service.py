@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import logging
-import re
 from datetime import datetime
 from typing import Any
 
@@ -17,18 +16,9 @@ from sqlalchemy.orm import Session
 from keyservice.audit.models import AuditEvent
 from keyservice.database import LOG_AUDIT_EVENTS
 from keyservice.paging import MAX_LIMIT, bad_cursor, page
+from keyservice.security.tokens import SECRET_LIKE, may_hold_secret
 
 DEFAULT_LIMIT = 100
-# What an event must never hold, should a name or a description quoted in `actor` or
-# `reason` carry it (a key string pasted as a device or scope name, say): an API key string
-# or refresh token, whole or in part (security/tokens.py), a JWT, or a run of 40 or more
-# letters and digits such as a bare client secret (43). Client ids (16), ids and signing
-# key ids (32, public) pass.
-_SECRET_LIKE = re.compile(
-    r"[A-Za-z0-9_-]*(?:ksk_|ksr_)[A-Za-z0-9_-]*"
-    r"|eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*"
-    r"|[A-Za-z0-9_-]*[A-Za-z0-9]{40}[A-Za-z0-9_-]*"
-)
 REDACTED = "(secret not recorded)"
 _CURSOR_PREFIX = "seq:"
 _MAX_SEQ = 2**63 - 1  # a BIGINT
@@ -127,11 +117,11 @@ def _forget_uncommitted(session: Session, transaction: Any) -> None:
 
 
 def without_secrets(text: str | None) -> str | None:
-    """`text` with anything shaped like a credential replaced (see _SECRET_LIKE); every
-    event's `actor` and `reason` go through it."""
-    if text is None or (len(text) < 40 and "ks" not in text and "eyJ" not in text):
+    """`text` with anything shaped like a credential replaced (security/tokens.py
+    SECRET_LIKE); every event's `actor` and `reason` go through it."""
+    if text is None or not may_hold_secret(text):
         return text  # the token path's `key:kc_...` and fixed reasons: no regex
-    return _SECRET_LIKE.sub(REDACTED, text)
+    return SECRET_LIKE.sub(REDACTED, text)
 
 
 def encode_cursor(seq: int) -> str:

@@ -67,7 +67,7 @@ def _message(error: ErrorDetails) -> str:
         return f"Use at most {ctx.get('max_length')} characters."
     if kind == "too_long":
         return f"Give at most {ctx.get('max_length')} entries."
-    if kind == "name_format":  # the schemas' own words (users/schemas.py), as a sentence
+    if kind in ("name_format", "looks_like_secret"):  # users/schemas.py's words, a sentence
         said = str(error.get("msg", ""))
         return said[:1].upper() + said[1:] + "."
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
-from keyservice.users.schemas import Name, ScopeRef
+from keyservice.users.schemas import Name, NoSecret, ScopeRef
+
+Description = Annotated[str, Field(max_length=1000), NoSecret]
 
 
 class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    description: str = Field(default="", max_length=1000)
+    description: Description = ""
     permissions: list[ScopeRef] = Field(default_factory=list, max_length=100)
 
 
@@ -26,7 +29,7 @@ class DeviceUpdate(BaseModel):
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
     permissions: list[ScopeRef] | None = Field(default=None, max_length=100)
-    description: str | None = Field(default=None, max_length=1000)
+    description: Description | None = None
 
 
 class DeviceRead(BaseModel):

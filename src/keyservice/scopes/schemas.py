@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keyservice.users.schemas import matching
+from keyservice.users.schemas import NoSecret, matching
 
 # A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
 SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
@@ -22,7 +22,7 @@ NEW_SCOPE_NAME_PATTERN = (
     r"[A-Za-z0-9][A-Za-z0-9_.:-]*(?:/[A-Za-z0-9_.:-]+)*$"
 )
 NEW_SCOPE_NAME = re.compile(NEW_SCOPE_NAME_PATTERN)
-ScopeDescription = Annotated[str, Field(max_length=1000)]
+ScopeDescription = Annotated[str, Field(max_length=1000), NoSecret]
 
 
 class ScopeCreate(BaseModel):
@@ -36,6 +36,7 @@ class ScopeCreate(BaseModel):
         matching(NEW_SCOPE_NAME_PATTERN, "may not end with /, nor have an empty, . or .. part "
                  "between slashes: a URL would lose it, and the scope could not be edited or "
                  "deleted"),
+        NoSecret,
     ]  # fmt: skip
     description: ScopeDescription = ""
 

@@ -96,6 +96,29 @@ def holds_api_key(value: str) -> bool:
     return KEY_PREFIX in value
 
 
+# Text that holds a credential, should a name, a description or an event quote one (a key
+# string pasted as a device name, say): an API key string or refresh token, whole or in
+# part, a JWT, or a run of 40 or more letters and digits such as a bare client secret (43).
+# Client ids (16), ids and signing key ids (32, public) pass. A JWT starts a word (after a
+# space, `=`, a quote...): "surveyJobs" holds no token. audit.service.without_secrets
+# replaces such runs in events; the schemas refuse names and descriptions holding one.
+SECRET_LIKE = re.compile(
+    r"[A-Za-z0-9_-]*(?:ksk_|ksr_)[A-Za-z0-9_-]*"
+    r"|(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*"
+    r"|[A-Za-z0-9_-]*[A-Za-z0-9]{40}[A-Za-z0-9_-]*"
+)
+
+
+def may_hold_secret(text: str) -> bool:
+    """Whether `text` could match SECRET_LIKE; False rules it out without the regex."""
+    return len(text) >= 40 or "ks" in text or "eyJ" in text
+
+
+def holds_secret(text: str) -> bool:
+    """Whether `text` holds something shaped like a credential (SECRET_LIKE)."""
+    return may_hold_secret(text) and SECRET_LIKE.search(text) is not None
+
+
 def is_client_id(value: str) -> bool:
     return _CLIENT_ID_RE.match(value) is not None
 

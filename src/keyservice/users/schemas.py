@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from pydantic_core import PydanticCustomError
 
 from keyservice.principals.models import Principal
+from keyservice.security.tokens import holds_secret
 
 # Letters, digits and a few separators: names end up in audit actors and CLI tables.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
@@ -32,12 +33,28 @@ def matching(pattern: str, says: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _no_secret(value: str) -> str:
+    if holds_secret(value):
+        raise PydanticCustomError(
+            "looks_like_secret",
+            "looks like a secret (an API key, client secret, refresh token or access "
+            "token): names and descriptions are shown to others, so keep secrets out of them",
+        )
+    return value
+
+
+# For text that lists, the console and the audit trail show: names and descriptions. A
+# credential pasted into one (the key string as its own name, say) would be shown to
+# everyone who reads them; audit events would hide it, lists could not.
+NoSecret = AfterValidator(_no_secret)
+
 # The pattern stays in the JSON schema (OpenAPI) for clients and generators.
 Name = Annotated[
     str,
     Field(min_length=1, max_length=100, json_schema_extra={"pattern": NAME_PATTERN}),
     matching(NAME_PATTERN, "may hold only letters, digits and . _ @ + -, and must start "
              "with a letter or digit"),
+    NoSecret,
 ]  # fmt: skip
 
 
