@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from keyservice.audit.service import without_secrets
 from tests.admin.support import admin_request, admin_token, create_device, create_device_key
 from tests.factories import audit_events, create_key, login, user_token
 
@@ -53,3 +54,24 @@ async def test_a_secret_as_a_name_or_description_is_refused_everywhere(client, c
     assert (await admin_request(client, admin, "GET", "/admin/scopes", 200)).json() == catalog
     for kind in ("device.updated", "api_key.updated", "scope.updated", "user.created"):
         assert await audit_events(context, kind, outcome="success") == [], kind
+
+
+async def test_a_digest_in_a_description_is_no_secret(client, context):
+    # A CI key pinned to a commit, a device to a firmware image: hexadecimal digests are
+    # public, and none of our secrets (base62) is one.
+    admin = await admin_token(context, client)
+    commit = "9fceb02d0ae598e95dc970b74767f19372d61af8"
+    firmware = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+    description = f"build {commit}, firmware sha256:{firmware}"
+    device = (
+        await admin_request(
+            client, admin, "POST", "/admin/devices", 201,
+            json={"name": "edge-9", "description": description},
+        )
+    ).json()  # fmt: skip
+    assert device["description"] == description
+    key = await create_device_key(client, admin, device["id"], description=f"for {commit}")
+    assert key["description"] == f"for {commit}"
+    assert without_secrets(f"reason: {description}") == f"reason: {description}"
+    mixed = commit[:20] + "Zq" + commit[20:]  # not one case of hex digits: a secret's shape
+    assert without_secrets(mixed) != mixed

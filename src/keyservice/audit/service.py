@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from keyservice.audit.models import AuditEvent
 from keyservice.database import LOG_AUDIT_EVENTS
 from keyservice.paging import MAX_LIMIT, bad_cursor, page
-from keyservice.security.tokens import SECRET_LIKE, may_hold_secret
+from keyservice.security.tokens import SECRET_LIKE, is_secret_like, may_hold_secret
 
 DEFAULT_LIMIT = 100
 REDACTED = "(secret not recorded)"
@@ -121,7 +121,7 @@ def without_secrets(text: str | None) -> str | None:
     SECRET_LIKE); every event's `actor` and `reason` go through it."""
     if text is None or not may_hold_secret(text):
         return text  # the token path's `key:kc_...` and fixed reasons: no regex
-    return SECRET_LIKE.sub(REDACTED, text)
+    return SECRET_LIKE.sub(lambda found: REDACTED if is_secret_like(found) else found.group(), text)
 
 
 def encode_cursor(seq: int) -> str:

@@ -100,13 +100,17 @@ def holds_api_key(value: str) -> bool:
 # string pasted as a device name, say): an API key string or refresh token, whole or in
 # part, a JWT, or a run of 40 or more letters and digits such as a bare client secret (43).
 # Client ids (16), ids and signing key ids (32, public) pass. A JWT starts a word (after a
-# space, `=`, a quote...): "surveyJobs" holds no token. audit.service.without_secrets
-# replaces such runs in events; the schemas refuse names and descriptions holding one.
+# space, `=`, a quote...): "surveyJobs" holds no token. A run of hexadecimal digits in one
+# case only passes too: a git commit hash (40) or a SHA-256 (64) in a description, never
+# one of our secrets (base62: 43 random characters all in one hex case, about 1 in 10^25).
+# audit.service.without_secrets replaces such runs in events; the schemas refuse names and
+# descriptions holding one.
 SECRET_LIKE = re.compile(
     r"[A-Za-z0-9_-]*(?:ksk_|ksr_)[A-Za-z0-9_-]*"
     r"|(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)*"
     r"|[A-Za-z0-9_-]*[A-Za-z0-9]{40}[A-Za-z0-9_-]*"
 )
+_DIGEST = re.compile(r"[0-9a-f]+|[0-9A-F]+")
 
 
 def may_hold_secret(text: str) -> bool:
@@ -114,9 +118,14 @@ def may_hold_secret(text: str) -> bool:
     return len(text) >= 40 or "ks" in text or "eyJ" in text
 
 
+def is_secret_like(found: re.Match[str]) -> bool:
+    """Whether a match of SECRET_LIKE is one: not a hexadecimal digest."""
+    return _DIGEST.fullmatch(found.group()) is None
+
+
 def holds_secret(text: str) -> bool:
     """Whether `text` holds something shaped like a credential (SECRET_LIKE)."""
-    return may_hold_secret(text) and SECRET_LIKE.search(text) is not None
+    return may_hold_secret(text) and any(map(is_secret_like, SECRET_LIKE.finditer(text)))
 
 
 def is_client_id(value: str) -> bool:
