@@ -66,8 +66,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 async def _with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     from keyservice import migrations
     from keyservice.context import AppContext
+    from keyservice.database import ADMIN_CONNECT_TIMEOUT_SECONDS
 
-    context = AppContext(settings)
+    context = AppContext(settings, connect_timeout=ADMIN_CONNECT_TIMEOUT_SECONDS)
     try:
         # Before anything is read or written: an empty schema, or one behind or ahead of
         # this code's, is refused in the line `serve --no-migrate` gives (a raw "no such

@@ -12,7 +12,7 @@ from keyservice.auth.revocation import RevocationView
 from keyservice.auth.store import make_token_store
 from keyservice.auth.throttle import make_throttle
 from keyservice.config import Settings
-from keyservice.database import Database
+from keyservice.database import CONNECT_TIMEOUT_SECONDS, Database
 from keyservice.scopes.service import CatalogNames
 from keyservice.security.hashing import SecretHasher, derive_key
 from keyservice.security.jwt import SigningKeyring
@@ -53,12 +53,19 @@ class LastUsedTracker:
 
 
 class AppContext:
-    def __init__(self, settings: Settings, database: Database | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database | None = None,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
         self.settings = settings
         self.database = database or Database(
             settings.effective_database_url,
             pool_size=settings.database_pool_size,
             log_audit_events=settings.audit_log,
+            connect_timeout=connect_timeout,
         )
         secret = settings.server_secret()
         self.hasher = SecretHasher(derive_key(secret, "keyservice/api-key-pepper/v1"))

@@ -94,6 +94,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 CONNECT_TIMEOUT_SECONDS = 3
+# The admin commands' (keyservice keys list, prune, migrate...) and the migrations' (also
+# run by serve as it starts): a person or an orchestrator waits for them, and a database
+# slow to take a connection (a TLS handshake over a long link, a cold serverless instance,
+# a machine under load) is not down. Requests keep the short one, to answer 503 fast.
+ADMIN_CONNECT_TIMEOUT_SECONDS = 10
 COMMAND_TIMEOUT_SECONDS = 10
 POOL_TIMEOUT_SECONDS = 5
 # Connections a process keeps per pool (KEYSERVICE_DATABASE_POOL_SIZE): SQLAlchemy's pool
@@ -137,11 +142,15 @@ class Database:
         bounded: bool = True,
         pool_size: int = DEFAULT_POOL_SIZE,
         log_audit_events: bool = False,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         """`bounded=False` lifts COMMAND_TIMEOUT_SECONDS, for migrations: building an index
         on a big table, or waiting for a lock a long transaction holds, takes longer than
-        a request may, and a migration cut short can never complete."""
+        a request may, and a migration cut short can never complete. `connect_timeout`
+        bounds each new PostgreSQL connection (ADMIN_CONNECT_TIMEOUT_SECONDS for
+        the admin commands and migrations)."""
         self.url = url
+        self.connect_timeout = connect_timeout
         self.pool_size = pool_size
         # KEYSERVICE_AUDIT_LOG: every committed audit event is a log line too (audit/service).
         self.log_audit_events = log_audit_events
@@ -166,7 +175,7 @@ class Database:
                 pool_recycle=1800,
                 pool_timeout=POOL_TIMEOUT_SECONDS,
                 connect_args={
-                    "timeout": CONNECT_TIMEOUT_SECONDS,
+                    "timeout": connect_timeout,
                     "command_timeout": COMMAND_TIMEOUT_SECONDS if bounded else None,
                 },
             )
@@ -216,7 +225,7 @@ class Database:
                         ssl=ssl,
                         min_size=1,
                         max_size=self.pool_size,
-                        timeout=CONNECT_TIMEOUT_SECONDS,
+                        timeout=self.connect_timeout,
                         command_timeout=COMMAND_TIMEOUT_SECONDS,
                         max_inactive_connection_lifetime=300,
                         max_queries=RAW_MAX_USES,

@@ -86,10 +86,10 @@ def _quiet() -> Iterator[None]:
 
 def current_revisions(database_url: str) -> tuple[str, ...]:
     """The revisions the database is stamped with (none for an empty database)."""
-    from keyservice.database import Database
+    from keyservice.database import ADMIN_CONNECT_TIMEOUT_SECONDS, Database
 
     async def read() -> tuple[str, ...]:
-        database = Database(database_url)
+        database = Database(database_url, connect_timeout=ADMIN_CONNECT_TIMEOUT_SECONDS)
         try:
             return await _heads(database.engine)
         finally:
@@ -193,9 +193,9 @@ async def _upgrade_patiently(
     back: bool,
 ) -> Upgraded | Downgraded:
     """_upgrade_locked, tried again while other transactions keep a table locked."""
-    from keyservice.database import Database
+    from keyservice.database import ADMIN_CONNECT_TIMEOUT_SECONDS, Database
 
-    database = Database(database_url, bounded=False)
+    database = Database(database_url, bounded=False, connect_timeout=ADMIN_CONNECT_TIMEOUT_SECONDS)
     try:
         started = time.monotonic()
         said = -TABLE_LOCK_SAY_EVERY_SECONDS
