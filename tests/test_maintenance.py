@@ -216,12 +216,25 @@ async def test_one_prune_at_a_time(context):
 
 
 @pytest.fixture
-def impatient_database(database_url):
-    """A migrated PostgreSQL database of the test's own whose server ends any session left
-    idle in a transaction for 200 ms (idle_in_transaction_session_timeout)."""
+def impatient_database(database_url, tmp_path):
+    """A migrated and seeded (_seed) PostgreSQL database of the test's own whose server ends
+    any session left idle in a transaction for 200 ms (idle_in_transaction_session_timeout).
+
+    Seeded before the limit is set: the seeding's transactions pause between statements
+    (key generation, hashing), and on a loaded machine a pause of 200 ms ended them.
+    """
     url = create_postgres_database("ks_prune")
     try:
         migrations.upgrade(url)
+
+        async def seed() -> None:
+            context = AppContext(make_settings(url, tmp_path))
+            try:
+                await _seed(context)
+            finally:
+                await context.database.dispose()
+
+        asyncio.run(seed())
         name = url.rsplit("/", 1)[1]
         asyncio.run(
             _pg_admin(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 200')
@@ -248,7 +261,6 @@ async def test_a_prune_longer_than_the_servers_idle_limit_keeps_its_turn(
     # idle_in_transaction_session_timeout would end it mid-prune, and another prune with it.
     context = AppContext(make_settings(impatient_database, tmp_path))
     try:
-        await _seed(context)
         async with context.database.sessionmaker() as holder:
             await _lock_the_old_audit_event(holder, idle_limit_off=True)
             first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
@@ -269,7 +281,6 @@ async def test_a_prune_longer_than_the_servers_idle_limit_keeps_its_turn(
 async def test_a_failed_prune_leaves_no_lock_held(impatient_database, tmp_path):
     context = AppContext(make_settings(impatient_database, tmp_path))
     try:
-        await _seed(context)
         async with context.database.sessionmaker() as holder:
             await _lock_the_old_audit_event(holder, idle_limit_off=True)
             first = asyncio.create_task(prune_all(context, now=utcnow(), wait=False))
