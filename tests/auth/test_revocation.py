@@ -67,6 +67,32 @@ async def test_revoke_endpoint_kills_the_family(client, context):
     assert by_user.principal_id == key["owner_id"]
 
 
+async def test_a_token_in_the_url_is_refused_and_nothing_is_revoked(client, context):
+    # `POST /revoke?token=...` said "the request body is empty", or, with a token in the
+    # body too, revoked that one: the URL's token, now in proxy logs, was taken silently.
+    admin_token = await user_token(context, client, "root", ["admin"])
+    token = await user_token(context, client, "ivy", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+    for path, headers in (("/revoke", {}), ("/introspect", bearer(admin_token))):
+        for name in ("token", "access_token"):
+            response = await client.post(
+                f"{path}?{name}={tokens['refresh_token']}",
+                data={"token": tokens["access_token"]},
+                headers=headers,
+            )
+            assert response.status_code == 400, (path, response.text)
+            body = response.json()
+            assert body["error"] == "invalid_request"
+            assert "never in the URL" in body["error_description"]
+            assert tokens["refresh_token"] not in response.text
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 200
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+
+
 async def test_revoke_with_another_keys_credentials_changes_nothing(client, context):
     token = await user_token(context, client, "carl", PERMS)
     mine = await create_key(client, token, name="mine")

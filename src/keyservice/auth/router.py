@@ -36,7 +36,17 @@ from keyservice.security.jwt import JWKS_MAX_AGE_SECONDS
 router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
 MAX_FORM_BYTES = 16 * 1024
-_CREDENTIAL_PARAMS = {"client_secret", "api_key", "refresh_token", "password", "client_id"}
+# Refused in the query of /token, /revoke and /introspect (API.md): a URL ends up in proxy
+# logs, browser history and Referer headers. `token` is /revoke's and /introspect's.
+_CREDENTIAL_PARAMS = {
+    "client_secret",
+    "api_key",
+    "refresh_token",
+    "password",
+    "client_id",
+    "token",
+    "access_token",
+}
 _GRANT_TYPE_NAME = re.compile(r"[A-Za-z0-9_:./-]+")
 
 Grant = Callable[[AppContext, dict[str, str], ClientCredentials | None, Caller], Awaitable[Issued]]
