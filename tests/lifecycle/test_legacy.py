@@ -179,11 +179,14 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
             key="k-10",
             expires_at=datetime.fromtimestamp(soon, UTC).replace(tzinfo=None).isoformat(),
         ),
+        # Which key, which owner? json.loads kept the last silently.
+        '{"owner": "zoe", "owner_type": "user", "name": "x", "key": "k-11", "key": "k-12"}',
+        '{"owner": "zoe", "owner_type": "user", "name": "x", "key": "k-13", "k-14": 1, "k-14": 2}',
     ]
     with pytest.raises(ImportFailed) as failed:
         await import_lines(context, lines, actor="test")
     messages = {error.line: error.message for error in failed.value.errors}
-    assert sorted(messages) == list(range(2, 17))
+    assert sorted(messages) == list(range(2, 19))
     assert "not valid JSON" in messages[2]
     assert "JSON object" in messages[3]
     assert "no user named 'nobody'" in messages[4]
@@ -199,6 +202,8 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     assert "extra" in messages[14]
     assert "expires_at: must be an RFC 3339 date-time with an offset" in messages[15]
     assert "expires_at: needs a time-zone offset" in messages[16]
+    assert messages[17] == "'key' is given more than once"
+    assert messages[18] == "a field is given more than once"
     # No message repeats a key.
     assert not any("k-" in message or PLAIN in message for message in messages.values())
     assert await _count_keys(context) == 0

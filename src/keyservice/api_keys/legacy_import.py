@@ -90,6 +90,23 @@ class ImportResult:
     over_limit: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
+class _Repeated(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # json.loads keeps the last of a repeated name: which key (or owner) was meant is a
+    # guess, as at the API (routing.py: json_duplicate_key).
+    value: dict[str, object] = {}
+    for name, item in pairs:
+        if name in value:
+            raise _Repeated(name)
+        value[name] = item
+    return value
+
+
 def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[LineError]]:
     """Parse the lines (blank ones skipped), collecting every error with its line number."""
     entries: list[tuple[int, LegacyKeyLine]] = []
@@ -98,9 +115,14 @@ def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[L
         if not raw.strip():
             continue
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, object_pairs_hook=_refuse_repeats)
         except json.JSONDecodeError as exc:
             errors.append(LineError(number, f"not valid JSON ({exc.msg})"))
+            continue
+        except _Repeated as exc:
+            # A name we know is named; any other could be a pasted key: never echoed.
+            shown = f"'{exc.name}'" if exc.name in LegacyKeyLine.model_fields else "a field"
+            errors.append(LineError(number, f"{shown} is given more than once"))
             continue
         if not isinstance(value, dict):
             errors.append(LineError(number, "expected a JSON object"))
