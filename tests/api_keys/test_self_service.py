@@ -22,7 +22,8 @@ async def test_created_key_shows_its_secret_once(client, context):
         name="deploy",
         description="CI deploys",
         scopes=["projects:read"],
-        allowed_ips=["192.0.2.0/24", "2001:db8::/48"],
+        # A repeat, written either way, is stored once: it allows nothing more.
+        allowed_ips=["192.0.2.0/24", "2001:db8::/48", "192.0.2.0/24", "2001:DB8:0::/48"],
     )
     assert created["api_key"].startswith("ksk_") and created["client_secret"]
     assert created["scopes"] == ["projects:read"] and created["inherits_permissions"] is False

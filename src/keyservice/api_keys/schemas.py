@@ -22,8 +22,10 @@ def _scopes_not_empty(value: list[str] | None) -> list[str] | None:
     return value
 
 
-def _cidrs(value: list[str]) -> list[str]:
-    return [str(net) for net in parse_cidrs(value, strict=True)]
+def normalized_cidrs(value: list[str]) -> list[str]:
+    """An allow-list as stored: each network normalized (a bare address is a /32 or /128),
+    once, in the order given (a repeat, `10.0.0.1` beside `10.0.0.1/32`, allows nothing more)."""
+    return list(dict.fromkeys(str(net) for net in parse_cidrs(value, strict=True)))
 
 
 # A key's settings as a body gives them, checked the same way at creation and at an edit.
@@ -34,7 +36,7 @@ KeyDescription = Annotated[str, Field(max_length=1000), NoSecret]
 KeyScopes = Annotated[
     list[ScopeRef] | None, Field(max_length=100), AfterValidator(_scopes_not_empty)
 ]
-KeyAllowedIps = Annotated[list[str], Field(max_length=100), AfterValidator(_cidrs)]
+KeyAllowedIps = Annotated[list[str], Field(max_length=100), AfterValidator(normalized_cidrs)]
 
 
 class ApiKeyCreate(BaseModel):

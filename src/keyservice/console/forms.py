@@ -12,10 +12,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.datastructures import FormData
 
-from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyRead, ApiKeyUpdate
+from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyRead, ApiKeyUpdate, normalized_cidrs
 from keyservice.config import Settings
 from keyservice.exceptions import KeyServiceError
-from keyservice.security.ip import parse_cidrs
 
 # Form field name for each schema field, where they differ.
 KEY_FIELDS = {"expires_at": "expires_on"}
@@ -228,7 +227,7 @@ def lines(value: str) -> str:
 
 def _same_cidrs(typed: list[str], stored: list[str]) -> bool:
     try:
-        return [str(net) for net in parse_cidrs(typed, strict=True)] == stored
+        return normalized_cidrs(typed) == stored
     except ValueError:
         return False  # not the stored list: the schema says what is wrong with it
 
