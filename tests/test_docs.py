@@ -303,3 +303,24 @@ def test_the_sdk_signature_and_arguments_are_the_codes():
         for name in list(inspect.signature(cls.__init__).parameters)[1:]:
             # Described (`leeway`), or shown in the example (issuer=...).
             assert f"`{name}`" in sdk or f"{name}=" in sdk, (cls.__name__, name)
+
+
+def test_every_relative_link_of_the_documents_is_a_file_of_the_repository():
+    # README linked the contract as ../shared/API.md, a folder beside our checkout that
+    # no clone has; the contract's copy is docs/API.md.
+    documents = [
+        README,
+        ROOT / "SECURITY.md",
+        ROOT / "bench" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+    ]
+    checked = 0
+    for document in documents:
+        text = re.sub(r"```.*?```", "", document.read_text(), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:|#", target):  # a URL, or a heading of the same page
+                continue
+            path = (document.parent / target.split("#", 1)[0]).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), (document.name, target)
+            checked += 1
+    assert checked >= 5  # the pattern still finds the links
