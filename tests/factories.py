@@ -6,6 +6,7 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
+import jwt
 
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
@@ -144,3 +145,21 @@ async def set_key(ctx: AppContext, key_id: str, **values: Any) -> None:
         for name, value in values.items():
             setattr(key, name, value)
         await session.commit()
+
+
+async def replica_signs(context: AppContext, claims: dict[str, object]) -> str:
+    """A token signed by a key another replica has just made (not loaded here yet)."""
+    replica = AppContext(context.settings)
+    try:
+        async with replica.database.sessionmaker() as session:
+            await replica.keyring.ensure_key(session)
+            await replica.keyring.create_key(session, retire_current=True, delay=0)
+            await session.commit()
+            await replica.keyring.load(session)
+        token, _ = replica.keyring.issue(claims)
+    finally:
+        await replica.database.dispose()
+    loaded = {jwk["kid"] for jwk in context.keyring.jwks()["keys"]}
+    assert jwt.get_unverified_header(token)["kid"] not in loaded
+    context.keyring._last_reload = 0  # the reload rate limit would otherwise apply
+    return token

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from keyservice.principals.schemas import TokenRead
 from keyservice.security.tokens import compose_api_key, new_client_id, new_client_secret
-from tests.factories import bearer, create_key, exchange, login, user_token
+from tests.factories import bearer, create_key, exchange, login, replica_signs, user_token
 
 PERMS = ["api_keys:manage", "projects:read"]
 
@@ -205,28 +205,15 @@ async def test_metadata_lists_the_token_endpoint_methods_it_accepts(client, cont
 
 
 async def test_another_replicas_new_signing_key_is_picked_up(client, context, app):
-    from keyservice.context import AppContext
+    from sqlalchemy import select
+
+    from keyservice.principals.models import Principal
 
     await user_token(context, client, "fred", PERMS)
-    replica = AppContext(context.settings)
-    try:
-        async with replica.database.sessionmaker() as session:
-            await replica.keyring.ensure_key(session)
-            await replica.keyring.create_key(session, retire_current=True, delay=0)
-            await session.commit()
-            await replica.keyring.load(session)
-        async with replica.database.sessionmaker() as session:
-            from sqlalchemy import select
-
-            from keyservice.principals.models import Principal
-
-            user = await session.scalar(select(Principal).where(Principal.name == "fred"))
-        token, _ = replica.keyring.issue(
-            {"sub": user.id, "scope": "projects:read", "principal_type": "user", "sid": "s"}
-        )
-    finally:
-        await replica.database.dispose()
-    context.keyring._last_reload = 0  # the reload rate limit would otherwise apply
+    async with context.database.sessionmaker() as session:
+        user = await session.scalar(select(Principal).where(Principal.name == "fred"))
+    claims = {"sub": user.id, "scope": "projects:read", "principal_type": "user", "sid": "s"}
+    token = await replica_signs(context, claims)
     assert (await client.get("/me", headers=bearer(token))).status_code == 200
 
 

@@ -11,7 +11,15 @@ import jwt
 from keyservice.context import AppContext
 from keyservice.main import create_app
 from tests.conftest import client_for
-from tests.factories import audit_events, bearer, create_key, exchange, login, user_token
+from tests.factories import (
+    audit_events,
+    bearer,
+    create_key,
+    exchange,
+    login,
+    replica_signs,
+    user_token,
+)
 
 PERMS = ["api_keys:manage", "projects:read"]
 
@@ -510,24 +518,6 @@ def test_the_cut_off_second_is_refused_whole():
     assert view.reason(claims) is not None
 
 
-async def _replica_signs(context: AppContext, claims: dict[str, object]) -> str:
-    """A token signed by a key another replica has just made (not loaded here yet)."""
-    replica = AppContext(context.settings)
-    try:
-        async with replica.database.sessionmaker() as session:
-            await replica.keyring.ensure_key(session)
-            await replica.keyring.create_key(session, retire_current=True, delay=0)
-            await session.commit()
-            await replica.keyring.load(session)
-        token, _ = replica.keyring.issue(claims)
-    finally:
-        await replica.database.dispose()
-    loaded = {jwk["kid"] for jwk in context.keyring.jwks()["keys"]}
-    assert jwt.get_unverified_header(token)["kid"] not in loaded
-    context.keyring._last_reload = 0  # the reload rate limit would otherwise apply
-    return token
-
-
 async def _family_tokens(context: AppContext, client, name: str) -> tuple[dict, dict]:
     """An exchange's tokens and the claims another replica would sign for that family."""
     token = await user_token(context, client, name, PERMS)
@@ -546,7 +536,7 @@ async def _family_tokens(context: AppContext, client, name: str) -> tuple[dict, 
 async def test_introspect_knows_another_replicas_new_signing_key(client, context):
     admin_token = await user_token(context, client, "root", ["admin"])
     _tokens, claims = await _family_tokens(context, client, "gus")
-    token = await _replica_signs(context, claims)
+    token = await replica_signs(context, claims)
     body = (
         await client.post("/introspect", data={"token": token}, headers=bearer(admin_token))
     ).json()
@@ -555,7 +545,7 @@ async def test_introspect_knows_another_replicas_new_signing_key(client, context
 
 async def test_revoke_knows_another_replicas_new_signing_key(client, context):
     tokens, claims = await _family_tokens(context, client, "gus")
-    token = await _replica_signs(context, claims)
+    token = await replica_signs(context, claims)
     assert (await client.post("/revoke", data={"token": token})).status_code == 200
     refreshed = await client.post(
         "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}

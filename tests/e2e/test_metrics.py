@@ -14,7 +14,14 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.reliability.support import Server, admin_key, free_port
+from tests.reliability.support import (
+    LISTEN,
+    Server,
+    admin_key,
+    free_port,
+    sockets_of,
+    tcp_sockets,
+)
 from tests.test_metrics import Samples, parse, tokens
 
 pytestmark = [
@@ -24,7 +31,6 @@ pytestmark = [
 
 EXCHANGES = 40
 REFUSALS = 6
-LISTEN = "0A"
 
 
 def _server(tmp_path: Path, *, workers: int, metrics_port: int | None) -> Server:
@@ -38,23 +44,8 @@ def _server(tmp_path: Path, *, workers: int, metrics_port: int | None) -> Server
 
 def _listening_ports(pid: int) -> set[int]:
     """The TCP ports that process `pid` holds a listening socket on."""
-    inodes = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == LISTEN:
-                inodes[int(fields[9])] = int(fields[1].rsplit(":", 1)[1], 16)
-    held = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().name
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inode = int(target[len("socket:[") : -1])
-            if inode in inodes:
-                held.add(inodes[inode])
-    return held
+    held = sockets_of(pid)
+    return {port for inode, port in tcp_sockets(LISTEN).items() if inode in held}
 
 
 def _exchange_and_refuse(server: Server) -> dict:

@@ -247,3 +247,35 @@ def admin_key(base_url: str, names: list[str]) -> list[dict[str, Any]]:
             created.raise_for_status()
             keys.append(created.json())
         return keys
+
+
+# TCP socket states as /proc/net/tcp writes them.
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def tcp_sockets(state: str) -> dict[int, int]:
+    """The machine's TCP sockets in `state`: inode -> local port (from /proc/net/tcp*)."""
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == state:
+                sockets[int(fields[9])] = int(fields[1].rsplit(":", 1)[1], 16)
+    return sockets
+
+
+def sockets_of(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(int(target[len("socket:[") : -1]))
+    return held

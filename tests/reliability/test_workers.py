@@ -13,46 +13,30 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.reliability.support import Server, free_port
+from tests.reliability.support import (
+    ESTABLISHED,
+    LISTEN,
+    Server,
+    free_port,
+    sockets_of,
+    tcp_sockets,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
 CONNECTIONS = 32
-LISTEN, ESTABLISHED = "0A", "01"
 
 
 def _sockets(port: int, state: str) -> set[int]:
-    """Inodes of the TCP sockets with local port `port` in `state` (from /proc/net/tcp*)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == state:
-                inodes.add(int(fields[9]))
-    return inodes
+    """Inodes of the TCP sockets with local port `port` in `state`."""
+    return {inode for inode, local in tcp_sockets(state).items() if local == port}
 
 
 def _held_by(pid: int, inodes: set[int]) -> set[int]:
-    held = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().name
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inode = int(target[len("socket:[") : -1])
-            if inode in inodes:
-                held.add(inode)
-    return held
+    return sockets_of(pid) & inodes
 
 
 def test_each_worker_listens_on_its_own_socket_and_connections_spread(tmp_path):
