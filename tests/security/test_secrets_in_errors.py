@@ -38,44 +38,49 @@ NEW_PASSWORD = "new-password-Kq4v" + "p" * 20
 @contextlib.asynccontextmanager
 async def writes_refused(ctx: AppContext, *tables: str) -> AsyncIterator[None]:
     """Make the database refuse every INSERT and UPDATE of `tables`, as a read-only
-    standby does after a failover: an error the app does not expect, so it logs a trace."""
-    async with ctx.database.engine.begin() as connection:
-        if ctx.database.is_sqlite:
-            for table in tables:
-                for operation in ("INSERT", "UPDATE"):
-                    await connection.execute(
-                        text(
-                            f"CREATE TRIGGER refuse_{operation.lower()}_{table} BEFORE "
-                            f"{operation} ON {table} BEGIN SELECT RAISE(ABORT, 'read-only'); END"
-                        )
-                    )
-        else:
-            await connection.execute(
-                text(
-                    "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                    "BEGIN RAISE EXCEPTION 'cannot execute % in a read-only transaction', "
-                    "TG_OP USING ERRCODE = '25006'; END $$"
-                )
-            )
-            for table in tables:
-                await connection.execute(
-                    text(
-                        f"CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE ON {table} "
-                        "FOR EACH ROW EXECUTE FUNCTION refuse_writes()"
-                    )
-                )
+    standby does after a failover: an error the app does not expect, so it logs a trace.
+
+    Each statement is a transaction of its own: holding one table's lock while asking for
+    the next's, a DROP TRIGGER deadlocked with the app's own reads of both tables (the
+    revocation view's poll), and PostgreSQL aborted the drop, leaving the triggers to fail
+    every later test on that database.
+    """
+    if ctx.database.is_sqlite:
+        setup = [
+            f"CREATE TRIGGER refuse_{operation.lower()}_{table} BEFORE {operation} ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'read-only'); END"
+            for table in tables
+            for operation in ("INSERT", "UPDATE")
+        ]
+        teardown = [
+            f"DROP TRIGGER refuse_{operation}_{table}"
+            for table in tables
+            for operation in ("insert", "update")
+        ]
+    else:
+        setup = [
+            "CREATE FUNCTION refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'cannot execute % in a read-only transaction', "
+            "TG_OP USING ERRCODE = '25006'; END $$",
+            *(
+                f"CREATE TRIGGER refuse_writes BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_writes()"
+                for table in tables
+            ),
+        ]
+        teardown = [
+            *(f"DROP TRIGGER refuse_writes ON {table}" for table in tables),
+            "DROP FUNCTION refuse_writes()",
+        ]
+    for statement in setup:
+        async with ctx.database.engine.begin() as connection:
+            await connection.execute(text(statement))
     try:
         yield
     finally:
-        async with ctx.database.engine.begin() as connection:
-            for table in tables:
-                if ctx.database.is_sqlite:
-                    for operation in ("insert", "update"):
-                        await connection.execute(text(f"DROP TRIGGER refuse_{operation}_{table}"))
-                else:
-                    await connection.execute(text(f"DROP TRIGGER refuse_writes ON {table}"))
-            if not ctx.database.is_sqlite:
-                await connection.execute(text("DROP FUNCTION refuse_writes()"))
+        for statement in teardown:
+            async with ctx.database.engine.begin() as connection:
+                await connection.execute(text(statement))
 
 
 def logged_errors(caplog) -> str:
