@@ -58,6 +58,14 @@ async def test_device_crud(client, context):
     )
     assert patched.json()["permissions"] == []
     assert patched.json()["description"] == "garage"
+    # An edit that changes nothing is refused, as a key's or a scope's is; null is not sent.
+    for nothing in ({}, {"disabled": None, "permissions": None, "description": None}):
+        empty = await admin_request(
+            client, admin, "PATCH", f"/admin/devices/{device['id']}", 422, json=nothing
+        )
+        assert empty.json()["error_description"] == (
+            "Nothing to change: give at least one of disabled, permissions, description."
+        )
 
     await admin_request(client, admin, "DELETE", f"/admin/devices/{device['id']}", 204)
     await admin_request(client, admin, "GET", f"/admin/devices/{device['id']}", 404)
@@ -72,6 +80,8 @@ async def test_device_crud(client, context):
         ("device.created", "failure"),  # 409, the name taken
         ("device.created", "failure"),  # 422, an unknown permission
         ("device.updated", "success"),
+        ("device.updated", "failure"),  # 422, nothing to change
+        ("device.updated", "failure"),  # 422, only nulls
         ("device.deleted", "success"),
         ("device.deleted", "failure"),  # the second DELETE, 404
         ("device.created", "success"),
@@ -121,8 +131,9 @@ async def test_device_key_endpoint_404s(client, context):
     await admin_request(
         client, admin, "POST", f"/admin/devices/{device['id']}/api-keys/no-such-key/rotate", 404
     )
-    await admin_request(client, admin, "PATCH", "/admin/devices/no-such-id", 404, json={})
-    await admin_request(client, admin, "PATCH", f"/admin/devices/{user.id}", 404, json={})
+    change = {"disabled": True}
+    await admin_request(client, admin, "PATCH", "/admin/devices/no-such-id", 404, json=change)
+    await admin_request(client, admin, "PATCH", f"/admin/devices/{user.id}", 404, json=change)
     await admin_request(client, admin, "DELETE", f"/admin/devices/{user.id}", 404)
     assert (await admin_request(client, admin, "GET", "/admin/api-keys", 200)).json() == {
         "items": [],

@@ -173,8 +173,16 @@ async def test_patch_permissions_and_password(client, context):
     assert old.status_code == 400
     assert (await login(client, "frank", new_password))["access_token"]
 
-    unchanged = await admin_request(client, admin, "PATCH", f"/admin/users/{user.id}", 200, json={})
-    assert unchanged.json()["permissions"] == ["api_keys:manage", "projects:read"]
+    # An edit that changes nothing is refused, as a key's or a scope's is; null is not sent.
+    for nothing in ({}, {"disabled": None}, {"permissions": None, "password": None}):
+        empty = await admin_request(
+            client, admin, "PATCH", f"/admin/users/{user.id}", 422, json=nothing
+        )
+        assert empty.json()["error_description"] == (
+            "Nothing to change: give at least one of disabled, permissions, password."
+        )
+    got = await admin_request(client, admin, "GET", f"/admin/users/{user.id}", 200)
+    assert got.json()["permissions"] == ["api_keys:manage", "projects:read"]
     await admin_request(
         client, admin, "PATCH", f"/admin/users/{user.id}", 422, json={"password": "short"}
     )

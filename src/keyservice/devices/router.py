@@ -77,6 +77,7 @@ async def update_device(
     context: ContextDep,
     ip: RequestIp,
 ) -> DeviceRead:
+    data.require_change()
     device = await service.update(
         session,
         context,

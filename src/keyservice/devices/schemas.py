@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
-from keyservice.users.schemas import Name, NoSecret, ScopeRef
+from keyservice.users.schemas import Name, NoSecret, PrincipalEdit, ScopeRef
 
 Description = Annotated[str, Field(max_length=1000), NoSecret]
 
@@ -21,11 +21,7 @@ class DeviceCreate(BaseModel):
     permissions: list[ScopeRef] = Field(default_factory=list, max_length=100)
 
 
-class DeviceUpdate(BaseModel):
-    """Only the fields sent are changed; `null` counts as not sent."""
-
-    model_config = ConfigDict(extra="forbid")
-
+class DeviceUpdate(PrincipalEdit):
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
     permissions: list[ScopeRef] | None = Field(default=None, max_length=100)

@@ -55,6 +55,7 @@ async def update_user(
     context: ContextDep,
     ip: RequestIp,
 ) -> UserRead:
+    data.require_change()
     user = await service.update(
         session,
         context,

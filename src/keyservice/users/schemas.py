@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
 from pydantic_core import PydanticCustomError
 
+from keyservice.exceptions import ValidationFailed
 from keyservice.principals.models import Principal
 from keyservice.security.tokens import holds_secret
 
@@ -72,11 +73,26 @@ class UserCreate(BaseModel):
     permissions: list[ScopeRef] = Field(default_factory=list, max_length=100)
 
 
-class UserUpdate(BaseModel):
-    """Only the fields sent are changed; `null` counts as not sent."""
+def _edit_schema(schema: dict[str, Any]) -> None:
+    schema["minProperties"] = 1
 
-    model_config = ConfigDict(extra="forbid")
 
+class PrincipalEdit(BaseModel):
+    """An admin's edit of a user or device: only the fields sent are changed, and `null`
+    counts as not sent. One that sends nothing is refused (422), as an edit of a key or a
+    scope is: a client that meant to change something learns it did not."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_edit_schema)
+
+    def require_change(self) -> None:
+        names = type(self).model_fields
+        if all(getattr(self, name) is None for name in names):
+            raise ValidationFailed(
+                "Nothing to change: give at least one of " + ", ".join(names) + "."
+            )
+
+
+class UserUpdate(PrincipalEdit):
     # Strict: lax parsing reads "yes", "off" or 1 as a boolean, a guess about an admin action.
     disabled: StrictBool | None = None
     permissions: list[ScopeRef] | None = Field(default=None, max_length=100)
