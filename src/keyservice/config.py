@@ -28,6 +28,7 @@ SECRET_KEY_FILE = "secret_key"
 # The bounds of the token lifetimes: also how long a family's revocation is kept (prune).
 MAX_ACCESS_TOKEN_TTL = 86400 * 7
 MAX_REFRESH_TOKEN_EXTRA_TTL = 86400 * 30
+MAX_PASSWORD_SESSION_SECONDS = 86400 * 365
 # The drivers the service runs on (asyncpg and aiosqlite are what it is built and tested with).
 DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=7200, ge=1, le=MAX_ACCESS_TOKEN_TTL)
     refresh_token_extra_ttl: int = Field(default=3600, ge=1, le=MAX_REFRESH_TOKEN_EXTRA_TTL)
     password_grant_enabled: bool = True
+    # How long one password sign-in (its chain of refresh tokens) may go on being refreshed;
+    # then the person signs in again. Keys' chains end with their key instead.
+    password_session_max_seconds: int = Field(default=43200, ge=1, le=MAX_PASSWORD_SESSION_SECONDS)
 
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
     throttle_client_failures: int = Field(default=10, ge=1)

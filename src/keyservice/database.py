@@ -65,6 +65,18 @@ def new_ordered_id() -> str:
     return _uuid_text(value)
 
 
+def ordered_id_time(value: str) -> float | None:
+    """When `new_ordered_id()` made `value` (Unix seconds, to the millisecond); None for a
+    string that is not a UUIDv7."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        return None
+    if parsed.version != 7:
+        return None
+    return (parsed.int >> 80) / 1000
+
+
 def _uuid_text(value: int) -> str:
     """`str(uuid.UUID(int=value))` without building the UUID (1.0 instead of 2.8 us; three
     ids an exchange)."""

@@ -24,6 +24,8 @@ BAD_VALUES = [
     ("TOKEN_COMMIT", "fast", "must be 'durable' or 'async'"),
     ("DATABASE_POOL_SIZE", "0", "must be at least 1"),
     ("PASSWORD_GRANT_ENABLED", "maybe", "must be true or false"),
+    ("PASSWORD_SESSION_MAX_SECONDS", "0", "must be at least 1"),
+    ("PASSWORD_SESSION_MAX_SECONDS", "12h", "must be a whole number"),
     ("LEGACY_KEYS_UNTIL", "tomorrow", "needs an RFC 3339 date-time with an offset"),
     ("SECRET_KEY", "pw-in-url-but-too-short", "must be a random value of at least 32"),
     ("BOOTSTRAP_ADMIN_PASSWORD", "short", "must have at least 8 characters"),

@@ -26,7 +26,7 @@ from keyservice.audit.models import AuditEvent
 from keyservice.auth.models import RefreshToken
 from keyservice.cli import main
 from keyservice.context import AppContext
-from keyservice.database import Database, UTCDateTime, new_id, utcnow
+from keyservice.database import Database, UTCDateTime, new_id, new_ordered_id, utcnow
 from keyservice.main import create_app
 from keyservice.security.tokens import new_refresh_token
 from tests.conftest import (
@@ -464,7 +464,8 @@ def _seed_at_0003(database_url: str, tmp_path: Path) -> tuple[str, str]:
                 )  # fmt: skip
                 await connection.execute(
                     sa.insert(RefreshToken).values(
-                        id=new_id(), token_hash=context.hasher.hash(token), family_id=new_id(),
+                        id=new_id(), token_hash=context.hasher.hash(token),
+                        family_id=new_ordered_id(),  # a UUIDv7, as every release made them
                         principal_id=user_id, scope="api_keys:manage", created_at=now,
                         expires_at=now + timedelta(hours=3),
                     )

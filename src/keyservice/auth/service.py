@@ -25,8 +25,9 @@ from keyservice.audit import service as audit
 from keyservice.auth.models import RevokedFamily
 from keyservice.auth.revocation import publish
 from keyservice.auth.store import IssueWrite, KeyRecord
+from keyservice.config import Settings
 from keyservice.context import AppContext
-from keyservice.database import new_ordered_id, utcnow
+from keyservice.database import new_ordered_id, ordered_id_time, utcnow
 from keyservice.exceptions import (
     InvalidClient,
     InvalidRequest,
@@ -314,6 +315,16 @@ def authenticate_secret(ctx: AppContext, found: KeyRecord | None, secret: str) -
     return ctx.hasher.verify(secret, found.secret_hash if found is not None else None)
 
 
+def password_session_end(settings: Settings, family_id: str) -> int:
+    """When a password sign-in session ends (Unix seconds): its family's start, which the
+    family's id holds (a UUIDv7), plus KEYSERVICE_PASSWORD_SESSION_MAX_SECONDS. Refreshing
+    does not move it. A family id of another kind was made before ordered ids: long over."""
+    started = ordered_id_time(family_id)
+    if started is None:
+        return 0
+    return int(started) + settings.password_session_max_seconds
+
+
 async def issue(
     ctx: AppContext,
     *,
@@ -325,6 +336,7 @@ async def issue(
     family_id: str | None = None,
     parent_id: str | None = None,
     grant_scope: str | None = None,
+    until: int | None = None,
 ) -> Issued | None:
     """Sign an access token and persist its refresh token and audit event in one write.
 
@@ -337,9 +349,20 @@ async def issue(
     concurrent refreshes exactly one gets tokens; the others get None. The write may share
     its commit with other requests' (auth/store.py). When this returns the write is
     committed, and flushed too unless KEYSERVICE_TOKEN_COMMIT=async applies (no claim).
+
+    `until` (Unix seconds) ends both tokens then if that is sooner than their lifetimes: a
+    password sign-in session's end. Each lives at least a second, so a refresh checked just
+    before that end, and issued just after it, does not get a token that is already dead.
     """
     settings = ctx.settings
     now = utcnow()
+    iat = int(now.timestamp())
+    refresh_ttl = settings.refresh_token_ttl
+    rt_expires = now + timedelta(seconds=refresh_ttl)
+    if until is not None:
+        end = max(until, iat + 1)
+        if datetime.fromtimestamp(end, UTC) < rt_expires:
+            rt_expires, refresh_ttl = datetime.fromtimestamp(end, UTC), end - iat
     family = family_id or new_ordered_id()
     refresh_token = new_refresh_token()
     scope = format_scope(scopes)
@@ -352,7 +375,7 @@ async def issue(
         principal_id=owner.id,
         key_id=key.id if key is not None else None,
         scope=scope if grant_scope is None else grant_scope,
-        rt_expires=now + timedelta(seconds=settings.refresh_token_ttl),
+        rt_expires=rt_expires,
         au_id=new_ordered_id(),
         event=event,
         # Written by the batch writer (store.py) without audit.record(): scrubbed here.
@@ -370,15 +393,15 @@ async def issue(
     }
     if key is not None:
         claims["client_id"] = key.client_id
-    access_token, _exp = ctx.keyring.issue(claims, now=int(now.timestamp()))
+    access_token, exp = ctx.keyring.issue(claims, now=iat, until=until)
     sunset = None
     if key is not None and key.expires_at - now <= timedelta(days=settings.expiry_warning_days):
         sunset = key.expires_at
     return Issued(
         access_token=access_token,
-        expires_in=settings.access_token_ttl,
+        expires_in=exp - iat,
         refresh_token=refresh_token,
-        refresh_expires_in=settings.refresh_token_ttl,
+        refresh_expires_in=refresh_ttl,
         scope=scope,
         sunset=sunset,
     )

@@ -340,8 +340,11 @@ class SigningKeyring:
         if self._kid_reload is done:
             self._kid_reload = None
 
-    def issue(self, claims: dict[str, Any], *, now: int | None = None) -> tuple[str, int]:
-        """Sign an access token; return it with its `exp`."""
+    def issue(
+        self, claims: dict[str, Any], *, now: int | None = None, until: int | None = None
+    ) -> tuple[str, int]:
+        """Sign an access token; return it with its `exp`: the TTL from now, or `until`
+        (Unix seconds) if that is sooner, yet at least a second from now."""
         iat = int(time.time()) if now is None else now
         if iat >= self._handover:  # the loaded keys say when; no database read
             self._choose(iat)
@@ -349,6 +352,8 @@ class SigningKeyring:
         if key is None:
             raise RuntimeError("no signing key loaded")
         exp = iat + self.access_token_ttl
+        if until is not None:
+            exp = max(iat + 1, min(exp, until))
         payload = {
             "iss": self.issuer,
             "aud": self.audience,

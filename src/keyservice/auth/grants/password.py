@@ -134,7 +134,14 @@ async def handle(
         )
     family_id = new_ordered_id()
     issued = await service.issue(
-        ctx, owner=user, key=None, scopes=scopes, caller=caller, event=EVENT, family_id=family_id
+        ctx,
+        owner=user,
+        key=None,
+        scopes=scopes,
+        caller=caller,
+        event=EVENT,
+        family_id=family_id,
+        until=service.password_session_end(ctx.settings, family_id),
     )
     assert issued is not None  # only a refresh can lose a race
     await _end_if_password_changed(ctx, user=user, family_id=family_id, caller=caller)

@@ -90,6 +90,10 @@ async def handle(
         family_id=parent.family_id,
         parent_id=parent.id,
         grant_scope=parent.scope,
+        # A password sign-in's tokens end with its session; a key's chain, with the key.
+        until=service.password_session_end(ctx.settings, parent.family_id)
+        if parent.key_id is None
+        else None,
     )
     if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
         await _reused(ctx, parent=parent, caller=caller)
@@ -114,6 +118,10 @@ def _refusal(
         # Its family was revoked when the owner was disabled; this also ends one written
         # by an exchange that raced the disable (principals/service.py).
         return "refresh token issued before the owner was disabled"
+    if parent.key_id is None and now.timestamp() >= service.password_session_end(
+        ctx.settings, parent.family_id
+    ):
+        return "sign-in session past its maximum age"
     if now >= parent.expires_at:
         return "refresh token expired"
     if bound_key is not None and bound_key.id != parent.key_id:
