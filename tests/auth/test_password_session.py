@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from keyservice.auth.models import RefreshToken
 from keyservice.context import AppContext
 from keyservice.database import _uuid_text, ordered_id_time
+from tests.admin.support import admin_token
 from tests.factories import (
     audit_events,
     bearer,
@@ -86,8 +87,19 @@ async def test_a_sign_in_ends_at_its_maximum_age_however_often_it_is_refreshed(c
     assert claims["exp"] - claims["iat"] == body["expires_in"]
     assert (await client.get("/me", headers=bearer(body["access_token"]))).status_code == 200
 
-    # Past twelve hours the chain is over, though its last token has not expired.
+    # Past twelve hours the chain is over, though its last token has not expired; /introspect
+    # says so too.
+    admin = await admin_token(context, client)
+
+    async def active(token: str) -> bool:
+        found = await client.post("/introspect", data={"token": token}, headers=bearer(admin))
+        assert found.status_code == 200, found.text
+        return bool(found.json()["active"])
+
+    await started_ago(context, body["refresh_token"], 12 * HOUR - 60)
+    assert await active(body["refresh_token"])
     await started_ago(context, body["refresh_token"], 12 * HOUR + 1)
+    assert not await active(body["refresh_token"])
     over = await refresh(client, body["refresh_token"])
     assert over.status_code == 400 and over.json()["error"] == "invalid_grant"
     refused = await audit_events(context, "token.refresh", outcome="failure")

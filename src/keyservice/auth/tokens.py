@@ -142,6 +142,10 @@ async def _introspect_refresh(ctx: AppContext, token: str) -> dict[str, Any] | N
         return None
     if refresh.key_id is not None and key is None:
         return None
+    if refresh.key_id is None and now.timestamp() >= service.password_session_end(
+        ctx.settings, refresh.family_id
+    ):
+        return None  # a password sign-in past its maximum age, as a refresh would find
     if key is not None and service.key_unusable(
         key=key, owner=owner, now=now, legacy_until=ctx.settings.legacy_keys_until
     ):
