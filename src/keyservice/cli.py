@@ -134,11 +134,11 @@ def database_errors(database_url: str) -> Iterator[None]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from keyservice.main import _is_db_outage
-    from keyservice.migrations import MigrationBlocked, SchemaMismatch
+    from keyservice.migrations import DataConflict, MigrationBlocked, SchemaMismatch
 
     try:
         yield
-    except (SchemaMismatch, MigrationBlocked) as exc:
+    except (SchemaMismatch, MigrationBlocked, DataConflict) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         unreachable = _is_db_outage(exc)

@@ -44,6 +44,11 @@ class SchemaMismatch(Exception):
     """The database's schema is not the one this version of keyservice works with."""
 
 
+class DataConflict(Exception):
+    """A migration cannot apply to the data as it is; the message says what to change.
+    Nothing was changed."""
+
+
 class MigrationBlocked(Exception):
     """Other transactions kept a table locked for TABLE_LOCK_PATIENCE_SECONDS; nothing
     was changed."""

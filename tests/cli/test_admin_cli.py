@@ -213,6 +213,7 @@ def test_keys_list_with_filters(cli):
 
     ann_only = cli("keys", "list", "--owner", "ann").output
     assert live["id"] in ann_only and gone["id"] in ann_only and boxed["id"] not in ann_only
+    assert cli("keys", "list", "--owner", "ANN").output == ann_only  # names: any case
     valid = cli("keys", "list", "--status", "valid").output
     assert live["id"] in valid and boxed["id"] in valid and gone["id"] not in valid
     revoked = cli("keys", "list", "--owner", "ann", "--status", "revoked").output
@@ -456,7 +457,7 @@ def test_import_legacy(cli, tmp_path):
                 ),
                 json.dumps(
                     {
-                        "owner": "pump",
+                        "owner": "Pump",  # names are one whatever their case
                         "owner_type": "device",
                         "name": "old",
                         "scopes": None,

@@ -30,7 +30,7 @@ from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import quoted_loc, quoted_names
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, named
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
@@ -167,7 +167,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                 owners[wanted] = await session.scalar(
                     select(Principal).where(
                         Principal.kind == entry.owner_type,
-                        Principal.name == entry.owner,
+                        named(entry.owner),
                         Principal.deleted_at.is_(None),
                     )
                 )

@@ -29,7 +29,7 @@ from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, NotFound, ValidationFailed, quoted_names
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, named
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
@@ -566,7 +566,7 @@ async def search(
     if owner_id is not None:
         query = query.where(ApiKey.principal_id == owner_id)
     if owner_name is not None:
-        query = query.where(Principal.name == owner_name)
+        query = query.where(named(owner_name))
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         query = query.where(or_(*(_status_clause(one, now) for one in statuses)))

@@ -16,14 +16,14 @@ from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict
 from keyservice.principals import service as principals_service
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, named
 from keyservice.users.service import check_permissions
 
 
 async def get_by_name(session: AsyncSession, *, name: str) -> Principal | None:
     return await session.scalar(
         select(Principal).where(
-            Principal.kind == "device", Principal.name == name, Principal.deleted_at.is_(None)
+            Principal.kind == "device", named(name), Principal.deleted_at.is_(None)
         )
     )
 
@@ -54,6 +54,15 @@ async def page_devices(
     )
 
 
+def _taken(name: str, holder: str | None = None) -> str:
+    if holder is None or holder == name:
+        return f"A device named '{name}' already exists."
+    return (
+        f"A device named '{name}' already exists (as '{holder}': names are the same "
+        "whatever their letter case)."
+    )
+
+
 async def create(
     session: AsyncSession,
     *,
@@ -65,14 +74,15 @@ async def create(
 ) -> Principal:
     """Register a device (409 if a live device has the name) and commit."""
     perms = await check_permissions(session, permissions)
-    if await get_by_name(session, name=name) is not None:
-        raise Conflict(f"A device named '{name}' already exists.")
+    holder = await get_by_name(session, name=name)
+    if holder is not None:
+        raise Conflict(_taken(name, holder.name))
     device = Principal(kind="device", name=name, description=description, permissions=perms)
     return await principals_service.insert(
         session,
         device,
         event="device.created",
-        taken=f"A device named '{name}' already exists.",
+        taken=_taken(name),
         actor=actor,
         ip=ip,
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import JSON, Boolean, Index, String, Text, text
+from sqlalchemy import JSON, Boolean, ColumnElement, Index, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice.database import Base, UTCDateTime, new_id, utcnow
 
 PrincipalKind = Literal["user", "device"]
 
+_LIVE = text("deleted_at IS NULL")
 _UNUSABLE = text("disabled OR deleted_at IS NOT NULL")
 _PERMISSIONS_CHANGED = text("permissions_changed_at IS NOT NULL")
 _TOKENS_REVOKED = text("tokens_revoked_at IS NOT NULL")
@@ -86,6 +87,32 @@ class Principal(Base):
         if self.tokens_revoked_at is None:
             return False
         return int(issued_at.timestamp()) <= revoked_through(self.tokens_revoked_at)
+
+
+# Names are one whatever their letter case: "Alice" signs in as "alice" too, and no one may
+# create "alice" beside her (a look-alike in lists and audit trails, and a second throttle
+# count for her password). The name is kept as typed; this index says which are taken.
+# Names are ASCII (users/schemas.py NAME_PATTERN), where every database's lower() agrees.
+# The (kind, name) index above stays: lists page by it.
+Index(
+    "uq_principal_kind_lower_name_live",
+    Principal.kind,
+    func.lower(Principal.name),
+    unique=True,
+    sqlite_where=_LIVE,
+    postgresql_where=_LIVE,
+)
+
+
+def named(name: str) -> ColumnElement[bool]:
+    """The principals called `name`, whatever its letter case (the index above).
+
+    `name` is lowered by Python, as the sign-in throttle's subject is (auth/grants/
+    password.py), not by the database: PostgreSQL's lower() follows its locale ("İ" to
+    "i"), so a name it matched could count as another subject, a fresh allowance of
+    guesses. The stored names are ASCII, which every lower() folds alike.
+    """
+    return func.lower(Principal.name) == name.lower()
 
 
 def revoked_through(tokens_revoked_at: datetime) -> int:

@@ -21,7 +21,7 @@ from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import Conflict, InvalidToken, NotFound
-from keyservice.principals.models import Principal, revoked_through
+from keyservice.principals.models import Principal, named, revoked_through
 from keyservice.principals.schemas import KeyWarning, MeRead
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN, effective_permissions
@@ -308,7 +308,7 @@ async def page_live(
     cursor_kind = f"{kind}s"
     query = select(Principal).where(Principal.kind == kind, Principal.deleted_at.is_(None))
     if name is not None:
-        query = query.where(Principal.name == name)
+        query = query.where(named(name))
     if cursor is not None:
         name, principal_id = paging.decode(cursor, cursor_kind, 2)
         query = query.where(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.config import Settings
 from keyservice.exceptions import Conflict, ValidationFailed
 from keyservice.principals import service as principals_service
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, named
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import ADMIN
 from keyservice.security.hashing import hash_password, run_slow_hash
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 async def get_by_username(session: AsyncSession, *, username: str) -> Principal | None:
     return await session.scalar(
         select(Principal).where(
-            Principal.kind == "user", Principal.name == username, Principal.deleted_at.is_(None)
+            Principal.kind == "user", named(username), Principal.deleted_at.is_(None)
         )
     )
 
@@ -87,8 +87,13 @@ async def _slow_password_hash(session: AsyncSession, password: str) -> str:
     return await run_slow_hash(hash_password, password)
 
 
-def _taken(username: str) -> str:
-    return f"The username '{username}' is taken."
+def _taken(username: str, holder: str | None = None) -> str:
+    if holder is None or holder == username:
+        return f"The username '{username}' is taken."
+    return (
+        f"The username '{username}' is taken (by '{holder}': names are the same whatever "
+        "their letter case)."
+    )
 
 
 async def check_new(
@@ -100,8 +105,9 @@ async def check_new(
     meanwhile is still the same 409 at the insert.
     """
     perms = await check_permissions(session, permissions)
-    if await get_by_username(session, username=username) is not None:
-        raise Conflict(_taken(username))
+    holder = await get_by_username(session, username=username)
+    if holder is not None:
+        raise Conflict(_taken(username, holder.name))
     return perms
 
 

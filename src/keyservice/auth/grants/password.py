@@ -46,7 +46,8 @@ async def sign_in(
     password checks of one username take turns in this process and the throttle is checked
     again when a turn comes: a burst costs at most the limit in argon2 runs and answers.
     """
-    subject = f"user:{username}"
+    # One count per account, whatever the case typed: "Alice" and "ALICE" are her too.
+    subject = f"user:{username.lower()}"
     await _enforce(ctx, subject, username=username, caller=caller)  # no queueing once locked
     async with ctx.throttle.turn(subject):
         await _enforce(ctx, subject, username=username, caller=caller)
