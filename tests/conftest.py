@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from passlib.context import CryptContext
 from sqlalchemy import text
 
 from keyservice import migrations
@@ -24,6 +25,7 @@ from keyservice.config import Settings
 from keyservice.context import AppContext
 from keyservice.database import Database
 from keyservice.main import create_app
+from keyservice.security import hashing
 
 POSTGRES_URL = os.environ.get(
     "KEYSERVICE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -54,6 +56,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+# argon2 as the service configures it (64 MiB, 3 passes) takes ~120 ms a hash here, and
+# most tests sign in once or more: about a third of the suite's time went to it. In this
+# process, tests hash and verify passwords at a cost of 1 MiB and one pass instead; the
+# algorithm, the code paths and the pool they run on are the service's. A test about the
+# cost itself (memory, hashes slow enough to be seen running) is marked `real_argon2`;
+# servers the tests start as processes always use the real cost.
+_CHEAP_PASSWORDS = CryptContext(
+    schemes=["argon2"],
+    deprecated="auto",
+    argon2__memory_cost=1024,
+    argon2__rounds=1,
+    argon2__parallelism=1,
+)
+_CHEAP_DUMMY = _CHEAP_PASSWORDS.hash(secrets.token_urlsafe(16))
+
+
+@pytest.fixture(autouse=True)
+def password_hash_cost(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("real_argon2") is None:
+        monkeypatch.setattr(hashing, "_PASSWORDS", _CHEAP_PASSWORDS)
+        monkeypatch.setattr(hashing, "_DUMMY_PASSWORD_HASH", _CHEAP_DUMMY)
 
 
 def _asyncpg_dsn(url: str) -> str:

@@ -13,14 +13,19 @@ from keyservice.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
 from keyservice.context import AppContext
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
+from keyservice.security import hashing
 from keyservice.security.hashing import hash_password
 
 PASSWORD = "correct horse battery staple"
 
 
-@lru_cache
 def _password_hash(password: str) -> str:
-    # argon2 is slow on purpose; hash the test password once per run.
+    # argon2 is slow on purpose; hash the test password once per run and cost (conftest.py).
+    return _hashed(password, hashing._PASSWORDS)
+
+
+@lru_cache
+def _hashed(password: str, context: object) -> str:
     return hash_password(password)
 
 

@@ -332,7 +332,9 @@ async def test_a_sign_in_checked_against_the_old_password_ends_with_the_change(c
         assert refusals == ["password changed during sign-in"]
 
 
-# The revocation view reloads every 5 s (0.2 in tests): the pool is this test's alone.
+# The revocation view reloads every 5 s (0.2 in tests): the pool is this test's alone. The
+# real cost: the hash must run long enough to be looked at while it runs.
+@pytest.mark.real_argon2
 @pytest.mark.parametrize("settings_overrides", [{"revocation_poll_seconds": 5}])
 async def test_hashing_a_password_holds_no_database_connection(client, context):
     # argon2 takes ~100 ms; on SQLite a transaction is the write lock (BEGIN IMMEDIATE), so

@@ -8,9 +8,25 @@ import sys
 import threading
 import time
 
+import pytest
+
 from keyservice.security import hashing
 from tests.admin.support import admin_request, admin_token
 from tests.factories import login
+
+# The tests hash at a cheap cost (conftest.py); the service's own is this one.
+SERVICE_COST = "$argon2id$v=19$m=65536,t=3,p=4$"
+
+
+@pytest.mark.real_argon2
+def test_passwords_are_hashed_at_the_service_s_argon2_cost():
+    assert hashing.hash_password("correct horse battery").startswith(SERVICE_COST)
+    # An unknown username is checked against a hash of the same cost: the same time.
+    assert hashing._DUMMY_PASSWORD_HASH.startswith(SERVICE_COST)
+
+
+def test_other_tests_hash_at_a_cheap_cost():
+    assert not hashing.hash_password("correct horse battery").startswith(SERVICE_COST)
 
 
 async def test_slow_hashes_run_at_most_pool_size_at_once():
