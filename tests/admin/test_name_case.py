@@ -19,7 +19,7 @@ async def test_a_username_differing_only_in_case_is_taken(client, context):
             client, admin, "POST", "/admin/users", 409, json={**body, "username": twin}
         )
         assert taken.json()["error_description"] == (
-            f"The username '{twin}' is taken (by 'Alice': names are the same whatever "
+            f"The username '{twin}' is taken (as 'Alice': names are the same whatever "
             "their letter case)."
         )
     # A device may still be called so: the kinds have names of their own, as before.

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from keyservice.auth.models import RefreshToken
 from keyservice.context import AppContext
 from keyservice.database import _uuid_text, ordered_id_time
-from tests.admin.support import admin_token
+from tests.admin.support import admin_token, refresh
 from tests.factories import (
     audit_events,
     bearer,
@@ -26,10 +26,6 @@ from tests.factories import (
 
 PERMS = ["api_keys:manage"]
 HOUR = 3600
-
-
-async def refresh(client, token: str):
-    return await client.post("/token", data={"grant_type": "refresh_token", "refresh_token": token})
 
 
 def ordered_id_at(seconds: float) -> str:

@@ -55,12 +55,7 @@ async def page_devices(
 
 
 def _taken(name: str, holder: str | None = None) -> str:
-    if holder is None or holder == name:
-        return f"A device named '{name}' already exists."
-    return (
-        f"A device named '{name}' already exists (as '{holder}': names are the same "
-        "whatever their letter case)."
-    )
+    return principals_service.taken(f"A device named '{name}' already exists", name, holder)
 
 
 async def create(

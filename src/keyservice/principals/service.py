@@ -106,6 +106,14 @@ async def insert(
     return principal
 
 
+def taken(said: str, name: str, holder: str | None) -> str:
+    """The 409 for a name in use: `said`, and who holds it when only the letter case
+    differs (names are one whatever their case: models.py)."""
+    if holder is None or holder == name:
+        return f"{said}."
+    return f"{said} (as '{holder}': names are the same whatever their letter case)."
+
+
 async def _hold_permissions(session: AsyncSession, permissions: Sequence[str]) -> None:
     """Keep the permissions in the catalog until the commit (422 if one left it meanwhile):
     a concurrent deletion of one waits, then counts this principal (scopes/service.py)."""

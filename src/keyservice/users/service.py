@@ -88,12 +88,7 @@ async def _slow_password_hash(session: AsyncSession, password: str) -> str:
 
 
 def _taken(username: str, holder: str | None = None) -> str:
-    if holder is None or holder == username:
-        return f"The username '{username}' is taken."
-    return (
-        f"The username '{username}' is taken (by '{holder}': names are the same whatever "
-        "their letter case)."
-    )
+    return principals_service.taken(f"The username '{username}' is taken", username, holder)
 
 
 async def check_new(
