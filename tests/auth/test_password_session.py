@@ -97,7 +97,10 @@ async def test_a_sign_in_ends_at_its_maximum_age_however_often_it_is_refreshed(c
     await started_ago(context, body["refresh_token"], 12 * HOUR + 1)
     assert not await active(body["refresh_token"])
     over = await refresh(client, body["refresh_token"])
-    assert over.status_code == 400 and over.json()["error"] == "invalid_grant"
+    assert over.status_code == 400 and over.json() == {
+        "error": "invalid_grant",
+        "error_description": "This sign-in session has reached its maximum age: sign in again.",
+    }
     refused = await audit_events(context, "token.refresh", outcome="failure")
     assert [event.reason for event in refused] == ["sign-in session past its maximum age"]
     # Refused, not consumed: signing in again is the way on, and it works.

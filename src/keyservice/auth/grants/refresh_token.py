@@ -28,6 +28,10 @@ from keyservice.principals.models import Principal
 from keyservice.security.tokens import is_refresh_token
 
 EVENT = "token.refresh"
+SESSION_OVER = "sign-in session past its maximum age"
+# Said to the token's holder, as a key's holder is told its key expired: the way on is to
+# sign in again, not to retry or to look for a bug.
+SIGN_IN_AGAIN = "This sign-in session has reached its maximum age: sign in again."
 
 
 async def handle(
@@ -66,8 +70,9 @@ async def handle(
     )
     actor = service.actor_for(key=key, owner=owner)
     if reason is not None:
+        error = InvalidGrant(SIGN_IN_AGAIN if reason == SESSION_OVER else None)
         await service.refuse(
-            ctx, InvalidGrant(), event=EVENT, reason=reason, caller=caller, key=key,
+            ctx, error, event=EVENT, reason=reason, caller=caller, key=key,
             principal_id=owner.id, actor=actor,
         )  # fmt: skip
     ceiling = frozenset(parent.scope.split())
@@ -121,7 +126,7 @@ def _refusal(
     if parent.key_id is None and now.timestamp() >= service.password_session_end(
         ctx.settings, parent.family_id
     ):
-        return "sign-in session past its maximum age"
+        return SESSION_OVER
     if now >= parent.expires_at:
         return "refresh token expired"
     if bound_key is not None and bound_key.id != parent.key_id:
