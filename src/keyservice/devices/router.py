@@ -50,8 +50,9 @@ async def list_devices(
         Query(
             max_length=100,
             description=(
-                "Only the device with exactly this name (none or one: live names are "
-                "unique), e.g. to find the id of a device whose create answered 409."
+                "Only the device with this name, in any letter case (none or one: live "
+                "names are unique whatever their case), e.g. to find the id of a device "
+                "whose create answered 409."
             ),
         ),
     ] = None,

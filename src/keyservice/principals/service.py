@@ -310,8 +310,8 @@ async def page_live(
     """The users or devices that are not deleted, by name (then id); with `limit`, one page
     and the next cursor (its kind "users" or "devices": one list's cursor is refused by the
     other). No user is ever deleted (only devices are, softly); saying so lets the
-    live-name index (kind, name) serve the keyset for both. `name`: only the one so named
-    (exactly; live names are unique), if any."""
+    live-name index (kind, name) serve the keyset for both. `name`: only the one so named,
+    in any letter case (live names are unique whatever their case), if any."""
     limit = paging.clamp(limit)
     cursor_kind = f"{kind}s"
     query = select(Principal).where(Principal.kind == kind, Principal.deleted_at.is_(None))
