@@ -409,3 +409,32 @@ async def test_a_device_cannot_disable_the_last_admin(client, context):
     await admin_request(
         client, robot, "PATCH", f"/admin/users/{solo}", 200, json={"permissions": []}
     )
+
+
+async def test_a_user_is_found_by_their_username(client, context):
+    # As devices are by name: a provisioning script whose POST /admin/users lost its answer
+    # gets 409 on the retry and needs the id. `username` was ignored, as unknown parameters
+    # are, and the answer listed every user, the first of them easily taken for the one.
+    admin = await admin_token(context, client)
+    for name in ("Dora", "dora.m", "adora"):
+        await create_principal(context, name, permissions=[])
+
+    async def found(username, **params):
+        body = (
+            await admin_request(
+                client, admin, "GET", "/admin/users", 200, params={"username": username, **params}
+            )
+        ).json()
+        return [item["username"] for item in body["items"]], body["next_cursor"]
+
+    assert await found("Dora") == (["Dora"], None)  # the name: not dora.m, adora
+    assert await found("DORA") == (["Dora"], None)  # in any case, as names are one
+    assert await found("dora", limit=1) == (["Dora"], None)
+    assert await found("nobody") == ([], None)
+    too_long = await admin_request(
+        client, admin, "GET", "/admin/users", 422, params={"username": "d" * 101}
+    )
+    assert "username" in too_long.json()["error_description"]
+    repeated = await client.get("/admin/users?username=Dora&username=adora", headers=bearer(admin))
+    assert repeated.status_code == 422, repeated.text
+    assert repeated.json()["details"][0]["type"] == "query_repeated"

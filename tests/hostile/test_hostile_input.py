@@ -346,7 +346,7 @@ async def test_a_query_parameter_given_twice_is_422_naming_it(app, client, admin
     """FastAPI keeps a repeated query parameter's last value: `?type=login&type=x` listed
     only the second type of audit event, where the caller may have meant both or the first."""
     lists = {
-        "/admin/users": ["cursor", "limit"],
+        "/admin/users": ["cursor", "limit", "username"],
         "/admin/devices": ["cursor", "limit", "name"],
         "/admin/api-keys": ["client_id", "cursor", "limit", "owner_id", "owner_type", "status"],
         "/admin/audit-events": ["cursor", "key_id", "limit", "principal_id", "since", "type"],

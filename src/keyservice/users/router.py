@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from keyservice.admin_keys.dependencies import RequestIp
 from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
@@ -34,10 +36,25 @@ async def create_user(
 
 @router.get("", response_model=UserList)
 async def list_users(
-    _admin: AdminPrincipal, session: SessionDep, limit: Limit = None, cursor: Cursor = None
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    username: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description=(
+                "Only the user with this username, in any letter case (none or one), e.g. "
+                "to find the id of a user whose create answered 409."
+            ),
+        ),
+    ] = None,
 ) -> UserList:
     """Every user by username (then id); with `limit`, paged by `next_cursor`."""
-    users, next_cursor = await service.page_users(session, limit=limit, cursor=cursor)
+    users, next_cursor = await service.page_users(
+        session, limit=limit, cursor=cursor, username=username
+    )
     return UserList(items=[UserRead.of(user) for user in users], next_cursor=next_cursor)
 
 

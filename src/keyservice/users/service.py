@@ -46,10 +46,17 @@ async def list_users(session: AsyncSession) -> list[Principal]:
 
 
 async def page_users(
-    session: AsyncSession, *, limit: int | None = None, cursor: str | None = None
+    session: AsyncSession,
+    *,
+    limit: int | None = None,
+    cursor: str | None = None,
+    username: str | None = None,
 ) -> tuple[list[Principal], str | None]:
-    """Return the users by name (then id); with `limit`, one page and the next cursor."""
-    return await principals_service.page_live(session, kind="user", limit=limit, cursor=cursor)
+    """Return the users by name (then id); with `limit`, one page and the next cursor; with
+    `username`, only the user of that name (in any letter case), if any."""
+    return await principals_service.page_live(
+        session, kind="user", limit=limit, cursor=cursor, name=username
+    )
 
 
 async def get(session: AsyncSession, *, user_id: str, for_update: bool = False) -> Principal:
