@@ -360,9 +360,10 @@ async def issue(
     refresh_ttl = settings.refresh_token_ttl
     rt_expires = now + timedelta(seconds=refresh_ttl)
     if until is not None:
-        end = max(until, iat + 1)
-        if datetime.fromtimestamp(end, UTC) < rt_expires:
-            rt_expires, refresh_ttl = datetime.fromtimestamp(end, UTC), end - iat
+        until = max(until, iat + 1)
+        ends = datetime.fromtimestamp(until, UTC)
+        if ends < rt_expires:
+            rt_expires, refresh_ttl = ends, until - iat
     family = family_id or new_ordered_id()
     refresh_token = new_refresh_token()
     scope = format_scope(scopes)

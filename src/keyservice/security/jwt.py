@@ -344,7 +344,7 @@ class SigningKeyring:
         self, claims: dict[str, Any], *, now: int | None = None, until: int | None = None
     ) -> tuple[str, int]:
         """Sign an access token; return it with its `exp`: the TTL from now, or `until`
-        (Unix seconds) if that is sooner, yet at least a second from now."""
+        (Unix seconds, after `now`) if that is sooner."""
         iat = int(time.time()) if now is None else now
         if iat >= self._handover:  # the loaded keys say when; no database read
             self._choose(iat)
@@ -353,7 +353,7 @@ class SigningKeyring:
             raise RuntimeError("no signing key loaded")
         exp = iat + self.access_token_ttl
         if until is not None:
-            exp = max(iat + 1, min(exp, until))
+            exp = min(exp, until)
         payload = {
             "iss": self.issuer,
             "aud": self.audience,

@@ -58,9 +58,16 @@ async def handle(
     parent, owner, key = found.token, found.owner, found.key
     if parent.used_at is not None:
         await _reused(ctx, parent=parent, caller=caller)
+    # A password sign-in's tokens end with its session; a key's chain, with the key.
+    session_end = (
+        service.password_session_end(ctx.settings, parent.family_id)
+        if parent.key_id is None
+        else None
+    )
     reason = _refusal(
         ctx,
         parent=parent,
+        session_end=session_end,
         owner=owner,
         key=key,
         revoked=found.family_revoked,
@@ -95,10 +102,7 @@ async def handle(
         family_id=parent.family_id,
         parent_id=parent.id,
         grant_scope=parent.scope,
-        # A password sign-in's tokens end with its session; a key's chain, with the key.
-        until=service.password_session_end(ctx.settings, parent.family_id)
-        if parent.key_id is None
-        else None,
+        until=session_end,
     )
     if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
         await _reused(ctx, parent=parent, caller=caller)
@@ -109,6 +113,7 @@ def _refusal(
     ctx: AppContext,
     *,
     parent: RefreshToken,
+    session_end: int | None,
     owner: Principal,
     key: ApiKey | None,
     revoked: bool,
@@ -123,9 +128,7 @@ def _refusal(
         # Its family was revoked when the owner was disabled; this also ends one written
         # by an exchange that raced the disable (principals/service.py).
         return "refresh token issued before the owner was disabled"
-    if parent.key_id is None and now.timestamp() >= service.password_session_end(
-        ctx.settings, parent.family_id
-    ):
+    if session_end is not None and now.timestamp() >= session_end:
         return SESSION_OVER
     if now >= parent.expires_at:
         return "refresh token expired"
