@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".keyservice")
     database_url: str | None = None
     secret_key: SecretStr | None = None
+    # The secret before KEYSERVICE_SECRET_KEY, during a rotation: what was made under it is
+    # still accepted and moved to the current secret as it is used; nothing new is made
+    # under it (README, "Rotating the server secret").
+    secret_key_fallback: SecretStr | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -193,7 +197,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("secret_key", mode="after")
+    @field_validator("secret_key", "secret_key_fallback", mode="after")
     @classmethod
     def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
@@ -218,6 +222,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "KEYSERVICE_SECRET_KEY: must be set when KEYSERVICE_DATABASE_URL is set, to the "
                 "same value on every replica of the deployment"
+            )
+        if (
+            self.secret_key_fallback is not None
+            and self.secret_key is not None
+            and self.secret_key_fallback.get_secret_value() == self.secret_key.get_secret_value()
+        ):
+            raise ValueError(
+                "KEYSERVICE_SECRET_KEY_FALLBACK: must differ from KEYSERVICE_SECRET_KEY: it is "
+                "the secret being rotated away from (leave it unset when not rotating)"
             )
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError(
@@ -291,6 +304,17 @@ class Settings(BaseSettings):
                 with os.fdopen(fd, "w") as fh:
                     fh.write(secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
+
+    def server_secret_fallback(self) -> bytes | None:
+        """The previous server secret during a rotation, or None.
+
+        Beside the embedded secret file, a fallback equal to it is no fallback (nothing can
+        have been made under another secret); beside KEYSERVICE_SECRET_KEY it is refused.
+        """
+        if self.secret_key_fallback is None:
+            return None
+        fallback = self.secret_key_fallback.get_secret_value().encode()
+        return None if fallback == self.server_secret() else fallback
 
 
 _URL_FIELDS = ("database_url", "redis_url")

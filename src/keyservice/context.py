@@ -15,7 +15,7 @@ from keyservice.config import Settings
 from keyservice.database import CONNECT_TIMEOUT_SECONDS, Database
 from keyservice.scopes.service import CatalogNames
 from keyservice.security.hashing import SecretHasher, derive_key
-from keyservice.security.jwt import SigningKeyring
+from keyservice.security.jwt import SIGNING_KEY_PURPOSE, SigningKeyring
 
 if TYPE_CHECKING:
     from keyservice.metrics import Metrics
@@ -68,9 +68,11 @@ class AppContext:
             connect_timeout=connect_timeout,
         )
         secret = settings.server_secret()
-        self.hasher = SecretHasher(derive_key(secret, "keyservice/api-key-pepper/v1"))
+        fallback = settings.server_secret_fallback()
+        self.hasher = SecretHasher(secret, fallback)
         self.keyring = SigningKeyring(
-            encryption_key=derive_key(secret, "keyservice/signing-key-encryption/v1"),
+            encryption_key=derive_key(secret, SIGNING_KEY_PURPOSE),
+            fallback_key=derive_key(fallback, SIGNING_KEY_PURPOSE) if fallback else None,
             algorithm=settings.signing_algorithm,
             issuer=settings.effective_issuer,
             audience=settings.effective_audience,
@@ -87,6 +89,11 @@ class AppContext:
         # The revocation view's staleness is short enough for discovery documents too.
         self.scope_names = CatalogNames(ttl=settings.revocation_poll_seconds)
         self.last_used = LastUsedTracker(interval=settings.last_used_interval_seconds)
+        # Keys hashed again under the current secret (auth.service.rehash_if_needed), at
+        # most once a minute per key and process: while replicas restart from "old secret,
+        # new as fallback" to "new secret, old as fallback", each kind moves a key used on
+        # both back to its own secret, and this bounds those writes.
+        self.rehashed = LastUsedTracker(interval=60)
         # The Prometheus metrics when KEYSERVICE_METRICS_PORT is set (create_app).
         self.metrics: Metrics | None = None
         # Set at shutdown: background loops finish their current step and return.

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import __version__
+from keyservice import __version__, secret_rotation
 from keyservice import database as database_module
 from keyservice.audit import refusals
 from keyservice.auth.router import answer_token, parse_form, token
@@ -529,6 +529,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: AppContext = app.state.context
     async with context.database.sessionmaker() as session:
         await context.keyring.ensure_key(session)
+        await secret_rotation.settle(context, session)
         await context.revocation.reload(session)
     # A copy in hand from the start: the metadata then survives an outage that begins
     # before anyone asked for it.

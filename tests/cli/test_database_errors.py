@@ -168,7 +168,7 @@ def test_a_database_never_migrated_says_to_migrate(tmp_path):
     result = CliRunner().invoke(main, ["prune"], env=env)
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
-        "Error: the database is empty, and this version of keyservice needs 0010: "
+        "Error: the database is empty, and this version of keyservice needs 0011: "
         "run `keyservice migrate` first (or serve without --no-migrate)"
     )
     assert not database.exists()

@@ -93,9 +93,9 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
     for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
-        assert "schema revision 0099" in line and "does not know (its newest is 0010)" in line
+        assert "schema revision 0099" in line and "does not know (its newest is 0011)" in line
         assert line.endswith(
-            "take the database back with its `keyservice migrate --to 0010` (README: Upgrading)"
+            "take the database back with its `keyservice migrate --to 0011` (README: Upgrading)"
         )
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
@@ -184,7 +184,7 @@ def test_an_admin_command_on_no_embedded_database_makes_no_data_folder(tmp_path,
     result = CliRunner().invoke(main, ["keys", "list"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 1, result.output
     assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0010: "
+        "Error: the database is empty, and this version of keyservice needs 0011: "
         "run `keyservice migrate` first (or serve without --no-migrate)"
     )
     assert not (tmp_path / "fresh").exists()
@@ -196,10 +196,10 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     data = tmp_path / "fresh" / ".keyservice"
     result = CliRunner().invoke(main, ["migrate"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 0, result.output
-    assert result.output.strip().startswith("applied 10 migrations")
+    assert result.output.strip().startswith("applied 11 migrations")
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
-        "0010",
+        "0011",
     )
 
 
@@ -208,22 +208,23 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     [
         (
             None,
-            "applied 10 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010)",
+            "applied 11 migrations "
+            "(0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011)",
         ),
-        ("0005", "applied 5 migrations (0006, 0007, 0008, 0009, 0010)"),
-        ("0009", "applied 1 migration (0010)"),
+        ("0005", "applied 6 migrations (0006, 0007, 0008, 0009, 0010, 0011)"),
+        ("0010", "applied 1 migration (0011)"),
     ],
-    ids=["empty", "0005", "0009"],
+    ids=["empty", "0005", "0010"],
 )
 def test_migrate_says_which_migrations_it_applied(empty_database, tmp_path, start, applied):
     # It said "database is up to date" whether it had just applied all of them or none.
     if start is not None:
         migrations.upgrade(empty_database, start)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0010"]
+    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0011"]
     again = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert again.output.splitlines() == ["the database is already up to date at 0010"]
-    assert migrations.current_revisions(empty_database) == ("0010",)
+    assert again.output.splitlines() == ["the database is already up to date at 0011"]
+    assert migrations.current_revisions(empty_database) == ("0011",)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
@@ -250,16 +251,16 @@ def test_migrations_run_at_once_on_postgresql_apply_once(tmp_path, backend):
             for _ in range(3)
         ]
         outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
-        assert migrations.current_revisions(url) == ("0010",)
+        assert migrations.current_revisions(url) == ("0011",)
     finally:
         drop_postgres_database(url)
     assert [run.returncode for run in runs] == [0, 0, 0], outputs
     assert sorted(output.strip() for output in outputs) == [
-        "applied 10 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, "
-        "0010); "
-        "the database is up to date at 0010",
-        "the database is already up to date at 0010",
-        "the database is already up to date at 0010",
+        "applied 11 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, "
+        "0010, 0011); "
+        "the database is up to date at 0011",
+        "the database is already up to date at 0011",
+        "the database is already up to date at 0011",
     ]
 
 
@@ -292,7 +293,7 @@ def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypat
         holder.start()
         try:
             assert holding.wait(10)
-            assert migrations.upgrade(url) == (("0009", "0010"), ("0010",))
+            assert migrations.upgrade(url) == (("0009", "0010", "0011"), ("0011",))
         finally:
             holder.join()
     finally:
@@ -375,7 +376,7 @@ def test_a_migration_waiting_for_a_lock_does_not_stall_the_running_servers(
             time.sleep(0.5)  # the migration is waiting now
             assert read_api_keys(url) < 1.5  # behind a 0.3 s try at most, not the 3 s
             upgrading.join(20)
-        assert outcome == [(("0009", "0010"), ("0010",))]
+        assert outcome == [(("0009", "0010", "0011"), ("0011",))]
         assert len(said) == 1, said  # once, not at every try
         assert f"pid {held.pid}: " in said[0] and "locked" in said[0], said
     finally:
@@ -399,7 +400,7 @@ def test_a_migration_locked_out_too_long_gives_up_in_one_line_changing_nothing(
         assert migrations.current_revisions(url) == ("0007",)  # 0008 rolled back with 0009
         # Once the transaction is over, the same command goes through.
         result = keyservice("migrate", database_url=url, tmp_path=tmp_path, expect=0)
-        assert "applied 3 migrations (0008, 0009, 0010)" in result.output
+        assert "applied 4 migrations (0008, 0009, 0010, 0011)" in result.output
     finally:
         drop_postgres_database(url)
 
@@ -408,8 +409,8 @@ def test_upgrade_returns_what_it_applied(empty_database):
     assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
     assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
     assert migrations.upgrade(empty_database) == (
-        ("0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"),
-        ("0010",),
+        ("0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"),
+        ("0011",),
     )
 
 
@@ -428,7 +429,7 @@ def test_serve_no_migrate_on_no_embedded_database_makes_nothing(tmp_path, monkey
     assert isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert result.exit_code == 1, result.output
     assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0010: "
+        "Error: the database is empty, and this version of keyservice needs 0011: "
         "run `keyservice migrate` first (or serve without --no-migrate)"
     )
     if folder == "missing":
@@ -492,7 +493,7 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     user_id, token = _seed_at_0003(empty_database, tmp_path)
 
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0010",)
+    assert migrations.current_revisions(empty_database) == ("0011",)
 
     async def use() -> None:
         context = AppContext(make_settings(empty_database, tmp_path))
@@ -525,11 +526,13 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
     result = keyservice(
         "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
     )
-    assert result.output.strip() == "undid 3 migrations (0010, 0009, 0008); the database is at 0007"
+    assert result.output.strip() == (
+        "undid 4 migrations (0011, 0010, 0009, 0008); the database is at 0007"
+    )
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
 
-    # The data stays; only what 0008-0010 added goes.
+    # The data stays; only what 0008-0011 added goes.
     assert user_id in _column(empty_database, "SELECT id FROM principal")
     result = keyservice(
         "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
@@ -541,11 +544,11 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
         )
         assert one_line(result) == (
             f"Error: {unknown} is not a schema revision this version of keyservice knows "
-            "(0001 to 0010)"
+            "(0001 to 0011)"
         )
     assert migrations.current_revisions(empty_database) == ("0007",)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert "applied 3 migrations (0008, 0009, 0010)" in result.output
+    assert "applied 4 migrations (0008, 0009, 0010, 0011)" in result.output
 
 
 def _tables(database_url: str) -> set[str]:
@@ -571,7 +574,7 @@ def test_0008_console_spent_upgrades_downgrades_and_upgrades_again(empty_databas
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
     migrations.upgrade(empty_database)
-    assert migrations.current_revisions(empty_database) == ("0010",)
+    assert migrations.current_revisions(empty_database) == ("0011",)
     assert "console_spent" in _tables(empty_database)
 
 
@@ -606,7 +609,7 @@ def test_0009_key_scopes_changed_at_upgrades_downgrades_and_upgrades_again(empty
     assert "scopes_changed_at" not in columns and "ix_api_key_scopes_changed_at" not in indexes
     assert "console_spent" in _tables(empty_database)  # 0008's table stays
     migrations.upgrade(empty_database)
-    assert migrations.current_revisions(empty_database) == ("0010",)
+    assert migrations.current_revisions(empty_database) == ("0011",)
     columns, indexes = _key_columns_and_indexes(empty_database)
     assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
 
@@ -653,7 +656,7 @@ def test_migrate_to_an_older_revision_keeps_every_api_key(empty_database, tmp_pa
     assert "the database is at 0003" in result.output
     assert _count_keys(empty_database) == 1
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0010",)
+    assert migrations.current_revisions(empty_database) == ("0011",)
 
     assert _column(empty_database, "SELECT client_id FROM api_key") == [client_id]
 
@@ -704,7 +707,7 @@ def test_0010_names_the_case_twins_it_cannot_index_and_changes_nothing(empty_dat
 
     _write(empty_database, ("UPDATE principal SET name = 'alice-2' WHERE id = 'u2'", {}))
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert "applied 1 migration (0010)" in result.output
+    assert "applied 2 migrations (0010, 0011)" in result.output
     with pytest.raises(sa.exc.IntegrityError):
         _write(empty_database, (insert, {"id": "u4", "kind": "user", "name": "BOB",
                                          "now": now, "deleted": None}))  # fmt: skip

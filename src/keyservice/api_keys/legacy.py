@@ -24,19 +24,32 @@ async def authenticate(ctx: AppContext, key_string: str) -> tuple[ApiKey, Princi
     """
     if not key_string or len(key_string) > MAX_LEGACY_KEY_LENGTH:
         return None
-    lookup = ctx.hasher.hash("legacy:" + key_string)
-    client_id = await _find(ctx, key_string, lookup)
+    lookups = ctx.hasher.lookups("legacy:" + key_string)
+    client_id = await _find(ctx, key_string, lookups)
     # Outside the session above: on SQLite it holds the write lock the read would wait for.
     return await load_key(ctx, client_id=client_id) if client_id is not None else None
 
 
-async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
+async def _find(ctx: AppContext, key_string: str, lookups: list[str]) -> str | None:
+    lookup = lookups[0]  # under the current secret; a later one is the fallback's
     async with ctx.database.sessionmaker() as session:
-        client_id = await session.scalar(
-            select(ApiKey.client_id).where(ApiKey.legacy_lookup == lookup, ApiKey.is_legacy)
-        )
-        if client_id is not None:
-            return client_id
+        found = (
+            await session.execute(
+                select(ApiKey.id, ApiKey.client_id, ApiKey.legacy_lookup).where(
+                    ApiKey.legacy_lookup.in_(lookups), ApiKey.is_legacy
+                )
+            )
+        ).first()
+        if found is not None:
+            if found.legacy_lookup != lookup:
+                # Made under the secret being rotated away from: moved to the current one.
+                await session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == found.id, ApiKey.legacy_lookup == found.legacy_lookup)
+                    .values(legacy_lookup=lookup, hashed_under=ctx.hasher.label)
+                )
+                await session.commit()
+            return str(found.client_id)
         now = utcnow()
         legacy_until = ctx.settings.legacy_keys_until
         if legacy_until is not None and now >= legacy_until:
@@ -65,7 +78,7 @@ async def _find(ctx: AppContext, key_string: str, lookup: str) -> str | None:
                 await session.execute(
                     update(ApiKey)
                     .where(ApiKey.id == candidate.id, ApiKey.legacy_lookup.is_(None))
-                    .values(legacy_lookup=lookup)
+                    .values(legacy_lookup=lookup, hashed_under=ctx.hasher.label)
                 )
                 await session.commit()
             return str(candidate.client_id)

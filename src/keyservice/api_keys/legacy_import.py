@@ -194,10 +194,11 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     errors.append(LineError(number, f"the same key as line {seen_keys[entry.key]}"))
                     continue
                 seen_keys[entry.key] = number
-                lookup = ctx.hasher.hash("legacy:" + entry.key)
-                lookups[number] = lookup
+                candidates = ctx.hasher.lookups("legacy:" + entry.key)
+                lookups[number] = candidates[0]
+                # Under the fallback too: imported before a rotation of the server secret.
                 taken = await session.scalar(
-                    select(ApiKey.id).where(ApiKey.legacy_lookup == lookup)
+                    select(ApiKey.id).where(ApiKey.legacy_lookup.in_(candidates)).limit(1)
                 )
                 if taken is not None:
                     errors.append(LineError(number, "this key was already imported"))
@@ -292,6 +293,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                 is_legacy=True,
                 legacy_hash=hashes[number],
                 legacy_lookup=lookups.get(number),
+                hashed_under=ctx.hasher.label if number in lookups else None,
             )
             session.add(key)
             await session.flush()

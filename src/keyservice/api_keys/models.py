@@ -40,6 +40,10 @@ class ApiKey(Base):
     is_legacy: Mapped[bool] = mapped_column(Boolean, default=False)
     legacy_hash: Mapped[str | None] = mapped_column(String(255), default=None)
     legacy_lookup: Mapped[str | None] = mapped_column(String(64), default=None, unique=True)
+    # The label of the server secret (hashing.secret_label) that `secret_hash` or
+    # `legacy_lookup` was made under, so that a rotation of the secret can count the keys
+    # still needing the old one. NULL: made before labels (0011), or no HMAC yet.
+    hashed_under: Mapped[str | None] = mapped_column(String(16), default=None)
 
     __table_args__ = (
         Index("ix_api_key_principal_id", "principal_id"),

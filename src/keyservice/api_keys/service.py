@@ -296,6 +296,7 @@ async def create(
     key = ApiKey(
         client_id=client_id,
         secret_hash=ctx.hasher.hash(secret),
+        hashed_under=ctx.hasher.label,
         principal_id=owner.id,
         name=data.name,
         description=data.description,

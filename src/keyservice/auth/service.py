@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -310,9 +310,30 @@ async def load_key(ctx: AppContext, *, client_id: str) -> tuple[ApiKey, Principa
     return record.objects() if record is not None else None
 
 
-def authenticate_secret(ctx: AppContext, found: KeyRecord | None, secret: str) -> bool:
-    """Constant-time secret check; an unknown client does the same HMAC work."""
-    return ctx.hasher.verify(secret, found.secret_hash if found is not None else None)
+def authenticate_secret(ctx: AppContext, found: KeyRecord | None, secret: str) -> str | None:
+    """Constant-time secret check; an unknown client does the same HMAC work. Returns the
+    label of the server secret the stored HMAC was made under (None: no match)."""
+    return ctx.hasher.match(secret, found.secret_hash if found is not None else None)
+
+
+async def rehash_if_needed(
+    ctx: AppContext, found: KeyRecord, secret: str, hashed_under: str
+) -> None:
+    """Store a key's HMAC under the current server secret, and label it, if it matched
+    under the fallback or carries no label yet (made before labels: hashing.secret_label).
+    Once per key (at most once a minute per process, AppContext.rehashed); a concurrent
+    exchange of the same key doing it too changes nothing."""
+    if hashed_under == ctx.hasher.label and found.hashed_under == ctx.hasher.label:
+        return
+    if not ctx.rehashed.due(found.key_id):
+        return
+    async with ctx.database.sessionmaker() as session:
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == found.key_id, ApiKey.secret_hash == found.secret_hash)
+            .values(secret_hash=ctx.hasher.hash(secret), hashed_under=ctx.hasher.label)
+        )
+        await session.commit()
 
 
 def password_session_end(settings: Settings, family_id: str) -> int:

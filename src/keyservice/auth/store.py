@@ -87,6 +87,10 @@ class KeyRecord:
     def secret_hash(self) -> str | None:
         return cast(str | None, self.values["k_secret_hash"])
 
+    @property
+    def hashed_under(self) -> str | None:
+        return cast(str | None, self.values["k_hashed_under"])
+
     def objects(self) -> tuple[ApiKey, Principal]:
         """Build (detached) objects for the checks that follow a matching secret."""
         key: ApiKey = self.build(ApiKey, "k_", self.values)

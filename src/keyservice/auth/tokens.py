@@ -42,9 +42,9 @@ async def _family_of(ctx: AppContext, token: str) -> tuple[str, str | None, str]
         async with ctx.database.sessionmaker() as session:
             row = (
                 await session.execute(
-                    select(
-                        RefreshToken.family_id, RefreshToken.key_id, RefreshToken.principal_id
-                    ).where(RefreshToken.token_hash == ctx.hasher.hash(token))
+                    select(RefreshToken.family_id, RefreshToken.key_id, RefreshToken.principal_id)
+                    .where(RefreshToken.token_hash.in_(ctx.hasher.lookups(token)))
+                    .limit(1)
                 )
             ).first()
         return (row.family_id, row.key_id, row.principal_id) if row is not None else None
@@ -130,7 +130,8 @@ async def _introspect_refresh(ctx: AppContext, token: str) -> dict[str, Any] | N
                 .join(Principal, Principal.id == RefreshToken.principal_id)
                 .outerjoin(ApiKey, ApiKey.id == RefreshToken.key_id)
                 .outerjoin(RevokedFamily, RevokedFamily.family_id == RefreshToken.family_id)
-                .where(RefreshToken.token_hash == ctx.hasher.hash(token))
+                .where(RefreshToken.token_hash.in_(ctx.hasher.lookups(token)))
+                .limit(1)
             )
         ).first()
     if row is None:

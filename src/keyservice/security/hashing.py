@@ -58,22 +58,59 @@ def derive_key(server_secret: bytes, purpose: str, length: int = 32) -> bytes:
     return hkdf.derive(server_secret)
 
 
-class SecretHasher:
-    """HMAC-SHA256 under the server pepper, compared in constant time."""
+def secret_label(server_secret: bytes) -> str:
+    """A public name for a server secret (16 hex characters, HKDF-derived): stored beside
+    the HMACs made under it, so that a rotation can count what still needs the old one."""
+    return derive_key(server_secret, "keyservice/secret-label/v1", 8).hex()
 
-    def __init__(self, pepper: bytes) -> None:
-        self._pepper = pepper
+
+PEPPER_PURPOSE = "keyservice/api-key-pepper/v1"
+
+
+class SecretHasher:
+    """HMAC-SHA256 under the server pepper, compared in constant time.
+
+    During a rotation of the server secret it also knows the previous secret's pepper (the
+    fallback): a stored HMAC made under it still verifies (`match` says so, so that the
+    caller can store the current one), and lookups try its HMAC after the current one's.
+    Nothing new is hashed under the fallback.
+    """
+
+    def __init__(self, server_secret: bytes, fallback: bytes | None = None) -> None:
+        self._pepper = derive_key(server_secret, PEPPER_PURPOSE)
+        self.label = secret_label(server_secret)
+        self._fallback = derive_key(fallback, PEPPER_PURPOSE) if fallback is not None else None
+        self.fallback_label = secret_label(fallback) if fallback is not None else None
         self._dummy = self.hash("dummy-" + secrets.token_hex(16))
 
     def hash(self, secret: str) -> str:
         return hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
 
+    def lookups(self, secret: str) -> list[str]:
+        """The HMACs a stored row may hold for `secret`: the current one first."""
+        found = [self.hash(secret)]
+        if self._fallback is not None:
+            found.append(hmac.new(self._fallback, secret.encode(), hashlib.sha256).hexdigest())
+        return found
+
+    def match(self, secret: str, stored: str | None) -> str | None:
+        """Which secret `stored` was made under, if it is the HMAC of `secret`: this
+        hasher's `label` or `fallback_label`; None if it matches neither. With no stored
+        hash, the same work is done."""
+        computed = self.lookups(secret)
+        if stored is None:
+            for digest in computed:
+                hmac.compare_digest(digest, self._dummy)
+            return None
+        if hmac.compare_digest(computed[0], stored):
+            return self.label
+        if len(computed) > 1 and hmac.compare_digest(computed[1], stored):
+            return self.fallback_label
+        return None
+
     def verify(self, secret: str, stored: str | None) -> bool:
-        """Return whether `secret` matches `stored`; with no stored hash, do the same work."""
-        computed = self.hash(secret)
-        return hmac.compare_digest(computed, stored if stored is not None else self._dummy) and (
-            stored is not None
-        )
+        """Return whether `secret` matches `stored` (under either secret)."""
+        return self.match(secret, stored) is not None
 
 
 def hash_password(password: str) -> str:

@@ -89,6 +89,8 @@ SIGNING_KEY_ACTIVATION_SECONDS = JWKS_MAX_AGE_SECONDS + SIGNING_KEY_RELOAD_SECON
 # replicas starting together on a new database make one first key, not one each, and two
 # rotations at once leave one key to sign after them.
 SIGNING_KEY_LOCK = 0x6B73_7369_676E_6B  # "kssignk"
+# What the private keys' encryption key is derived for (HKDF info) from the server secret.
+SIGNING_KEY_PURPOSE = "keyservice/signing-key-encryption/v1"
 
 
 class _Dated(Protocol):
@@ -162,12 +164,18 @@ class SigningKeyring:
         self,
         *,
         encryption_key: bytes,
+        fallback_key: bytes | None = None,
         algorithm: str,
         issuer: str,
         audience: str,
         access_token_ttl: int,
     ) -> None:
         self._aead = AESGCM(encryption_key)
+        # During a rotation of the server secret: the previous secret's key, which opens
+        # what was encrypted before; nothing is encrypted under it.
+        self._fallback_aead = AESGCM(fallback_key) if fallback_key is not None else None
+        # The kids of loaded keys that only the fallback opened (reencrypt() moves them).
+        self.under_fallback: set[str] = set()
         self.algorithm = algorithm
         self.issuer = issuer
         self.audience = audience
@@ -192,16 +200,51 @@ class SigningKeyring:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, der, kid.encode())
 
-    def _decrypt(self, kid: str, blob: bytes) -> bytes:
-        try:
-            return self._aead.decrypt(blob[:12], blob[12:], kid.encode())
-        except InvalidTag:
-            # Not a corrupt row: a replica or command started with another secret. Said as
-            # such, so that it is never "fixed" by making a key under the wrong secret.
-            raise WrongSecretError(
-                f"the signing key {kid} in the database cannot be decrypted with this server "
-                "secret: it is not the secret this database was set up with"
-            ) from None
+    def open(self, kid: str, blob: bytes) -> tuple[bytes, bool]:
+        """Decrypt a stored private key: its DER, and whether only the fallback opened it."""
+        for aead, fallback in ((self._aead, False), (self._fallback_aead, True)):
+            if aead is None:
+                continue
+            try:
+                return aead.decrypt(blob[:12], blob[12:], kid.encode()), fallback
+            except InvalidTag:
+                pass
+        # Not a corrupt row: a replica or command started with another secret. Said as
+        # such, so that it is never "fixed" by making a key under the wrong secret.
+        if self._fallback_aead is None:
+            said = "this server secret: it is not the secret this database was set up with"
+        else:
+            said = (
+                "this server secret nor its fallback (KEYSERVICE_SECRET_KEY_FALLBACK): "
+                "neither is a secret this database was set up with"
+            )
+        raise WrongSecretError(
+            f"the signing key {kid} in the database cannot be decrypted with {said}"
+        )
+
+    async def reencrypt(self, session: AsyncSession) -> list[str]:
+        """Store the loaded keys that only the fallback secret opened under the current
+        one (committed); return their kids. Replicas still holding the old copies decrypt
+        nothing again until they reload, and then find these under the current secret."""
+        moved = []
+        for kid in sorted(self.under_fallback):
+            loaded = self._keys.get(kid)
+            if loaded is None:
+                continue
+            der = loaded.private_key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            await session.execute(
+                update(SigningKey)
+                .where(SigningKey.kid == kid)
+                .values(private_key_encrypted=self._encrypt(kid, der))
+            )
+            moved.append(kid)
+        await session.commit()
+        self.under_fallback.difference_update(moved)
+        return moved
 
     async def create_key(
         self,
@@ -278,9 +321,12 @@ class SigningKeyring:
             if known is not None and known.retired_at == row.retired_at:
                 keys[row.kid] = known
                 continue
-            private_key = serialization.load_der_private_key(
-                self._decrypt(row.kid, row.private_key_encrypted), password=None
-            )
+            der, fallback = self.open(row.kid, row.private_key_encrypted)
+            if fallback:
+                self.under_fallback.add(row.kid)
+            else:
+                self.under_fallback.discard(row.kid)
+            private_key = serialization.load_der_private_key(der, password=None)
             assert isinstance(private_key, PrivateKey)
             keys[row.kid] = LoadedKey(
                 kid=row.kid,

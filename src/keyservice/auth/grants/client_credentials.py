@@ -39,7 +39,7 @@ async def authenticate(
     try:
         await ctx.throttle.check(client=subject, ip=caller.ip_text)
         authentic = service.authenticate_secret(ctx, found, secret)
-        if authentic:
+        if authentic is not None:
             # Concurrent attempts all passed the check before any of them failed: past the
             # limit even the right secret is refused, as it is after a lock-out.
             ctx.throttle.check_local(client=subject, ip=caller.ip_text)
@@ -54,7 +54,7 @@ async def authenticate(
             principal_id=found.principal_id if found is not None else None,
             actor=f"key:{client_id}" if found is not None else None,
         )
-    if not authentic:
+    if authentic is None:
         await service.refuse(
             ctx,
             service.invalid_client(creds.basic),
@@ -67,6 +67,7 @@ async def authenticate(
             throttle_subject=subject,
         )
     assert found is not None
+    await service.rehash_if_needed(ctx, found, secret, authentic)
     return found.objects()
 
 

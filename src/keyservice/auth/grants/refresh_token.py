@@ -50,7 +50,12 @@ async def handle(
         bound_key, _ = await authenticate(ctx, creds, caller, event=EVENT)
     now = utcnow()
 
-    found = await ctx.tokens.load_refresh(ctx.hasher.hash(token))
+    # Under the current secret, then (during a rotation of it) under the fallback: a
+    # token made before the switch is claimed as any other, its child made under the new.
+    for lookup in ctx.hasher.lookups(token):
+        found = await ctx.tokens.load_refresh(lookup)
+        if found is not None:
+            break
     if found is None:
         await service.refuse(
             ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller
