@@ -630,9 +630,83 @@ def signing_keys_list(as_json: bool) -> None:
     console().print(table)
 
 
+# the server secret ---------------------------------------------------------------------
+
+
+@click.group("secret-key")
+def secret_key() -> None:
+    """Rotate the server secret (KEYSERVICE_SECRET_KEY_FALLBACK): see what still needs the
+    old one."""
+
+
+@secret_key.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+def secret_key_status(as_json: bool) -> None:
+    """Show what is stored under the current server secret and what still needs the
+    fallback (KEYSERVICE_SECRET_KEY_FALLBACK): live API keys by the secret their HMAC was
+    made under, and the published signing keys by the secret they are encrypted under.
+
+    The secrets are shown by their labels (16 hex characters derived from each, never the
+    secret). A key is moved to the current secret at its next exchange; a signing key when
+    a server starts. Refresh tokens are not counted: those made under the fallback are gone
+    one refresh-token lifetime after every replica runs with the new secret.
+    """
+    from keyservice import secret_rotation
+
+    found = run(secret_rotation.status)
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    click.echo(f"server secret:  {found.label}")
+    click.echo(
+        f"fallback:       {found.fallback_label}"
+        if found.fallback_label is not None
+        else "fallback:       not set (KEYSERVICE_SECRET_KEY_FALLBACK)"
+    )
+    click.echo(
+        f"live API keys:  {found.live_keys_current} under the server secret, "
+        f"{found.live_keys_fallback} under the fallback, "
+        f"{found.live_keys_unlabelled} not labelled yet"
+        + (f", {found.live_keys_other} under another secret" if found.live_keys_other else "")
+    )
+    click.echo(
+        f"signing keys:   {len(found.signing_keys_current)} under the server secret, "
+        f"{len(found.signing_keys_fallback)} under the fallback"
+        + (
+            f", {len(found.signing_keys_unreadable)} under neither"
+            if found.signing_keys_unreadable
+            else ""
+        )
+    )
+    hours = found.refresh_lifetime_seconds / 3600
+    if found.fallback_label is None:
+        if found.live_keys_unlabelled:
+            click.echo(
+                "Keys not labelled yet are labelled with the server secret when a server "
+                "starts without a fallback."
+            )
+        return
+    if found.fallback_still_needed:
+        waiting = []
+        if found.live_keys_fallback or found.live_keys_unlabelled:
+            waiting.append(
+                "keys move at their next exchange; a key not exchanged before the "
+                "fallback is removed stops working (--json names them: tell their owners, "
+                "or rotate them)"
+            )
+        if found.signing_keys_fallback:
+            waiting.append("signing keys move when a server starts")
+        click.echo("The fallback is still needed: " + "; ".join(waiting) + ".")
+    else:
+        click.echo(
+            "Nothing counted here needs the fallback. Remove it once every replica has run "
+            f"with the new secret for {hours:g} hour(s) (the refresh-token lifetime)."
+        )
+
+
 def register(main: click.Group) -> None:
     """Add the admin commands to the `keyservice` command."""
-    for command in (keys, devices, audit, prune, backup):
+    for command in (keys, devices, audit, prune, backup, secret_key):
         main.add_command(command)
 
 

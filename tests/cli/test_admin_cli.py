@@ -585,7 +585,8 @@ def test_either_cli_module_may_be_imported_first(first):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
-        "audit", "backup", "devices", "keys", "migrate", "prune", "serve", "signing-keys",
+        "audit", "backup", "devices", "keys", "migrate", "prune", "secret-key", "serve",
+        "signing-keys",
         "users",
     ]  # fmt: skip
 
@@ -790,3 +791,48 @@ def test_users_create_says_so_when_the_name_was_taken_while_the_password_was_typ
     assert stdin.made
     assert result.output.strip() == "Error: The username 'ann' is taken."
     assert cli.scalar(select(func.count()).select_from(Principal)) == 1
+
+
+def test_secret_key_status_counts_what_still_needs_the_fallback(cli):
+    from keyservice.security.hashing import secret_label
+
+    new_secret = "the-next-secret-" + "y" * 40
+    owner = cli.principal("ada", permissions=["api_keys:manage"])
+    one = cli.key(owner, "one")
+    cli.key(owner, "revoked", revoked_at=utcnow())  # not live: not counted
+    cli("signing-keys", "rotate")
+    old_label, new_label = secret_label(TEST_SECRET.encode()), secret_label(new_secret.encode())
+
+    before = cli("secret-key", "status").output.splitlines()
+    assert before == [
+        f"server secret:  {old_label}",
+        "fallback:       not set (KEYSERVICE_SECRET_KEY_FALLBACK)",
+        "live API keys:  1 under the server secret, 0 under the fallback, 0 not labelled yet",
+        "signing keys:   1 under the server secret, 0 under the fallback",
+    ]
+
+    rotating = {"KEYSERVICE_SECRET_KEY": new_secret, "KEYSERVICE_SECRET_KEY_FALLBACK": TEST_SECRET}
+    during = cli("secret-key", "status", **rotating).output
+    assert during.splitlines()[:4] == [
+        f"server secret:  {new_label}",
+        f"fallback:       {old_label}",
+        "live API keys:  0 under the server secret, 1 under the fallback, 0 not labelled yet",
+        "signing keys:   0 under the server secret, 1 under the fallback",
+    ]
+    assert during.splitlines()[4].startswith("The fallback is still needed: keys move at their")
+    assert "signing keys move when a server starts." in during
+    assert TEST_SECRET not in during and new_secret not in during
+    as_json = json.loads(cli("secret-key", "status", "--json", **rotating).output)
+    assert as_json["live_api_keys"] == {"current": 0, "fallback": 1, "unlabelled": 0, "other": 0}
+    assert as_json["fallback_still_needed"] is True
+    assert as_json["refresh_token_lifetime_seconds"] == 3 * 3600
+    (waiting,) = as_json["keys_needing_fallback"]
+    assert waiting == {"id": one["id"], "client_id": one["client_id"], "name": "one",
+                       "owner": "user ada"}  # fmt: skip
+
+    # A secret the database was not set up with, even as the fallback, is refused.
+    wrong = cli(
+        "secret-key", "status", expect=1,
+        KEYSERVICE_SECRET_KEY=new_secret, KEYSERVICE_SECRET_KEY_FALLBACK="z" * 40,
+    )  # fmt: skip
+    assert "cannot be decrypted with this server secret nor its fallback" in wrong.output
