@@ -29,7 +29,15 @@ from keyservice.main import create_app
 from keyservice.secret_rotation import status
 from keyservice.security.hashing import secret_label
 from tests.conftest import TEST_SECRET, client_for, make_settings, truncate
-from tests.factories import add_scope, bearer, create_principal, exchange, login, service_key
+from tests.factories import (
+    add_scope,
+    audit_events,
+    bearer,
+    create_principal,
+    exchange,
+    login,
+    service_key,
+)
 
 NEW_SECRET = "the-next-secret-" + "y" * 40
 OTHER_SECRET = "an-unrelated-secret-" + "z" * 40
@@ -200,7 +208,14 @@ async def test_with_the_fallback_everything_made_before_still_works_and_moves(
         assert (await exchange(client, LEGACY)).status_code == 200
         idle_refused = await exchange(client, idle.api_key)
         assert idle_refused.status_code == 401
-        assert idle_refused.json()["error"] == "invalid_client"
+        # The holder learns no more than for a wrong secret; the audit log says why.
+        assert idle_refused.json() == {
+            "error": "invalid_client",
+            "error_description": "Client authentication failed.",
+        }
+        (refused,) = await audit_events(context, "token.exchange", outcome="failure")
+        assert refused.reason == "key hashed under a retired server secret"
+        assert refused.key_id == idle.id
         found = await status(context)
         assert (found.live_keys_current, found.live_keys_fallback) == (2, 0)
         assert found.live_keys_other == 1  # idle, under a secret this server does not know

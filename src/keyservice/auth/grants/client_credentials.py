@@ -6,6 +6,7 @@ from keyservice.api_keys.models import ApiKey
 from keyservice.auth import service, throttle
 from keyservice.auth.client_auth import ClientCredentials
 from keyservice.auth.service import Caller, Issued
+from keyservice.auth.store import KeyRecord
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import InvalidRequest, InvalidScope, SlowDown
@@ -59,7 +60,7 @@ async def authenticate(
             ctx,
             service.invalid_client(creds.basic),
             event=event,
-            reason="wrong secret" if found is not None else "unknown client",
+            reason=_wrong_secret(ctx, found),
             caller=caller,
             key_id=found.key_id if found is not None else None,
             principal_id=found.principal_id if found is not None else None,
@@ -69,6 +70,21 @@ async def authenticate(
     assert found is not None
     await service.rehash_if_needed(ctx, found, secret, authentic)
     return found.objects()
+
+
+# For the audit log only: the client is told no more than for any wrong secret.
+RETIRED_SECRET = "key hashed under a retired server secret"
+
+
+def _wrong_secret(ctx: AppContext, found: KeyRecord | None) -> str:
+    """Why a secret did not match: no such client, a wrong secret, or a key whose HMAC was
+    made under a server secret this process no longer knows (no secret matches it: the
+    fallback was removed before the key was used, README "Rotating the server secret")."""
+    if found is None:
+        return "unknown client"
+    if found.hashed_under not in (None, ctx.hasher.label, ctx.hasher.fallback_label):
+        return RETIRED_SECRET
+    return "wrong secret"
 
 
 async def _authenticate_legacy(
