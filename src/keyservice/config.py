@@ -197,6 +197,13 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("secret_key_fallback", mode="before")
+    @classmethod
+    def _empty_is_no_fallback(cls, value: Any) -> Any:
+        # `KEYSERVICE_SECRET_KEY_FALLBACK=` ends a rotation, as in a compose file that
+        # passes the variable through with an empty default.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("secret_key", "secret_key_fallback", mode="after")
     @classmethod
     def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:

@@ -291,6 +291,9 @@ def test_the_fallback_must_be_a_real_secret_other_than_the_current_one(tmp_path)
         (line,) = configuration_errors(raised.value)
         assert line.startswith(expected), line
         assert fallback not in line or fallback == "short"
+    # Empty (a compose file passing the variable through with an empty default): none.
+    for empty in ("", "  "):
+        assert make_settings(url, tmp_path, secret_key_fallback=empty).secret_key_fallback is None
     # Masked wherever settings are shown.
     settings = make_settings(url, tmp_path, secret_key_fallback=NEW_SECRET)
     assert NEW_SECRET not in repr(settings) and NEW_SECRET not in str(settings)
