@@ -635,8 +635,10 @@ def signing_keys_list(as_json: bool) -> None:
 
 @click.group("secret-key")
 def secret_key() -> None:
-    """Rotate the server secret (KEYSERVICE_SECRET_KEY_FALLBACK): see what still needs the
-    old one."""
+    """Rotating the server secret: what still needs the old one.
+
+    The old secret is KEYSERVICE_SECRET_KEY_FALLBACK meanwhile (README, "Rotating the
+    server secret")."""
 
 
 @secret_key.command("status")
