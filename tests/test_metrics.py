@@ -192,3 +192,41 @@ async def test_metrics_are_off_unless_a_port_is_given(client, context, app):
     assert context.settings.metrics_port is None and context.metrics is None
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/metrics")).status_code == 404
+
+
+async def test_answers_of_the_edge_are_logged_and_counted_as_every_other(client, context, caplog):
+    # Refused on their head alone, before any route: they were answered, but no access-log
+    # line and no count said so (a client sending two Authorization headers, or a proxy
+    # adding a header too many, showed nowhere).
+    import logging
+
+    caplog.set_level(logging.INFO, logger="keyservice.access")
+    huge = {f"x-h{n}": "v" for n in range(120)}
+    answers = [
+        await client.get("/healthz", headers=huge),
+        await client.post("/token", headers=huge, data={"grant_type": "client_credentials"}),
+        await client.post("/api-keys", headers={"content-length": str(2 << 20)}),
+        await client.post("/token", content=b"x", headers={"content-length": str(2 << 20)}),
+        await client.get(
+            "/me", headers=[("authorization", "Bearer a"), ("authorization", "Bearer b")]
+        ),
+        await client.get("/healthz?x=%00"),
+    ]
+    assert [a.status_code for a in answers] == [431, 431, 413, 413, 400, 400]
+
+    samples = parse(scrape_text(context))
+    assert http(samples, "edge", "4xx") == 4
+    assert http(samples, "/token", "4xx") == 2
+    assert tokens(samples, "other", "refused", "request_header_fields_too_large") == 1
+    assert tokens(samples, "other", "refused", "request_too_large") == 1
+    assert token_count(samples, "other") == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "keyservice.access"]
+    said = [" ".join(line.split()[:3]) for line in lines]
+    assert said == [
+        "GET /healthz 431",
+        "POST /token 431",
+        "POST /api-keys 413",
+        "POST /token 413",
+        "GET /me 400",
+        "GET /healthz 400",
+    ]

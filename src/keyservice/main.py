@@ -409,44 +409,17 @@ class EdgeMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        headers_size = sum(len(name) + len(value) for name, value in scope["headers"])
-        if headers_size > MAX_HEADER_BYTES or len(scope["headers"]) > MAX_HEADER_COUNT:
-            # httptools, unlike h11, sets no limit of its own; a proxy in front should too.
-            response = JSONResponse(
-                {
-                    "error": "request_header_fields_too_large",
-                    "error_description": "The request headers are too large.",
-                },
-                status_code=431,
-            )
-            await response(scope, receive, send_with_headers)
-            return
-        authorization_fields = 0
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > MAX_BODY_BYTES
-                except ValueError:
-                    too_big = True
-                if too_big:
-                    response = JSONResponse(
-                        {"error": "request_too_large", "error_description": "Body too large."},
-                        status_code=413,
-                    )
-                    await response(scope, receive, send_with_headers)
-                    return
-            elif name == b"authorization":
-                authorization_fields += 1
-        if authorization_fields > 1:
-            await _two_authorizations(scope["path"])(scope, receive, send_with_headers)
-            return
-        if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
-            response = JSONResponse(_NUL_REFUSAL, status_code=400)
-            await response(scope, receive, send_with_headers)
+        started = time.perf_counter()
+        refused = _edge_refusal(scope)
+        if refused is not None:
+            # Answered before routing, logged and counted as every other answer is.
+            try:
+                await refused(scope, receive, send_with_headers)
+            finally:
+                self._observed(scope, status, started, edge=True)
             return
         content_type = next((v for n, v in scope["headers"] if n == b"content-type"), b"")
         markers = _NUL_IN_URL if b"urlencoded" in content_type.lower() else _NUL_IN_JSON
-        started = time.perf_counter()
         received = 0
         tail = b""
 
@@ -469,17 +442,61 @@ class EdgeMiddleware:
             else:
                 await self.app(scope, limited_receive, send_with_headers)
         finally:
-            if self.metrics is not None:
-                self.metrics.http(_route_of(scope), status)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %s %.1fms",
-                    scope["method"],
-                    # Never the query string, nor a path segment that may be a credential.
-                    loggable_path(scope["path"]),
-                    status,
-                    (time.perf_counter() - started) * 1000,
+            self._observed(scope, status, started)
+
+    def _observed(self, scope: Scope, status: int, started: float, *, edge: bool = False) -> None:
+        """The access-log line and the HTTP count of one answer; for an answer of the edge
+        to POST /token, its count as a token request too (handlers count their own)."""
+        elapsed = time.perf_counter() - started
+        if self.metrics is not None:
+            token_request = scope["method"] == "POST" and scope["path"] == "/token"
+            self.metrics.http("edge" if edge and not token_request else _route_of(scope), status)
+            if edge and token_request:
+                self.metrics.token(None, elapsed, StarletteHTTPException(status))
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %s %.1fms",
+                scope["method"],
+                # Never the query string, nor a path segment that may be a credential.
+                loggable_path(scope["path"]),
+                status,
+                elapsed * 1000,
+            )
+
+
+def _edge_refusal(scope: Scope) -> Response | None:
+    """The answer to a request refused on its head alone, or None: headers too large or
+    too many (431), a body announced over the limit (413), two Authorization headers, a
+    NUL in the path or query (400)."""
+    headers_size = sum(len(name) + len(value) for name, value in scope["headers"])
+    if headers_size > MAX_HEADER_BYTES or len(scope["headers"]) > MAX_HEADER_COUNT:
+        # httptools, unlike h11, sets no limit of its own; a proxy in front should too.
+        return JSONResponse(
+            {
+                "error": "request_header_fields_too_large",
+                "error_description": "The request headers are too large.",
+            },
+            status_code=431,
+        )
+    authorization_fields = 0
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                too_big = int(value) > MAX_BODY_BYTES
+            except ValueError:
+                too_big = True
+            if too_big:
+                return JSONResponse(
+                    {"error": "request_too_large", "error_description": "Body too large."},
+                    status_code=413,
                 )
+        elif name == b"authorization":
+            authorization_fields += 1
+    if authorization_fields > 1:
+        return _two_authorizations(scope["path"])
+    if _has_nul(scope["query_string"]) or "\x00" in scope["path"]:
+        return JSONResponse(_NUL_REFUSAL, status_code=400)
+    return None
 
 
 def _freeze_startup_heap() -> None:

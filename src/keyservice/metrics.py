@@ -60,6 +60,10 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+# The OAuth error codes of the edge's refusals (main.py), by status; any other is a 400.
+_EDGE_ERRORS = {413: "request_too_large", 431: "request_header_fields_too_large"}
+
+
 def outcome(exc: BaseException) -> tuple[str, str]:
     """(outcome, error) of a refused token request: "refused", "throttled" or "failed"
     (the server's fault: 5xx), and the OAuth error code of the answer."""
@@ -67,8 +71,8 @@ def outcome(exc: BaseException) -> tuple[str, str]:
         return "throttled", exc.error
     if isinstance(exc, KeyServiceError):
         return ("failed" if exc.status_code >= 500 else "refused"), exc.error
-    if isinstance(exc, StarletteHTTPException):  # the edge's body checks (main.py)
-        return "refused", "request_too_large" if exc.status_code == 413 else "invalid_request"
+    if isinstance(exc, StarletteHTTPException):  # the edge's checks (main.py)
+        return "refused", _EDGE_ERRORS.get(exc.status_code, "invalid_request")
     from keyservice.main import _is_db_outage
 
     return "failed", "temporarily_unavailable" if _is_db_outage(exc) else "server_error"
