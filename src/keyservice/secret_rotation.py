@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
@@ -35,6 +36,8 @@ from keyservice.principals.models import Principal
 from keyservice.security.jwt import WrongSecretError
 
 log = logging.getLogger(__name__)
+# Keys labelled per statement at start-up (settle).
+LABEL_BATCH = 2000
 
 
 def _hashed() -> ColumnElement[bool]:
@@ -54,13 +57,43 @@ async def settle(context: AppContext, session: AsyncSession) -> None:
             ", ".join(moved),
         )
     if context.hasher.fallback_label is None:
+        try:
+            await _label_unlabelled(session, context.hasher.label)
+        except SQLAlchemyError as exc:
+            # A lock held elsewhere, a statement timeout: the keys are labelled as they are
+            # used, or at the next start. Not a reason to refuse serving.
+            await session.rollback()
+            log.warning(
+                "left some API keys without the label of their server secret (%s); "
+                "they are labelled as they are used, or at the next start",
+                type(exc).__name__,
+            )
+
+
+async def _label_unlabelled(session: AsyncSession, label: str) -> None:
+    """Label every key with an HMAC but no label, in batches along the primary key (each
+    one statement well under the statement timeout, whatever the table's size), after one
+    look for any: what every later start does."""
+    unlabelled = (ApiKey.hashed_under.is_(None), _hashed())
+    if await session.scalar(select(ApiKey.id).where(*unlabelled).limit(1)) is None:
+        return
+    after = ""
+    while True:
+        ids = list(
+            await session.scalars(
+                select(ApiKey.id).where(ApiKey.id > after).order_by(ApiKey.id).limit(LABEL_BATCH)
+            )
+        )
+        if not ids:
+            return
         await session.execute(
             update(ApiKey)
-            .where(ApiKey.hashed_under.is_(None), _hashed())
-            .values(hashed_under=context.hasher.label)
+            .where(ApiKey.id.in_(ids), *unlabelled)
+            .values(hashed_under=label)
             .execution_options(synchronize_session=False)
         )
         await session.commit()
+        after = ids[-1]
 
 
 @dataclass(frozen=True)
