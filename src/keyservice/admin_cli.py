@@ -527,6 +527,9 @@ def backup(file: Path) -> None:
         from keyservice.config import SECRET_KEY_FILE
 
         where = f"a copy of {(settings.data_dir / SECRET_KEY_FILE).resolve()}"
+    if settings.secret_key_fallback is not None:
+        # Mid-rotation, part of the copy is still under the previous secret.
+        where += " and KEYSERVICE_SECRET_KEY_FALLBACK (a rotation is under way)"
     click.echo(
         f"The server secret is not in the backup: keep {where} too, stored apart from it. "
         "Without the secret the backup's API keys, refresh tokens and signing keys cannot be "

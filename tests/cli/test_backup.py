@@ -16,11 +16,12 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
 
 
-def backup(database_url: str, tmp_path: Path, *args: str) -> Result:
+def backup(database_url: str, tmp_path: Path, *args: str, **extra: str) -> Result:
     env = {
         "KEYSERVICE_DATABASE_URL": database_url,
         "KEYSERVICE_SECRET_KEY": TEST_SECRET,
         "KEYSERVICE_DATA_DIR": str(tmp_path / "data"),
+        **extra,
     }
     return CliRunner().invoke(main, ["backup", *args], env=env)
 
@@ -91,3 +92,17 @@ def test_backup_into_a_folder_names_the_copy_by_its_time(tmp_path):
         assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         (revision,) = copy.execute("SELECT version_num FROM alembic_version").fetchone()
     assert f"schema revision {revision}" in result.output
+
+
+def test_backup_during_a_rotation_names_the_fallback_too(tmp_path):
+    # Keys not used since the switch, and refresh tokens, are still under the old secret.
+    empty_database = sqlite_url(tmp_path)
+    migrated(empty_database, tmp_path)
+    fallback = "the-previous-secret-" + "p" * 40
+    result = backup(
+        empty_database, tmp_path, str(tmp_path / "copy.db"),
+        KEYSERVICE_SECRET_KEY_FALLBACK=fallback,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "keep KEYSERVICE_SECRET_KEY and KEYSERVICE_SECRET_KEY_FALLBACK" in result.output
+    assert fallback not in result.output and TEST_SECRET not in result.output
