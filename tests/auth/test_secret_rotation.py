@@ -127,6 +127,21 @@ async def test_without_the_fallback_a_new_secret_refuses_what_the_old_one_made(
     with pytest.raises(Exception, match="cannot be decrypted with this server secret"):
         async with serving(database_url, tmp_path, NEW_SECRET):
             pass
+    # ...and once they are deleted (the only way before), every key and refresh token is.
+    database = Database(database_url)
+    try:
+        async with database.sessionmaker() as session:
+            await session.execute(SigningKey.__table__.delete())
+            await session.commit()
+    finally:
+        await database.dispose()
+    async with serving(database_url, tmp_path, NEW_SECRET) as (_context, client):
+        assert (await exchange(client, before["used"].api_key)).status_code == 401
+        assert (await exchange(client, LEGACY)).status_code == 401
+        refreshed = await client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": before["key_refresh"]}
+        )
+        assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
 
 
 async def test_with_the_fallback_everything_made_before_still_works_and_moves(
