@@ -148,12 +148,14 @@ class SecretStatus:
 async def status(context: AppContext) -> SecretStatus:
     now = utcnow()
     label, fallback = context.hasher.label, context.hasher.fallback_label
+    # Keys with an HMAC that are neither revoked nor expired: what a secret still serves.
+    live = (_hashed(), ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
     async with context.database.sessionmaker() as session:
         counts = dict(
             (
                 await session.execute(
                     select(ApiKey.hashed_under, func.count())
-                    .where(_hashed(), ApiKey.revoked_at.is_(None), ApiKey.expires_at > now)
+                    .where(*live)
                     .group_by(ApiKey.hashed_under)
                 )
             ).all()
@@ -163,12 +165,7 @@ async def status(context: AppContext) -> SecretStatus:
             rows_waiting = await session.execute(
                 select(ApiKey.id, ApiKey.client_id, ApiKey.name, Principal.kind, Principal.name)
                 .join(Principal, Principal.id == ApiKey.principal_id)
-                .where(
-                    _hashed(),
-                    ApiKey.revoked_at.is_(None),
-                    ApiKey.expires_at > now,
-                    ApiKey.hashed_under.is_(None) | (ApiKey.hashed_under == fallback),
-                )
+                .where(*live, ApiKey.hashed_under.is_(None) | (ApiKey.hashed_under == fallback))
                 .order_by(ApiKey.created_at, ApiKey.id)
             )
             waiting = [

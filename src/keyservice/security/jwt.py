@@ -196,7 +196,14 @@ class SigningKeyring:
 
     # Storage -------------------------------------------------------------------------
 
-    def _encrypt(self, kid: str, der: bytes) -> bytes:
+    def _seal(self, kid: str, private_key: PrivateKey) -> bytes:
+        """The stored form of a private key: PKCS#8 DER, encrypted under the current
+        secret with the kid as associated data."""
+        der = private_key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, der, kid.encode())
 
@@ -231,15 +238,10 @@ class SigningKeyring:
             loaded = self._keys.get(kid)
             if loaded is None:
                 continue
-            der = loaded.private_key.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
             await session.execute(
                 update(SigningKey)
                 .where(SigningKey.kid == kid)
-                .values(private_key_encrypted=self._encrypt(kid, der))
+                .values(private_key_encrypted=self._seal(kid, loaded.private_key))
             )
             moved.append(kid)
         await session.commit()
@@ -263,11 +265,6 @@ class SigningKeyring:
         await _queue(session)
         private_key = _generate(self.algorithm)
         kid = uuid.uuid4().hex
-        der = private_key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         now = utcnow()
         if retire_current:
             handover = now + timedelta(seconds=delay)
@@ -280,7 +277,7 @@ class SigningKeyring:
             SigningKey(
                 kid=kid,
                 algorithm=self.algorithm,
-                private_key_encrypted=self._encrypt(kid, der),
+                private_key_encrypted=self._seal(kid, private_key),
                 public_jwk=_public_jwk(private_key.public_key(), self.algorithm, kid),
                 created_at=now,
             )
