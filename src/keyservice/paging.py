@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Query
@@ -105,10 +105,11 @@ def decode_time(value: str) -> datetime:
     """Return the timestamp part of a cursor (an isoformat with an offset); else 422."""
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            raise ValueError("no offset")
+        moment.astimezone(UTC)  # stored in UTC: 0001-01-01T00:00:00+14:00 has no place there
+    except (ValueError, OverflowError):
         raise bad_cursor() from None
-    if moment.tzinfo is None:
-        raise bad_cursor()
     return moment
 
 

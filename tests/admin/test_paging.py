@@ -204,6 +204,9 @@ async def test_bad_limits_and_cursors_are_refused_in_words(client, context):
             _raw(f'api-keys:["{at}","{"x" * 37}"]'),
             _raw('api-keys:["yesterday","abc"]'),
             _raw('api-keys:["2026-12-06T10:00:00","abc"]'),  # no offset
+            # in their own offset only: in UTC, before year 1 and after 9999
+            _raw('api-keys:["0001-01-01T00:00:00+14:00","abc"]'),
+            _raw('api-keys:["9999-12-31T23:59:59-14:00","abc"]'),
             _raw('users:["ann",7]'),
             _raw('devices:["","abc"]'),
             _raw('devices:["a\\u0000","abc"]'),
