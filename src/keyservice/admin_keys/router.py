@@ -6,11 +6,16 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys import service
 from keyservice.api_keys.schemas import AdminApiKeyList, ApiKeyRead
 from keyservice.database import utcnow
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.dependencies import (
+    AdminPrincipal,
+    ContextDep,
+    RequestIp,
+    SessionDep,
+    audit_actor,
+)
 from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 
@@ -63,7 +68,7 @@ async def get_key(
 
 @router.delete("/{key_id}", status_code=204)
 async def revoke_key(
-    key_id: str, admin: AdminUser, session: SessionDep, context: ContextDep, ip: RequestIp
+    key_id: str, admin: AdminPrincipal, session: SessionDep, context: ContextDep, ip: RequestIp
 ) -> Response:
     """Revoke any key (a leaked one, say); revoking a revoked key changes nothing."""
     key, _owner = await service.get_any(session, key_id=key_id)

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from keyservice.admin_keys.dependencies import AdminUser, RequestIp
 from keyservice.api_keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -14,7 +13,13 @@ from keyservice.api_keys.schemas import (
     ApiKeyRotate,
     ApiKeyUpdate,
 )
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.dependencies import (
+    AdminPrincipal,
+    ContextDep,
+    RequestIp,
+    SessionDep,
+    audit_actor,
+)
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
 from keyservice.paging import Cursor, Limit
@@ -110,7 +115,7 @@ async def delete_device(
 async def create_device_key(
     device_id: str,
     data: ApiKeyCreate,
-    admin: AdminUser,
+    admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,
     ip: RequestIp,
@@ -132,7 +137,7 @@ async def update_device_key(
     device_id: str,
     key_id: str,
     data: ApiKeyUpdate,
-    admin: AdminUser,
+    admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,
     ip: RequestIp,
@@ -153,7 +158,7 @@ async def update_device_key(
 async def rotate_device_key(
     device_id: str,
     key_id: str,
-    admin: AdminUser,
+    admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,
     ip: RequestIp,

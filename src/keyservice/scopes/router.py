@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from keyservice.admin_keys.dependencies import RequestIp
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.dependencies import (
+    AdminPrincipal,
+    ContextDep,
+    RequestIp,
+    SessionDep,
+    audit_actor,
+)
 from keyservice.routing import TableRoute
 from keyservice.scopes import service
 from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead, ScopeUpdate

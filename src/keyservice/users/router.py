@@ -6,8 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from keyservice.admin_keys.dependencies import RequestIp
-from keyservice.dependencies import AdminPrincipal, ContextDep, SessionDep, audit_actor
+from keyservice.dependencies import (
+    AdminPrincipal,
+    ContextDep,
+    RequestIp,
+    SessionDep,
+    audit_actor,
+)
 from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 from keyservice.users import service
