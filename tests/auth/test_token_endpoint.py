@@ -88,6 +88,42 @@ async def test_scope_narrowing_and_unheld_scope(client, context, key):
     assert events[-1].key_id == key["id"]
 
 
+async def test_a_key_scoped_admin_may_ask_for_the_built_ins_admin_implies(client, context):
+    # API.md: `admin` implies the other built-ins, "which then count as held". A key scoped
+    # ["admin"] asking for `introspect` alone (least privilege) was refused invalid_scope,
+    # while an inheriting key of the same admin could ask for it.
+    token = await user_token(context, client, "ada", ["admin"])
+    key = await create_key(client, token, name="admin-only", scopes=["admin"])
+    whole = (await exchange(client, key["api_key"])).json()
+    assert whole["scope"] == "admin"  # unrequested, the token carries the key's scopes
+    narrowed = await exchange(client, key["api_key"], scope="introspect")
+    assert narrowed.status_code == 200, narrowed.text
+    assert narrowed.json()["scope"] == "introspect"
+    # The narrowed token is what it says: /introspect yes, /admin no.
+    access = narrowed.json()["access_token"]
+    response = await client.post("/introspect", data={"token": access}, headers=bearer(access))
+    assert response.status_code == 200 and response.json()["active"] is True
+    assert (await client.get("/admin/users", headers=bearer(access))).status_code == 403
+    # A refresh of the whole grant may narrow the same way, never past `admin`'s reach.
+    again = await client.post(
+        "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": whole["refresh_token"],
+            "scope": "api_keys:manage",
+        },
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["scope"] == "api_keys:manage"
+    assert_error(
+        await exchange(client, key["api_key"], scope="projects:read"), 400, "invalid_scope"
+    )
+    # Without `admin` held by the owner any more, nothing it implied is held either.
+    me = (await client.get("/me", headers=bearer(token))).json()
+    await set_principal(context, me["id"], permissions=["introspect"])
+    assert_error(await exchange(client, key["api_key"], scope="introspect"), 400, "invalid_scope")
+
+
 async def test_token_scope_follows_owner_permissions(client, context):
     token = await user_token(context, client, "bob", PERMS)
     inheriting = await create_key(client, token, name="inherits")

@@ -109,10 +109,14 @@ def available_scopes(
 
 
 def grant_scopes(requested: frozenset[str] | None, available: frozenset[str]) -> frozenset[str]:
-    """Narrow to the requested scopes; asking for one not available is invalid_scope."""
+    """Narrow to the requested scopes; asking for one not available is invalid_scope.
+
+    `admin` among them holds the other built-ins (API.md), so a key scoped `["admin"]` may
+    ask for `introspect` alone; unrequested, the token carries `available` as it is.
+    """
     if requested is None:
         return available
-    missing = requested - available
+    missing = requested - effective_permissions(available)
     if missing:
         named = sorted(name for name in missing if echoable(name, SCOPE_NAME))
         if len(named) == len(missing):
