@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import params
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_parameterless_sub_dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import Request
@@ -47,6 +48,7 @@ class TableRoute(APIRoute):
     """
 
     _literal: str | None = None
+    _checks_ambiguity = False
     _exact = False
     _building = False
     _direct = False
@@ -57,6 +59,13 @@ class TableRoute(APIRoute):
             super().__init__(path, endpoint, **kwargs)
         finally:
             self._building = False
+        if self._checks_ambiguity:
+            # Last of the route's dependencies, so that authentication comes first.
+            self.dependant.dependencies.append(
+                get_parameterless_sub_dependant(
+                    depends=params.Depends(_refuse_ambiguous), path=self.path_format
+                )
+            )
 
     def seated_copy(self) -> TableRoute:
         """This route as the app's own table holds it: the same route, the check on."""
@@ -94,7 +103,9 @@ class TableRoute(APIRoute):
         before. FastAPI's own telemetry is off in this app (main.create_app) and is not
         reported for these routes.
         """
-        full = _single_query_values(self, _unambiguous_json(self, super().get_route_handler()))
+        own = super().get_route_handler()
+        full = _single_query_values(self, _unambiguous_json(self, own))
+        self._checks_ambiguity = full is not own
         if not self._building:
             # FastAPI asks again for each inclusion of the route's router under another
             # (include_router()), with the inclusion's own view of the route set aside for
@@ -125,15 +136,35 @@ class TableRoute(APIRoute):
         return self._direct
 
 
+_AMBIGUOUS = "keyservice.ambiguous"
+
+
+def _ambiguous(request: Request, errors: list[dict[str, Any]]) -> None:
+    """Note a request's ambiguity, refused by `_refuse_ambiguous` once it is authenticated."""
+    request.scope.setdefault(_AMBIGUOUS, []).extend(errors)
+
+
+async def _refuse_ambiguous(request: Request) -> None:
+    """The 422 for a repeated JSON key or query parameter; the route's last dependency.
+
+    Raised here, not where it is found, so that a request without a valid token is a 401
+    as any other is, and one with a token is audited as any other 422 of its caller is.
+    """
+    errors = request.scope.get(_AMBIGUOUS)
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
-    """`handler`, refusing first a JSON body that gives an object the same key twice.
+    """`handler`, refusing a JSON body that gives an object the same key twice.
 
     JSON leaves the meaning of a repeated key open (RFC 8259 §4) and Python's parser keeps
     the last: `{"scopes": ["a"], "scopes": null}` made an inheriting key, where the client,
     a proxy or a log reader may have read the first. Such a body is a 422 naming the key,
-    at any depth, before FastAPI reads the body as it would (`request.json()`, which then
-    returns what was parsed here). Only routes with a JSON body parameter are wrapped;
-    `/token` and the other form-encoded endpoints are not.
+    at any depth, raised by the route's last dependency (`_refuse_ambiguous`); FastAPI
+    reads the body as it would (`request.json()`, which returns what was parsed here).
+    Only routes with a JSON body parameter are wrapped; `/token` and the other
+    form-encoded endpoints are not.
     """
     body_field = route.body_field
     if body_field is None or isinstance(body_field.field_info, params.Form):
@@ -146,10 +177,12 @@ def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
         if _json_content_type(request.headers.get("content-type"), strict=bool(strict)):
             body = await request.body()
             if body:
-                parsed = _parse_json(body)
+                parsed, repeated = _parse_json(body)
                 if parsed is not _UNREADABLE:
                     # Starlette's Request.json() parses once and keeps the value here.
                     request._json = parsed
+                if repeated:
+                    _ambiguous(request, repeated)
         return await handler(request)
 
     return checked
@@ -170,12 +203,13 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 
 def _single_query_values(route: APIRoute, handler: Handler) -> Handler:
-    """`handler`, refusing first a query string that gives one of its parameters twice.
+    """`handler`, refusing a query string that gives one of its parameters twice.
 
     FastAPI keeps the last value of a scalar query parameter: `?type=login&type=key.created`
     listed one type of audit event where the caller may have meant both, or the first. Such
-    a request is a 422 naming the parameter. Only routes with query parameters are wrapped
-    (none of ours takes a list), and a parameter the route does not read is left alone.
+    a request is a 422 naming the parameter, raised by the route's last dependency
+    (`_refuse_ambiguous`). Only routes with query parameters are wrapped (none of ours
+    takes a list), and a parameter the route does not read is left alone.
     """
     names = _query_names(route.dependant)
     if not names:
@@ -190,7 +224,8 @@ def _single_query_values(route: APIRoute, handler: Handler) -> Handler:
                     repeated.append(name)
                 seen.add(name)
             if repeated:
-                raise RequestValidationError(
+                _ambiguous(
+                    request,
                     [
                         {
                             "type": "query_repeated",
@@ -198,7 +233,7 @@ def _single_query_values(route: APIRoute, handler: Handler) -> Handler:
                             "msg": _QUERY_REPEATED_MESSAGE,
                         }
                         for name in repeated
-                    ]
+                    ],
                 )
         return await handler(request)
 
@@ -230,11 +265,9 @@ _REPEATED_MESSAGE = (
 )
 
 
-def _parse_json(body: bytes) -> Any:
-    """The body as JSON; `_UNREADABLE` for one FastAPI's own parse refuses in its words.
-
-    Raises RequestValidationError (422) for an object with a repeated key, one entry per
-    key, located by its path in the body.
+def _parse_json(body: bytes) -> tuple[Any, list[dict[str, Any]]]:
+    """The body as JSON (`_UNREADABLE` for one FastAPI's own parse refuses in its words),
+    and the 422's errors for each key an object repeats, located by its path in the body.
     """
     repeated = False
 
@@ -256,14 +289,14 @@ def _parse_json(body: bytes) -> Any:
     try:
         parsed = json.loads(body, object_pairs_hook=pairs_hook)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
-        return _UNREADABLE
+        return _UNREADABLE, []
     if not repeated:
-        return parsed
+        return parsed, []
     errors = [
         {"type": "json_duplicate_key", "loc": ("body", *path), "msg": _REPEATED_MESSAGE}
         for path in _repeated_paths(parsed)
     ]
-    raise RequestValidationError(errors)
+    return parsed, errors
 
 
 def _repeated_paths(value: Any) -> list[tuple[int | str, ...]]:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from keyservice.main import MAX_BODY_BYTES
-from tests.factories import bearer, user_token
+from tests.factories import audit_events, bearer, user_token
 
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -383,3 +383,41 @@ async def test_a_query_parameter_given_twice_is_422_naming_it(app, client, admin
         ["query", "limit"],
         ["query", "type"],
     ]
+
+
+async def test_an_ambiguous_request_is_authenticated_and_authorized_first(
+    client, context, admin_headers
+):
+    """A repeated JSON key or query parameter was refused before the route's authentication:
+    a 422 without `WWW-Authenticate` to a caller with no token, where any other bad input
+    gets the 401, and no audit event for an admin's refused change, as every other 422 of
+    a caller with a valid token has."""
+    body = b'{"username": "eve", "password": "correct horse", "password": "battery staple"}'
+    requests = [
+        ("POST", "/admin/users", body),
+        ("POST", "/api-keys", b'{"name": "a", "name": "b"}'),
+        ("GET", "/admin/audit-events?limit=1&limit=2", None),
+        ("GET", "/admin/api-keys?status=valid&status=revoked", None),
+    ]
+    for method, path, content in requests:
+        for headers in ({}, {"Authorization": "Bearer garbage"}):
+            response = await client.request(
+                method, path, content=content, headers={**JSON, **headers}
+            )
+            assert response.status_code == 401, (path, headers, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    # A valid token without the permission: 403, as for the same request asked once.
+    plain = await user_token(context, client, "pat", ["introspect"])
+    for method, path, content in requests:
+        response = await client.request(
+            method, path, content=content, headers={**JSON, **bearer(plain)}
+        )
+        assert response.status_code == 403, (path, response.text)
+    # The admin's ambiguous change is a 422, audited as a refused change; nothing is made.
+    response = await client.post("/admin/users", content=body, headers={**JSON, **admin_headers})
+    assert response.status_code == 422, response.text
+    assert [d["type"] for d in response.json()["details"]] == ["json_duplicate_key"]
+    refused = await audit_events(context, "user.created", outcome="failure")
+    assert [event.actor for event in refused] == ["user:pat", "user:root"]  # the 403, the 422
+    users = (await client.get("/admin/users", headers=admin_headers)).json()["items"]
+    assert "eve" not in [user["username"] for user in users]
