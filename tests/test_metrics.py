@@ -118,10 +118,12 @@ async def test_routes_are_labelled_by_template_and_nothing_secret_is_shown(clien
     # A credential pasted into a path that does not exist, and one in a query string.
     assert (await client.get(f"/nothing/{key['api_key']}")).status_code == 404
     assert (await client.get(f"/healthz?api_key={key['api_key']}")).status_code == 200
+    # A HEAD (served as a GET) is counted under its route too.
+    assert (await client.head(f"/admin/users/{user_id}", headers=bearer(admin))).status_code == 200
 
     text = scrape_text(context)
     samples = parse(text)
-    assert http(samples, "/admin/users/{user_id}", "2xx") == 1
+    assert http(samples, "/admin/users/{user_id}", "2xx") == 2
     assert http(samples, "/api-keys/{key_id}", "4xx") == 1
     assert http(samples, "unmatched", "4xx") == 1
     assert http(samples, "/healthz", "2xx") == 1

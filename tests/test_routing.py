@@ -33,19 +33,14 @@ def test_api_routes_sit_in_the_app_route_table_in_router_order(tmp_path: Path) -
     # The health probes first, then every API route in the same order (order is
     # precedence: the first route matching a path wins), each the router's own route or a
     # copy of it sharing its endpoint and handler (routing.TableRoute.seated_copy).
-    # (GET, then HEAD for monitors.)
-    probes = [(route.path, route.methods) for route in direct[:4]]
-    assert probes == [
-        ("/healthz", {"GET"}),
-        ("/readyz", {"GET"}),
-        ("/healthz", {"HEAD"}),
-        ("/readyz", {"HEAD"}),
-    ]
+    # (HEAD is served as GET by the edge, for every route.)
+    probes = [(route.path, route.methods) for route in direct[:2]]
+    assert probes == [("/healthz", {"GET"}), ("/readyz", {"GET"})]
 
     def same(route: APIRoute) -> tuple[object, ...]:
         return (route.path, route.methods, route.endpoint, route.app, route.dependant)
 
-    assert [same(route) for route in direct[4:]] == [same(route) for route in expected]
+    assert [same(route) for route in direct[2:]] == [same(route) for route in expected]
     assert not set(map(id, direct)) & set(map(id, expected))  # the routers' own untouched
     assert all(route._literal is None for route in expected)  # type: ignore[attr-defined]
     # Nothing was lost from the documentation either.
@@ -102,7 +97,7 @@ async def test_flat_routes_answer_wrong_methods_and_unknown_paths_as_before(
     token = await user_token(context, client, "rita", ["projects:read"])
     response = await client.delete("/me/token", headers=bearer(token))
     assert response.status_code == 405
-    assert response.headers["allow"] == "GET"
+    assert response.headers["allow"] == "GET, HEAD"
     assert response.json()["error"] == "method_not_allowed"
     response = await client.get("/me/tokens", headers=bearer(token))
     assert response.status_code == 404
@@ -112,6 +107,60 @@ async def test_flat_routes_answer_wrong_methods_and_unknown_paths_as_before(
     }
     # The console (a router with one of its own inside) still answers behind them.
     assert (await client.get("/console/login")).status_code == 200
+
+
+async def test_a_405_allows_every_method_the_path_takes(app, client, context) -> None:
+    # RFC 9110 §15.5.6: Allow lists the resource's methods. Starlette named those of the
+    # first route whose path matched, and FastAPI makes a route per method: `PUT /api-keys`
+    # was told `Allow: POST`, GET being there too.
+    token = await user_token(context, client, "rosa", ["admin"])
+    expected = {
+        "/api-keys": "GET, HEAD, POST",
+        "/api-keys/some-id": "GET, HEAD, PATCH, DELETE",
+        "/admin/scopes": "GET, HEAD, POST",
+        "/admin/scopes/projects:read": "PATCH, DELETE",
+        "/admin/devices/x/api-keys/y": "PATCH",
+        "/token": "POST",
+        "/.well-known/jwks.json": "GET, HEAD",
+        "/openapi.json": "GET, HEAD",  # FastAPI's own route
+        "/console/keys": "GET, HEAD, POST",  # behind the console's included router
+    }
+    for path, allow in expected.items():
+        response = await client.put(path, headers=bearer(token))
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["allow"] == allow, path
+        assert response.json()["error"] == "method_not_allowed"
+    # Every method named there is taken: none of them is a 405 itself.
+    for path, allow in expected.items():
+        for method in allow.split(", "):
+            response = await client.request(method, path, headers=bearer(token))
+            assert response.status_code != 405, (method, path)
+
+
+async def test_head_is_served_as_get_without_the_body(app, client, context) -> None:
+    # RFC 9110 §9.1, §9.3.2: HEAD is GET without the content. FastAPI's routes take only
+    # the methods they declare, so HEAD was a 405 wherever GET was served.
+    token = await user_token(context, client, "hedda", ["api_keys:manage"])
+    for path, headers in (
+        ("/me", bearer(token)),
+        ("/api-keys", bearer(token)),
+        ("/.well-known/jwks.json", {}),
+        ("/healthz", {}),
+        ("/console/login", {}),
+    ):
+        got = await client.get(path, headers=headers)
+        head = await client.head(path, headers=headers)
+        assert (head.status_code, got.status_code) == (200, 200), path
+        assert head.content == b"", path
+        assert head.headers["content-length"] == got.headers["content-length"], path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    # Refused as a GET would be: no token is a 401 with its challenge.
+    refused = await client.head("/me")
+    assert refused.status_code == 401 and refused.content == b""
+    assert refused.headers["www-authenticate"] == "Bearer"
+    # A path without GET is still a 405 naming what it takes.
+    head = await client.head("/token")
+    assert head.status_code == 405 and head.headers["allow"] == "POST"
 
 
 def _scopes_to_try(paths: list[str]) -> list[dict[str, object]]:
@@ -301,7 +350,7 @@ async def test_a_fixed_path_request_asks_no_route_before_its_own(app, client, co
         # What the index leaves to the walk walks as before: a wrong method is a 405.
         response = await client.delete("/me/token", headers=bearer(token))
         assert response.status_code == 405
-        assert response.headers["allow"] == "GET"
+        assert response.headers["allow"] == "GET, HEAD"
         assert "/healthz" in asked
     finally:
         for route in table[:own]:

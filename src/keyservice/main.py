@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyservice import __version__, secret_rotation
@@ -179,6 +180,30 @@ def _unreadable_body(cause: BaseException | None) -> InvalidRequest | None:
     return None
 
 
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """The 405's Allow: every method some route takes at this path (RFC 9110 §15.5.6).
+
+    Starlette names the methods of the first route whose path matched, and FastAPI makes a
+    route per method: `PUT /api-keys` was told `Allow: POST`, though GET is there too. Each
+    method is tried against the whole table (only on this error's path); HEAD goes with
+    GET, which the edge serves it as.
+    """
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    if "GET" in allowed:
+        allowed.insert(1, "HEAD")
+    return ", ".join(allowed)
+
+
 def _http_error(exc: StarletteHTTPException) -> Response:
     unreadable = _unreadable_body(exc.__cause__) if exc.status_code == 400 else None
     if unreadable is not None:
@@ -287,7 +312,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_exception(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": _allowed_methods(request)}
         return _http_error(exc)
 
     async def _last_resort(request: Request, exc: Exception) -> Response:
@@ -439,6 +466,13 @@ class EdgeMiddleware:
         try:
             if scope["method"] == "POST" and scope["path"] == "/token":
                 await _fast_token(scope, limited_receive, send_with_headers)
+            elif scope["method"] == "HEAD":
+                inner = {**scope, "method": "GET"}
+                try:
+                    await self.app(inner, limited_receive, _headers_only(send_with_headers))
+                finally:
+                    if "route" in inner:  # for the metrics, as routing sets it for a GET
+                        scope["route"] = inner["route"]
             else:
                 await self.app(scope, limited_receive, send_with_headers)
         finally:
@@ -462,6 +496,20 @@ class EdgeMiddleware:
                 status,
                 elapsed * 1000,
             )
+
+
+def _headers_only(send: Send) -> Send:
+    """`send` for a HEAD served as a GET: the GET's status and headers, Content-Length
+    included, and no body (RFC 9110 §9.3.2). FastAPI's routes take only the methods they
+    declare, so HEAD was a 405 wherever GET was served (RFC 9110 §9.1: a general-purpose
+    server supports both); the server leaves out a HEAD's body too, a test client may not."""
+
+    async def without_body(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return without_body
 
 
 def _edge_refusal(scope: Scope) -> Response | None:
@@ -653,12 +701,6 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         except Exception:
             return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "up"})
-
-    # HEAD too (uptime monitors and load balancers probe with it; the server sends the
-    # headers only). Routes of their own, out of the OpenAPI document: FastAPI gives every
-    # method of one route the same operation id.
-    for probe in (healthz, readyz):
-        health.add_api_route(f"/{probe.__name__}", probe, methods=["HEAD"], include_in_schema=False)
 
     from keyservice.admin_keys.router import router as admin_keys_router
     from keyservice.api_keys.router import router as api_keys_router

@@ -149,12 +149,19 @@ def test_serve_login_verify_rotate(tmp_path, server_env):
         meta = httpx.get(server.url + "/.well-known/oauth-authorization-server").json()
         assert meta["issuer"] == server.url
 
-        # Probes answer HEAD as GET, headers only (uptime monitors and load balancers).
-        for probe in ("/healthz", "/readyz"):
-            head = httpx.head(server.url + probe)
+        # HEAD is GET, headers only: probes (uptime monitors, load balancers) and every
+        # other GET, through the real server.
+        for probe, headers in (
+            ("/healthz", {}),
+            ("/readyz", {}),
+            ("/me", {"Authorization": f"Bearer {old}"}),
+        ):
+            head = httpx.head(server.url + probe, headers=headers)
             assert head.status_code == 200, (probe, head.status_code)
             assert head.content == b""
             assert head.headers["content-type"] == "application/json"
+            got = httpx.get(server.url + probe, headers=headers)
+            assert head.headers["content-length"] == got.headers["content-length"], probe
 
         rotated = server.cli("signing-keys", "rotate", "--now")
         assert rotated.returncode == 0, rotated.stderr
