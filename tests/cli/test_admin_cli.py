@@ -462,7 +462,7 @@ def test_import_legacy(cli, tmp_path):
                         "name": "old",
                         "scopes": None,
                         "key_hash": digest,
-                        "expires_at": "2099-01-01T00:00:00Z",
+                        "expires_at": f"{(utcnow() + timedelta(days=100)):%Y-%m-%dT%H:%M:%SZ}",
                     }
                 ),
             ]
@@ -499,11 +499,23 @@ def test_import_legacy(cli, tmp_path):
             }
         )
         + "\n"
+        + json.dumps(
+            {
+                "owner": "ann",
+                "owner_type": "user",
+                "name": "forever",
+                "scopes": None,
+                "key": "ann-older-key",
+                "expires_at": "2099-01-01T00:00:00Z",  # POST /api-keys: 422
+            }
+        )
+        + "\n"
     )
     failed = cli("keys", "import-legacy", str(bad), expect=1)
     assert "line 2: not valid JSON" in failed.stderr
     assert "line 3: this key was already imported" in failed.stderr
-    assert "2 problem(s)" in failed.stderr and "nothing was imported" in failed.stderr
+    assert "line 4: expires_at must be in the future and at most 365 days ahead" in failed.stderr
+    assert "3 problem(s)" in failed.stderr and "nothing was imported" in failed.stderr
     assert "fresh-key" not in failed.output
     assert cli.scalar(select(func.count()).select_from(ApiKey)) == 2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import bcrypt
 import pytest
@@ -197,7 +197,7 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     assert "exactly one of key or key_hash" in messages[9]
     assert "exactly one of key or key_hash" in messages[10]
     assert "owner_type" in messages[11]
-    assert "in the past" in messages[12]
+    assert "expires_at must be in the future" in messages[12]
     assert "name" in messages[13]
     assert "extra" in messages[14]
     assert "expires_at: must be an RFC 3339 date-time with an offset" in messages[15]
@@ -284,6 +284,43 @@ async def test_reimport_is_refused(context):
         "line 2: this key_hash was already imported",
     ]
     assert await _count_keys(context) == 2
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"key_max_ttl_days": 30, "key_default_ttl_days": 30}]
+)
+async def test_an_expiry_past_the_longest_key_lifetime_is_refused(context):
+    """POST /api-keys refuses an expires_at more than KEYSERVICE_KEY_MAX_TTL_DAYS ahead
+    (422): the import took any future one (2099), a secret living on for decades."""
+    await _population(context)
+    now = utcnow()
+    digest = bcrypt.hashpw(b"old", bcrypt.gensalt(rounds=4)).decode()
+    zoe = {"owner": "zoe", "owner_type": "user", "scopes": None}
+    pump = {"owner": "pump-7", "owner_type": "device", "scopes": None}
+    lines = [
+        _line(**zoe, name="a", key="k-1", expires_at=_rfc3339(now + timedelta(days=29))),
+        _line(**zoe, name="b", key="k-2", expires_at="2099-01-01T00:00:00Z"),
+        _line(**pump, name="c", key_hash=digest, expires_at=_rfc3339(now + timedelta(days=31))),
+    ]
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, lines, actor="test")
+    errors = [str(error) for error in failed.value.errors]
+    assert [error.split(":", 1)[0] for error in errors] == ["line 2", "line 3"]
+    expected = ": expires_at must be in the future and at most 30 days ahead (between now and "
+    assert all(expected in error for error in errors), errors
+    assert await _count_keys(context) == 0
+    assert await events(context, "api_key.created") == []
+    # Within the limit (given with an offset): imported, stored in UTC.
+    moment = (now + timedelta(days=29)).replace(microsecond=0)
+    offset = moment.astimezone(timezone(timedelta(hours=5))).isoformat()
+    line = _line(**zoe, name="a", key="k-1", expires_at=offset)
+    assert (await import_lines(context, [line], actor="test")).imported == 1
+    async with context.database.sessionmaker() as session:
+        assert await session.scalar(select(ApiKey.expires_at)) == moment
 
 
 async def test_imported_keys_count_towards_the_limit_without_blocking_import(client, context):

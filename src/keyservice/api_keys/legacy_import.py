@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,11 +25,11 @@ from sqlalchemy.exc import IntegrityError
 
 from keyservice.api_keys.legacy import MAX_LEGACY_KEY_LENGTH
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.service import count_live
+from keyservice.api_keys.service import check_expiry, count_live
 from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
-from keyservice.exceptions import quoted_loc, quoted_names
+from keyservice.exceptions import ValidationFailed, quoted_loc, quoted_names
 from keyservice.principals.models import Principal, named
 from keyservice.scopes import service as scopes_service
 from keyservice.scopes.models import effective_permissions
@@ -160,6 +160,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
     seen_keys: dict[str, int] = {}
     seen_hashes: dict[str, int] = {}
     lookups: dict[int, str] = {}
+    expiries: dict[int, datetime] = {}
     async with ctx.database.sessionmaker() as session:
         for number, entry in entries:
             wanted = (entry.owner_type, entry.owner)
@@ -184,8 +185,12 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                             + quoted_names(missing, SCOPE_NAME),
                         )
                     )
-            if entry.expires_at is not None and entry.expires_at <= now:
-                errors.append(LineError(number, "expires_at is in the past"))
+            if entry.expires_at is not None:
+                # As POST /api-keys has it: no later than KEYSERVICE_KEY_MAX_TTL_DAYS ahead.
+                try:
+                    expiries[number] = check_expiry(entry.expires_at, ctx.settings, now)
+                except ValidationFailed as exc:
+                    errors.append(LineError(number, exc.description))
             if entry.key is not None:
                 if parse_api_key(entry.key) is not None:
                     errors.append(LineError(number, "key is a keyservice key, not a legacy one"))
@@ -289,7 +294,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                 scopes=sorted(set(entry.scopes)) if entry.scopes is not None else None,
                 allowed_ips=[],
                 created_at=now,
-                expires_at=entry.expires_at or now + DEFAULT_TTL,
+                expires_at=expiries.get(number, now + DEFAULT_TTL),
                 is_legacy=True,
                 legacy_hash=hashes[number],
                 legacy_lookup=lookups.get(number),

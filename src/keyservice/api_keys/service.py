@@ -71,13 +71,14 @@ def latest_expiry(settings: Settings, created_at: datetime) -> datetime:
     return created_at + timedelta(days=settings.key_max_ttl_days)
 
 
-def _check_expiry(
+def check_expiry(
     expires_at: datetime | None,
     settings: Settings,
     now: datetime,
     created_at: datetime | None = None,
 ) -> datetime:
-    """A new key's expiry (`created_at` None), or an existing key's new one."""
+    """A new key's expiry (`created_at` None; an imported legacy key's too), or an existing
+    key's new one."""
     latest = latest_expiry(settings, created_at or now)
     if expires_at is None:
         return now + timedelta(days=settings.key_default_ttl_days)
@@ -276,7 +277,7 @@ async def create(
     # A rotation copies the key's scopes as they are: the owner may have lost one since, and
     # refusing would leave a leaked key unrotatable; tokens carry only what the owner holds.
     scopes = data.scopes if rotated_from is not None else _check_scopes(data.scopes, owner)
-    expires_at = _check_expiry(data.expires_at, settings, now)
+    expires_at = check_expiry(data.expires_at, settings, now)
     await _lock_owner(session, owner.id)
     await _hold_scopes(session, scopes, rotating=rotated_from is not None)
     if rotated_from is not None:
@@ -467,7 +468,7 @@ async def update(
             changed["scopes"] = _check_scopes(scopes, owner, kept=key.scopes or ())
             await _hold_scopes(session, changed["scopes"])
     if "expires_at" in fields and data.expires_at != key.expires_at:
-        changed["expires_at"] = _check_expiry(data.expires_at, settings, now, key.created_at)
+        changed["expires_at"] = check_expiry(data.expires_at, settings, now, key.created_at)
         hold = await replacement_hold(session, owner_id=owner.id, key_id=key.id, now=now)
         if hold is not None:
             until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
