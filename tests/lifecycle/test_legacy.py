@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import bcrypt
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 
 from keyservice.api_keys import legacy_import
 from keyservice.api_keys.legacy_import import ImportFailed, import_lines
@@ -321,6 +321,95 @@ async def test_an_expiry_past_the_longest_key_lifetime_is_refused(context):
     assert (await import_lines(context, [line], actor="test")).imported == 1
     async with context.database.sessionmaker() as session:
         assert await session.scalar(select(ApiKey.expires_at)) == moment
+
+
+@pytest.mark.parametrize("secret", ["key", "key_hash"])
+async def test_a_key_another_import_wrote_meanwhile_is_refused(context, monkeypatch, secret):
+    """Two imports of one key, one's lines checked (and found new) before the other's
+    writes: its own writes must find the key taken. A plaintext key was
+    refused by the unique lookup at a flush, outside the friendly handler (a traceback);
+    a key_hash, with no unique constraint, was imported twice: one credential, two keys."""
+    await _population(context)
+    value = PLAIN if secret == "key" else bcrypt.hashpw(b"old", bcrypt.gensalt(rounds=4)).decode()
+    mine = [
+        _line(owner="zoe", owner_type="user", name="a", scopes=None, **{secret: value}),
+        _line(owner="zoe", owner_type="user", name="b", scopes=None, key="k-1"),
+    ]
+    # Another owner's: its lock does not queue the two.
+    theirs = [_line(owner="pump-7", owner_type="device", name="c", scopes=None, **{secret: value})]
+    real_hash, hashed = legacy_import.run_slow_hash, []
+
+    async def the_other_import_first(func, *args):
+        # Between this import's check and its writes: the other one, whole.
+        if not hashed:
+            hashed.append(True)
+            assert (await import_lines(context, theirs, actor="other")).imported == 1
+        return await real_hash(func, *args)
+
+    monkeypatch.setattr(legacy_import, "run_slow_hash", the_other_import_first)
+    with pytest.raises(ImportFailed) as failed:
+        await import_lines(context, mine, actor="test")
+    assert [str(error) for error in failed.value.errors] == [
+        f"line 1: this {secret} was imported concurrently by another import"
+    ]
+    assert await _count_keys(context) == 1
+    assert [event.actor for event in await events(context, "api_key.created")] == ["other"]
+
+
+async def _blocked_or_done(context, task: asyncio.Task) -> None:
+    """Until `task` is done or waits for a lock (PostgreSQL) another transaction holds."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(400):
+        if task.done():
+            return
+        async with context.database.sessionmaker() as session:
+            if await session.scalar(waiting):
+                return
+        await asyncio.sleep(0.025)
+    raise AssertionError("the second import neither finished nor waited")
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize("secret", ["key", "key_hash"])
+async def test_concurrent_imports_of_one_key_queue(context, monkeypatch, secret):
+    """Two imports writing at once, each found the key new: the second queues for the first
+    (for different owners too), then finds the key taken. Nothing of its file is written."""
+    await _population(context)
+    value = PLAIN if secret == "key" else bcrypt.hashpw(b"old", bcrypt.gensalt(rounds=4)).decode()
+    first_lines = [_line(owner="zoe", owner_type="user", name="a", scopes=None, **{secret: value})]
+    second_lines = [
+        _line(owner="pump-7", owner_type="device", name="b", scopes=None, key="k-1"),
+        _line(owner="pump-7", owner_type="device", name="c", scopes=None, **{secret: value}),
+    ]
+    written, resume = asyncio.Event(), asyncio.Event()
+    real_count = legacy_import.count_live
+
+    async def hold_the_first(session, **values):
+        # Its rows are written, not committed: hold its transaction open.
+        if not written.is_set():
+            written.set()
+            await resume.wait()
+        return await real_count(session, **values)
+
+    monkeypatch.setattr(legacy_import, "count_live", hold_the_first)
+    first = asyncio.create_task(import_lines(context, first_lines, actor="first"))
+    try:
+        await asyncio.wait_for(written.wait(), 10)
+        second = asyncio.create_task(import_lines(context, second_lines, actor="second"))
+        await _blocked_or_done(context, second)
+    finally:
+        resume.set()
+    assert (await asyncio.wait_for(first, 10)).imported == 1
+    with pytest.raises(ImportFailed) as failed:
+        await asyncio.wait_for(second, 10)
+    assert [str(error) for error in failed.value.errors] == [
+        f"line 2: this {secret} was imported concurrently by another import"
+    ]
+    assert await _count_keys(context) == 1
+    assert [event.actor for event in await events(context, "api_key.created")] == ["first"]
 
 
 async def test_imported_keys_count_towards_the_limit_without_blocking_import(client, context):

@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.legacy import MAX_LEGACY_KEY_LENGTH
 from keyservice.api_keys.models import ApiKey
@@ -41,6 +42,9 @@ from keyservice.users.schemas import NoSecret
 
 DEFAULT_TTL = timedelta(days=365)
 HASH_SCHEMES = ("bcrypt", "argon2")
+# Any constant: the transactions that write an import queue on it (PostgreSQL), so that each
+# sees what the one before committed (see import_lines).
+IMPORT_LOCK = 0x6B73_696D_706F_72  # "ksimpor"
 
 
 class LegacyKeyLine(BaseModel):
@@ -141,6 +145,20 @@ def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[L
     return entries, errors
 
 
+async def _already_imported(
+    session: AsyncSession, entry: LegacyKeyLine, candidates: list[str] | None
+) -> bool:
+    """Whether the line's key is stored already: a plaintext `key` by its lookups (under
+    the fallback secret too: imported before a rotation of the server secret), a `key_hash`
+    by the hash itself, which has no unique constraint: this check is all that keeps it one."""
+    if entry.key is not None:
+        assert candidates is not None
+        query = select(ApiKey.id).where(ApiKey.legacy_lookup.in_(candidates))
+    else:
+        query = select(ApiKey.id).where(ApiKey.legacy_hash == entry.key_hash)
+    return await session.scalar(query.limit(1)) is not None
+
+
 def _hash_problem(key_hash: str) -> str | None:
     scheme = LEGACY_KEYS.identify(key_hash)
     if scheme not in HASH_SCHEMES:
@@ -159,7 +177,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
     owners: dict[tuple[str, str], Principal | None] = {}
     seen_keys: dict[str, int] = {}
     seen_hashes: dict[str, int] = {}
-    lookups: dict[int, str] = {}
+    lookups: dict[int, list[str]] = {}
     expiries: dict[int, datetime] = {}
     async with ctx.database.sessionmaker() as session:
         for number, entry in entries:
@@ -199,13 +217,8 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     errors.append(LineError(number, f"the same key as line {seen_keys[entry.key]}"))
                     continue
                 seen_keys[entry.key] = number
-                candidates = ctx.hasher.lookups("legacy:" + entry.key)
-                lookups[number] = candidates[0]
-                # Under the fallback too: imported before a rotation of the server secret.
-                taken = await session.scalar(
-                    select(ApiKey.id).where(ApiKey.legacy_lookup.in_(candidates)).limit(1)
-                )
-                if taken is not None:
+                lookups[number] = ctx.hasher.lookups("legacy:" + entry.key)
+                if await _already_imported(session, entry, lookups[number]):
                     errors.append(LineError(number, "this key was already imported"))
             else:
                 assert entry.key_hash is not None
@@ -221,10 +234,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     )
                     continue
                 seen_hashes[entry.key_hash] = number
-                taken = await session.scalar(
-                    select(ApiKey.id).where(ApiKey.legacy_hash == entry.key_hash)
-                )
-                if taken is not None:
+                if await _already_imported(session, entry, None):
                     errors.append(LineError(number, "this key_hash was already imported"))
         # Leaving the block closes the session, ending the read transaction (and SQLite's
         # write lock) before the slow hashing; loaded owners stay readable, detached.
@@ -241,6 +251,14 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
             hashes[number] = entry.key_hash
 
     async with ctx.database.sessionmaker() as session:
+        # The keys were found new in the first transaction, and another import may have
+        # written one of them since (or be writing it now, for another owner: the owner locks
+        # below would not queue it). Imports queue here, before the owner locks (taken after
+        # them, two imports could each hold an owner the other waits for), and each checks
+        # the keys again below, seeing what the one before committed. SQLite: BEGIN
+        # IMMEDIATE, at the first statement, already queues every writer.
+        if not ctx.database.is_sqlite:
+            await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": IMPORT_LOCK})
         # The owners were found live in the first transaction: lock their rows (by id, as a
         # device deletion and a key creation do) until this one commits, and refuse the
         # import if one was deleted meanwhile (its deletion revoked its keys; one written
@@ -280,42 +298,56 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     if entry.scopes is not None and set(entry.scopes) & set(gone)
                 ]
             )
-        touched: dict[str, tuple[str, str]] = {}
-        for number, entry in entries:
-            owner = owners[(entry.owner_type, entry.owner)]
-            assert owner is not None
-            touched[owner.id] = (owner.kind, owner.name)
-            key = ApiKey(
-                client_id=new_client_id(),
-                secret_hash=None,
-                principal_id=owner.id,
-                name=entry.name,
-                description=entry.description,
-                scopes=sorted(set(entry.scopes)) if entry.scopes is not None else None,
-                allowed_ips=[],
-                created_at=now,
-                expires_at=expiries.get(number, now + DEFAULT_TTL),
-                is_legacy=True,
-                legacy_hash=hashes[number],
-                legacy_lookup=lookups.get(number),
-                hashed_under=ctx.hasher.label if number in lookups else None,
+        raced = [
+            LineError(
+                number,
+                f"this {'key' if entry.key is not None else 'key_hash'} was imported "
+                "concurrently by another import",
             )
-            session.add(key)
-            await session.flush()
-            audit.record(
-                session,
-                type="api_key.created",
-                actor=actor,
-                principal_id=owner.id,
-                key_id=key.id,
-                reason=f"imported legacy key (line {number})",
-            )
-        over_limit: dict[tuple[str, str], int] = {}
-        for owner_id, label in touched.items():
-            live = await count_live(session, owner_id=owner_id, now=now)
-            if live > ctx.settings.max_keys_per_principal:
-                over_limit[label] = live
+            for number, entry in entries
+            if await _already_imported(session, entry, lookups.get(number))
+        ]
+        if raced:
+            raise ImportFailed(raced)
+        # A plaintext key's lookup may still be written meanwhile by no import (the first
+        # exchange of the same key imported by its hash records it, legacy.py): the unique
+        # constraint refuses it at the flush of its row or at the commit.
         try:
+            touched: dict[str, tuple[str, str]] = {}
+            for number, entry in entries:
+                owner = owners[(entry.owner_type, entry.owner)]
+                assert owner is not None
+                touched[owner.id] = (owner.kind, owner.name)
+                key = ApiKey(
+                    client_id=new_client_id(),
+                    secret_hash=None,
+                    principal_id=owner.id,
+                    name=entry.name,
+                    description=entry.description,
+                    scopes=sorted(set(entry.scopes)) if entry.scopes is not None else None,
+                    allowed_ips=[],
+                    created_at=now,
+                    expires_at=expiries.get(number, now + DEFAULT_TTL),
+                    is_legacy=True,
+                    legacy_hash=hashes[number],
+                    legacy_lookup=lookups[number][0] if number in lookups else None,
+                    hashed_under=ctx.hasher.label if number in lookups else None,
+                )
+                session.add(key)
+                await session.flush()
+                audit.record(
+                    session,
+                    type="api_key.created",
+                    actor=actor,
+                    principal_id=owner.id,
+                    key_id=key.id,
+                    reason=f"imported legacy key (line {number})",
+                )
+            over_limit: dict[tuple[str, str], int] = {}
+            for owner_id, label in touched.items():
+                live = await count_live(session, owner_id=owner_id, now=now)
+                if live > ctx.settings.max_keys_per_principal:
+                    over_limit[label] = live
             await session.commit()
         except IntegrityError:
             await session.rollback()
