@@ -294,8 +294,8 @@ def keys_import_legacy(file: Path) -> None:
        "scopes": ["projects:read"], "key": "<the old key string>"}
     owner_type is user or device; scopes may be null (the owner's permissions);
     "key_hash" (bcrypt or argon2) instead of "key"; optional "expires_at" (RFC 3339,
-    default a year from now). The keys work at /token as api_key until
-    KEYSERVICE_LEGACY_KEYS_UNTIL.
+    default a year from now, or KEYSERVICE_KEY_MAX_TTL_DAYS if shorter). The keys work
+    at /token as api_key until KEYSERVICE_LEGACY_KEYS_UNTIL.
     """
     from keyservice.api_keys.legacy_import import ImportFailed, ImportResult, import_lines
 

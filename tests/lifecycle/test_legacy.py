@@ -323,6 +323,21 @@ async def test_an_expiry_past_the_longest_key_lifetime_is_refused(context):
         assert await session.scalar(select(ApiKey.expires_at)) == moment
 
 
+@pytest.mark.parametrize(
+    "settings_overrides", [{"key_max_ttl_days": 30, "key_default_ttl_days": 30}]
+)
+async def test_the_default_expiry_is_no_later_than_the_longest_key_lifetime(context):
+    """A line without expires_at gets a year, as documented, unless keys live less long:
+    then as long as they may (the year outlived KEYSERVICE_KEY_MAX_TTL_DAYS=30)."""
+    await _population(context)
+    line = _line(owner="zoe", owner_type="user", name="a", scopes=None, key="k-1")
+    await import_lines(context, [line], actor="test")
+    async with context.database.sessionmaker() as session:
+        key = await session.scalar(select(ApiKey))
+    assert key is not None
+    assert key.expires_at == key.created_at + timedelta(days=30)
+
+
 @pytest.mark.parametrize("secret", ["key", "key_hash"])
 async def test_a_key_another_import_wrote_meanwhile_is_refused(context, monkeypatch, secret):
     """Two imports of one key, one's lines checked (and found new) before the other's

@@ -3,7 +3,8 @@
     {"owner": "<username or device name>", "owner_type": "user" | "device", "name": "...",
      "scopes": [...] | null, "key": "<old key string>"}        (or "key_hash": "<hash>")
 
-Optional: "description", "expires_at" (RFC 3339; default one year from the import).
+Optional: "description", "expires_at" (RFC 3339; default one year from the import, or
+KEYSERVICE_KEY_MAX_TTL_DAYS if that is shorter).
 A plaintext key is stored only as a slow hash (`LEGACY_KEYS`) plus the peppered HMAC
 lookup `legacy.authenticate` finds it by; a given bcrypt/argon2 hash is stored as is and
 gets its lookup at first use. Imported keys count as live keys of their owner like any
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.legacy import MAX_LEGACY_KEY_LENGTH
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.service import check_expiry, count_live
+from keyservice.api_keys.service import check_expiry, count_live, latest_expiry
 from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -179,6 +180,8 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
     seen_hashes: dict[str, int] = {}
     lookups: dict[int, list[str]] = {}
     expiries: dict[int, datetime] = {}
+    # A year, as documented, unless keys may not live that long (check_expiry).
+    default_expiry = min(now + DEFAULT_TTL, latest_expiry(ctx.settings, now))
     async with ctx.database.sessionmaker() as session:
         for number, entry in entries:
             wanted = (entry.owner_type, entry.owner)
@@ -327,7 +330,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     scopes=sorted(set(entry.scopes)) if entry.scopes is not None else None,
                     allowed_ips=[],
                     created_at=now,
-                    expires_at=expiries.get(number, now + DEFAULT_TTL),
+                    expires_at=expiries.get(number, default_expiry),
                     is_legacy=True,
                     legacy_hash=hashes[number],
                     legacy_lookup=lookups[number][0] if number in lookups else None,
