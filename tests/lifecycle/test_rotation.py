@@ -57,6 +57,28 @@ async def test_rotate_with_grace_keeps_both_keys_usable(client, context):
     assert (await exchange(client, new["api_key"])).status_code == 200
 
 
+async def test_the_replacement_lives_as_long_as_the_key_it_replaces(client, context):
+    # "A new key with the same settings" (API.md): its lifetime is one. A key made to live
+    # 300 days was replaced by one of the default 90, shortening it without a word.
+    token = await user_token(context, client, "ulla", ["api_keys:manage"])
+    for days in (300, 10, 90):
+        made = utcnow()
+        old = await create_key(
+            client, token, name=f"d{days}", expires_at=(made + timedelta(days=days)).isoformat()
+        )
+        new = (await _rotate(client, token, old["id"], grace_seconds=0)).json()
+        lifetime = _at(new["expires_at"]) - _at(new["created_at"])
+        assert abs(lifetime - timedelta(days=days)) < timedelta(minutes=1), (days, lifetime)
+    # No longer than keys may live now: a lower limit since the key was made caps it.
+    long = await create_key(
+        client, token, name="long", expires_at=(utcnow() + timedelta(days=200)).isoformat()
+    )
+    context.settings.key_max_ttl_days = 30
+    new = (await _rotate(client, token, long["id"], grace_seconds=0)).json()
+    lifetime = _at(new["expires_at"]) - _at(new["created_at"])
+    assert abs(lifetime - timedelta(days=30)) < timedelta(minutes=1), lifetime
+
+
 async def test_rotate_without_grace_refuses_the_old_key_at_once(client, context):
     token = await user_token(context, client, "vic")
     old = await create_key(client, token, name="now")

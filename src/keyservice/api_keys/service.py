@@ -403,11 +403,15 @@ async def rotate(
         raise Conflict("This key has expired; create a new one instead of rotating it.")
     # The stored settings as they are, not validated again: a key written before an input
     # check was added (a zone id in allowed_ips) still rotates to a key with its settings.
+    # Its lifetime is one of them: the replacement of a key made to live a year lives a year
+    # from now, not the default 90 days (no longer than keys may live now, though).
+    lifetime = min(key.expires_at - key.created_at, timedelta(days=ctx.settings.key_max_ttl_days))
     data = ApiKeyCreate.model_construct(
         name=key.name,
         description=key.description,
         scopes=key.scopes,
         allowed_ips=list(key.allowed_ips),
+        expires_at=now + lifetime,
     )
     key.expires_at = min(key.expires_at, now + timedelta(seconds=grace_seconds))
     return await create(ctx, session, owner=owner, data=data, actor=actor, ip=ip, rotated_from=key)
