@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Make sure what the test suite needs is there: PostgreSQL, Redis and Debian's Chromium.
-# Starts local services that are installed but stopped, installs Chromium when missing
+# Make sure what the test suite needs is there: PostgreSQL, Redis, Debian's Chromium, curl,
+# jq and wrk. Starts local services that are installed but stopped, installs the tools when missing
 # (as root, with apt). Prints what it did; exits non-zero when something cannot be had.
 set -euo pipefail
 
@@ -63,6 +63,16 @@ else
   apt_install chromium chromium-driver
   [ -x /usr/bin/chromium ] || { log "Chromium is missing at /usr/bin/chromium"; exit 1; }
 fi
+
+# curl and jq for the README's tour, which tests/e2e/test_server.py runs as written -------
+for tool in curl jq; do
+  if command -v "$tool" >/dev/null; then
+    log "$tool at $(command -v "$tool")"
+  else
+    apt_install "$tool"
+    command -v "$tool" >/dev/null || { log "$tool is missing"; exit 1; }
+  fi
+done
 
 # wrk for the benchmark smoke test (tests/test_bench_smoke.py runs `bench/run.py --smoke`) ---
 if command -v wrk >/dev/null; then

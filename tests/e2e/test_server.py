@@ -259,3 +259,46 @@ def test_users_create_cli_and_bad_configuration(tmp_path):
     )
     assert placeholder.returncode != 0 and "KEYSERVICE_SECRET_KEY" in placeholder.stderr
     assert json.dumps("changeme") not in placeholder.stderr
+
+
+def test_the_readmes_curl_tour_runs_as_written(tmp_path):
+    # The README's first steps, run by bash as a newcomer pastes them against a fresh
+    # server, with only its address and the printed password filled in. The tour kept the
+    # new key and the tokens in files of the reader's folder (mode 0644, never removed):
+    # it now keeps them in shell variables, and the folder stays empty.
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    tour = readme.split("## A 30-second tour with curl", 1)[1].split("```sh\n", 1)[1]
+    script = tour.split("```", 1)[0]
+    server = Server(tmp_path, base_env(), free_port())
+    try:
+        username, password = admin_credentials(server)
+        assert username == "admin"  # as the tour signs in
+        assert "B=http://127.0.0.1:8000\n" in script
+        script = script.replace("B=http://127.0.0.1:8000\n", f"B={server.url}\n")
+        placeholder = "PASSWORD='<the password printed at first start>'\n"
+        assert placeholder in script
+        script = script.replace(placeholder, f"PASSWORD='{password}'\n")
+        reader = tmp_path / "reader"
+        reader.mkdir()
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=reader,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        answers, rest, decoder = [], done.stdout.strip(), json.JSONDecoder()
+        while rest:  # curl ends no answer with a newline: one JSON document after another
+            answer, end = decoder.raw_decode(rest)
+            answers.append(answer)
+            rest = rest[end:].lstrip()
+        me, key, exchanged, by_basic, me_again, refreshed = answers
+        assert me["username"] == "admin" and me_again["id"] == me["id"]
+        assert key["name"] == "laptop" and key["api_key"].startswith("ksk_")
+        for tokens in (exchanged, by_basic, refreshed):
+            assert tokens["token_type"] == "Bearer" and tokens["refresh_token"], tokens
+        assert refreshed["access_token"] != exchanged["access_token"]
+        assert list(reader.iterdir()) == []
+    finally:
+        server.stop()
