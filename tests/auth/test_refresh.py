@@ -8,6 +8,8 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from keyservice.security.tokens import new_refresh_token
+from tests.auth.test_token_endpoint import basic
 from tests.factories import (
     audit_events,
     bearer,
@@ -22,10 +24,11 @@ from tests.factories import (
 PERMS = ["api_keys:manage", "projects:read", "projects:write"]
 
 
-async def refresh(client, token: str, **extra: str):
-    return await client.post(
-        "/token", data={"grant_type": "refresh_token", "refresh_token": token, **extra}
-    )
+async def refresh(
+    client, token: str, *, data: dict[str, str] | None = None, headers=None, **extra: str
+):
+    form = {"grant_type": "refresh_token", "refresh_token": token, **(data or {}), **extra}
+    return await client.post("/token", data=form, headers=headers)
 
 
 @pytest.fixture
@@ -117,8 +120,55 @@ async def test_refresh_is_bound_to_its_key(client, context, key):
         headers={"Authorization": "Basic " + base64.b64encode(raw).decode()},
     )
     assert own.status_code == 200, own.text
-    reasons = [e.reason for e in await audit_events(context, "token.refresh")]
-    assert "refresh token bound to another key" in reasons
+    refusals = [e for e in await audit_events(context, "token.refresh") if e.outcome == "failure"]
+    # The event is the token's key's; the key that presented it is its actor.
+    assert [(e.reason, e.key_id, e.actor) for e in refusals] == [
+        ("refresh token bound to another key", key["id"], f"key:{other['client_id']}")
+    ]
+
+
+async def test_a_refused_refresh_names_the_key_that_authenticated(client, context, key):
+    # API.md: a refusal for a known client id carries that key's key_id; the token, unknown
+    # or not even well-formed, names none, the credentials sent with it do.
+    credentials = [
+        {"data": {"api_key": key["api_key"]}},
+        {"data": {"client_id": key["client_id"], "client_secret": key["client_secret"]}},
+        {"headers": basic(key["client_id"], key["client_secret"])},
+    ]
+    for token, reason in ((new_refresh_token(), "unknown"), ("garbage", "malformed")):
+        for sent in credentials:
+            response = await refresh(client, token, **sent)
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == "invalid_grant"
+            event = (await audit_events(context, "token.refresh"))[-1]
+            assert (event.outcome, event.reason, event.key_id, event.actor) == (
+                "failure",
+                f"{reason} refresh token",
+                key["id"],
+                f"key:{key['client_id']}",
+            ), sent
+    # Without credentials nothing names a key.
+    await refresh(client, "garbage")
+    event = (await audit_events(context, "token.refresh"))[-1]
+    assert (event.reason, event.key_id, event.actor) == ("malformed refresh token", None, None)
+
+
+async def test_wrong_credentials_are_invalid_client_whatever_the_refresh_token(
+    client, context, key
+):
+    # Client authentication comes before the token (RFC 6749 §6): a malformed token with a
+    # wrong secret is answered as an unknown or a valid one is, and the failure counted.
+    first = (await exchange(client, key["api_key"])).json()
+    wrong = basic(key["client_id"], "x" * 43)
+    for token in ("garbage", new_refresh_token(), first["refresh_token"]):
+        response = await refresh(client, token, headers=wrong)
+        assert response.status_code == 401, (token[:4], response.text)
+        assert response.json()["error"] == "invalid_client"
+        assert response.headers["www-authenticate"] == 'Basic realm="keyservice"'
+        event = (await audit_events(context, "token.refresh"))[-1]
+        assert (event.reason, event.key_id) == ("wrong secret", key["id"])
+    # None of that spent the real token.
+    assert (await refresh(client, first["refresh_token"])).status_code == 200
 
 
 async def test_refresh_rechecks_key_and_ip(client, context, key):

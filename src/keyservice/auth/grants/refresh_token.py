@@ -29,6 +29,7 @@ from keyservice.security.tokens import is_refresh_token
 
 EVENT = "token.refresh"
 SESSION_OVER = "sign-in session past its maximum age"
+BOUND_ELSEWHERE = "refresh token bound to another key"
 # Said to the token's holder, as a key's holder is told its key expired: the way on is to
 # sign in again, not to retry or to look for a bug.
 SIGN_IN_AGAIN = "This sign-in session has reached its maximum age: sign in again."
@@ -41,13 +42,18 @@ async def handle(
     if not token:
         raise InvalidRequest("refresh_token is missing.", reason="refresh token missing")
     requested = service.parse_scope(form.get("scope"))
-    if not is_refresh_token(token):
-        await service.refuse(
-            ctx, InvalidGrant(), event=EVENT, reason="malformed refresh token", caller=caller
-        )
+    # Client credentials, when sent, are authenticated before the token is looked at (RFC
+    # 6749 §6), a malformed token as any other: so wrong credentials are invalid_client
+    # whatever the token, and a refusal of an authenticated client's token names its key.
     bound_key: ApiKey | None = None
     if creds is not None:
         bound_key, _ = await authenticate(ctx, creds, caller, event=EVENT)
+    presenter = service.actor_for(key=bound_key, owner=None)
+    if not is_refresh_token(token):
+        await service.refuse(
+            ctx, InvalidGrant(), event=EVENT, reason="malformed refresh token", caller=caller,
+            key=bound_key, actor=presenter,
+        )  # fmt: skip
     now = utcnow()
 
     # Under the current secret, then (during a rotation of it) under the fallback: a
@@ -58,8 +64,9 @@ async def handle(
             break
     if found is None:
         await service.refuse(
-            ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller
-        )
+            ctx, InvalidGrant(), event=EVENT, reason="unknown refresh token", caller=caller,
+            key=bound_key, actor=presenter,
+        )  # fmt: skip
     parent, owner, key = found.token, found.owner, found.key
     if parent.used_at is not None:
         await _reused(ctx, parent=parent, caller=caller)
@@ -82,6 +89,10 @@ async def handle(
     )
     actor = service.actor_for(key=key, owner=owner)
     if reason is not None:
+        if reason == BOUND_ELSEWHERE:
+            # The event is the token's key's (its key_id); who presented it is the
+            # authenticated key, named by its (public) client id as the actor.
+            actor = presenter
         error = InvalidGrant(SIGN_IN_AGAIN if reason == SESSION_OVER else None)
         await service.refuse(
             ctx, error, event=EVENT, reason=reason, caller=caller, key=key,
@@ -138,7 +149,7 @@ def _refusal(
     if now >= parent.expires_at:
         return "refresh token expired"
     if bound_key is not None and bound_key.id != parent.key_id:
-        return "refresh token bound to another key"
+        return BOUND_ELSEWHERE
     if parent.key_id is not None:
         if key is None:
             return "key deleted"
