@@ -153,7 +153,7 @@ async def test_refusals_of_the_request_form_are_audited(client, context, key):
         ("token.exchange", {"data": {**CC, "client_id": client_id}}, "client secret missing",
          key["id"]),
         ("token.exchange", {"data": CC, "params": {"api_key": api_key}},
-         "credentials in the query", None),
+         "credentials in the query", key["id"]),
         ("token.exchange", {"data": CC}, "no client credentials", None),
         ("token.exchange", {"data": {**CC, "api_key": api_key, "scope": "a\\b"}},
          "malformed scope", key["id"]),
@@ -201,6 +201,39 @@ async def test_malformed_client_authentication_at_revoke_is_audited(client, cont
         "/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token}
     )
     assert refreshed.status_code == 200, refreshed.text
+
+
+async def test_credentials_in_the_query_are_audited_with_the_key_they_name(client, context, key):
+    # Refused whatever they are, but a known client named in the query is a refusal for
+    # that key (API.md); an api_key's client id counts only if its checksum holds.
+    client_id, secret, api_key = key["client_id"], key["client_secret"], key["api_key"]
+    mistyped = api_key[:-1] + ("A" if api_key[-1] != "A" else "B")
+    cases = [
+        (CC, {"api_key": api_key}, key["id"]),
+        (CC, {"client_id": client_id, "client_secret": secret}, key["id"]),
+        (CC, {"client_id": client_id}, key["id"]),
+        ({"grant_type": "refresh_token", "refresh_token": "x"}, {"client_id": client_id},
+         key["id"]),
+        ({"grant_type": "password", "username": "alice", "password": "pw"},
+         {"api_key": api_key}, key["id"]),
+        (CC, {"api_key": mistyped}, None),
+        (CC, {"client_id": "kc_0000000000000000", "client_secret": secret}, None),
+        (CC, {"client_secret": secret}, None),
+    ]  # fmt: skip
+    events = {"client_credentials": "token.exchange", "refresh_token": "token.refresh",
+              "password": "login"}  # fmt: skip
+    for data, params, key_id in cases:
+        response = await client.post("/token", data=data, params=params)
+        assert_error(response, 400, "invalid_request")
+        event = await last_event(context, events[data["grant_type"]])
+        assert (event.outcome, event.reason, event.key_id) == (
+            "failure",
+            "credentials in the query",
+            key_id,
+        ), params
+        assert (event.principal_id is not None) == (key_id is not None)
+        assert event.actor == (f"key:{client_id}" if key_id else None)
+        assert_no_secret(key, event.reason, event.actor, response.text)
 
 
 @pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])

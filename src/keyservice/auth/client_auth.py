@@ -63,20 +63,36 @@ def _is_basic(authorization: str) -> bool:
     return authorization.split(" ", 1)[0].lower() == "basic"
 
 
-def named_client_id(form: Mapping[str, str], authorization: str | None) -> str | None:
+def named_client_id(
+    form: Mapping[str, str], authorization: str | None, query: Mapping[str, str] | None = None
+) -> str | None:
     """Return the client id a request names by any method, unauthenticated, or None.
 
-    For the audit trail of a request refused before its client was authenticated.
+    For the audit trail of a request refused before its client was authenticated: the
+    body, then the Basic header, then the query string (whose credentials are refused, but
+    still name a client). Only the client id is taken, never a secret; the client id in an
+    api_key string only when its checksum holds.
     """
-    if "client_id" in form:
-        return form["client_id"]
-    if "api_key" in form:
-        parsed = parse_api_key(form["api_key"])
-        if parsed is not None:
-            return parsed[0]
+    named = _named_in(form)
+    if named is not None:
+        return named
     if authorization and _is_basic(authorization):
         decoded = _decode_basic(authorization)  # a client id without its ':secret' included
-        return unquote_plus(decoded.partition(":")[0]) if decoded else None
+        if decoded:
+            return unquote_plus(decoded.partition(":")[0])
+    return _named_in(query) if query is not None else None
+
+
+def _named_in(params: Mapping[str, str]) -> str | None:
+    """The client id that parameters (a form, a query) name: `client_id`, or the client id
+    part of a well-formed `api_key`."""
+    if params.get("client_id"):
+        return params["client_id"]
+    api_key = params.get("api_key")
+    if api_key:
+        parsed = parse_api_key(api_key)
+        if parsed is not None:
+            return parsed[0]
     return None
 
 

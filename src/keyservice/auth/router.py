@@ -175,7 +175,7 @@ async def answer_token(
             exc,
             event=EVENTS[grant_type],
             caller=caller,
-            client_id=named_client_id(form, authorization),
+            client_id=named_client_id(form, authorization, request.query_params),
         )
     return token_response(issued)
 
