@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlencode
 
 import pytest
 
 from keyservice.database import utcnow
 from tests.factories import (
+    PASSWORD,
     audit_events,
     bearer,
     create_key,
@@ -122,6 +123,35 @@ async def test_a_key_scoped_admin_may_ask_for_the_built_ins_admin_implies(client
     me = (await client.get("/me", headers=bearer(token))).json()
     await set_principal(context, me["id"], permissions=["introspect"])
     assert_error(await exchange(client, key["api_key"], scope="introspect"), 400, "invalid_scope")
+
+
+async def test_a_malformed_scope_is_invalid_scope_at_every_grant(client, context, key):
+    # RFC 6749 §5.2: invalid_scope is for a scope "invalid, unknown, malformed, or exceeds
+    # the scope granted"; characters §3.3 forbids make it malformed.
+    refresh_token = (await exchange(client, key["api_key"])).json()["refresh_token"]
+    grants = {
+        "token.exchange": {"grant_type": "client_credentials", "api_key": key["api_key"]},
+        "token.refresh": {"grant_type": "refresh_token", "refresh_token": refresh_token},
+        "login": {"grant_type": "password", "username": "alice", "password": PASSWORD},
+    }
+    for event_type, form in grants.items():
+        for scope in ('projects:read "x', "projects:read\\x", "proj\u00e9cts"):
+            response = await client.post("/token", data={**form, "scope": scope})
+            assert_error(response, 400, "invalid_scope")
+            assert "RFC 6749 section 3.3" in response.json()["error_description"]
+            event = (await audit_events(context, event_type))[-1]
+            assert (event.outcome, event.reason) == ("failure", "malformed scope"), event_type
+        # A scope sent twice is a duplicated parameter, whatever its value.
+        twice = await client.post(
+            "/token",
+            content=urlencode([*form.items(), ("scope", "projects:read"), ("scope", '"x')]),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert_error(twice, 400, "invalid_request")
+        assert "more than once" in twice.json()["error_description"]
+    # Nothing was spent: the refresh token still works.
+    refreshed = await client.post("/token", data=grants["token.refresh"])
+    assert refreshed.status_code == 200, refreshed.text
 
 
 async def test_token_scope_follows_owner_permissions(client, context):

@@ -30,7 +30,6 @@ from keyservice.context import AppContext
 from keyservice.database import new_ordered_id, ordered_id_time, utcnow
 from keyservice.exceptions import (
     InvalidClient,
-    InvalidRequest,
     InvalidScope,
     KeyServiceError,
     SlowDown,
@@ -78,13 +77,17 @@ class Issued:
 
 
 def parse_scope(value: str | None) -> frozenset[str] | None:
-    """Parse a space-separated scope parameter; None when absent or empty."""
+    """Parse a space-separated scope parameter; None when absent or empty.
+
+    A malformed scope is invalid_scope (RFC 6749 §5.2: "invalid, unknown, malformed, or
+    exceeds the scope granted"); a `scope` sent twice is invalid_request (the router's).
+    """
     if value is None or not value.strip(" "):
         return None
     parts = [part for part in value.split(" ") if part]
     for part in parts:
         if not _SCOPE_TOKEN.match(part):
-            raise InvalidRequest(
+            raise InvalidScope(
                 "The scope parameter holds characters RFC 6749 section 3.3 forbids: scope "
                 "names are printable ASCII without quotes or backslashes, separated by spaces.",
                 reason="malformed scope",
