@@ -501,6 +501,40 @@ async def test_a_token_written_as_the_disable_commits_dies_at_re_enable(client, 
     ).status_code == 200
 
 
+async def test_tokens_issued_right_after_a_quick_re_enable_work(client, context):
+    """Disabled and re-enabled within one second, an owner's exchange, refresh and sign-in
+    answered 200 with tokens refused everywhere for good: the disable revokes its whole
+    second (`iat` is whole seconds). Issuing waits for the next second instead."""
+    import time
+
+    from keyservice.principals.models import Principal, revoked_through
+    from tests.admin.support import admin_request, admin_token, refresh
+
+    root = await admin_token(context, client)
+    token = await user_token(context, client, "ida", PERMS)
+    ida = (await client.get("/me", headers=bearer(token))).json()["id"]
+    key = await create_key(client, token, name="ci")
+    before = (await exchange(client, key["api_key"])).json()
+    while time.time() % 1 > 0.05:  # the start of a second: what follows stays in it
+        await asyncio.sleep(0.01)
+    for value in (True, False):
+        path = f"/admin/users/{ida}"
+        await admin_request(client, root, "PATCH", path, 200, json={"disabled": value})
+    issued = [
+        (await exchange(client, key["api_key"])).json(),
+        await login(client, "ida"),
+    ]
+    async with context.database.sessionmaker() as session:
+        through = revoked_through((await session.get(Principal, ida)).tokens_revoked_at)
+    for tokens in issued:
+        assert context.keyring.verify(tokens["access_token"])["iat"] > through
+        me = await client.get("/me", headers=bearer(tokens["access_token"]))
+        assert me.status_code == 200, me.text
+        assert (await refresh(client, tokens["refresh_token"])).status_code == 200
+    # Those from before the disable stay refused, as ever.
+    assert (await client.get("/me", headers=bearer(before["access_token"]))).status_code == 401
+
+
 def test_the_cut_off_second_is_refused_whole():
     from keyservice.auth.revocation import RevocationView
 

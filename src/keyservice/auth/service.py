@@ -9,6 +9,7 @@ of exchanges).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ from keyservice.exceptions import (
     SlowDown,
     echoable,
 )
-from keyservice.principals.models import Principal
+from keyservice.principals.models import Principal, revoked_through
 from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security import ip as ipmod
@@ -353,6 +354,31 @@ def password_session_end(settings: Settings, family_id: str) -> int:
     return int(started) + settings.password_session_max_seconds
 
 
+# Further off than this, the cut-off is in the future by a clock gone wrong: not waited for.
+_LONGEST_WAIT = 2.0
+
+
+async def _past_revocation(tokens_revoked_at: datetime, now: datetime) -> datetime:
+    """`now`, or the start of the next second if tokens issued now would be born revoked.
+
+    Disabling an owner revokes its tokens through the whole second of the disable (`iat` is
+    whole seconds: principals.models.revoked_through). Re-enabled within that second, its
+    exchange answered 200 with tokens every endpoint then refused, for good; waiting out
+    the rest of the second (at most one, only then) issues tokens that work.
+    """
+    through = revoked_through(tokens_revoked_at)
+    wait = through + 1 - now.timestamp()
+    if not 0 < wait <= _LONGEST_WAIT:
+        return now
+    for _ in range(3):  # the wall clock may lag the loop's clock a little
+        await asyncio.sleep(wait)
+        now = utcnow()
+        wait = through + 1 - now.timestamp()
+        if wait <= 0:
+            break
+    return now
+
+
 async def issue(
     ctx: AppContext,
     *,
@@ -384,6 +410,8 @@ async def issue(
     """
     settings = ctx.settings
     now = utcnow()
+    if owner.tokens_revoked_at is not None:
+        now = await _past_revocation(owner.tokens_revoked_at, now)
     iat = int(now.timestamp())
     refresh_ttl = settings.refresh_token_ttl
     rt_expires = now + timedelta(seconds=refresh_ttl)

@@ -120,7 +120,7 @@ def revoked_through(tokens_revoked_at: datetime) -> int:
 
     A JWT's `iat` is whole seconds (floored), so a token issued in the very second of the
     disable cannot be told apart from one issued just before it: the whole second is
-    revoked. The cost: a token issued in that same second but after it (right after a
-    quick re-enable, say) is refused too, and its client simply exchanges again.
+    revoked. Tokens issued right after a quick re-enable would be refused too, so issuing
+    waits for the next second then (auth.service._past_revocation).
     """
     return int(tokens_revoked_at.timestamp())
