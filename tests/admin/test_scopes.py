@@ -86,6 +86,20 @@ async def test_scope_refusals(client, context):
         assert name in response.json()["error_description"]
     for bad in ("", "has space", "a" * 101, 'quote"d'):
         await admin_request(client, admin, "POST", "/admin/scopes", 422, json={"name": bad})
+    # A name differing from one in the catalog only in letter case reads alike: 409 naming it.
+    for alike, existing in (("Admin", "admin"), ("BILLING:read", "billing:read")):
+        response = await admin_request(
+            client, admin, "POST", "/admin/scopes", 409, json={"name": alike}
+        )
+        assert (
+            f"existing scope '{existing}' only in letter case"
+            in response.json()["error_description"]
+        )
+    names = [
+        s["name"]
+        for s in (await admin_request(client, admin, "GET", "/admin/scopes", 200)).json()["items"]
+    ]
+    assert "Admin" not in names and "BILLING:read" not in names
 
 
 async def test_a_name_a_url_would_rewrite_is_refused_in_words(client, context):

@@ -85,6 +85,19 @@ async def create(
     process's copy for the metadata, has it at once (other processes' within their ttl)."""
     if await session.get(Scope, name) is not None:
         raise Conflict(f"The scope '{name}' already exists.")
+    # Scope names are case-sensitive at /token (RFC 6749 §3.3), but `Admin` beside `admin`
+    # reads alike in a list, a token or an audit trail: an admin granting it could believe
+    # they granted the other. Refused, as usernames differing in case are (the scope names
+    # are ASCII, SCOPE_NAME, where every database's lower() agrees).
+    alike = await session.scalar(
+        select(Scope.name).where(func.lower(Scope.name) == name.lower()).limit(1)
+    )
+    if alike is not None:
+        raise Conflict(
+            f"The scope '{name}' differs from the existing scope '{alike}' only in letter "
+            "case; scope names are case-sensitive, so the two would be told apart only by "
+            "it. Use the existing one, or a name of its own."
+        )
     scope = Scope(name=name, description=description)
     session.add(scope)
     audit.record(session, type="scope.created", actor=actor, ip=ip, reason=f"scope {name}")
