@@ -421,3 +421,43 @@ async def test_an_ambiguous_request_is_authenticated_and_authorized_first(
     assert [event.actor for event in refused] == ["user:pat", "user:root"]  # the 403, the 422
     users = (await client.get("/admin/users", headers=admin_headers)).json()["items"]
     assert "eve" not in [user["username"] for user in users]
+
+
+async def test_text_shown_to_others_holds_no_control_or_direction_characters(
+    client, context, admin_headers
+):
+    """A key's name with a line break forged a line in a terminal's listing, ESC a terminal
+    escape, U+202E showed "exe.jpg" as "gpj.exe": names and descriptions are shown to
+    others (lists, the console, the CLI, audit readers), so such characters are refused (a
+    NUL anywhere is the edge's 400)."""
+    owner = await user_token(context, client, "olga", ["api_keys:manage"])
+    for bad in ("two\nlines", "esc\x1b[31m", "del\x7f", "c1\x85", "ltr\u202eexe.jpg",
+                "iso\u2066x", "line\u2028sep"):  # fmt: skip
+        response = await client.post("/api-keys", json={"name": bad}, headers=bearer(owner))
+        assert response.status_code == 422, (bad, response.text)
+        code = next(c for c in bad if not c.isalnum() and c not in ".[")
+        assert f"U+{ord(code):04X}" in response.json()["error_description"], bad
+    # A description keeps tabs and line breaks, not the rest.
+    made = await client.post(
+        "/api-keys",
+        json={"name": "ci", "description": "line one\r\nline two\ttabbed"},
+        headers=bearer(owner),
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["description"] == "line one\r\nline two\ttabbed"
+    refused = [
+        ("PATCH", f"/api-keys/{made.json()['id']}", bearer(owner), {"description": "a\x1bb"}),
+        ("PATCH", f"/api-keys/{made.json()['id']}", bearer(owner), {"name": "a\u202db"}),
+        ("POST", "/admin/devices", admin_headers, {"name": "box", "description": "\u2067x"}),
+        ("POST", "/admin/scopes", admin_headers, {"name": "x:y", "description": "a\x08b"}),
+    ]
+    for method, path, headers, body in refused:
+        response = await client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 422, (path, body, response.text)
+        assert response.json()["details"][0]["type"] == "hidden_character"
+    # Nothing was stored or changed.
+    listed = (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
+    assert [(k["name"], k["description"]) for k in listed] == [
+        ("ci", "line one\r\nline two\ttabbed")
+    ]
+    assert (await client.get("/admin/devices", headers=admin_headers)).json()["items"] == []

@@ -7,7 +7,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, fi
 
 from keyservice.security.ip import parse_cidrs
 from keyservice.timestamps import Timestamp
-from keyservice.users.schemas import NoSecret, ScopeRef
+from keyservice.users.schemas import Description, NoSecret, ScopeRef, ShownName
 
 
 def _name_not_blank(value: str) -> str:
@@ -30,9 +30,12 @@ def normalized_cidrs(value: list[str]) -> list[str]:
 
 # A key's settings as a body gives them, checked the same way at creation and at an edit.
 KeyName = Annotated[
-    str, Field(min_length=1, max_length=100), AfterValidator(_name_not_blank), NoSecret
+    str,
+    Field(min_length=1, max_length=100),
+    ShownName,  # before the strip, which would drop a trailing one silently
+    AfterValidator(_name_not_blank),
+    NoSecret,
 ]
-KeyDescription = Annotated[str, Field(max_length=1000), NoSecret]
 KeyScopes = Annotated[
     list[ScopeRef] | None, Field(max_length=100), AfterValidator(_scopes_not_empty)
 ]
@@ -43,7 +46,7 @@ class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: KeyName
-    description: KeyDescription = ""
+    description: Description = ""
     scopes: KeyScopes = None
     expires_at: Timestamp | None = None
     allowed_ips: KeyAllowedIps = Field(default_factory=list)
@@ -74,7 +77,7 @@ class ApiKeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_update_schema)
 
     name: KeyName | None = None
-    description: KeyDescription | None = None
+    description: Description | None = None
     scopes: KeyScopes = None
     expires_at: Timestamp | None = None
     allowed_ips: KeyAllowedIps | None = None

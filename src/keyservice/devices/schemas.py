@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from keyservice.principals.models import Principal
-from keyservice.users.schemas import Name, NoSecret, PrincipalEdit, ScopeRef
-
-Description = Annotated[str, Field(max_length=1000), NoSecret]
+from keyservice.users.schemas import Description, Name, PrincipalEdit, ScopeRef
 
 
 class DeviceCreate(BaseModel):

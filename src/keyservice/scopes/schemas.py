@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keyservice.users.schemas import NoSecret, matching
+from keyservice.users.schemas import Description, NoSecret, matching
 
 # A subset of RFC 6749 §3.3 scope-token characters that reads well in URLs and tables.
 SCOPE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
@@ -22,7 +22,6 @@ NEW_SCOPE_NAME_PATTERN = (
     r"[A-Za-z0-9][A-Za-z0-9_.:-]*(?:/[A-Za-z0-9_.:-]+)*$"
 )
 NEW_SCOPE_NAME = re.compile(NEW_SCOPE_NAME_PATTERN)
-ScopeDescription = Annotated[str, Field(max_length=1000), NoSecret]
 
 
 class ScopeCreate(BaseModel):
@@ -38,7 +37,7 @@ class ScopeCreate(BaseModel):
                  "deleted"),
         NoSecret,
     ]  # fmt: skip
-    description: ScopeDescription = ""
+    description: Description = ""
 
 
 def _update_schema(schema: dict[str, Any]) -> None:
@@ -55,7 +54,7 @@ class ScopeUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_update_schema)
 
-    description: ScopeDescription | None = None
+    description: Description | None = None
 
     @field_validator("description")
     @classmethod

@@ -44,10 +44,38 @@ def _no_secret(value: str) -> str:
     return value
 
 
+# Characters that change how the text around them is shown, not what it says: controls (a
+# line break in a key's name forges a line in a terminal's listing, ESC starts a terminal
+# escape) and Unicode's text-direction embeddings, overrides and isolates (U+202E shows
+# "exe.jpg" as "gpj.exe"). Descriptions keep tabs and line breaks.
+_HIDDEN_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_HIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown_as_written(hidden: re.Pattern[str]) -> AfterValidator:
+    def check(value: str) -> str:
+        found = hidden.search(value)
+        if found is not None:
+            raise PydanticCustomError(
+                "hidden_character",
+                "holds the character U+{code}, a control or text-direction character that "
+                "would change how the text is shown to others; remove it",
+                {"code": f"{ord(found.group()):04X}"},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+ShownName = _shown_as_written(_HIDDEN_IN_NAMES)
+
 # For text that lists, the console and the audit trail show: names and descriptions. A
 # credential pasted into one (the key string as its own name, say) would be shown to
 # everyone who reads them; audit events would hide it, lists could not.
 NoSecret = AfterValidator(_no_secret)
+
+# A description of a key, a device or a scope, as every one is checked.
+Description = Annotated[str, Field(max_length=1000), _shown_as_written(_HIDDEN_IN_TEXT), NoSecret]
 
 # The pattern stays in the JSON schema (OpenAPI) for clients and generators.
 Name = Annotated[
