@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
@@ -177,6 +178,13 @@ def _unreadable_body(cause: BaseException | None) -> InvalidRequest | None:
         return InvalidRequest("The body is nested too deeply.")
     if isinstance(cause, UnicodeDecodeError):
         return InvalidRequest("The body is not valid JSON: it is not UTF-8 text.")
+    if type(cause) is ValueError and "integer string conversion" in str(cause):
+        # Python refuses to convert an integer of more digits than sys.get_int_max_str_digits()
+        # (CVE-2020-10735) with a plain ValueError; its message holds counts, not digits.
+        return InvalidRequest(
+            "The body has a number too long to read: more than "
+            f"{sys.get_int_max_str_digits()} digits."
+        )
     return None
 
 

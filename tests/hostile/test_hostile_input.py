@@ -90,6 +90,8 @@ async def test_unreadable_json_is_400_in_words_without_the_body(client, admin_he
         (f'{{"name": {deep}}}'.encode(), None),
         (f'{{"name": "k", "a": "{secret}", "scopes": {deep}}}'.encode(), None),
         (b'{"name": "\xff"}', None),
+        # More digits than Python converts (sys.get_int_max_str_digits): a plain ValueError.
+        (b'{"name": "k", "grace_seconds": ' + b"1" * 5000 + b"}", None),
     ]
     for method, path, content_type in ENDPOINTS:
         if content_type is not JSON:
@@ -111,9 +113,33 @@ async def test_unreadable_json_is_400_in_words_without_the_body(client, admin_he
                 ), description
             elif b"[[[" in body:
                 assert description == "The body is nested too deeply."
+            elif b"1" * 5000 in body:
+                assert description == (
+                    "The body has a number too long to read: more than 4300 digits."
+                )
             else:
                 assert description == "The body is not valid JSON: it is not UTF-8 text."
             assert secret not in response.text
+
+
+async def test_a_number_too_long_to_read_is_400_in_words_and_rotates_nothing(client, context):
+    """Python refuses int() of more than 4,300 digits with a plain ValueError, which FastAPI
+    answered with its generic "There was an error parsing the body"."""
+    owner = bearer(await user_token(context, client, "rita"))
+    key = (await client.post("/api-keys", json={"name": "ci"}, headers=owner)).json()
+    body = b'{"grace_seconds": ' + b"1" * 5000 + b"}"
+    response = await client.post(
+        f"/api-keys/{key['id']}/rotate", content=body, headers={**JSON, **owner}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "invalid_request",
+        "error_description": "The body has a number too long to read: more than 4300 digits.",
+    }
+    listed = (await client.get("/api-keys", headers=owner)).json()["items"]
+    assert [(item["id"], item["status"], item["expires_at"]) for item in listed] == [
+        (key["id"], "valid", key["expires_at"])
+    ]
 
 
 async def test_invalid_utf8_json(client, admin_headers):
