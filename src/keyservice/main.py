@@ -170,9 +170,12 @@ def _unreadable_body(cause: BaseException | None) -> InvalidRequest | None:
     NUL is, and 422 stays for a readable body with wrong values.
     """
     if isinstance(cause, json.JSONDecodeError):
-        # json's messages are fixed phrases ("Expecting value"): no part of the body.
+        # json's messages are fixed phrases ("Expecting value"): no part of the body. Two
+        # of them end in "at" ("Invalid control character at", "Unterminated string
+        # starting at"), written for json's own "<msg>: line 1 column 2": one "at" here.
+        what = cause.msg.removesuffix(" at")
         return InvalidRequest(
-            f"The body is not valid JSON: {cause.msg} at line {cause.lineno} column {cause.colno}."
+            f"The body is not valid JSON: {what} at line {cause.lineno} column {cause.colno}."
         )
     if isinstance(cause, RecursionError):
         return InvalidRequest("The body is nested too deeply.")

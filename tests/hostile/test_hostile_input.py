@@ -90,6 +90,9 @@ async def test_unreadable_json_is_400_in_words_without_the_body(client, admin_he
         (f'{{"name": {deep}}}'.encode(), None),
         (f'{{"name": "k", "a": "{secret}", "scopes": {deep}}}'.encode(), None),
         (b'{"name": "\xff"}', None),
+        # json's own message ends in "at": said once.
+        (b'{"name": "k", "description": "\x01"}', "Invalid control character at line 1 column 31"),
+        (b'{"name": "k', "Unterminated string starting at line 1 column 10"),
         # More digits than Python converts (sys.get_int_max_str_digits): a plain ValueError.
         (b'{"name": "k", "grace_seconds": ' + b"1" * 5000 + b"}", None),
     ]
