@@ -181,6 +181,28 @@ async def test_invalid_utf8_forms(client):
             assert response.json()["error"] == "invalid_request"
 
 
+async def test_a_form_with_too_many_fields_says_so(client, context):
+    """parse_qsl's max_num_fields ValueError was caught with the decode errors: a valid
+    form of 51 fields was 'not valid UTF-8 form encoding'."""
+    introspector = bearer(await user_token(context, client, "ivan", ["introspect"]))
+    fields = ["grant_type=client_credentials", "token=x"]
+    too_many = "&".join(fields + [f"f{i}=1" for i in range(60)]).encode()
+    at_limit = "&".join(fields + [f"f{i}=1" for i in range(48)]).encode()
+    for path, headers in (("/token", {}), ("/revoke", {}), ("/introspect", introspector)):
+        response = await client.post(path, content=too_many, headers={**FORM, **headers})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json() == {
+            "error": "invalid_request",
+            "error_description": "The body has too many parameters: at most 50 are allowed.",
+        }
+        # 50 fields are read, and refused (or not) for what they say.
+        response = await client.post(path, content=at_limit, headers={**FORM, **headers})
+        assert "too many" not in response.text and "UTF-8" not in response.text, response.text
+    # A bad %-escape is still an encoding error.
+    response = await client.post("/token", content=b"grant_type=%FF", headers=FORM)
+    assert response.json()["error_description"] == "The body is not valid UTF-8 form encoding."
+
+
 async def test_json_where_form_expected_and_form_where_json_expected(client, admin_headers):
     response = await client.post("/token", content=b'{"grant_type": "password"}', headers=JSON)
     assert_json_error(response, {400})

@@ -36,6 +36,7 @@ from keyservice.security.jwt import JWKS_MAX_AGE_SECONDS
 router = APIRouter(tags=["oauth"], route_class=TableRoute)
 
 MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_FIELDS = 50
 # Refused in the query of /token, /revoke and /introspect (API.md): a URL ends up in proxy
 # logs, browser history and Referer headers. `token` is /revoke's and /introspect's.
 _CREDENTIAL_PARAMS = {
@@ -76,9 +77,17 @@ async def parse_form(request: Request) -> tuple[dict[str, str], list[str]]:
             raise InvalidRequest("The request body is too large.")
     try:
         text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=50)
-    except (UnicodeDecodeError, ValueError):
+        pairs = parse_qsl(
+            text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS
+        )
+    except UnicodeDecodeError:  # the body's bytes, or a %-escape's
         raise InvalidRequest("The body is not valid UTF-8 form encoding.") from None
+    except ValueError:
+        # parse_qsl's only other refusal (not strict_parsing): more fields than allowed,
+        # counted as it counts them, one more than the '&' separators.
+        raise InvalidRequest(
+            f"The body has too many parameters: at most {MAX_FORM_FIELDS} are allowed."
+        ) from None
     form: dict[str, str] = {}
     repeated: list[str] = []
     for name, value in pairs:
