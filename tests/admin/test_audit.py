@@ -159,6 +159,9 @@ async def test_since_takes_rfc3339_with_an_offset_only(client, context):
         # Valid RFC 3339, but before year 1 (after 9999) in UTC: it overflowed, a 500.
         ("0001-01-01T00:00:00+14:00", "out of range"),
         ("9999-12-31T23:59:59-14:00", "out of range"),
+        # pydantic said "unexpected extra characters at the end of the input" to these.
+        ("2027-06-30T23:59:60Z", "has second 60 (a leap second, not accepted): seconds must"),
+        ("2027-06-30T23:00:00+24:00", "has an offset out of range: it must be within ±23:59"),
     ):
         response = await admin_request(
             client, admin, "GET", "/admin/audit-events", 422, params={"since": since}

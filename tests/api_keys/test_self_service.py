@@ -58,6 +58,18 @@ async def test_created_key_shows_its_secret_once(client, context):
         ({"name": "k", "expires_at": str(SOON_UNIX)}, "RFC 3339"),
         ({"name": "k", "expires_at": SOON.date().isoformat()}, "RFC 3339"),
         ({"name": "k", "expires_at": SOON.isoformat().replace("+", " ")}, "%2B"),
+        # pydantic said "unexpected extra characters at the end of the input" to these.
+        (
+            {"name": "k", "expires_at": "2027-06-30T23:59:60Z"},
+            "expires_at: has second 60 (a leap second, not accepted): seconds must be 00-59",
+        ),
+        (
+            {"name": "k", "expires_at": "2027-06-30T23:00:00+24:00"},
+            "expires_at: has an offset out of range: it must be within ±23:59 (±HH:MM)",
+        ),
+        ({"name": "k", "expires_at": "2027-06-30T24:00:00Z"}, "hours must be 00-23"),
+        ({"name": "k", "expires_at": "2027-06-30T23:60:00Z"}, "minutes must be 00-59"),
+        ({"name": "k", "expires_at": "2027-06-30T23:00:00-05:60"}, "within ±23:59"),
         ({"name": "k", "owner_id": "someone-else"}, "owner_id"),
     ],
 )
