@@ -127,6 +127,18 @@ async def test_invalid_cidr_is_422(client, context):
         ),
         ("fe80::1%eth0", "fe80::1%eth0 has a zone id (%eth0); addresses are matched without one"),
         ("fe80::%en0/64", "write fe80::/64"),
+        # The zone is refused first, whatever the prefix: the lenient network parse drops
+        # it once host bits are set, and the host-bits message suggested fe80::1%eth0/128.
+        (
+            "fe80::1%eth0/64",
+            "fe80::1%eth0/64 has a zone id (%eth0); addresses are matched without one: "
+            "write fe80::/64 for the network or fe80::1/128 for the one address",
+        ),
+        (
+            "::ffff:10.0.0.1%eth0/104",
+            "::ffff:10.0.0.1%eth0/104 has a zone id (%eth0); addresses are matched without "
+            "one: write 10.0.0.0/8 for the network or 10.0.0.1/32 for the one address",
+        ),
     ],
 )
 async def test_cidrs_that_do_not_say_what_they_mean_are_422(client, context, written, message):
@@ -140,6 +152,26 @@ async def test_cidrs_that_do_not_say_what_they_mean_are_422(client, context, wri
     assert response.status_code == 422, response.text
     assert response.json()["error_description"].startswith("allowed_ips: ")
     assert message in response.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["fe80::1%eth0", "fe80::1%eth0/128", "fe80::%eth0/64", "fe80::1%eth0/64", "10.0.0.1/8"],
+)
+async def test_what_a_refusal_suggests_writing_is_accepted(client, context, written):
+    token = await user_token(context, client, "cleo", ["api_keys:manage"])
+    headers = {"Authorization": f"Bearer {token}"}
+    response = await client.post(
+        "/api-keys", json={"name": "x", "allowed_ips": [written]}, headers=headers
+    )
+    assert response.status_code == 422, response.text
+    suggested = response.json()["error_description"].partition(": write ")[2]
+    for instead in suggested.replace(" for the one address", "").split(" for the network or "):
+        assert "%" not in instead, response.text
+        response = await client.post(
+            "/api-keys", json={"name": instead, "allowed_ips": [instead]}, headers=headers
+        )
+        assert response.status_code == 201, (written, instead, response.text)
 
 
 async def test_bare_addresses_and_networks_are_kept_as_written(client, context):
@@ -180,6 +212,7 @@ async def test_stored_allow_lists_from_before_the_checks_still_work(client, cont
     [
         ("10.0.0.0/8, 192.168.1.1/24", "192.168.1.1/24 has host bits set: write 192.168.1.0/24"),
         ("fe80::1%eth0", "fe80::1%eth0 has a zone id"),
+        ("fe80::1%eth0/64", "fe80::1%eth0/64 has a zone id (%eth0)"),
         ("proxy.internal", "'proxy.internal' is not an IPv4 or IPv6 address or CIDR"),
     ],
 )

@@ -53,36 +53,49 @@ def parse_cidrs(values: Iterable[str], *, strict: bool = False) -> list[IPNetwor
     networks: list[IPNetwork] = []
     for value in values:
         text = value.strip()
+        # The zone is read from the address as written: the network parse drops it once
+        # host bits are set (fe80::1%eth0/64 is fe80::/64), so its scope_id cannot be asked.
+        zone = _zone_id(text) if strict else None
+        if zone is not None and not echoable(text, _ADDRESS_TEXT):
+            raise ValueError("An address has a zone id (%...); addresses are matched without one")
+        unzoned = text if zone is None else text.replace(f"%{zone}", "", 1)
         try:
-            network = ipaddress.ip_network(text, strict=False)
+            network = ipaddress.ip_network(unzoned, strict=False)
         except ValueError:
             shown = f"'{value}'" if echoable(text, _ADDRESS_TEXT) else "A value (not quoted)"
             raise ValueError(f"{shown} is not an IPv4 or IPv6 address or CIDR") from None
         if isinstance(network, ipaddress.IPv6Network):
-            if strict and network.network_address.scope_id is not None:
-                if not echoable(text, _ADDRESS_TEXT):
-                    raise ValueError(
-                        "An address has a zone id (%...); addresses are matched without one"
-                    )
-                # A zone names one of the writer's own interfaces; callers are matched by
-                # address alone, so it would only make the entry look narrower than it is.
-                unzoned = text.replace(f"%{network.network_address.scope_id}", "", 1)
-                raise ValueError(
-                    f"{text} has a zone id (%{network.network_address.scope_id}); addresses "
-                    f"are matched without one: write {unzoned}"
-                )
             mapped = network.network_address.ipv4_mapped
             if mapped is not None and network.prefixlen >= 96:
                 network = ipaddress.IPv4Network(f"{mapped}/{network.prefixlen - 96}", strict=False)
-        if strict and "/" in text:
-            address = _parse_ip(text.partition("/")[0])
+        instead = unzoned
+        if strict and "/" in unzoned:
+            address = _parse_ip(unzoned.partition("/")[0])
             if address is not None and address != network.network_address:
-                raise ValueError(
-                    f"{text} has host bits set: write {network} for the network or "
+                instead = (
+                    f"{network} for the network or "
                     f"{address}/{address.max_prefixlen} for the one address"
                 )
+                if zone is None:
+                    raise ValueError(f"{text} has host bits set: write {instead}")
+        if zone is not None:
+            # A zone names one of the writer's own interfaces; callers are matched by
+            # address alone, so it would only make the entry look narrower than it is.
+            raise ValueError(
+                f"{text} has a zone id (%{zone}); addresses are matched without one: "
+                f"write {instead}"
+            )
         networks.append(network)
     return networks
+
+
+def _zone_id(text: str) -> str | None:
+    """The zone id of the IPv6 address written before any /prefix, if it has one."""
+    try:  # not _parse_ip: it unmaps ::ffff:a.b.c.d%zone to an IPv4 address, zone dropped
+        address = ipaddress.ip_address(text.partition("/")[0])
+    except ValueError:
+        return None
+    return address.scope_id if isinstance(address, ipaddress.IPv6Address) else None
 
 
 def in_networks(address: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
