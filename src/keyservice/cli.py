@@ -88,11 +88,9 @@ def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
 
     A SQLite file that is not there is refused before the data folder or the file is made.
     """
-    from keyservice import migrations
     from keyservice.security.jwt import WrongSecretError
 
-    with database_errors(settings.effective_database_url):
-        migrations.check_file(settings.effective_database_url)
+    check_database_file(settings)
     prepare_data_dir(settings)
     if settings.audit_log and not logging.getLogger().handlers:
         # The events this command records are log lines too, as the server's are (on
@@ -107,6 +105,35 @@ def with_context(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
             else:
                 hint = f"was {settings.data_dir / SECRET_KEY_FILE} replaced or lost?"
             raise click.ClickException(f"{exc}; {hint}") from None
+
+
+def check_database_file(settings: Settings) -> None:
+    """Refuse a SQLite database file that is not there, without making it or its folder.
+
+    The embedded default's folder, ./.keyservice, is relative to the current folder: a
+    command run elsewhere than the server finds none, and `keyservice migrate` there would
+    make a second, empty database beside a new secret. So that case says where it looked.
+    """
+    from keyservice import migrations
+
+    with database_errors(settings.effective_database_url):
+        try:
+            migrations.check_file(settings.effective_database_url)
+        except migrations.NoDatabaseFile as exc:
+            if not settings.embedded:
+                raise
+            if "data_dir" in settings.model_fields_set:
+                folder = f"KEYSERVICE_DATA_DIR is {settings.data_dir}"
+            else:
+                folder = f"the default data folder, {settings.data_dir}"
+            if not settings.data_dir.is_absolute():
+                folder += ", in the current folder"
+            raise click.ClickException(
+                f"no database found at {exc.path} ({folder}): run this command where the "
+                "server runs, or set KEYSERVICE_DATA_DIR or KEYSERVICE_DATABASE_URL to the "
+                "server's. To start a new, empty database there instead, run `keyservice "
+                "migrate` (or serve without --no-migrate)"
+            ) from None
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -321,8 +348,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
     from keyservice import migrations
 
     if no_migrate:  # refused before the data folder, the secret or an empty file is made
-        with database_errors(settings.effective_database_url):
-            migrations.check_file(settings.effective_database_url)
+        check_database_file(settings)
     prepare_data_dir(settings)
     with database_errors(settings.effective_database_url):
         if no_migrate:  # a schema older or newer than this code's fails later, and worse

@@ -44,6 +44,25 @@ class SchemaMismatch(Exception):
     """The database's schema is not the one this version of keyservice works with."""
 
 
+class NoDatabaseFile(SchemaMismatch):
+    """check_file: the SQLite file is not there (an empty database, were it opened)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def database_name(database_url: str) -> str:
+    """The database as messages name it: a SQLite file's path, else the URL, password masked."""
+    try:
+        url = make_url(database_url)
+    except Exception:  # nothing of it can be shown safely
+        return "(KEYSERVICE_DATABASE_URL)"
+    if url.get_backend_name() == "sqlite" and url.database:
+        return url.database
+    return url.render_as_string(hide_password=True)
+
+
 class DataConflict(Exception):
     """A migration cannot apply to the data as it is; the message says what to change.
     Nothing was changed."""
@@ -109,11 +128,12 @@ def _unknown(script: ScriptDirectory, revisions: tuple[str, ...]) -> list[str]:
     return [revision for revision in revisions if revision not in known]
 
 
-def _newer(unknown: list[str], head: str | None) -> SchemaMismatch:
+def _newer(unknown: list[str], head: str | None, database_url: str) -> SchemaMismatch:
     # Alembic alone says "Can't locate revision" with a traceback, and a server run against
     # a schema it does not know fails later, on whatever changed.
     return SchemaMismatch(
-        f"the database is at schema revision {', '.join(unknown)}, which this version of "
+        f"the database {database_name(database_url)} is at schema revision "
+        f"{', '.join(unknown)}, which this version of "
         f"keyservice does not know (its newest is {head}): a newer release migrated it. "
         f"Run that release, or take the database back with its `keyservice migrate --to "
         f"{head}` (README: Upgrading)"
@@ -175,7 +195,7 @@ def _migrate(
     before = current_revisions(database_url)
     unknown = _unknown(script, before)
     if unknown:
-        raise _newer(unknown, script.get_current_head())
+        raise _newer(unknown, script.get_current_head(), database_url)
     down = back and _behind(script, before, revision)
     (command.downgrade if down else command.upgrade)(config, revision)
     return _result(script, before, current_revisions(database_url), down=down)
@@ -273,7 +293,7 @@ async def _upgrade_locked(
             before = await _connection_heads(connection)
         unknown = _unknown(script, before)
         if unknown:
-            raise _newer(unknown, script.get_current_head())
+            raise _newer(unknown, script.get_current_head(), database.engine.url.render_as_string())
         down = back and _behind(script, before, revision)
         await connection.run_sync(migrate, down)
         with _quiet():
@@ -309,15 +329,16 @@ def _result(
     return Upgraded(tuple(step.revision for step in reversed(list(steps))), after)
 
 
-def _check(script: ScriptDirectory, current: tuple[str, ...]) -> None:
+def _check(script: ScriptDirectory, current: tuple[str, ...], database_url: str) -> None:
     head = script.get_current_head()
     unknown = _unknown(script, current)
     if unknown:
-        raise _newer(unknown, head)
+        raise _newer(unknown, head, database_url)
     if current != (head,):
         where = f"at schema revision {', '.join(current)}" if current else "empty"
         raise SchemaMismatch(
-            f"the database is {where}, and this version of keyservice needs {head}: "
+            f"the database {database_name(database_url)} is {where}, and this version of "
+            f"keyservice needs {head}: "
             "run `keyservice migrate` first (or serve without --no-migrate)"
         )
 
@@ -325,12 +346,14 @@ def _check(script: ScriptDirectory, current: tuple[str, ...]) -> None:
 def check_current(database_url: str) -> None:
     """Raise SchemaMismatch unless the database is at this version's newest revision."""
     _check(
-        ScriptDirectory.from_config(alembic_config(database_url)), current_revisions(database_url)
+        ScriptDirectory.from_config(alembic_config(database_url)),
+        current_revisions(database_url),
+        database_url,
     )
 
 
 def check_file(database_url: str) -> None:
-    """Raise SchemaMismatch, as check_current would, for a SQLite file that does not exist.
+    """Raise NoDatabaseFile, a SchemaMismatch, for a SQLite file that does not exist.
 
     Without opening it: SQLite would create the file (an empty database) just to look.
     """
@@ -343,14 +366,20 @@ def check_file(database_url: str) -> None:
     try:
         Path(path).stat()
     except FileNotFoundError:
-        _check(ScriptDirectory.from_config(alembic_config(database_url)), ())
+        head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+        raise NoDatabaseFile(
+            f"there is no database at {path}, and this version of keyservice needs {head}: "
+            "run `keyservice migrate` first (or serve without --no-migrate)",
+            path,
+        ) from None
     except OSError:
         return  # a file where a folder should be, no permission: using it says which
 
 
 async def check_engine(engine: AsyncEngine) -> None:
     """check_current on a database already open (the admin commands' own engine)."""
-    script = ScriptDirectory.from_config(alembic_config(engine.url.render_as_string()))
+    database_url = engine.url.render_as_string()  # password masked: named, not used
+    script = ScriptDirectory.from_config(alembic_config(database_url))
     with _quiet():
         current = await _heads(engine)
-    _check(script, current)
+    _check(script, current, database_url)

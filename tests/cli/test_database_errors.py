@@ -168,7 +168,37 @@ def test_a_database_never_migrated_says_to_migrate(tmp_path):
     result = CliRunner().invoke(main, ["prune"], env=env)
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
-        "Error: the database is empty, and this version of keyservice needs 0011: "
-        "run `keyservice migrate` first (or serve without --no-migrate)"
+        f"Error: there is no database at {database}, and this version of keyservice needs "
+        "0011: run `keyservice migrate` first (or serve without --no-migrate)"
     )
     assert not database.exists()
+    # A file that is there but empty is named too.
+    database.touch()
+    result = CliRunner().invoke(main, ["prune"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        f"Error: the database {database} is empty, and this version of keyservice needs "
+        "0011: run `keyservice migrate` first (or serve without --no-migrate)"
+    )
+
+
+@pytest.mark.skipif(SKIP_POSTGRES, reason="needs the test PostgreSQL server")
+def test_an_empty_postgresql_database_is_named_without_its_password(tmp_path):
+    url = create_postgres_database("ks_cli")
+    try:
+        with_password = make_url(url).set(password=PASSWORD)
+        env = {
+            "KEYSERVICE_DATABASE_URL": with_password.render_as_string(hide_password=False),
+            "KEYSERVICE_SECRET_KEY": TEST_SECRET,
+            "KEYSERVICE_DATA_DIR": str(tmp_path),
+        }
+        result = CliRunner().invoke(main, ["keys", "list"], env=env)
+        assert result.exit_code == 1, result.output
+        assert result.output.strip() == (
+            f"Error: the database {with_password.render_as_string(hide_password=True)} is "
+            "empty, and this version of keyservice needs 0011: run `keyservice migrate` "
+            "first (or serve without --no-migrate)"
+        )
+        assert PASSWORD not in result.output
+    finally:
+        drop_postgres_database(url)

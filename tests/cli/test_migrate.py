@@ -109,7 +109,12 @@ def test_serve_no_migrate_refuses_a_schema_behind_the_code(empty_database, tmp_p
     )
     line = one_line(result)
     assert "keyservice migrate" in line, line
-    assert (f"revision {revision}" if revision else "empty") in line, line
+    if revision is not None:
+        assert f"revision {revision}" in line, line
+    elif empty_database.startswith("sqlite"):  # a file not made yet: said so, not made
+        assert "there is no database at" in line, line
+    else:
+        assert "is empty" in line, line
     assert migrations.current_revisions(empty_database) == ((revision,) if revision else ())
 
 
@@ -177,17 +182,54 @@ def test_admin_commands_refuse_a_schema_not_the_codes_as_serve_does(
     assert asyncio.run(count()) == 0  # no user, device, signing key or event written
 
 
+def _no_embedded_database(path: Path, folder: str) -> str:
+    return (
+        f"Error: no database found at {path} ({folder}): run this command where the server "
+        "runs, or set KEYSERVICE_DATA_DIR or KEYSERVICE_DATABASE_URL to the server's. To "
+        "start a new, empty database there instead, run `keyservice migrate` (or serve "
+        "without --no-migrate)"
+    )
+
+
 def test_an_admin_command_on_no_embedded_database_makes_no_data_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
     monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
     data = tmp_path / "fresh" / ".keyservice"
     result = CliRunner().invoke(main, ["keys", "list"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 1, result.output
-    assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0011: "
-        "run `keyservice migrate` first (or serve without --no-migrate)"
+    assert one_line(result) == _no_embedded_database(
+        data / "keyservice.db", f"KEYSERVICE_DATA_DIR is {data}"
     )
     assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["users", "create", "alice", "--password-stdin"], ["keys", "list"], ["prune"]]
+)
+def test_an_admin_command_run_away_from_the_server_says_where_it_looked(
+    tmp_path, monkeypatch, command
+):
+    """./.keyservice is relative to the current folder: elsewhere there is no database, and
+    the advice was "the database is empty ... run `keyservice migrate` first", which made a
+    second, empty database beside a new secret."""
+    monkeypatch.delenv("KEYSERVICE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KEYSERVICE_SECRET_KEY", raising=False)
+    monkeypatch.delenv("KEYSERVICE_DATA_DIR", raising=False)
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, command, input="a long enough password\n")
+    assert result.exit_code == 1, result.output
+    assert one_line(result) == _no_embedded_database(
+        elsewhere / ".keyservice" / "keyservice.db",
+        "the default data folder, .keyservice, in the current folder",
+    )
+    assert list(elsewhere.iterdir()) == []  # no data folder, secret or database made
+    relative = CliRunner().invoke(main, command, env={"KEYSERVICE_DATA_DIR": "data"})
+    assert one_line(relative) == _no_embedded_database(
+        elsewhere / "data" / "keyservice.db", "KEYSERVICE_DATA_DIR is data, in the current folder"
+    )
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
@@ -428,9 +470,8 @@ def test_serve_no_migrate_on_no_embedded_database_makes_nothing(tmp_path, monkey
     )
     assert isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert result.exit_code == 1, result.output
-    assert one_line(result) == (
-        "Error: the database is empty, and this version of keyservice needs 0011: "
-        "run `keyservice migrate` first (or serve without --no-migrate)"
+    assert one_line(result) == _no_embedded_database(
+        data / "keyservice.db", f"KEYSERVICE_DATA_DIR is {data}"
     )
     if folder == "missing":
         assert not (tmp_path / "fresh").exists()
