@@ -65,12 +65,17 @@ class Cli:
 
         return str(self.run(work))
 
-    def key(self, owner_id: str, name: str, **fields: Any) -> dict[str, Any]:
+    def key(self, owner_id: str, created_as: str, **fields: Any) -> dict[str, Any]:
         async def work(ctx: AppContext) -> dict[str, Any]:
             async with ctx.database.sessionmaker() as session:
                 owner = await session.get(Principal, owner_id)
                 created = await keys_service.create(
-                    ctx, session, owner=owner, data=ApiKeyCreate(name=name), actor="test", ip=None
+                    ctx,
+                    session,
+                    owner=owner,
+                    data=ApiKeyCreate(name=created_as),
+                    actor="test",
+                    ip=None,
                 )
             if fields:
                 async with ctx.database.sessionmaker() as session:
@@ -605,9 +610,10 @@ def test_either_cli_module_may_be_imported_first(first):
 
 def test_tables_show_control_characters_instead_of_sending_them_to_the_terminal(cli):
     # Any user with api_keys:manage names their own keys; the admin lists them. An escape
-    # sequence in a name would clear the admin's screen, set its title, or hide a row.
+    # sequence in a name would clear the admin's screen, set its title, or hide a row. The
+    # API refuses such names now; one stored before it did is listed as it is.
     ann = cli.principal("ann", permissions=["api_keys:manage"])
-    key = cli.key(ann, "ci\x1b[2J\x1b]0;pwned\x07\u202egnp.exe")
+    key = cli.key(ann, "ci", name="ci\x1b[2J\x1b]0;pwned\x07\u202egnp.exe")
     cli.add(AuditEvent(type="test.event", reason="moved\x1b[1A\x1b[2Kaway\x9b"))
     cli.add(Principal(kind="device", name="box", description="line\rover\x1b[8m"))
 
@@ -640,7 +646,7 @@ def test_users_create_without_a_terminal_points_to_password_stdin(cli):
 def test_lists_print_json_for_scripts(cli):
     # The tables are for people; a cron job reads --json: the admin API's objects.
     ann = cli.principal("ann", permissions=["api_keys:manage"])
-    soon = cli.key(ann, "soon\x1b[2J", expires_at=utcnow() + timedelta(hours=2))
+    soon = cli.key(ann, "soon", name="soon\x1b[2J", expires_at=utcnow() + timedelta(hours=2))
     later = cli.key(ann, "later")
     cli.add(Principal(kind="device", name="box", description="a box", permissions=[]))
     cli.add(AuditEvent(type="test.event", outcome="failure", reason="why"))
