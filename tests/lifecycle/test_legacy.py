@@ -182,11 +182,18 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
         # Which key, which owner? json.loads kept the last silently.
         '{"owner": "zoe", "owner_type": "user", "name": "x", "key": "k-11", "key": "k-12"}',
         '{"owner": "zoe", "owner_type": "user", "name": "x", "key": "k-13", "k-14": 1, "k-14": 2}',
+        # Python reads no integer of more than 4,300 digits, nor JSON nested past its stack:
+        # both ended the import in a traceback.
+        '{"owner": "zoe", "owner_type": "user", "name": "x", "key": "k-15", "n": '
+        + "9" * 5000
+        + "}",
+        '{"owner": "zoe", "n": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"owner": "zoe", "name": "x\x01"}',  # a raw control character
     ]
     with pytest.raises(ImportFailed) as failed:
         await import_lines(context, lines, actor="test")
     messages = {error.line: error.message for error in failed.value.errors}
-    assert sorted(messages) == list(range(2, 19))
+    assert sorted(messages) == list(range(2, 22))
     assert "not valid JSON" in messages[2]
     assert "JSON object" in messages[3]
     assert "no user named 'nobody'" in messages[4]
@@ -204,6 +211,9 @@ async def test_bad_lines_are_reported_and_nothing_is_imported(context):
     assert "expires_at: needs a time-zone offset" in messages[16]
     assert messages[17] == "'key' is given more than once"
     assert messages[18] == "a field is given more than once"
+    assert messages[19] == "not valid JSON (a number too long to read)"
+    assert messages[20] == "not valid JSON (nested too deeply)"
+    assert messages[21] == "not valid JSON (Invalid control character at column 28)"
     # No message repeats a key.
     assert not any("k-" in message or PLAIN in message for message in messages.values())
     assert await _count_keys(context) == 0

@@ -122,12 +122,20 @@ def parse(lines: Iterable[str]) -> tuple[list[tuple[int, LegacyKeyLine]], list[L
         try:
             value = json.loads(raw, object_pairs_hook=_refuse_repeats)
         except json.JSONDecodeError as exc:
-            errors.append(LineError(number, f"not valid JSON ({exc.msg})"))
+            # json's fixed phrases, no part of the line ("Invalid control character at").
+            what = exc.msg.removesuffix(" at")
+            errors.append(LineError(number, f"not valid JSON ({what} at column {exc.colno})"))
             continue
         except _Repeated as exc:
             # A name we know is named; any other could be a pasted key: never echoed.
             shown = f"'{exc.name}'" if exc.name in LegacyKeyLine.model_fields else "a field"
             errors.append(LineError(number, f"{shown} is given more than once"))
+            continue
+        except RecursionError:
+            errors.append(LineError(number, "not valid JSON (nested too deeply)"))
+            continue
+        except ValueError:  # the only other: an integer of more digits than Python converts
+            errors.append(LineError(number, "not valid JSON (a number too long to read)"))
             continue
         if not isinstance(value, dict):
             errors.append(LineError(number, "expected a JSON object"))
