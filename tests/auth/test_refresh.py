@@ -125,6 +125,14 @@ async def test_refresh_is_bound_to_its_key(client, context, key):
     assert [(e.reason, e.key_id, e.actor) for e in refusals] == [
         ("refresh token bound to another key", key["id"], f"key:{other['client_id']}")
     ]
+    # The spent token replayed with the other key's credentials: the family is revoked, and
+    # the reuse event names the key that replayed it, not the family's holder.
+    replayed = await refresh(client, first["refresh_token"], api_key=other["api_key"])
+    assert replayed.status_code == 400 and "already used" in replayed.json()["error_description"]
+    [reuse] = await audit_events(context, "token.refresh_reuse")
+    assert (reuse.key_id, reuse.actor) == (key["id"], f"key:{other['client_id']}")
+    again = await refresh(client, own.json()["refresh_token"])
+    assert again.status_code == 400  # the family is gone
 
 
 async def test_a_refused_refresh_names_the_key_that_authenticated(client, context, key):

@@ -69,7 +69,7 @@ async def handle(
         )  # fmt: skip
     parent, owner, key = found.token, found.owner, found.key
     if parent.used_at is not None:
-        await _reused(ctx, parent=parent, caller=caller)
+        await _reused(ctx, parent=parent, caller=caller, presenter=bound_key)
     # A password sign-in's tokens end with its session; a key's chain, with the key.
     session_end = (
         service.password_session_end(ctx.settings, parent.family_id)
@@ -121,7 +121,7 @@ async def handle(
         until=session_end,
     )
     if issued is None:  # a concurrent refresh claimed it first: that is a reuse too
-        await _reused(ctx, parent=parent, caller=caller)
+        await _reused(ctx, parent=parent, caller=caller, presenter=bound_key)
     return issued
 
 
@@ -165,16 +165,27 @@ def _refusal(
     return None
 
 
-async def _reused(ctx: AppContext, *, parent: RefreshToken, caller: Caller) -> NoReturn:
-    """A used token was presented again: revoke its family, audit, refuse."""
+async def _reused(
+    ctx: AppContext, *, parent: RefreshToken, caller: Caller, presenter: ApiKey | None
+) -> NoReturn:
+    """A used token was presented again: revoke its family, audit, refuse.
+
+    The event is the family's; its actor is the family's holder, or the key whose valid
+    credentials came with the token when that is another (whoever replays a stolen token
+    with their own key is named).
+    """
     family_id, key_id, principal_id = parent.family_id, parent.key_id, parent.principal_id
     async with ctx.database.sessionmaker() as session:
         await service.revoke_family(ctx, session, family_id=family_id, reason="refresh reuse")
+        if presenter is not None and presenter.id != key_id:
+            actor = service.actor_for(key=presenter, owner=None)
+        else:
+            actor = await service.family_holder(session, key_id=key_id, principal_id=principal_id)
         audit.record(
             session,
             type="token.refresh_reuse",
             outcome="failure",
-            actor=await service.family_holder(session, key_id=key_id, principal_id=principal_id),
+            actor=actor,
             principal_id=principal_id,
             key_id=key_id,
             ip=caller.ip_text,
