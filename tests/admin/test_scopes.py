@@ -83,7 +83,7 @@ async def test_scope_refusals(client, context):
         response = await admin_request(
             client, admin, "POST", "/admin/scopes", 409, json={"name": name}
         )
-        assert name in response.json()["error_description"]
+        assert response.json()["error_description"] == f"The scope '{name}' already exists."
     for bad in ("", "has space", "a" * 101, 'quote"d'):
         await admin_request(client, admin, "POST", "/admin/scopes", 422, json={"name": bad})
     # A name differing from one in the catalog only in letter case reads alike: 409 naming it.

@@ -83,15 +83,18 @@ async def create(
 ) -> Scope:
     """Add a scope to the catalog (409 if the name exists) and commit; `names`, this
     process's copy for the metadata, has it at once (other processes' within their ttl)."""
-    if await session.get(Scope, name) is not None:
-        raise Conflict(f"The scope '{name}' already exists.")
     # Scope names are case-sensitive at /token (RFC 6749 §3.3), but `Admin` beside `admin`
     # reads alike in a list, a token or an audit trail: an admin granting it could believe
     # they granted the other. Refused, as usernames differing in case are (the scope names
-    # are ASCII, SCOPE_NAME, where every database's lower() agrees).
+    # are ASCII, SCOPE_NAME, where every database's lower() agrees). One read finds both.
     alike = await session.scalar(
-        select(Scope.name).where(func.lower(Scope.name) == name.lower()).limit(1)
+        select(Scope.name)
+        .where(func.lower(Scope.name) == name.lower())
+        .order_by(Scope.name != name)  # the name itself first, if it is there
+        .limit(1)
     )
+    if alike == name:
+        raise Conflict(f"The scope '{name}' already exists.")
     if alike is not None:
         raise Conflict(
             f"The scope '{name}' differs from the existing scope '{alike}' only in letter "
