@@ -162,6 +162,15 @@ async def truncate(database: Database) -> None:
         await connection.execute(text("DELETE FROM scope WHERE NOT builtin"))
 
 
+async def truncate_url(database_url: str) -> None:
+    """`truncate` the database at `database_url`, through an engine of its own."""
+    database = Database(database_url)
+    try:
+        await truncate(database)
+    finally:
+        await database.dispose()
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     """Override in a test module (or with indirect parametrization) to change settings."""

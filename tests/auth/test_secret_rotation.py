@@ -30,7 +30,7 @@ from keyservice.database import Database
 from keyservice.main import create_app
 from keyservice.secret_rotation import status
 from keyservice.security.hashing import secret_label
-from tests.conftest import TEST_SECRET, client_for, make_settings, truncate
+from tests.conftest import TEST_SECRET, client_for, make_settings, truncate_url
 from tests.factories import (
     add_scope,
     audit_events,
@@ -81,7 +81,7 @@ async def signing_blobs(context: AppContext) -> dict[str, bytes]:
 async def before(database_url: str, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """A deployment's state under TEST_SECRET: two keys (one never used again), a
     key's refresh token, a password sign-in's refresh token, a legacy key."""
-    await wipe(database_url)  # signing keys included: made under TEST_SECRET from here
+    await truncate_url(database_url)  # signing keys included: made under TEST_SECRET from here
     async with serving(database_url, tmp_path, TEST_SECRET) as (context, client):
         await add_scope(context, "projects:read")
         owner = await create_principal(
@@ -108,15 +108,7 @@ async def before(database_url: str, tmp_path: Path) -> AsyncIterator[dict[str, A
         }
     yield state
     # The signing keys are under NEW_SECRET now: the next test's servers could not start.
-    await wipe(database_url)
-
-
-async def wipe(database_url: str) -> None:
-    database = Database(database_url)
-    try:
-        await truncate(database)
-    finally:
-        await database.dispose()
+    await truncate_url(database_url)
 
 
 async def test_without_the_fallback_a_new_secret_refuses_what_the_old_one_made(

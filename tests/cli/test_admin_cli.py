@@ -26,10 +26,10 @@ from keyservice.auth.models import RefreshToken, RevokedFamily, SigningKey
 from keyservice.cli import main, with_context
 from keyservice.console.models import ConsoleSpent
 from keyservice.context import AppContext
-from keyservice.database import Database, new_id, utcnow
+from keyservice.database import new_id, utcnow
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
-from tests.conftest import TEST_SECRET, make_settings, truncate
+from tests.conftest import TEST_SECRET, make_settings, truncate_url
 
 
 class Cli:
@@ -115,14 +115,7 @@ class Cli:
 
 @pytest.fixture
 def cli(database_url: str, tmp_path: Path) -> Cli:
-    async def clean() -> None:
-        database = Database(database_url)
-        try:
-            await truncate(database)
-        finally:
-            await database.dispose()
-
-    asyncio.run(clean())
+    asyncio.run(truncate_url(database_url))
     return Cli(database_url, tmp_path)
 
 

@@ -21,26 +21,17 @@ from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from keyservice.context import AppContext
-from keyservice.database import Database
 from keyservice.main import create_app
-from tests.conftest import make_settings, truncate
+from tests.conftest import make_settings, truncate_url
 
 MAX_EXAMPLES = 6
 ADMIN = "fuzz-admin"
 ADMIN_PASSWORD = "fuzz-admin-password-" + "p" * 20
 
 
-async def _empty(url: str) -> None:
-    database = Database(url)
-    try:
-        await truncate(database)
-    finally:
-        await database.dispose()
-
-
 @pytest.mark.parametrize("authenticated", [False, True], ids=["anonymous", "admin"])
 def test_no_server_error_and_responses_match_the_schema(database_url, tmp_path, authenticated):
-    asyncio.run(_empty(database_url))
+    asyncio.run(truncate_url(database_url))
     ctx = AppContext(
         make_settings(
             database_url,
