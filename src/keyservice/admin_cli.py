@@ -217,6 +217,7 @@ def keys_revoke(key_id: str) -> None:
     """
     from keyservice.api_keys import service
     from keyservice.exceptions import KeyServiceError, NotFound
+    from keyservice.ids import canonical_id
     from keyservice.security.tokens import CLIENT_ID_PREFIX, holds_api_key
 
     # Refused in the API's words, never quoted, before anything is read: the secret in it
@@ -236,7 +237,7 @@ def keys_revoke(key_id: str) -> None:
                     raise NotFound("No API key with this client id.")
                 key, owner = found[0]
             else:
-                key, owner = await service.get_any(session, key_id=key_id)
+                key, owner = await service.get_any(session, key_id=canonical_id(key_id))
             label = f"{key.id} ({key.client_id}) of {owner.kind} {owner.name}"
             if key.revoked_at is not None:
                 return label, False

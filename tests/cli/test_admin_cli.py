@@ -235,6 +235,9 @@ def test_keys_revoke(cli):
 
     again = cli("keys", "revoke", key["id"])
     assert "was already revoked" in again.output
+    # RFC 9562 §4: a UUID is read in any letter case; the key is named in lowercase.
+    upper = cli("keys", "revoke", key["id"].upper())
+    assert upper.output.startswith(f"key {key['id']} (") and "was already revoked" in upper.output
     unknown = cli("keys", "revoke", "no-such-key", expect=1)
     assert "No API key with this id" in unknown.output
 

@@ -16,6 +16,7 @@ from keyservice.dependencies import (
     SessionDep,
     audit_actor,
 )
+from keyservice.ids import IdFilter, PathId
 from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 
@@ -39,7 +40,7 @@ async def list_keys(
         ),
     ] = None,
     owner_type: Literal["user", "device"] | None = None,
-    owner_id: Annotated[str | None, Query(max_length=36)] = None,
+    owner_id: IdFilter = None,
     status: Status | None = None,
     limit: Limit = None,
     cursor: Cursor = None,
@@ -60,7 +61,7 @@ async def list_keys(
 
 @router.get("/{key_id}", response_model=ApiKeyRead)
 async def get_key(
-    key_id: str, _admin: AdminPrincipal, session: SessionDep, context: ContextDep
+    key_id: PathId, _admin: AdminPrincipal, session: SessionDep, context: ContextDep
 ) -> ApiKeyRead:
     key, owner = await service.get_any(session, key_id=key_id)
     return service.to_read(key, owner, context.settings, utcnow())
@@ -68,7 +69,7 @@ async def get_key(
 
 @router.delete("/{key_id}", status_code=204)
 async def revoke_key(
-    key_id: str, admin: AdminPrincipal, session: SessionDep, context: ContextDep, ip: RequestIp
+    key_id: PathId, admin: AdminPrincipal, session: SessionDep, context: ContextDep, ip: RequestIp
 ) -> Response:
     """Revoke any key (a leaked one, say); revoking a revoked key changes nothing."""
     key, _owner = await service.get_any(session, key_id=key_id)

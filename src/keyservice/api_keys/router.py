@@ -24,6 +24,7 @@ from keyservice.dependencies import (
     require_scope,
 )
 from keyservice.exceptions import InsufficientScope, InvalidToken
+from keyservice.ids import PathId
 from keyservice.principals.models import Principal
 from keyservice.responses import NO_STORE
 from keyservice.routing import TableRoute
@@ -83,7 +84,7 @@ async def list_keys(user: UserDep, session: SessionDep, context: ContextDep) -> 
 
 @router.get("/{key_id}", response_model=ApiKeyRead)
 async def get_key(
-    key_id: str, user: UserDep, session: SessionDep, context: ContextDep
+    key_id: PathId, user: UserDep, session: SessionDep, context: ContextDep
 ) -> ApiKeyRead:
     key = await service.get_owned(session, key_id=key_id, owner_id=user.id)
     return service.to_read(key, user, context.settings, utcnow())
@@ -91,7 +92,7 @@ async def get_key(
 
 @router.patch("/{key_id}", response_model=ApiKeyRead)
 async def update_key(
-    key_id: str,
+    key_id: PathId,
     data: ApiKeyUpdate,
     user: UserDep,
     actor: ActorDep,
@@ -107,7 +108,7 @@ async def update_key(
 
 @router.delete("/{key_id}", status_code=204)
 async def delete_key(
-    key_id: str,
+    key_id: PathId,
     user: UserDep,
     actor: ActorDep,
     session: SessionDep,
@@ -121,7 +122,7 @@ async def delete_key(
 
 @router.post("/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
 async def rotate_key(
-    key_id: str,
+    key_id: PathId,
     user: UserDep,
     actor: ActorDep,
     session: SessionDep,

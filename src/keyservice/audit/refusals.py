@@ -20,6 +20,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.audit import service as audit
+from keyservice.ids import canonical_id
 
 if TYPE_CHECKING:
     from keyservice.context import AppContext
@@ -84,7 +85,10 @@ _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 def _path_id(request: Request, name: str) -> str | None:
     value = request.scope.get("path_params", {}).get(name)
-    return value if isinstance(value, str) and _ID.fullmatch(value) else None
+    if not isinstance(value, str):
+        return None
+    value = canonical_id(value)  # the route read it so (ids.PathId)
+    return value if _ID.fullmatch(value) else None
 
 
 async def record(request: Request, *, status: int, description: str) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from keyservice.audit import service
 from keyservice.audit.schemas import AuditEventList, AuditEventRead
 from keyservice.dependencies import AdminPrincipal, SessionDep
+from keyservice.ids import IdFilter
 from keyservice.routing import TableRoute
 from keyservice.timestamps import Timestamp
 
@@ -20,8 +21,8 @@ async def list_events(
     _admin: AdminPrincipal,
     session: SessionDep,
     type: Annotated[str | None, Query(max_length=64)] = None,
-    principal_id: Annotated[str | None, Query(max_length=36)] = None,
-    key_id: Annotated[str | None, Query(max_length=36)] = None,
+    principal_id: IdFilter = None,
+    key_id: IdFilter = None,
     since: Annotated[Timestamp | None, Query(description="RFC 3339 with an offset.")] = None,
     limit: Annotated[int, Query(ge=1, description="At most 500 are returned.")] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,

@@ -45,6 +45,7 @@ from keyservice.dependencies import ContextDep, SessionDep
 from keyservice.devices import service as devices
 from keyservice.devices.schemas import DeviceCreate
 from keyservice.exceptions import KeyServiceError, ValidationFailed, echoable
+from keyservice.ids import PathId, canonical_id
 from keyservice.paging import MAX_LIMIT
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes
@@ -205,7 +206,7 @@ async def create_user(
 
 @router.get("/users/{user_id}")
 async def user_page(
-    user_id: str, request: Request, _admin: AdminDep, session: SessionDep
+    user_id: PathId, request: Request, _admin: AdminDep, session: SessionDep
 ) -> Response:
     return await _user_page(request, session, user_id=user_id)
 
@@ -235,7 +236,7 @@ async def _user_page(
 
 @router.post("/users/{user_id}")
 async def update_user(
-    user_id: str,
+    user_id: PathId,
     form: CheckedForm,
     request: Request,
     admin: AdminDep,
@@ -373,14 +374,14 @@ async def _device_page(
 
 @router.get("/devices/{device_id}")
 async def device_page(
-    device_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+    device_id: PathId, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
 ) -> Response:
     return await _device_page(request, session, context, device_id=device_id)
 
 
 @router.post("/devices/{device_id}")
 async def update_device(
-    device_id: str,
+    device_id: PathId,
     form: CheckedForm,
     request: Request,
     admin: AdminDep,
@@ -417,7 +418,7 @@ async def update_device(
 
 @router.get("/devices/{device_id}/delete")
 async def confirm_delete_device(
-    device_id: str, request: Request, _admin: AdminDep, session: SessionDep
+    device_id: PathId, request: Request, _admin: AdminDep, session: SessionDep
 ) -> Response:
     device = await devices.get(session, device_id=device_id)
     return render(
@@ -435,7 +436,7 @@ async def confirm_delete_device(
 
 @router.post("/devices/{device_id}/delete")
 async def delete_device(
-    device_id: str,
+    device_id: PathId,
     _form: CheckedForm,
     admin: AdminDep,
     session: SessionDep,
@@ -510,7 +511,7 @@ class DeviceKeys(KeyPlace):
 
 
 async def device_keys(
-    device_id: str, admin: AdminDep, session: SessionDep, context: ContextDep
+    device_id: PathId, admin: AdminDep, session: SessionDep, context: ContextDep
 ) -> DeviceKeys:
     return DeviceKeys(admin, session, context, device_id)
 
@@ -552,6 +553,7 @@ def _key_filters(request: Request) -> dict[str, str]:
     found = {name: query.get(name, "").strip() for name in KEY_FILTERS}
     if not is_client_id(found["client_id"]):
         found["client_id"] = ""
+    found["owner_id"] = canonical_id(found["owner_id"])
     return {name: value for name, value in found.items() if value}
 
 
@@ -634,7 +636,7 @@ async def all_keys_page(
 
 @router.get("/keys/{key_id}/revoke")
 async def confirm_revoke_key(
-    key_id: str, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
+    key_id: PathId, request: Request, _admin: AdminDep, session: SessionDep, context: ContextDep
 ) -> Response:
     key, owner = await api_keys.get_any(session, key_id=key_id)
     if key.revoked_at is not None:
@@ -656,7 +658,7 @@ async def confirm_revoke_key(
 
 @router.post("/keys/{key_id}/revoke")
 async def revoke_key(
-    key_id: str,
+    key_id: PathId,
     _form: CheckedForm,
     request: Request,
     admin: AdminDep,
@@ -854,8 +856,8 @@ async def audit_page(request: Request, _admin: AdminDep, session: SessionDep) ->
     query = request.query_params
     filters = {
         "type": query.get("type", "").strip(),
-        "principal_id": query.get("principal_id", "").strip(),
-        "key_id": query.get("key_id", "").strip(),
+        "principal_id": canonical_id(query.get("principal_id", "").strip()),
+        "key_id": canonical_id(query.get("key_id", "").strip()),
         "since": query.get("since", "").strip(),
     }
     errors = FormErrors()

@@ -44,6 +44,7 @@ from keyservice.console.session import new_form_id
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.exceptions import KeyServiceError
+from keyservice.ids import PathId
 from keyservice.principals.models import Principal
 from keyservice.scopes import service as scopes_service
 
@@ -168,7 +169,7 @@ def add_key_routes(
         return await key_form_page(request, place, holder, values, errors, status_code)
 
     @router.get(f"{path}/{{key_id}}/delete", name=names["confirm_delete"])
-    async def confirm_delete_page(key_id: str, request: Request, place: Place) -> Response:
+    async def confirm_delete_page(key_id: PathId, request: Request, place: Place) -> Response:
         """The confirmation page for browsers without JavaScript (others use a dialog)."""
         key = await place.key(await place.owner(), key_id)
         return render(
@@ -183,7 +184,7 @@ def add_key_routes(
         )
 
     @router.post(f"{path}/{{key_id}}/delete", name=names["delete"])
-    async def delete_key(key_id: str, _form: CheckedForm, place: Place, ip: IpDep) -> Response:
+    async def delete_key(key_id: PathId, _form: CheckedForm, place: Place, ip: IpDep) -> Response:
         owner = await place.owner()
         done = place.deleted(owner)
         key = await api_keys.get_owned(place.session, key_id=key_id, owner_id=owner.id)
@@ -192,14 +193,14 @@ def add_key_routes(
         return RedirectResponse(done, status_code=303)
 
     @router.get(f"{path}/{{key_id}}/edit", name=names["edit_page"])
-    async def edit_key_page(key_id: str, request: Request, place: Place) -> Response:
+    async def edit_key_page(key_id: PathId, request: Request, place: Place) -> Response:
         owner = await place.owner()
         key = await place.key(owner, key_id)
         return await edit_form_page(request, place, place.holder(owner), key)
 
     @router.post(f"{path}/{{key_id}}/edit", name=names["edit"])
     async def edit_key(
-        key_id: str, form: CheckedForm, request: Request, place: Place, ip: IpDep
+        key_id: PathId, form: CheckedForm, request: Request, place: Place, ip: IpDep
     ) -> Response:
         """Save what the Edit form changed, as PATCH /api-keys/{key_id} or PATCH
         /admin/devices/{id}/api-keys/{key_id} does (edit_key_answer)."""
@@ -212,13 +213,13 @@ def add_key_routes(
         return await edit_key_answer(request, place, place.holder(owner), form, key, save)
 
     @router.get(f"{path}/{{key_id}}/rotate", name=names["rotate_page"])
-    async def rotate_page(key_id: str, request: Request, place: Place) -> Response:
+    async def rotate_page(key_id: PathId, request: Request, place: Place) -> Response:
         key = await place.key(await place.owner(), key_id)
         return await rotate_form_page(request, place, key)
 
     @router.post(f"{path}/{{key_id}}/rotate", name=names["rotate"])
     async def rotate_key(
-        key_id: str, form: CheckedForm, request: Request, place: Place, ip: IpDep
+        key_id: PathId, form: CheckedForm, request: Request, place: Place, ip: IpDep
     ) -> Response:
         """Rotate the key and answer with the new one's secret, once (as create_key)."""
         if (answered := await place.sent_before(request, form, rotated=True)) is not None:

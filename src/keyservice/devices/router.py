@@ -22,6 +22,7 @@ from keyservice.dependencies import (
 )
 from keyservice.devices import service
 from keyservice.devices.schemas import DeviceCreate, DeviceList, DeviceRead, DeviceUpdate
+from keyservice.ids import PathId
 from keyservice.paging import Cursor, Limit
 from keyservice.responses import NO_STORE
 from keyservice.routing import TableRoute
@@ -70,13 +71,13 @@ async def list_devices(
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
-async def get_device(device_id: str, _admin: AdminPrincipal, session: SessionDep) -> DeviceRead:
+async def get_device(device_id: PathId, _admin: AdminPrincipal, session: SessionDep) -> DeviceRead:
     return DeviceRead.of(await service.get(session, device_id=device_id))
 
 
 @router.patch("/{device_id}", response_model=DeviceRead)
 async def update_device(
-    device_id: str,
+    device_id: PathId,
     data: DeviceUpdate,
     admin: AdminPrincipal,
     session: SessionDep,
@@ -99,7 +100,7 @@ async def update_device(
 
 @router.delete("/{device_id}", status_code=204)
 async def delete_device(
-    device_id: str,
+    device_id: PathId,
     admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,
@@ -113,7 +114,7 @@ async def delete_device(
 
 @router.post("/{device_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
 async def create_device_key(
-    device_id: str,
+    device_id: PathId,
     data: ApiKeyCreate,
     admin: AdminPrincipal,
     session: SessionDep,
@@ -134,8 +135,8 @@ async def create_device_key(
 
 @router.patch("/{device_id}/api-keys/{key_id}", response_model=ApiKeyRead)
 async def update_device_key(
-    device_id: str,
-    key_id: str,
+    device_id: PathId,
+    key_id: PathId,
     data: ApiKeyUpdate,
     admin: AdminPrincipal,
     session: SessionDep,
@@ -156,8 +157,8 @@ async def update_device_key(
 
 @router.post("/{device_id}/api-keys/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
 async def rotate_device_key(
-    device_id: str,
-    key_id: str,
+    device_id: PathId,
+    key_id: PathId,
     admin: AdminPrincipal,
     session: SessionDep,
     context: ContextDep,

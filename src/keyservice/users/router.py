@@ -13,6 +13,7 @@ from keyservice.dependencies import (
     SessionDep,
     audit_actor,
 )
+from keyservice.ids import PathId
 from keyservice.paging import Cursor, Limit
 from keyservice.routing import TableRoute
 from keyservice.users import service
@@ -64,13 +65,13 @@ async def list_users(
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: str, _admin: AdminPrincipal, session: SessionDep) -> UserRead:
+async def get_user(user_id: PathId, _admin: AdminPrincipal, session: SessionDep) -> UserRead:
     return UserRead.of(await service.get(session, user_id=user_id))
 
 
 @router.patch("/{user_id}", response_model=UserRead)
 async def update_user(
-    user_id: str,
+    user_id: PathId,
     data: UserUpdate,
     admin: AdminPrincipal,
     session: SessionDep,
