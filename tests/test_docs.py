@@ -109,6 +109,24 @@ def test_the_containers_probe_and_port_are_the_services(tmp_path):
     assert f'"127.0.0.1:{port.group(1)}:{port.group(1)}"' in compose
 
 
+def test_compose_builds_the_image_once():
+    """One service builds and tags the image; the other runs that image and never pulls it
+    (no registry has it), and waits for the builder, so `up` builds once, before both."""
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["migrate"], builders
+    image = services["migrate"]["image"]
+    assert image and "/" not in image  # a local tag, not a registry's image
+    users = {name for name, service in services.items() if service.get("image") == image}
+    assert users == {"migrate", "keyservice"}, users
+    assert services["keyservice"]["pull_policy"] == "never"
+    assert "migrate" in services["keyservice"]["depends_on"]
+    # Both run the service's code with the same settings.
+    assert services["migrate"]["environment"] == services["keyservice"]["environment"]
+
+
 def test_prune_horizon_of_signing_keys_is_the_codes():
     """Where the README says when prune deletes a retired signing key, it says the code's."""
     said = re.findall(r"retired over (\d+) days ago", README.read_text())
