@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,7 +266,10 @@ def test_the_readmes_curl_tour_runs_as_written(tmp_path):
     # The README's first steps, run by bash as a newcomer pastes them against a fresh
     # server, with only its address and the printed password filled in. The tour kept the
     # new key and the tokens in files of the reader's folder (mode 0644, never removed):
-    # it now keeps them in shell variables, and the folder stays empty.
+    # it now keeps them in shell variables, and the folder stays empty. It put the client
+    # secret on curl's command line, where `ps` shows it to every user of the machine: curl
+    # and jq run here through stand-ins that write down their arguments, and no secret may
+    # be among them.
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     tour = readme.split("## A 30-second tour with curl", 1)[1].split("```sh\n", 1)[1]
     script = tour.split("```", 1)[0]
@@ -280,12 +284,24 @@ def test_the_readmes_curl_tour_runs_as_written(tmp_path):
         script = script.replace(placeholder, f"PASSWORD='{password}'\n")
         reader = tmp_path / "reader"
         reader.mkdir()
+        shims, argvs = tmp_path / "shims", tmp_path / "argvs"
+        shims.mkdir()
+        argvs.mkdir()
+        for program in ("curl", "jq"):
+            real = shutil.which(program)
+            assert real, f"the tour needs {program}"
+            shim = shims / program
+            shim.write_text(  # a file per run (pipelines run several at once)
+                f'#!/bin/sh\nprintf "%s\\0" "$0" "$@" > "$ARGVS/$$"\nexec "{real}" "$@"\n'
+            )
+            shim.chmod(0o755)
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=reader,
             capture_output=True,
             text=True,
             timeout=60,
+            env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "ARGVS": str(argvs)},
         )
         assert done.returncode == 0, done.stderr
         answers, rest, decoder = [], done.stdout.strip(), json.JSONDecoder()
@@ -300,5 +316,13 @@ def test_the_readmes_curl_tour_runs_as_written(tmp_path):
             assert tokens["token_type"] == "Bearer" and tokens["refresh_token"], tokens
         assert refreshed["access_token"] != exchanged["access_token"]
         assert list(reader.iterdir()) == []
+        runs = [run.read_text().split("\0")[:-1] for run in argvs.iterdir()]
+        assert sum(Path(run[0]).name == "curl" for run in runs) == 7  # every request
+        secrets = [password, key["api_key"], key["client_secret"]]
+        secrets += [tokens["refresh_token"] for tokens in (exchanged, by_basic)]
+        for run in runs:
+            for secret in secrets:
+                assert not any(secret in word for word in run), (run[0], "holds a secret")
+        assert any("-K" in run for run in runs)  # the Basic exchange ran, its secret on stdin
     finally:
         server.stop()
