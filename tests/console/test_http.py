@@ -214,6 +214,42 @@ async def test_a_session_signed_in_before_a_disable_stays_over_after_re_enable(
     await signed_in(client, "alice")
 
 
+async def test_signing_in_right_after_a_quick_re_enable_works(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """Disabled and re-enabled within one second, a user signing in at once got a session
+    refused on its first page, for good: the disable revokes its whole second (principals/
+    models.py) and the session's sign-in time is whole seconds. Sign-in waits for the next
+    second then, as the token endpoint's issuing does (auth.service.past_revocation)."""
+    from keyservice.principals.models import Principal, revoked_through
+    from tests.admin.support import admin_request, admin_token
+
+    root = await admin_token(context, client)
+    alice = await create_principal(context, "alice", permissions=["api_keys:manage"])
+    for _ in range(5):  # a slow machine may cross into the next second: try again then
+        client.cookies.clear()  # signed out: a new sign-in
+        form = await client.get("/console/login")
+        while time.time() % 1 > 0.05:  # the start of a second: what follows stays in it
+            await asyncio.sleep(0.01)
+        for value in (True, False):
+            path = f"/admin/users/{alice.id}"
+            await admin_request(client, root, "PATCH", path, 200, json={"disabled": value})
+        started = time.time()
+        response = await client.post(
+            "/console/login",
+            data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_of(form.text)},
+        )
+        assert response.status_code == 303, response.text
+        async with context.database.sessionmaker() as session:
+            disabled_at = (await session.get(Principal, alice.id)).tokens_revoked_at
+        if started < revoked_through(disabled_at) + 1:
+            break  # signed in within the disable's second
+    else:
+        pytest.fail("never signed in within the second of the disable")
+    keys = await client.get("/console/keys")
+    assert keys.status_code == 200, keys.headers.get("location")
+
+
 async def test_an_admin_resetting_their_own_password_stays_signed_in_here_only(
     client: httpx.AsyncClient, context: AppContext, app: Any
 ) -> None:

@@ -358,7 +358,7 @@ def password_session_end(settings: Settings, family_id: str) -> int:
 _LONGEST_WAIT = 2.0
 
 
-async def _past_revocation(tokens_revoked_at: datetime, now: datetime) -> datetime:
+async def past_revocation(tokens_revoked_at: datetime, now: datetime) -> datetime:
     """`now`, or the start of the next second if tokens issued now would be born revoked.
 
     Disabling an owner revokes its tokens through the whole second of the disable (`iat` is
@@ -411,7 +411,7 @@ async def issue(
     settings = ctx.settings
     now = utcnow()
     if owner.tokens_revoked_at is not None:
-        now = await _past_revocation(owner.tokens_revoked_at, now)
+        now = await past_revocation(owner.tokens_revoked_at, now)
     iat = int(now.timestamp())
     refresh_ttl = settings.refresh_token_ttl
     rt_expires = now + timedelta(seconds=refresh_ttl)

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyservice.audit import service as audit
 from keyservice.auth.grants import password as password_grant
 from keyservice.auth.grants.password import EVENT
-from keyservice.auth.service import Caller
+from keyservice.auth.service import Caller, past_revocation
 from keyservice.console.models import SESSION, ConsoleSpent
 from keyservice.console.session import ConsoleSession, SessionCodec
 from keyservice.context import AppContext
+from keyservice.database import utcnow
 from keyservice.principals.models import Principal
 from keyservice.security import ip as ipmod
 
@@ -25,11 +26,19 @@ SIGN_OUT_EVENT = "logout"
 async def sign_in(
     ctx: AppContext, *, username: str, password: str, ip: ipmod.IPAddress | None
 ) -> Principal:
-    """Return the user for these credentials, or raise InvalidGrant / SlowDown (audited)."""
+    """Return the user for these credentials, or raise InvalidGrant / SlowDown (audited).
+
+    Returns in a second whose sessions the user's last disable did not end: the session's
+    sign-in time is whole seconds, and the disable ends those of its whole second
+    (principals.models.revoked_through), so a sign-in right after a quick re-enable would
+    start a session refused on its first page. It waits that second out, as issuing does.
+    """
     caller = Caller(ip=ip)
     user = await password_grant.sign_in(
         ctx, username=username, password=password, caller=caller, reason_prefix="console: "
     )
+    if user.tokens_revoked_at is not None:
+        await past_revocation(user.tokens_revoked_at, utcnow())
     async with ctx.database.sessionmaker() as session:
         audit.record(
             session,

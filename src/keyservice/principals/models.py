@@ -121,6 +121,6 @@ def revoked_through(tokens_revoked_at: datetime) -> int:
     A JWT's `iat` is whole seconds (floored), so a token issued in the very second of the
     disable cannot be told apart from one issued just before it: the whole second is
     revoked. Tokens issued right after a quick re-enable would be refused too, so issuing
-    waits for the next second then (auth.service._past_revocation).
+    waits for the next second then (auth.service.past_revocation).
     """
     return int(tokens_revoked_at.timestamp())
