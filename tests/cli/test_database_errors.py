@@ -169,7 +169,7 @@ def test_a_database_never_migrated_says_to_migrate(tmp_path):
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
         f"Error: there is no database at {database}, and this version of keyservice needs "
-        "0011: run `keyservice migrate` first (or serve without --no-migrate)"
+        "0012: run `keyservice migrate` first (or serve without --no-migrate)"
     )
     assert not database.exists()
     # A file that is there but empty is named too.
@@ -178,7 +178,7 @@ def test_a_database_never_migrated_says_to_migrate(tmp_path):
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
         f"Error: the database {database} is empty, and this version of keyservice needs "
-        "0011: run `keyservice migrate` first (or serve without --no-migrate)"
+        "0012: run `keyservice migrate` first (or serve without --no-migrate)"
     )
 
 
@@ -196,7 +196,7 @@ def test_an_empty_postgresql_database_is_named_without_its_password(tmp_path):
         assert result.exit_code == 1, result.output
         assert result.output.strip() == (
             f"Error: the database {with_password.render_as_string(hide_password=True)} is "
-            "empty, and this version of keyservice needs 0011: run `keyservice migrate` "
+            "empty, and this version of keyservice needs 0012: run `keyservice migrate` "
             "first (or serve without --no-migrate)"
         )
         assert PASSWORD not in result.output

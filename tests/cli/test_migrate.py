@@ -93,9 +93,9 @@ def test_a_schema_newer_than_the_code_is_refused_in_one_line(empty_database, tmp
     for command in (["migrate"], ["serve"], ["serve", "--no-migrate"]):
         result = keyservice(*command, database_url=empty_database, tmp_path=tmp_path, expect=1)
         line = one_line(result)
-        assert "schema revision 0099" in line and "does not know (its newest is 0011)" in line
+        assert "schema revision 0099" in line and "does not know (its newest is 0012)" in line
         assert line.endswith(
-            "take the database back with its `keyservice migrate --to 0011` (README: Upgrading)"
+            "take the database back with its `keyservice migrate --to 0012` (README: Upgrading)"
         )
     assert migrations.current_revisions(empty_database) == ("0099",)  # nothing was changed
 
@@ -238,10 +238,10 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     data = tmp_path / "fresh" / ".keyservice"
     result = CliRunner().invoke(main, ["migrate"], env={"KEYSERVICE_DATA_DIR": str(data)})
     assert result.exit_code == 0, result.output
-    assert result.output.strip().startswith("applied 11 migrations")
+    assert result.output.strip().startswith("applied 12 migrations")
     assert oct(data.stat().st_mode)[-3:] == "700"
     assert migrations.current_revisions(f"sqlite+aiosqlite:///{data / 'keyservice.db'}") == (
-        "0011",
+        "0012",
     )
 
 
@@ -250,23 +250,23 @@ def test_migrate_creates_the_embedded_data_folder(tmp_path, monkeypatch):
     [
         (
             None,
-            "applied 11 migrations "
-            "(0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011)",
+            "applied 12 migrations "
+            "(0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, 0010, 0011, 0012)",
         ),
-        ("0005", "applied 6 migrations (0006, 0007, 0008, 0009, 0010, 0011)"),
-        ("0010", "applied 1 migration (0011)"),
+        ("0005", "applied 7 migrations (0006, 0007, 0008, 0009, 0010, 0011, 0012)"),
+        ("0011", "applied 1 migration (0012)"),
     ],
-    ids=["empty", "0005", "0010"],
+    ids=["empty", "0005", "0011"],
 )
 def test_migrate_says_which_migrations_it_applied(empty_database, tmp_path, start, applied):
     # It said "database is up to date" whether it had just applied all of them or none.
     if start is not None:
         migrations.upgrade(empty_database, start)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0011"]
+    assert result.output.splitlines() == [f"{applied}; the database is up to date at 0012"]
     again = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert again.output.splitlines() == ["the database is already up to date at 0011"]
-    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert again.output.splitlines() == ["the database is already up to date at 0012"]
+    assert migrations.current_revisions(empty_database) == ("0012",)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "postgresql"])
@@ -293,16 +293,16 @@ def test_migrations_run_at_once_on_postgresql_apply_once(tmp_path, backend):
             for _ in range(3)
         ]
         outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
-        assert migrations.current_revisions(url) == ("0011",)
+        assert migrations.current_revisions(url) == ("0012",)
     finally:
         drop_postgres_database(url)
     assert [run.returncode for run in runs] == [0, 0, 0], outputs
     assert sorted(output.strip() for output in outputs) == [
-        "applied 11 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, "
-        "0010, 0011); "
-        "the database is up to date at 0011",
-        "the database is already up to date at 0011",
-        "the database is already up to date at 0011",
+        "applied 12 migrations (0001, 0002, 0003, 0004, 0005, 0006, 0007, 0008, 0009, "
+        "0010, 0011, 0012); "
+        "the database is up to date at 0012",
+        "the database is already up to date at 0012",
+        "the database is already up to date at 0012",
     ]
 
 
@@ -335,7 +335,7 @@ def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypat
         holder.start()
         try:
             assert holding.wait(10)
-            assert migrations.upgrade(url) == (("0009", "0010", "0011"), ("0011",))
+            assert migrations.upgrade(url) == (("0009", "0010", "0011", "0012"), ("0012",))
         finally:
             holder.join()
     finally:
@@ -418,7 +418,7 @@ def test_a_migration_waiting_for_a_lock_does_not_stall_the_running_servers(
             time.sleep(0.5)  # the migration is waiting now
             assert read_api_keys(url) < 1.5  # behind a 0.3 s try at most, not the 3 s
             upgrading.join(20)
-        assert outcome == [(("0009", "0010", "0011"), ("0011",))]
+        assert outcome == [(("0009", "0010", "0011", "0012"), ("0012",))]
         assert len(said) == 1, said  # once, not at every try
         assert f"pid {held.pid}: " in said[0] and "locked" in said[0], said
     finally:
@@ -442,7 +442,7 @@ def test_a_migration_locked_out_too_long_gives_up_in_one_line_changing_nothing(
         assert migrations.current_revisions(url) == ("0007",)  # 0008 rolled back with 0009
         # Once the transaction is over, the same command goes through.
         result = keyservice("migrate", database_url=url, tmp_path=tmp_path, expect=0)
-        assert "applied 4 migrations (0008, 0009, 0010, 0011)" in result.output
+        assert "applied 5 migrations (0008, 0009, 0010, 0011, 0012)" in result.output
     finally:
         drop_postgres_database(url)
 
@@ -451,8 +451,8 @@ def test_upgrade_returns_what_it_applied(empty_database):
     assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
     assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
     assert migrations.upgrade(empty_database) == (
-        ("0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011"),
-        ("0011",),
+        ("0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012"),
+        ("0012",),
     )
 
 
@@ -534,7 +534,7 @@ def test_an_upgrade_keeps_the_data_of_the_revision_it_starts_from(empty_database
     user_id, token = _seed_at_0003(empty_database, tmp_path)
 
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert migrations.current_revisions(empty_database) == ("0012",)
 
     async def use() -> None:
         context = AppContext(make_settings(empty_database, tmp_path))
@@ -568,12 +568,12 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
         "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
     )
     assert result.output.strip() == (
-        "undid 4 migrations (0011, 0010, 0009, 0008); the database is at 0007"
+        "undid 5 migrations (0012, 0011, 0010, 0009, 0008); the database is at 0007"
     )
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
 
-    # The data stays; only what 0008-0011 added goes.
+    # The data stays; only what 0008-0012 added goes.
     assert user_id in _column(empty_database, "SELECT id FROM principal")
     result = keyservice(
         "migrate", "--to", "0007", database_url=empty_database, tmp_path=tmp_path, expect=0
@@ -585,11 +585,11 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
         )
         assert one_line(result) == (
             f"Error: {unknown} is not a schema revision this version of keyservice knows "
-            "(0001 to 0011)"
+            "(0001 to 0012)"
         )
     assert migrations.current_revisions(empty_database) == ("0007",)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert "applied 4 migrations (0008, 0009, 0010, 0011)" in result.output
+    assert "applied 5 migrations (0008, 0009, 0010, 0011, 0012)" in result.output
 
 
 def _tables(database_url: str) -> set[str]:
@@ -615,7 +615,7 @@ def test_0008_console_spent_upgrades_downgrades_and_upgrades_again(empty_databas
     assert migrations.current_revisions(empty_database) == ("0007",)
     assert "console_spent" not in _tables(empty_database)
     migrations.upgrade(empty_database)
-    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert migrations.current_revisions(empty_database) == ("0012",)
     assert "console_spent" in _tables(empty_database)
 
 
@@ -650,7 +650,7 @@ def test_0009_key_scopes_changed_at_upgrades_downgrades_and_upgrades_again(empty
     assert "scopes_changed_at" not in columns and "ix_api_key_scopes_changed_at" not in indexes
     assert "console_spent" in _tables(empty_database)  # 0008's table stays
     migrations.upgrade(empty_database)
-    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert migrations.current_revisions(empty_database) == ("0012",)
     columns, indexes = _key_columns_and_indexes(empty_database)
     assert "scopes_changed_at" in columns and "ix_api_key_scopes_changed_at" in indexes
 
@@ -697,7 +697,7 @@ def test_migrate_to_an_older_revision_keeps_every_api_key(empty_database, tmp_pa
     assert "the database is at 0003" in result.output
     assert _count_keys(empty_database) == 1
     keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert migrations.current_revisions(empty_database) == ("0012",)
 
     assert _column(empty_database, "SELECT client_id FROM api_key") == [client_id]
 
@@ -748,7 +748,94 @@ def test_0010_names_the_case_twins_it_cannot_index_and_changes_nothing(empty_dat
 
     _write(empty_database, ("UPDATE principal SET name = 'alice-2' WHERE id = 'u2'", {}))
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
-    assert "applied 2 migrations (0010, 0011)" in result.output
+    assert "applied 3 migrations (0010, 0011, 0012)" in result.output
     with pytest.raises(sa.exc.IntegrityError):
         _write(empty_database, (insert, {"id": "u4", "kind": "user", "name": "BOB",
                                          "now": now, "deleted": None}))  # fmt: skip
+
+
+def test_0012_names_the_scope_look_alikes_with_their_holders_and_changes_nothing(
+    empty_database, tmp_path
+):
+    # Scopes differing only in case, made before POST /admin/scopes refused them (409), or
+    # by two creates at once: the unique index on lower(name) cannot be built over them.
+    # Which to keep is the operator's call (keys, principals and tokens hold the names),
+    # so the upgrade names them, with what holds each, and changes nothing.
+    from keyservice.api_keys.models import ApiKey
+    from keyservice.principals.models import Principal
+    from tests.factories import add_scope, create_principal, service_key
+
+    migrations.upgrade(empty_database, "0011")
+    context = AppContext(make_settings(empty_database, tmp_path))
+
+    async def seed() -> None:
+        try:
+            for name in ("Files:Read", "files:read", "FILES:READ", "Admin", "Billing",
+                         "billing", "reports"):  # fmt: skip
+                await add_scope(context, name)
+            both = ["Files:Read", "files:read"]
+            alice = await create_principal(context, "alice", permissions=both)
+            await create_principal(context, "box", kind="device", permissions=["Admin"])
+            gone = await create_principal(context, "gone", kind="device", permissions=["Billing"])
+            await service_key(context, alice, "live", scopes=["Files:Read"])
+            revoked = await service_key(context, alice, "revoked", scopes=["files:read"])
+            await service_key(context, alice, "inherits")  # holds no name of its own
+            async with context.database.engine.begin() as connection:
+                await connection.execute(
+                    sa.update(ApiKey).where(ApiKey.id == revoked.id).values(revoked_at=utcnow())
+                )
+                await connection.execute(
+                    sa.update(Principal).where(Principal.id == gone.id).values(deleted_at=utcnow())
+                )
+        finally:
+            await context.database.dispose()
+
+    asyncio.run(seed())
+    catalog = sorted(_column(empty_database, "SELECT name FROM scope"))
+
+    result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=1)
+    line = one_line(result)
+    assert line.startswith("Error: cannot migrate: scope names differing only in letter case")
+    assert (
+        "look-alikes: 'Admin' (held by 1 device), 'admin' (built in; held by nothing); "
+        "'Billing' (held by nothing), 'billing' (held by nothing); "
+        "'FILES:READ' (held by nothing), 'Files:Read' (held by 1 user, 1 API key not "
+        "revoked), 'files:read' (held by 1 user). Keep one of each (the built-in one, if any)"
+    ) in line, line
+    assert "reports" not in line and "introspect" not in line
+    assert line.endswith("then run `keyservice migrate` again. Migration 0012 changed nothing.")
+    assert migrations.current_revisions(empty_database) == ("0011",)
+    assert sorted(_column(empty_database, "SELECT name FROM scope")) == catalog
+
+    # What the message says to do: take the others away from their holders, delete them.
+    _write(
+        empty_database,
+        ("UPDATE principal SET permissions = :none WHERE name = 'box'", {"none": "[]"}),
+        ("UPDATE principal SET permissions = :kept WHERE name = 'alice'",
+         {"kept": '["Files:Read"]'}),
+        ("DELETE FROM scope WHERE name IN ('Admin', 'Billing', 'FILES:READ', 'files:read')", {}),
+    )  # fmt: skip
+    result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert "applied 1 migration (0012)" in result.output
+    insert = "INSERT INTO scope (name, description, builtin, created_at) VALUES (:n, '', false, :t)"
+    with pytest.raises(sa.exc.IntegrityError):
+        _write(empty_database, (insert, {"n": "BILLING", "t": utcnow()}))
+    assert set(_column(empty_database, "SELECT name FROM scope")) == {
+        "Files:Read", "admin", "api_keys:manage", "billing", "introspect", "reports",
+    }  # fmt: skip
+
+    # Down and up again: the index goes with 0012 and comes back with it.
+    result = keyservice(
+        "migrate", "--to", "0011", database_url=empty_database, tmp_path=tmp_path, expect=0
+    )
+    assert result.output.strip() == "undid 1 migration (0012); the database is at 0011"
+    _write(empty_database, (insert, {"n": "BILLING", "t": utcnow()}))  # allowed again
+    result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=1)
+    assert "look-alikes: 'BILLING' (held by nothing), 'billing' (held by nothing). Keep" in (
+        one_line(result)
+    )
+    _write(empty_database, ("DELETE FROM scope WHERE name = 'BILLING'", {}))
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    assert migrations.current_revisions(empty_database) == ("0012",)
+    with pytest.raises(sa.exc.IntegrityError):
+        _write(empty_database, (insert, {"n": "Reports", "t": utcnow()}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, String, Text
+from sqlalchemy import Boolean, Index, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice.database import Base, UTCDateTime, utcnow
@@ -26,6 +26,13 @@ class Scope(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# `Admin` beside `admin` reads alike in lists, tokens and audit trails: names differing only
+# in letter case are one entry of the catalog (service.create says so first; this index
+# settles two creates at once). Names are ASCII (schemas.py SCOPE_NAME), where every
+# database's lower() agrees. The name stays case-sensitive at /token (RFC 6749 §3.3).
+Index("uq_scope_lower_name", func.lower(Scope.name), unique=True)
 
 
 def effective_permissions(permissions: list[str] | set[str] | frozenset[str]) -> frozenset[str]:
