@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 
 from tests.admin.support import admin_token
 from tests.factories import bearer
@@ -30,3 +31,56 @@ async def test_concurrent_creates_of_one_name(client, context, path, body):
     assert all(f"'{name}'" in refusal for refusal in refusals), refusals
     listed = (await client.get(path, headers=bearer(admin))).json()["items"]
     assert [item.get("username") or item.get("name") for item in listed].count(name) == 1
+
+
+async def _until_waiting(context, count: int) -> None:
+    """Return once `count` sessions of this database wait for a lock (fail after ~10 s)."""
+    for _ in range(500):
+        async with context.database.engine.connect() as connection:  # a fresh stats snapshot
+            waiting = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {count} session(s) waiting for a lock")
+
+
+async def test_concurrent_creates_of_scope_names_differing_in_case(client, context, backend):
+    # The look-alike check reads, then inserts: on PostgreSQL case variants created at once
+    # all passed it, and the catalog held `Twin:Read` beside `twin:read`. The unique index
+    # on lower(name) lets one in; the others hear the check's 409. To make the race certain,
+    # a transaction holds the catalog against writes (SHARE: reads go on) until every create
+    # has read and waits to insert. SQLite's write lock serialises the creates: no race.
+    admin = await admin_token(context, client)
+    variants = ["twin:read", "Twin:Read", "TWIN:READ", "twin:READ", "Twin:read", "tWIN:rEAD"]
+    async with context.database.sessionmaker() as blocker:
+        if backend == "postgresql":
+            await blocker.execute(text("LOCK TABLE scope IN SHARE MODE"))
+        creates = asyncio.gather(
+            *(
+                client.post("/admin/scopes", json={"name": name}, headers=bearer(admin))
+                for name in variants
+            )
+        )
+        if backend == "postgresql":
+            await _until_waiting(context, len(variants))  # each read, and waits to insert
+            await blocker.commit()
+        responses = await creates
+    statuses = [r.status_code for r in responses]
+    assert sorted(statuses) == [201] + [409] * 5, [r.text for r in responses]
+    winner = variants[statuses.index(201)]
+    listed = (await client.get("/admin/scopes", headers=bearer(admin))).json()["items"]
+    assert [item["name"] for item in listed if item["name"].lower() == "twin:read"] == [winner]
+    for name, response in zip(variants, responses, strict=True):
+        if name == winner:
+            continue
+        # The losers of the race hear what the check says to a create made afterwards.
+        again = await client.post("/admin/scopes", json={"name": name}, headers=bearer(admin))
+        assert again.status_code == 409
+        said = again.json()["error_description"]
+        assert f"existing scope '{winner}' only in letter case" in said, said
+        assert response.json()["error_description"] == said

@@ -81,12 +81,33 @@ async def create(
     ip: str | None,
     names: CatalogNames,
 ) -> Scope:
-    """Add a scope to the catalog (409 if the name exists) and commit; `names`, this
-    process's copy for the metadata, has it at once (other processes' within their ttl)."""
+    """Add a scope to the catalog (409 if the name or a look-alike exists) and commit;
+    `names`, this process's copy for the metadata, has it at once (other processes' within
+    their ttl)."""
+    await _refuse_taken(session, name=name)
+    scope = Scope(name=name, description=description)
+    session.add(scope)
+    audit.record(session, type="scope.created", actor=actor, ip=ip, reason=f"scope {name}")
+    try:
+        await session.commit()
+    except IntegrityError:
+        # A create of the name or a look-alike committed between the read and the insert
+        # (PostgreSQL; SQLite's write lock serialises them), and the primary key or the
+        # index on lower(name) refused this one: the read, afresh, now finds it and says so.
+        await session.rollback()
+        await _refuse_taken(session, name=name)
+        raise Conflict(f"The scope '{name}' already exists.") from None  # deleted meanwhile
+    names.invalidate()
+    return scope
+
+
+async def _refuse_taken(session: AsyncSession, *, name: str) -> None:
+    """409 if the catalog holds `name`, or a name differing from it only in letter case."""
     # Scope names are case-sensitive at /token (RFC 6749 §3.3), but `Admin` beside `admin`
     # reads alike in a list, a token or an audit trail: an admin granting it could believe
     # they granted the other. Refused, as usernames differing in case are (the scope names
-    # are ASCII, SCOPE_NAME, where every database's lower() agrees). One read finds both.
+    # are ASCII, SCOPE_NAME, where every database's lower() agrees); the unique index on
+    # lower(name) (models.py) makes it hold under concurrent creates. One read finds both.
     alike = await session.scalar(
         select(Scope.name)
         .where(func.lower(Scope.name) == name.lower())
@@ -101,16 +122,6 @@ async def create(
             "case; scope names are case-sensitive, so the two would be told apart only by "
             "it. Use the existing one, or a name of its own."
         )
-    scope = Scope(name=name, description=description)
-    session.add(scope)
-    audit.record(session, type="scope.created", actor=actor, ip=ip, reason=f"scope {name}")
-    try:
-        await session.commit()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"The scope '{name}' already exists.") from None
-    names.invalidate()
-    return scope
 
 
 def _no_such_scope(name: str) -> NotFound:
