@@ -55,7 +55,7 @@ def upgrade() -> None:
             "cannot migrate: names now count as one whatever their letter case (migration "
             f"0010), and these live ones differ only in case: {listed}. Rename all but one "
             "of each, e.g. UPDATE principal SET name = 'alice-2' WHERE id = '<id>'; then run "
-            "`keyservice migrate` again. Nothing was changed."
+            "`keyservice migrate` again. Migration 0010 changed nothing."
         )
     op.create_index(
         "uq_principal_kind_lower_name_live",

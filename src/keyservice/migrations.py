@@ -65,7 +65,8 @@ def database_name(database_url: str) -> str:
 
 class DataConflict(Exception):
     """A migration cannot apply to the data as it is; the message says what to change.
-    Nothing was changed."""
+    That migration changed nothing; on SQLite, where DDL is not held in the run's
+    transaction, migrations before it in the same run may stay applied."""
 
 
 class MigrationBlocked(Exception):

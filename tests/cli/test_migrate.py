@@ -743,7 +743,7 @@ def test_0010_names_the_case_twins_it_cannot_index_and_changes_nothing(empty_dat
     assert line.startswith("Error: cannot migrate: names now count as one whatever their")
     assert "users 'Alice' (id u1), 'alice' (id u2). Rename all but one" in line, line
     assert all(f"(id {other})" not in line for other in ("u3", "d1", "d2", "d3")), line
-    assert line.endswith("Nothing was changed.")
+    assert line.endswith("Migration 0010 changed nothing.")
     assert migrations.current_revisions(empty_database) == ("0009",)
 
     _write(empty_database, ("UPDATE principal SET name = 'alice-2' WHERE id = 'u2'", {}))
