@@ -144,15 +144,32 @@ def _ambiguous(request: Request, errors: list[dict[str, Any]]) -> None:
     request.scope.setdefault(_AMBIGUOUS, []).extend(errors)
 
 
+def _unreadable(request: Request, cause: ValueError | RecursionError) -> None:
+    """Note that the request's JSON body could not be parsed, refused by `_refuse_ambiguous`
+    once it is authenticated; this refusal, not an ambiguity found before, is the answer."""
+    # FastAPI's own error for a decode error; the app's handler answers it, and any other
+    # cause, in words by the cause (main._unreadable_body), as a 400 it audits.
+    where = ("body", cause.pos) if isinstance(cause, json.JSONDecodeError) else ("body",)
+    refusal = RequestValidationError(
+        [{"type": "json_invalid", "loc": where, "msg": "There was an error parsing the body"}]
+    )
+    refusal.__cause__ = cause
+    request.scope[_AMBIGUOUS] = refusal
+
+
 async def _refuse_ambiguous(request: Request) -> None:
-    """The 422 for a repeated JSON key or query parameter; the route's last dependency.
+    """The 422 for a repeated JSON key or query parameter, or the 400 for a JSON body that
+    could not be parsed; the route's last dependency.
 
     Raised here, not where it is found, so that a request without a valid token is a 401
-    as any other is, and one with a token is audited as any other 422 of its caller is.
+    as any other is, one whose token lacks the permission a 403, and one with a token is
+    audited as any other refusal of its caller is.
     """
-    errors = request.scope.get(_AMBIGUOUS)
-    if errors:
-        raise RequestValidationError(errors)
+    refusal = request.scope.get(_AMBIGUOUS)
+    if refusal:
+        if isinstance(refusal, RequestValidationError):
+            raise refusal
+        raise RequestValidationError(refusal)
 
 
 def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
@@ -163,6 +180,12 @@ def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
     a proxy or a log reader may have read the first. Such a body is a 422 naming the key,
     at any depth, raised by the route's last dependency (`_refuse_ambiguous`); FastAPI
     reads the body as it would (`request.json()`, which returns what was parsed here).
+
+    A body that does not parse (bad syntax, nested too deeply, not UTF-8, an integer too
+    long for Python) is refused by that dependency too: FastAPI parses the body before it
+    solves any dependency, and its refusal came before the route's authentication (a 400
+    to a caller with no token) and was not audited. FastAPI is handed no body instead
+    (`request.json()` returns None) and never validates it: the dependency raises first.
     Only routes with a JSON body parameter are wrapped; `/token` and the other
     form-encoded endpoints are not.
     """
@@ -177,10 +200,13 @@ def _unambiguous_json(route: APIRoute, handler: Handler) -> Handler:
         if _json_content_type(request.headers.get("content-type"), strict=bool(strict)):
             body = await request.body()
             if body:
-                parsed, repeated = _parse_json(body)
-                if parsed is not _UNREADABLE:
-                    # Starlette's Request.json() parses once and keeps the value here.
-                    request._json = parsed
+                try:
+                    parsed, repeated = _parse_json(body)
+                except (ValueError, RecursionError) as cause:  # JSONDecodeError, UnicodeDecodeError
+                    parsed, repeated = None, []
+                    _unreadable(request, cause)
+                # Starlette's Request.json() parses once and keeps the value here.
+                request._json = parsed
                 if repeated:
                     _ambiguous(request, repeated)
         return await handler(request)
@@ -258,7 +284,6 @@ class _Repeated(dict[str, Any]):
     repeated: list[str]
 
 
-_UNREADABLE = object()
 _REPEATED_MESSAGE = (
     "given more than once in the same object; send each key once "
     "(JSON does not say which of the values would count)"
@@ -266,8 +291,9 @@ _REPEATED_MESSAGE = (
 
 
 def _parse_json(body: bytes) -> tuple[Any, list[dict[str, Any]]]:
-    """The body as JSON (`_UNREADABLE` for one FastAPI's own parse refuses in its words),
-    and the 422's errors for each key an object repeats, located by its path in the body.
+    """The body as JSON, and the 422's errors for each key an object repeats, located by
+    its path in the body. Raises json.loads's error (a ValueError, or RecursionError) for
+    a body that does not parse.
     """
     repeated = False
 
@@ -286,10 +312,7 @@ def _parse_json(body: bytes) -> tuple[Any, list[dict[str, Any]]]:
             seen.add(key)
         return ambiguous
 
-    try:
-        parsed = json.loads(body, object_pairs_hook=pairs_hook)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
-        return _UNREADABLE, []
+    parsed = json.loads(body, object_pairs_hook=pairs_hook)
     if not repeated:
         return parsed, []
     errors = [

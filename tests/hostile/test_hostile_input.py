@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from fastapi import params
+from fastapi.routing import APIRoute
 
 from keyservice.main import MAX_BODY_BYTES
 from tests.factories import audit_events, bearer, user_token
@@ -512,3 +515,111 @@ async def test_text_shown_to_others_holds_no_control_or_direction_characters(
         ("ci", "line one\r\nline two\ttabbed")
     ]
     assert (await client.get("/admin/devices", headers=admin_headers)).json()["items"] == []
+
+
+# A body FastAPI cannot read, with the refusal an authorized caller gets for it.
+UNREADABLE = {
+    "syntax": (
+        b'{"name": "k",',
+        JSON,
+        400,
+        "The body is not valid JSON: Expecting property name enclosed in double quotes at "
+        "line 1 column 14.",
+    ),
+    "nested": (b"[" * 100_000 + b"]" * 100_000, JSON, 400, "The body is nested too deeply."),
+    "not utf-8": (
+        b'{"name": "\xff"}',
+        JSON,
+        400,
+        "The body is not valid JSON: it is not UTF-8 text.",
+    ),
+    "long number": (
+        b'{"name": ' + b"1" * 5000 + b"}",
+        JSON,
+        400,
+        "The body has a number too long to read: more than 4300 digits.",
+    ),
+    # FastAPI reads these two (no body, bytes) and refuses them after the dependencies:
+    # in order already, and kept so.
+    "empty": (b"", JSON, 422, "body: Field required"),
+    "not json": (
+        b'{"name": "k"}',
+        {"Content-Type": "text/plain"},
+        415,
+        "The body must be JSON, sent with Content-Type: application/json; "
+        "this request declared another type or none.",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+async def test_an_unreadable_body_is_authenticated_and_authorized_first(
+    client, context, admin_headers, kind
+):
+    """FastAPI parses a JSON body before it solves the route's dependencies: a body it
+    could not read was a 400 to a caller with no token, a bad one or one without the
+    permission, where any other request gets the 401 or 403, and an admin's refused change
+    was not audited. Only an authorized caller learns what is wrong with the body."""
+    content, content_type, status, description = UNREADABLE[kind]
+    owner = bearer(await user_token(context, client, "rita"))
+    key = (await client.post("/api-keys", json={"name": "ci"}, headers=owner)).json()
+    user = (await client.get("/admin/users?username=rita", headers=admin_headers)).json()
+    user_id = user["items"][0]["id"]
+    plain = bearer(await user_token(context, client, "pat", ["introspect"]))
+    # (method, path, the authorized caller, its name in the audit log, the event type)
+    routes = [
+        ("POST", "/api-keys", owner, "user:rita", "api_key.created"),
+        ("PATCH", f"/api-keys/{key['id']}", owner, "user:rita", "api_key.updated"),
+        ("POST", "/admin/users", admin_headers, "user:root", "user.created"),
+        ("PATCH", f"/admin/users/{user_id}", admin_headers, "user:root", "user.updated"),
+    ]
+    for method, path, caller, actor, event in routes:
+        for headers, error in (({}, "unauthorized"), (bearer("garbage"), "invalid_token")):
+            response = await client.request(
+                method, path, content=content, headers={**content_type, **headers}
+            )
+            assert response.status_code == 401, (method, path, headers, response.text[:200])
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.json()["error"] == error
+        response = await client.request(
+            method, path, content=content, headers={**content_type, **plain}
+        )
+        assert response.status_code == 403, (method, path, response.text[:200])
+        assert response.json()["error"] == "insufficient_scope"
+        response = await client.request(
+            method, path, content=content, headers={**content_type, **caller}
+        )
+        assert response.status_code == status, (method, path, response.text[:200])
+        assert response.json()["error_description"] == description
+        refused = await audit_events(context, event, outcome="failure")
+        assert [(e.actor, e.reason.split(":")[0]) for e in refused][-2:] == [
+            ("user:pat", "refused (403)"),
+            (actor, f"refused ({status})"),
+        ], (method, path)
+        assert refused[-1].reason == f"refused ({status}): {description}"
+    # Nothing was made or changed.
+    listed = (await client.get("/api-keys", headers=owner)).json()["items"]
+    assert [(item["name"], item["description"]) for item in listed] == [("ci", key["description"])]
+    users = (await client.get("/admin/users", headers=admin_headers)).json()["items"]
+    assert sorted(user["username"] for user in users) == ["pat", "rita", "root"]
+
+
+async def test_every_json_route_authenticates_before_it_reads_the_body(app, client):
+    """Each route with a JSON body, found in the app's table (a new one is checked too):
+    a body that does not parse, sent without a valid token, is the 401 for the token."""
+    routes = [
+        (method, re.sub(r"\{[^}]*\}", "00000000-0000-0000-0000-000000000000", route.path))
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        and route.body_field is not None
+        and not isinstance(route.body_field.field_info, params.Form)
+        for method in route.methods
+    ]
+    assert ("POST", "/admin/users") in routes and len(routes) >= 13
+    for method, path in routes:
+        for headers in ({}, bearer("garbage")):
+            response = await client.request(
+                method, path, content=b'{"name": ', headers={**JSON, **headers}
+            )
+            assert response.status_code == 401, (method, path, response.text[:200])
+            assert response.headers["www-authenticate"].startswith("Bearer")
