@@ -29,6 +29,12 @@ SECRET_KEY_FILE = "secret_key"
 MAX_ACCESS_TOKEN_TTL = 86400 * 7
 MAX_REFRESH_TOKEN_EXTRA_TTL = 86400 * 30
 MAX_PASSWORD_SESSION_SECONDS = 86400 * 365
+# Bounds of values only ever used as counts and spans: past them a day count overflows a
+# date (OverflowError, a 500 at every key creation or /me) and a count a C size (the
+# throttle's deque), where start-up can say so instead.
+MAX_DAYS = 36500  # 100 years
+MAX_THROTTLE_FAILURES = 1_000_000
+MAX_THROTTLE_WINDOW_SECONDS = 86400
 # The drivers the service runs on (asyncpg and aiosqlite are what it is built and tested with).
 DATABASE_DRIVERS = ("postgresql+asyncpg", "sqlite+aiosqlite")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -67,15 +73,15 @@ class Settings(BaseSettings):
     password_session_max_seconds: int = Field(default=43200, ge=1, le=MAX_PASSWORD_SESSION_SECONDS)
 
     trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(default_factory=list)
-    throttle_client_failures: int = Field(default=10, ge=1)
-    throttle_ip_failures: int = Field(default=100, ge=1)
-    throttle_window_seconds: int = Field(default=60, ge=1)
+    throttle_client_failures: int = Field(default=10, ge=1, le=MAX_THROTTLE_FAILURES)
+    throttle_ip_failures: int = Field(default=100, ge=1, le=MAX_THROTTLE_FAILURES)
+    throttle_window_seconds: int = Field(default=60, ge=1, le=MAX_THROTTLE_WINDOW_SECONDS)
     redis_url: str | None = None
 
     max_keys_per_principal: int = Field(default=5, ge=1)
-    key_default_ttl_days: int = Field(default=90, ge=1)
-    key_max_ttl_days: int = Field(default=365, ge=1)
-    expiry_warning_days: int = Field(default=7, ge=0)
+    key_default_ttl_days: int = Field(default=90, ge=1, le=MAX_DAYS)
+    key_max_ttl_days: int = Field(default=365, ge=1, le=MAX_DAYS)
+    expiry_warning_days: int = Field(default=7, ge=0, le=MAX_DAYS)
     legacy_keys_until: datetime | None = None
 
     bootstrap_admin_username: str | None = None
@@ -91,7 +97,7 @@ class Settings(BaseSettings):
     # PostgreSQL only: connections per pool and process (database.py, DEFAULT_POOL_SIZE).
     database_pool_size: int = Field(default=10, ge=1, le=100)
     # 100 years: a cut-off date before that is no date at all.
-    audit_retention_days: int = Field(default=90, ge=1, le=36500)
+    audit_retention_days: int = Field(default=90, ge=1, le=MAX_DAYS)
     # Every committed audit event also a log line (logger keyservice.audit), for shipping.
     audit_log: bool = False
     prune_interval_seconds: int = Field(default=3600, ge=0)

@@ -3,12 +3,15 @@ is done (no migration, no admin, nothing served), and never echoes a password it
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 from click.testing import CliRunner
 
 from keyservice.cli import main
-from keyservice.config import Settings
+from keyservice.config import MAX_DAYS, MAX_THROTTLE_FAILURES, MAX_THROTTLE_WINDOW_SECONDS, Settings
 from tests.conftest import TEST_SECRET
+from tests.factories import bearer, create_key, create_principal, login
 from tests.reliability.support import free_port
 
 BAD_VALUES = [
@@ -31,6 +34,14 @@ BAD_VALUES = [
     ("BOOTSTRAP_ADMIN_PASSWORD", "short", "must have at least 8 characters"),
     ("BOOTSTRAP_ADMIN_USERNAME", "first admin", "must be 1-100 letters, digits"),
     ("BOOTSTRAP_ADMIN_USERNAME", "root\n", "must be 1-100 letters, digits"),
+    # Accepted unbounded, each was a 500 at its first use (a day count past a date, a
+    # count past a C size): every key creation, /me, the first failed sign-in.
+    ("KEY_MAX_TTL_DAYS", "99999999999", "must be at most 36500"),
+    ("KEY_DEFAULT_TTL_DAYS", "99999999999", "must be at most 36500"),
+    ("EXPIRY_WARNING_DAYS", "99999999999999", "must be at most 36500"),
+    ("THROTTLE_CLIENT_FAILURES", "99999999999999999999999", "must be at most 1000000"),
+    ("THROTTLE_IP_FAILURES", "99999999999999999999999", "must be at most 1000000"),
+    ("THROTTLE_WINDOW_SECONDS", "99999999999999999", "must be at most 86400"),
 ]
 
 
@@ -127,3 +138,30 @@ def test_the_error_is_one_line_naming_the_variable(monkeypatch, env, line):
 )
 def test_the_documented_forms_are_accepted(values):
     Settings(secret_key=TEST_SECRET, **values)
+
+
+LARGEST = {
+    "key_max_ttl_days": MAX_DAYS,
+    "key_default_ttl_days": MAX_DAYS,
+    "expiry_warning_days": MAX_DAYS,
+    "throttle_client_failures": MAX_THROTTLE_FAILURES,
+    "throttle_ip_failures": MAX_THROTTLE_FAILURES,
+    "throttle_window_seconds": MAX_THROTTLE_WINDOW_SECONDS,
+}
+
+
+@pytest.mark.parametrize("settings_overrides", [LARGEST])
+async def test_the_largest_accepted_values_serve(context, client):
+    """What start-up accepts works where it is used: no 500 at the bounds."""
+    await create_principal(context, "alice", permissions=["api_keys:manage"])
+    refused = await client.post(
+        "/token", data={"grant_type": "password", "username": "alice", "password": "wrong"}
+    )
+    assert refused.status_code == 400, refused.text  # counted by the throttle
+    token = (await login(client, "alice"))["access_token"]
+    key = await create_key(client, token)  # the default expiry, 100 years ahead
+    created, expires = (datetime.fromisoformat(key[f]) for f in ("created_at", "expires_at"))
+    assert expires - created == timedelta(days=MAX_DAYS)
+    me = await client.get("/me", headers=bearer(token))
+    assert me.status_code == 200, me.text
+    assert [w["key_id"] for w in me.json()["warnings"]] == [key["id"]]  # within 100 years
