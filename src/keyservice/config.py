@@ -7,7 +7,6 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyservice.security.ip import parse_cidrs
+from keyservice.timestamps import Timestamp
 from keyservice.users.schemas import MIN_PASSWORD_LENGTH, NAME_PATTERN
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     key_default_ttl_days: int = Field(default=90, ge=1, le=MAX_DAYS)
     key_max_ttl_days: int = Field(default=365, ge=1, le=MAX_DAYS)
     expiry_warning_days: int = Field(default=7, ge=0, le=MAX_DAYS)
-    legacy_keys_until: datetime | None = None
+    # As the API takes a moment: pydantic's own datetime would also read a number as Unix
+    # seconds (a year, `2027`, is then 1970 and every legacy key refused at once).
+    legacy_keys_until: Timestamp | None = None
 
     bootstrap_admin_username: str | None = None
     bootstrap_admin_password: SecretStr | None = None
@@ -192,15 +194,6 @@ class Settings(BaseSettings):
     def _bootstrap_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < MIN_PASSWORD_LENGTH:
             raise ValueError(f"must have at least {MIN_PASSWORD_LENGTH} characters")
-        return value
-
-    @field_validator("legacy_keys_until", mode="after")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError(
-                "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z"
-            )
         return value
 
     @field_validator("secret_key_fallback", mode="before")
@@ -351,6 +344,8 @@ _CONSTRAINTS = {
         "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z"
     ),
     "datetime_type": "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z",
+    # timestamps.Timestamp's, but for its hint about a URL's + (a variable is no URL).
+    "timestamp_format": "needs an RFC 3339 date-time with an offset, e.g. 2027-01-01T00:00:00Z",
 }
 
 

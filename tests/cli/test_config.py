@@ -30,6 +30,10 @@ BAD_VALUES = [
     ("PASSWORD_SESSION_MAX_SECONDS", "0", "must be at least 1"),
     ("PASSWORD_SESSION_MAX_SECONDS", "12h", "must be a whole number"),
     ("LEGACY_KEYS_UNTIL", "tomorrow", "needs an RFC 3339 date-time with an offset"),
+    # Read as Unix seconds, a year meant 1970: every legacy key refused from the start.
+    ("LEGACY_KEYS_UNTIL", "2027", "needs an RFC 3339 date-time with an offset"),
+    ("LEGACY_KEYS_UNTIL", "1800000000", "needs an RFC 3339 date-time with an offset"),
+    ("LEGACY_KEYS_UNTIL", "0001-01-01T00:00:00+14:00", "in UTC it falls before year 1"),
     ("SECRET_KEY", "pw-in-url-but-too-short", "must be a random value of at least 32"),
     ("BOOTSTRAP_ADMIN_PASSWORD", "short", "must have at least 8 characters"),
     ("BOOTSTRAP_ADMIN_USERNAME", "first admin", "must be 1-100 letters, digits"),
@@ -133,6 +137,8 @@ def test_the_error_is_one_line_naming_the_variable(monkeypatch, env, line):
         {"issuer": "https://keys.example.com"},
         {"issuer": "http://127.0.0.1:8000/auth"},
         {"audit_retention_days": 36500},
+        {"legacy_keys_until": "2027-01-01T00:00:00Z"},
+        {"legacy_keys_until": "2027-01-01T00:00:00+02:00"},
         {"bootstrap_admin_username": "ops.admin@example", "bootstrap_admin_password": "8 chars!"},
     ],
 )
