@@ -69,6 +69,16 @@ def test_every_setting_is_in_the_table_and_nothing_else():
     assert set(documented()) == set(Settings.model_fields)
 
 
+def test_the_configuration_table_is_one_table():
+    """Every row in the one table: a blank line ends a Markdown table, and rows after it
+    show as a paragraph of pipes (the metrics' two were)."""
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1]
+    table = section.split("| variable |", 1)[1].split("\n\n", 1)[0]
+    in_table = set(re.findall(r"^\| `KEYSERVICE_([A-Z_]+)`", table, flags=re.MULTILINE))
+    firsts = {re.findall(r"`KEYSERVICE_([A-Z_]+)`", row)[0] for row in _rows().values()}
+    assert firsts <= in_table, sorted(firsts - in_table)
+
+
 def test_every_documented_default_is_the_code_default():
     rows = documented()
     for name, field in Settings.model_fields.items():
