@@ -154,9 +154,34 @@ class Settings(BaseSettings):
     @field_validator("redis_url", mode="after")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES:
             raise ValueError(
                 "must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"
+            )
+        # Read as the client will (a connection made, not opened): a port or an option's
+        # value it cannot read was a traceback as the server started, after the migrations,
+        # and an option it does not know a 500 at every /token. Its words are not repeated:
+        # they may quote a part of the URL, and the URL may hold a password.
+        from redis.asyncio import ConnectionPool
+
+        try:
+            ConnectionPool.from_url(value).make_connection()  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError):
+            raise ValueError(
+                "is not a URL the Redis client can read (a port of 1 to 65535, and only "
+                "options it knows, with values it takes), e.g. redis://127.0.0.1:6379/0"
+            ) from None
+        if parts.scheme == "unix":
+            if not parts.path.strip("/"):
+                raise ValueError("needs the socket's path, e.g. unix:///run/redis/redis.sock")
+        elif re.fullmatch(r"/?(\d+)?", parts.path) is None:
+            # The client ignores a database it cannot read as a number, and uses 0.
+            raise ValueError(
+                "names no database number after the host: write redis://HOST:PORT/N, "
+                "N a number (0 when left out)"
             )
         return value
 
