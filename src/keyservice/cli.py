@@ -257,6 +257,34 @@ async def _prepare(context: Any) -> tuple[str, str | None] | None:
         return await ensure_bootstrap_admin(session, context.settings)
 
 
+def check_redis(settings: Settings) -> None:
+    """Refuse to serve, in one line, with a KEYSERVICE_REDIS_URL that cannot be reached: the
+    server would start and look up while every /token answered 503 (failures are counted
+    there)."""
+    if settings.redis_url is None:
+        return
+    import redis.asyncio as redis
+    from redis.exceptions import RedisError
+
+    url = settings.redis_url
+
+    async def ping() -> None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (RedisError, OSError) as exc:
+        raise click.ClickException(
+            f"cannot use Redis at {masked_url(url, '(KEYSERVICE_REDIS_URL)')} "
+            f"({_reason(exc, url)}); is it running and reachable, and is KEYSERVICE_REDIS_URL "
+            "right?"
+        ) from None
+
+
 def _own_sockets(workers: int) -> bool:
     """Whether serve runs its workers with a socket each (workers.py): several, on Linux.
 
@@ -345,6 +373,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
                 f"cannot listen on {where} for the metrics: {exc.strerror or exc}; "
                 "check KEYSERVICE_METRICS_HOST and KEYSERVICE_METRICS_PORT"
             ) from None
+    check_redis(settings)
     from keyservice import migrations
 
     if no_migrate:  # refused before the data folder, the secret or an empty file is made

@@ -224,3 +224,34 @@ def test_a_metrics_port_in_use_is_one_line_before_anything_is_done(served, monke
     ]
     assert not (tmp_path / "data").exists()  # not migrated, no admin created
     assert served == {}
+
+
+def test_a_redis_that_cannot_be_reached_is_one_line_before_anything_is_done(
+    served, monkeypatch, tmp_path
+):
+    # It started, and every /token answered 503 while /readyz said ready.
+    from tests.conftest import refused_port
+
+    port = refused_port()
+    url = f"redis://:redis-pw-in-url@127.0.0.1:{port}/0"
+    monkeypatch.setenv("KEYSERVICE_REDIS_URL", url)
+    port_arg = str(free_port(21000))
+    result = CliRunner().invoke(main, ["serve", "--host", "127.0.0.1", "--port", port_arg])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"Error: cannot use Redis at redis://:***@127.0.0.1:{port}/0 ("), (
+        lines
+    )
+    assert lines[0].endswith("is it running and reachable, and is KEYSERVICE_REDIS_URL right?")
+    assert "redis-pw-in-url" not in result.output
+    assert not (tmp_path / "data").exists()  # not migrated, no admin created
+    assert served == {}
+
+
+def test_a_redis_that_answers_is_served_with(served, monkeypatch):
+    from tests.security.test_throttle import REDIS_URL
+
+    monkeypatch.setenv("KEYSERVICE_REDIS_URL", REDIS_URL)
+    _serve()
+    assert served["uvicorn"]["workers"] == 1
