@@ -239,8 +239,11 @@ def _unexpected(request: Request, exc: BaseException) -> Response:
         log.debug("client disconnected during %s", loggable_path(request.url.path))
         return Response(status_code=400)
     if _is_db_outage(exc):
+        # The throttle's Redis too: said as such, or the operator looks at the database.
+        redis = any(type(cause).__module__.startswith("redis.") for cause in _causes(exc))
         log.warning(
-            "database unavailable during %s: %s",
+            "%s unavailable during %s: %s",
+            "Redis (KEYSERVICE_REDIS_URL)" if redis else "database",
             loggable_path(request.url.path),
             type(exc).__name__,
         )

@@ -317,3 +317,23 @@ async def test_failed_client_ids_do_not_count_against_a_username(client, context
     for _ in range(context.settings.throttle_client_failures + 1):
         assert (await client.post("/token", data=bogus)).status_code == 401
     await login(client, "dora")  # asserts 200
+
+
+async def test_a_redis_outage_is_logged_as_redis_not_the_database(database_url, tmp_path, caplog):
+    # It said "database unavailable during /token": the operator looked at the wrong server.
+    from keyservice.main import create_app
+    from tests.conftest import make_settings, refused_port
+
+    url = f"redis://127.0.0.1:{refused_port()}/0"
+    ctx = AppContext(make_settings(database_url, tmp_path, redis_url=url))
+    app = create_app(context=ctx)
+    wrong = {"grant_type": "password", "username": "nobody", "password": "nope"}
+    async with app.router.lifespan_context(app), client_for(app) as http:
+        answered = await http.post("/token", data=wrong)
+    await ctx.database.dispose()
+    assert answered.status_code == 503, answered.text
+    assert answered.json()["error"] == "temporarily_unavailable"
+    said = [r.getMessage() for r in caplog.records if "unavailable during" in r.getMessage()]
+    assert said and all(
+        line.startswith("Redis (KEYSERVICE_REDIS_URL) unavailable during /token") for line in said
+    ), said
