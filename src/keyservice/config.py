@@ -129,6 +129,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{net} would trust every address; list the proxies' own CIDRs")
         return value
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_named(cls, value: object) -> object:
+        # Path("") is the current folder: the database and the secret were written there,
+        # beside whatever else it holds and with its mode, not in a 0700 folder of their own.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name a folder, or unset it for ./.keyservice")
+        return value
+
     @field_validator("database_url", mode="after")
     @classmethod
     def _supported_database(cls, value: str | None) -> str | None:

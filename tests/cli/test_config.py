@@ -18,6 +18,8 @@ BAD_VALUES = [
     ("DATABASE_URL", "postgresql://ops:pw-in-url@127.0.0.1/ks", "a postgresql:// URL is not"),
     ("DATABASE_URL", "mysql://ops:pw-in-url@127.0.0.1/ks", "a mysql:// URL is not supported"),
     ("DATABASE_URL", "not a url", "is not a database URL like postgresql+asyncpg://"),
+    # Was the current folder: the database and the secret among its files, with its mode.
+    ("DATA_DIR", "", "is empty: name a folder, or unset it for ./.keyservice"),
     ("REDIS_URL", "127.0.0.1:6379", "must be a redis://, rediss:// or unix:// URL"),
     # Each was a traceback as serve started (after its migrations), a 500 at every /token,
     # or a database number the client ignored (it used 0).
