@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -358,7 +360,14 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         check_address(settings.host, settings.port)
     except OSError as exc:
         where = f"{settings.host}:{settings.port}"
-        raise click.ClickException(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        hint = ""
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # A name that resolves to nothing, or an address of another machine: say what
+            # set it, as the metrics' listener does.
+            hint = "; is --host (else KEYSERVICE_HOST) a name or address of this machine?"
+        raise click.ClickException(
+            f"cannot listen on {where}: {exc.strerror or exc}{hint}"
+        ) from None
     if settings.metrics_port is not None:
         # prometheus_client reads these once, when imported: set by an operator, either
         # would make a single process's metrics files that nobody reads. The parent of

@@ -255,3 +255,17 @@ def test_a_redis_that_answers_is_served_with(served, monkeypatch):
     monkeypatch.setenv("KEYSERVICE_REDIS_URL", REDIS_URL)
     _serve()
     assert served["uvicorn"]["workers"] == 1
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
+def test_a_host_that_is_not_this_machines_names_the_option(served, tmp_path, host):
+    # "cannot listen on no-such-host.invalid:8000: Name or service not known", naming neither
+    # --host nor KEYSERVICE_HOST, which is where the operator set it.
+    port = free_port(21000)
+    result = CliRunner().invoke(main, ["serve", "--host", host, "--port", str(port)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot listen on {host}:{port}: ")
+    assert lines[0].endswith("is --host (else KEYSERVICE_HOST) a name or address of this machine?")
+    assert not (tmp_path / "data").exists()
+    assert served == {}
