@@ -106,3 +106,19 @@ def test_backup_during_a_rotation_names_the_fallback_too(tmp_path):
     assert result.exit_code == 0, result.output
     assert "keep KEYSERVICE_SECRET_KEY and KEYSERVICE_SECRET_KEY_FALLBACK" in result.output
     assert fallback not in result.output and TEST_SECRET not in result.output
+
+
+def test_backup_copies_a_database_at_an_older_revision_as_the_readme_says(tmp_path):
+    # Upgrading's first step backs up the database the old release left, with the new
+    # release's command; the README listed backup among the commands refusing it.
+    database = sqlite_url(tmp_path)
+    migrated(database, tmp_path)
+    env = {"KEYSERVICE_DATABASE_URL": database, "KEYSERVICE_SECRET_KEY": TEST_SECRET}
+    older = CliRunner().invoke(main, ["migrate", "--to", "0009"], env=env)
+    assert older.exit_code == 0, older.output
+    result = backup(database, tmp_path, str(tmp_path / "copy.db"))
+    assert result.exit_code == 0, result.output
+    assert "schema revision 0009" in result.output
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    said = " ".join(readme.split("The commands other than ", 1)[1].split(" refuse", 1)[0].split())
+    assert "`backup`" in said, said
