@@ -104,7 +104,7 @@ class TableRoute(APIRoute):
         reported for these routes.
         """
         own = super().get_route_handler()
-        full = _single_query_values(self, _unambiguous_json(self, own))
+        full = _checked_query(self, _unambiguous_json(self, own))
         self._checks_ambiguity = full is not own
         if not self._building:
             # FastAPI asks again for each inclusion of the route's router under another
@@ -228,39 +228,52 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def _single_query_values(route: APIRoute, handler: Handler) -> Handler:
-    """`handler`, refusing a query string that gives one of its parameters twice.
+def _checked_query(route: APIRoute, handler: Handler) -> Handler:
+    """`handler`, refusing a query string that gives one of its parameters twice, or one
+    it does not take.
 
     FastAPI keeps the last value of a scalar query parameter: `?type=login&type=key.created`
-    listed one type of audit event where the caller may have meant both, or the first. Such
-    a request is a 422 naming the parameter, raised by the route's last dependency
-    (`_refuse_ambiguous`). Only routes with query parameters are wrapped (none of ours
-    takes a list), and a parameter the route does not read is left alone.
+    listed one type of audit event where the caller may have meant both, or the first. And
+    it ignores a parameter the route does not read: `GET /admin/api-keys?ownerid=...`, a
+    filter misspelt, listed every key, which a script revoking "the owner's keys" would
+    then revoke. Such a request is a 422 naming the parameter (and, for an unknown one,
+    those the route takes), raised by the route's last dependency (`_refuse_ambiguous`), as
+    a JSON body's unknown field is (`extra="forbid"`). Only routes with query parameters
+    (the lists and their filters) are wrapped: a query string on another route changes
+    nothing it answers.
     """
     names = _query_names(route.dependant)
     if not names:
         return handler
+    unknown_message = (
+        f"not a query parameter of this endpoint, which takes {', '.join(sorted(names))}"
+    )
 
     async def checked(request: Request) -> Response:
-        if b"&" in request.scope["query_string"]:
+        if request.scope["query_string"]:
             seen: set[str] = set()
-            repeated: list[str] = []
+            refused: list[dict[str, Any]] = []
             for name, _ in request.query_params.multi_items():
-                if name in names and name in seen and name not in repeated:
-                    repeated.append(name)
-                seen.add(name)
-            if repeated:
-                _ambiguous(
-                    request,
-                    [
+                if name not in seen:
+                    seen.add(name)
+                    if name not in names:
+                        refused.append(
+                            {
+                                "type": "query_unknown",
+                                "loc": ("query", name),
+                                "msg": unknown_message,
+                            }
+                        )
+                elif name in names and not any(error["loc"][1] == name for error in refused):
+                    refused.append(
                         {
                             "type": "query_repeated",
                             "loc": ("query", name),
                             "msg": _QUERY_REPEATED_MESSAGE,
                         }
-                        for name in repeated
-                    ],
-                )
+                    )
+            if refused:
+                _ambiguous(request, refused)
         return await handler(request)
 
     return checked
