@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from keyservice.api_keys.models import ApiKey
 from keyservice.audit.models import AuditEvent
@@ -127,3 +127,20 @@ async def past_revoked_second(ctx: AppContext, principal_id: str) -> None:
     assert revoked_at is not None
     while time.time() < revoked_through(revoked_at) + 1:
         await asyncio.sleep(0.05)
+
+
+async def until_waiting(context: AppContext, count: int) -> None:
+    """Return once `count` sessions of this database wait for a lock (fail after ~10 s):
+    PostgreSQL only, for tests that line up concurrent transactions."""
+    for _ in range(500):
+        async with context.database.engine.connect() as connection:  # a fresh stats snapshot
+            waiting = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {count} session(s) waiting for a lock")

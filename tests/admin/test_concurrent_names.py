@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from tests.admin.support import admin_token
+from tests.admin.support import admin_token, until_waiting
 from tests.factories import bearer
 
 
@@ -33,22 +33,6 @@ async def test_concurrent_creates_of_one_name(client, context, path, body):
     assert [item.get("username") or item.get("name") for item in listed].count(name) == 1
 
 
-async def _until_waiting(context, count: int) -> None:
-    """Return once `count` sessions of this database wait for a lock (fail after ~10 s)."""
-    for _ in range(500):
-        async with context.database.engine.connect() as connection:  # a fresh stats snapshot
-            waiting = await connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} session(s) waiting for a lock")
-
-
 async def test_concurrent_creates_of_scope_names_differing_in_case(client, context, backend):
     # The look-alike check reads, then inserts: on PostgreSQL case variants created at once
     # all passed it, and the catalog held `Twin:Read` beside `twin:read`. The unique index
@@ -67,7 +51,7 @@ async def test_concurrent_creates_of_scope_names_differing_in_case(client, conte
             )
         )
         if backend == "postgresql":
-            await _until_waiting(context, len(variants))  # each read, and waits to insert
+            await until_waiting(context, len(variants))  # each read, and waits to insert
             await blocker.commit()
         responses = await creates
     statuses = [r.status_code for r in responses]

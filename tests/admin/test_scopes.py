@@ -27,6 +27,7 @@ from tests.admin.support import (
     create_device_key,
     events,
     set_key_fields,
+    until_waiting,
 )
 from tests.conftest import client_for, make_settings
 from tests.factories import add_scope, create_principal, service_key, user_token
@@ -399,22 +400,6 @@ async def test_granting_a_deleted_scope_is_refused(client, context):
 # A deletion and a grant of the same scope at once (PostgreSQL: SQLite runs one writer) ----
 
 
-async def _until_waiting(context, count: int) -> None:
-    """Return once `count` sessions of this database wait for a lock (fail after ~10 s)."""
-    for _ in range(500):
-        async with context.database.engine.connect() as connection:  # a fresh stats snapshot
-            waiting = await connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        if waiting >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} session(s) waiting for a lock")
-
-
 @pytest.mark.postgresql_only
 async def test_a_deletion_waits_for_a_grant_in_progress_and_counts_it(client, context):
     await admin_token(context, client)  # another admin, so `boss` may stop being one
@@ -433,14 +418,14 @@ async def test_a_deletion_waits_for_a_grant_in_progress_and_counts_it(client, co
                 s, context, user_id=boss.id, permissions=["billing:read"], actor="t", ip=None
             )
         )
-        await _until_waiting(context, 1)
+        await until_waiting(context, 1)
         async with context.database.sessionmaker() as deleting:
             deletion = asyncio.create_task(
                 scopes_service.delete(
                     deleting, name="billing:read", actor="t", ip=None, names=context.scope_names
                 )
             )
-            await _until_waiting(context, 2)  # the deletion waits for the grant's hold
+            await until_waiting(context, 2)  # the deletion waits for the grant's hold
             await blocker.commit()
             await grant
             with pytest.raises(Conflict, match="held by 1 user, 0 devices"):
@@ -487,7 +472,7 @@ async def test_a_grant_waits_for_a_deletion_in_progress_and_is_refused(client, c
                     ip=None,
                 )
             )
-            await _until_waiting(context, 2)  # both wait for the deletion's lock
+            await until_waiting(context, 2)  # both wait for the deletion's lock
             await deleting.execute(delete(Scope).where(Scope.name == "billing:read"))
             await deleting.commit()
             refused = await permission
