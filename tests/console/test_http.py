@@ -73,6 +73,27 @@ async def test_cookie_is_secure_over_https(app: Any) -> None:
     assert "secure" in response.headers["set-cookie"].lower()
 
 
+@pytest.mark.parametrize("settings_overrides", [{"issuer": "HTTPS://keys.example.com"}])
+async def test_cookie_is_secure_behind_a_tls_proxy(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """The proxy ends TLS and speaks plain HTTP to us: the https issuer (the URL people
+    use) makes the cookie Secure, at every write (the anonymous session, the sign-in)."""
+    await create_principal(context, "alice")
+    page = await client.get("/console/login")
+    anonymous = page.headers["set-cookie"]
+    assert "; secure" in anonymous.lower()
+    # httpx keeps a Secure cookie back over http, as a browser would: send it by hand.
+    cookie = anonymous.split(";", 1)[0]
+    response = await client.post(
+        "/console/login",
+        data={"username": "alice", "password": PASSWORD, "csrf_token": csrf_of(page.text)},
+        headers={"Cookie": cookie},
+    )
+    assert response.status_code == 303, response.text
+    assert "; secure" in response.headers["set-cookie"].lower()
+
+
 async def test_csrf_refusals(client: httpx.AsyncClient, context: AppContext, app: Any) -> None:
     await create_principal(context, "alice")
     form = {"username": "alice", "password": PASSWORD}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Response
 from starlette.datastructures import FormData
@@ -53,6 +54,21 @@ def start_anonymous(request: Request) -> ConsoleSession:
     return session
 
 
+def secure_cookie(request: Request) -> bool:
+    """Whether the session cookie is Secure: the request came over HTTPS, or the service's
+    public URL (KEYSERVICE_ISSUER) is an https one.
+
+    Behind the TLS-terminating proxy SECURITY.md asks for, the request reaches us over plain
+    HTTP (uvicorn's proxy-header handling is off), so its own scheme alone left the cookie
+    without Secure exactly where it matters: a browser then sent the session in clear to
+    any http:// address of the host (a typed or linked one, before the proxy's redirect).
+    """
+    if request.url.scheme == "https":
+        return True
+    issuer: str = request.app.state.context.settings.effective_issuer
+    return urlsplit(issuer).scheme == "https"  # the scheme in any case (RFC 3986 §3.1)
+
+
 def write_session(request: Request, response: Response, session: ConsoleSession) -> None:
     request.state.console_session = session
     response.set_cookie(
@@ -62,7 +78,7 @@ def write_session(request: Request, response: Response, session: ConsoleSession)
         path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure_cookie(request),
     )
 
 
