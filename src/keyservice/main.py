@@ -34,6 +34,7 @@ from keyservice.audit import refusals
 from keyservice.auth.router import answer_token, parse_form, token
 from keyservice.config import Settings, get_settings
 from keyservice.context import AppContext, ticks
+from keyservice.docs_page import replace_docs_route
 from keyservice.exceptions import (
     CREDENTIAL_LIKE,
     InvalidRequest,
@@ -691,7 +692,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         context.metrics = Metrics()
     app.state.context = context
     # FastAPI's own routes (the OpenAPI document and the docs pages), put in the table by
-    # FastAPI() itself: moved to its end below.
+    # FastAPI() itself: moved to its end below. Its /docs page is ours (docs_page.py).
+    replace_docs_route(app, app.router.routes)
     framework_routes = list(app.router.routes)
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware, metrics=context.metrics)
