@@ -446,6 +446,15 @@ class EdgeMiddleware:
                 if not scope["path"].startswith("/console"):
                     headers.append((b"x-frame-options", b"DENY"))
                     headers.append((b"referrer-policy", b"no-referrer"))
+                else:
+                    # The console's pages set their own; an answer under /console that no
+                    # console handler gave (Starlette's 405, this edge's 413 or 431) gets
+                    # these, where it got neither.
+                    names = {name.lower() for name, _ in headers}
+                    if b"x-frame-options" not in names:
+                        headers.append((b"x-frame-options", b"DENY"))
+                    if b"referrer-policy" not in names:
+                        headers.append((b"referrer-policy", b"no-referrer"))
                 if no_store:
                     headers += _NO_STORE_HEADERS
                 message["headers"] = headers

@@ -66,6 +66,21 @@ async def test_headers_and_cookie(client: httpx.AsyncClient) -> None:
         assert (await client.get(bad)).status_code == 404
 
 
+async def test_answers_under_console_no_handler_gave_carry_the_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    """Starlette's 405 and the edge's refusals come before any console handler: they carry
+    X-Frame-Options and Referrer-Policy too, once, and console pages keep their own."""
+    for response in (
+        await client.put("/console/keys"),
+        await client.post("/console/login", content=b"x" * (1024 * 1024 + 1)),
+        await client.get("/console/login"),
+    ):
+        assert response.status_code in (200, 405, 413), response.status_code
+        assert response.headers.get_list("x-frame-options") == ["DENY"], response.status_code
+        assert response.headers.get_list("referrer-policy") == ["no-referrer"]
+
+
 async def test_cookie_is_secure_over_https(app: Any) -> None:
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="https://keyservice.test") as c:
