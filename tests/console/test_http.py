@@ -598,6 +598,35 @@ async def test_a_visit_from_another_site_neither_sets_nor_deletes_the_cookie(
     assert posted.headers["location"] == "/console/login?session=ended"
 
 
+async def test_a_form_from_a_page_of_another_origin_is_refused(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """A sibling subdomain's page posts with the cookie (same-site) and, had it planted a
+    session of its own, a token matching it: the browser's Sec-Fetch-Site gives it away."""
+    await create_principal(context, "mallory")
+    page = await client.get("/console/login")
+    form = {"username": "mallory", "password": PASSWORD, "csrf_token": csrf_of(page.text)}
+    for site in ("same-site", "cross-site"):
+        refused = await client.post("/console/login", data=form, headers={"sec-fetch-site": site})
+        assert refused.status_code == 403, site
+        assert "sent from a page of another site" in refused.text
+        assert "set-cookie" not in refused.headers
+    signed = await client.post(
+        "/console/login", data=form, headers={"sec-fetch-site": "same-origin"}
+    )
+    assert signed.status_code == 303 and signed.headers["location"] == "/console/keys"
+    token = csrf_of((await client.get("/console/keys")).text)
+    key_form = {"name": "k", "expires_on": "", "allowed_ips": "", "csrf_token": token}
+    refused = await client.post(
+        "/console/keys", data=key_form, headers={"sec-fetch-site": "same-site"}
+    )
+    assert refused.status_code == 403
+    assert "You have no API keys yet." in (await client.get("/console/keys")).text
+    # Typed or bookmarked (none), and browsers that send no such header, go on as before.
+    created = await client.post("/console/keys", data=key_form, headers={"sec-fetch-site": "none"})
+    assert created.status_code == 200 and 'id="api-key"' in created.text
+
+
 async def test_a_form_the_edge_refuses_says_why(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:

@@ -120,6 +120,16 @@ async def checked_form(request: Request) -> FormData:
         # No session at all: its hour is over (or it was never there). "Form refused ... did
         # not come from a page of this console" would blame the person; say what happened.
         raise SignInRequired(ended=True)
+    if request.headers.get("sec-fetch-site") in ("same-site", "cross-site"):
+        # Sent by a page of another origin: a sibling subdomain (the SameSite=Strict cookie
+        # goes along), or a site that planted a session of its own whose token it knows
+        # (cookie tossing, a login CSRF). The browser sets the header; a page cannot.
+        raise PageError(
+            403,
+            "Form refused",
+            "This form was sent from a page of another site, not from this console. "
+            "Open the console at its own address and try again.",
+        )
     form = await request.form()
     token = form.get("csrf_token")
     if not session.csrf_matches(token if isinstance(token, str) else None):
