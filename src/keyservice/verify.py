@@ -56,6 +56,9 @@ _HEADER_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 # A Cache-Control directive (RFC 9111 §5.2) and the delta-seconds of max-age and Age.
 _DIRECTIVE = re.compile(r'\s*([A-Za-z-]+)\s*(?:=\s*"?([^"]*)"?)?\s*')
 _SECONDS = re.compile(r"[0-9]{1,10}")
+# JWK members that hold private or secret key material (RFC 7518 §6.2.2, §6.3.2, §6.4.1,
+# RFC 8037 §2): a public JWKS never carries them.
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class InvalidTokenError(Exception):
@@ -135,7 +138,7 @@ class TokenVerifier:
     ``kid`` (a rotated key), but never more often than every ``jwks_refetch_interval``
     seconds, so a flood of junk tokens cannot turn into a flood of JWKS requests. Key
     URLs in token headers (``jku``, ``jwk``, ``x5u``) are ignored: keys come only from
-    ``jwks_url``.
+    ``jwks_url``, and never a symmetric key or one published with its private part.
 
     With ``introspect_url``, every verification also asks the issuer whether the token is
     still active (RFC 7662), which catches revoked keys before the token expires.
@@ -437,6 +440,15 @@ class TokenVerifier:
                 continue
             # A symmetric key in a public JWKS is a misconfiguration, never a signing key.
             if entry.get("kty") == "oct" or entry.get("use", "sig") != "sig":
+                continue
+            if _PRIVATE_MEMBERS & entry.keys():
+                # A published private key lets anyone sign tokens with it: never trusted.
+                logger.warning(
+                    "the JWKS at %s publishes private key material for kid %s; that key "
+                    "is not used, and the issuer should replace it",
+                    shown_url(self.jwks_url),
+                    _short(entry["kid"]),
+                )
                 continue
             try:
                 key = jwt.PyJWK(entry)

@@ -38,6 +38,7 @@ class Issuer:
     jwks_headers: dict[str, str] = field(default_factory=dict)  # e.g. Cache-Control
     active: bool = True
     introspections: list[dict[str, str]] = field(default_factory=list)
+    leak_private_keys: bool = False  # publish the private keys too (a misconfigured issuer)
 
     def add_key(self, kid: str) -> None:
         self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
@@ -45,7 +46,8 @@ class Issuer:
     def jwks(self) -> dict[str, Any]:
         keys = []
         for kid, private in self.keys.items():
-            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+            shown = private if self.leak_private_keys else private.public_key()
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(shown))
             keys.append({**jwk, "kid": kid, "alg": "ES256", "use": "sig"})
         return {"keys": keys}
 
@@ -188,6 +190,20 @@ def test_rejects_a_key_whose_algorithm_differs(issuer: Issuer, http: httpx.Clien
     )
     with pytest.raises(InvalidTokenError):
         verifier.verify(token)
+
+
+def test_a_private_key_in_the_jwks_is_never_used(
+    issuer: Issuer, http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whoever read the JWKS could sign with that key: its tokens prove nothing.
+    issuer.leak_private_keys = True
+    assert "d" in issuer.jwks()["keys"][0]
+    verifier = make_verifier(http)
+    with caplog.at_level(logging.WARNING, logger="keyservice.verify"):
+        with pytest.raises(InvalidTokenError, match="unknown key"):
+            verifier.verify(issuer.sign())
+    assert "private key material for kid 'k1'" in caplog.text
+    assert issuer.jwks()["keys"][0]["d"] not in caplog.text
 
 
 def test_constructor_refuses_unsafe_algorithms() -> None:
