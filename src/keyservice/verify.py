@@ -19,6 +19,7 @@ so a client that only verifies tokens does not pull in the server stack.
 # as strings from this module's globals.
 
 import asyncio
+import json
 import logging
 import re
 import threading
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti")
 # RFC 9068 §2.1: `at+jwt`; §4 asks verifiers to accept the full media type as well.
 _ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# A JWKS of a few keys is a few kilobytes; a larger answer is not a JWKS worth holding.
+MAX_JWKS_BYTES = 1 << 20
 _HEADER_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 # A Cache-Control directive (RFC 9111 §5.2) and the delta-seconds of max-age and Age.
 _DIRECTIVE = re.compile(r'\s*([A-Za-z-]+)\s*(?:=\s*"?([^"]*)"?)?\s*')
@@ -85,6 +88,12 @@ def _check_algorithms(algorithms: Iterable[str]) -> tuple[str, ...]:
         if alg not in known:
             raise ValueError(f"unknown algorithm {alg!r}")
     return algs
+
+
+def _check_jwks_length(response: httpx.Response) -> None:
+    length = response.headers.get("Content-Length", "").strip()
+    if length.isdigit() and int(length) > MAX_JWKS_BYTES:
+        raise ValueError(f"the JWKS answer is larger than {MAX_JWKS_BYTES} bytes")
 
 
 def _freshness(headers: httpx.Headers) -> float | None:
@@ -138,7 +147,8 @@ class TokenVerifier:
     ``kid`` (a rotated key), but never more often than every ``jwks_refetch_interval``
     seconds, so a flood of junk tokens cannot turn into a flood of JWKS requests. Key
     URLs in token headers (``jku``, ``jwk``, ``x5u``) are ignored: keys come only from
-    ``jwks_url``, and never a symmetric key or one published with its private part.
+    ``jwks_url``, and never a symmetric key or one published with its private part. A
+    JWKS answer over ``MAX_JWKS_BYTES`` or slower than ``timeout`` in all is given up on.
 
     With ``introspect_url``, every verification also asks the issuer whether the token is
     still active (RFC 7662), which catches revoked keys before the token expires.
@@ -462,22 +472,56 @@ class TokenVerifier:
         self._last_fetch_failed = False
 
     def _sync_get_jwks(self) -> tuple[Any, float | None]:
+        # Streamed, so that an answer too large or too slow is given up on while it comes.
+        deadline = elapsed() + self._timeout
         if self._http_client is not None:
-            response = self._http_client.get(self.jwks_url)
-        else:
-            with httpx.Client(timeout=self._timeout) as client:
-                response = client.get(self.jwks_url)
-        response.raise_for_status()
-        return response.json(), _freshness(response.headers)
+            with self._http_client.stream("GET", self.jwks_url) as response:
+                return self._sync_read_jwks(response, deadline)
+        with (
+            httpx.Client(timeout=self._timeout) as client,
+            client.stream("GET", self.jwks_url) as response,
+        ):
+            return self._sync_read_jwks(response, deadline)
 
     async def _async_get_jwks(self) -> tuple[Any, float | None]:
+        deadline = elapsed() + self._timeout
         if self._async_http_client is not None:
-            response = await self._async_http_client.get(self.jwks_url)
-        else:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
-                response = await client.get(self.jwks_url)
+            async with self._async_http_client.stream("GET", self.jwks_url) as response:
+                return await self._async_read_jwks(response, deadline)
+        async with (
+            httpx.AsyncClient(timeout=self._timeout) as client,
+            client.stream("GET", self.jwks_url) as response,
+        ):
+            return await self._async_read_jwks(response, deadline)
+
+    def _sync_read_jwks(
+        self, response: httpx.Response, deadline: float
+    ) -> tuple[Any, float | None]:
         response.raise_for_status()
-        return response.json(), _freshness(response.headers)
+        _check_jwks_length(response)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            self._add_jwks_chunk(body, chunk, deadline)
+        return json.loads(body), _freshness(response.headers)
+
+    async def _async_read_jwks(
+        self, response: httpx.Response, deadline: float
+    ) -> tuple[Any, float | None]:
+        response.raise_for_status()
+        _check_jwks_length(response)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            self._add_jwks_chunk(body, chunk, deadline)
+        return json.loads(body), _freshness(response.headers)
+
+    def _add_jwks_chunk(self, body: bytearray, chunk: bytes, deadline: float) -> None:
+        # httpx's timeout bounds each read, not the whole answer: one that trickles in a
+        # byte at a time would hold the JWKS lock (and the requests waiting on it) for good.
+        body += chunk
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"the JWKS answer is larger than {MAX_JWKS_BYTES} bytes")
+        if elapsed() > deadline:
+            raise ValueError(f"the JWKS answer took longer than {self._timeout:g} s")
 
     # -- introspection (RFC 7662) ----------------------------------------------------------
 

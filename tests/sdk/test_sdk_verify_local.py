@@ -339,6 +339,52 @@ def test_jwks_outage(issuer: Issuer, http: httpx.Client) -> None:
         verifier.verify(issuer.sign("k2"))
 
 
+def test_a_jwks_answer_that_trickles_in_is_given_up_on(
+    issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each chunk comes well within the read timeout; the whole answer does not.
+    def trickle(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        for _ in range(30):
+            time.sleep(0.05)
+            yield b" "
+        yield json.dumps(issuer.jwks()).encode()
+
+    with httpx.Client(transport=httpx.WSGITransport(app=trickle)) as http:
+        verifier = make_verifier(http, timeout=0.3)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="keyservice.verify"):
+            with pytest.raises(VerifierUnavailableError):
+                verifier.verify(issuer.sign())
+        assert time.monotonic() - started < 1.0
+    assert "took longer than 0.3 s" in caplog.text
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_huge_jwks_answer_is_refused(
+    issuer: Issuer, caplog: pytest.LogCaptureFixture, declared: bool
+) -> None:
+    padding = b" " * (2 << 20)
+    document = json.dumps(issuer.jwks()).encode() + padding
+
+    async def huge(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if declared:
+            headers.append((b"content-length", str(len(document)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for start in range(0, len(document), 65536):
+            chunk = document[start : start + 65536]
+            more = start + 65536 < len(document)
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=huge)) as http:
+        verifier = TokenVerifier(JWKS_URL, ISSUER, ISSUER, async_http_client=http)
+        with caplog.at_level(logging.WARNING, logger="keyservice.verify"):
+            with pytest.raises(VerifierUnavailableError):
+                await verifier.averify(issuer.sign())
+    assert "larger than 1048576 bytes" in caplog.text
+
+
 def test_unknown_kid_stays_unavailable_while_the_jwks_is_down(
     issuer: Issuer, http: httpx.Client
 ) -> None:
