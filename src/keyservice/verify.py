@@ -323,6 +323,11 @@ class TokenVerifier:
         for claim in ("sub", "jti"):
             if not isinstance(claims[claim], str):
                 raise InvalidTokenError(f"token claim {claim!r} is not a string")
+        for claim in ("exp", "iat", "nbf"):
+            # PyJWT takes "9999999999" (a string) for a time; RFC 7519 §2 says a JSON number.
+            value = claims.get(claim, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidTokenError(f"token claim {claim!r} is not a number of seconds")
         if not isinstance(claims.get("scope", ""), str):
             raise InvalidTokenError("token claim 'scope' is not a space-separated string")
         return claims

@@ -166,6 +166,16 @@ def test_rejects_odd_headers_and_claims(issuer: Issuer, http: httpx.Client) -> N
             verifier.verify(junk)
 
 
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_rejects_a_time_claim_that_is_not_a_number(
+    issuer: Issuer, http: httpx.Client, claim: str
+) -> None:
+    # PyJWT reads a numeric string as a time; a NumericDate is a JSON number.
+    value = str(int(time.time()) + (3600 if claim == "exp" else -10))
+    with pytest.raises(InvalidTokenError, match=f"'{claim}' is not a number"):
+        make_verifier(http).verify(issuer.sign(**{claim: value}))
+
+
 def test_a_skewed_clock_is_named_in_the_message(issuer: Issuer, http: httpx.Client) -> None:
     verifier = make_verifier(http)
     now = int(time.time())
