@@ -480,7 +480,7 @@ class TokenVerifier:
         # Streamed, so that an answer too large or too slow is given up on while it comes.
         deadline = elapsed() + self._timeout
         if self._http_client is not None:
-            with self._http_client.stream("GET", self.jwks_url) as response:
+            with self._http_client.stream("GET", self.jwks_url, follow_redirects=False) as response:
                 return self._sync_read_jwks(response, deadline)
         with (
             httpx.Client(timeout=self._timeout) as client,
@@ -491,7 +491,9 @@ class TokenVerifier:
     async def _async_get_jwks(self) -> tuple[Any, float | None]:
         deadline = elapsed() + self._timeout
         if self._async_http_client is not None:
-            async with self._async_http_client.stream("GET", self.jwks_url) as response:
+            async with self._async_http_client.stream(
+                "GET", self.jwks_url, follow_redirects=False
+            ) as response:
                 return await self._async_read_jwks(response, deadline)
         async with (
             httpx.AsyncClient(timeout=self._timeout) as client,
@@ -542,6 +544,8 @@ class TokenVerifier:
             "headers": headers,
             # None replaces any auth configured on a caller-supplied client.
             "auth": credential if isinstance(credential, httpx.Auth) else None,
+            # A caller's client may follow redirects: a 307 would resend the token elsewhere.
+            "follow_redirects": False,
         }
 
     def _sync_introspect(self, token: str) -> None:

@@ -477,6 +477,35 @@ async def test_concurrent_averify_of_a_rotated_key_waits_for_the_refetch(
     assert issuer.jwks_requests == 2
 
 
+def test_redirects_are_not_followed_with_a_token_or_for_keys(issuer: Issuer) -> None:
+    # The caller's client follows redirects; the verifier's requests must not.
+    elsewhere: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ["HTTP_HOST"] != "issuer.test":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            elsewhere.append(environ["wsgi.input"].read(length).decode())
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"active": True, **issuer.jwks()}).encode()]
+        if environ["PATH_INFO"] == "/introspect" or issuer.jwks_status == 307:
+            location = "https://elsewhere.test" + environ["PATH_INFO"]
+            start_response("307 X", [("Location", location)])
+            return [b""]
+        return issuer.wsgi(environ, start_response)
+
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, follow_redirects=True) as http:
+        verifier = make_verifier(http, introspect_url=INTROSPECT_URL, introspect_token="t")
+        token = issuer.sign()
+        with pytest.raises(VerifierUnavailableError, match="HTTP 307"):
+            verifier.verify(token)
+        assert elsewhere == []
+        issuer.jwks_status = 307
+        with pytest.raises(VerifierUnavailableError):
+            make_verifier(http).verify(token)
+        assert elsewhere == []
+
+
 def test_introspect_url_needs_a_credential() -> None:
     with pytest.raises(ValueError, match="introspect"):
         TokenVerifier(JWKS_URL, ISSUER, ISSUER, introspect_url=INTROSPECT_URL)
