@@ -506,6 +506,49 @@ def test_redirects_are_not_followed_with_a_token_or_for_keys(issuer: Issuer) -> 
         assert elsewhere == []
 
 
+async def test_averify_follows_no_redirect_with_a_token_or_for_keys(issuer: Issuer) -> None:
+    # The async path, as the sync one above: the caller's client follows redirects.
+    elsewhere: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        host = dict(scope["headers"]).get(b"host", b"")
+        if host != b"issuer.test":
+            message = await receive()
+            elsewhere.append(message.get("body", b""))
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            body = json.dumps({"active": True, **issuer.jwks()}).encode()
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["path"] == "/introspect" or issuer.jwks_status == 307:
+            location = b"https://elsewhere.test" + scope["path"].encode()
+            await send(
+                {"type": "http.response.start", "status": 307, "headers": [(b"location", location)]}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await issuer.asgi(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, follow_redirects=True) as http:
+        verifier = TokenVerifier(
+            JWKS_URL,
+            ISSUER,
+            ISSUER,
+            async_http_client=http,
+            introspect_url=INTROSPECT_URL,
+            introspect_token="t",
+        )
+        token = issuer.sign()
+        with pytest.raises(VerifierUnavailableError, match="HTTP 307"):
+            await verifier.averify(token)
+        assert elsewhere == []
+        issuer.jwks_status = 307
+        with pytest.raises(VerifierUnavailableError):
+            await TokenVerifier(JWKS_URL, ISSUER, ISSUER, async_http_client=http).averify(token)
+        assert elsewhere == []
+
+
 def test_introspect_url_needs_a_credential() -> None:
     with pytest.raises(ValueError, match="introspect"):
         TokenVerifier(JWKS_URL, ISSUER, ISSUER, introspect_url=INTROSPECT_URL)
