@@ -166,6 +166,7 @@ def require_scope(scope: str) -> Callable[[TokenPrincipal], Awaitable[TokenPrinc
             raise InsufficientScope(scope)
         return principal
 
+    dependency.required_scope = scope  # type: ignore[attr-defined]  # for apidoc.py
     return dependency
 
 

@@ -28,5 +28,5 @@ PathId = Annotated[str, AfterValidator(canonical_id)]
 # 36 characters, as an id has.
 IdFilter = Annotated[
     Annotated[str, StringConstraints(max_length=36), AfterValidator(canonical_id)] | None,
-    Query(),
+    Query(description="Only what concerns the principal or key with this id (a UUID)."),
 ]

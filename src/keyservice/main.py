@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keyservice import __version__, secret_rotation
+from keyservice import __version__, apidoc, secret_rotation
 from keyservice import database as database_module
 from keyservice.audit import refusals
 from keyservice.auth.router import answer_token, parse_form, token
@@ -713,11 +713,31 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     # route class as the API's: the bench's bare endpoint is handled as its reads are.
     health = APIRouter(tags=["health"], route_class=TableRoute)
 
-    @health.get("/healthz")
+    @health.get("/healthz", summary="Liveness: 200 while the process is up")
     async def healthz() -> Response:
         return JSONResponse({"status": "ok"})
 
-    @health.get("/readyz")
+    @health.get(
+        "/readyz",
+        summary="Readiness: 200 when the database answers, else 503",
+        responses={
+            503: {
+                "description": "The database does not answer.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string"},
+                                "database": {"type": "string"},
+                            },
+                        },
+                        "example": {"status": "unavailable", "database": "down"},
+                    }
+                },
+            }
+        },
+    )
     async def readyz() -> Response:
         try:
             async with asyncio.timeout(2):
@@ -758,6 +778,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     # First of all: the fixed paths found by a lookup instead of a walk of the table
     # (routing.ExactPaths); everything it does not answer walks the table as before.
     app.router.routes[:] = [ExactPaths(ours), *ours, *framework_routes]
+    apidoc.install(app)
     return app
 
 

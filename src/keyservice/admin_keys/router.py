@@ -25,7 +25,7 @@ router = APIRouter(prefix="/admin/api-keys", tags=["admin"], route_class=TableRo
 Status = Literal["revoked", "expired", "suspended", "valid"]
 
 
-@router.get("", response_model=AdminApiKeyList)
+@router.get("", summary="List every API key (filters, paging)", response_model=AdminApiKeyList)
 async def list_keys(
     _admin: AdminPrincipal,
     session: SessionDep,
@@ -39,9 +39,13 @@ async def list_keys(
             )
         ),
     ] = None,
-    owner_type: Literal["user", "device"] | None = None,
+    owner_type: Annotated[
+        Literal["user", "device"] | None, Query(description="Only keys of users, or of devices.")
+    ] = None,
     owner_id: IdFilter = None,
-    status: Status | None = None,
+    status: Annotated[
+        Status | None, Query(description="Only keys of this (derived) status.")
+    ] = None,
     limit: Limit = None,
     cursor: Cursor = None,
 ) -> AdminApiKeyList:
@@ -59,7 +63,7 @@ async def list_keys(
     return AdminApiKeyList(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{key_id}", response_model=ApiKeyRead)
+@router.get("/{key_id}", summary="Read any API key", response_model=ApiKeyRead)
 async def get_key(
     key_id: PathId, _admin: AdminPrincipal, session: SessionDep, context: ContextDep
 ) -> ApiKeyRead:
@@ -67,7 +71,7 @@ async def get_key(
     return service.to_read(key, owner, context.settings, utcnow())
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete("/{key_id}", summary="Revoke any API key", status_code=204)
 async def revoke_key(
     key_id: PathId, admin: AdminPrincipal, session: SessionDep, context: ContextDep, ip: RequestIp
 ) -> Response:

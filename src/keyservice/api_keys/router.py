@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from keyservice import apidoc
 from keyservice.api_keys import service
 from keyservice.api_keys.schemas import (
     ApiKeyCreate,
@@ -63,7 +64,13 @@ async def audit_actor(principal: ManagerDep, user: UserDep) -> str:
 ActorDep = Annotated[str, Depends(audit_actor)]
 
 
-@router.post("", status_code=201, response_model=ApiKeyCreated)
+@router.post(
+    "",
+    summary="Create an API key of one's own (secret shown once)",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=ApiKeyCreated,
+)
 async def create_key(
     data: ApiKeyCreate,
     user: UserDep,
@@ -77,12 +84,12 @@ async def create_key(
     return await service.create(context, session, owner=user, data=data, actor=actor, ip=ip)
 
 
-@router.get("", response_model=ApiKeyList)
+@router.get("", summary="List one's own API keys", response_model=ApiKeyList)
 async def list_keys(user: UserDep, session: SessionDep, context: ContextDep) -> ApiKeyList:
     return ApiKeyList(items=await service.list_for_owner(context, session, owner=user))
 
 
-@router.get("/{key_id}", response_model=ApiKeyRead)
+@router.get("/{key_id}", summary="Read one of one's own API keys", response_model=ApiKeyRead)
 async def get_key(
     key_id: PathId, user: UserDep, session: SessionDep, context: ContextDep
 ) -> ApiKeyRead:
@@ -90,7 +97,7 @@ async def get_key(
     return service.to_read(key, user, context.settings, utcnow())
 
 
-@router.patch("/{key_id}", response_model=ApiKeyRead)
+@router.patch("/{key_id}", summary="Update one of one's own API keys", response_model=ApiKeyRead)
 async def update_key(
     key_id: PathId,
     data: ApiKeyUpdate,
@@ -106,7 +113,7 @@ async def update_key(
     )
 
 
-@router.delete("/{key_id}", status_code=204)
+@router.delete("/{key_id}", summary="Delete (revoke) one of one's own API keys", status_code=204)
 async def delete_key(
     key_id: PathId,
     user: UserDep,
@@ -120,7 +127,13 @@ async def delete_key(
     return Response(status_code=204)
 
 
-@router.post("/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
+@router.post(
+    "/{key_id}/rotate",
+    summary="Rotate one of one's own API keys (new secret shown once)",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=ApiKeyCreated,
+)
 async def rotate_key(
     key_id: PathId,
     user: UserDep,

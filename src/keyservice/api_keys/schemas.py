@@ -118,8 +118,43 @@ class ApiKeyRead(BaseModel):
 
 
 class ApiKeyCreated(ApiKeyRead):
-    client_secret: str | None = Field(repr=False)
-    api_key: str = Field(repr=False)
+    """A key as just created or rotated: the only answer that ever shows its secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5f0c6a7e-2b1d-4c8e-9a51-3d2f7b9e0c14",
+                    "client_id": "kc_...",
+                    "name": "billing exporter",
+                    "description": "",
+                    "scopes": ["projects:read"],
+                    "inherits_permissions": False,
+                    "allowed_ips": ["203.0.113.0/24"],
+                    "created_at": "2026-11-22T10:00:00Z",
+                    "expires_at": "2027-02-20T10:00:00Z",
+                    "last_used_at": None,
+                    "last_used_ip": None,
+                    "status": "valid",
+                    "expires_soon": False,
+                    "owner_id": "0b7c1e52-8f4a-4d3e-b6a9-1c2d3e4f5a6b",
+                    "owner_type": "user",
+                    "legacy": False,
+                    "client_secret": "<shown once>",
+                    "api_key": "ksk_...",
+                }
+            ]
+        }
+    )
+
+    client_secret: str | None = Field(
+        repr=False, description="Shown in this answer only; stored as a hash."
+    )
+    api_key: str = Field(
+        repr=False,
+        description="The single key string (client id and secret) to configure a client "
+        "with; shown in this answer only.",
+    )
 
 
 class ApiKeyList(BaseModel):

@@ -16,16 +16,27 @@ from keyservice.timestamps import Timestamp
 router = APIRouter(prefix="/admin/audit-events", tags=["admin"], route_class=TableRoute)
 
 
-@router.get("", response_model=AuditEventList)
+@router.get("", summary="List audit events, newest first", response_model=AuditEventList)
 async def list_events(
     _admin: AdminPrincipal,
     session: SessionDep,
-    type: Annotated[str | None, Query(max_length=64)] = None,
+    type: Annotated[
+        str | None,
+        Query(max_length=64, description="Only events of this type, e.g. `token.exchange`."),
+    ] = None,
     principal_id: IdFilter = None,
     key_id: IdFilter = None,
     since: Annotated[Timestamp | None, Query(description="RFC 3339 with an offset.")] = None,
-    limit: Annotated[int, Query(ge=1, description="At most 500 are returned.")] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[
+        int, Query(ge=1, description="Page size (default 100; at most 500 are returned).")
+    ] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="The `next_cursor` of the previous page, to read the next one.",
+        ),
+    ] = None,
 ) -> AuditEventList:
     items, next_cursor = await service.list_events(
         session,

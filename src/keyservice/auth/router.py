@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from keyservice import apidoc
 from keyservice.auth import service
 from keyservice.auth import tokens as token_ops
 from keyservice.auth.client_auth import ClientCredentials, client_credentials, named_client_id
@@ -140,7 +141,89 @@ def token_response(issued: Issued) -> Response:
     return JSONResponse(issued.body(), headers={"Sunset": sunset})
 
 
-@router.post("/token")
+_OAUTH_ERROR = apidoc.error(
+    "RFC 6749 §5.2: `invalid_request`, `invalid_grant`, `invalid_scope` or "
+    "`unsupported_grant_type`."
+)
+_TOKEN_FORM = {
+    "type": "object",
+    "required": ["grant_type"],
+    "properties": {
+        "grant_type": {
+            "type": "string",
+            "enum": ["client_credentials", "refresh_token", "password"],
+        },
+        "api_key": {
+            "type": "string",
+            "description": "client_credentials: the single API key string (or the next two).",
+        },
+        "client_id": {"type": "string", "description": "client_credentials (or HTTP Basic)."},
+        "client_secret": {"type": "string", "description": "client_credentials."},
+        "refresh_token": {"type": "string", "description": "refresh_token: single-use."},
+        "username": {"type": "string", "description": "password grant."},
+        "password": {"type": "string", "format": "password", "description": "password grant."},
+        "scope": {"type": "string", "description": "Space-separated; narrows the token."},
+    },
+}
+_TOKEN_ANSWER = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": {"type": "string", "description": "A JWT (RFC 9068)."},
+        "token_type": {"type": "string", "enum": ["Bearer"]},
+        "expires_in": {"type": "integer"},
+        "refresh_token": {"type": "string"},
+        "refresh_token_expires_in": {"type": "integer"},
+        "scope": {"type": "string"},
+    },
+    "example": {
+        "access_token": "eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6Ii4uLiJ9...",
+        "token_type": "Bearer",
+        "expires_in": 7200,
+        "refresh_token": "<opaque>",
+        "refresh_token_expires_in": 10800,
+        "scope": "projects:read projects:write",
+    },
+}
+_NO_STORE_HEADERS = {
+    "Cache-Control": {"schema": {"type": "string", "enum": ["no-store"]}},
+    "Pragma": {"schema": {"type": "string", "enum": ["no-cache"]}},
+}
+
+
+def _form(schema: dict[str, Any]) -> dict[str, Any]:
+    """An `openapi_extra` for a route that reads its form itself (`parse_form`)."""
+    content = {"application/x-www-form-urlencoded": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# Served by main._fast_token from the edge: this route documents it (and serves the same
+# answers when the edge is not in front, as in tests that build the router alone).
+@router.post(
+    "/token",
+    summary="Exchange an API key, a refresh token or a password for an access token",
+    openapi_extra=_form(_TOKEN_FORM),
+    responses={
+        200: {
+            "description": "RFC 6749 §5.1; `Sunset` when the key expires within 7 days.",
+            "headers": {
+                **_NO_STORE_HEADERS,
+                "Sunset": {"schema": {"type": "string"}, "description": "RFC 8594."},
+            },
+            "content": {"application/json": {"schema": _TOKEN_ANSWER}},
+        },
+        400: _OAUTH_ERROR,
+        401: apidoc.error(
+            "`invalid_client`: unknown client, wrong secret, key revoked, expired or "
+            "suspended, or address not allowed.",
+            headers={"WWW-Authenticate": "Basic, when Basic credentials were sent."},
+        ),
+        429: apidoc.error(
+            "`slow_down`: too many failed attempts.",
+            headers={"Retry-After": "Seconds to wait."},
+        ),
+    },
+)
 async def token(request: Request, context: ContextDep) -> Response:
     """RFC 6749 token endpoint: client_credentials, refresh_token, password.
 
@@ -189,7 +272,31 @@ async def answer_token(
     return token_response(issued)
 
 
-@router.post("/revoke")
+@router.post(
+    "/revoke",
+    summary="Revoke a refresh token and its family (RFC 7009)",
+    openapi_extra=_form(
+        {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                "token": {"type": "string", "description": "The refresh token."},
+                "token_type_hint": {"type": "string"},
+                "client_id": {"type": "string", "description": "Optional; must be its key's."},
+                "client_secret": {"type": "string"},
+            },
+        }
+    ),
+    responses={
+        200: {
+            "description": "Revoked, or nothing to revoke (always 200, empty body).",
+            "content": {},
+        },
+        400: apidoc.error("`invalid_request`: `token` is missing or sent twice."),
+        401: apidoc.error("`invalid_client`: client credentials sent are not the token's key."),
+        429: apidoc.error("`slow_down`", headers={"Retry-After": "Seconds to wait."}),
+    },
+)
 async def revoke(request: Request, context: ContextDep) -> Response:
     """RFC 7009: revoke a refresh token (or an access token's family); always 200."""
     form = await read_form(request)
@@ -215,7 +322,46 @@ async def revoke(request: Request, context: ContextDep) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/introspect")
+@router.post(
+    "/introspect",
+    summary="Describe a token (RFC 7662); needs the `introspect` scope",
+    openapi_extra=_form(
+        {
+            "type": "object",
+            "required": ["token"],
+            "properties": {
+                "token": {"type": "string", "description": "An access or refresh token."},
+                "token_type_hint": {"type": "string"},
+            },
+        }
+    ),
+    responses={
+        200: {
+            "description": '`{"active": false}` for a token no longer usable.',
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["active"],
+                        "properties": {"active": {"type": "boolean"}},
+                        "additionalProperties": True,
+                    },
+                    "example": {
+                        "active": True,
+                        "token_type": "Bearer",
+                        "scope": "projects:read",
+                        "client_id": "kc_...",
+                        "sub": "0b7c...",
+                        "exp": 1764000000,
+                        "principal_type": "device",
+                    },
+                }
+            },
+        },
+        400: apidoc.error("`invalid_request`: `token` is missing or sent twice."),
+        403: apidoc.forbidden("introspect"),
+    },
+)
 async def introspect(
     request: Request, context: ContextDep, principal: CurrentPrincipal
 ) -> Response:
@@ -230,14 +376,17 @@ async def introspect(
     return JSONResponse(result)
 
 
-@router.get("/.well-known/jwks.json")
+@router.get("/.well-known/jwks.json", summary="The public signing keys (JWKS)")
 async def jwks(context: ContextDep) -> Response:
     # A rotated-in key signs only once a copy cached for this long has expired.
     cache = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
     return JSONResponse(context.keyring.jwks(), headers={"Cache-Control": cache})
 
 
-@router.get("/.well-known/oauth-authorization-server")
+@router.get(
+    "/.well-known/oauth-authorization-server",
+    summary="Authorization server metadata (RFC 8414)",
+)
 async def metadata(context: ContextDep) -> Response:
     """RFC 8414 authorization server metadata."""
     issuer = context.settings.effective_issuer

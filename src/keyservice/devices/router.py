@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from keyservice import apidoc
 from keyservice.api_keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -30,7 +31,13 @@ from keyservice.routing import TableRoute
 router = APIRouter(prefix="/admin/devices", tags=["admin"], route_class=TableRoute)
 
 
-@router.post("", status_code=201, response_model=DeviceRead)
+@router.post(
+    "",
+    summary="Register a device",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=DeviceRead,
+)
 async def create_device(
     data: DeviceCreate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
 ) -> DeviceRead:
@@ -45,7 +52,7 @@ async def create_device(
     return DeviceRead.of(device)
 
 
-@router.get("", response_model=DeviceList)
+@router.get("", summary="List devices", response_model=DeviceList)
 async def list_devices(
     _admin: AdminPrincipal,
     session: SessionDep,
@@ -70,12 +77,17 @@ async def list_devices(
     return DeviceList(items=[DeviceRead.of(d) for d in devices], next_cursor=next_cursor)
 
 
-@router.get("/{device_id}", response_model=DeviceRead)
+@router.get("/{device_id}", summary="Read a device", response_model=DeviceRead)
 async def get_device(device_id: PathId, _admin: AdminPrincipal, session: SessionDep) -> DeviceRead:
     return DeviceRead.of(await service.get(session, device_id=device_id))
 
 
-@router.patch("/{device_id}", response_model=DeviceRead)
+@router.patch(
+    "/{device_id}",
+    summary="Update a device (disable, permissions)",
+    responses={409: apidoc.CONFLICT},
+    response_model=DeviceRead,
+)
 async def update_device(
     device_id: PathId,
     data: DeviceUpdate,
@@ -98,7 +110,7 @@ async def update_device(
     return DeviceRead.of(device)
 
 
-@router.delete("/{device_id}", status_code=204)
+@router.delete("/{device_id}", summary="Delete a device and revoke its keys", status_code=204)
 async def delete_device(
     device_id: PathId,
     admin: AdminPrincipal,
@@ -112,7 +124,13 @@ async def delete_device(
     return Response(status_code=204)
 
 
-@router.post("/{device_id}/api-keys", status_code=201, response_model=ApiKeyCreated)
+@router.post(
+    "/{device_id}/api-keys",
+    summary="Create an API key for a device (secret shown once)",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=ApiKeyCreated,
+)
 async def create_device_key(
     device_id: PathId,
     data: ApiKeyCreate,
@@ -133,7 +151,9 @@ async def create_device_key(
     )
 
 
-@router.patch("/{device_id}/api-keys/{key_id}", response_model=ApiKeyRead)
+@router.patch(
+    "/{device_id}/api-keys/{key_id}", summary="Update a device's API key", response_model=ApiKeyRead
+)
 async def update_device_key(
     device_id: PathId,
     key_id: PathId,
@@ -155,7 +175,13 @@ async def update_device_key(
     )
 
 
-@router.post("/{device_id}/api-keys/{key_id}/rotate", status_code=201, response_model=ApiKeyCreated)
+@router.post(
+    "/{device_id}/api-keys/{key_id}/rotate",
+    summary="Rotate a device's API key (new secret shown once)",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=ApiKeyCreated,
+)
 async def rotate_device_key(
     device_id: PathId,
     key_id: PathId,

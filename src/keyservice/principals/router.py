@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from keyservice import apidoc
 from keyservice.dependencies import ContextDep, CurrentPrincipal, SessionDep, client_ip
 from keyservice.exceptions import Forbidden
 from keyservice.principals import service
@@ -16,12 +17,20 @@ from keyservice.users import own_password
 router = APIRouter(tags=["me"], route_class=TableRoute)
 
 
-@router.get("/me", response_model=MeRead)
+@router.get(
+    "/me",
+    summary="The caller: principal, permissions and key-expiry warnings",
+    response_model=MeRead,
+)
 async def me(principal: CurrentPrincipal, session: SessionDep, context: ContextDep) -> MeRead:
     return await service.describe(session, principal_id=principal.id, settings=context.settings)
 
 
-@router.get("/me/token", response_model=TokenRead)
+@router.get(
+    "/me/token",
+    summary="The presented access token as this service reads it",
+    response_model=TokenRead,
+)
 async def me_token(principal: CurrentPrincipal) -> JSONResponse:
     """Describe the presented access token as this service sees it (no database work)."""
     # A response of our own, built from claims this service signed and has just verified:
@@ -42,7 +51,20 @@ async def me_token(principal: CurrentPrincipal) -> JSONResponse:
     )
 
 
-@router.post("/me/password", status_code=204)
+@router.post(
+    "/me/password",
+    summary="Change the calling user's own password",
+    status_code=204,
+    responses={
+        403: apidoc.error(
+            "`forbidden`: a wrong current password, a device, or an API key's token "
+            "(only a password sign-in may change the password)."
+        ),
+        429: apidoc.error(
+            "`slow_down`: too many failed sign-ins.", headers={"Retry-After": "Seconds to wait."}
+        ),
+    },
+)
 async def change_password(
     body: PasswordChange,
     principal: CurrentPrincipal,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from keyservice import apidoc
 from keyservice.dependencies import (
     AdminPrincipal,
     ContextDep,
@@ -18,13 +19,19 @@ from keyservice.scopes.schemas import ScopeCreate, ScopeList, ScopeRead, ScopeUp
 router = APIRouter(prefix="/admin/scopes", tags=["admin"], route_class=TableRoute)
 
 
-@router.get("", response_model=ScopeList)
+@router.get("", summary="List the scope catalog", response_model=ScopeList)
 async def list_scopes(_admin: AdminPrincipal, session: SessionDep) -> ScopeList:
     scopes = await service.list_scopes(session)
     return ScopeList(items=[ScopeRead.model_validate(scope) for scope in scopes])
 
 
-@router.post("", status_code=201, response_model=ScopeRead)
+@router.post(
+    "",
+    summary="Add a scope to the catalog",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=ScopeRead,
+)
 async def create_scope(
     data: ScopeCreate,
     admin: AdminPrincipal,
@@ -44,7 +51,12 @@ async def create_scope(
 
 
 # `:path`: a scope name may hold '/' (`files/read`), sent as it is or as %2F.
-@router.patch("/{name:path}", response_model=ScopeRead)
+@router.patch(
+    "/{name:path}",
+    summary="Update a scope's description",
+    responses={409: apidoc.CONFLICT},
+    response_model=ScopeRead,
+)
 async def update_scope(
     name: str, data: ScopeUpdate, admin: AdminPrincipal, session: SessionDep, ip: RequestIp
 ) -> ScopeRead:
@@ -58,7 +70,12 @@ async def update_scope(
     return ScopeRead.model_validate(scope)
 
 
-@router.delete("/{name:path}", status_code=204)
+@router.delete(
+    "/{name:path}",
+    summary="Delete a scope from the catalog",
+    responses={409: apidoc.CONFLICT},
+    status_code=204,
+)
 async def delete_scope(
     name: str, admin: AdminPrincipal, session: SessionDep, ip: RequestIp, context: ContextDep
 ) -> Response:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from keyservice import apidoc
 from keyservice.dependencies import (
     AdminPrincipal,
     ContextDep,
@@ -22,7 +23,13 @@ from keyservice.users.schemas import UserCreate, UserList, UserRead, UserUpdate
 router = APIRouter(prefix="/admin/users", tags=["admin"], route_class=TableRoute)
 
 
-@router.post("", status_code=201, response_model=UserRead)
+@router.post(
+    "",
+    summary="Create a user",
+    responses={409: apidoc.CONFLICT},
+    status_code=201,
+    response_model=UserRead,
+)
 async def create_user(
     data: UserCreate,
     admin: AdminPrincipal,
@@ -40,7 +47,7 @@ async def create_user(
     return UserRead.of(user)
 
 
-@router.get("", response_model=UserList)
+@router.get("", summary="List users", response_model=UserList)
 async def list_users(
     _admin: AdminPrincipal,
     session: SessionDep,
@@ -64,12 +71,17 @@ async def list_users(
     return UserList(items=[UserRead.of(user) for user in users], next_cursor=next_cursor)
 
 
-@router.get("/{user_id}", response_model=UserRead)
+@router.get("/{user_id}", summary="Read a user", response_model=UserRead)
 async def get_user(user_id: PathId, _admin: AdminPrincipal, session: SessionDep) -> UserRead:
     return UserRead.of(await service.get(session, user_id=user_id))
 
 
-@router.patch("/{user_id}", response_model=UserRead)
+@router.patch(
+    "/{user_id}",
+    summary="Update a user (disable, permissions, password)",
+    responses={409: apidoc.CONFLICT},
+    response_model=UserRead,
+)
 async def update_user(
     user_id: PathId,
     data: UserUpdate,
