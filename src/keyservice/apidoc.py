@@ -51,7 +51,11 @@ class ValidationErrorBody(BaseModel):
 
     error: str = Field(description="Always `validation_error`.", examples=["validation_error"])
     error_description: str = Field(examples=["name: String should have at least 1 character"])
-    details: list[ValidationDetail]
+    details: list[ValidationDetail] | None = Field(
+        default=None,
+        description="One entry per field refused; absent when no one field is to blame "
+        "(e.g. a PATCH that changes nothing).",
+    )
 
 
 def error(description: str, *, headers: dict[str, str] | None = None) -> dict[str, Any]:

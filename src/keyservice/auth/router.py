@@ -275,6 +275,7 @@ async def answer_token(
 @router.post(
     "/revoke",
     summary="Revoke a refresh token and its family (RFC 7009)",
+    response_class=Response,  # an empty 200, documented without a body
     openapi_extra=_form(
         {
             "type": "object",
@@ -288,10 +289,7 @@ async def answer_token(
         }
     ),
     responses={
-        200: {
-            "description": "Revoked, or nothing to revoke (always 200, empty body).",
-            "content": {},
-        },
+        200: {"description": "Revoked, or nothing to revoke (always 200, empty body)."},
         400: apidoc.error("`invalid_request`: `token` is missing or sent twice."),
         401: apidoc.error("`invalid_client`: client credentials sent are not the token's key."),
         429: apidoc.error("`slow_down`", headers={"Retry-After": "Seconds to wait."}),
