@@ -141,7 +141,7 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         item = schema["paths"].get(route.path_format, {})
-        for method in route.methods:
+        for method in route.methods or ():
             operation = item.get(method.lower())
             if operation is None:
                 continue
