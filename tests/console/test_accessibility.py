@@ -229,3 +229,70 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     await audit.check("403")
 
     audit.assert_clean()
+
+
+# WCAG 2.2 1.4.11 (non-text contrast): the focus ring must
+# stand out 3:1 from what is around them. axe-core checks text contrast only, so these are
+# measured here from the colours Chromium computes. The page runs the arithmetic of WCAG's
+# relative luminance on the computed rgb() values; a transparent background is looked up
+# on the ancestors, as it shows through.
+CONTRAST_JS = """
+(element) => {
+  const rgb = (value) => {
+    const m = value.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const parts = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return { r: parts[0], g: parts[1], b: parts[2], a: parts.length > 3 ? parts[3] : 1 };
+  };
+  const luminance = (c) => {
+    const lin = (v) => {
+      v /= 255;
+      return v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+    };
+    return 0.2126 * lin(c.r) + 0.7152 * lin(c.g) + 0.0722 * lin(c.b);
+  };
+  const ratio = (a, b) => {
+    const [hi, lo] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+    return (hi + 0.05) / (lo + 0.05);
+  };
+  const behind = (node) => {
+    for (let n = node; n; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c && c.a === 1) return c;
+    }
+    return { r: 255, g: 255, b: 255, a: 1 };
+  };
+  const style = getComputedStyle(element);
+  return {
+    outline: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2
+      ? ratio(rgb(style.outlineColor), behind(element.parentElement)) : 0,
+    border: ratio(rgb(style.borderTopColor), behind(element.parentElement)),
+    what: element.outerHTML.slice(0, 80),
+  };
+}
+"""
+
+
+async def signed_in_admin(page: Page, live: LiveServer) -> None:
+    await create_principal(live.context, "root", permissions=["admin", "api_keys:manage"])
+    await sign_in(page, "root")
+    await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+
+
+async def test_focus_ring_contrasts_3_to_1(page: Page, live: LiveServer) -> None:
+    await signed_in_admin(page, live)
+    low: list[str] = []
+    for path in ("/console/keys/new", "/console/admin/keys"):
+        await page.goto(path)
+        # Keyboard focus on every control in turn, from the skip link on: the ring shows
+        # on the dark header, the page and the cards.
+        await page.locator("body").focus()
+        for _ in range(40):
+            await page.keyboard.press("Tab")
+            focused = page.locator(":focus")
+            if await focused.count() == 0:
+                break
+            measured = await focused.evaluate(CONTRAST_JS)
+            if measured["outline"] < 3:
+                low.append(f"{path} {measured['outline']:.2f}: {measured['what']}")
+    assert not low, "focus ring below 3:1 against the background:\n" + "\n".join(low)
