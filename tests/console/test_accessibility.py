@@ -231,7 +231,7 @@ async def test_every_console_page_passes_axe(page: Page, live: LiveServer) -> No
     audit.assert_clean()
 
 
-# WCAG 2.2 1.4.11 (non-text contrast): the focus ring must
+# WCAG 2.2 1.4.11 (non-text contrast): the focus ring and the edge of a text field must
 # stand out 3:1 from what is around them. axe-core checks text contrast only, so these are
 # measured here from the colours Chromium computes. The page runs the arithmetic of WCAG's
 # relative luminance on the computed rgb() values; a transparent background is looked up
@@ -296,3 +296,19 @@ async def test_focus_ring_contrasts_3_to_1(page: Page, live: LiveServer) -> None
             if measured["outline"] < 3:
                 low.append(f"{path} {measured['outline']:.2f}: {measured['what']}")
     assert not low, "focus ring below 3:1 against the background:\n" + "\n".join(low)
+
+
+async def test_text_field_edges_contrast_3_to_1(page: Page, live: LiveServer) -> None:
+    await signed_in_admin(page, live)
+    low: list[str] = []
+    for path in ("/console/keys/new", "/console/admin/keys", "/console/password"):
+        await page.goto(path)
+        fields = page.locator(
+            "input:visible:not([type=checkbox]), textarea:visible, select:visible"
+        )
+        assert await fields.count()
+        for index in range(await fields.count()):
+            measured = await fields.nth(index).evaluate(CONTRAST_JS)
+            if measured["border"] < 3:
+                low.append(f"{path} {measured['border']:.2f}: {measured['what']}")
+    assert not low, "text field edge below 3:1 against the background:\n" + "\n".join(low)
