@@ -656,7 +656,9 @@ async def test_rotating_a_device_key_says_until_when_the_old_one_works(
     rotated = await client.post(
         f"{base}/keys/{key_id.group(1)}/rotate", data={"csrf_token": token, "grace_seconds": "3600"}
     )
-    assert rotated.status_code == 200 and "Your rotated API key" in rotated.text
+    assert rotated.status_code == 200 and "<h1>Your rotated API key</h1>" in rotated.text
+    # The tab's title, read first by a screen reader, says the same as the heading.
+    assert "<title>Your rotated API key · keyservice</title>" in rotated.text
     async with context.database.sessionmaker() as session:
         old = await session.get(ApiKey, key_id.group(1))
         assert old is not None
