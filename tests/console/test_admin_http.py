@@ -24,6 +24,7 @@ from tests.conftest import client_for
 from tests.console.conftest import csrf_of, textarea_value
 from tests.console.test_http import field_error, signed_in
 from tests.factories import (
+    PASSWORD,
     add_scope,
     audit_events,
     create_principal,
@@ -835,3 +836,37 @@ async def test_refused_console_key_changes_are_audited(
     ]
     assert refused[0].reason == "refused (403): This page is for administrators."
     assert refused[1].reason.startswith("refused (422): ")
+
+
+def untied_errors(html: str) -> list[str]:
+    """Field error messages no invalid control points at: a screen reader never reads them,
+    and the page's script has no field with aria-invalid to bring into focus."""
+    tied: set[str] = set()
+    for tag in re.findall(r"<(?:input|textarea|select|fieldset)\b[^>]*>", html):
+        if 'aria-invalid="true"' in tag:
+            described = re.search(r'aria-describedby="([^"]*)"', tag)
+            tied.update(described.group(1).split() if described else ())
+    shown = re.findall(r'<p class="error" id="([^"]+)">', html)
+    return [error_id for error_id in shown if error_id not in tied]
+
+
+async def test_every_field_error_is_tied_to_its_field(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    alice = await create_principal(context, "alice")
+    device = await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+    # A permission the form did not offer: one removed from the catalog while it was open.
+    sent = [
+        ("/console/admin/devices", {"name": "d1", "description": "x" * 1001}),
+        ("/console/admin/devices", {"name": "d1", "permissions": "gone:scope"}),
+        ("/console/admin/users", {"username": "u1", "password": PASSWORD, "permissions": "gone"}),
+        (f"/console/admin/users/{alice.id}", {"action": "permissions", "permissions": "gone"}),
+        (f"/console/admin/devices/{device.id}", {"action": "permissions", "permissions": "gone"}),
+    ]
+    for path, data in sent:
+        response = await client.post(path, data={"csrf_token": token, **data})
+        assert response.status_code == 422, (path, data)
+        assert re.search(r'<p class="error" id="[^"]+">', response.text), (path, data)
+        assert untied_errors(response.text) == [], (path, data)
