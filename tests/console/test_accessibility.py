@@ -8,14 +8,17 @@ with a key, an added scope and audit events; forms also with their errors shown.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page, expect
+from sqlalchemy import delete as sa_delete
 
 from keyservice.database import utcnow
+from keyservice.scopes.models import Scope
 from tests.console.conftest import LiveServer, sign_in
 from tests.factories import add_scope, create_principal, service_key, set_key
 
@@ -312,3 +315,22 @@ async def test_text_field_edges_contrast_3_to_1(page: Page, live: LiveServer) ->
             if measured["border"] < 3:
                 low.append(f"{path} {measured['border']:.2f}: {measured['what']}")
     assert not low, "text field edge below 3:1 against the background:\n" + "\n".join(low)
+
+
+async def test_an_error_on_a_group_of_boxes_takes_focus_there(page: Page, live: LiveServer) -> None:
+    """A refusal of the permission boxes alone (one was taken out of the catalog while the
+    form was open) is read out: focus goes to the first box of the group marked invalid,
+    whose description is the message, as it goes to a text field with an error."""
+    await add_scope(live.context, "old:scope", "About to go")
+    await signed_in_admin(page, live)
+    await page.goto("/console/admin/devices")
+    await page.get_by_label("Name", exact=True).fill("sensor-1")
+    await page.get_by_label("old:scope", exact=True).check()
+    async with live.context.database.sessionmaker() as session:
+        await session.execute(sa_delete(Scope).where(Scope.name == "old:scope"))
+        await session.commit()
+    await page.get_by_role("button", name="Register device").click()
+    group = page.get_by_role("group", name="Permissions")
+    await expect(group).to_have_attribute("aria-invalid", "true")
+    await expect(group).to_have_accessible_description(re.compile("Unknown permission"))
+    await expect(group.locator(":focus")).to_have_count(1)

@@ -113,11 +113,16 @@
     }
   });
 
-  // Bring the first field with an error into view and focus.
+  // Bring the first field with an error into view and focus. A group of boxes takes no
+  // focus itself: its first box does, and a screen reader then reads the group's name and
+  // its description, the message.
   document.addEventListener("DOMContentLoaded", function () {
     var invalid = document.querySelector("[aria-invalid=true]");
     var summary = document.getElementById("form-errors");
-    if (invalid && typeof invalid.focus === "function" && invalid.tagName !== "FIELDSET") {
+    if (invalid && invalid.tagName === "FIELDSET") {
+      invalid = invalid.querySelector("input:not([type=hidden]):not([disabled])");
+    }
+    if (invalid && typeof invalid.focus === "function") {
       invalid.focus();
     } else if (summary) {
       summary.focus();
