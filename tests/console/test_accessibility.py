@@ -334,3 +334,22 @@ async def test_an_error_on_a_group_of_boxes_takes_focus_there(page: Page, live: 
     await expect(group).to_have_attribute("aria-invalid", "true")
     await expect(group).to_have_accessible_description(re.compile("Unknown permission"))
     await expect(group.locator(":focus")).to_have_count(1)
+
+
+async def test_what_opens_another_page_is_a_link(page: Page, live: LiveServer) -> None:
+    """A screen reader says "link" for what goes to another page and "button" for what acts
+    on this one, so a control styled as a button but going elsewhere stays a link."""
+    await create_principal(live.context, "alice", permissions=["api_keys:manage"])
+    await sign_in(page, "alice")
+    generate = page.get_by_role("link", name="Generate API key")
+    await expect(generate).to_have_attribute("href", "/console/keys/new")
+    await generate.focus()
+    await page.keyboard.press("Enter")
+    await page.get_by_label("Name", exact=True).fill("ci-bot")
+    await page.get_by_role("button", name="Create key").click()
+    done = page.get_by_role("link", name="Done")
+    await expect(done).to_have_attribute("href", "/console/keys")
+    # No <a href> anywhere in the console claims to be a button.
+    for path in ("/console/keys", "/console/keys/new"):
+        await page.goto(path)
+        await expect(page.locator("a[href][role=button]")).to_have_count(0)

@@ -701,7 +701,7 @@ async def test_the_rotate_page_of_a_key_being_replaced_says_why_instead_of_a_for
             old, new = await session.get(ApiKey, old_id), await session.get(ApiKey, new_id)
             assert old is not None and new is not None
         until = old.expires_at.strftime("%Y-%m-%d %H:%M UTC")
-        back_link = f'<a class="button primary" role="button" href="{page}">{back}</a>'
+        back_link = f'<a class="button primary" href="{page}">{back}</a>'
 
         replaced = await client.get(f"{base}/{old_id}/rotate")
         assert replaced.status_code == 409

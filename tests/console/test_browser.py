@@ -69,7 +69,7 @@ async def test_generate_copy_download_exchange_then_delete(
     await sign_in(page, "alice")
     await expect(page.get_by_text("You have no API keys yet.")).to_be_visible()
 
-    await page.get_by_role("button", name="Generate API key").click()
+    await page.get_by_role("link", name="Generate API key").click()
     await expect(page.get_by_role("heading", name="Generate API key")).to_be_visible()
     # One checkbox per scope the user holds, labelled by its name; nothing else offered.
     await expect(page.get_by_label("projects:read", exact=True)).to_be_visible()
@@ -120,7 +120,7 @@ async def test_generate_copy_download_exchange_then_delete(
     assert exchanged.status_code == 200, exchanged.text
     assert exchanged.json()["scope"] == "projects:read"
 
-    await page.get_by_role("button", name="Done").click()
+    await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     await expect(page.get_by_label("API key", exact=True)).to_have_count(0)
     assert api_key not in await page.content()
@@ -179,7 +179,7 @@ async def test_rotate_and_expiry_warning(
     await expect(page.get_by_role("button", name="Download")).to_be_visible()
     assert (await exchange(http, new_key)).status_code == 200
     assert (await exchange(http, old_key)).status_code == 200  # within its hour of grace
-    await page.get_by_role("button", name="Done").click()
+    await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("row", name="deploy")).to_have_count(2)
 
     # Rotating with no grace retires the old key at once.
@@ -187,7 +187,7 @@ async def test_rotate_and_expiry_warning(
     await page.get_by_label("Keep the old key working for").select_option(value="0")
     await page.get_by_role("button", name="Rotate key").click()
     await expect(page.get_by_label("API key", exact=True)).to_be_visible()
-    await page.get_by_role("button", name="Done").click()
+    await page.get_by_role("link", name="Done").click()
     rows = page.get_by_role("row", name="nightly")
     await expect(rows.filter(has_text="expired")).to_have_count(1)
     await expect(rows.filter(has_text="valid")).to_have_count(1)
@@ -283,14 +283,14 @@ async def test_admin_creates_and_disables_a_user_and_keys_a_device(
     await page.get_by_label("sensors:write", exact=True).check()
     await page.get_by_role("button", name="Register device").click()
     await expect(page.get_by_role("heading", name="Device sensor-1")).to_be_visible()
-    await page.get_by_role("button", name="Generate API key").click()
+    await page.get_by_role("link", name="Generate API key").click()
     await page.get_by_label("Name", exact=True).fill("station")
     await page.get_by_role("button", name="Create key").click()
     device_key = await page.get_by_label("API key", exact=True).input_value()
     exchanged = await exchange(http, device_key)
     assert exchanged.status_code == 200, exchanged.text
     assert exchanged.json()["scope"] == "sensors:write"
-    await page.get_by_role("button", name="Done").click()
+    await page.get_by_role("link", name="Done").click()
     await expect(page.get_by_role("row", name="station")).to_contain_text("valid")
 
     await page.get_by_role("button", name="Delete device").click()
@@ -461,7 +461,7 @@ async def test_reloading_the_new_key_page_creates_no_second_key(
     assert count == 1
     assert (await exchange(http, api_key)).status_code == 200  # the key shown is the one
 
-    await page.get_by_role("button", name="Back to the API keys").click()
+    await page.get_by_role("link", name="Back to the API keys").click()
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     await expect(page.get_by_role("row", name="ci-bot")).to_have_count(1)
 

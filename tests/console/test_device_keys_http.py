@@ -139,7 +139,7 @@ async def test_device_key_edits_refused_as_own_keys_are(
 ) -> None:
     token = await signed_in(client, "root")
     base = f"/console/admin/devices/{sensor.id}"
-    back = f'<a class="button primary" role="button" href="{base}">Back to the device</a>'
+    back = f'<a class="button primary" href="{base}">Back to the device</a>'
 
     # An expired key: its address says why, and a form sent changes nothing.
     old = await service_key(context, sensor, "old")

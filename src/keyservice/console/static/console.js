@@ -104,15 +104,6 @@
     if (dialog.returnFocusTo) { dialog.returnFocusTo.focus(); }
   }, true);
 
-  // Links that look like buttons act like buttons for the keyboard too (Space).
-  document.addEventListener("keydown", function (event) {
-    var target = event.target;
-    if (event.key === " " && target.matches && target.matches("a[role=button]")) {
-      event.preventDefault();
-      target.click();
-    }
-  });
-
   // Bring the first field with an error into view and focus. A group of boxes takes no
   // focus itself: its first box does, and a screen reader then reads the group's name and
   // its description, the message.
