@@ -252,26 +252,20 @@ def _checked_query(route: APIRoute, handler: Handler) -> Handler:
     async def checked(request: Request) -> Response:
         if request.scope["query_string"]:
             seen: set[str] = set()
+            reported: set[str] = set()  # each name refused once, where it first went wrong
             refused: list[dict[str, Any]] = []
             for name, _ in request.query_params.multi_items():
-                if name not in seen:
+                if name in reported:
+                    continue
+                if name not in names:
+                    kind, message = "query_unknown", unknown_message
+                elif name in seen:
+                    kind, message = "query_repeated", _QUERY_REPEATED_MESSAGE
+                else:
                     seen.add(name)
-                    if name not in names:
-                        refused.append(
-                            {
-                                "type": "query_unknown",
-                                "loc": ("query", name),
-                                "msg": unknown_message,
-                            }
-                        )
-                elif name in names and not any(error["loc"][1] == name for error in refused):
-                    refused.append(
-                        {
-                            "type": "query_repeated",
-                            "loc": ("query", name),
-                            "msg": _QUERY_REPEATED_MESSAGE,
-                        }
-                    )
+                    continue
+                reported.add(name)
+                refused.append({"type": kind, "loc": ("query", name), "msg": message})
             if refused:
                 _ambiguous(request, refused)
         return await handler(request)
