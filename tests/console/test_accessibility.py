@@ -18,6 +18,7 @@ from playwright.async_api import Page, expect
 from sqlalchemy import delete as sa_delete
 
 from keyservice.database import utcnow
+from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
 from tests.console.conftest import LiveServer, sign_in
 from tests.factories import add_scope, create_principal, service_key, set_key
@@ -276,10 +277,11 @@ CONTRAST_JS = """
 """
 
 
-async def signed_in_admin(page: Page, live: LiveServer) -> None:
-    await create_principal(live.context, "root", permissions=["admin", "api_keys:manage"])
+async def signed_in_admin(page: Page, live: LiveServer) -> Principal:
+    root = await create_principal(live.context, "root", permissions=["admin", "api_keys:manage"])
     await sign_in(page, "root")
     await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+    return root
 
 
 async def test_focus_ring_contrasts_3_to_1(page: Page, live: LiveServer) -> None:
@@ -301,8 +303,11 @@ async def test_focus_ring_contrasts_3_to_1(page: Page, live: LiveServer) -> None
     assert not low, "focus ring below 3:1 against the background:\n" + "\n".join(low)
 
 
-async def test_text_field_edges_contrast_3_to_1(page: Page, live: LiveServer) -> None:
-    await signed_in_admin(page, live)
+async def test_text_field_and_button_edges_contrast_3_to_1(page: Page, live: LiveServer) -> None:
+    """A text field's edge and a button's (the red one of Delete and Revoke too) stand out
+    3:1 or more."""
+    root = await signed_in_admin(page, live)
+    await service_key(live.context, root, "deploy")  # a row with a red-edged Revoke
     low: list[str] = []
     for path in ("/console/keys/new", "/console/admin/keys", "/console/password"):
         await page.goto(path)
@@ -310,11 +315,16 @@ async def test_text_field_edges_contrast_3_to_1(page: Page, live: LiveServer) ->
             "input:visible:not([type=checkbox]), textarea:visible, select:visible"
         )
         assert await fields.count()
-        for index in range(await fields.count()):
-            measured = await fields.nth(index).evaluate(CONTRAST_JS)
-            if measured["border"] < 3:
-                low.append(f"{path} {measured['border']:.2f}: {measured['what']}")
-    assert not low, "text field edge below 3:1 against the background:\n" + "\n".join(low)
+        # Every button with an edge (a link-styled one has none), the dialog's when open.
+        buttons = page.locator("button:visible:not(.link), a.button:visible")
+        if path == "/console/admin/keys":
+            await expect(page.locator(".danger-outline:visible")).to_have_count(1)
+        for controls in (fields, buttons):
+            for index in range(await controls.count()):
+                measured = await controls.nth(index).evaluate(CONTRAST_JS)
+                if measured["border"] < 3:
+                    low.append(f"{path} {measured['border']:.2f}: {measured['what']}")
+    assert not low, "field or button edge below 3:1 against the background:\n" + "\n".join(low)
 
 
 async def test_an_error_on_a_group_of_boxes_takes_focus_there(page: Page, live: LiveServer) -> None:
