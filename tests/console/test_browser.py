@@ -20,6 +20,22 @@ from tests.factories import PASSWORD, add_scope, create_principal, service_key
 pytestmark = pytest.mark.browser
 
 
+# Records in `element.said` each text the element comes to hold, as a screen reader would
+# hear a live region: a text written again as it already was is no change.
+RECORD_TEXT_CHANGES = """
+(element) => {
+  element.said = [];
+  let last = element.textContent;
+  new MutationObserver(() => {
+    if (element.textContent !== last) {
+      last = element.textContent;
+      element.said.push(last);
+    }
+  }).observe(element, { childList: true, characterData: true, subtree: true });
+}
+"""
+
+
 async def exchange(http: httpx.AsyncClient, api_key: str) -> httpx.Response:
     return await http.post("/token", data={"grant_type": "client_credentials", "api_key": api_key})
 
@@ -103,8 +119,20 @@ async def test_generate_copy_download_exchange_then_delete(
     assert api_key not in page.url
     await expect(page.get_by_text("it will not be shown again")).to_be_visible()
 
-    await page.get_by_role("button", name="Copy").click()
-    await expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+    # Each press of Copy is announced: the words of the status change each time, though
+    # they are the same words (a screen reader speaks a change of a live region's text).
+    status = page.locator("[role=status][data-copy-status]")
+    await status.evaluate(RECORD_TEXT_CHANGES)
+    for presses in (1, 2):
+        await page.get_by_role("button", name="Copy").click()
+        said: list[str] = []
+        for _ in range(40):  # up to 2 s
+            said = await status.evaluate("(region) => region.said")
+            if said.count("Copied to the clipboard.") >= presses:
+                break
+            await asyncio.sleep(0.05)
+        assert said.count("Copied to the clipboard.") == presses, said
+    await expect(status).to_have_text("Copied to the clipboard.")
     assert await page.evaluate("navigator.clipboard.readText()") == api_key
 
     async with page.expect_download() as downloading:

@@ -2,9 +2,16 @@
 (function () {
   "use strict";
 
+  // A screen reader speaks a live region when its text changes: the same words written
+  // again (a second Copy) change nothing and are not read. So the region is emptied and
+  // given the words a moment later, each time.
+  var statusTimer = null;
   function status(text) {
     var node = document.querySelector("[data-copy-status]");
-    if (node) { node.textContent = text; }
+    if (!node) { return; }
+    clearTimeout(statusTimer);
+    node.textContent = "";
+    statusTimer = setTimeout(function () { node.textContent = text; }, 100);
   }
 
   function legacyCopy(input) {
