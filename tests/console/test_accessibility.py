@@ -346,6 +346,27 @@ async def test_an_error_on_a_group_of_boxes_takes_focus_there(page: Page, live: 
     await expect(group.locator(":focus")).to_have_count(1)
 
 
+async def test_the_error_summary_is_read_once_with_the_page(page: Page, live: LiveServer) -> None:
+    """The error summary (#form-errors) holds what no one field is wrong about. It takes the
+    focus when no field has an error; else the field with one does, and is described by
+    its own message and the summary's, so that both are read, each once."""
+    await signed_in_admin(page, live)
+    await page.goto("/console/admin/keys?client_id=nope&limit=0")
+    summary = page.locator("#form-errors")
+    await expect(summary).to_contain_text("The page size (limit) must be a number")
+    field = page.get_by_label("Client ID")
+    await expect(field).to_be_focused()
+    await expect(field).to_have_accessible_description(
+        re.compile(r"kc_.*The page size \(limit\) must be a number")
+    )
+    # Not a live region as well: focus already reads it, an alert would say it again.
+    await expect(summary).not_to_have_attribute("role", re.compile("alert|status"))
+    await expect(summary).not_to_have_attribute("aria-live", re.compile("."))
+
+    await page.goto("/console/admin/keys?limit=0")
+    await expect(summary).to_be_focused()
+
+
 async def test_what_opens_another_page_is_a_link(page: Page, live: LiveServer) -> None:
     """A screen reader says "link" for what goes to another page and "button" for what acts
     on this one, so a control styled as a button but going elsewhere stays a link."""

@@ -111,16 +111,29 @@
     if (dialog.returnFocusTo) { dialog.returnFocusTo.focus(); }
   }, true);
 
+  function describeBy(node, id) {
+    var ids = (node.getAttribute("aria-describedby") || "").split(/\s+/).filter(Boolean);
+    if (ids.indexOf(id) === -1) {
+      ids.push(id);
+      node.setAttribute("aria-describedby", ids.join(" "));
+    }
+  }
+
   // Bring the first field with an error into view and focus. A group of boxes takes no
   // focus itself: its first box does, and a screen reader then reads the group's name and
-  // its description, the message.
+  // its description, the message. The error summary (#form-errors: messages of no one
+  // field) takes the focus when no field does; else it joins the field's description, so
+  // that it is read with the field. Focus reads it once: it is no live region (role=alert),
+  // which would say it a second time.
   document.addEventListener("DOMContentLoaded", function () {
-    var invalid = document.querySelector("[aria-invalid=true]");
+    var marked = document.querySelector("[aria-invalid=true]");
     var summary = document.getElementById("form-errors");
+    var invalid = marked;
     if (invalid && invalid.tagName === "FIELDSET") {
       invalid = invalid.querySelector("input:not([type=hidden]):not([disabled])");
     }
     if (invalid && typeof invalid.focus === "function") {
+      if (summary) { describeBy(marked, summary.id); }
       invalid.focus();
     } else if (summary) {
       summary.focus();
