@@ -142,7 +142,9 @@ async def test_a_scope_form_without_the_csrf_token_is_refused(
 
 def notice(html: str) -> str | None:
     """The text of the page's success banner, if any."""
-    found = re.search(r'<p class="banner ok" role="status">([^<]*)</p>', html)
+    found = re.search(
+        r'<p class="banner ok" role="status" id="notice" tabindex="-1">([^<]*)</p>', html
+    )
     return unescape(found.group(1)) if found else None
 
 

@@ -124,7 +124,10 @@ async def test_an_admin_deletes_a_device_key_after_confirming(
     assert done.status_code == 303
     assert done.headers["location"] == f"{base}?done=key-deleted&name=sensor-1"
     shown = await client.get(done.headers["location"])
-    assert '<p class="banner ok" role="status">The key was deleted.</p>' in shown.text
+    assert (
+        '<p class="banner ok" role="status" id="notice" tabindex="-1">The key was deleted.</p>'
+        in shown.text
+    )
     assert await live_keys(context, sensor.id) == []
     [event] = await audit_events(context, "api_key.deleted", outcome="success")
     assert (event.actor, event.principal_id, event.key_id) == ("user:root", sensor.id, key.id)

@@ -112,7 +112,10 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     assert saved.status_code == 303
     assert saved.headers["location"] == f"/console/keys?done=updated&key={key.id}"
     listed = await client.get(saved.headers["location"])
-    assert '<p class="banner ok" role="status">Key deploy was updated.</p>' in listed.text
+    assert (
+        '<p class="banner ok" role="status" id="notice" tabindex="-1">Key deploy was updated.</p>'
+        in listed.text
+    )
     row = await stored(context, key.id)
     assert (row.name, row.scopes) == ("deploy", [READ, WRITE])
     # Not touched: the expiry to the second (not rounded to the day shown), the rest as is.

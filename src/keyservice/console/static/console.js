@@ -128,6 +128,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     var marked = document.querySelector("[aria-invalid=true]");
     var summary = document.getElementById("form-errors");
+    var notice = document.getElementById("notice");
     var invalid = marked;
     if (invalid && invalid.tagName === "FIELDSET") {
       invalid = invalid.querySelector("input:not([type=hidden]):not([disabled])");
@@ -137,6 +138,10 @@
       invalid.focus();
     } else if (summary) {
       summary.focus();
+    } else if (notice && !document.querySelector("[autofocus]")) {
+      // A notice that came with the page ("The key was deleted."), after a redirect: a
+      // status present at load is not announced, focus reads it.
+      notice.focus();
     }
   });
 })();
