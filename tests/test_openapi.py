@@ -28,6 +28,7 @@ PUBLIC = {
 # Any valid token will do (API.md "The caller"); every other protected one needs a scope.
 ANY_TOKEN = {("get", "/me"), ("get", "/me/token")}
 FORMS = {"/token", "/revoke", "/introspect"}
+_REF = "#/components/schemas/"
 ERROR = "#/components/schemas/ErrorBody"
 VALIDATION_ERROR = "#/components/schemas/ValidationErrorBody"
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -217,8 +218,31 @@ def test_the_token_endpoint_documents_its_form_and_answers(schema: dict[str, Any
     introspect = schema["paths"]["/introspect"]["post"]
     introspect_form = introspect["requestBody"]["content"]["application/x-www-form-urlencoded"]
     assert introspect_form["schema"]["required"] == ["token"]
-    active = introspect["responses"]["200"]["content"]["application/json"]["schema"]
+    assert json_ref(introspect["responses"]["200"]) == "#/components/schemas/Introspection"
+    active = schema["components"]["schemas"]["Introspection"]
     assert active["required"] == ["active"]
+    assert active["additionalProperties"] is True
+
+
+def test_discovery_and_health_answers_are_typed(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    documented = {
+        ("/.well-known/jwks.json", "200"): "JsonWebKeySet",
+        ("/.well-known/oauth-authorization-server", "200"): "AuthorizationServerMetadata",
+        ("/healthz", "200"): "Liveness",
+        ("/readyz", "200"): "Readiness",
+        ("/readyz", "503"): "Readiness",
+    }
+    for (path, status), name in documented.items():
+        assert json_ref(schema["paths"][path]["get"]["responses"][status]) == _REF + name
+    jwk = components["JsonWebKey"]
+    assert set(jwk["required"]) == {"kty", "kid", "use", "alg"}  # RFC 7517 §4 as served
+    assert {"crv", "x", "y", "n", "e", "key_ops"} <= set(jwk["properties"])
+    assert "default" not in jwk["properties"]["crv"]  # absent when it does not apply
+    metadata = components["AuthorizationServerMetadata"]
+    assert {"issuer", "token_endpoint", "jwks_uri", "grant_types_supported"} <= set(
+        metadata["required"]
+    )
 
 
 async def test_the_served_document_is_the_completed_one(app: Any, client: Any) -> None:

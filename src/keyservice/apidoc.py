@@ -19,12 +19,12 @@ tests/test_openapi.py asserts these properties for every operation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 BEARER = "bearerAuth"
 _REF = "#/components/schemas/"
@@ -56,6 +56,28 @@ class ValidationErrorBody(BaseModel):
         description="One entry per field refused; absent when no one field is to blame "
         "(e.g. a PATCH that changes nothing).",
     )
+
+
+class Liveness(BaseModel):
+    """GET /healthz: the process is up."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """GET /readyz: whether the database answers (200) or not (503)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ok", "database": "up"},
+                {"status": "unavailable", "database": "down"},
+            ]
+        }
+    )
+
+    status: Literal["ok", "unavailable"]
+    database: Literal["up", "down"]
 
 
 def error(description: str, *, headers: dict[str, str] | None = None) -> dict[str, Any]:

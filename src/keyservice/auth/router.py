@@ -18,6 +18,7 @@ from keyservice.auth.client_auth import ClientCredentials, client_credentials, n
 from keyservice.auth.grants import client_credentials as cc_grant
 from keyservice.auth.grants import password as password_grant
 from keyservice.auth.grants import refresh_token as refresh_grant
+from keyservice.auth.schemas import AuthorizationServerMetadata, Introspection, JsonWebKeySet
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
 from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
@@ -335,26 +336,8 @@ async def revoke(request: Request, context: ContextDep) -> Response:
     ),
     responses={
         200: {
+            "model": Introspection,
             "description": '`{"active": false}` for a token no longer usable.',
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["active"],
-                        "properties": {"active": {"type": "boolean"}},
-                        "additionalProperties": True,
-                    },
-                    "example": {
-                        "active": True,
-                        "token_type": "Bearer",
-                        "scope": "projects:read",
-                        "client_id": "kc_...",
-                        "sub": "0b7c...",
-                        "exp": 1764000000,
-                        "principal_type": "device",
-                    },
-                }
-            },
         },
         400: apidoc.error("`invalid_request`: `token` is missing or sent twice."),
         403: apidoc.forbidden("introspect"),
@@ -374,7 +357,19 @@ async def introspect(
     return JSONResponse(result)
 
 
-@router.get("/.well-known/jwks.json", summary="The public signing keys (JWKS)")
+# Documented through `responses=`, not `response_model`: the keyring's JWKS goes out as
+# it is, with no validation of it on the way (the same for the metadata).
+@router.get(
+    "/.well-known/jwks.json",
+    summary="The public signing keys (JWKS)",
+    responses={
+        200: {
+            "model": JsonWebKeySet,
+            "description": "RFC 7517 JWK Set; `Cache-Control: public, max-age=...`.",
+            "headers": {"Cache-Control": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def jwks(context: ContextDep) -> Response:
     # A rotated-in key signs only once a copy cached for this long has expired.
     cache = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
@@ -384,6 +379,7 @@ async def jwks(context: ContextDep) -> Response:
 @router.get(
     "/.well-known/oauth-authorization-server",
     summary="Authorization server metadata (RFC 8414)",
+    responses={200: {"model": AuthorizationServerMetadata, "description": "RFC 8414 §3.2."}},
 )
 async def metadata(context: ContextDep) -> Response:
     """RFC 8414 authorization server metadata."""
