@@ -98,6 +98,10 @@ UNAUTHORIZED = error(
 )
 NOT_FOUND = error("`not_found`: no such object (or not the caller's).")
 CONFLICT = error("`conflict`: the request clashes with the current state.")
+EXPIRED_KEY_EDIT = error(
+    "`conflict`: the key has expired (an edit cannot bring it back), or its `expires_at` "
+    "is its rotation's grace period, which an edit cannot move."
+)
 UNAVAILABLE = error(
     "`service_unavailable` (`temporarily_unavailable` on the OAuth endpoints): the "
     "database or Redis is unreachable; try again shortly.",

@@ -97,7 +97,12 @@ async def get_key(
     return service.to_read(key, user, context.settings, utcnow())
 
 
-@router.patch("/{key_id}", summary="Update one of one's own API keys", response_model=ApiKeyRead)
+@router.patch(
+    "/{key_id}",
+    summary="Update one of one's own API keys",
+    responses={409: apidoc.EXPIRED_KEY_EDIT},
+    response_model=ApiKeyRead,
+)
 async def update_key(
     key_id: PathId,
     data: ApiKeyUpdate,

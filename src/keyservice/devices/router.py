@@ -85,7 +85,6 @@ async def get_device(device_id: PathId, _admin: AdminPrincipal, session: Session
 @router.patch(
     "/{device_id}",
     summary="Update a device (disable, permissions)",
-    responses={409: apidoc.CONFLICT},
     response_model=DeviceRead,
 )
 async def update_device(
@@ -152,7 +151,10 @@ async def create_device_key(
 
 
 @router.patch(
-    "/{device_id}/api-keys/{key_id}", summary="Update a device's API key", response_model=ApiKeyRead
+    "/{device_id}/api-keys/{key_id}",
+    summary="Update a device's API key",
+    responses={409: apidoc.EXPIRED_KEY_EDIT},
+    response_model=ApiKeyRead,
 )
 async def update_device_key(
     device_id: PathId,

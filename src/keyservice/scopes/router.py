@@ -54,7 +54,6 @@ async def create_scope(
 @router.patch(
     "/{name:path}",
     summary="Update a scope's description",
-    responses={409: apidoc.CONFLICT},
     response_model=ScopeRead,
 )
 async def update_scope(
