@@ -5,7 +5,8 @@ The fuzz (tests/hostile/test_fuzz_openapi.py) sends random requests, which seldo
 validation to a success, and schemathesis checks only the answers whose status the
 document lists. Here each operation gets a valid request built with the factories, then
 the refusals an operation of its kind documents (no token, a token without the scope, an
-unknown id, an unreadable, non-JSON or invalid body, an unknown query parameter). Each
+unknown id, an unreadable, non-JSON or invalid body, an unknown query parameter, a NUL
+in the query, two Authorization headers, a conflict, too many failed attempts). Each
 answer's status must be documented for its operation, its media type the documented one
 (no body where none is documented), and its body must match the documented schema
 (schemathesis validates it, formats included). Every operation must have been answered
@@ -15,6 +16,8 @@ with a success, and every status it documents seen (but an outage's 503).
 from __future__ import annotations
 
 import collections
+import functools
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -23,7 +26,10 @@ import httpx
 import pytest
 import schemathesis
 
+from keyservice.context import AppContext
 from keyservice.database import utcnow
+from keyservice.main import create_app
+from tests.conftest import client_for, make_settings, refused_port
 from tests.factories import PASSWORD, bearer, create_principal, login, set_key
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -57,13 +63,19 @@ EDITS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+@functools.cache
+def _loaded(document: str) -> Any:
+    """schemathesis's view of a document, loaded once for the module (it takes seconds)."""
+    return schemathesis.openapi.from_dict(json.loads(document))
+
+
 class Walk:
     """Calls the API and holds each answer to the document."""
 
     def __init__(self, client: httpx.AsyncClient, document: dict[str, Any]) -> None:
         self.client = client
         self.document = document
-        self.schema = schemathesis.openapi.from_dict(document)
+        self.schema = _loaded(json.dumps(document, sort_keys=True))
         self.seen: collections.defaultdict[tuple[str, str], set[str]] = collections.defaultdict(set)
 
     async def call(
@@ -270,6 +282,12 @@ async def refusals(walk: Walk, tokens: dict[str, str]) -> None:
             await walk.call(method, path, ids=ids, token=admin, content=b"{", headers=ugly)
             await walk.call(method, path, ids=ids, token=admin, content=b"{}", headers={})
             await walk.call(method, path, ids=ids, token=admin, json=[])
+        if "security" in operation:  # refused at the edge, before any route
+            twice = [("authorization", f"Bearer {admin}"), ("authorization", "Bearer x")]
+            answer = await walk.client.request(method, path.format(**ids), headers=twice)
+            walk.check(method, path, answer)
+        if operation.get("parameters"):
+            await walk.call(method, path, ids=ids, token=admin, params={"q": "\x00"})
         if operation.get("parameters") and "422" in responses:
             await walk.call(method, path, ids=ids, token=admin, params={"unexpected": "1"})
         if method == "post" and path in ("/token", "/revoke", "/introspect"):
@@ -358,3 +376,19 @@ async def test_every_answer_matches_the_document(walk: Walk, context: Any) -> No
             expected.discard("422")
         missing += [f"{method} {path} {status}" for status in sorted(expected - seen)]
     assert not missing, "documented answers never produced:\n" + "\n".join(missing)
+
+
+async def test_an_outage_answers_as_documented(tmp_path: Any) -> None:
+    # A database nobody listens on: /readyz's own 503 body, and the service's 503 error
+    # body from an operation that reads the database (no lifespan: it would not start).
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{refused_port()}/keyservice"
+    context = AppContext(make_settings(url, tmp_path))
+    app = create_app(context=context)
+    try:
+        async with client_for(app) as http:
+            walk = Walk(http, app.openapi())
+            assert (await walk.call("GET", "/readyz")).status_code == 503
+            metadata = await walk.call("GET", "/.well-known/oauth-authorization-server")
+            assert metadata.status_code == 503
+    finally:
+        await context.database.dispose()

@@ -11,7 +11,9 @@ once, what follows from how the service works for every route alike:
 - the service's error body in place of FastAPI's HTTPValidationError for 422, which the
   handler in main.py answers as `validation_error` with `details`;
 - 400/415 for an unreadable or non-JSON body, 404 for a path with an id, 503 when the
-  database is unreachable.
+  database is unreachable;
+- 400 where a request is likely to be refused at the edge (a NUL in the path or query of
+  an operation with parameters, two Authorization headers on a protected one).
 
 tests/test_openapi.py asserts these properties for every operation.
 """
@@ -108,6 +110,10 @@ UNAVAILABLE = error(
     headers={"Retry-After": "Seconds to wait (on the OAuth endpoints)."},
 )
 BAD_BODY = error("`invalid_request`: the body is not readable JSON (or too deeply nested).")
+REFUSED_AT_EDGE = error(
+    "`invalid_request`: a NUL character in the path or query, or two `Authorization` "
+    "headers (main.EdgeMiddleware refuses them before any route)."
+)
 NOT_JSON = error("`unsupported_media_type`: the body is not sent as application/json.")
 
 
@@ -189,6 +195,8 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
                 _response(operation, "415", NOT_JSON)
             if "{" in route.path_format:
                 _response(operation, "404", NOT_FOUND)
+            if operation.get("parameters") or "security" in operation:
+                _response(operation, "400", REFUSED_AT_EDGE)
             if route.path_format not in ("/healthz", "/.well-known/jwks.json"):
                 _response(operation, "503", UNAVAILABLE)
     # FastAPI's own 422 models, no longer referenced by any operation.

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the OpenAPI schema (schemathesis) against the app in process.
 
 Positive and negative cases for every operation, anonymous and with an admin Bearer token,
-on SQLite and PostgreSQL: no 5xx, and every documented response matches its schema.
+on SQLite and PostgreSQL: no 5xx, and every response documented (its status and media type)
+and matching its schema.
 Bounded: a few examples per operation and mode, so both backends finish in about a minute.
 """
 
@@ -18,13 +19,25 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from keyservice.context import AppContext
 from keyservice.main import create_app
 from tests.conftest import make_settings, truncate_url
 
 MAX_EXAMPLES = 6
+# No 5xx; every answer's status and media type documented for its operation, and its body
+# the documented schema (response_schema_conformance alone passes an undocumented status).
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 ADMIN = "fuzz-admin"
 ADMIN_PASSWORD = "fuzz-admin-password-" + "p" * 20
 
@@ -73,9 +86,7 @@ def test_no_server_error_and_responses_match_the_schema(database_url, tmp_path, 
                 def run(case: Any) -> None:
                     response = case.call(headers=headers)
                     statuses[response.status_code] += 1
-                    case.validate_response(
-                        response, checks=[not_a_server_error, response_schema_conformance]
-                    )
+                    case.validate_response(response, checks=CHECKS)
 
                 try:
                     run()
