@@ -23,6 +23,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
+from keyservice.dependencies import get_current_principal
+
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
@@ -47,6 +49,9 @@ class TableRoute(APIRoute):
     (`get_route_handler()`).
     """
 
+    # Whether a route of this class that needs a Bearer token refuses a query parameter it
+    # does not take (`_checked_query`); the OAuth endpoints' routes have rules of their own.
+    checks_query = True
     _literal: str | None = None
     _checks_ambiguity = False
     _exact = False
@@ -120,8 +125,14 @@ class TableRoute(APIRoute):
         endpoint = self.dependant.call
         assert endpoint is not None
 
+        checks_query = full is not own  # a direct route has no body: the query check
+
         async def direct(request: Request) -> Response:
-            if provider is not None and getattr(provider, "dependency_overrides", None):
+            # A query there is refused by the route's last dependency (`_checked_query`),
+            # which FastAPI's handler calls; the direct plan was made before it was added.
+            if (checks_query and request.scope["query_string"]) or (
+                provider is not None and getattr(provider, "dependency_overrides", None)
+            ):
                 return await full(request)
             response = await endpoint(**await plan.arguments(request, {}))
             if not isinstance(response, Response):  # its annotation said it would be
@@ -228,6 +239,13 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
+def _needs_bearer(dependant: Dependant) -> bool:
+    """Whether `dependant` or one of its dependencies authenticates a Bearer token."""
+    return any(
+        sub.call is get_current_principal or _needs_bearer(sub) for sub in dependant.dependencies
+    )
+
+
 def _checked_query(route: APIRoute, handler: Handler) -> Handler:
     """`handler`, refusing a query string that gives one of its parameters twice, or one
     it does not take.
@@ -236,17 +254,24 @@ def _checked_query(route: APIRoute, handler: Handler) -> Handler:
     listed one type of audit event where the caller may have meant both, or the first. And
     it ignores a parameter the route does not read: `GET /admin/api-keys?ownerid=...`, a
     filter misspelt, listed every key, which a script revoking "the owner's keys" would
-    then revoke. Such a request is a 422 naming the parameter (and, for an unknown one,
-    those the route takes), raised by the route's last dependency (`_refuse_ambiguous`), as
-    a JSON body's unknown field is (`extra="forbid"`). Only routes with query parameters
-    (the lists and their filters) are wrapped: a query string on another route changes
-    nothing it answers.
+    then revoke; `GET /api-keys?status=revoked`, on a route with no filter at all, listed
+    all the caller's keys. Such a request is a 422 naming the parameter (and, for an
+    unknown one, those the route takes), raised by the route's last dependency
+    (`_refuse_ambiguous`), as a JSON body's unknown field is (`extra="forbid"`).
+
+    Wrapped: the routes with query parameters (the lists and their filters), and every
+    route of the JSON API that needs a Bearer token. Not the others: the OAuth endpoints
+    (`TableRoute.checks_query` off) refuse credentials in the query by rules of their
+    own and ignore the rest (RFC 6749 §3.2), and the probes, the public metadata, the
+    docs and the console are read by tools and browsers that may add a query of theirs.
     """
     names = _query_names(route.dependant)
-    if not names:
+    if not names and not (getattr(route, "checks_query", False) and _needs_bearer(route.dependant)):
         return handler
     unknown_message = (
         f"not a query parameter of this endpoint, which takes {', '.join(sorted(names))}"
+        if names
+        else "not a query parameter of this endpoint, which takes none"
     )
 
     async def checked(request: Request) -> Response:

@@ -10,7 +10,7 @@ from fastapi import params
 from fastapi.routing import APIRoute
 
 from keyservice.main import MAX_BODY_BYTES
-from tests.factories import audit_events, bearer, user_token
+from tests.factories import PASSWORD, audit_events, bearer, user_token
 
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -396,23 +396,26 @@ async def test_a_key_given_twice_in_a_json_object_is_422_naming_it(client, conte
     assert token.status_code == 400 and token.json()["error"] == "invalid_request"
 
 
+# The routes with query parameters: the admin lists and their filters.
+LISTS = {
+    "/admin/users": ["cursor", "limit", "username"],
+    "/admin/devices": ["cursor", "limit", "name"],
+    "/admin/api-keys": ["client_id", "cursor", "limit", "owner_id", "owner_type", "status"],
+    "/admin/audit-events": ["cursor", "key_id", "limit", "principal_id", "since", "type"],
+}
+
+
 async def test_a_query_parameter_given_twice_is_422_naming_it(app, client, admin_headers):
     """FastAPI keeps a repeated query parameter's last value: `?type=login&type=x` listed
     only the second type of audit event, where the caller may have meant both or the first."""
-    lists = {
-        "/admin/users": ["cursor", "limit", "username"],
-        "/admin/devices": ["cursor", "limit", "name"],
-        "/admin/api-keys": ["client_id", "cursor", "limit", "owner_id", "owner_type", "status"],
-        "/admin/audit-events": ["cursor", "key_id", "limit", "principal_id", "since", "type"],
-    }
     # Every route with a query parameter is here: a new one is checked or this fails.
     declared = {
         route.path: sorted(field.alias for field in route.dependant.query_params)
         for route in app.routes
         if getattr(route, "dependant", None) is not None and route.dependant.query_params
     }
-    assert declared == lists
-    for path, names in lists.items():
+    assert declared == LISTS
+    for path, names in LISTS.items():
         for name in names:
             response = await client.get(f"{path}?{name}=1&limit=5&{name}=2", headers=admin_headers)
             assert response.status_code == 422, (path, name, response.text)
@@ -486,9 +489,88 @@ async def test_a_query_parameter_the_endpoint_does_not_take_is_422_naming_it(
         ("kind", "query_unknown"),
         ("type", "query_repeated"),
     ]
-    # A route that takes no query parameter answers as before: nothing it says changes.
-    me = await client.get("/me?anything=1", headers=admin_headers)
-    assert me.status_code == 200, me.text
+
+
+async def test_a_query_on_a_bearer_route_that_takes_none_is_422_naming_it(
+    app, client, context, admin_headers
+):
+    """Only the lists refused a query parameter they do not take; every other Bearer route
+    ignored it: `GET /api-keys?status=revoked` listed every key of the caller's, and a
+    script acting on "the filtered list" acted on all of them; and
+    `POST /api-keys?name=x` made a key as if the query were not there."""
+    from keyservice.dependencies import get_current_principal
+
+    def calls(dependant):
+        for sub in dependant.dependencies:
+            yield sub.call
+            yield from calls(sub)
+
+    # Every route that needs a token, but the OAuth endpoint with rules of its own.
+    protected = sorted(
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute) and get_current_principal in calls(route.dependant)
+        for method in route.methods
+    )
+    assert ("POST", "/introspect") in protected and ("GET", "/me/token") in protected
+    protected.remove(("POST", "/introspect"))
+    assert len(protected) >= 25
+    none = "00000000-0000-0000-0000-000000000000"
+    for method, path in protected:
+        url = re.sub(r"\{[^}]*\}", none, path) + "?stray=1&stray=2"
+        response = await client.request(method, url, headers=admin_headers)
+        assert response.status_code == 422, (method, path, response.text)
+        [detail] = response.json()["details"]
+        assert detail["loc"] == ["query", "stray"], (method, path)
+        assert detail["type"] == "query_unknown", (method, path)
+        if path not in LISTS:  # the lists name what they take (the test above)
+            assert detail["msg"] == "not a query parameter of this endpoint, which takes none"
+    # The caller's keys, "filtered": refused, not all listed; nothing made by a query.
+    owner = await user_token(context, client, "quinn", ["api_keys:manage"])
+    await client.post("/api-keys", json={"name": "live"}, headers=bearer(owner))
+    listed = await client.get("/api-keys?status=revoked", headers=bearer(owner))
+    assert listed.status_code == 422, listed.text
+    assert listed.json()["error_description"].startswith("query.status: not a query parameter")
+    made = await client.post("/api-keys?name=x", json={"name": "y"}, headers=bearer(owner))
+    assert made.status_code == 422, made.text
+    names = [
+        key["name"]
+        for key in (await client.get("/api-keys", headers=bearer(owner))).json()["items"]
+    ]
+    assert names == ["live"]
+    # The direct route too, and HEAD as its GET.
+    assert (await client.get("/me/token?x=1", headers=bearer(owner))).status_code == 422
+    assert (await client.head("/me/token?x=1", headers=bearer(owner))).status_code == 422
+    assert (await client.get("/me/token", headers=bearer(owner))).status_code == 200
+    # Authentication and authorization first: 401 without a token, 403 without the right.
+    anonymous = await client.get("/me?x=1")
+    assert anonymous.status_code == 401 and "WWW-Authenticate" in anonymous.headers
+    plain = await client.get("/admin/scopes?x=1", headers=bearer(owner))
+    assert plain.status_code == 403, plain.text
+    # Not the public endpoints, the OAuth ones (rules of their own), docs or the console.
+    for method, url, status in [
+        ("GET", "/healthz?probe=1", 200),
+        ("GET", "/readyz?probe=1", 200),
+        ("GET", "/.well-known/jwks.json?v=2", 200),
+        ("GET", "/.well-known/oauth-authorization-server?v=2", 200),
+        ("GET", "/openapi.json?v=2", 200),
+        ("GET", "/docs?v=2", 200),
+        ("GET", "/console/login?session=signed-out", 200),
+        ("GET", "/console/static/console.css?v=2", 200),
+    ]:
+        response = await client.request(method, url)
+        assert response.status_code == status, (url, response.text[:200])
+    token = await client.post(
+        "/token?v=2", data={"grant_type": "password", "username": "quinn", "password": PASSWORD}
+    )
+    assert token.status_code == 200, token.text
+    revoked = await client.post("/revoke?v=2", data={"token": token.json()["refresh_token"]})
+    assert revoked.status_code == 200, revoked.text
+    inspector = await user_token(context, client, "ines", ["introspect"])
+    described = await client.post(
+        "/introspect?v=2", data={"token": token.json()["access_token"]}, headers=bearer(inspector)
+    )
+    assert described.status_code == 200, described.text
 
 
 async def test_an_ambiguous_request_is_authenticated_and_authorized_first(

@@ -35,7 +35,16 @@ from keyservice.routing import TableRoute
 from keyservice.scopes.models import INTROSPECT
 from keyservice.security.jwt import JWKS_MAX_AGE_SECONDS
 
-router = APIRouter(tags=["oauth"], route_class=TableRoute)
+
+class OAuthRoute(TableRoute):
+    """The OAuth endpoints' route: a query parameter it does not take is ignored, as RFC 6749
+    §3.2 has it, not refused as on the rest of the API (routing._checked_query); a
+    credential there is refused all the same (`read_form`, `answer_token`)."""
+
+    checks_query = False
+
+
+router = APIRouter(tags=["oauth"], route_class=OAuthRoute)
 
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 50
