@@ -157,6 +157,23 @@ async def test_the_metrics_have_a_listener_of_their_own(client, context):
     assert (await client.get("/metrics")).status_code == 404
 
 
+async def test_the_metrics_listener_answers_head_as_get_without_a_body(client, context):
+    """HEAD /metrics was a 405 (prometheus_client's app takes GET only), where the API's
+    edge answers HEAD wherever it answers GET (RFC 9110 §9.1)."""
+    port = context.settings.metrics_port
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as metrics:
+        got = await metrics.get("/metrics")
+        head = await metrics.head("/metrics")
+        assert head.status_code == 200, head.text
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert int(head.headers["content-length"]) > 0  # the GET's length, give or take
+        refused = await metrics.post("/metrics")
+        assert refused.status_code == 405
+        assert refused.headers["allow"] == "OPTIONS, GET, HEAD"
+        assert (await metrics.head("/token")).status_code == 404
+
+
 async def test_an_audit_event_that_could_not_be_written_is_counted(
     client, context, monkeypatch, caplog
 ):

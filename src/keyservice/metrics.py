@@ -174,19 +174,45 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 def _only_metrics(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    """prometheus_client's WSGI app answers every path: here GET /metrics only."""
+    """prometheus_client's WSGI app answers every path: here GET /metrics only, and HEAD.
 
-    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    Its app takes GET alone (a HEAD was a 405): a HEAD is answered as the GET, with the
+    GET's status and headers, Content-Length included, and no body (RFC 9110 §9.3.2), as
+    the API's edge answers its routes (main._headers_only); wsgiref sends whatever body
+    it is given, so none is given. Its `Allow` (a 405, OPTIONS) names HEAD too.
+    """
+
+    def paths(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH:
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"Not found: the metrics are at /metrics\n"]
         return app(environ, start_response)
 
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        answered: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], *_: Any) -> Any:
+            allow = "OPTIONS, GET, HEAD"  # on its 405 and its OPTIONS, where it said GET
+            answered.append(
+                (status, [(n, allow if n.lower() == "allow" else v) for n, v in headers])
+            )
+            return lambda _data: None  # the legacy write(): neither app uses it
+
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        body = b"".join(paths({**environ, "REQUEST_METHOD": "GET"} if head else environ, keep))
+        status, headers = answered[0]
+        if head:
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
+            return []
+        start_response(status, headers)
+        return [body]
+
     return wsgi
 
 
 class MetricsListener:
-    """`GET /metrics` on host:port, served from a daemon thread until `close()`."""
+    """`GET /metrics` (and HEAD) on host:port, served from a daemon thread until `close()`."""
 
     def __init__(self, registry: Collector, *, host: str, port: int) -> None:
         family, _type, _proto, _name, address = socket.getaddrinfo(
