@@ -180,8 +180,12 @@ def keys_list(
     owner: str | None, owner_type: str | None, statuses: tuple[str, ...], as_json: bool
 ) -> None:
     """List keys, newest first (revoked ones too, unless --status says otherwise)."""
+    from sqlalchemy import select
+
     from keyservice.api_keys import service
     from keyservice.database import utcnow
+    from keyservice.exceptions import NotFound
+    from keyservice.principals.models import Principal, named
 
     now = utcnow()
 
@@ -194,6 +198,14 @@ def keys_list(
                 status=list(statuses) or None,
                 now=now,
             )
+            if not found and owner is not None:
+                # A misspelt name is not an owner without keys: "no keys match" told an
+                # operator checking a leaked key's owner that none was left.
+                owners = select(Principal.id).where(named(owner))
+                if owner_type is not None:
+                    owners = owners.where(Principal.kind == owner_type)
+                if await session.scalar(owners.limit(1)) is None:
+                    raise NotFound(f"No {owner_type or 'user or device'} has this name.")
             return found, ctx.settings
 
     rows, settings = run(work)

@@ -220,8 +220,27 @@ def test_keys_list_with_filters(cli):
     assert "3 key(s)" in several
     devices = cli("keys", "list", "--owner-type", "device").output
     assert boxed["id"] in devices and live["id"] not in devices
-    assert cli("keys", "list", "--owner", "nobody").output.strip() == "no keys match"
+    assert cli("keys", "list", "--owner", "ann", "--status", "expired").output.strip() == (
+        "no keys match"
+    )
     cli("keys", "list", "--status", "bogus", expect=2)
+
+
+def test_keys_list_of_an_owner_that_does_not_exist_says_so(cli):
+    """`--owner` with a misspelt name said "no keys match", as for an owner without keys:
+    an operator checking that a leaked key's owner has none left was told all was well."""
+    cli.principal("ann")
+    cli.principal("box", kind="device")
+    for args in (("--owner", "nobody"), ("--owner", "nobody", "--json")):
+        unknown = cli("keys", "list", *args, expect=1)
+        assert unknown.output.strip() == "Error: No user or device has this name."
+    as_device = cli("keys", "list", "--owner", "ann", "--owner-type", "device", expect=1)
+    assert as_device.output.strip() == "Error: No device has this name."
+    as_user = cli("keys", "list", "--owner", "box", "--owner-type", "user", expect=1)
+    assert as_user.output.strip() == "Error: No user has this name."
+    # An owner that exists, without keys: none, as before (any letter case).
+    assert cli("keys", "list", "--owner", "ANN").output.strip() == "no keys match"
+    assert json.loads(cli("keys", "list", "--owner", "box", "--json").output) == {"items": []}
 
 
 def test_keys_revoke(cli):
