@@ -236,6 +236,64 @@ async def test_credentials_in_the_query_are_audited_with_the_key_they_name(clien
         assert_no_secret(key, event.reason, event.actor, response.text)
 
 
+async def test_credentials_in_the_query_of_revoke_and_introspect_are_audited(client, context, key):
+    """/revoke and /introspect refused credentials in the URL without an event, where
+    /token records one: the URL is in proxy logs by then, and the admin must learn which
+    key leaked so. The event names the key the query names (else the Basic header's at
+    /revoke), never a secret; at /introspect the caller is the verified Bearer token's."""
+    client_id, secret, api_key = key["client_id"], key["client_secret"], key["api_key"]
+    tokens = (await exchange(client, api_key)).json()
+    inspector = await user_token(context, client, "ines", ["introspect"])
+    cases = [
+        ({"api_key": api_key}, {}, key["id"]),
+        ({"client_id": client_id, "client_secret": secret}, {}, key["id"]),
+        ({"token": tokens["refresh_token"]}, {}, None),
+        ({"token": tokens["refresh_token"]}, basic(client_id, secret), key["id"]),
+        ({"client_id": "kc_0000000000000000", "client_secret": secret}, {}, None),
+    ]
+    for params, headers, key_id in cases:
+        data = {"token": tokens["refresh_token"]}
+        response = await client.post("/revoke", data=data, params=params, headers=headers)
+        assert_error(response, 400, "invalid_request")
+        event = await last_event(context, "token.revoke")
+        assert (event.outcome, event.reason, event.key_id) == (
+            "failure",
+            "credentials in the query",
+            key_id,
+        ), params
+        assert (event.principal_id is not None) == (key_id is not None)
+        assert event.actor == (f"key:{client_id}" if key_id else None)
+        assert_no_secret(key, event.reason, event.actor, response.text)
+        assert tokens["refresh_token"] not in f"{event.reason} {event.actor}"
+    for params, _, key_id in cases[:3]:
+        data = {"token": tokens["access_token"]}
+        response = await client.post(
+            "/introspect", data=data, params=params, headers=bearer(inspector)
+        )
+        assert_error(response, 400, "invalid_request")
+        event = await last_event(context, "token.introspect")
+        assert (event.outcome, event.reason, event.key_id) == (
+            "failure",
+            "credentials in the query",
+            key_id,
+        ), params
+        assert event.actor == "user:ines"
+        assert_no_secret(key, event.reason, event.actor, response.text)
+    assert len(await audit_events(context, "token.introspect")) == 3
+    # Nothing was revoked by the refused requests: the refresh token still works.
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    # Without the permission, /introspect is the 403 it was, and records no such event.
+    plain = await user_token(context, client, "pat")
+    forbidden = await client.post(
+        "/introspect", data={"token": "x"}, params={"api_key": api_key}, headers=bearer(plain)
+    )
+    assert forbidden.status_code == 403
+    assert len(await audit_events(context, "token.introspect")) == 3
+
+
 @pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
 async def test_malformed_basic_at_revoke_counts_for_the_ip_throttle(client, context, key):
     for _ in range(3):

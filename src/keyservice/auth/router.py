@@ -21,7 +21,7 @@ from keyservice.auth.grants import refresh_token as refresh_grant
 from keyservice.auth.schemas import AuthorizationServerMetadata, Introspection, JsonWebKeySet
 from keyservice.auth.service import Caller, Issued
 from keyservice.context import AppContext
-from keyservice.dependencies import ContextDep, CurrentPrincipal, client_ip
+from keyservice.dependencies import ContextDep, CurrentPrincipal, audit_actor, client_ip
 from keyservice.exceptions import (
     FIELD_NAME,
     InsufficientScope,
@@ -307,12 +307,21 @@ async def answer_token(
 )
 async def revoke(request: Request, context: ContextDep) -> Response:
     """RFC 7009: revoke a refresh token (or an access token's family); always 200."""
+    caller = Caller(ip=client_ip(request, context))
+    authorization = request.headers.get("authorization")
+    if credentials_in_query(request):
+        # Audited as on /token, as a refused revocation: the URL is in proxy logs now.
+        await service.refuse_unaudited(
+            context,
+            _query_refusal(),
+            event="token.revoke",
+            caller=caller,
+            client_id=named_client_id(request.query_params, authorization),
+        )
     form = await read_form(request)
     value = form.get("token")
     if value is None:
         raise InvalidRequest("token is missing.")
-    caller = Caller(ip=client_ip(request, context))
-    authorization = request.headers.get("authorization")
     try:
         creds = client_credentials(form, authorization)
     except KeyServiceError as exc:
@@ -358,6 +367,19 @@ async def introspect(
     """RFC 7662 introspection; the caller needs the `introspect` permission."""
     if not principal.holds(INTROSPECT):
         raise InsufficientScope(INTROSPECT)
+    if credentials_in_query(request):
+        # Audited as on /token, under this endpoint's own `token.*` type (introspection
+        # writes no other event): by the verified caller, naming the key the query names.
+        async with context.database.sessionmaker() as session:
+            actor = await audit_actor(session, principal)
+        await service.refuse_unaudited(
+            context,
+            _query_refusal(),
+            event="token.introspect",
+            caller=Caller(ip=client_ip(request, context)),
+            client_id=named_client_id(request.query_params, None),
+            actor=actor,
+        )
     form = await read_form(request)
     value = form.get("token")
     if value is None:

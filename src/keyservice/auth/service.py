@@ -264,11 +264,13 @@ async def refuse_unaudited(
     event: str,
     caller: Caller,
     client_id: str | None,
+    actor: str | None = None,
 ) -> NoReturn:
     """Audit a refusal raised with its `reason` before any event was written, then raise.
 
     `client_id` is the one the request names, unauthenticated: if it exists, the event
-    carries its key (API.md: a refusal for a known client id carries its key_id). An
+    carries its key (API.md: a refusal for a known client id carries its key_id), and is
+    by that key unless an `actor` is given (a caller already verified otherwise). An
     invalid_client here (malformed Basic credentials) is a failed client authentication,
     counted for the source IP's throttle (no client id is known), and once the IP is past
     its limit answered 429 like any other.
@@ -285,7 +287,7 @@ async def refuse_unaudited(
         caller=caller,
         key_id=found.key_id if found is not None else None,
         principal_id=found.principal_id if found is not None else None,
-        actor=f"key:{client_id}" if found is not None else None,
+        actor=actor or (f"key:{client_id}" if found is not None else None),
         throttle_subject="" if isinstance(error, InvalidClient) else None,
     )
 

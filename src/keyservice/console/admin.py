@@ -62,6 +62,7 @@ AUDIT_TYPES = [
     "token.refresh",
     "token.refresh_reuse",
     "token.revoke",
+    "token.introspect",
     "login",
     "logout",
     "api_key.created",
