@@ -140,7 +140,8 @@ def test_operations_taking_input_document_their_refusals(schema: dict[str, Any])
             assert list(content) == ["application/x-www-form-urlencoded"], where
             assert "400" in responses, where  # RFC 6749 §5.2 invalid_request, never a 422
             continue
-        if content or operation.get("parameters"):
+        # A Bearer route refuses a query parameter it does not take (routing._checked_query).
+        if content or operation.get("parameters") or (method, path) not in PUBLIC:
             assert "422" in responses, where
         if content:
             assert list(content) == ["application/json"], where

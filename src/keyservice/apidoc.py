@@ -6,8 +6,9 @@ once, what follows from how the service works for every route alike:
 
 - the Bearer scheme (`bearerAuth`), attached to each operation whose route depends on
   `get_current_principal` (the dependency stays a plain function: a FastAPI security
-  class would take the routes off their direct path, routing.TableRoute), with its 401
-  and, where a scope is required (`require_scope`), its 403;
+  class would take the routes off their direct path, routing.TableRoute), with its 401,
+  where a scope is required (`require_scope`) its 403, and its 422 for a query
+  parameter it does not take (but /introspect: routing._checked_query);
 - the service's error body in place of FastAPI's HTTPValidationError for 422, which the
   handler in main.py answers as `validation_error` with `details`;
 - 400/415 for an unreadable or non-JSON body, 404 for a path with an id, 503 when the
@@ -109,6 +110,11 @@ UNAVAILABLE = error(
     "database or Redis is unreachable; try again shortly.",
     headers={"Retry-After": "Seconds to wait (on the OAuth endpoints)."},
 )
+UNKNOWN_QUERY: dict[str, Any] = {
+    "model": ValidationErrorBody,
+    "description": "`validation_error`, with `details`: a query parameter the endpoint does "
+    "not take (`query_unknown`).",
+}
 BAD_BODY = error("`invalid_request`: the body is not readable JSON (or too deeply nested).")
 REFUSED_AT_EDGE = error(
     "`invalid_request`: a NUL character in the path or query, or two `Authorization` "
@@ -184,6 +190,8 @@ def complete(app: FastAPI, schema: dict[str, Any]) -> dict[str, Any]:
                 scopes = [s for s in (getattr(c, "required_scope", None) for c in calls) if s]
                 if scopes:
                     _response(operation, "403", forbidden(scopes[0]))
+                if getattr(route, "checks_query", False):  # routing._checked_query
+                    _response(operation, "422", UNKNOWN_QUERY)
             responses = operation["responses"]
             if "422" in responses:
                 responses["422"]["description"] = "`validation_error`, with `details`."
