@@ -455,6 +455,27 @@ async def test_admin_edits_a_user_and_pages_the_audit_log(
     assert bad.status_code == 422
 
 
+async def test_the_audit_filter_offers_the_events_the_cli_and_the_server_record(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """The signing-key and prune events (README, "Audit log") are in the type list, and
+    filtering on one shows it chosen, not "Any type" above a filtered table."""
+    from keyservice.audit.service import record
+
+    await create_principal(context, "root", permissions=["admin"])
+    await signed_in(client, "root")
+    kinds = ("signing_key.created", "signing_key.rotated", "audit.pruned")
+    async with context.database.sessionmaker() as session:
+        for kind in kinds:
+            record(session, type=kind, actor="cli", reason=f"seeded {kind}")
+        await session.commit()
+    for kind in kinds:
+        page = await client.get("/console/admin/audit", params={"type": kind})
+        assert page.status_code == 200
+        assert f"seeded {kind}" in page.text
+        assert f'<option value="{kind}" selected>' in page.text, kind
+
+
 def field_error(html: str, name: str) -> str | None:
     """The message shown under one form field, as a person reads it."""
     match = re.search(rf'<p class="error" id="{name}-error">([^<]*)</p>', html)

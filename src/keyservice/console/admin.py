@@ -77,6 +77,9 @@ AUDIT_TYPES = [
     "scope.created",
     "scope.updated",
     "scope.deleted",
+    "signing_key.created",
+    "signing_key.rotated",
+    "audit.pruned",
 ]
 AUDIT_PAGE = 50
 _NAME = re.compile(NAME_PATTERN)
