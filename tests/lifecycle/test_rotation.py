@@ -79,6 +79,24 @@ async def test_the_replacement_lives_as_long_as_the_key_it_replaces(client, cont
     assert abs(lifetime - timedelta(days=30)) < timedelta(minutes=1), lifetime
 
 
+async def test_a_key_rotated_again_after_its_replacement_was_deleted_keeps_its_lifetime(
+    client, context
+):
+    # The first rotation cut the key's expiry to its grace period's end; once that
+    # replacement is deleted the key may be rotated again, and its new replacement lived
+    # only what was left of the grace (a day), not the 300 days the key was made for.
+    token = await user_token(context, client, "uli", ["api_keys:manage"])
+    old = await create_key(
+        client, token, name="long", expires_at=(utcnow() + timedelta(days=300)).isoformat()
+    )
+    first = (await _rotate(client, token, old["id"])).json()
+    deleted = await client.delete(f"/api-keys/{first['id']}", headers=bearer(token))
+    assert deleted.status_code == 204, deleted.text
+    second = (await _rotate(client, token, old["id"])).json()
+    lifetime = _at(second["expires_at"]) - _at(second["created_at"])
+    assert abs(lifetime - timedelta(days=300)) < timedelta(minutes=1), lifetime
+
+
 async def test_rotate_without_grace_refuses_the_old_key_at_once(client, context):
     token = await user_token(context, client, "vic")
     old = await create_key(client, token, name="now")

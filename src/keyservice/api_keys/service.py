@@ -404,8 +404,18 @@ async def rotate(
     # The stored settings as they are, not validated again: a key written before an input
     # check was added (a zone id in allowed_ips) still rotates to a key with its settings.
     # Its lifetime is one of them: the replacement of a key made to live a year lives a year
-    # from now, not the default 90 days (no longer than keys may live now, though).
-    lifetime = min(key.expires_at - key.created_at, timedelta(days=ctx.settings.key_max_ttl_days))
+    # from now, not the default 90 days (no longer than keys may live now, though). A key
+    # rotated before, whose replacement was deleted, had its expiry cut to the end of that
+    # grace period: its lifetime is the one its latest replacement was given.
+    earlier = await session.scalar(
+        select(ApiKey)
+        # A replacement has its key's owner: the owner's index finds it (test_key_plans).
+        .where(ApiKey.principal_id == key.principal_id, ApiKey.rotated_from_id == key.id)
+        .order_by(ApiKey.created_at.desc())
+        .limit(1)
+    )
+    made = earlier if earlier is not None else key
+    lifetime = min(made.expires_at - made.created_at, timedelta(days=ctx.settings.key_max_ttl_days))
     data = ApiKeyCreate.model_construct(
         name=key.name,
         description=key.description,
