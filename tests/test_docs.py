@@ -137,6 +137,37 @@ def test_compose_builds_the_image_once():
     assert services["migrate"]["environment"] == services["keyservice"]["environment"]
 
 
+def test_compose_issues_tokens_for_the_address_it_publishes():
+    """The stack's default issuer is the URL it is reached at (its published loopback port),
+    which the README's tour and the examples call: with `localhost` there, the downstream
+    example (KEYSERVICE_URL=http://127.0.0.1:8000) refused every token for its `iss`."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["keyservice"]
+    [published] = service["ports"]
+    host, port, _ = published.split(":")
+    issuer = re.fullmatch(
+        r"\$\{KEYSERVICE_ISSUER:-(.+)\}", service["environment"]["KEYSERVICE_ISSUER"]
+    )
+    assert issuer, service["environment"]["KEYSERVICE_ISSUER"]
+    assert issuer.group(1) == f"http://{host}:{port}"
+    for example in (ROOT / "examples").glob("*.py"):
+        for default in re.findall(r'"KEYSERVICE_URL", "([^"]+)"', example.read_text()):
+            assert default == issuer.group(1), (example.name, default)
+
+
+def test_compose_keeps_its_secret_from_one_start_to_the_next():
+    """The way docker-compose.yml says to start it keeps one server secret, in a .env file
+    Compose reads at every start and git ignores: a secret made afresh on the command line
+    of every `up` left the second start unable to read the signing keys."""
+    header = (ROOT / "docker-compose.yml").read_text().split("services:", 1)[0]
+    made = [line for line in header.splitlines() if "$(python3" in line]
+    assert made, "the header says how to make the secret"
+    assert all("> .env" in line for line in made), made
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
 def test_prune_horizon_of_signing_keys_is_the_codes():
     """Where the README says when prune deletes a retired signing key, it says the code's."""
     said = re.findall(r"retired over (\d+) days ago", README.read_text())
