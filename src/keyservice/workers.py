@@ -138,6 +138,13 @@ class Supervisor:
         status = 0
         try:
             self.processes = [self._start_one() for _ in range(self.workers)]
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            log.info(
+                "%d worker processes starting to serve http://%s:%d (press CTRL+C to quit)",
+                self.workers,
+                host,
+                self.port,
+            )
             while not self.stop.wait(POLL_SECONDS):
                 status = self._replace_dead()
                 if status:

@@ -147,3 +147,6 @@ def test_workers_write_our_log_lines_as_a_single_worker_does(tmp_path):
     assert code == 0, log
     assert "INFO keyservice.access: GET /healthz 200" in log, log
     assert "probe=1" not in log  # never the query string
+    # Where it serves, as one worker's "Uvicorn running on ..." says: the parent's lines
+    # named only process ids, so nothing on the terminal said which address to open.
+    assert f"2 worker processes starting to serve {server.base_url}" in log, log
