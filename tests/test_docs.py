@@ -168,6 +168,15 @@ def test_compose_keeps_its_secret_from_one_start_to_the_next():
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 
+def test_a_documented_pg_dump_writes_a_private_file():
+    """A dump holds the password hashes and the audit log: the README's `pg_dump > FILE`
+    runs under `umask 077`, so the file is 0600 as `keyservice backup` makes its copy."""
+    dumps = re.findall(r"`([^`]*pg_dump[^`]*>[^`]*)`", README.read_text())
+    assert dumps
+    for command in dumps:
+        assert "umask 077" in command, command
+
+
 def test_prune_horizon_of_signing_keys_is_the_codes():
     """Where the README says when prune deletes a retired signing key, it says the code's."""
     said = re.findall(r"retired over (\d+) days ago", README.read_text())
