@@ -840,6 +840,57 @@ async def test_refused_console_key_changes_are_audited(
     assert refused[1].reason.startswith("refused (422): ")
 
 
+async def test_refused_console_forms_are_audited_in_the_words_of_their_page(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """The scope row's edit, the scope deletion and one's own password say why they were
+    refused in their own parts of the page (not a form's field errors): the event says it
+    too, as the API's does, not "the form was refused"."""
+    await create_principal(context, "root", permissions=["admin"])
+    await add_scope(context, "projects:read")
+    await create_principal(context, "held", permissions=["projects:read"])
+    token = await signed_in(client, "root")
+    edit = await client.post(
+        "/console/admin/scopes/edit",
+        data={"csrf_token": token, "name": "nope:x", "description": "gone"},
+    )
+    assert edit.status_code == 404
+    held = await client.post(
+        "/console/admin/scopes/delete", data={"csrf_token": token, "name": "projects:read"}
+    )
+    assert held.status_code == 409
+    wrong = await client.post(
+        "/console/password",
+        data={
+            "csrf_token": token,
+            "current_password": "not the password",
+            "new_password": "a new long password",
+            "confirm_password": "a new long password",
+        },
+    )
+    assert wrong.status_code == 403
+
+    refused = [
+        (e.type, e.reason)
+        for e in await audit_events(context, outcome="failure")
+        if e.type != "login"
+    ]
+    assert refused == [
+        (
+            "scope.updated",
+            "refused (404): The description was not saved: "
+            "The scope 'nope:x' is not in the catalog.",
+        ),
+        (
+            "scope.deleted",
+            "refused (409): The scope 'projects:read' is in use: held by 1 user, 0 devices "
+            "and 0 API keys that are not revoked. Take it away first (edit those users' and "
+            "devices' permissions, edit those keys' scopes or delete the keys), then delete it.",
+        ),
+        ("user.updated", "refused (403): The current password is wrong."),
+    ]
+
+
 def untied_errors(html: str) -> list[str]:
     """Field error messages no invalid control points at: a screen reader never reads them,
     and the page's script has no field with aria-invalid to bring into focus."""

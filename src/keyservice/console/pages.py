@@ -125,10 +125,14 @@ def render(
 
 
 def _refusal(values: Mapping[str, Any]) -> str:
-    errors = values.get("errors")
-    if isinstance(errors, FormErrors) and errors:
-        return "; ".join([*errors.general, *errors.fields.values()])
-    return str(values.get("message") or "")
+    """What a refused page says, wherever its template shows it: a form's field errors, the
+    scope row's (`edit_errors`), an error page's `message`, a deletion's `refusal`, or the
+    one `error` of the password form."""
+    for name in ("errors", "edit_errors"):
+        errors = values.get(name)
+        if isinstance(errors, FormErrors) and errors:
+            return "; ".join([*errors.general, *errors.fields.values()])
+    return str(values.get("message") or values.get("refusal") or values.get("error") or "")
 
 
 def _csrf_token(request: Request) -> str:
