@@ -195,6 +195,7 @@ async def test_audit_names_the_key_whose_token_managed_keys(client, context):
         ("api_key.created", master["id"]): "user:gil",
         ("api_key.created", made["id"]): by_key,
         ("api_key.rotated", rotated.json()["id"]): by_key,
+        ("api_key.updated", made["id"]): by_key,  # its end, under its own id
         ("api_key.deleted", made["id"]): by_key,
         ("api_key.created", by_person["id"]): "user:gil",
     }

@@ -831,7 +831,7 @@ async def test_a_rotation_sent_again_rotates_nothing(
     assert shown_secret(again.text) is None
     assert await _keys_and_events(context, alice.id) == (
         2,
-        {"api_key.created": 1, "api_key.rotated": 1},
+        {"api_key.created": 1, "api_key.rotated": 1, "api_key.updated": 1},
     )
 
 
@@ -862,7 +862,7 @@ async def test_device_key_forms_sent_again_create_nothing(
     assert shown_secret(again.text) is None
     assert await _keys_and_events(context, device.id) == (
         2,
-        {"api_key.created": 1, "api_key.rotated": 1},
+        {"api_key.created": 1, "api_key.rotated": 1, "api_key.updated": 1},
     )
 
 
@@ -982,7 +982,7 @@ async def test_a_double_click_on_a_key_form_creates_one_key(
     await double_click(f"/console/keys/{key_id.group(1)}/rotate", rotation, rotated=True)
     assert await _keys_and_events(context, root.id) == (
         2,
-        {"api_key.created": 1, "api_key.rotated": 1},
+        {"api_key.created": 1, "api_key.rotated": 1, "api_key.updated": 1},
     )
 
     base = f"/console/admin/devices/{device.id}"
@@ -997,7 +997,7 @@ async def test_a_double_click_on_a_key_form_creates_one_key(
     await double_click(f"{base}/keys/{key_id.group(1)}/rotate", rotation, rotated=True)
     assert await _keys_and_events(context, device.id) == (
         2,
-        {"api_key.created": 1, "api_key.rotated": 1},
+        {"api_key.created": 1, "api_key.rotated": 1, "api_key.updated": 1},
     )
 
 

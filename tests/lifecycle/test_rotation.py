@@ -114,6 +114,34 @@ async def test_rotate_without_grace_refuses_the_old_key_at_once(client, context)
     await _rotate(client, token, old["id"], expect=409)
 
 
+async def test_the_old_key_s_own_history_shows_its_rotation(client, context):
+    """A rotation ends the old key (at once, or after the grace period): read by the old
+    key's id, the audit log says so and names the replacement, not only the new key's
+    `api_key.rotated` event (whose key_id is the new key's)."""
+    admin = await admin_token(context, client)
+    token = await user_token(context, client, "val")
+    old = await create_key(client, token, name="now")
+    new = (await _rotate(client, token, old["id"], grace_seconds=0)).json()
+    assert (await exchange(client, old["api_key"])).status_code == 401
+
+    history = await admin_request(
+        client, admin, "GET", "/admin/audit-events", 200, params={"key_id": old["id"]}
+    )
+    items = history.json()["items"]
+    assert [(e["type"], e["outcome"]) for e in items] == [
+        ("token.exchange", "failure"),
+        ("api_key.updated", "success"),
+        ("api_key.created", "success"),
+    ]
+    ended = items[1]
+    assert (ended["actor"], ended["principal_id"]) == ("user:val", old["owner_id"])
+    expires = (await client.get(f"/api-keys/{old['id']}", headers=bearer(token))).json()
+    until = f"{_at(expires['expires_at']):%Y-%m-%dT%H:%M:%SZ}"
+    assert ended["reason"] == f"rotated to {new['id']}; expires {until}"
+    [rotated] = await events(context, "api_key.rotated", outcome="success")
+    assert (rotated.key_id, rotated.reason) == (new["id"], f"rotated from {old['id']}")
+
+
 async def test_rotation_works_at_the_limit(client, context):
     token = await user_token(context, client, "wes")
     keys = [await create_key(client, token, name=f"k{n}") for n in range(5)]

@@ -318,6 +318,19 @@ async def create(
         ip=ip,
         reason=f"rotated from {rotated_from.id}" if rotated_from is not None else None,
     )
+    if rotated_from is not None:
+        # The old key ends too (its expiry moved to the grace period's end): on record under
+        # its own id, where a reader of that key's history looks.
+        audit.record(
+            session,
+            type="api_key.updated",
+            actor=actor,
+            principal_id=owner.id,
+            key_id=rotated_from.id,
+            ip=ip,
+            reason=f"rotated to {key.id}; "
+            f"expires {rotated_from.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        )
     await session.commit()
     read = to_read(key, owner, settings, now)
     return ApiKeyCreated(
