@@ -392,7 +392,7 @@ async def test_edit_a_device_key(client, context):
         "user:root",
         device["id"],
         key["id"],
-        "changed: name, scopes, allowed_ips",
+        "changed: name, scopes (metrics:write), allowed_ips (127.0.0.1/32)",
     )
 
 

@@ -324,6 +324,13 @@ async def test_callers_without_api_keys_manage_are_403(client, context, owner):
 
 async def test_an_edit_is_one_audit_event_naming_the_fields_changed(client, context, owner):
     key = await create_key(client, owner, name="ci", description="same", scopes=BOTH)
+    # What the key may reach is on record from its creation, edit after edit: an auditor
+    # reads what a leaked key could do, and when that changed, without asking the key.
+    [created] = await audit_events(context, "api_key.created", outcome="success")
+    made_until = _rfc3339(datetime.fromisoformat(key["expires_at"].replace("Z", "+00:00")))
+    assert created.reason == (
+        f"scopes: projects:read projects:write; allowed_ips: any; expires_at: {made_until}"
+    )
     await patch(
         client,
         owner,
@@ -341,7 +348,7 @@ async def test_an_edit_is_one_audit_event_naming_the_fields_changed(client, cont
         "127.0.0.1",
         "success",
     )
-    assert event.reason == "changed: name, scopes, allowed_ips"
+    assert event.reason == "changed: name, scopes (projects:read), allowed_ips (192.0.2.1/32)"
     assert key["client_secret"] not in str(vars(event))
 
     # Values sent as they are stored change nothing and record nothing.
@@ -352,12 +359,17 @@ async def test_an_edit_is_one_audit_event_naming_the_fields_changed(client, cont
     # Done with a token from an API key, the event names that key, as create does.
     automation = await create_key(client, owner, name="automation")
     key_token = (await exchange(client, automation["api_key"])).json()["access_token"]
-    await patch(client, key_token, key["id"], expires_at=_rfc3339(utcnow() + timedelta(days=9)))
+    until = _rfc3339(utcnow() + timedelta(days=9))
+    await patch(client, key_token, key["id"], expires_at=until)
     events = await audit_events(context, "api_key.updated", outcome="success")
     assert (events[-1].actor, events[-1].reason) == (
         f"key:{automation['client_id']}",
-        "changed: expires_at",
+        f"changed: expires_at ({until})",
     )
+    # Back to inheriting the owner's permissions, from any address.
+    await patch(client, owner, key["id"], scopes=None, allowed_ips=[])
+    events = await audit_events(context, "api_key.updated", outcome="success")
+    assert events[-1].reason == "changed: scopes (inherited), allowed_ips (any)"
 
 
 async def test_concurrent_edits_each_apply(client, context, owner):

@@ -122,7 +122,7 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     assert row.expires_at == expires
     assert (row.description, row.allowed_ips) == ("line one\nline two", ["127.0.0.1/32"])
     [event] = await audit_events(context, "api_key.updated", outcome="success")
-    assert (event.actor, event.reason) == ("user:alice", "changed: name, scopes")
+    assert (event.actor, event.reason) == ("user:alice", f"changed: name, scopes ({READ} {WRITE})")
     assert (await exchange(client, key.api_key)).json()["scope"] == f"{READ} {WRITE}"
 
     # Another day: 00:00 UTC that day, as at creation; all unticked: the key inherits.
@@ -134,7 +134,8 @@ async def test_an_edit_saves_only_what_changed_and_the_next_exchange_sees_it(
     assert row.scopes is None
     assert row.expires_at == datetime(day.year, day.month, day.day, tzinfo=UTC)
     events = await audit_events(context, "api_key.updated", outcome="success")
-    assert events[-1].reason == "changed: scopes, expires_at"
+    until = f"{day.isoformat()}T00:00:00Z"
+    assert events[-1].reason == f"changed: scopes (inherited), expires_at ({until})"
     scope = (await exchange(client, key.api_key)).json()["scope"].split()
     assert {READ, WRITE} <= set(scope)
 

@@ -261,6 +261,20 @@ async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> 
     )
 
 
+# What a key may reach, from where and until when: its events carry their values (the name
+# and description are only named), as a principal's carry its permissions.
+AUDITED_SETTINGS = ("scopes", "allowed_ips", "expires_at")
+
+
+def audited_value(key: ApiKey, name: str) -> str:
+    """One of AUDITED_SETTINGS of the key as its audit events show it (never a secret)."""
+    if name == "scopes":
+        return "inherited" if key.scopes is None else " ".join(sorted(key.scopes))
+    if name == "allowed_ips":
+        return " ".join(key.allowed_ips) or "any"
+    return key.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def create(
     ctx: AppContext,
     session: AsyncSession,
@@ -316,7 +330,9 @@ async def create(
         principal_id=owner.id,
         key_id=key.id,
         ip=ip,
-        reason=f"rotated from {rotated_from.id}" if rotated_from is not None else None,
+        reason=f"rotated from {rotated_from.id}"
+        if rotated_from is not None
+        else "; ".join(f"{name}: {audited_value(key, name)}" for name in AUDITED_SETTINGS),
     )
     if rotated_from is not None:
         # The old key ends too (its expiry moved to the grace period's end): on record under
@@ -521,7 +537,12 @@ async def update(
         principal_id=owner.id,
         key_id=key.id,
         ip=ip,
-        reason="changed: " + ", ".join(name for name in UPDATABLE if name in changed),
+        reason="changed: "
+        + ", ".join(
+            f"{name} ({audited_value(key, name)})" if name in AUDITED_SETTINGS else name
+            for name in UPDATABLE
+            if name in changed
+        ),
     )
     await session.commit()
     return to_read(key, owner, settings, now)
