@@ -891,6 +891,56 @@ async def test_refused_console_forms_are_audited_in_the_words_of_their_page(
     ]
 
 
+async def test_no_password_typed_into_a_console_form_is_in_any_event(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    """The console's password forms (a new user, an admin's reset, one's own change), taken
+    and refused, as the secret-hygiene sweep (tests/security) does not send them: no event
+    quotes a password, now that a refused form's event quotes what its page said."""
+    await create_principal(context, "root", permissions=["admin"])
+    token = await signed_in(client, "root")
+    typed = {
+        "created": "created-secret-pass-1",
+        "short": "short-1",
+        "reset": "reset-secret-pass-22",
+        "tiny": "tiny",
+        "wrong": "wrong-current-pass-3",
+        "differs": "differing-new-pass-5",
+        "own": "own-new-secret-pass-4",
+    }
+
+    async def post(path: str, expect: int, **data: str) -> None:
+        response = await client.post(path, data={"csrf_token": token, **data})
+        assert response.status_code == expect, response.text
+
+    await post("/console/admin/users", 303, username="nina", password=typed["created"])
+    await post("/console/admin/users", 422, username="nora", password=typed["short"])
+    nina = await context_user(context, "nina")
+    await post(f"/console/admin/users/{nina}", 303, action="password", password=typed["reset"])
+    await post(f"/console/admin/users/{nina}", 422, action="password", password=typed["tiny"])
+    own = {"new_password": typed["own"], "confirm_password": typed["own"]}
+    await post("/console/password", 403, current_password=typed["wrong"], **own)
+    differ = {"new_password": typed["own"], "confirm_password": typed["differs"]}
+    await post("/console/password", 400, current_password=PASSWORD, **differ)
+    short = {"new_password": typed["tiny"], "confirm_password": typed["tiny"]}
+    await post("/console/password", 422, current_password=PASSWORD, **short)
+    await post("/console/password", 303, current_password=PASSWORD, **own)
+
+    events = await audit_events(context)
+    assert {e.type for e in events if e.outcome == "failure"} >= {"user.created", "user.updated"}
+    for event in events:
+        recorded = f"{event.actor} {event.reason}"
+        for label, password in typed.items():
+            assert password not in recorded, (label, event.type, recorded)
+
+
+async def context_user(context: AppContext, name: str) -> str:
+    async with context.database.sessionmaker() as session:
+        found = await session.scalar(select(Principal.id).where(Principal.name == name))
+    assert found is not None
+    return str(found)
+
+
 def untied_errors(html: str) -> list[str]:
     """Field error messages no invalid control points at: a screen reader never reads them,
     and the page's script has no field with aria-invalid to bring into focus."""
