@@ -678,7 +678,9 @@ def test_lists_print_json_for_scripts(cli):
     assert listed[1]["expires_soon"] is True and listed[1]["client_id"] == soon["client_id"]
     assert not {"client_secret", "api_key", "secret_hash"} & set(listed[1])
     assert [key["id"] for key in items("keys", "expiring", "--within", "1d")] == [soon["id"]]
-    assert items("keys", "list", "--owner", "nobody") == []
+    assert items("keys", "list", "--owner", "box") == []  # an owner without keys
+    unknown = cli("keys", "list", "--owner", "nobody", "--json", expect=1)
+    assert unknown.output == "Error: No user or device has this name.\n"  # not an empty list
 
     (device,) = items("devices", "list")
     assert (device["name"], device["description"], device["disabled"]) == ("box", "a box", False)
