@@ -122,3 +122,17 @@ def test_backup_copies_a_database_at_an_older_revision_as_the_readme_says(tmp_pa
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     said = " ".join(readme.split("The commands other than ", 1)[1].split(" refuse", 1)[0].split())
     assert "`backup`" in said, said
+
+
+def test_backup_of_an_in_memory_or_uri_database_is_refused_in_one_line(tmp_path):
+    target = tmp_path / "copy.db"
+    for url in (
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite://",
+        f"sqlite+aiosqlite:///file:{tmp_path / 'own.db'}?mode=ro&uri=true",
+    ):
+        result = backup(url, tmp_path, str(target))
+        assert result.exit_code == 1, (url, result.output)
+        assert "names no database file to back up" in result.output, (url, result.output)
+        assert len(result.output.strip().splitlines()) == 1
+        assert not target.exists()
