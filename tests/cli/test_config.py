@@ -28,6 +28,9 @@ BAD_VALUES = [
     ("REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=soon", "not a URL the Redis client"),
     ("REDIS_URL", "redis://:pw-in-url@127.0.0.1:6379/cache", "names no database number"),
     ("REDIS_URL", "unix://", "needs the socket's path"),
+    # Every peer trusted: any client could name its own address in X-Forwarded-For.
+    ("TRUSTED_PROXIES", "10.0.0.0/8, 0.0.0.0/0", "0.0.0.0/0 would trust every address"),
+    ("TRUSTED_PROXIES", "::/0", "::/0 would trust every address"),
     ("ISSUER", "keys.example.com", "must be an http(s) URL"),
     ("ISSUER", "https://keys.example.com/?tenant=1", "without query or fragment"),
     ("AUDIT_RETENTION_DAYS", "1000000", "must be at most 36500"),
