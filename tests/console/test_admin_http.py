@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy import select
 from keyservice.api_keys import service as api_keys
 from keyservice.api_keys.models import ApiKey
 from keyservice.api_keys.schemas import ApiKeyCreate
+from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
 from keyservice.principals.models import Principal
@@ -973,3 +974,31 @@ async def test_every_field_error_is_tied_to_its_field(
         assert response.status_code == 422, (path, data)
         assert re.search(r'<p class="error" id="[^"]+">', response.text), (path, data)
         assert untied_errors(response.text) == [], (path, data)
+
+
+async def test_the_audit_page_filters_by_a_day_and_says_when_since_is_no_date(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    async with context.database.sessionmaker() as session:
+        old = audit.record(session, type="user.updated", actor="test", reason="from last year")
+        audit.record(session, type="user.updated", actor="test", reason="from today")
+        await session.flush()
+        old.at = datetime(2025, 3, 1, 12, tzinfo=UTC)
+        await session.commit()
+    await signed_in(client, "root")
+    today = utcnow().date().isoformat()
+    recent = await client.get("/console/admin/audit", params={"since": today})
+    assert recent.status_code == 200
+    assert "from today" in recent.text and "from last year" not in recent.text
+    assert field_error(recent.text, "since") is None
+    # The day starts at midnight UTC: an event of that day is in.
+    that_day = await client.get("/console/admin/audit", params={"since": "2025-03-01"})
+    assert "from today" in that_day.text and "from last year" in that_day.text
+    # No such day: said under the field, which keeps what was typed; nothing filtered by it.
+    for typed in ("2025-02-30", "last week", "01/03/2025"):
+        refused = await client.get("/console/admin/audit", params={"since": typed})
+        assert refused.status_code == 422, typed
+        assert field_error(refused.text, "since") == "Enter a date such as 2026-11-01.", typed
+        assert f'value="{typed}"' in unescape(refused.text), typed
+        assert "from today" in refused.text and "from last year" in refused.text, typed
