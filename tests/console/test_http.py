@@ -1068,3 +1068,50 @@ async def test_a_user_who_may_not_manage_keys_lands_on_their_password_page(
     # The key pages themselves still say why, opened by their address.
     new = await client.get("/console/keys/new")
     assert new.status_code == 403 and "api_keys:manage" in new.text
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
+async def test_the_password_page_says_what_is_missing_refused_or_throttled(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "sam")
+    csrf = await signed_in(client, "sam")
+
+    async def change(current: str, new: str, again: str | None = None) -> httpx.Response:
+        form = {
+            "csrf_token": csrf,
+            "current_password": current,
+            "new_password": new,
+            "confirm_password": new if again is None else again,
+        }
+        return await client.post("/console/password", data=form)
+
+    def said(page: httpx.Response) -> str | None:
+        match = re.search(
+            r'<p class="banner error" role="alert" id="password-error">([^<]*)', page.text
+        )
+        return unescape(match.group(1)) if match else None
+
+    for current, new in (("", "a long new password"), (PASSWORD, "")):
+        empty = await change(current, new)
+        assert empty.status_code == 400
+        assert said(empty) == "Enter your current password and the new one, twice."
+    short = await change(PASSWORD, "short")
+    assert short.status_code == 422 and "at least 8 characters" in (said(short) or "")
+    assert 'id="new_password"' in short.text and 'aria-invalid="true" autofocus' in short.text
+    same = await change(PASSWORD, PASSWORD)
+    assert same.status_code == 422
+    assert said(same) == "The new password is the same as the current one; choose another."
+    # Wrong current passwords count as failed sign-ins: past the throttle, even the right one
+    # waits, and the page says for how long.
+    for _ in range(3):
+        assert (await change("not it", "a long new password")).status_code == 403
+    throttled = await change(PASSWORD, "a long new password")
+    assert throttled.status_code == 429
+    wait = throttled.headers["Retry-After"]
+    assert int(wait) >= 1
+    assert said(throttled) == f"Too many failed attempts. Wait {wait} seconds, then try again."
+    assert "a long new password" not in throttled.text and PASSWORD not in throttled.text
+    # Nothing was changed by any of them; each refusal is audited as one.
+    updates = [e.outcome for e in await audit_events(context) if e.type == "user.updated"]
+    assert updates == ["failure"] * 8
