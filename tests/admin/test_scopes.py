@@ -499,3 +499,19 @@ async def test_a_description_edit_does_not_wait_for_a_grant_holding_the_scope(cl
             )
             assert scope.description == "Read invoices"
         await granting.commit()
+
+
+async def test_a_missing_scope_is_named_in_the_404_only_when_it_may_be_echoed(client, context):
+    # A key string pasted where the scope's name goes is not sent back, nor is a name no
+    # scope could have; a name that could be one is.
+    admin = await admin_token(context, client)
+    pasted = "ksk_" + "A1b2C3d4E5f6G7h8J9k0L1m2"
+    for name in (pasted, "Sign in again at evil.example", "x" * 65 + ":read"):
+        for method, body in (("PATCH", {"description": "d"}), ("DELETE", None)):
+            missing = await admin_request(
+                client, admin, method, f"/admin/scopes/{name}", 404, json=body
+            )
+            said = missing.json()["error_description"]
+            assert said == "No scope with this name is in the catalog.", (name, said)
+    named = await admin_request(client, admin, "DELETE", "/admin/scopes/typo:raed", 404)
+    assert named.json()["error_description"] == "The scope 'typo:raed' is not in the catalog."
