@@ -435,3 +435,33 @@ async def test_the_expiry_offered_ends_where_the_keys_secret_must(
     assert refused.status_code == 422, refused.status_code
     assert "at most 365 days after the key was created" in unescape(refused.text)
     assert (await stored(context, key.id)).expires_at == key.expires_at
+
+
+async def test_an_edit_that_changes_nothing_says_so_and_a_day_that_is_none_is_refused(
+    client: httpx.AsyncClient, context: AppContext, alice: Principal
+) -> None:
+    key = await service_key(context, alice, "ci", scopes=[READ])
+    token = await signed_in(client, "alice")
+    page = await client.get(f"/console/keys/{key.id}/edit")
+    form = {**shown_form(page.text), "csrf_token": token}
+    same = await client.post(f"/console/keys/{key.id}/edit", data=form)
+    listed = await client.get(same.headers["location"])
+    said = '<p class="banner ok" role="status">{}</p>'
+    assert said.format("Nothing was changed: the form held the settings key ci has.") in (
+        unescape(listed.text)
+    )
+    # A link naming no key of the list (another's, a deleted one) names none.
+    other = await client.get("/console/keys", params={"done": "unchanged", "key": "x"})
+    assert said.format("Nothing was changed: the form held the settings the key has.") in (
+        unescape(other.text)
+    )
+    # An expiry cleared or typed as no date (a browser without a date picker).
+    for day in ("", "31/01/2027", "2027-02-30"):
+        refused = await client.post(
+            f"/console/keys/{key.id}/edit", data={**form, "name": "deploy", "expires_on": day}
+        )
+        assert refused.status_code == 422, day
+        assert field_error(refused.text, "expires_on") == "Enter a date such as 2027-01-31.", day
+    row = await stored(context, key.id)
+    assert row.name == "ci"
+    assert await audit_events(context, "api_key.updated", outcome="success") == []
