@@ -20,6 +20,7 @@ from keyservice.console.models import ConsoleSpent
 from keyservice.console.pages import CSP
 from keyservice.console.session import ConsoleSession, SessionCodec
 from keyservice.context import AppContext
+from keyservice.database import utcnow
 from tests.conftest import client_for
 from tests.console.conftest import csrf_of, seal_payload
 from tests.factories import PASSWORD, audit_events, create_principal
@@ -685,6 +686,35 @@ async def test_rotating_a_device_key_says_until_when_the_old_one_works(
         assert old is not None
     until = old.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     assert f"The old key keeps working until {until}." in rotated.text
+
+
+async def test_a_grace_period_not_offered_rotates_with_the_default_24_hours(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    # A form posted by hand (or kept from an older page): not a refusal, the default.
+    await create_principal(context, "root", permissions=["admin"])
+    device = await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+    base = f"/console/admin/devices/{device.id}"
+    for sent in ("soon", "120", "", "-3600"):
+        await client.post(f"{base}/keys", data={"csrf_token": token, "name": f"k{len(sent)}"})
+        page = await client.get(base)
+        key_id = re.search(rf'href="{base}/keys/([^/"]+)/rotate"', page.text)
+        assert key_id
+        before = utcnow()
+        rotated = await client.post(
+            f"{base}/keys/{key_id.group(1)}/rotate",
+            data={"csrf_token": token, "grace_seconds": sent},
+        )
+        assert rotated.status_code == 200 and "Your rotated API key" in rotated.text, sent
+        async with context.database.sessionmaker() as session:
+            old = await session.get(ApiKey, key_id.group(1))
+            assert old is not None
+        grace = old.expires_at - before
+        assert timedelta(hours=24, seconds=-1) <= grace < timedelta(hours=24, minutes=1), (
+            sent,
+            grace,
+        )
 
 
 async def test_allowed_ips_may_be_separated_by_commas(
