@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import astuple
 from datetime import timedelta
 
@@ -161,6 +162,35 @@ async def test_server_prunes_by_itself(app, context, settings_overrides):
             break
         await asyncio.sleep(0.1)
     assert await _counts(context) == KEPT
+
+
+@pytest.mark.parametrize("settings_overrides", [{"prune_interval_seconds": 1}])
+async def test_a_periodic_prune_that_fails_is_logged_and_tried_again(
+    app, context, settings_overrides, caplog
+):
+    # A table the prune deletes from is not there (a restore gone wrong, a lock timeout):
+    # the failure is one warning naming the error's type, and the timer goes on.
+    caplog.set_level(logging.WARNING, logger="keyservice.maintenance")
+    async with context.database.sessionmaker() as session:
+        await session.execute(text("ALTER TABLE audit_event RENAME TO audit_event_away"))
+        await session.commit()
+    try:
+        for _ in range(200):
+            failed = [r for r in caplog.records if r.getMessage().startswith("periodic prune")]
+            if len(failed) >= 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        async with context.database.sessionmaker() as session:
+            await session.execute(text("ALTER TABLE audit_event_away RENAME TO audit_event"))
+            await session.commit()
+    assert len(failed) >= 2, [r.getMessage() for r in caplog.records]
+    for record in failed:
+        assert record.levelno == logging.WARNING
+        assert record.getMessage() in (
+            "periodic prune failed: ProgrammingError",  # PostgreSQL: no such relation
+            "periodic prune failed: OperationalError",  # SQLite: no such table
+        ), record.getMessage()
 
 
 async def _waiting_for_a_row_lock(context) -> None:
