@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import timedelta
+
+from sqlalchemy import text
 
 from keyservice.audit.models import AuditEvent
 from keyservice.database import utcnow
@@ -356,3 +359,26 @@ async def test_a_secret_pasted_into_a_name_is_not_recorded(client, context):
     # Client ids and ordinary names as they are.
     assert f"'actor': 'key:{key['client_id']}'" in everything
     assert "'actor': 'user:paula'" in everything and "'actor': 'user:root'" in everything
+
+
+async def test_a_refusal_whose_event_cannot_be_written_is_answered_all_the_same(
+    client, context, caplog
+):
+    # The audit table unwritable (here: not there): the refusal is the answer it was, and
+    # the lost event is a warning in the log, not a 500.
+    admin = await admin_token(context, client)
+    async with context.database.sessionmaker() as session:
+        await session.execute(text("ALTER TABLE audit_event RENAME TO audit_event_away"))
+        await session.commit()
+    try:
+        with caplog.at_level(logging.WARNING, logger="keyservice.audit.refusals"):
+            refused = await admin_request(
+                client, admin, "POST", "/admin/devices", 422, json={"name": "a b"}
+            )
+    finally:
+        async with context.database.sessionmaker() as session:
+            await session.execute(text("ALTER TABLE audit_event_away RENAME TO audit_event"))
+            await session.commit()
+    assert refused.json()["error"] == "validation_error", refused.text
+    said = [r.getMessage() for r in caplog.records if r.name == "keyservice.audit.refusals"]
+    assert len(said) == 1 and said[0].startswith("could not record a refused device.created: ")
