@@ -310,6 +310,30 @@ async def test_an_admin_resetting_their_own_password_stays_signed_in_here_only(
     assert again.status_code == 303
 
 
+async def test_sign_in_with_a_field_left_empty_asks_for_both_and_counts_no_failure(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "alice")
+    token = csrf_of((await client.get("/console/login")).text)
+    for username, password in (("alice", ""), ("", PASSWORD), ("   ", PASSWORD), ("", "")):
+        refused = await client.post(
+            "/console/login",
+            data={"username": username, "password": password, "csrf_token": token},
+        )
+        assert refused.status_code == 400, (username, password)
+        assert (
+            '<p class="banner error" role="alert" id="login-error">'
+            "Enter your username and password.</p>"
+        ) in refused.text
+        assert PASSWORD not in refused.text
+    # Nothing was tried: no failed sign-in recorded, and the next one is not throttled.
+    assert [e for e in await audit_events(context) if e.type == "login"] == []
+    signed = await client.post(
+        "/console/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token}
+    )
+    assert signed.status_code == 303
+
+
 async def test_sign_in_is_throttled_and_audited(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:
