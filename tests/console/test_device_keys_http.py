@@ -307,3 +307,30 @@ async def test_every_key_page_marks_its_own_menu_entry(
         )
         assert rotated.status_code == 200 and "Your rotated API key" in rotated.text
         assert current_section(rotated.text) == [entry]
+
+
+async def test_deleting_a_device_without_script_asks_on_a_page_of_its_own(
+    client: httpx.AsyncClient, context: AppContext, sensor: Principal
+) -> None:
+    # Without JavaScript the Delete device button opens a confirmation page (GET), whose
+    # Delete posts; the keys are revoked with the device.
+    key = await service_key(context, sensor, "station")
+    token = await signed_in(client, "root")
+    base = f"/console/admin/devices/{sensor.id}"
+    confirm = await client.get(f"{base}/delete")
+    assert confirm.status_code == 200
+    assert "<h1>Delete device sensor-1?</h1>" in confirm.text
+    assert f'action="{base}/delete"' in confirm.text
+    assert f'<a href="{base}">Cancel</a>' in confirm.text
+    assert current_section(confirm.text) == ["/console/admin/devices"]
+    unknown = await client.get(f"/console/admin/devices/{UNKNOWN}/delete")
+    assert unknown.status_code == 404 and "No device with this id." in unknown.text
+
+    done = await client.post(f"{base}/delete", data={"csrf_token": token})
+    assert done.status_code == 303
+    assert done.headers["location"] == "/console/admin/devices?done=device-deleted&name=sensor-1"
+    listed = await client.get(done.headers["location"])
+    assert "Device sensor-1 deleted; its keys are revoked." in listed.text
+    assert await live_keys(context, sensor.id) == []
+    assert (await exchange(client, key.api_key)).status_code == 401
+    assert (await client.get(f"{base}/delete")).status_code == 404  # gone
