@@ -1002,3 +1002,35 @@ async def test_the_audit_page_filters_by_a_day_and_says_when_since_is_no_date(
         assert field_error(refused.text, "since") == "Enter a date such as 2026-11-01.", typed
         assert f'value="{typed}"' in unescape(refused.text), typed
         assert "from today" in refused.text and "from last year" in refused.text, typed
+
+
+async def test_a_name_taken_is_said_under_the_name_field_of_the_user_and_device_forms(
+    client: httpx.AsyncClient, context: AppContext
+) -> None:
+    await create_principal(context, "root", permissions=["admin"])
+    await create_principal(context, "Alice")
+    await create_principal(context, "sensor-1", kind="device")
+    token = await signed_in(client, "root")
+    for path, field, data, said in [
+        (
+            "/console/admin/users",
+            "username",
+            {"username": "alice", "password": PASSWORD},
+            "The username 'alice' is taken (as 'Alice': names are the same whatever their "
+            "letter case).",
+        ),
+        (
+            "/console/admin/devices",
+            "name",
+            {"name": "sensor-1", "description": "spare"},
+            "A device named 'sensor-1' already exists.",
+        ),
+    ]:
+        refused = await client.post(path, data={"csrf_token": token, **data})
+        assert refused.status_code == 422, (path, refused.text)
+        assert field_error(refused.text, field) == said, path
+        assert untied_errors(refused.text) == [], path
+        assert PASSWORD not in refused.text
+    async with context.database.sessionmaker() as session:
+        names = (await session.scalars(select(Principal.name))).all()
+    assert sorted(names) == ["Alice", "root", "sensor-1"]
