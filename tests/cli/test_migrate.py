@@ -344,12 +344,13 @@ def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypat
 
 class HeldTable:
     """A transaction of another program that keeps `api_key` locked (ACCESS SHARE, what any
-    read takes) for `seconds`, as a long report or an idle psql session does."""
+    read takes) for `seconds` or until the `with` block ends, whichever comes first, as a long
+    report or an idle psql session does."""
 
     def __init__(self, url: str, seconds: float) -> None:
         self.url, self.seconds = url, seconds
         self.pid: int | None = None
-        self.holding = threading.Event()
+        self.holding, self.released = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=asyncio.run, args=(self._hold(),))
 
     async def _hold(self) -> None:
@@ -361,7 +362,7 @@ class HeldTable:
             async with connection.transaction():
                 await connection.execute("LOCK TABLE api_key IN ACCESS SHARE MODE")
                 self.holding.set()
-                await asyncio.sleep(self.seconds)
+                await asyncio.to_thread(self.released.wait, self.seconds)
         finally:
             await connection.close()
 
@@ -371,6 +372,7 @@ class HeldTable:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        self.released.set()
         self.thread.join()
 
 
@@ -433,7 +435,8 @@ def test_a_migration_locked_out_too_long_gives_up_in_one_line_changing_nothing(
     try:
         migrations.upgrade(url, "0007")  # 0008 adds a table, 0009 alters api_key
         monkeypatch.setattr(migrations, "TABLE_LOCK_PATIENCE_SECONDS", 1.0)
-        with HeldTable(url, 3.0) as held:
+        # Held until the command has given up, however long a loaded machine takes to start it.
+        with HeldTable(url, 60.0) as held:
             result = keyservice("migrate", database_url=url, tmp_path=tmp_path, expect=1)
         lines = result.output.strip().splitlines()
         assert lines[0].startswith("the migration is waiting for a table"), lines
