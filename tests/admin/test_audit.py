@@ -382,3 +382,4 @@ async def test_a_refusal_whose_event_cannot_be_written_is_answered_all_the_same(
     assert refused.json()["error"] == "validation_error", refused.text
     said = [r.getMessage() for r in caplog.records if r.name == "keyservice.audit.refusals"]
     assert len(said) == 1 and said[0].startswith("could not record a refused device.created: ")
+    assert "\n" not in said[0] and "INSERT" not in said[0], said  # one line, no statement

@@ -163,6 +163,8 @@ async def _write(
             )
             await session.commit()
     except Exception as exc:  # the refusal is answered all the same
-        log.warning("could not record a refused %s: %s", event, exc)
+        # The error's name, as the other background writers log theirs: its text is the
+        # statement and the database's lines, which would break the one-line log.
+        log.warning("could not record a refused %s: %s", event, type(exc).__name__)
         if context.metrics is not None:
             context.metrics.audit_write_failure()
