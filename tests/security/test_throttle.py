@@ -221,6 +221,37 @@ async def test_http_lockout_with_redis(redis_app):
     await _lock_out_over_http(*redis_app)
 
 
+async def test_a_lockout_counted_by_another_replica_refuses_the_right_secret(
+    redis_app, database_url, tmp_path, redis_prefix
+):
+    # The failures were answered by another replica sharing Redis: this process saw none of
+    # them, and still refuses the client, the right secret included, until the window ends.
+    from tests.conftest import make_settings
+
+    context, client = redis_app
+    token = await user_token(context, client, "owner", ["api_keys:manage"])
+    victim = await create_key(client, token, name="victim")
+    replica = AppContext(make_settings(database_url, tmp_path, redis_url=REDIS_URL))
+    assert isinstance(replica.throttle, RedisThrottle)
+    replica.throttle.prefix = redis_prefix
+    try:
+        for _ in range(context.settings.throttle_client_failures):
+            await replica.throttle.failure(client=victim["client_id"], ip="198.51.100.9")
+    finally:
+        await replica.throttle.close()
+        await replica.database.dispose()
+    right = {"grant_type": "client_credentials", "api_key": victim["api_key"]}
+    locked = await client.post("/token", data=right)
+    assert locked.status_code == 429, locked.text
+    assert locked.json()["error"] == "slow_down"
+    throttled = [
+        e for e in await audit_events(context, "token.exchange") if e.reason == "throttled"
+    ]
+    assert [(e.key_id, e.actor) for e in throttled] == [
+        (victim["id"], f"key:{victim['client_id']}")
+    ]
+
+
 @pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
 async def test_password_logins_lock_per_username(client, context):
     await user_token(context, client, "dora", ["api_keys:manage"])
