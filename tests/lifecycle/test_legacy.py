@@ -24,6 +24,7 @@ from tests.admin.support import events
 from tests.conftest import client_for, make_settings
 from tests.factories import (
     add_scope,
+    audit_events,
     bearer,
     create_key,
     create_principal,
@@ -142,6 +143,37 @@ async def test_legacy_keys_work_before_the_cutoff(client, context):
     response = await exchange(client, PLAIN)
     assert response.status_code == 200
     assert response.json()["scope"] == "api_keys:manage projects:read"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
+async def test_an_unknown_key_string_is_audited_and_counts_for_its_address(client, context):
+    # A string in no format of this service's keys is looked up as a legacy key. Unknown, it
+    # is refused as such (no Basic challenge: it was a form field), audited without a key,
+    # and counted for the caller's address: past that limit even a right key is throttled.
+    await _population(context)
+    await import_lines(
+        context,
+        [_line(owner="zoe", owner_type="user", name="k", scopes=None, key=PLAIN)],
+        actor="t",
+    )
+    for _ in range(3):
+        response = await exchange(client, PLAIN + "-mistyped")
+        assert response.status_code == 401
+        assert response.json() == {
+            "error": "invalid_client",
+            "error_description": "The API key is malformed or unknown.",
+        }
+        assert "www-authenticate" not in response.headers
+    events = await audit_events(context, "token.exchange")
+    assert [(e.outcome, e.reason, e.key_id, e.actor) for e in events] == [
+        ("failure", "malformed key", None, None)
+    ] * 3
+    locked = await exchange(client, PLAIN)
+    assert locked.status_code == 429
+    assert locked.json()["error"] == "slow_down"
+    assert (await audit_events(context, "token.exchange"))[-1].reason == "throttled"
+    async with client_for(client._transport.app, ip="198.51.100.4") as elsewhere:
+        assert (await exchange(elsewhere, PLAIN)).status_code == 200
 
 
 async def test_bad_lines_are_reported_and_nothing_is_imported(context):
