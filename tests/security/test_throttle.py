@@ -231,12 +231,15 @@ async def test_a_lockout_counted_by_another_replica_refuses_the_right_secret(
     context, client = redis_app
     token = await user_token(context, client, "owner", ["api_keys:manage"])
     victim = await create_key(client, token, name="victim")
+    bystander = await create_key(client, token, name="bystander")
     replica = AppContext(make_settings(database_url, tmp_path, redis_url=REDIS_URL))
     assert isinstance(replica.throttle, RedisThrottle)
     replica.throttle.prefix = redis_prefix
     try:
         for _ in range(context.settings.throttle_client_failures):
             await replica.throttle.failure(client=victim["client_id"], ip="198.51.100.9")
+        for _ in range(context.settings.throttle_ip_failures):
+            await replica.throttle.failure(client=None, ip="203.0.113.7")
     finally:
         await replica.throttle.close()
         await replica.database.dispose()
@@ -250,6 +253,16 @@ async def test_a_lockout_counted_by_another_replica_refuses_the_right_secret(
     assert [(e.key_id, e.actor) for e in throttled] == [
         (victim["id"], f"key:{victim['client_id']}")
     ]
+    # So is any client calling from an address another replica locked out.
+    async with client_for(client._transport.app, ip="203.0.113.7") as locked_address:
+        refused = await locked_address.post(
+            "/token", data={"grant_type": "client_credentials", "api_key": bystander["api_key"]}
+        )
+    assert refused.status_code == 429, refused.text
+    ok = await client.post(
+        "/token", data={"grant_type": "client_credentials", "api_key": bystander["api_key"]}
+    )
+    assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 3}])
