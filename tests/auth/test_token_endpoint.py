@@ -223,9 +223,10 @@ async def test_wrong_secret_and_unknown_client_look_the_same(client, context, ke
     assert_error(unknown, 401, "invalid_client")
     assert wrong.json() == unknown.json()
     events = await audit_events(context, "token.exchange")
-    assert [(e.reason, e.key_id) for e in events[-2:]] == [
-        ("wrong secret", key["id"]),
-        ("unknown client", None),
+    # The wrong secret's event names the key tried, its owner and its (public) client id.
+    assert [(e.reason, e.key_id, e.principal_id, e.actor) for e in events[-2:]] == [
+        ("wrong secret", key["id"], key["owner_id"], f"key:{key['client_id']}"),
+        ("unknown client", None, None, None),
     ]
 
 
