@@ -63,6 +63,15 @@ async def test_revoke_endpoint_kills_the_family(client, context):
         "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
     )
     assert again.json()["error"] == "invalid_grant"
+    # Refused as revoked, with its key named: not taken for a replay of a spent token.
+    [refused] = await audit_events(context, "token.refresh")
+    assert (refused.outcome, refused.reason, refused.key_id, refused.actor) == (
+        "failure",
+        "refresh token family revoked",
+        key["id"],
+        f"key:{key['client_id']}",
+    )
+    assert await audit_events(context, "token.refresh_reuse") == []
     unknown = await client.post("/revoke", data={"token": "ksr_whatever"})
     assert unknown.status_code == 200
     # Without client authentication the event names the token's holder: its key, or the
