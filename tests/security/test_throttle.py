@@ -322,6 +322,43 @@ async def test_concurrent_wrong_secrets_with_redis(redis_app):
     await _burst_of_wrong_secrets(*redis_app)
 
 
+async def test_the_right_secret_verified_after_the_limit_was_reached_is_throttled(
+    client, context, monkeypatch
+):
+    # A shared store's check is a round trip: guesses may fail, and reach the limit, while a
+    # request with the right secret waits for its answer. Its outcome is withheld (429), as
+    # it would be had it arrived after them.
+    token = await user_token(context, client, "owner", ["api_keys:manage"])
+    victim = await create_key(client, token, name="victim")
+    passed, go_on = asyncio.Event(), asyncio.Event()
+    check = context.throttle.check
+
+    async def slow_round_trip(**subjects: Any) -> None:
+        await check(**subjects)
+        if subjects["client"] == victim["client_id"] and not passed.is_set():
+            passed.set()
+            await go_on.wait()
+
+    monkeypatch.setattr(context.throttle, "check", slow_round_trip)
+    right = asyncio.create_task(
+        client.post(
+            "/token", data={"grant_type": "client_credentials", "api_key": victim["api_key"]}
+        )
+    )
+    await passed.wait()
+    bad = {
+        "grant_type": "client_credentials",
+        "client_id": victim["client_id"],
+        "client_secret": "C" * 43,
+    }
+    for _ in range(context.settings.throttle_client_failures):
+        assert (await client.post("/token", data=bad)).status_code == 401
+    go_on.set()
+    response = await right
+    assert response.status_code == 429, response.text
+    assert response.json()["error"] == "slow_down"
+
+
 async def test_concurrent_exchanges_with_the_right_secret_are_never_throttled(client, context):
     token = await user_token(context, client, "owner", ["api_keys:manage"])
     key = await create_key(client, token, name="busy")
