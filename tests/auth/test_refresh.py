@@ -184,6 +184,14 @@ async def test_refresh_rechecks_key_and_ip(client, context, key):
     await set_key(context, key["id"], allowed_ips=["192.0.2.0/24"])
     refused = await refresh(client, first["refresh_token"])
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    # The refusal names the token's key, as its exchange did, not the key's owner.
+    event = (await audit_events(context, "token.refresh"))[-1]
+    assert (event.outcome, event.reason, event.key_id, event.actor) == (
+        "failure",
+        "ip not allowed",
+        key["id"],
+        f"key:{key['client_id']}",
+    )
     await set_key(context, key["id"], allowed_ips=["127.0.0.1/32"])
     assert (await refresh(client, first["refresh_token"])).status_code == 200
 
