@@ -68,7 +68,7 @@ def test_ordered_id_time_reads_a_uuidv7_and_nothing_else():
 
 async def test_a_sign_in_ends_at_its_maximum_age_however_often_it_is_refreshed(client, context):
     assert context.settings.password_session_max_seconds == 12 * HOUR
-    await create_principal(context, "pat", permissions=PERMS)
+    pat = await create_principal(context, "pat", permissions=PERMS)
     first = await login(client, "pat")
     assert first["expires_in"] == 7200 and first["refresh_token_expires_in"] == 3 * HOUR
 
@@ -103,8 +103,8 @@ async def test_a_sign_in_ends_at_its_maximum_age_however_often_it_is_refreshed(c
     }
     refused = await audit_events(context, "token.refresh", outcome="failure")
     # The refusal names the user whose sign-in it was, as that sign-in's refreshes do.
-    assert [(event.reason, event.actor, event.key_id) for event in refused] == [
-        ("sign-in session past its maximum age", "user:pat", None)
+    assert [(e.reason, e.actor, e.principal_id, e.key_id) for e in refused] == [
+        ("sign-in session past its maximum age", "user:pat", pat.id, None)
     ]
     # Refused, not consumed: signing in again is the way on, and it works.
     assert (await login(client, "pat"))["refresh_token_expires_in"] == 3 * HOUR

@@ -79,11 +79,19 @@ async def test_concurrent_refreshes_have_exactly_one_winner(client, key):
     assert all(r.json()["error"] == "invalid_grant" for r in responses if r.status_code == 400)
 
 
-async def test_scope_may_narrow_never_widen(client, key):
+async def test_scope_may_narrow_never_widen(client, context, key):
     first = (await exchange(client, key["api_key"], scope="projects:read")).json()
     wider = await refresh(client, first["refresh_token"], scope="projects:read projects:write")
     assert wider.status_code == 400
     assert wider.json()["error"] == "invalid_scope"
+    [event] = await audit_events(context, "token.refresh")
+    assert (event.outcome, event.reason, event.key_id, event.principal_id, event.actor) == (
+        "failure",
+        "scope not held",
+        key["id"],
+        key["owner_id"],
+        f"key:{key['client_id']}",
+    )
     # A refused request does not consume the token.
     narrowed = await refresh(client, first["refresh_token"], scope="projects:read")
     assert narrowed.status_code == 200
