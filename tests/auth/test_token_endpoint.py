@@ -295,7 +295,22 @@ async def test_unusable_keys_are_invalid_client_with_precise_audit(
     else:
         assert description == "Client authentication failed."
     event = (await audit_events(context, "token.exchange"))[-1]
-    assert (event.outcome, event.reason, event.key_id) == ("failure", reason, key["id"])
+    assert (event.outcome, event.reason, event.key_id, event.actor) == (
+        "failure",
+        reason,
+        key["id"],
+        f"key:{key['client_id']}",
+    )
+
+
+@pytest.mark.parametrize("settings_overrides", [{"throttle_client_failures": 2}])
+async def test_refusals_of_an_unusable_key_count_towards_its_lockout(client, context, key):
+    # Whoever holds an expired key's secret gets its outcome, each time a failed attempt:
+    # past the client's limit they are throttled like any other.
+    await set_key(context, key["id"], expires_at=utcnow() - timedelta(seconds=1))
+    for _ in range(2):
+        assert_error(await exchange(client, key["api_key"]), 401, "invalid_client")
+    assert_error(await exchange(client, key["api_key"]), 429, "slow_down")
 
 
 async def test_invalid_request_cases(client, key):
