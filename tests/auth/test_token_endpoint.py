@@ -361,6 +361,14 @@ async def test_invalid_request_cases(client, key):
     )
     assert_error(bad_utf8, 400, "invalid_request")
 
+    # A request without what its grant needs is told what to send.
+    no_key = await client.post("/token", data={"grant_type": "client_credentials"})
+    assert_error(no_key, 400, "invalid_request")
+    assert no_key.json()["error_description"].startswith("client_credentials needs the key: ")
+    no_token = await client.post("/token", data={"grant_type": "refresh_token"})
+    assert_error(no_token, 400, "invalid_request")
+    assert no_token.json()["error_description"] == "refresh_token is missing."
+
 
 async def test_password_grant(client, context):
     carol = await create_principal(
