@@ -87,6 +87,7 @@ async def test_scope_narrowing_and_unheld_scope(client, context, key):
     assert events[-1].outcome == "failure"
     assert events[-1].reason == "scope not held"
     assert events[-1].key_id == key["id"]
+    assert events[-1].actor == f"key:{key['client_id']}"
 
 
 async def test_a_key_scoped_admin_may_ask_for_the_built_ins_admin_implies(client, context):
