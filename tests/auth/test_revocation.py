@@ -242,6 +242,15 @@ async def test_disabled_owner_tokens_are_refused(client, context):
         "/token", data={"grant_type": "refresh_token", "refresh_token": fresh["refresh_token"]}
     )
     assert refused.json()["error"] == "invalid_grant"
+    # Disabled in the database (no token revocation recorded): refused as disabled.
+    [event] = await audit_events(context, "token.refresh")
+    assert (event.outcome, event.reason, event.principal_id, event.key_id, event.actor) == (
+        "failure",
+        "owner disabled",
+        me["id"],
+        None,
+        "user:eve",
+    )
 
 
 async def test_tokens_carrying_a_permission_taken_away_are_refused(client, context):
