@@ -124,12 +124,22 @@ async def test_import_then_exchange_then_refused_after_cutoff(client, context, t
             "/introspect", data={"token": legacy_refresh}, headers=bearer(root)
         )
         assert described.json() == {"active": False}
+        refreshed = await other.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": legacy_refresh}
+        )
+        assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
         # New keys are unaffected by the cut-off.
         token = (await login(other, "zoe"))["access_token"]
         fresh = await create_key(other, token, name="new")
         assert (await exchange(other, fresh["api_key"])).status_code == 200
     refusals = [e.reason for e in await events(context, "token.exchange") if e.outcome == "failure"]
     assert refusals.count("legacy keys no longer accepted") == 2
+    [refresh_refusal] = await events(context, "token.refresh")
+    assert (refresh_refusal.outcome, refresh_refusal.reason, refresh_refusal.key_id) == (
+        "failure",
+        "legacy keys no longer accepted",
+        plain.id,
+    )
 
 
 @pytest.mark.parametrize("settings_overrides", [{"legacy_keys_until": "2999-01-01T00:00:00Z"}])
