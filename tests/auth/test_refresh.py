@@ -65,9 +65,25 @@ async def test_reuse_revokes_the_whole_family(client, context, key):
     reuse = await audit_events(context, "token.refresh_reuse")
     assert len(reuse) == 1 and reuse[0].key_id == key["id"]
     assert reuse[0].actor == f"key:{key['client_id']}"  # as the refreshes it follows
+    assert (reuse[0].outcome, reuse[0].principal_id) == ("failure", key["owner_id"])
     # Another family of the same key is untouched.
     other = (await exchange(client, key["api_key"])).json()
     assert (await client.get("/me", headers=bearer(other["access_token"]))).status_code == 200
+
+
+async def test_reuse_of_a_password_sign_ins_token_names_its_user(client, context):
+    bob = await create_principal(context, "bob", permissions=PERMS)
+    first = await login(client, "bob")
+    assert (await refresh(client, first["refresh_token"])).status_code == 200
+    reused = await refresh(client, first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    [event] = await audit_events(context, "token.refresh_reuse")
+    assert (event.outcome, event.actor, event.principal_id, event.key_id) == (
+        "failure",
+        "user:bob",
+        bob.id,
+        None,
+    )
 
 
 async def test_concurrent_refreshes_have_exactly_one_winner(client, key):
