@@ -78,12 +78,14 @@ async def test_reuse_of_a_password_sign_ins_token_names_its_user(client, context
     reused = await refresh(client, first["refresh_token"])
     assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
     [event] = await audit_events(context, "token.refresh_reuse")
-    assert (event.outcome, event.actor, event.principal_id, event.key_id) == (
+    assert (event.outcome, event.actor, event.principal_id, event.key_id, event.ip) == (
         "failure",
         "user:bob",
         bob.id,
         None,
+        "127.0.0.1",
     )
+    assert event.reason == "used refresh token presented again; family revoked"
 
 
 async def test_concurrent_refreshes_have_exactly_one_winner(client, key):
