@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -711,7 +711,14 @@ def _write(database_url: str, *statements: tuple[str, dict[str, Any]]) -> None:
         try:
             async with database.engine.begin() as connection:
                 for sql, values in statements:
-                    await connection.execute(sa.text(sql), values)
+                    # Times bound as the models bind them: a bare datetime would reach
+                    # sqlite3's default adapter, deprecated since Python 3.12.
+                    times = [
+                        sa.bindparam(name, type_=UTCDateTime())
+                        for name, value in values.items()
+                        if isinstance(value, datetime)
+                    ]
+                    await connection.execute(sa.text(sql).bindparams(*times), values)
         finally:
             await database.dispose()
 
