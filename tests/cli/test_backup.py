@@ -3,6 +3,7 @@ live server and its restore: tests/e2e/test_backup.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_backup_into_a_folder_names_the_copy_by_its_time(tmp_path):
     assert "KEYSERVICE_SECRET_KEY" in result.output  # where the secret is, never its value
     assert TEST_SECRET not in result.output
     assert made.stat().st_mode & 0o777 == 0o600
-    with sqlite3.connect(made) as copy:
+    with contextlib.closing(sqlite3.connect(made)) as copy:
         assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         (revision,) = copy.execute("SELECT version_num FROM alembic_version").fetchone()
     assert f"schema revision {revision}" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import threading
@@ -72,7 +73,7 @@ def test_a_backup_taken_while_serving_restores_to_a_working_service(tmp_path):
 
     copy = tmp_path / "copy.db"
     assert copy.stat().st_mode & 0o777 == 0o600
-    with sqlite3.connect(copy) as db:
+    with contextlib.closing(sqlite3.connect(copy)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
