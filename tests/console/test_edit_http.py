@@ -446,7 +446,7 @@ async def test_an_edit_that_changes_nothing_says_so_and_a_day_that_is_none_is_re
     form = {**shown_form(page.text), "csrf_token": token}
     same = await client.post(f"/console/keys/{key.id}/edit", data=form)
     listed = await client.get(same.headers["location"])
-    said = '<p class="banner ok" role="status">{}</p>'
+    said = '<p class="banner ok" role="status" id="notice" tabindex="-1">{}</p>'
     assert said.format("Nothing was changed: the form held the settings key ci has.") in (
         unescape(listed.text)
     )
