@@ -469,6 +469,31 @@ async def test_re_enabling_does_not_bring_old_tokens_back(client, context, backe
         assert not any(secret in f"{event.reason} {event.actor}" for secret in secrets)
 
 
+async def test_an_owner_re_enabled_on_another_replica_works_here_again(client, context):
+    """The disable was applied here at its commit, the re-enable elsewhere: this process's
+    reloads must read the re-enable and not apply the disable again over it."""
+    from tests.admin.support import admin_request, admin_token, status_within, token_for
+
+    root = await admin_token(context, client)
+    token = await user_token(context, client, "gil", PERMS)
+    gil = (await client.get("/me", headers=bearer(token))).json()["id"]
+    key = await create_key(client, token, name="ci")
+
+    replica = create_app(context=AppContext(context.settings))
+    async with replica.router.lifespan_context(replica), client_for(replica) as other:
+        await admin_request(
+            client, root, "PATCH", f"/admin/users/{gil}", 200, json={"disabled": True}
+        )
+        await admin_request(
+            other, root, "PATCH", f"/admin/users/{gil}", 200, json={"disabled": False}
+        )
+        fresh = await token_for(other, key["api_key"])
+        # Within 5 s here (NOTIFY on PostgreSQL, else the next reload), and it stays so.
+        await status_within(client, "/me", fresh["access_token"], 200)
+        await asyncio.sleep(3 * context.settings.revocation_poll_seconds)
+        assert (await client.get("/me", headers=bearer(fresh["access_token"]))).status_code == 200
+
+
 async def test_a_token_written_as_the_disable_commits_dies_at_re_enable(client, context):
     """An exchange that read its owner just before the disable committed writes a token
     the disable's family revocation did not see; re-enabling must not make it valid."""
