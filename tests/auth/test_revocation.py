@@ -36,7 +36,11 @@ async def test_deleted_key_tokens_die_here_and_on_another_replica(client, contex
         deleted = await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))
         assert deleted.status_code == 204
         # Same process: at once.
-        assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+        refused = await client.get("/me", headers=bearer(tokens["access_token"]))
+        assert refused.status_code == 401
+        assert refused.json()["error_description"] == (
+            "The access token is no longer valid: the API key behind this token was revoked."
+        )
         # Another replica: within 5 seconds (NOTIFY on PostgreSQL, polling everywhere).
         for _ in range(50):
             response = await other.get("/me", headers=bearer(tokens["access_token"]))
@@ -290,7 +294,10 @@ async def test_tokens_carrying_a_permission_taken_away_are_refused(client, conte
         )
         for app_client in (client, other):  # this process at once, a replica within 5 s
             refused = await status_within(app_client, "/admin/users", demoted, 401)
-            assert "taken away" in refused.json()["error_description"]
+            assert refused.json()["error_description"] == (
+                "The access token is no longer valid: "
+                "a permission it carries has since been taken away; get a new token."
+            )
             assert 'error="invalid_token"' in refused.headers["www-authenticate"]
             await status_within(app_client, "/me", both["access_token"], 401)
             # A token carrying only what is still held is untouched.
@@ -343,7 +350,10 @@ async def test_tokens_carrying_a_scope_their_key_lost_are_refused_everywhere(cli
         assert edited.status_code == 200, edited.text
         for app_client in (client, peer):
             refused = await status_within(app_client, "/me", both["access_token"], 401)
-            assert "no longer has a scope" in refused.json()["error_description"]
+            assert refused.json()["error_description"] == (
+                "The access token is no longer valid: "
+                "its API key no longer has a scope it carries; get a new token."
+            )
             for kept in (narrow, unrelated):
                 answer = await app_client.get("/me", headers=bearer(kept["access_token"]))
                 assert answer.status_code == 200
@@ -434,7 +444,10 @@ async def test_re_enabling_does_not_bring_old_tokens_back(client, context, backe
         for app_client in (client, other):
             for value in old_access:
                 refused = await status_within(app_client, "/me", value, 401)
-                assert "disabled after it was issued" in refused.json()["error_description"]
+                assert refused.json()["error_description"] == (
+                    "The access token is no longer valid: "
+                    "its account was disabled after it was issued; get a new token."
+                )
                 assert await introspect(app_client, value) == {"active": False}
             for value in old_refresh:
                 assert await introspect(app_client, value) == {"active": False}

@@ -49,4 +49,6 @@ async def test_a_cached_caller_is_still_checked_against_revocation(client, conte
     await set_principal(context, seen.json()["sub"], disabled=True)
     refused = await client.get("/me/token", headers=bearer(token))
     assert refused.status_code == 401
-    assert "disabled" in refused.json()["error_description"]
+    assert refused.json()["error_description"] == (
+        "The access token is no longer valid: the account behind this token is disabled."
+    )
