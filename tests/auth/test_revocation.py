@@ -393,6 +393,15 @@ async def test_the_view_reloads_edited_key_scopes_from_the_database(client, cont
     assert replica.reason({**claims, "scope": "projects:read"}) is None
     assert "no longer has a scope" in replica.reason({**claims, "scope": "api_keys:manage"})
 
+    # An edit made just under one access-token lifetime ago still counts: a token issued
+    # before it may still be unexpired.
+    lately = utcnow() - timedelta(seconds=context.settings.access_token_ttl - 5)
+    await set_key(context, narrowed["id"], scopes_changed_at=lately)
+    recent = view()
+    async with context.database.sessionmaker() as session:
+        await recent.reload(session)
+    assert recent.key_scopes == {narrowed["client_id"]: frozenset({"projects:read"})}
+
     # An edit older than one access-token lifetime is out of the horizon: its tokens expired.
     long_ago = utcnow() - timedelta(seconds=context.settings.access_token_ttl + 120)
     await set_key(context, narrowed["id"], scopes_changed_at=long_ago)
