@@ -617,6 +617,36 @@ def test_the_cut_off_second_is_refused_whole():
     assert view.reason(claims) is not None
 
 
+async def test_a_change_arriving_while_the_view_reloads_is_kept(client, context):
+    """A revocation applied while a reload's queries run (a commit here, a NOTIFY) is not
+    lost when the reload replaces the sets with what it read before it committed."""
+    from sqlalchemy import event
+
+    from keyservice.auth.revocation import RevocationView
+
+    view = RevocationView(access_token_ttl=context.settings.access_token_ttl, poll_seconds=60)
+    engine = context.database.engine.sync_engine
+    arrivals = iter(["client:c-during", "family:f-during"])
+
+    def arrive(*_args) -> None:
+        message = next(arrivals, None)
+        if message is not None:
+            view.apply(message)
+
+    event.listen(engine, "before_cursor_execute", arrive)
+    try:
+        async with context.database.sessionmaker() as session:
+            await view.reload(session)
+    finally:
+        event.remove(engine, "before_cursor_execute", arrive)
+    assert view.reason({"sub": "p", "client_id": "c-during"}) is not None
+    assert view.reason({"sub": "p", "sid": "f-during"}) is not None
+    # Applied once more after that reload, then forgotten: the next reload reads the database.
+    async with context.database.sessionmaker() as session:
+        await view.reload(session)
+    assert view.reason({"sub": "p", "client_id": "c-during"}) is None
+
+
 async def _family_tokens(context: AppContext, client, name: str) -> tuple[dict, dict]:
     """An exchange's tokens and the claims another replica would sign for that family."""
     token = await user_token(context, client, name, PERMS)
