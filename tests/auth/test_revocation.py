@@ -681,3 +681,15 @@ async def test_revoke_knows_another_replicas_new_signing_key(client, context):
     )
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
     assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+
+
+async def test_the_view_keeps_itself_fresh_without_a_warning(client, context, caplog):
+    """Polling on SQLite, LISTEN plus polling on PostgreSQL: neither warns while all is well
+    (a LISTEN attempted against SQLite, or a listener opened again while one is up, would)."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="keyservice.auth.revocation")
+    token = await user_token(context, client, "hal", PERMS)
+    await asyncio.sleep(5 * context.settings.revocation_poll_seconds)
+    assert (await client.get("/me", headers=bearer(token))).status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("keyservice")] == []
