@@ -7,6 +7,8 @@ import base64
 from datetime import timedelta
 
 import jwt
+import pytest
+from sqlalchemy import text
 
 from keyservice.context import AppContext
 from keyservice.main import create_app
@@ -693,3 +695,40 @@ async def test_the_view_keeps_itself_fresh_without_a_warning(client, context, ca
     await asyncio.sleep(5 * context.settings.revocation_poll_seconds)
     assert (await client.get("/me", headers=bearer(token))).status_code == 200
     assert [r.getMessage() for r in caplog.records if r.name.startswith("keyservice")] == []
+
+
+@pytest.mark.postgresql_only  # the LISTEN connection
+async def test_a_lost_listen_connection_is_opened_again(client, context):
+    """A PostgreSQL restart or a proxy timeout drops the LISTEN connection; the view's loop
+    opens another at its next tick rather than polling alone from then on."""
+
+    async def listeners() -> list[int]:
+        async with context.database.engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query LIKE 'LISTEN %'"
+                )
+            )
+            return [row.pid for row in rows]
+
+    for _ in range(100):
+        first = await listeners()
+        if first:
+            break
+        await asyncio.sleep(0.05)
+    assert len(first) == 1
+    async with context.database.engine.connect() as connection:
+        await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first[0]})
+    for _ in range(100):  # 5 s; the view ticks every 0.2 s here
+        again = await listeners()
+        if again and again != first:
+            break
+        await asyncio.sleep(0.05)
+    assert len(again) == 1 and again != first
+    # The view works on: a revocation still refuses its token here.
+    token = await user_token(context, client, "ida", PERMS)
+    key = await create_key(client, token, name="k")
+    tokens = (await exchange(client, key["api_key"])).json()
+    assert (await client.delete(f"/api-keys/{key['id']}", headers=bearer(token))).status_code == 204
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
