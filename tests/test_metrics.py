@@ -194,7 +194,11 @@ async def test_an_audit_event_that_could_not_be_written_is_counted(
     assert samples[("keyservice_audit_write_failures_total", frozenset())] == 1
 
 
-async def test_a_failed_revocation_reload_is_counted(app, context, monkeypatch):
+async def test_a_failed_revocation_reload_is_counted(app, context, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="keyservice.auth.revocation")
+
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("database restarting")
 
@@ -204,6 +208,10 @@ async def test_a_failed_revocation_reload_is_counted(app, context, monkeypatch):
     while (failed := parse(scrape_text(context))[key]) < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert failed >= 1
+    # Logged too, by the exception's type alone (its text may hold a database URL).
+    logged = [r.getMessage() for r in caplog.records if r.name == "keyservice.auth.revocation"]
+    assert "revocation view reload failed: ConnectionError" in logged
+    assert not any("restarting" in line for line in logged)
 
 
 @pytest.mark.parametrize("settings_overrides", [{}])
