@@ -113,6 +113,31 @@ async def test_malformed_basic_is_audited(client, context, key):
         )
 
 
+async def test_basic_is_strict_base64_with_a_client_id(client, context, key):
+    # Valid credentials with a stray non-base64 character are refused, not decoded past it;
+    # an empty client id is malformed too, not an unknown client.
+    good = base64.b64encode(f"{key['client_id']}:{key['client_secret']}".encode()).decode()
+    cases = {
+        "Basic " + good[:8] + "*" + good[8:]: (
+            "The Basic credentials are not valid base64 of client_id:client_secret."
+        ),
+        basic_raw(":" + key["client_secret"])["Authorization"]: (
+            "The Basic credentials must have the form client_id:client_secret."
+        ),
+    }
+    for header, description in cases.items():
+        response = await client.post("/token", data=CC, headers={"Authorization": header})
+        assert_error(response, 401, "invalid_client")
+        assert response.json()["error_description"] == description
+        assert response.headers["www-authenticate"] == 'Basic realm="keyservice"'
+        event = await last_event(context, "token.exchange")
+        assert (event.outcome, event.reason, event.key_id) == (
+            "failure",
+            "malformed basic credentials",
+            None,
+        )
+
+
 @pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
 async def test_malformed_basic_counts_for_the_ip_throttle(client, context, key):
     for _ in range(3):
