@@ -138,6 +138,21 @@ async def test_basic_is_strict_base64_with_a_client_id(client, context, key):
         )
 
 
+async def test_an_authorization_header_of_another_scheme_is_not_client_authentication(
+    client, context, key
+):
+    # Only a Basic header authenticates a client or names one; another scheme's value is
+    # neither parsed as Basic credentials nor read for a client id, even when it happens
+    # to be base64 of one.
+    named = {"Authorization": "Bearer " + basic_raw(key["client_id"])["Authorization"][6:]}
+    ok = await client.post("/token", data={**CC, "api_key": key["api_key"]}, headers=named)
+    assert ok.status_code == 200, ok.text
+    refused = await client.post("/token", data=CC, headers=named)
+    assert_error(refused, 400, "invalid_request")
+    event = await last_event(context, "token.exchange")
+    assert (event.outcome, event.key_id, event.actor) == ("failure", None, None)
+
+
 @pytest.mark.parametrize("settings_overrides", [{"throttle_ip_failures": 3}])
 async def test_malformed_basic_counts_for_the_ip_throttle(client, context, key):
     for _ in range(3):
