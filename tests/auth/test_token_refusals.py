@@ -192,6 +192,8 @@ async def test_refusals_of_the_request_form_are_audited(client, context, key):
         ),
         ("token.exchange", {"data": {**CC, "client_id": client_id}}, "client secret missing",
          key["id"]),
+        ("token.exchange", {"data": {**CC, "client_secret": key["client_secret"]}},
+         "client id missing", None),
         ("token.exchange", {"data": CC, "params": {"api_key": api_key}},
          "credentials in the query", key["id"]),
         ("token.exchange", {"data": CC}, "no client credentials", None),
