@@ -178,6 +178,33 @@ async def test_revoke_with_the_tokens_own_key_and_its_audit_events(client, conte
     assert success.actor == f"key:{key['client_id']}"
 
 
+async def test_revoking_an_access_token_with_its_own_key_revokes_its_family(client, context):
+    # An access token is revoked by its `sid`; the key it was issued to is found by its
+    # `client_id` claim, so its own key's credentials revoke it and the event names it.
+    token = await user_token(context, client, "cleo", PERMS)
+    mine = await create_key(client, token, name="mine")
+    theirs = await create_key(client, token, name="theirs")
+    tokens = (await exchange(client, mine["api_key"])).json()
+    other = (await exchange(client, theirs["api_key"])).json()
+    response = await client.post(
+        "/revoke", data={"token": tokens["access_token"], "api_key": mine["api_key"]}
+    )
+    assert response.status_code == 200
+    assert (await client.get("/me", headers=bearer(tokens["access_token"]))).status_code == 401
+    again = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert again.json()["error"] == "invalid_grant"
+    assert (await client.get("/me", headers=bearer(other["access_token"]))).status_code == 200
+    [event] = await audit_events(context, "token.revoke")
+    assert (event.outcome, event.actor, event.key_id, event.principal_id) == (
+        "success",
+        f"key:{mine['client_id']}",
+        mine["id"],
+        mine["owner_id"],
+    )
+
+
 async def test_introspect(client, context):
     admin_token = await user_token(context, client, "root", ["admin"])
     token = await user_token(context, client, "dora", PERMS)
