@@ -135,6 +135,7 @@ async def test_revoke_with_another_keys_credentials_changes_nothing(client, cont
         mine["owner_id"],
     )
     assert event.reason == "token of another key; not revoked"
+    assert event.ip == "127.0.0.1"
 
 
 async def test_revoke_with_the_tokens_own_key_and_its_audit_events(client, context):
@@ -176,6 +177,7 @@ async def test_revoke_with_the_tokens_own_key_and_its_audit_events(client, conte
         owner_id,
     )
     assert success.actor == f"key:{key['client_id']}"
+    assert (failure.ip, success.ip) == ("127.0.0.1", "127.0.0.1")
 
 
 async def test_revoking_an_access_token_with_its_own_key_revokes_its_family(client, context):
