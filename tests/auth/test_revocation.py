@@ -238,6 +238,41 @@ async def test_introspect(client, context):
         assert body == {"active": False}
 
 
+async def test_introspect_answers_the_access_tokens_claims_and_spent_refresh_tokens_are_inactive(
+    client, context
+):
+    admin_token = await user_token(context, client, "root", ["admin"])
+    token = await user_token(context, client, "dina", PERMS)
+    key = await create_key(client, token, name="k", scopes=["projects:read"])
+    tokens = (await exchange(client, key["api_key"])).json()
+
+    async def introspect(value: str) -> dict:
+        response = await client.post(
+            "/introspect", data={"token": value}, headers=bearer(admin_token)
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    names = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid")
+    assert await introspect(tokens["access_token"]) == {
+        "active": True,
+        "token_type": "Bearer",
+        **{name: claims[name] for name in names},
+        "principal_type": claims["principal_type"],
+    }
+    # A refresh token already spent, then one whose family was revoked, is inactive.
+    refreshed = await client.post(
+        "/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    assert await introspect(tokens["refresh_token"]) == {"active": False}
+    newer = refreshed.json()["refresh_token"]
+    assert (await introspect(newer))["active"] is True
+    assert (await client.post("/revoke", data={"token": newer})).status_code == 200
+    assert await introspect(newer) == {"active": False}
+
+
 async def test_introspected_refresh_token_has_the_scope_a_refresh_would_get(client, context):
     from tests.factories import set_principal
 
