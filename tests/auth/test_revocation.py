@@ -268,7 +268,18 @@ async def test_introspect_answers_the_access_tokens_claims_and_spent_refresh_tok
     assert refreshed.status_code == 200, refreshed.text
     assert await introspect(tokens["refresh_token"]) == {"active": False}
     newer = refreshed.json()["refresh_token"]
-    assert (await introspect(newer))["active"] is True
+    described = await introspect(newer)
+    assert described == {
+        "active": True,
+        "token_type": "refresh_token",
+        "scope": "projects:read",
+        "sub": key["owner_id"],
+        "exp": described["iat"] + context.settings.refresh_token_ttl,
+        "iat": described["iat"],
+        "sid": claims["sid"],
+        "client_id": key["client_id"],
+    }
+    assert abs(described["iat"] - claims["iat"]) < 60
     assert (await client.post("/revoke", data={"token": newer})).status_code == 200
     assert await introspect(newer) == {"active": False}
 
