@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from keyservice.audit.models import AuditEvent
 from tests.auth.test_token_endpoint import PERMS, assert_error, basic
 from tests.factories import audit_events, bearer, create_key, exchange, user_token
 
@@ -245,6 +246,20 @@ async def test_malformed_client_authentication_at_revoke_is_audited(client, cont
     assert refreshed.status_code == 200, refreshed.text
 
 
+async def refused_in_the_query(
+    context, type_: str, key_id: str | None, params: object
+) -> AuditEvent:
+    """The last `type_` event, checked to be the refusal of credentials in the query that
+    names `key_id`."""
+    event = await last_event(context, type_)
+    assert (event.outcome, event.reason, event.key_id) == (
+        "failure",
+        "credentials in the query",
+        key_id,
+    ), params
+    return event
+
+
 async def test_credentials_in_the_query_are_audited_with_the_key_they_name(client, context, key):
     # Refused whatever they are, but a known client named in the query is a refusal for
     # that key (API.md); an api_key's client id counts only if its checksum holds.
@@ -267,12 +282,7 @@ async def test_credentials_in_the_query_are_audited_with_the_key_they_name(clien
     for data, params, key_id in cases:
         response = await client.post("/token", data=data, params=params)
         assert_error(response, 400, "invalid_request")
-        event = await last_event(context, events[data["grant_type"]])
-        assert (event.outcome, event.reason, event.key_id) == (
-            "failure",
-            "credentials in the query",
-            key_id,
-        ), params
+        event = await refused_in_the_query(context, events[data["grant_type"]], key_id, params)
         assert (event.principal_id is not None) == (key_id is not None)
         assert event.actor == (f"key:{client_id}" if key_id else None)
         assert_no_secret(key, event.reason, event.actor, response.text)
@@ -297,12 +307,7 @@ async def test_credentials_in_the_query_of_revoke_and_introspect_are_audited(cli
         data = {"token": tokens["refresh_token"]}
         response = await client.post("/revoke", data=data, params=params, headers=headers)
         assert_error(response, 400, "invalid_request")
-        event = await last_event(context, "token.revoke")
-        assert (event.outcome, event.reason, event.key_id) == (
-            "failure",
-            "credentials in the query",
-            key_id,
-        ), params
+        event = await refused_in_the_query(context, "token.revoke", key_id, params)
         assert (event.principal_id is not None) == (key_id is not None)
         assert event.actor == (f"key:{client_id}" if key_id else None)
         assert_no_secret(key, event.reason, event.actor, response.text)
@@ -313,12 +318,7 @@ async def test_credentials_in_the_query_of_revoke_and_introspect_are_audited(cli
             "/introspect", data=data, params=params, headers=bearer(inspector)
         )
         assert_error(response, 400, "invalid_request")
-        event = await last_event(context, "token.introspect")
-        assert (event.outcome, event.reason, event.key_id) == (
-            "failure",
-            "credentials in the query",
-            key_id,
-        ), params
+        event = await refused_in_the_query(context, "token.introspect", key_id, params)
         assert event.actor == "user:ines"
         assert_no_secret(key, event.reason, event.actor, response.text)
     assert len(await audit_events(context, "token.introspect")) == 3
