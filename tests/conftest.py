@@ -153,12 +153,12 @@ def make_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Settin
 
 
 async def truncate(database: Database) -> None:
+    # DELETE, in an order the foreign keys allow, on both backends: on PostgreSQL a
+    # TRUNCATE of these tables took ~60 ms against ~4 ms (new files for each table and their
+    # flush), paid before every storage test there.
     async with database.engine.begin() as connection:
-        if database.is_sqlite:
-            for table in TABLES:
-                await connection.execute(text(f"DELETE FROM {table}"))
-        else:
-            await connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        for table in TABLES:
+            await connection.execute(text(f"DELETE FROM {table}"))
         await connection.execute(text("DELETE FROM scope WHERE NOT builtin"))
 
 
