@@ -344,8 +344,7 @@ async def create(
             principal_id=owner.id,
             key_id=rotated_from.id,
             ip=ip,
-            reason=f"rotated to {key.id}; "
-            f"expires {rotated_from.expires_at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            reason=f"rotated to {key.id}; expires {audited_value(rotated_from, 'expires_at')}",
         )
     await session.commit()
     read = to_read(key, owner, settings, now)
