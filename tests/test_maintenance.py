@@ -278,7 +278,11 @@ async def _advisory_locks(context) -> int:
     async with context.database.sessionmaker() as session:
         return int(
             await session.scalar(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database())"
+                )
             )
         )
 
