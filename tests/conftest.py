@@ -95,18 +95,33 @@ async def _pg_admin(statement: str) -> None:
         await connection.close()
 
 
+def _unreachable(exc: Exception) -> str:
+    return (
+        f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(exc).__name__}: {exc}). "
+        "The suite runs every storage test on PostgreSQL too; start it "
+        "(make services) or set KEYSERVICE_TEST_SKIP_POSTGRES=1 to run SQLite only."
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, in one line, if PostgreSQL is unreachable; checked before any test (and
+    before pytest-xdist starts its workers, where an exit would only read as a crash)."""
+    if SKIP_POSTGRES or hasattr(session.config, "workerinput"):
+        return
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+    except Exception as exc:
+        pytest.exit(_unreachable(exc), returncode=3)
+
+
 def create_postgres_database(prefix: str = "ks_test") -> str:
     """Create a throwaway database; return its SQLAlchemy URL."""
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     try:
         asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
-        pytest.exit(
-            f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(exc).__name__}: {exc}). "
-            "The suite runs every storage test on PostgreSQL too; start it "
-            "(make services) or set KEYSERVICE_TEST_SKIP_POSTGRES=1 to run SQLite only.",
-            returncode=3,
-        )
+        # Reachable at the start (pytest_sessionstart), gone since: this test fails.
+        pytest.fail(_unreachable(exc), pytrace=False)
     base = POSTGRES_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     return f"{base}/{name}"
 
