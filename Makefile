@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-dev
 # make run HOST=... PORT=...; unset, serve reads KEYSERVICE_HOST/PORT (else 127.0.0.1:8000).
 HOST ?=
 PORT ?=
+# make test spreads the tests over this many processes (pytest-xdist; `auto`: one per CPU).
+# Each has its own databases and servers; PYTEST_WORKERS=0 runs them in this one process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: run test lint fmt typecheck bench bench-smoke services lock clean
 
@@ -32,7 +35,7 @@ test: $(STAMP) services
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy src
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
