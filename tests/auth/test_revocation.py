@@ -57,6 +57,63 @@ async def test_deleted_key_tokens_die_here_and_on_another_replica(client, contex
         assert refreshed.json()["error"] == "invalid_grant"
 
 
+async def test_a_deleted_devices_tokens_are_refused_as_deleted_here_and_elsewhere(
+    client, context, backend
+):
+    """A deleted device's token is refused saying its account was deleted, not disabled:
+    here at once, on another replica (NOTIFY, or its poll), and by a view read afresh;
+    a device that is only disabled is still said to be disabled."""
+    from keyservice.auth.revocation import RevocationView
+    from tests.admin.support import (
+        admin_request,
+        admin_token,
+        create_device,
+        create_device_key,
+        token_for,
+    )
+
+    def refusal(reason: str) -> str:
+        return f"The access token is no longer valid: the account behind this token {reason}."
+
+    admin = await admin_token(context, client)
+    issued = {}
+    for name in ("gone", "paused"):
+        device = await create_device(client, admin, name)
+        key = await create_device_key(client, admin, device["id"], name="k")
+        issued[name] = (device["id"], (await token_for(client, key["api_key"]))["access_token"])
+    replica_context = AppContext(context.settings)
+    replica = create_app(context=replica_context)
+    async with replica.router.lifespan_context(replica), client_for(replica) as other:
+        gone, paused = issued["gone"], issued["paused"]
+        for _, token in (gone, paused):
+            assert (await other.get("/me", headers=bearer(token))).status_code == 200
+        await admin_request(client, admin, "DELETE", f"/admin/devices/{gone[0]}", 204)
+        await admin_request(
+            client, admin, "PATCH", f"/admin/devices/{paused[0]}", 200, json={"disabled": True}
+        )
+        expected = {gone[1]: refusal("was deleted"), paused[1]: refusal("is disabled")}
+        for token, description in expected.items():
+            refused = await client.get("/me", headers=bearer(token))  # same process: at once
+            assert (refused.status_code, refused.json()["error_description"]) == (
+                401,
+                description,
+            )
+            # Another replica's view: within 5 seconds (NOTIFY, or its poll). Its /me may
+            # refuse sooner, having read the device itself (principals/service.py).
+            claims = replica_context.keyring.verify(token)
+            for _ in range(50):
+                if (reason := replica_context.revocation.reason(claims)) is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert f"The access token is no longer valid: {reason}." == description
+    view = RevocationView(access_token_ttl=context.settings.access_token_ttl, poll_seconds=60)
+    async with context.database.sessionmaker() as session:
+        await view.reload(session)
+    for token, description in expected.items():
+        reason = view.reason(context.keyring.verify(token))
+        assert f"The access token is no longer valid: {reason}." == description
+
+
 async def test_revoke_endpoint_kills_the_family(client, context):
     token = await user_token(context, client, "bob", PERMS)
     key = await create_key(client, token, name="k")

@@ -58,6 +58,9 @@ class RevocationView:
         self.revoked_clients: set[str] = set()
         self.revoked_families: set[str] = set()
         self.disabled_principals: set[str] = set()
+        # Those of them deleted (a device deleted by an admin), told apart only in the
+        # refusal's wording: every one of them is in `disabled_principals`.
+        self.deleted_principals: set[str] = set()
         # principal id -> the permissions it holds now (as held: `admin` implies the other
         # built-ins), for principals whose permissions changed within the horizon.
         self.permissions: dict[str, frozenset[str]] = {}
@@ -78,6 +81,8 @@ class RevocationView:
         """Return why a verified token is no longer honoured, or None if it still is."""
         sub = claims.get("sub")
         if sub in self.disabled_principals:
+            if sub in self.deleted_principals:
+                return "the account behind this token was deleted"
             return "the account behind this token is disabled"
         if self.revoked_through:
             through = self.revoked_through.get(str(sub))
@@ -111,13 +116,13 @@ class RevocationView:
                     select(RevokedFamily.family_id).where(RevokedFamily.revoked_at > horizon)
                 )
             )
-            principals = set(
-                await session.scalars(
-                    select(Principal.id).where(
+            unusable = (
+                await session.execute(
+                    select(Principal.id, Principal.deleted_at.is_not(None)).where(
                         Principal.disabled | Principal.deleted_at.is_not(None)
                     )
                 )
-            )
+            ).all()
             changed = (
                 await session.execute(
                     select(Principal.id, Principal.permissions).where(
@@ -143,7 +148,8 @@ class RevocationView:
             self._reloading -= 1
         self.revoked_clients = clients
         self.revoked_families = families
-        self.disabled_principals = principals
+        self.disabled_principals = {id_ for id_, _ in unusable}
+        self.deleted_principals = {id_ for id_, deleted in unusable if deleted}
         self.permissions = {id_: effective_permissions(held) for id_, held in changed}
         self.key_scopes = {
             client_id: frozenset(scopes) for client_id, scopes in edited if scopes is not None
@@ -169,6 +175,9 @@ class RevocationView:
             self.revoked_families.add(value)
         elif kind == "principal-disabled":
             self.disabled_principals.add(value)
+        elif kind == "principal-deleted":
+            self.disabled_principals.add(value)
+            self.deleted_principals.add(value)
         elif kind == "principal-enabled":
             self.disabled_principals.discard(value)
         elif kind == "principal-tokens":

@@ -117,7 +117,9 @@ async def delete(
     device = await get(session, device_id=device_id, for_update=True)
     now = utcnow()
     device.deleted_at = now
-    messages = [f"principal-disabled:{device.id}"]
+    # "principal-disabled" first: a replica of an older version, which knows no
+    # "principal-deleted", refuses the device's tokens all the same.
+    messages = [f"principal-disabled:{device.id}", f"principal-deleted:{device.id}"]
     keys = (
         await session.scalars(
             select(ApiKey).where(ApiKey.principal_id == device.id, ApiKey.revoked_at.is_(None))
