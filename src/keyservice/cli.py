@@ -420,9 +420,12 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 20,
     }
-    if settings.log_format == "json":
-        # uvicorn's own lines ("Started server process", errors) through our handler as
-        # JSON too, instead of its text handler: one format on the stream.
+    if settings.log_format == "json" or workers == 1 or _own_sockets(workers):
+        # uvicorn's own lines ("Started server process", errors) through our handler, as
+        # JSON or with our text lines' time and logger name, in order with ours, instead
+        # of its own handler (whose text lines have no time): one format on the stream.
+        # The text lines of the workers uvicorn's supervisor spawns (several, not on
+        # Linux) keep its handler: they start with no logging of ours to fall back on.
         options["log_config"] = None
     try:
         import uvloop  # noqa: F401

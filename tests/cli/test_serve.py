@@ -51,10 +51,13 @@ def test_several_workers_on_linux_get_a_socket_each(served):
 def test_one_worker_or_no_linux_is_plain_uvicorn(served, monkeypatch):
     _serve()
     assert served["uvicorn"]["workers"] == 1 and "supervisor" not in served
+    assert served["uvicorn"]["log_config"] is None  # its lines in our format (tests/e2e)
     served.clear()
     monkeypatch.setattr(sys, "platform", "darwin")  # SO_REUSEPORT would not spread there
     _serve("--workers", "2")
     assert served["uvicorn"]["workers"] == 2 and "supervisor" not in served
+    # Its spawned workers set up no logging of ours: its own handler keeps their lines.
+    assert "log_config" not in served["uvicorn"]
 
 
 def test_async_token_commit_on_sqlite_is_named_as_doing_nothing(served, monkeypatch, caplog):

@@ -1,12 +1,15 @@
-"""`KEYSERVICE_LOG_FORMAT=json`: every line the server writes is one JSON object."""
+"""`KEYSERVICE_LOG_FORMAT`: every line the server writes is one JSON object (`json`), or
+in the one text format of our own lines, uvicorn's included (`text`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,13 +19,13 @@ from tests.e2e.test_server import KEYSERVICE, base_env, free_port
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
-    password = "json-logs-password-123"
-    env = base_env(
-        KEYSERVICE_LOG_FORMAT="json",
+def serve_and_sign_in(tmp_path: Path, workers: str, password: str, **env: str) -> tuple[str, str]:
+    """Start `keyservice serve` with a bootstrap admin `root`, sign in once, stop it (SIGTERM);
+    return everything it wrote (stdout and stderr) and the access token it answered."""
+    environment = base_env(
         KEYSERVICE_BOOTSTRAP_ADMIN_USERNAME="root",
         KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD=password,
+        **env,
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -31,7 +34,7 @@ def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
         process = subprocess.Popen(
             [KEYSERVICE, "serve", "--port", str(port), "--workers", workers],
             cwd=tmp_path,
-            env=env,
+            env=environment,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -53,12 +56,17 @@ def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
             data={"grant_type": "password", "username": "root", "password": password},
         )
         assert signed_in.status_code == 200
-        token = signed_in.json()["access_token"]
+        token: str = signed_in.json()["access_token"]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+    return log.read_text(), token
 
-    text = log.read_text()
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
+    password = "json-logs-password-123"
+    text, token = serve_and_sign_in(tmp_path, workers, password, KEYSERVICE_LOG_FORMAT="json")
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # each one parses
     assert {"time", "level", "logger", "message"} <= set(lines[0])
     messages = [line["message"] for line in lines]
@@ -68,6 +76,29 @@ def test_every_line_of_a_json_logging_server_is_an_object(tmp_path, workers):
     assert (health["method"], health["status"]) == ("GET", 200)
     assert isinstance(health["duration_ms"], float)
     assert any(line.get("path") == "/token" and line["status"] == 200 for line in lines)
+    assert password not in text and token not in text
+
+
+# What configure_logging's text formatter writes: time, level, logger, then the message.
+TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: \S")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_every_line_of_a_text_logging_server_has_our_time_and_logger(tmp_path, workers):
+    # uvicorn's own lines ("Started server process", "Shutting down") were its own format,
+    # "INFO:     Started server process [123]": no time, among ours that have one.
+    password = "text-logs-password-123"
+    text, token = serve_and_sign_in(tmp_path, workers, password)
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert [line for line in lines if not TEXT_LINE.match(line)] == [], text
+    messages = [line.partition(": ")[2] for line in lines]
+    assert "created the bootstrap admin 'root'" in messages, text
+    uvicorn = [line for line in lines if " uvicorn.error: " in line]
+    for said in ("Started server process", "Application startup complete", "Shutting down"):
+        assert sum(said in line for line in uvicorn) == int(workers), text  # each worker's
+    if workers == "1":  # several: the parent names the address (workers.py)
+        assert any("Uvicorn running on" in line for line in uvicorn), text
+    assert any(" keyservice.access: GET /healthz 200 " in line for line in lines), text
     assert password not in text and token not in text
 
 
