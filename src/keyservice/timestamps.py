@@ -1,4 +1,5 @@
-"""Timestamps as the contract takes them: RFC 3339 date-times with an offset.
+"""Timestamps as the contract takes them (RFC 3339 date-times with an offset), and as
+messages and audit reasons write them (`format_utc`).
 
 pydantic's lax datetime parsing also reads Unix numbers (1800000000, "1800000000"), bare
 dates and times without an offset; each of those guesses a moment the caller may not have
@@ -81,3 +82,9 @@ def _in_utc_range(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_in_utc_range)]
+
+
+def format_utc(moment: datetime) -> str:
+    """An aware moment as messages and audit reasons write it: RFC 3339 in UTC, to the
+    whole second (2027-01-01T00:00:00Z), as a person reads an expiry or a deadline."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -286,10 +286,12 @@ async def test_a_key_in_its_rotation_grace_keeps_its_expiry(client, context, own
     grace_end = (await shown(client, owner, old["id"]))["expires_at"]
     later = _rfc3339(utcnow() + timedelta(days=30))
     sooner = _rfc3339(utcnow() + timedelta(minutes=10))
+    until = _rfc3339(datetime.fromisoformat(grace_end))  # in UTC, to the second
     for moved in (later, sooner):
         refused = await patch(client, owner, old["id"], 409, expires_at=moved)
         description = refused.json()["error_description"]
         assert "being replaced" in description and new["client_id"] in description
+        assert f"stays valid only until {until}, the end of its grace period" in description
     assert (await shown(client, owner, old["id"]))["expires_at"] == grace_end
     # Its other settings may change, and its expiry sent back unchanged is no change.
     renamed = await patch(client, owner, old["id"], name="ci (old)", expires_at=grace_end)

@@ -178,6 +178,9 @@ async def test_a_chain_of_rotations_keeps_at_most_two_live_keys(client, context)
     chained = await _rotate(client, token, second["id"], expect=409)
     assert first["client_id"] in chained.json()["error_description"]
     assert "delete it first" in chained.json()["error_description"]
+    grace_end = (await client.get(f"/api-keys/{first['id']}", headers=bearer(token))).json()
+    until = datetime.fromisoformat(grace_end["expires_at"]).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"still valid until {until}, its grace period" in chained.json()["error_description"]
 
     # Every other key can be rotated once: ten live keys, five of them on their way out.
     for key in keys[1:]:

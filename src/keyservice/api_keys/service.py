@@ -40,6 +40,7 @@ from keyservice.security.tokens import (
     new_client_id,
     new_client_secret,
 )
+from keyservice.timestamps import format_utc
 
 
 def to_read(key: ApiKey, owner: Principal, settings: Settings, now: datetime) -> ApiKeyRead:
@@ -83,7 +84,7 @@ def check_expiry(
     if expires_at is None:
         return now + timedelta(days=settings.key_default_ttl_days)
     if expires_at <= now or expires_at > latest:
-        by = latest.strftime("%Y-%m-%dT%H:%M:%SZ")
+        by = format_utc(latest)
         if created_at is None:
             message = (
                 f"expires_at must be in the future and at most {settings.key_max_ttl_days} "
@@ -254,7 +255,7 @@ async def _check_rotation(session: AsyncSession, key: ApiKey, now: datetime) -> 
             f"This key was already rotated: rotate its replacement ({hold.other_client_id}) "
             "instead."
         )
-    until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    until = format_utc(hold.until)
     raise Conflict(
         f"The key this one replaced ({hold.other_client_id}) is still valid until "
         f"{until}, its grace period: delete it first, or rotate once it has expired."
@@ -272,7 +273,7 @@ def audited_value(key: ApiKey, name: str) -> str:
         return "inherited" if key.scopes is None else " ".join(sorted(key.scopes))
     if name == "allowed_ips":
         return " ".join(key.allowed_ips) or "any"
-    return key.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_utc(key.expires_at)
 
 
 async def create(
@@ -513,7 +514,7 @@ async def update(
         changed["expires_at"] = check_expiry(data.expires_at, settings, now, key.created_at)
         hold = await replacement_hold(session, owner_id=owner.id, key_id=key.id, now=now)
         if hold is not None:
-            until = hold.until.strftime("%Y-%m-%dT%H:%M:%SZ")
+            until = format_utc(hold.until)
             raise Conflict(
                 f"This key is being replaced: it was rotated to {hold.other_client_id} and "
                 f"stays valid only until {until}, the end of its grace period, which an "

@@ -41,6 +41,7 @@ from keyservice.scopes.models import effective_permissions
 from keyservice.scopes.schemas import SCOPE_NAME
 from keyservice.security import ip as ipmod
 from keyservice.security.tokens import is_client_id, new_refresh_token
+from keyservice.timestamps import format_utc
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
@@ -165,7 +166,7 @@ def describe_key_refusal(reason: str, *, key: ApiKey, caller: Caller) -> str | N
             "Call from an allowed address, or have the key's allowed IPs changed."
         )
     if reason == "key expired":
-        when = key.expires_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = format_utc(key.expires_at)
         return f"This API key expired at {when}. Generate a new key and use it instead."
     if reason == "key revoked":
         return "This API key was deleted. Generate a new key and use it instead."
