@@ -26,6 +26,20 @@ from sqlalchemy.types import TypeDecorator
 log = logging.getLogger("keyservice.database")
 T = TypeVar("T")
 
+
+def _without_trace(record: logging.LogRecord) -> bool:
+    """asyncpg logs each failed attempt to restore its pool's floor (the token path's pool,
+    while the database is down) with the exception's traceback, once a second or more:
+    keep its line, name the exception instead, as the service's own warnings do."""
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__})"
+        record.args = None
+        record.exc_info = record.exc_text = None
+    return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_without_trace)
+
 # Deterministic constraint names, so Alembic migrations read the same on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
