@@ -12,7 +12,8 @@
     keyservice signing-keys list [--json]
 
 Each command runs against the configured database (KEYSERVICE_DATABASE_URL) through the
-same services as the HTTP API, and is audited with the actor `cli`.
+same services as the HTTP API, and is audited with the actor `cli:` and the account that
+ran it (`cli:alice`, keyservice.cli.cli_actor).
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from keyservice.cli import load_settings, main, signing_keys, validated, with_context
+from keyservice.cli import (
+    cli_actor,
+    load_settings,
+    main,
+    signing_keys,
+    validated,
+    with_context,
+)
 
 if TYPE_CHECKING:
     from keyservice.api_keys.models import ApiKey
@@ -39,7 +47,6 @@ if TYPE_CHECKING:
     from keyservice.principals.models import Principal
 
 T = TypeVar("T")
-ACTOR = "cli"
 STATUSES = ("valid", "suspended", "expired", "revoked")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -253,7 +260,7 @@ def keys_revoke(key_id: str) -> None:
             label = f"{key.id} ({key.client_id}) of {owner.kind} {owner.name}"
             if key.revoked_at is not None:
                 return label, False
-            await service.revoke(ctx, session, key=key, actor=ACTOR, ip=None)
+            await service.revoke(ctx, session, key=key, actor=cli_actor(), ip=None)
             return label, True
 
     label, revoked = run(work)
@@ -318,7 +325,7 @@ def keys_import_legacy(file: Path) -> None:
         raise click.ClickException(f"{file} is not UTF-8 text; nothing was imported") from None
 
     async def work(ctx: AppContext) -> tuple[ImportResult, datetime | None]:
-        result = await import_lines(ctx, lines, actor=ACTOR)
+        result = await import_lines(ctx, lines, actor=cli_actor())
         return result, ctx.settings.legacy_keys_until
 
     try:
@@ -371,7 +378,7 @@ def devices_create(name: str, permissions: tuple[str, ...], description: str) ->
                 name=data.name,
                 description=data.description,
                 permissions=data.permissions,
-                actor=ACTOR,
+                actor=cli_actor(),
                 ip=None,
             )
             return device.id
@@ -493,7 +500,7 @@ def prune() -> None:
     def waiting() -> None:
         click.echo("another prune is running; waiting for it to finish", err=True)
 
-    result = run(lambda ctx: prune_all(ctx, now=now, wait=True, waiting=waiting, actor=ACTOR))
+    result = run(lambda ctx: prune_all(ctx, now=now, wait=True, waiting=waiting, actor=cli_actor()))
     assert result is not None  # it waits for its turn
     click.echo(
         f"deleted {result.refresh_tokens} refresh token(s) expired more than a day ago, "

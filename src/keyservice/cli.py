@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import getpass
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,6 +41,48 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = "".join(f"\n  {line}" for line in configuration_errors(exc))
         raise click.ClickException("invalid configuration:" + lines) from None
+
+
+# What an account name may show in an actor; anything else (a control, a space, markup) is
+# shown as "?": a name from the environment is whatever its setter wrote.
+_ACCOUNT_UNSAFE = re.compile(r"[^A-Za-z0-9._@$+-]")
+
+
+def _account(name: str) -> str:
+    return _ACCOUNT_UNSAFE.sub("?", name[:64])
+
+
+def cli_actor() -> str:
+    """The actor of the events a command records: `cli:` and the account that ran it.
+
+    The account's name is the system's user database's for the process's user (not $USER
+    or $LOGNAME, which anyone sets); a uid without an entry (a container's) is named by the
+    login name the environment gives, else by its number. Under sudo the account that ran
+    sudo is added: `cli:root (sudo from alice)`. Whoever can run this command holds the
+    database's credentials and could write any event: the name tells honest operators
+    apart, it proves nothing.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    name = None
+    if uid is not None:
+        try:
+            import pwd
+
+            name = pwd.getpwuid(uid).pw_name
+        except (ImportError, KeyError):
+            name = None
+    if not name:
+        try:
+            name = getpass.getuser()  # LOGNAME, USER, LNAME, USERNAME, then the passwd entry
+        except Exception:  # KeyError before Python 3.13, OSError after
+            name = None
+    if not name:
+        return "cli" if uid is None else f"cli:uid={uid}"
+    actor = f"cli:{_account(name)}"
+    sudo = os.environ.get("SUDO_USER")
+    if sudo and sudo != name:
+        actor += f" (sudo from {_account(sudo)})"
+    return actor
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
@@ -567,7 +611,7 @@ def users_create(
                 username=data.username,
                 password=data.password,
                 permissions=data.permissions,
-                actor="cli",
+                actor=cli_actor(),
                 ip=None,
             )
             return str(user.id)
@@ -624,7 +668,7 @@ def signing_keys_rotate(publish_first: bool) -> None:
             audit.record(
                 session,
                 type="signing_key.rotated",
-                actor="cli",
+                actor=cli_actor(),
                 reason=f"new signing key {kid}; "
                 + (f"signs in {delay} s (--publish-first)" if delay else "signs at once"),
             )

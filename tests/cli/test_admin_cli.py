@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import pwd
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
 from tests.conftest import TEST_SECRET, make_settings, truncate_url
 
+# The actor of a command's events: `cli:` and the account that runs it (these tests').
+OPERATOR = f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+
 
 class Cli:
     """Runs `keyservice ...` and seeds data, both against one test database."""
@@ -42,6 +47,7 @@ class Cli:
             "KEYSERVICE_DATABASE_URL": database_url,
             "KEYSERVICE_SECRET_KEY": TEST_SECRET,
             "KEYSERVICE_DATA_DIR": str(tmp_path),
+            "SUDO_USER": None,  # the tests' own account is the actor (OPERATOR)
         }
 
     def __call__(self, *args: str, expect: int = 0, input: Any = None, **env: str) -> Result:
@@ -119,6 +125,31 @@ def cli(database_url: str, tmp_path: Path) -> Cli:
     return Cli(database_url, tmp_path)
 
 
+def test_the_cli_actor_names_the_account_that_ran_the_command(cli, monkeypatch):
+    """An audit reader tells which operator ran a command: `cli:` and the account the
+    system's user database names (not $USER or $LOGNAME, which anyone sets), under sudo
+    with the account that ran sudo; failing a name, the login name, else the uid."""
+    cli("devices", "create", "by-account", USER="mallory", LOGNAME="mallory")
+    cli("devices", "create", "by-sudo", SUDO_USER="alice")
+
+    def unnamed(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", unnamed)  # a container's uid without a passwd entry
+    # A name from the environment is free text: shown without what would drive a terminal.
+    cli("devices", "create", "by-login", LOGNAME="bob\x1b[2J", USER=None, LNAME=None)
+    cli("devices", "create", "by-uid", LOGNAME=None, USER=None, LNAME=None, USERNAME=None)
+    events = cli.scalars(
+        select(AuditEvent).where(AuditEvent.type == "device.created").order_by(AuditEvent.seq)
+    )
+    assert [event.actor for event in events] == [
+        OPERATOR,
+        f"{OPERATOR} (sudo from alice)",
+        "cli:bob??2J",
+        f"cli:uid={os.getuid()}",
+    ]
+
+
 def test_devices_create_and_list(cli):
     cli.principal("holder", permissions=["metrics:write"])
     result = cli(
@@ -150,7 +181,8 @@ def test_devices_create_and_list(cli):
         input="long enough password\n",
     )
     assert "POST /admin/scopes" in unknown.output
-    assert cli.scalar(select(AuditEvent.actor).where(AuditEvent.type == "device.created")) == "cli"
+    created = select(AuditEvent.actor).where(AuditEvent.type == "device.created")
+    assert cli.scalar(created) == OPERATOR
 
 
 @pytest.mark.parametrize(
@@ -250,7 +282,7 @@ def test_keys_revoke(cli):
     assert result.output.startswith(f"revoked key {key['id']} ({key['client_id']}) of user ann")
     assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key["id"])) is not None
     event = cli.scalar(select(AuditEvent).where(AuditEvent.type == "api_key.deleted"))
-    assert event.actor == "cli" and event.key_id == key["id"]
+    assert event.actor == OPERATOR and event.key_id == key["id"]
 
     again = cli("keys", "revoke", key["id"])
     assert "was already revoked" in again.output
@@ -272,7 +304,7 @@ def test_keys_revoke_by_client_id(cli):
     assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == key["id"])) is not None
     assert cli.scalar(select(ApiKey.revoked_at).where(ApiKey.id == other["id"])) is None
     event = cli.scalar(select(AuditEvent).where(AuditEvent.type == "api_key.deleted"))
-    assert (event.actor, event.key_id, event.principal_id) == ("cli", key["id"], ann)
+    assert (event.actor, event.key_id, event.principal_id) == (OPERATOR, key["id"], ann)
 
     again = cli("keys", "revoke", key["client_id"])
     assert "was already revoked" in again.output
@@ -402,7 +434,7 @@ def test_prune(cli):
     kept = cli.scalars(select(AuditEvent.type).order_by(AuditEvent.seq))
     assert kept == ["old", "recent", "audit.pruned"]
     pruned = cli.scalar(select(AuditEvent).where(AuditEvent.type == "audit.pruned"))
-    assert (pruned.actor, pruned.outcome) == ("cli", "success")
+    assert (pruned.actor, pruned.outcome) == (OPERATOR, "success")
     assert pruned.reason.startswith("1 event(s) recorded before ")
     assert pruned.reason.endswith(" deleted (90-day retention)")
 
@@ -763,9 +795,9 @@ def test_signing_keys_rotate_makes_the_new_key_current_at_once_by_default(cli):
     (staged,) = set(signing_keys_listed(cli)) - {old, new}
     events = json.loads(cli("audit", "tail", "--type", "signing_key.rotated", "--json").output)
     assert [(e["actor"], e["outcome"], e["reason"]) for e in events["items"]] == [
-        ("cli", "success", f"new signing key {old}; signs at once"),
-        ("cli", "success", f"new signing key {new}; signs at once"),
-        ("cli", "success", f"new signing key {staged}; signs in 80 s (--publish-first)"),
+        (OPERATOR, "success", f"new signing key {old}; signs at once"),
+        (OPERATOR, "success", f"new signing key {new}; signs at once"),
+        (OPERATOR, "success", f"new signing key {staged}; signs in 80 s (--publish-first)"),
     ]
 
 

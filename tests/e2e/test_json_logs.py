@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -104,6 +105,7 @@ def test_every_line_of_a_text_logging_server_has_our_time_and_logger(tmp_path, w
 
 def test_a_commands_audit_events_are_log_lines_too(tmp_path):
     env = base_env(KEYSERVICE_AUDIT_LOG="true", KEYSERVICE_LOG_FORMAT="json")
+    env.pop("SUDO_USER", None)  # the actor names this account alone
     migrated = subprocess.run(
         [KEYSERVICE, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
@@ -119,4 +121,6 @@ def test_a_commands_audit_events_are_log_lines_too(tmp_path):
     assert created.returncode == 0, created.stderr
     lines = [json.loads(line) for line in created.stderr.splitlines() if line.strip()]
     events = [line["audit"] for line in lines if line["logger"] == "keyservice.audit"]
-    assert [(e["type"], e["actor"]) for e in events] == [("device.created", "cli")]
+    assert [(e["type"], e["actor"]) for e in events] == [
+        ("device.created", f"cli:{pwd.getpwuid(os.getuid()).pw_name}")
+    ]
