@@ -270,19 +270,22 @@ def migrate(revision: str | None) -> None:
 
     prepare_data_dir(settings)  # the embedded database's folder, as serve makes it
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    with database_errors(settings.effective_database_url):
+    url, actor = settings.effective_database_url, cli_actor()
+    with database_errors(url):
         if revision is None:
-            upgraded = migrations.upgrade(settings.effective_database_url, waiting=say)
+            upgraded = migrations.upgrade(url, waiting=say, actor=actor)
         else:
-            moved = migrations.migrate_to(settings.effective_database_url, revision, waiting=say)
+            moved = migrations.migrate_to(url, revision, waiting=say, actor=actor)
             if isinstance(moved, migrations.Downgraded):
                 count = len(moved.undone)
                 click.echo(
                     f"undid {count} migration{'s' if count > 1 else ''} "
                     f"({', '.join(moved.undone)}); the database is at {', '.join(moved.current)}"
                 )
+                _log_migration(settings, moved, say)
                 return
             upgraded = moved
+    _log_migration(settings, upgraded, say)
     at = ("up to date at " if revision is None else "at ") + ", ".join(upgraded.current)
     if not upgraded.applied:
         click.echo(f"the database is already {at}")
@@ -292,6 +295,20 @@ def migrate(revision: str | None) -> None:
         f"applied {count} migration{'s' if count > 1 else ''} "
         f"({', '.join(upgraded.applied)}); the database is {at}"
     )
+
+
+def _log_migration(settings: Settings, result: Any, warn: Callable[[str], None]) -> None:
+    """After a migration: its `schema.migrated` event as a log line too (KEYSERVICE_AUDIT_LOG,
+    as every committed event is), or a warning that it is not in the audit log."""
+    if result.unrecorded is not None:
+        warn(f"warning: the migration is not in the audit log: {result.unrecorded}")
+    if result.event is None or not settings.audit_log:
+        return
+    from keyservice.audit.service import log_event
+
+    if not logging.getLogger().handlers:
+        configure_logging(settings.log_level, settings.log_format)
+    log_event(**result.event)
 
 
 async def _prepare(context: Any) -> tuple[str, str | None] | None:
@@ -436,9 +453,13 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         if no_migrate:  # a schema older or newer than this code's fails later, and worse
             migrations.check_current(settings.effective_database_url)
         else:
-            migrations.upgrade(
-                settings.effective_database_url, waiting=logging.getLogger("keyservice").warning
+            # Applied by the server: the event's actor is `server`, as the signing key
+            # it makes at its first start is.
+            say = logging.getLogger("keyservice").warning
+            upgraded = migrations.upgrade(
+                settings.effective_database_url, waiting=say, actor="server"
             )
+            _log_migration(settings, upgraded, say)
     created = with_context(settings, _prepare)
     if created is not None:
         username, generated = created

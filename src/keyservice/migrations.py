@@ -8,15 +8,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, insert, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 if TYPE_CHECKING:
@@ -144,17 +144,85 @@ def _newer(unknown: list[str], head: str | None, database_url: str) -> SchemaMis
 class Upgraded(NamedTuple):
     applied: tuple[str, ...]  # oldest first; none if the database was there already
     current: tuple[str, ...]  # the revisions the database is stamped with now
+    # The `schema.migrated` event recorded (its fields, for the audit log's log line), or
+    # why none was: see _audit.
+    event: dict[str, Any] | None = None
+    unrecorded: str | None = None
 
 
 class Downgraded(NamedTuple):
     undone: tuple[str, ...]  # newest first
     current: tuple[str, ...]
+    event: dict[str, Any] | None = None
+    unrecorded: str | None = None
+
+
+def _reason(before: tuple[str, ...], result: Upgraded | Downgraded) -> str:
+    """What a migration did, as its event says it: from which revision to which, and the
+    migrations applied (oldest first) or undone (newest first)."""
+    start = ", ".join(before) or "an empty database"
+    end = ", ".join(result.current) or "no schema"
+    if isinstance(result, Downgraded):
+        return f"from {start} back to {end} (undid {', '.join(result.undone)})"
+    return f"from {start} to {end} (applied {', '.join(result.applied)})"
+
+
+def _event_row(actor: str, reason: str) -> dict[str, Any]:
+    from keyservice.audit.service import without_secrets
+    from keyservice.database import new_ordered_id, utcnow
+
+    return {
+        "id": new_ordered_id(),
+        "at": utcnow(),
+        "type": "schema.migrated",
+        "outcome": "success",
+        "actor": without_secrets(actor),
+        "principal_id": None,
+        "key_id": None,
+        "ip": None,
+        "reason": reason,
+    }
+
+
+def _write_event(connection: Connection, row: dict[str, Any]) -> bool:
+    """Insert the event on `connection` if the schema has an audit table; whether it did.
+
+    With the columns every revision's audit_event has (0001 made them), through Core: the
+    model may be newer than the schema a downgrade left.
+    """
+    from keyservice.audit.models import AuditEvent
+
+    if not inspect(connection).has_table(AuditEvent.__tablename__):
+        return False
+    connection.execute(insert(AuditEvent).values(**row))
+    return True
+
+
+NO_AUDIT_TABLE = "the schema it is at has no audit table"
+
+
+def _audit(
+    result: Upgraded | Downgraded, before: tuple[str, ...], actor: str | None
+) -> dict[str, Any] | None:
+    """The event a migration that changed the schema records, or None."""
+    if actor is None or not (result.undone if isinstance(result, Downgraded) else result.applied):
+        return None
+    return _event_row(actor, _reason(before, result))
 
 
 def upgrade(
-    database_url: str, revision: str = "head", *, waiting: Callable[[str], None] | None = None
+    database_url: str,
+    revision: str = "head",
+    *,
+    waiting: Callable[[str], None] | None = None,
+    actor: str | None = None,
 ) -> Upgraded:
     """Bring the database to `revision` (blocking; not for use inside a running loop).
+
+    With `actor`, a migration that changed the schema is a `schema.migrated` event naming
+    it: on PostgreSQL in the migrations' own transaction, on SQLite (whose DDL does not wait
+    for a commit) right after them. A schema with no audit table afterwards records none
+    (`unrecorded` says why); no revision this version knows is without one.
 
     Raises SchemaMismatch, changing nothing, if the database was migrated past what this
     version knows. On PostgreSQL one upgrade runs at a time: another one waits for it,
@@ -162,18 +230,22 @@ def upgrade(
     keeps locked is waited for in short tries (see TABLE_LOCK_TIMEOUT_SECONDS), each
     wait told to `waiting`; MigrationBlocked after TABLE_LOCK_PATIENCE_SECONDS.
     """
-    result = _migrate(database_url, revision, waiting, back=False)
+    result = _migrate(database_url, revision, waiting, back=False, actor=actor)
     assert isinstance(result, Upgraded)
     return result
 
 
 def migrate_to(
-    database_url: str, revision: str, *, waiting: Callable[[str], None] | None = None
+    database_url: str,
+    revision: str,
+    *,
+    waiting: Callable[[str], None] | None = None,
+    actor: str | None = None,
 ) -> Upgraded | Downgraded:
     """Bring the database to `revision`, one of this version's: up as upgrade() does, or
     back down to it, undoing the later migrations (for a rollback to an older release,
     whose newest revision it is). SchemaMismatch, changing nothing, for a revision this
-    version does not know."""
+    version does not know. `actor` as upgrade() has it."""
     script = ScriptDirectory.from_config(alembic_config(database_url))
     known = [step.revision for step in script.walk_revisions()]
     if revision not in known:
@@ -181,17 +253,24 @@ def migrate_to(
             f"{revision} is not a schema revision this version of keyservice knows "
             f"({known[-1]} to {known[0]})"
         )
-    return _migrate(database_url, revision, waiting, back=True)
+    return _migrate(database_url, revision, waiting, back=True, actor=actor)
 
 
 def _migrate(
-    database_url: str, revision: str, waiting: Callable[[str], None] | None, *, back: bool
+    database_url: str,
+    revision: str,
+    waiting: Callable[[str], None] | None,
+    *,
+    back: bool,
+    actor: str | None,
 ) -> Upgraded | Downgraded:
     config = alembic_config(database_url)
     script = ScriptDirectory.from_config(config)
     if make_url(database_url).get_backend_name() == "postgresql":
         return asyncio.run(
-            _upgrade_patiently(database_url, config, script, revision, waiting, back=back)
+            _upgrade_patiently(
+                database_url, config, script, revision, waiting, back=back, actor=actor
+            )
         )
     before = current_revisions(database_url)
     unknown = _unknown(script, before)
@@ -199,7 +278,28 @@ def _migrate(
         raise _newer(unknown, script.get_current_head(), database_url)
     down = back and _behind(script, before, revision)
     (command.downgrade if down else command.upgrade)(config, revision)
-    return _result(script, before, current_revisions(database_url), down=down)
+    result = _result(script, before, current_revisions(database_url), down=down)
+    row = _audit(result, before, actor)
+    if row is None:
+        return result
+    try:
+        written = asyncio.run(_record(database_url, row))
+    except SQLAlchemyError as exc:
+        # The migrations are committed: the command says they are not in the log.
+        return result._replace(unrecorded=f"the event could not be written ({type(exc).__name__})")
+    return result._replace(event=row) if written else result._replace(unrecorded=NO_AUDIT_TABLE)
+
+
+async def _record(database_url: str, row: dict[str, Any]) -> bool:
+    """_write_event in a transaction of its own (SQLite, after the migrations)."""
+    from keyservice.database import ADMIN_CONNECT_TIMEOUT_SECONDS, Database
+
+    database = Database(database_url, connect_timeout=ADMIN_CONNECT_TIMEOUT_SECONDS)
+    try:
+        async with database.engine.begin() as connection:
+            return await connection.run_sync(_write_event, row)
+    finally:
+        await database.dispose()
 
 
 def _behind(script: ScriptDirectory, current: tuple[str, ...], revision: str) -> bool:
@@ -217,6 +317,7 @@ async def _upgrade_patiently(
     waiting: Callable[[str], None] | None,
     *,
     back: bool,
+    actor: str | None,
 ) -> Upgraded | Downgraded:
     """_upgrade_locked, tried again while other transactions keep a table locked."""
     from keyservice.database import ADMIN_CONNECT_TIMEOUT_SECONDS, Database
@@ -227,7 +328,9 @@ async def _upgrade_patiently(
         said = -TABLE_LOCK_SAY_EVERY_SECONDS
         while True:
             try:
-                return await _upgrade_locked(database, config, script, revision, back=back)
+                return await _upgrade_locked(
+                    database, config, script, revision, back=back, actor=actor
+                )
             except DBAPIError as exc:
                 if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                     raise
@@ -276,10 +379,16 @@ async def _long_transactions(database: Database) -> str:
 
 
 async def _upgrade_locked(
-    database: Database, config: Config, script: ScriptDirectory, revision: str, *, back: bool
+    database: Database,
+    config: Config,
+    script: ScriptDirectory,
+    revision: str,
+    *,
+    back: bool,
+    actor: str | None,
 ) -> Upgraded | Downgraded:
-    """upgrade() on PostgreSQL: the look, the migrations and the look after, in one
-    transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not).
+    """upgrade() on PostgreSQL: the look, the migrations, the look after and the event, in
+    one transaction that holds MIGRATION_LOCK (it ends with the transaction, failed or not).
     A statement waiting over TABLE_LOCK_TIMEOUT_SECONDS for a lock fails it all."""
 
     def migrate(connection: Connection, down: bool) -> None:
@@ -299,8 +408,15 @@ async def _upgrade_locked(
         await connection.run_sync(migrate, down)
         with _quiet():
             after = await _connection_heads(connection)
+        result = _result(script, before, after, down=down)
+        row = _audit(result, before, actor)
+        if row is not None:
+            if await connection.run_sync(_write_event, row):
+                result = result._replace(event=row)
+            else:
+                result = result._replace(unrecorded=NO_AUDIT_TABLE)
         await connection.commit()
-    return _result(script, before, after, down=down)
+    return result
 
 
 async def _lock(connection: AsyncConnection) -> None:

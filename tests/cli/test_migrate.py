@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -335,7 +336,7 @@ def test_a_migration_may_take_longer_than_a_request(tmp_path, backend, monkeypat
         holder.start()
         try:
             assert holding.wait(10)
-            assert migrations.upgrade(url) == (("0009", "0010", "0011", "0012"), ("0012",))
+            assert migrations.upgrade(url)[:2] == (("0009", "0010", "0011", "0012"), ("0012",))
         finally:
             holder.join()
     finally:
@@ -420,7 +421,7 @@ def test_a_migration_waiting_for_a_lock_does_not_stall_the_running_servers(
             time.sleep(0.5)  # the migration is waiting now
             assert read_api_keys(url) < 1.5  # behind a 0.3 s try at most, not the 3 s
             upgrading.join(20)
-        assert outcome == [(("0009", "0010", "0011", "0012"), ("0012",))]
+        assert [done[:2] for done in outcome] == [(("0009", "0010", "0011", "0012"), ("0012",))]
         assert len(said) == 1, said  # once, not at every try
         assert f"pid {held.pid}: " in said[0] and "locked" in said[0], said
     finally:
@@ -451,9 +452,10 @@ def test_a_migration_locked_out_too_long_gives_up_in_one_line_changing_nothing(
 
 
 def test_upgrade_returns_what_it_applied(empty_database):
-    assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",))
-    assert migrations.upgrade(empty_database, "0002") == ((), ("0002",))
-    assert migrations.upgrade(empty_database) == (
+    # (applied, current); no event asked for (no actor), none recorded.
+    assert migrations.upgrade(empty_database, "0002") == (("0001", "0002"), ("0002",), None, None)
+    assert migrations.upgrade(empty_database, "0002")[:2] == ((), ("0002",))
+    assert migrations.upgrade(empty_database)[:2] == (
         ("0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012"),
         ("0012",),
     )
@@ -593,6 +595,49 @@ def test_migrate_to_an_older_revision_undoes_the_later_ones_for_a_rollback(
     assert migrations.current_revisions(empty_database) == ("0007",)
     result = keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
     assert "applied 5 migrations (0008, 0009, 0010, 0011, 0012)" in result.output
+
+
+def _migration_events(database_url: str) -> list[tuple[str, str, str]]:
+    async def read() -> list[tuple[str, str, str]]:
+        database = Database(database_url)
+        try:
+            async with database.engine.connect() as connection:
+                rows = await connection.execute(
+                    sa.select(AuditEvent.actor, AuditEvent.outcome, AuditEvent.reason)
+                    .where(AuditEvent.type == "schema.migrated")
+                    .order_by(AuditEvent.seq)
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_each_change_of_the_schema_is_an_audit_event(empty_database, tmp_path, monkeypatch):
+    # `keyservice migrate` (up, or back down with --to) and the start-up migration of
+    # `serve` changed the schema and left nothing in the log saying who, when, from what.
+    import uvicorn
+
+    operator = f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+    # The first migration of all: the audit table is one of what it makes.
+    keyservice("migrate", "--to", "0010", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    keyservice("migrate", database_url=empty_database, tmp_path=tmp_path, expect=0)  # no change
+    back = keyservice(
+        "migrate", "--to", "0008", database_url=empty_database, tmp_path=tmp_path, expect=0
+    )
+    assert "audit" not in back.output  # recorded: no warning
+    monkeypatch.setattr(uvicorn, "run", lambda *_args, **_kwargs: None)
+    keyservice("serve", database_url=empty_database, tmp_path=tmp_path, expect=0)
+    keyservice("serve", database_url=empty_database, tmp_path=tmp_path, expect=0)  # no change
+    first = ", ".join(f"{n:04d}" for n in range(1, 11))
+    assert _migration_events(empty_database) == [
+        (operator, "success", f"from an empty database to 0010 (applied {first})"),
+        (operator, "success", "from 0010 to 0012 (applied 0011, 0012)"),
+        (operator, "success", "from 0012 back to 0008 (undid 0012, 0011, 0010, 0009)"),
+        ("server", "success", "from 0008 to 0012 (applied 0009, 0010, 0011, 0012)"),
+    ]
 
 
 def _tables(database_url: str) -> set[str]:

@@ -110,6 +110,13 @@ def test_a_commands_audit_events_are_log_lines_too(tmp_path):
         [KEYSERVICE, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert migrated.returncode == 0, migrated.stderr
+    lines = [json.loads(line) for line in migrated.stderr.splitlines() if line.strip()]
+    (event,) = [line["audit"] for line in lines if line["logger"] == "keyservice.audit"]
+    assert (event["type"], event["actor"]) == (
+        "schema.migrated",
+        f"cli:{pwd.getpwuid(os.getuid()).pw_name}",
+    )
+    assert event["reason"].startswith("from an empty database to ")
     created = subprocess.run(
         [KEYSERVICE, "devices", "create", "sensor-7"],
         cwd=tmp_path,

@@ -80,6 +80,7 @@ AUDIT_TYPES = [
     "signing_key.created",
     "signing_key.rotated",
     "audit.pruned",
+    "schema.migrated",
 ]
 AUDIT_PAGE = 50
 _NAME = re.compile(NAME_PATTERN)
