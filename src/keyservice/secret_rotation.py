@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.models import ApiKey
+from keyservice.audit import service as audit
 from keyservice.auth.models import SigningKey
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -51,6 +52,20 @@ async def settle(context: AppContext, session: AsyncSession) -> None:
     (a key under any other secret could not be used then anyway). Both are idempotent:
     every worker of every replica runs this."""
     moved = await context.keyring.reencrypt(session) if context.keyring.under_fallback else []
+    if moved:
+        # The switch to the new secret takes effect here, at the first start with it (and
+        # once: reencrypt moves each key once, whichever worker or replica starts first):
+        # who and when is for the audit log, in the move's transaction. The labels are
+        # what `keyservice secret-key status` shows, derived from the secrets, never them.
+        audit.record(
+            session,
+            type="server_secret.switched",
+            actor="server",
+            reason=f"server secret {context.hasher.label} in use, "
+            f"{context.hasher.fallback_label} the fallback; signing key(s) "
+            f"{', '.join(moved)} encrypted again under the new secret",
+        )
+    await session.commit()
     if moved:
         log.info(
             "signing key(s) %s now encrypted under the current server secret",

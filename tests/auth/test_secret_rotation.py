@@ -357,3 +357,37 @@ async def test_a_start_that_cannot_label_the_keys_serves_all_the_same(
         # The key used was labelled by its exchange; the others wait for the next start.
         assert (found.live_keys_current, found.live_keys_unlabelled) == (1, 2)
     assert any("left some API keys without the label" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_switch_to_a_new_secret_is_one_audit_event(database_url, tmp_path, before):
+    # The first start with the new secret (the old one as fallback) is when the switch
+    # takes effect, and it was in no event. Workers or replicas started together each read
+    # the signing keys under the fallback: the one that moves them records the switch, the
+    # others move nothing again (and record nothing).
+    new_label, old_label = secret_label(NEW_SECRET.encode()), secret_label(TEST_SECRET.encode())
+    late = AppContext(
+        make_settings(
+            database_url, tmp_path, secret_key=NEW_SECRET, secret_key_fallback=TEST_SECRET
+        )
+    )
+    try:
+        async with late.database.sessionmaker() as session:
+            await late.keyring.load(session)
+        assert late.keyring.under_fallback == set(before["blobs"])
+        async with serving(database_url, tmp_path, NEW_SECRET, TEST_SECRET) as (first, _client):
+            moved = await signing_blobs(first)
+            async with late.database.sessionmaker() as session:
+                await secret_rotation.settle(late, session)
+            assert await signing_blobs(first) == moved  # as the first stored them
+            (event,) = await audit_events(first, "server_secret.switched")
+        assert (event.actor, event.outcome) == ("server", "success")
+        assert event.reason == (
+            f"server secret {new_label} in use, {old_label} the fallback; signing key(s) "
+            f"{', '.join(sorted(moved))} encrypted again under the new secret"
+        )
+        assert NEW_SECRET not in event.reason and TEST_SECRET not in event.reason
+        # A later start finds the keys under the new secret: no switch, no event.
+        async with serving(database_url, tmp_path, NEW_SECRET, TEST_SECRET) as (again, _client):
+            assert len(await audit_events(again, "server_secret.switched")) == 1
+    finally:
+        await late.database.dispose()

@@ -483,13 +483,19 @@ async def test_admin_edits_a_user_and_pages_the_audit_log(
 async def test_the_audit_filter_offers_the_events_the_cli_and_the_server_record(
     client: httpx.AsyncClient, context: AppContext
 ) -> None:
-    """The signing-key, prune and migration events (README, "Audit log") are in the type list, and
-    filtering on one shows it chosen, not "Any type" above a filtered table."""
+    """The signing-key, prune, migration and secret events (README, "Audit log") are in the
+    type list, and filtering on one shows it chosen, not "Any type" above a filtered table."""
     from keyservice.audit.service import record
 
     await create_principal(context, "root", permissions=["admin"])
     await signed_in(client, "root")
-    kinds = ("signing_key.created", "signing_key.rotated", "audit.pruned", "schema.migrated")
+    kinds = (
+        "signing_key.created",
+        "signing_key.rotated",
+        "audit.pruned",
+        "schema.migrated",
+        "server_secret.switched",
+    )
     async with context.database.sessionmaker() as session:
         for kind in kinds:
             record(session, type=kind, actor="cli", reason=f"seeded {kind}")

@@ -81,6 +81,7 @@ AUDIT_TYPES = [
     "signing_key.rotated",
     "audit.pruned",
     "schema.migrated",
+    "server_secret.switched",
 ]
 AUDIT_PAGE = 50
 _NAME = re.compile(NAME_PATTERN)

@@ -174,8 +174,10 @@ class SigningKeyring:
         # During a rotation of the server secret: the previous secret's key, which opens
         # what was encrypted before; nothing is encrypted under it.
         self._fallback_aead = AESGCM(fallback_key) if fallback_key is not None else None
-        # The kids of loaded keys that only the fallback opened (reencrypt() moves them).
+        # The kids of loaded keys that only the fallback opened (reencrypt() moves them),
+        # and the stored form each was read in.
         self.under_fallback: set[str] = set()
+        self._read_under_fallback: dict[str, bytes] = {}
         self.algorithm = algorithm
         self.issuer = issuer
         self.audience = audience
@@ -231,21 +233,27 @@ class SigningKeyring:
 
     async def reencrypt(self, session: AsyncSession) -> list[str]:
         """Store the loaded keys that only the fallback secret opened under the current
-        one (committed); return their kids. Replicas still holding the old copies decrypt
-        nothing again until they reload, and then find these under the current secret."""
-        moved = []
+        one (not committed); return the kids of those this call moved. A key another
+        worker or replica moved since it was read here is left as that one stored it (and
+        not returned): the first server started with the new secret moves each key, once.
+        Replicas still holding the old copies decrypt nothing again until they reload, and
+        then find these under the current secret."""
+        moved, done = [], []
         for kid in sorted(self.under_fallback):
             loaded = self._keys.get(kid)
-            if loaded is None:
+            read = self._read_under_fallback.get(kid)
+            if loaded is None or read is None:
                 continue
-            await session.execute(
+            result = await session.execute(
                 update(SigningKey)
-                .where(SigningKey.kid == kid)
+                .where(SigningKey.kid == kid, SigningKey.private_key_encrypted == read)
                 .values(private_key_encrypted=self._seal(kid, loaded.private_key))
+                .execution_options(synchronize_session=False)
             )
-            moved.append(kid)
-        await session.commit()
-        self.under_fallback.difference_update(moved)
+            if getattr(result, "rowcount", 0):
+                moved.append(kid)
+            done.append(kid)
+        self.under_fallback.difference_update(done)
         return moved
 
     async def create_key(
@@ -321,8 +329,10 @@ class SigningKeyring:
             der, fallback = self.open(row.kid, row.private_key_encrypted)
             if fallback:
                 self.under_fallback.add(row.kid)
+                self._read_under_fallback[row.kid] = row.private_key_encrypted
             else:
                 self.under_fallback.discard(row.kid)
+                self._read_under_fallback.pop(row.kid, None)
             private_key = serialization.load_der_private_key(der, password=None)
             assert isinstance(private_key, PrivateKey)
             keys[row.kid] = LoadedKey(
