@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_server import KEYSERVICE, base_env, free_port
+from tests.e2e.test_server import KEYSERVICE, START_SECONDS, base_env, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def serve_and_sign_in(tmp_path: Path, workers: str, password: str, **env: str) -
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_SECONDS
         while True:
             assert process.poll() is None, log.read_text()
             try:

@@ -155,7 +155,7 @@ class Server:
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 45) -> None:
+    def start(self, timeout: float = 90) -> None:  # as tests/e2e START_SECONDS
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
