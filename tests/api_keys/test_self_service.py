@@ -7,11 +7,21 @@ from datetime import timedelta
 import pytest
 
 from keyservice.database import utcnow
-from tests.factories import bearer, create_key, create_principal, exchange, login, user_token
+from tests.factories import (
+    add_scope,
+    bearer,
+    create_key,
+    create_principal,
+    exchange,
+    login,
+    user_token,
+)
 
 PERMS = ["api_keys:manage", "projects:read"]
 SOON = utcnow() + timedelta(days=30)
 SOON_UNIX = int(SOON.timestamp())
+# Words, not one long run of a letter: that is refused as secret-like before its length.
+NAME_100 = ("billing exporter " * 6)[:100]
 
 
 async def test_created_key_shows_its_secret_once(client, context):
@@ -47,6 +57,9 @@ async def test_created_key_shows_its_secret_once(client, context):
         ({"name": ""}, "name"),
         ({"name": "x" * 101}, "name"),
         ({"name": "   "}, "blank"),
+        ({"name": NAME_100 + "s"}, "at most 100 characters"),
+        ({"name": "k", "scopes": ["projects:read"] * 101}, "at most 100 items"),
+        ({"name": "k", "allowed_ips": [f"10.0.{i}.0/24" for i in range(101)]}, "at most 100 items"),
         ({"name": "k", "scopes": []}, "at least one scope"),
         ({"name": "k", "scopes": ["billing:write"]}, "billing:write"),
         ({"name": "k", "allowed_ips": ["not-an-ip"]}, "not-an-ip"),
@@ -79,6 +92,16 @@ async def test_bad_input_is_422_with_a_clear_message(client, context, body, frag
     assert response.status_code == 422, response.text
     assert fragment in response.text
     assert (await client.get("/api-keys", headers=bearer(token))).json()["items"] == []
+
+
+async def test_a_key_takes_settings_up_to_their_limits(client, context):
+    token = await user_token(context, client, "erin", PERMS)
+    ips = [f"10.0.{i}.0/24" for i in range(100)]
+    scopes = ["projects:read", "api_keys:manage"] * 50
+    key = await create_key(client, token, name=NAME_100, scopes=scopes, allowed_ips=ips)
+    assert key["name"] == NAME_100.strip() and key["allowed_ips"] == ips
+    # Stored once each, sorted, as an edit stores them.
+    assert key["scopes"] == ["api_keys:manage", "projects:read"]
 
 
 async def test_expiry_default_and_bounds(client, context):
@@ -254,3 +277,22 @@ async def test_me_names_the_replacement_of_a_rotated_key(client, context):
     assert warned[old["id"]]["status"] == "expires_soon"
     assert warned[old["id"]]["replaced_by"] == rotated.json()["client_id"]
     assert warned[soon["id"]]["replaced_by"] is None
+
+
+async def test_an_admin_may_scope_a_key_to_the_built_ins_admin_implies(client, context):
+    token = await user_token(context, client, "root", ["admin"])
+    key = await create_key(client, token, name="ops", scopes=["introspect", "api_keys:manage"])
+    assert key["scopes"] == ["api_keys:manage", "introspect"]
+    granted = (await exchange(client, key["api_key"])).json()
+    assert granted["scope"] == "api_keys:manage introspect"
+    # Only the built-ins: a scope of the catalog's is held only when granted.
+    await add_scope(context, "billing:write")
+    refused = await create_key(client, token, expect=422, name="k", scopes=["billing:write"])
+    assert "billing:write" in refused["error_description"]
+
+
+async def test_own_keys_are_listed_newest_first(client, context):
+    token = await user_token(context, client, "fay", PERMS)
+    made = [(await create_key(client, token, name=f"k{n}"))["id"] for n in range(3)]
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert [key["id"] for key in listed] == made[::-1]
