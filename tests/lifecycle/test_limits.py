@@ -113,3 +113,19 @@ async def test_a_deleted_replacement_puts_the_key_it_replaced_back_in_the_count(
     rotated = await client.post(f"/api-keys/{keys[0]['id']}/rotate", headers=bearer(token))
     assert rotated.status_code == 201, rotated.text
     await create_key(client, token, expect=409, name="sixth")
+
+
+async def test_an_expired_replacement_puts_the_key_it_replaced_back_in_the_count(client, context):
+    # As a deleted one does: the old key, still in its grace period, is one live key again.
+    token = await user_token(context, client, "rhea")
+    old = await create_key(client, token, name="old")
+    rotated = await client.post(
+        f"/api-keys/{old['id']}/rotate", json={"grace_seconds": 86400 * 30}, headers=bearer(token)
+    )
+    assert rotated.status_code == 201, rotated.text
+    for n in range(4):
+        await create_key(client, token, name=f"k{n}")
+    await set_key_fields(context, rotated.json()["id"], expires_at=utcnow() - timedelta(seconds=1))
+    assert await _live_keys(context, old["owner_id"]) == 5
+    refused = await create_key(client, token, expect=409, name="sixth")
+    assert "At most 5" in refused["error_description"]
