@@ -81,6 +81,20 @@ async def test_list_all_keys_with_filters(client, context):
     await admin_request(client, admin, "GET", "/admin/api-keys/no-such-key", 404)
 
 
+async def test_expires_soon_warns_of_valid_and_suspended_keys_only(client, context):
+    admin = await admin_token(context, client)
+    ids = await _population(client, context, admin)
+    # Within the warning window, each of them; the expired one ended a second ago.
+    for name in ("valid", "suspended", "revoked"):
+        await set_key_fields(context, ids[name], expires_at=utcnow() + timedelta(days=2))
+    response = await admin_request(client, admin, "GET", "/admin/api-keys", 200)
+    shown = {item["name"]: item["expires_soon"] for item in response.json()["items"]}
+    # A suspended key comes back when its owner is enabled again: its expiry still matters.
+    assert shown == {"valid": True, "suspended": True, "expired": False, "revoked": False}
+    one = await admin_request(client, admin, "GET", f"/admin/api-keys/{ids['suspended']}", 200)
+    assert one.json()["expires_soon"] is True
+
+
 async def test_find_a_leaked_key_by_its_client_id(client, context, caplog):
     admin = await admin_token(context, client)
     ids = await _population(client, context, admin)
@@ -164,8 +178,8 @@ async def test_admin_revokes_any_key(client, context):
     await admin_request(client, admin, "DELETE", "/admin/api-keys/no-such-key", 404)
 
     [event] = await events(context, "api_key.deleted", outcome="success")
-    assert event.key_id == key["id"]
-    assert event.actor == "user:root"
+    assert event.key_id == key["id"] and event.principal_id == key["owner_id"]
+    assert event.actor == "user:root" and event.ip == "127.0.0.1"
 
 
 async def test_concurrent_revocations_of_one_key_record_one(client, context):
