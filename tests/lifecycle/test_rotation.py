@@ -244,3 +244,23 @@ async def test_a_key_with_a_scope_its_owner_lost_rotates_with_its_scopes(client,
     assert regained == "projects:read projects:write"
     [event] = await events(context, "api_key.rotated", outcome="success")
     assert event.key_id == new["id"]
+
+
+async def test_an_expired_key_is_not_rotated_back_into_use(client, context):
+    token = await user_token(context, client, "zoe")
+    key = await create_key(client, token, name="old")
+    await set_key_fields(context, key["id"], expires_at=utcnow() - timedelta(seconds=1))
+    refused = await _rotate(client, token, key["id"], expect=409)
+    assert "expired" in refused.json()["error_description"]
+    listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
+    assert [(one["id"], one["status"]) for one in listed] == [(key["id"], "expired")]
+    assert await events(context, "api_key.rotated", outcome="success") == []
+
+
+async def test_a_grace_period_longer_than_the_old_key_s_life_does_not_extend_it(client, context):
+    token = await user_token(context, client, "abe")
+    ends = (utcnow() + timedelta(days=2)).replace(microsecond=0)
+    key = await create_key(client, token, name="short", expires_at=ends.isoformat())
+    await _rotate(client, token, key["id"], grace_seconds=86400 * 30)
+    old = (await client.get(f"/api-keys/{key['id']}", headers=bearer(token))).json()
+    assert _at(old["expires_at"]) == ends
