@@ -95,6 +95,22 @@ async def test_expires_soon_warns_of_valid_and_suspended_keys_only(client, conte
     assert one.json()["expires_soon"] is True
 
 
+async def test_a_revoked_key_past_its_expiry_is_listed_as_revoked_only(client, context):
+    admin = await admin_token(context, client)
+    ids = await _population(client, context, admin)
+    await set_key_fields(context, ids["revoked"], expires_at=utcnow() - timedelta(days=1))
+
+    async def listed(status):
+        response = await admin_request(
+            client, admin, "GET", "/admin/api-keys", 200, params={"status": status}
+        )
+        return {item["name"]: item["status"] for item in response.json()["items"]}
+
+    # The filters derive the status in the order API.md gives: revoked before expired.
+    assert await listed("expired") == {"expired": "expired"}
+    assert await listed("revoked") == {"revoked": "revoked"}
+
+
 async def test_find_a_leaked_key_by_its_client_id(client, context, caplog):
     admin = await admin_token(context, client)
     ids = await _population(client, context, admin)
