@@ -9,6 +9,7 @@ import pytest
 from keyservice.database import utcnow
 from tests.factories import (
     add_scope,
+    audit_events,
     bearer,
     create_key,
     create_principal,
@@ -296,3 +297,22 @@ async def test_own_keys_are_listed_newest_first(client, context):
     made = [(await create_key(client, token, name=f"k{n}"))["id"] for n in range(3)]
     listed = (await client.get("/api-keys", headers=bearer(token))).json()["items"]
     assert [key["id"] for key in listed] == made[::-1]
+
+
+async def test_each_key_event_carries_the_owner_and_the_caller_s_ip(client, context):
+    token = await user_token(context, client, "gus", PERMS)
+    key = await create_key(client, token, name="ci")
+    rotated = await client.post(f"/api-keys/{key['id']}/rotate", headers=bearer(token))
+    assert rotated.status_code == 201, rotated.text
+    new = rotated.json()
+    deleted = await client.delete(f"/api-keys/{new['id']}", headers=bearer(token))
+    assert deleted.status_code == 204
+    events = await audit_events(context, outcome="success")
+    shown = [(e.type, e.key_id, e.principal_id, e.ip) for e in events if e.key_id is not None]
+    owner = key["owner_id"]
+    assert shown == [
+        ("api_key.created", key["id"], owner, "127.0.0.1"),
+        ("api_key.rotated", new["id"], owner, "127.0.0.1"),
+        ("api_key.updated", key["id"], owner, "127.0.0.1"),
+        ("api_key.deleted", new["id"], owner, "127.0.0.1"),
+    ]
