@@ -20,6 +20,7 @@ from keyservice.main import create_app
 from keyservice.principals.models import Principal
 from keyservice.scopes.models import Scope
 from keyservice.security.hashing import slow_hash_jobs
+from keyservice.timestamps import format_utc
 from tests.admin.support import events
 from tests.conftest import client_for, make_settings
 from tests.factories import (
@@ -85,7 +86,13 @@ async def test_import_then_exchange_then_refused_after_cutoff(client, context, t
     assert hashed.legacy_hash == bcrypt_hash and hashed.legacy_lookup is None
     assert plain.client_id.startswith("kc_") and plain.client_id != hashed.client_id
     assert abs(plain.expires_at - (utcnow() + timedelta(days=365))) < timedelta(minutes=1)
-    assert len(await events(context, "api_key.created")) == 2
+    # What each key was imported with, as a key made through the API has its creation say.
+    assert sorted(event.reason for event in await events(context, "api_key.created")) == [
+        "imported legacy key (line 1); scopes: projects:read; allowed_ips: any; "
+        f"expires_at: {format_utc(plain.expires_at)}",
+        "imported legacy key (line 3); scopes: inherited; allowed_ips: any; "
+        f"expires_at: {format_utc(hashed.expires_at)}",
+    ]
 
     response = await exchange(client, PLAIN)
     assert response.status_code == 200, response.text

@@ -27,7 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyservice.api_keys.legacy import MAX_LEGACY_KEY_LENGTH
 from keyservice.api_keys.models import ApiKey
-from keyservice.api_keys.service import check_expiry, count_live, latest_expiry
+from keyservice.api_keys.service import (
+    audited_settings,
+    check_expiry,
+    count_live,
+    latest_expiry,
+)
 from keyservice.audit import service as audit
 from keyservice.context import AppContext
 from keyservice.database import utcnow
@@ -352,7 +357,7 @@ async def import_lines(ctx: AppContext, lines: Iterable[str], *, actor: str) -> 
                     actor=actor,
                     principal_id=owner.id,
                     key_id=key.id,
-                    reason=f"imported legacy key (line {number})",
+                    reason=f"imported legacy key (line {number}); {audited_settings(key)}",
                 )
             over_limit: dict[tuple[str, str], int] = {}
             for owner_id, label in touched.items():

@@ -276,6 +276,11 @@ def audited_value(key: ApiKey, name: str) -> str:
     return format_utc(key.expires_at)
 
 
+def audited_settings(key: ApiKey) -> str:
+    """Every one of AUDITED_SETTINGS of the key, as its creation's event says them."""
+    return "; ".join(f"{name}: {audited_value(key, name)}" for name in AUDITED_SETTINGS)
+
+
 async def create(
     ctx: AppContext,
     session: AsyncSession,
@@ -333,7 +338,7 @@ async def create(
         ip=ip,
         reason=f"rotated from {rotated_from.id}"
         if rotated_from is not None
-        else "; ".join(f"{name}: {audited_value(key, name)}" for name in AUDITED_SETTINGS),
+        else audited_settings(key),
     )
     if rotated_from is not None:
         # The old key ends too (its expiry moved to the grace period's end): on record under
