@@ -3,8 +3,25 @@ sessions a disable counts and what a device's deletion revokes."""
 
 from __future__ import annotations
 
-from tests.admin.support import admin_request, admin_token
+from datetime import datetime
+
+from keyservice.api_keys.models import ApiKey
+from keyservice.context import AppContext
+from tests.admin.support import (
+    admin_request,
+    admin_token,
+    create_device,
+    create_device_key,
+    events,
+)
 from tests.factories import login
+
+
+async def revoked_at(ctx: AppContext, key_id: str) -> datetime | None:
+    async with ctx.database.sessionmaker() as session:
+        key = await session.get(ApiKey, key_id)
+        assert key is not None
+        return key.revoked_at
 
 
 async def test_a_password_of_eight_characters_is_the_shortest_accepted(client, context):
@@ -17,3 +34,23 @@ async def test_a_password_of_eight_characters_is_the_shortest_accepted(client, c
     path = f"/admin/users/{user['id']}"
     await admin_request(client, admin, "PATCH", path, 422, json={"password": "seven77"})
     assert (await login(client, "paula", "eight888"))["access_token"]
+
+
+async def test_deleting_a_device_revokes_only_its_live_keys(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "gateway")
+    live = await create_device_key(client, admin, device["id"], name="live")
+    gone = await create_device_key(client, admin, device["id"], name="gone")
+    await admin_request(client, admin, "DELETE", f"/admin/api-keys/{gone['id']}", 204)
+    before = await revoked_at(context, gone["id"])
+    assert before is not None
+
+    await admin_request(client, admin, "DELETE", f"/admin/devices/{device['id']}", 204)
+
+    deleted = await events(context, "api_key.deleted", outcome="success")
+    assert [event.key_id for event in deleted if event.reason == "device deleted"] == [live["id"]]
+    [event] = await events(context, "device.deleted", outcome="success")
+    assert event.reason == "device gateway; 1 key(s) revoked"
+    # The key revoked before keeps the time it was revoked at.
+    assert await revoked_at(context, gone["id"]) == before
+    assert await revoked_at(context, live["id"]) is not None
