@@ -1,4 +1,4 @@
-"""Account rules pinned by mutation testing: the password length, a quick re-enable, the
+"""Account rules pinned by mutation testing: the password length, the
 sessions a disable counts and what a device's deletion revokes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.admin.support import (
     create_device_key,
     events,
 )
-from tests.factories import login
+from tests.factories import bearer, create_principal, login
 
 
 async def revoked_at(ctx: AppContext, key_id: str) -> datetime | None:
@@ -34,6 +34,21 @@ async def test_a_password_of_eight_characters_is_the_shortest_accepted(client, c
     path = f"/admin/users/{user['id']}"
     await admin_request(client, admin, "PATCH", path, 422, json={"password": "seven77"})
     assert (await login(client, "paula", "eight888"))["access_token"]
+
+
+async def test_a_disable_counts_only_the_sessions_still_live(client, context):
+    admin = await admin_token(context, client)
+    await create_principal(context, "twice", permissions=["api_keys:manage"])
+    first = await login(client, "twice")
+    second = await login(client, "twice")
+    revoked = await client.post("/revoke", data={"token": first["refresh_token"]})
+    assert revoked.status_code == 200
+    me = (await client.get("/me", headers=bearer(second["access_token"]))).json()
+    await admin_request(
+        client, admin, "PATCH", f"/admin/users/{me['id']}", 200, json={"disabled": True}
+    )
+    reasons = [event.reason for event in await events(context, "user.updated", outcome="success")]
+    assert reasons == ["disabled; 1 token session(s) ended"]
 
 
 async def test_deleting_a_device_revokes_only_its_live_keys(client, context):
