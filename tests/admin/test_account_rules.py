@@ -69,3 +69,17 @@ async def test_deleting_a_device_revokes_only_its_live_keys(client, context):
     # The key revoked before keeps the time it was revoked at.
     assert await revoked_at(context, gone["id"]) == before
     assert await revoked_at(context, live["id"]) is not None
+
+
+async def test_an_admin_cannot_lock_themself_out_even_with_another_admin(client, context):
+    admin = await admin_token(context, client)
+    await create_principal(context, "deputy", permissions=["admin"])
+    me = (await client.get("/me", headers=bearer(admin))).json()
+    for change in ({"disabled": True}, {"permissions": []}):
+        answer = await admin_request(
+            client, admin, "PATCH", f"/admin/users/{me['id']}", 409, json=change
+        )
+        assert "your own account" in answer.json()["error_description"]
+    got = await admin_request(client, admin, "GET", f"/admin/users/{me['id']}", 200)
+    assert got.json()["disabled"] is False
+    assert got.json()["permissions"] == ["admin"]
