@@ -83,3 +83,16 @@ async def test_an_admin_cannot_lock_themself_out_even_with_another_admin(client,
     got = await admin_request(client, admin, "GET", f"/admin/users/{me['id']}", 200)
     assert got.json()["disabled"] is False
     assert got.json()["permissions"] == ["admin"]
+
+
+async def test_an_edit_to_the_same_values_records_no_change(client, context):
+    admin = await admin_token(context, client)
+    device = await create_device(client, admin, "steady", ["api_keys:manage"])
+    same = {"description": device["description"], "permissions": ["api_keys:manage"]}
+    await admin_request(client, admin, "PATCH", f"/admin/devices/{device['id']}", 200, json=same)
+    assert await events(context, "device.updated", outcome="success") == []
+    await admin_request(
+        client, admin, "PATCH", f"/admin/devices/{device['id']}", 200, json={"description": "new"}
+    )
+    [event] = await events(context, "device.updated", outcome="success")
+    assert event.reason == "description changed"
