@@ -85,6 +85,13 @@ def cli_actor() -> str:
     return actor
 
 
+# How long an idle keep-alive connection stays open (uvicorn's default is 5 s). Longer than
+# the idle timeout of the load balancers and proxies in front of services (AWS ALB 60 s,
+# nginx's upstream keepalive 60 s): one that sends a request on a connection the service
+# is closing at that moment answers its client 502, or resets, for a request never read.
+KEEP_ALIVE_SECONDS = 75
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     from keyservice.logbuffer import BatchingStreamHandler, JsonFormatter
 
@@ -484,6 +491,7 @@ def serve(host: str | None, port: int | None, workers: int, no_migrate: bool) ->
         "server_header": False,
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 20,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
     }
     if settings.log_format == "json" or workers == 1 or _own_sockets(workers):
         # uvicorn's own lines ("Started server process", errors) through our handler, as

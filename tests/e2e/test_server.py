@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -328,5 +329,25 @@ def test_the_readmes_curl_tour_runs_as_written(tmp_path):
             for secret in secrets:
                 assert not any(secret in word for word in run), (run[0], "holds a secret")
         assert any("-K" in run for run in runs)  # the Basic exchange ran, its secret on stdin
+    finally:
+        server.stop()
+
+
+def test_an_idle_keep_alive_connection_outlives_a_load_balancers_idle_timeout(tmp_path):
+    # uvicorn closes a keep-alive connection idle for 5 s by default. A load balancer keeps
+    # its pooled connections to the service longer (AWS ALB 60 s, nginx upstream keepalive
+    # 60 s) and sends the next request on one the service is closing at that moment: the
+    # client gets a 502 or a reset for a request the service never read.
+    server = Server(tmp_path, base_env(), free_port())
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() and connection.sock is not None
+        first = connection.sock
+        time.sleep(6)
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        assert response.status == 200 and connection.sock is first  # the same connection
+        connection.close()
     finally:
         server.stop()
