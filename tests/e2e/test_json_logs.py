@@ -7,15 +7,13 @@ import json
 import os
 import pwd
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_server import KEYSERVICE, START_SECONDS, base_env, free_port
+from tests.e2e.test_server import KEYSERVICE, Server, base_env, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -28,40 +26,18 @@ def serve_and_sign_in(tmp_path: Path, workers: str, password: str, **env: str) -
         KEYSERVICE_BOOTSTRAP_ADMIN_PASSWORD=password,
         **env,
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [KEYSERVICE, "serve", "--port", str(port), "--workers", workers],
-            cwd=tmp_path,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = Server(tmp_path, environment, free_port(), "--workers", workers)
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        assert httpx.get(url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200
         signed_in = httpx.post(
-            url + "/token",
+            server.url + "/token",
             data={"grant_type": "password", "username": "root", "password": password},
         )
         assert signed_in.status_code == 200
         token: str = signed_in.json()["access_token"]
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    return log.read_text(), token
+        server.stop()
+    return server.output(), token
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -46,13 +46,14 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, cwd: Path, env: dict[str, str], port: int) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], port: int, *args: str) -> None:
+        """Start `keyservice serve --port PORT [ARGS]` and wait until it is ready."""
         self.cwd, self.env, self.port = cwd, env, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = cwd / f"server-{port}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [KEYSERVICE, "serve", "--port", str(port)],
+                [KEYSERVICE, "serve", "--port", str(port), *args],
                 cwd=cwd,
                 env=env,
                 stdout=out,
