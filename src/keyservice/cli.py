@@ -28,6 +28,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - the client-only install
 from keyservice.config import SECRET_KEY_FILE, Settings, configuration_errors, masked_url
 
 if TYPE_CHECKING:
+    from keyservice import migrations
     from keyservice.metrics import WorkerMetrics
 
 T = TypeVar("T")
@@ -304,7 +305,11 @@ def migrate(revision: str | None) -> None:
     )
 
 
-def _log_migration(settings: Settings, result: Any, warn: Callable[[str], None]) -> None:
+def _log_migration(
+    settings: Settings,
+    result: migrations.Upgraded | migrations.Downgraded,
+    warn: Callable[[str], None],
+) -> None:
     """After a migration: its `schema.migrated` event as a log line too (KEYSERVICE_AUDIT_LOG,
     as every committed event is), or a warning that it is not in the audit log."""
     if result.unrecorded is not None:
